@@ -1,0 +1,269 @@
+//! Service configuration from the environment, parsed once.
+//!
+//! Every platform injects configuration as environment variables, so that is
+//! the only source (12-factor). Parsing goes through [`Env`] so tests pass a
+//! map instead of mutating the process environment, and it reports every bad
+//! variable in one pass: an operator fixes them all at once, and the process
+//! exits 64 before binding a port.
+//!
+//! Every variable is listed once, in [`VARIABLES`], which also generates
+//! `docs/configuration.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
+
+/// Where configuration values come from.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+    /// Reads a file named by a `*_FILE` variable.
+    fn read_file(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// One documented environment variable.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every environment variable kit-service reads.
+pub const VARIABLES: &[Variable] = &[
+    Variable { name: "PORT", default: "", doc: "Port to listen on (all platforms that set it: Cloud Run, Fly, Railway). Overrides the port of `--listen`; the host stays as given." },
+    Variable { name: "FUNCTIONS_CUSTOMHANDLER_PORT", default: "", doc: "Port set by Azure Functions for custom handlers; same effect as `PORT`." },
+    Variable { name: "VGI_SIGNING_KEY", default: "", doc: "Stream-token signing key, at least 32 bytes. Raw text, or `hex:...` / `base64:...`. Every replica must share it." },
+    Variable { name: "VGI_SIGNING_KEY_FILE", default: "", doc: "File holding the signing key (a mounted secret). Exclusive with `VGI_SIGNING_KEY`; trailing newline ignored." },
+    Variable { name: "VGI_SIGNING_KEY_PREVIOUS", default: "", doc: "Comma-separated previous keys, verify-only, so streams opened before a rotation keep working." },
+    Variable { name: "KIT_TOKEN_TTL", default: "3600", doc: "Lifetime of stream state tokens in seconds (0 = no expiry)." },
+    Variable { name: "KIT_MAX_REQUEST_BYTES", default: "", doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`." },
+    Variable { name: "KIT_MAX_RESPONSE_BYTES", default: "", doc: "Largest response body sent; an overshoot becomes a `RESOURCE_EXHAUSTED` error. Advertised as `VGI-Max-Response-Bytes`." },
+    Variable { name: "KIT_REFLECTION", default: "true", doc: "Host `vgi_rpc.Reflection.v1` (true/false)." },
+    Variable { name: "KIT_LOG_FORMAT", default: "json", doc: "Log format: `json` or `text`." },
+    Variable { name: "KIT_SHUTDOWN_GRACE", default: "30", doc: "Seconds to let in-flight requests finish after SIGTERM." },
+    Variable { name: "KIT_SERVER_ID", default: "(random)", doc: "Server id reported in health and error batches." },
+];
+
+/// Resolved service settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub keys: KeyRing,
+    pub max_request_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+    pub reflection: bool,
+    pub log_json: bool,
+    pub shutdown_grace_seconds: u64,
+    pub server_id: Option<String>,
+}
+
+/// Every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Reads the environment; `listen` is the `--listen` flag value.
+    pub fn from_env(env: &dyn Env, listen: SocketAddr) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut listen = listen;
+        for name in ["PORT", "FUNCTIONS_CUSTOMHANDLER_PORT"] {
+            if let Some(port) = env.var(name).filter(|v| !v.is_empty()) {
+                match port.parse::<u16>() {
+                    Ok(port) => listen.set_port(port),
+                    Err(_) => problems.push(format!("`{name}` must be a port number, got `{port}`")),
+                }
+                break;
+            }
+        }
+        let ttl = number(env, "KIT_TOKEN_TTL", &mut problems).unwrap_or(3600);
+        let keys = signing_keys(env, ttl, &mut problems);
+        let config = Config {
+            listen,
+            keys,
+            max_request_bytes: number(env, "KIT_MAX_REQUEST_BYTES", &mut problems),
+            max_response_bytes: number(env, "KIT_MAX_RESPONSE_BYTES", &mut problems),
+            reflection: boolean(env, "KIT_REFLECTION", &mut problems).unwrap_or(true),
+            log_json: match env.var("KIT_LOG_FORMAT").as_deref() {
+                None | Some("") | Some("json") => true,
+                Some("text") => false,
+                Some(other) => {
+                    problems.push(format!("`KIT_LOG_FORMAT` must be `json` or `text`, got `{other}`"));
+                    true
+                }
+            },
+            shutdown_grace_seconds: number(env, "KIT_SHUTDOWN_GRACE", &mut problems).unwrap_or(30),
+            server_id: env.var("KIT_SERVER_ID").filter(|v| !v.is_empty()),
+        };
+        if let Some(limit) = config.max_response_bytes
+            && limit < 65536
+        {
+            problems.push(format!("`KIT_MAX_RESPONSE_BYTES` must be at least 65536, got `{limit}`"));
+        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
+    }
+}
+
+fn number(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<u64> {
+    let value = env.var(name).filter(|v| !v.trim().is_empty())?;
+    match value.trim().parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(format!("`{name}` must be a non-negative integer, got `{value}`"));
+            None
+        }
+    }
+}
+
+fn boolean(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<bool> {
+    let value = env.var(name).filter(|v| !v.trim().is_empty())?;
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => {
+            problems.push(format!("`{name}` must be true or false, got `{value}`"));
+            None
+        }
+    }
+}
+
+/// Decodes `hex:`/`base64:` prefixed keys; anything else is the raw bytes.
+pub fn decode_key(text: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    if let Some(hex_text) = text.strip_prefix("hex:") {
+        hex::decode(hex_text.trim()).map_err(|e| format!("not valid hex ({e})"))
+    } else if let Some(b64) = text.strip_prefix("base64:") {
+        base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("not valid base64 ({e})"))
+    } else {
+        Ok(text.as_bytes().to_vec())
+    }
+}
+
+fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing {
+    let literal = env.var("VGI_SIGNING_KEY").filter(|v| !v.is_empty());
+    let file = env.var("VGI_SIGNING_KEY_FILE").filter(|v| !v.is_empty());
+    let primary_text = match (literal, file) {
+        (Some(_), Some(_)) => {
+            problems.push("set only one of `VGI_SIGNING_KEY` and `VGI_SIGNING_KEY_FILE`".into());
+            None
+        }
+        (Some(text), None) => Some(("VGI_SIGNING_KEY".to_string(), text)),
+        (None, Some(path)) => match env.read_file(&path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Some((format!("VGI_SIGNING_KEY_FILE ({path})"), text.trim_end_matches(['\n', '\r']).to_string())),
+                Err(_) => {
+                    problems.push(format!("`VGI_SIGNING_KEY_FILE` `{path}` is not UTF-8 text; store the key as text, hex: or base64:"));
+                    None
+                }
+            },
+            Err(error) => {
+                problems.push(format!("failed to read `VGI_SIGNING_KEY_FILE` `{path}`: {error}"));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let mut key = |source: &str, text: &str| -> Option<SigningKey> {
+        match decode_key(text) {
+            Ok(bytes) if bytes.len() >= MIN_KEY_BYTES => Some(SigningKey::new(bytes)),
+            Ok(bytes) => {
+                problems.push(format!("`{source}` is {} bytes; a signing key needs at least {MIN_KEY_BYTES}", bytes.len()));
+                None
+            }
+            Err(reason) => {
+                problems.push(format!("`{source}` is {reason}"));
+                None
+            }
+        }
+    };
+    let primary = primary_text.as_ref().and_then(|(source, text)| key(source, text));
+    let previous: Vec<SigningKey> = env
+        .var("VGI_SIGNING_KEY_PREVIOUS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .filter_map(|text| key("VGI_SIGNING_KEY_PREVIOUS", text))
+        .collect();
+    match primary {
+        Some(primary) => KeyRing::new(primary, previous, ttl),
+        None => {
+            if !previous.is_empty() && primary_text.is_none() {
+                problems.push("`VGI_SIGNING_KEY_PREVIOUS` is set but there is no primary key".into());
+            }
+            KeyRing::ephemeral(ttl)
+        }
+    }
+}
+
+/// Markdown table of [`VARIABLES`] for `docs/configuration.md`.
+pub fn variables_markdown() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
+    for variable in VARIABLES {
+        out.push_str(&format!("| `{}` | {} | {} |\n", variable.name, variable.default, variable.doc));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn listen() -> SocketAddr {
+        "127.0.0.1:8080".parse().unwrap()
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let error = Config::from_env(
+            &env(&[("PORT", "http"), ("KIT_MAX_REQUEST_BYTES", "-1"), ("VGI_SIGNING_KEY", "short"), ("KIT_LOG_FORMAT", "xml")]),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(error.0.len(), 4, "{error}");
+        assert!(error.to_string().contains("`VGI_SIGNING_KEY` is 5 bytes"));
+    }
+
+    #[test]
+    fn port_overrides_the_listen_port() {
+        let config = Config::from_env(&env(&[("PORT", "9999")]), listen()).unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert!(config.keys.is_ephemeral());
+    }
+
+    #[test]
+    fn keys_decode_and_previous_keys_verify() {
+        let key = "hex:".to_string() + &"ab".repeat(32);
+        let config = Config::from_env(&env(&[("VGI_SIGNING_KEY", &key), ("VGI_SIGNING_KEY_PREVIOUS", &"x".repeat(40))]), listen()).unwrap();
+        assert!(!config.keys.is_ephemeral());
+        assert_eq!(config.keys.primary().len(), 32);
+        assert_eq!(config.keys.previous().len(), 1);
+    }
+
+    #[test]
+    fn docs_list_every_variable() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+        assert!(docs.contains(&variables_markdown()), "docs/configuration.md is stale: run `kit-service env-docs`");
+    }
+}

@@ -1,0 +1,1 @@
+pub fn protocols() -> Vec<crate::rpc::Protocol> { vec![] }

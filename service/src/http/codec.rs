@@ -1,0 +1,125 @@
+//! HTTP body content codings: zstd and gzip, both directions.
+//!
+//! The 0.52.2 client zstd-compresses every request body by default, even when a
+//! server advertises no codecs, so decoding zstd is mandatory. Decoding is
+//! bounded: a small compressed body must not expand past the request limit.
+
+use std::io::{Read, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Zstd,
+    Gzip,
+}
+
+impl Codec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Codec> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "zstd" => Some(Codec::Zstd),
+            "gzip" | "x-gzip" => Some(Codec::Gzip),
+            _ => None,
+        }
+    }
+}
+
+/// What the server produces, in preference order (`VGI-Supported-Encodings`).
+pub const SUPPORTED: &str = "zstd, gzip";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("decoded body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("failed to decode {codec} body: {message}")]
+    Corrupt { codec: &'static str, message: String },
+}
+
+/// Decodes `body`, failing once the output would pass `limit` bytes.
+pub fn decode(codec: Codec, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let corrupt = |e: std::io::Error| DecodeError::Corrupt { codec: codec.as_str(), message: e.to_string() };
+    let reader: Box<dyn Read + '_> = match codec {
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt)?),
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(3).min(limit.saturating_add(1)));
+    let read = reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(corrupt)?;
+    if read > limit {
+        return Err(DecodeError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Compresses a response body (zstd frames carry their content size).
+pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
+    match codec {
+        Codec::Zstd => zstd::bulk::compress(body, zstd_level).unwrap_or_else(|_| body.to_vec()),
+        Codec::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::new(6));
+            encoder.write_all(body).expect("writing to a Vec cannot fail");
+            encoder.finish().expect("writing to a Vec cannot fail")
+        }
+    }
+}
+
+/// Response codec choice: `X-VGI-Accept-Encoding` entries first, then
+/// `Accept-Encoding`; the first codec we produce wins, `identity` first means
+/// none. Returns the codec and whether it came only from the X- header.
+pub fn negotiate(x_accept: Option<&str>, accept: Option<&str>) -> Option<(Codec, bool)> {
+    let entries = |header: Option<&str>| -> Vec<String> {
+        header
+            .unwrap_or("")
+            .split(',')
+            .map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect()
+    };
+    let x_entries = entries(x_accept);
+    let plain_entries = entries(accept);
+    for (index, entry) in x_entries.iter().chain(plain_entries.iter()).enumerate() {
+        if entry == "identity" {
+            return None;
+        }
+        if let Some(codec) = Codec::parse(entry) {
+            let only_x = index < x_entries.len() && !plain_entries.contains(entry);
+            return Some((codec, only_x));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_both_codecs() {
+        let body = b"arrow arrow arrow arrow".repeat(100);
+        for codec in [Codec::Zstd, Codec::Gzip] {
+            let packed = encode(codec, &body, 1);
+            assert_eq!(decode(codec, &packed, body.len()).unwrap(), body);
+            assert!(matches!(decode(codec, &packed, body.len() - 1), Err(DecodeError::TooLarge { .. })));
+        }
+    }
+
+    #[test]
+    fn corrupt_bodies_are_errors() {
+        assert!(matches!(decode(Codec::Zstd, b"not zstd", 100), Err(DecodeError::Corrupt { .. })));
+        assert!(matches!(decode(Codec::Gzip, b"not gzip", 100), Err(DecodeError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn negotiation_follows_the_reference_order() {
+        assert_eq!(negotiate(None, Some("zstd, gzip")), Some((Codec::Zstd, false)));
+        assert_eq!(negotiate(None, Some("gzip, deflate, zstd")), Some((Codec::Gzip, false)));
+        assert_eq!(negotiate(None, Some("identity, zstd")), None);
+        assert_eq!(negotiate(Some("zstd"), Some("gzip")), Some((Codec::Zstd, true)));
+        assert_eq!(negotiate(None, Some("br")), None);
+        assert_eq!(negotiate(None, None), None);
+    }
+}

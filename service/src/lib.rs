@@ -1,0 +1,23 @@
+//! kit-service: a vgi-rpc HTTP host.
+//!
+//! Arrow IPC in -> method -> Arrow IPC out. [`rpc`] defines services, [`wire`]
+//! speaks the Arrow framing, [`http`] is the transport, [`token`] signs stream
+//! state, [`conformance`] and [`demo`] are the protocols the binary serves.
+
+pub mod conformance;
+pub mod config;
+pub mod serve;
+pub mod demo;
+pub mod http;
+pub mod reflection;
+pub mod rpc;
+pub mod token;
+pub mod wire;
+
+/// Hard ceiling on a decoded request body when no `max_request_bytes` is set,
+/// so a zstd bomb cannot exhaust memory.
+pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
+
+pub use http::{HttpConfig, Server, app};
+pub use rpc::{Args, Ctx, Exchanger, Output, Producer, Protocol, StreamInit};
+pub use wire::{ErrorCode, LogLevel, RpcError};

@@ -1,0 +1,608 @@
+//! Defining vgi-rpc services in Rust.
+//!
+//! A [`Protocol`] is a named set of methods with Arrow schemas written in the
+//! canonical type-token grammar (`"a: int64, b?: utf8"`). Handlers are async
+//! closures that take a [`Ctx`] and typed [`Args`] and return plain Rust values
+//! (converted to the declared Arrow type) or raw Arrow columns. Streams are
+//! state machines ([`Producer`], [`Exchanger`]) whose state is serialized into
+//! the signed cursor token between turns, so any replica can serve any turn.
+//!
+//! ```ignore
+//! let protocol = Protocol::builder("demo.Calculator.v1")
+//!     .unary("add", "a: int64, b: int64", "result: int64", |_ctx, args| async move {
+//!         Ok(args.get::<i64>("a")? + args.get::<i64>("b")?)
+//!     })
+//!     .build()?;
+//! ```
+//!
+//! Invariant: handlers run on the tokio runtime and must not block it; CPU-heavy
+//! work belongs in `tokio::task::spawn_blocking` inside the handler.
+
+pub mod convert;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_schema::{Schema, SchemaRef};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+pub use convert::{Bytes, FromArrow, List, ToArrow};
+
+use crate::wire::tokens::{TokenError, parse_schema};
+use crate::wire::{LogLevel, LogRecord, Metadata, RpcError, metadata_get_owned};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Per-call context: logs for the client, caller identity, request metadata.
+#[derive(Clone)]
+pub struct Ctx {
+    inner: Arc<CtxInner>,
+}
+
+struct CtxInner {
+    logs: Mutex<Vec<LogRecord>>,
+    identity: String,
+    request_id: String,
+    metadata: Metadata,
+    response_limit: Option<u64>,
+}
+
+impl Ctx {
+    pub(crate) fn new(identity: String, request_id: String, metadata: Metadata, response_limit: Option<u64>) -> Self {
+        Ctx { inner: Arc::new(CtxInner { logs: Mutex::new(Vec::new()), identity, request_id, metadata, response_limit }) }
+    }
+
+    /// Sends a log message to the client, ahead of this call's result.
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        self.log_with(level, message, Map::new());
+    }
+
+    /// Like [`Ctx::log`], with extra key/value pairs (`log_extra`).
+    pub fn log_with(&self, level: LogLevel, message: impl Into<String>, extra: Map<String, Value>) {
+        let record = LogRecord { level, message: message.into(), extra };
+        self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    }
+
+    /// The authenticated caller (`""` when anonymous).
+    pub fn identity(&self) -> &str {
+        &self.inner.identity
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// Application metadata of the request batch (framework keys removed).
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.metadata
+    }
+
+    pub fn metadata_value(&self, key: &str) -> Option<String> {
+        metadata_get_owned(&self.inner.metadata, key)
+    }
+
+    /// The response budget of this call in bytes, if one applies.
+    pub fn response_limit(&self) -> Option<u64> {
+        self.inner.response_limit
+    }
+
+    pub(crate) fn take_logs(&self) -> Vec<LogRecord> {
+        std::mem::take(&mut *self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The parameters of a call: one row, one column per declared parameter.
+#[derive(Debug, Clone)]
+pub struct Args {
+    batch: RecordBatch,
+}
+
+impl Args {
+    pub(crate) fn new(batch: RecordBatch) -> Self {
+        Args { batch }
+    }
+
+    /// A parameter as a Rust value; a type mismatch is a `TypeError` for the client.
+    pub fn get<T: FromArrow>(&self, name: &str) -> Result<T, RpcError> {
+        let column = self.column(name)?;
+        T::from_arrow(column.as_ref(), 0).map_err(|e| RpcError::new("TypeError", format!("parameter '{name}': {e}")))
+    }
+
+    /// A parameter as its raw one-row Arrow column.
+    pub fn column(&self, name: &str) -> Result<ArrayRef, RpcError> {
+        self.batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| RpcError::new("TypeError", format!("missing parameter '{name}'")))
+    }
+
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+}
+
+/// What a unary handler returns; anything [`ToArrow`] converts into it.
+pub enum Reply {
+    /// The `result` cell, a one-row column of the declared result type.
+    Value(ArrayRef),
+    /// A method returning nothing.
+    Void,
+}
+
+pub trait IntoReply {
+    fn into_reply(self, result: Option<&Schema>) -> Result<Reply, RpcError>;
+}
+
+impl<T: ToArrow> IntoReply for T {
+    fn into_reply(self, result: Option<&Schema>) -> Result<Reply, RpcError> {
+        let Some(schema) = result.filter(|s| !s.fields().is_empty()) else {
+            return Ok(Reply::Void);
+        };
+        self.to_arrow(schema.field(0).data_type()).map(Reply::Value)
+    }
+}
+
+/// Unit is the void result.
+impl ToArrow for () {
+    fn to_arrow(self, data_type: &arrow_schema::DataType) -> Result<ArrayRef, RpcError> {
+        Ok(arrow_array::new_null_array(data_type, 1))
+    }
+}
+
+/// Collects what one stream turn emits.
+pub struct Output {
+    schema: SchemaRef,
+    pub(crate) batches: Vec<(RecordBatch, Metadata)>,
+    pub(crate) finished: bool,
+}
+
+impl Output {
+    pub(crate) fn new(schema: SchemaRef) -> Self {
+        Output { schema, batches: Vec::new(), finished: false }
+    }
+
+    /// The stream's output schema; emitted batches must have it.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn emit(&mut self, batch: RecordBatch) -> Result<(), RpcError> {
+        self.emit_with_metadata(batch, Vec::new())
+    }
+
+    /// Emits a batch with application metadata on its IPC message.
+    pub fn emit_with_metadata(&mut self, batch: RecordBatch, metadata: Metadata) -> Result<(), RpcError> {
+        let batch = conform(batch, &self.schema)?;
+        self.batches.push((batch, metadata));
+        Ok(())
+    }
+
+    /// Ends the stream after this turn (a batch emitted in the same turn is still sent).
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+}
+
+/// Brings an emitted batch onto the declared schema: same columns in order,
+/// casting where the types are compatible.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, RpcError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = batch.column_by_name(field.name()).ok_or_else(|| {
+            RpcError::new("TypeError", format!("emitted batch lacks column '{}' of the output schema", field.name()))
+        })?;
+        let column =
+            if column.data_type() == field.data_type() { column.clone() } else { arrow_cast::cast(column, field.data_type())? };
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+/// A producer stream: each turn emits at most one batch or finishes.
+pub trait Producer: Serialize + DeserializeOwned + Send + 'static {
+    fn produce(&mut self, out: &mut Output, ctx: &Ctx) -> impl Future<Output = Result<(), RpcError>> + Send;
+
+    /// Called when the client cancels; errors are ignored, as upstream does.
+    fn on_cancel(&mut self, _ctx: &Ctx) {}
+}
+
+/// An exchange stream: each turn takes one input batch and emits one batch.
+pub trait Exchanger: Serialize + DeserializeOwned + Send + 'static {
+    fn exchange(&mut self, input: RecordBatch, out: &mut Output, ctx: &Ctx) -> impl Future<Output = Result<(), RpcError>> + Send;
+
+    fn on_cancel(&mut self, _ctx: &Ctx) {}
+}
+
+/// What a stream method's init handler returns.
+pub struct StreamInit<S> {
+    pub state: S,
+    pub output_schema: SchemaRef,
+    /// Exchange streams only: the schema each input batch must have.
+    pub input_schema: Option<SchemaRef>,
+    /// The one-row header batch, for methods that declare a header schema.
+    pub header: Option<RecordBatch>,
+}
+
+impl<S> StreamInit<S> {
+    pub fn new(output_schema: SchemaRef, state: S) -> Self {
+        StreamInit { state, output_schema, input_schema: None, header: None }
+    }
+
+    pub fn with_input(mut self, input_schema: SchemaRef) -> Self {
+        self.input_schema = Some(input_schema);
+        self
+    }
+
+    pub fn with_header(mut self, header: RecordBatch) -> Self {
+        self.header = Some(header);
+        self
+    }
+}
+
+/// Whether a stream method is a producer or an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Producer,
+    Exchange,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Producer => "producer",
+            StreamKind::Exchange => "exchange",
+        }
+    }
+}
+
+/// A stream init with its state already serialized.
+pub(crate) struct ErasedInit {
+    pub state: Vec<u8>,
+    pub output_schema: SchemaRef,
+    pub input_schema: Option<SchemaRef>,
+    pub header: Option<RecordBatch>,
+}
+
+pub(crate) type UnaryFn = dyn Fn(Ctx, Args) -> BoxFuture<'static, Result<Reply, RpcError>> + Send + Sync;
+type InitFn = dyn Fn(Ctx, Args) -> BoxFuture<'static, Result<ErasedInit, RpcError>> + Send + Sync;
+
+/// One turn of a stream, over serialized state.
+pub(crate) trait StreamTurn: Send + Sync {
+    fn turn<'a>(&'a self, state: &'a [u8], input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
+    -> BoxFuture<'a, Result<Vec<u8>, RpcError>>;
+    fn cancel(&self, state: &[u8], ctx: &Ctx);
+}
+
+struct ProducerTurn<S>(std::marker::PhantomData<fn() -> S>);
+struct ExchangeTurn<S>(std::marker::PhantomData<fn() -> S>);
+
+fn decode_state<S: DeserializeOwned>(state: &[u8]) -> Result<S, RpcError> {
+    serde_json::from_slice(state).map_err(|e| RpcError::new("RuntimeError", format!("Failed to deserialize state: {e}")))
+}
+
+fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, RpcError> {
+    serde_json::to_vec(state).map_err(|e| RpcError::new("RuntimeError", format!("Failed to serialize state: {e}")))
+}
+
+impl<S: Producer> StreamTurn for ProducerTurn<S> {
+    fn turn<'a>(&'a self, state: &'a [u8], _input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
+    -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+        Box::pin(async move {
+            let mut state: S = decode_state(state)?;
+            state.produce(out, ctx).await?;
+            encode_state(&state)
+        })
+    }
+
+    fn cancel(&self, state: &[u8], ctx: &Ctx) {
+        if let Ok(mut state) = decode_state::<S>(state) {
+            state.on_cancel(ctx);
+        }
+    }
+}
+
+impl<S: Exchanger> StreamTurn for ExchangeTurn<S> {
+    fn turn<'a>(&'a self, state: &'a [u8], input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
+    -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+        Box::pin(async move {
+            let mut state: S = decode_state(state)?;
+            let input = input.ok_or_else(|| RpcError::new("RuntimeError", "exchange turn without an input batch"))?;
+            state.exchange(input, out, ctx).await?;
+            encode_state(&state)
+        })
+    }
+
+    fn cancel(&self, state: &[u8], ctx: &Ctx) {
+        if let Ok(mut state) = decode_state::<S>(state) {
+            state.on_cancel(ctx);
+        }
+    }
+}
+
+/// How a method is called.
+pub(crate) enum MethodKind {
+    Unary { result: Option<SchemaRef>, handler: Arc<UnaryFn> },
+    Stream { kind: StreamKind, header: Option<SchemaRef>, init: Arc<InitFn>, turn: Arc<dyn StreamTurn> },
+}
+
+pub struct Method {
+    pub(crate) name: String,
+    pub(crate) params: SchemaRef,
+    pub(crate) kind: MethodKind,
+    pub(crate) doc: String,
+}
+
+impl Method {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn params(&self) -> &SchemaRef {
+        &self.params
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self.kind, MethodKind::Stream { .. })
+    }
+
+    /// `None` for void methods and streams.
+    pub fn result(&self) -> Option<&SchemaRef> {
+        match &self.kind {
+            MethodKind::Unary { result, .. } => result.as_ref(),
+            MethodKind::Stream { .. } => None,
+        }
+    }
+
+    pub fn header(&self) -> Option<&SchemaRef> {
+        match &self.kind {
+            MethodKind::Stream { header, .. } => header.as_ref(),
+            MethodKind::Unary { .. } => None,
+        }
+    }
+
+    pub fn stream_kind(&self) -> Option<StreamKind> {
+        match &self.kind {
+            MethodKind::Stream { kind, .. } => Some(*kind),
+            MethodKind::Unary { .. } => None,
+        }
+    }
+}
+
+/// A named set of methods, served at `{prefix}/{name}/{method}`.
+pub struct Protocol {
+    pub(crate) name: String,
+    pub(crate) version: Option<String>,
+    pub(crate) methods: BTreeMap<String, Method>,
+    /// Reflection is exempt from the protocol-version gate.
+    pub(crate) version_exempt: bool,
+}
+
+impl Protocol {
+    pub fn builder(name: impl Into<String>) -> ProtocolBuilder {
+        ProtocolBuilder { name: name.into(), version: None, methods: BTreeMap::new(), errors: Vec::new(), version_exempt: false }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    pub fn methods(&self) -> impl Iterator<Item = &Method> {
+        self.methods.values()
+    }
+
+    pub fn method(&self, name: &str) -> Option<&Method> {
+        self.methods.get(name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("protocol name `{0}` must match ^[A-Za-z_][A-Za-z0-9_.]*$ and be at most 255 bytes")]
+    ProtocolName(String),
+    #[error("protocol version `{0}` is not MAJOR.MINOR.PATCH")]
+    Version(String),
+    #[error("method `{method}`: {source}")]
+    Schema { method: String, source: TokenError },
+    #[error("method `{0}` is declared twice")]
+    Duplicate(String),
+    #[error("method name `{0}` must not be empty or start with `_`")]
+    MethodName(String),
+}
+
+/// Builds a [`Protocol`]; schema mistakes are reported together by [`ProtocolBuilder::build`].
+pub struct ProtocolBuilder {
+    name: String,
+    version: Option<String>,
+    methods: BTreeMap<String, Method>,
+    errors: Vec<DefinitionError>,
+    version_exempt: bool,
+}
+
+impl ProtocolBuilder {
+    /// Declares `protocol_version`; clients must then send the same MAJOR.MINOR.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    pub(crate) fn version_exempt(mut self) -> Self {
+        self.version_exempt = true;
+        self
+    }
+
+    fn schema(&mut self, method: &str, text: &str) -> SchemaRef {
+        match parse_schema(text) {
+            Ok(schema) => Arc::new(schema),
+            Err(source) => {
+                self.errors.push(DefinitionError::Schema { method: method.to_string(), source });
+                Arc::new(Schema::empty())
+            }
+        }
+    }
+
+    fn add(&mut self, name: &str, params: &str, kind: impl FnOnce(&mut Self) -> MethodKind) {
+        if name.is_empty() || name.starts_with('_') {
+            self.errors.push(DefinitionError::MethodName(name.to_string()));
+        }
+        if self.methods.contains_key(name) {
+            self.errors.push(DefinitionError::Duplicate(name.to_string()));
+        }
+        let params = self.schema(name, params);
+        let kind = kind(self);
+        self.methods.insert(name.to_string(), Method { name: name.to_string(), params, kind, doc: String::new() });
+    }
+
+    /// A unary method. `result` is `"result: <type>"`, or `""` for a void method.
+    pub fn unary<F, Fut, R>(mut self, name: &str, params: &str, result: &str, handler: F) -> Self
+    where
+        F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        let result_schema = (!result.trim().is_empty()).then(|| self.schema(name, result));
+        let shape = result_schema.clone();
+        let handler = Arc::new(move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<Reply, RpcError>> {
+            let shape = shape.clone();
+            let future = handler(ctx, args);
+            Box::pin(async move { future.await?.into_reply(shape.as_deref()) })
+        });
+        self.add(name, params, |_| MethodKind::Unary { result: result_schema, handler });
+        self
+    }
+
+    /// A producer stream. `header` is the header schema, or `""` for none.
+    pub fn producer<S, F, Fut>(self, name: &str, params: &str, header: &str, init: F) -> Self
+    where
+        S: Producer,
+        F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
+    {
+        self.stream(name, params, header, StreamKind::Producer, init, Arc::new(ProducerTurn::<S>(std::marker::PhantomData)))
+    }
+
+    /// An exchange stream; the init must set [`StreamInit::with_input`].
+    pub fn exchange<S, F, Fut>(self, name: &str, params: &str, header: &str, init: F) -> Self
+    where
+        S: Exchanger,
+        F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
+    {
+        self.stream(name, params, header, StreamKind::Exchange, init, Arc::new(ExchangeTurn::<S>(std::marker::PhantomData)))
+    }
+
+    fn stream<S, F, Fut>(mut self, name: &str, params: &str, header: &str, kind: StreamKind, init: F, turn: Arc<dyn StreamTurn>) -> Self
+    where
+        S: Serialize + Send + 'static,
+        F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
+    {
+        let header_schema = (!header.trim().is_empty()).then(|| self.schema(name, header));
+        let init = Arc::new(move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<ErasedInit, RpcError>> {
+            let future = init(ctx, args);
+            Box::pin(async move {
+                let started = future.await?;
+                Ok(ErasedInit {
+                    state: encode_state(&started.state)?,
+                    output_schema: started.output_schema,
+                    input_schema: started.input_schema,
+                    header: started.header,
+                })
+            })
+        });
+        self.add(name, params, |_| MethodKind::Stream { kind, header: header_schema, init, turn });
+        self
+    }
+
+    /// Attaches a one-line description to the most recently added method.
+    pub fn doc(mut self, method: &str, doc: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.doc = doc.to_string();
+        }
+        self
+    }
+
+    pub fn build(mut self) -> Result<Protocol, Vec<DefinitionError>> {
+        if !valid_protocol_name(&self.name) {
+            self.errors.insert(0, DefinitionError::ProtocolName(self.name.clone()));
+        }
+        if let Some(version) = &self.version
+            && parse_version(version).is_none()
+        {
+            self.errors.push(DefinitionError::Version(version.clone()));
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        Ok(Protocol { name: self.name, version: self.version, methods: self.methods, version_exempt: self.version_exempt })
+    }
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_.]*$`, at most 255 bytes.
+pub fn valid_protocol_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok && name.len() <= 255 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Canonical semver `MAJOR.MINOR.PATCH` (no leading zeros, no suffix).
+pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 3 {
+        return None;
+    }
+    let number = |p: &str| -> Option<u64> {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || (p.len() > 1 && p.starts_with('0')) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    Some((number(parts[0])?, number(parts[1])?, number(parts[2])?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_reports_every_bad_declaration() {
+        let errors = Protocol::builder("9bad")
+            .unary("a", "x: int65", "result: int64", |_ctx, _args| async { Ok(1i64) })
+            .unary("_hidden", "", "", |_ctx, _args| async { Ok(()) })
+            .build()
+            .err()
+            .unwrap();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn versions_are_canonical_semver() {
+        assert_eq!(parse_version("2.0.0"), Some((2, 0, 0)));
+        assert_eq!(parse_version("2.0"), None);
+        assert_eq!(parse_version("01.0.0"), None);
+        assert_eq!(parse_version("1.0.0-rc1"), None);
+    }
+
+    #[test]
+    fn protocol_names_follow_the_charset() {
+        assert!(valid_protocol_name("acme.Orders.v2"));
+        assert!(!valid_protocol_name("a%2Fb"));
+        assert!(!valid_protocol_name(""));
+    }
+}

@@ -1,0 +1,424 @@
+//! Arrow IPC streaming format with per-batch custom metadata.
+//!
+//! vgi-rpc puts every framework key (method, tokens, log level, pointers) in the
+//! `custom_metadata` of each RecordBatch *message*. arrow-rs's `StreamWriter` and
+//! `StreamReader` neither write nor expose that field, so this module frames the
+//! messages itself on top of `arrow-ipc`'s lower-level encoder and decoder: the
+//! body buffers are produced and consumed by arrow-ipc, only the flatbuffer
+//! `Message` envelope is rebuilt here to carry the metadata.
+//!
+//! Invariant: reading never panics on hostile input; every malformed byte
+//! sequence becomes an [`IpcError`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_buffer::Buffer;
+use arrow_ipc::writer::{DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow_ipc::{MessageHeader, MetadataVersion};
+use arrow_schema::{ArrowError, Schema, SchemaRef};
+use bytes::Bytes;
+use flatbuffers::FlatBufferBuilder;
+
+/// Ordered custom metadata of one batch (keys are unique in practice).
+pub type Metadata = Vec<(String, String)>;
+
+const CONTINUATION: [u8; 4] = [0xff, 0xff, 0xff, 0xff];
+/// Upper bound on one flatbuffer message header; real ones are a few KiB.
+const MAX_MESSAGE_HEADER: usize = 64 * 1024 * 1024;
+
+/// Why an IPC body could not be read. The text mirrors pyarrow's wording where
+/// the reference server surfaces it (`ArrowInvalid: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("Expected to read {expected} metadata bytes, but only read {available}")]
+    TruncatedHeader { expected: usize, available: usize },
+    #[error("Corrupted message, only {0} bytes available")]
+    Corrupted(usize),
+    #[error("Expected to be able to read {expected} bytes for message body, got {available}")]
+    TruncatedBody { expected: usize, available: usize },
+    #[error("invalid flatbuffer message: {0}")]
+    Flatbuffer(String),
+    #[error("Tried reading schema message, was {0}")]
+    NotSchema(String),
+    #[error("IPC stream ended without an end-of-stream marker")]
+    MissingEos,
+    #[error("unsupported IPC message {0} inside a stream")]
+    UnexpectedMessage(String),
+    #[error("Arrow error: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+/// One record batch with the custom metadata of its message.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub batch: RecordBatch,
+    pub metadata: Metadata,
+}
+
+impl Batch {
+    pub fn new(batch: RecordBatch) -> Self {
+        Batch { batch, metadata: Vec::new() }
+    }
+
+    pub fn with_metadata(batch: RecordBatch, metadata: Metadata) -> Self {
+        Batch { batch, metadata }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        metadata_get(&self.metadata, key)
+    }
+}
+
+pub fn metadata_get<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
+    metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// One complete IPC stream: schema, batches, EOS.
+#[derive(Debug, Clone)]
+pub struct IpcStream {
+    pub schema: SchemaRef,
+    pub batches: Vec<Batch>,
+}
+
+/// Reads one IPC stream starting at `offset`; returns it and the offset just past its EOS.
+pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), IpcError> {
+    let mut cursor = offset;
+    let schema = match read_message(body, &mut cursor)? {
+        None => return Err(IpcError::MissingEos),
+        Some(message) => {
+            let fb = message.flatbuffer()?;
+            if fb.header_type() != MessageHeader::Schema {
+                return Err(IpcError::NotSchema(format!("{:?}", fb.header_type())));
+            }
+            let ipc_schema = fb.header_as_schema().ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
+            let schema = guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??;
+            Arc::new(schema)
+        }
+    };
+    let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
+    let mut batches = Vec::new();
+    loop {
+        let Some(message) = read_message(body, &mut cursor)? else {
+            break;
+        };
+        let fb = message.flatbuffer()?;
+        let version = fb.version();
+        match fb.header_type() {
+            MessageHeader::RecordBatch => {
+                let header = fb.header_as_record_batch().ok_or_else(|| IpcError::Flatbuffer("record batch header missing".into()))?;
+                let metadata = read_custom_metadata(&fb);
+                let buffer = Buffer::from(message.body.clone());
+                let batch = if schema.fields().is_empty() {
+                    // pyarrow sends zero-column batches with a row count; arrow-rs needs it explicit.
+                    let rows = usize::try_from(header.length()).map_err(|_| IpcError::Flatbuffer("negative row count".into()))?;
+                    RecordBatch::try_new_with_options(schema.clone(), vec![], &RecordBatchOptions::new().with_row_count(Some(rows)))?
+                } else {
+                    guard(|| arrow_ipc::reader::read_record_batch(&buffer, header, schema.clone(), &dictionaries, None, &version))??
+                };
+                batches.push(Batch { batch, metadata });
+            }
+            MessageHeader::DictionaryBatch => {
+                let header = fb.header_as_dictionary_batch().ok_or_else(|| IpcError::Flatbuffer("dictionary header missing".into()))?;
+                let buffer = Buffer::from(message.body.clone());
+                guard(|| arrow_ipc::reader::read_dictionary(&buffer, header, &schema, &mut dictionaries, &version))??;
+            }
+            other => return Err(IpcError::UnexpectedMessage(format!("{other:?}"))),
+        }
+    }
+    Ok((IpcStream { schema, batches }, cursor))
+}
+
+/// Reads every concatenated IPC stream in `body`.
+pub fn read_streams(body: &Bytes) -> Result<Vec<IpcStream>, IpcError> {
+    let mut streams = Vec::new();
+    let mut offset = 0;
+    while offset < body.len() {
+        let (stream, next) = read_stream(body, offset)?;
+        streams.push(stream);
+        offset = next;
+    }
+    Ok(streams)
+}
+
+/// Decodes a serialized schema message (`pa.Schema.serialize()` bytes).
+pub fn read_schema_message(bytes: &[u8]) -> Result<Schema, IpcError> {
+    let body = Bytes::copy_from_slice(bytes);
+    let mut cursor = 0;
+    let message = read_message(&body, &mut cursor)?.ok_or(IpcError::MissingEos)?;
+    let fb = message.flatbuffer()?;
+    let ipc_schema = fb.header_as_schema().ok_or_else(|| IpcError::NotSchema(format!("{:?}", fb.header_type())))?;
+    Ok(guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??)
+}
+
+/// arrow-ipc asserts on a few malformed inputs instead of returning errors; a
+/// request body must never take a worker thread down, so those become errors.
+fn guard<T>(f: impl FnOnce() -> T) -> Result<T, IpcError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let text = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "malformed IPC message".to_string());
+        IpcError::Flatbuffer(text)
+    })
+}
+
+struct RawMessage {
+    header: Bytes,
+    body: Bytes,
+}
+
+impl RawMessage {
+    fn flatbuffer(&self) -> Result<arrow_ipc::Message<'_>, IpcError> {
+        arrow_ipc::root_as_message(&self.header).map_err(|e| IpcError::Flatbuffer(e.to_string()))
+    }
+}
+
+/// Reads one message; `None` at an end-of-stream marker.
+fn read_message(body: &Bytes, cursor: &mut usize) -> Result<Option<RawMessage>, IpcError> {
+    let available = body.len().saturating_sub(*cursor);
+    if available == 0 {
+        return Err(IpcError::MissingEos);
+    }
+    if available < 4 {
+        return Err(IpcError::Corrupted(available));
+    }
+    let mut pos = *cursor;
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&body[pos..pos + 4]);
+    pos += 4;
+    if word == CONTINUATION {
+        if body.len() - pos < 4 {
+            return Err(IpcError::Corrupted(body.len() - pos));
+        }
+        word.copy_from_slice(&body[pos..pos + 4]);
+        pos += 4;
+    }
+    let length = i32::from_le_bytes(word);
+    if length == 0 {
+        *cursor = pos;
+        return Ok(None);
+    }
+    let length = usize::try_from(length).map_err(|_| IpcError::Flatbuffer(format!("negative message length {length}")))?;
+    let remaining = body.len() - pos;
+    if length > remaining || length > MAX_MESSAGE_HEADER {
+        return Err(IpcError::TruncatedHeader { expected: length, available: remaining });
+    }
+    let header = body.slice(pos..pos + length);
+    pos += length;
+    let message = arrow_ipc::root_as_message(&header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
+    let body_length = usize::try_from(message.bodyLength()).map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
+    let remaining = body.len() - pos;
+    if body_length > remaining {
+        return Err(IpcError::TruncatedBody { expected: body_length, available: remaining });
+    }
+    let message_body = body.slice(pos..pos + body_length);
+    pos += body_length;
+    *cursor = pos;
+    Ok(Some(RawMessage { header, body: message_body }))
+}
+
+fn read_custom_metadata(message: &arrow_ipc::Message<'_>) -> Metadata {
+    let mut out = Vec::new();
+    if let Some(list) = message.custom_metadata() {
+        for kv in list {
+            if let (Some(k), Some(v)) = (kv.key(), kv.value()) {
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Writes one IPC stream into a byte buffer: schema, batches with metadata, EOS.
+pub struct StreamWriter<'a> {
+    out: &'a mut Vec<u8>,
+    generator: IpcDataGenerator,
+    tracker: DictionaryTracker,
+    options: IpcWriteOptions,
+    context: IpcWriteContext,
+    schema: SchemaRef,
+}
+
+impl<'a> StreamWriter<'a> {
+    /// Starts a stream and writes its schema message.
+    pub fn new(out: &'a mut Vec<u8>, schema: &SchemaRef) -> Result<Self, ArrowError> {
+        let options = IpcWriteOptions::try_new(8, false, MetadataVersion::V5)?;
+        let generator = IpcDataGenerator::default();
+        let mut tracker = DictionaryTracker::new(false);
+        let encoded = generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
+        write_encoded(out, &encoded.ipc_message, &encoded.arrow_data);
+        Ok(StreamWriter { out, generator, tracker, options, context: IpcWriteContext::default(), schema: schema.clone() })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Writes one batch, with its custom metadata on the record batch message.
+    pub fn write(&mut self, batch: &RecordBatch, metadata: &Metadata) -> Result<(), ArrowError> {
+        let (dictionaries, encoded) = self.generator.encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
+        for dictionary in dictionaries {
+            write_encoded(self.out, &dictionary.ipc_message, &dictionary.arrow_data);
+        }
+        let EncodedData { ipc_message, arrow_data } = encoded;
+        if metadata.is_empty() {
+            write_encoded(self.out, &ipc_message, &arrow_data);
+        } else {
+            let patched = with_custom_metadata(&ipc_message, metadata)?;
+            write_encoded(self.out, &patched, &arrow_data);
+        }
+        Ok(())
+    }
+
+    /// Writes a zero-row batch on the stream's schema carrying only metadata.
+    pub fn write_metadata_only(&mut self, metadata: &Metadata) -> Result<(), ArrowError> {
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        self.write(&empty, metadata)
+    }
+
+    /// Writes the end-of-stream marker.
+    pub fn finish(self) {
+        self.out.extend_from_slice(&CONTINUATION);
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+    }
+}
+
+/// Serializes a schema alone as an IPC schema message (`pa.Schema.serialize()`).
+pub fn schema_message(schema: &Schema) -> Vec<u8> {
+    let options = IpcWriteOptions::default();
+    let mut tracker = DictionaryTracker::new(false);
+    let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
+    let mut out = Vec::new();
+    write_encoded(&mut out, &encoded.ipc_message, &[]);
+    out
+}
+
+/// Writes a whole stream of `batches` (no metadata) into a fresh buffer.
+pub fn stream_bytes(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out, schema)?;
+    for batch in batches {
+        writer.write(batch, &Vec::new())?;
+    }
+    writer.finish();
+    Ok(out)
+}
+
+fn write_encoded(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
+    // The 8-byte prefix plus the header is padded to a multiple of 8 so the body stays aligned.
+    let padded = (message.len() + 8).div_ceil(8) * 8 - 8;
+    out.reserve(8 + padded + body.len());
+    out.extend_from_slice(&CONTINUATION);
+    out.extend_from_slice(&(padded as i32).to_le_bytes());
+    out.extend_from_slice(message);
+    out.resize(out.len() + (padded - message.len()), 0);
+    out.extend_from_slice(body);
+}
+
+/// Rebuilds a RecordBatch `Message` flatbuffer with `custom_metadata` added.
+fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, ArrowError> {
+    let parsed = arrow_ipc::root_as_message(message).map_err(|e| ArrowError::IpcError(e.to_string()))?;
+    let header = parsed
+        .header_as_record_batch()
+        .ok_or_else(|| ArrowError::IpcError("expected a record batch message".into()))?;
+    let mut fbb = FlatBufferBuilder::with_capacity(message.len() + 256);
+    let nodes: Vec<arrow_ipc::FieldNode> = header.nodes().map(|n| n.iter().copied().collect()).unwrap_or_default();
+    let buffers: Vec<arrow_ipc::Buffer> = header.buffers().map(|b| b.iter().copied().collect()).unwrap_or_default();
+    let variadic: Option<Vec<i64>> = header.variadicBufferCounts().map(|v| v.iter().collect());
+    let nodes = fbb.create_vector(&nodes);
+    let buffers = fbb.create_vector(&buffers);
+    let variadic = variadic.map(|v| fbb.create_vector(&v));
+    let record_batch = {
+        let mut builder = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
+        builder.add_length(header.length());
+        builder.add_nodes(nodes);
+        builder.add_buffers(buffers);
+        if let Some(variadic) = variadic {
+            builder.add_variadicBufferCounts(variadic);
+        }
+        builder.finish()
+    };
+    let pairs: Vec<_> = metadata
+        .iter()
+        .map(|(k, v)| {
+            let key = fbb.create_string(k);
+            let value = fbb.create_string(v);
+            arrow_ipc::KeyValue::create(&mut fbb, &arrow_ipc::KeyValueArgs { key: Some(key), value: Some(value) })
+        })
+        .collect();
+    let pairs = fbb.create_vector(&pairs);
+    let mut builder = arrow_ipc::MessageBuilder::new(&mut fbb);
+    builder.add_version(parsed.version());
+    builder.add_header_type(MessageHeader::RecordBatch);
+    builder.add_header(record_batch.as_union_value());
+    builder.add_bodyLength(parsed.bodyLength());
+    builder.add_custom_metadata(pairs);
+    let root = builder.finish();
+    fbb.finish(root, None);
+    Ok(fbb.finished_data().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field};
+
+    fn check_roundtrip(batches: Vec<Batch>) {
+        let schema = batches[0].batch.schema();
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
+        for batch in &batches {
+            writer.write(&batch.batch, &batch.metadata).unwrap();
+        }
+        writer.finish();
+        let (stream, end) = read_stream(&Bytes::from(out.clone()), 0).unwrap();
+        assert_eq!(end, out.len());
+        assert_eq!(stream.schema, schema);
+        assert_eq!(stream.batches.len(), batches.len());
+        for (read, written) in stream.batches.iter().zip(&batches) {
+            assert_eq!(read.batch, written.batch);
+            assert_eq!(read.metadata, written.metadata);
+        }
+    }
+
+    #[test]
+    fn batch_metadata_survives_a_roundtrip() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![1, 2])), Arc::new(StringArray::from(vec![Some("x"), None]))],
+        )
+        .unwrap();
+        check_roundtrip(vec![
+            Batch::with_metadata(batch.clone(), vec![("vgi_rpc.method".into(), "add".into()), ("k".into(), "v".into())]),
+            Batch::new(batch),
+        ]);
+    }
+
+    #[test]
+    fn zero_column_batches_keep_their_row_count() {
+        let schema = Arc::new(Schema::empty());
+        let batch = RecordBatch::try_new_with_options(schema, vec![], &RecordBatchOptions::new().with_row_count(Some(3))).unwrap();
+        check_roundtrip(vec![Batch::with_metadata(batch, vec![("x".into(), "1".into())])]);
+    }
+
+    #[test]
+    fn empty_schema_message_matches_pyarrow_bytes() {
+        // From the reference: `pa.schema([]).serialize()` is these 56 bytes.
+        let expected = "ffffffff300000001000000000000a000c00060005000800\
+                        0a000000000104000c000000080008000000040008000000\
+                        0400000000000000";
+        assert_eq!(hex::encode(schema_message(&Schema::empty())), expected);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for body in [&b"x"[..], b"not arrow", &[0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 1, 2, 3], &[0xff; 64]] {
+            assert!(read_streams(&Bytes::copy_from_slice(body)).is_err());
+        }
+    }
+}
