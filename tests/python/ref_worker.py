@@ -38,6 +38,7 @@ def main() -> None:
     """Parse knobs, build the worker, serve until killed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--prefix", default="", help="route prefix, e.g. /vgi")
     p.add_argument("--fake-storage-server", action="store_true", help="serve fake storage, not a worker")
     p.add_argument("--fake-storage", default=None, metavar="URL")
     p.add_argument("--externalize-threshold", type=int, default=4096)
@@ -137,7 +138,7 @@ def main() -> None:
         kwargs["max_externalized_response_bytes"] = args.max_externalized_response_bytes
     if args.call_state_cache_entries is not None:
         kwargs["call_state_cache_entries"] = args.call_state_cache_entries
-    app = make_wsgi_app(server, compression_level=None if args.no_compression else 1, **kwargs)  # type: ignore[arg-type]
+    app = make_wsgi_app(server, prefix=args.prefix, compression_level=None if args.no_compression else 1, **kwargs)  # type: ignore[arg-type]
     wsgi = waitress.create_server(app, host="127.0.0.1", port=port)
     print(f"PORT:{port}", flush=True)
     wsgi.run()

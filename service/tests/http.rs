@@ -1,0 +1,339 @@
+//! The transport's status rules, driven through the router with `oneshot`
+//! (no socket): every bad input gets the status and error kind the Python
+//! reference gives (see `shared/reference/vgi-rpc-captures`), and the server
+//! keeps serving.
+
+use std::sync::Arc;
+
+use arrow_array::{Int64Array, RecordBatch, RecordBatchOptions, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use kit_service::http::{HttpConfig, Server, app};
+use kit_service::token::{KeyRing, SigningKey};
+use kit_service::wire::ipc::{StreamWriter, read_streams};
+use kit_service::wire::{self, Metadata};
+use tower::ServiceExt;
+
+const PROTOCOL: &str = "kit.Demo.v1";
+
+fn server_with(keys: KeyRing, config: HttpConfig) -> Arc<Server> {
+    Server::new(vec![kit_service::demo::protocol()], config, keys)
+}
+
+fn server() -> Arc<Server> {
+    server_with(KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600), HttpConfig::default())
+}
+
+fn request_metadata(method: &str) -> Metadata {
+    vec![
+        (wire::METHOD_KEY.into(), method.into()),
+        (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+        (wire::PROTOCOL_KEY.into(), PROTOCOL.into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), "1.0.0".into()),
+    ]
+}
+
+fn ipc(schema: SchemaRef, batch: RecordBatch, metadata: Metadata) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
+    writer.write(&batch, &metadata).unwrap();
+    writer.finish();
+    out
+}
+
+fn add_body(a: i64, b: i64, metadata: Metadata) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("b", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![a])), Arc::new(Int64Array::from(vec![b]))]).unwrap();
+    ipc(schema, batch, metadata)
+}
+
+fn count_body(n: i64, rows: i64) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("batch_rows", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n])), Arc::new(Int64Array::from(vec![rows]))]).unwrap();
+    ipc(schema, batch, request_metadata("count"))
+}
+
+fn token_body(metadata: Metadata) -> Vec<u8> {
+    let schema = Arc::new(Schema::empty());
+    let batch = RecordBatch::try_new_with_options(schema.clone(), vec![], &RecordBatchOptions::new().with_row_count(Some(0))).unwrap();
+    ipc(schema, batch, metadata)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn streams(&self) -> Vec<wire::IpcStream> {
+        read_streams(&self.body).expect("response body is Arrow IPC")
+    }
+
+    /// The metadata of the EXCEPTION batch, if the body carries one.
+    fn error(&self) -> Option<Metadata> {
+        self.streams()
+            .into_iter()
+            .flat_map(|s| s.batches)
+            .find(|b| b.get(wire::LOG_LEVEL_KEY) == Some("EXCEPTION"))
+            .map(|b| b.metadata)
+    }
+
+    fn error_field(&self, key: &str) -> String {
+        let error = self.error().unwrap_or_else(|| panic!("no error batch in a {} response", self.status));
+        wire::metadata_get(&error, key).unwrap_or("").to_string()
+    }
+}
+
+async fn send(server: &Arc<Server>, request: Request<Body>) -> Reply {
+    let response = app(server.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        headers.get_all("vgi-accept-max-response-bytes-support").iter().collect::<Vec<_>>(),
+        vec!["true"],
+        "capability header must appear exactly once"
+    );
+    Reply { status, headers, body }
+}
+
+async fn post(server: &Arc<Server>, path: &str, body: Vec<u8>) -> Reply {
+    let request = Request::post(path).header("content-type", wire::CONTENT_TYPE).body(Body::from(body)).unwrap();
+    send(server, request).await
+}
+
+/// One bad-input case: the status, and the error type and kind in the body.
+async fn check(server: &Arc<Server>, request: Request<Body>, status: StatusCode, error_type: &str, kind: &str) {
+    let reply = send(server, request).await;
+    assert_eq!(reply.status, status, "body: {:?}", reply.error());
+    let message = reply.error_field(wire::LOG_MESSAGE_KEY);
+    assert!(message.starts_with(&format!("{error_type}: ")), "message {message:?} should start with {error_type}");
+    assert_eq!(reply.error_field(wire::ERROR_KIND_KEY), kind);
+    // The server keeps serving after every bad input.
+    let ok = post(server, &format!("/{PROTOCOL}/add"), add_body(1, 2, request_metadata("add"))).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+fn raw(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path).header("content-type", content_type).body(body.into()).unwrap()
+}
+
+#[tokio::test]
+async fn unary_call_returns_the_result() {
+    let server = server();
+    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(2, 3, request_metadata("add"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers.get("x-vgi-rpc-error").is_none());
+    let streams = reply.streams();
+    let column = streams[0].batches[0].batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+    assert_eq!(column.value(0), 5);
+    assert_eq!(reply.headers.get("x-request-id").unwrap().len(), 16);
+}
+
+#[tokio::test]
+async fn method_errors_are_200_with_the_error_header() {
+    let server = server();
+    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(i64::MAX, 1, request_metadata("add"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers.get("x-vgi-rpc-error").unwrap(), "true");
+    assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "UNKNOWN");
+    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).starts_with("ValueError: "));
+    // The error rides on the result schema.
+    assert_eq!(reply.streams()[0].schema.field(0).name(), "result");
+}
+
+#[tokio::test]
+async fn bad_inputs_get_the_reference_statuses() {
+    let server = server();
+    let add = format!("/{PROTOCOL}/add");
+    let ct = wire::CONTENT_TYPE;
+    check(&server, raw(&add, "application/octet-stream", "x"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "TypeError", "").await;
+    check(&server, raw(&format!("/{PROTOCOL}/nope"), ct, "x"), StatusCode::NOT_FOUND, "MethodNotImplementedError", "method_not_implemented").await;
+    check(&server, raw("/Nope/add", ct, "x"), StatusCode::NOT_FOUND, "ProtocolNotSupportedError", "protocol_not_supported").await;
+    check(&server, raw("/a%2Eb/add", ct, "x"), StatusCode::NOT_FOUND, "ProtocolNotSpecifiedError", "protocol_not_supported").await;
+    check(&server, raw("/__describe__", ct, ""), StatusCode::NOT_FOUND, "MethodNotImplementedError", "method_not_implemented").await;
+    check(&server, raw(&add, ct, "not arrow"), StatusCode::BAD_REQUEST, "ArrowInvalid", "").await;
+    let mut truncated = add_body(1, 2, request_metadata("add"));
+    truncated.truncate(truncated.len() - 20);
+    check(&server, raw(&add, ct, truncated), StatusCode::BAD_REQUEST, "ArrowInvalid", "").await;
+    check(&server, raw(&format!("/{PROTOCOL}/count"), ct, ""), StatusCode::BAD_REQUEST, "TypeError", "").await;
+    check(&server, raw(&format!("/{PROTOCOL}/add/init"), ct, ""), StatusCode::BAD_REQUEST, "TypeError", "").await;
+
+    let mut no_method = request_metadata("add");
+    no_method.retain(|(k, _)| k != wire::METHOD_KEY);
+    check(&server, raw(&add, ct, add_body(1, 2, no_method)), StatusCode::BAD_REQUEST, "ProtocolError", "").await;
+    check(&server, raw(&add, ct, add_body(1, 2, request_metadata("greet"))), StatusCode::BAD_REQUEST, "TypeError", "").await;
+    let mut old_version = request_metadata("add");
+    old_version.retain(|(k, _)| k != wire::PROTOCOL_VERSION_KEY);
+    old_version.push((wire::PROTOCOL_VERSION_KEY.into(), "0.9.0".into()));
+    check(&server, raw(&add, ct, add_body(1, 2, old_version)), StatusCode::BAD_REQUEST, "ProtocolVersionError", "protocol_version_mismatch").await;
+}
+
+#[tokio::test]
+async fn schema_mismatches_are_400() {
+    let server = server();
+    let add = format!("/{PROTOCOL}/add");
+    let nullable = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(nullable.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(Int64Array::from(vec![2]))]).unwrap();
+    let reply = post(&server, &add, ipc(nullable, batch, request_metadata("add"))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.error_field(wire::LOG_MESSAGE_KEY),
+        "TypeError: add() parameter 'a' expected nullable=False, but the request batch carried nullable=True"
+    );
+
+    let wrong_type = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, false), Field::new("b", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(wrong_type.clone(), vec![Arc::new(StringArray::from(vec!["1"])), Arc::new(Int64Array::from(vec![2]))]).unwrap();
+    let reply = post(&server, &add, ipc(wrong_type, batch, request_metadata("add"))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).contains("expected Arrow type int64 but the request batch carried utf8"));
+}
+
+#[tokio::test]
+async fn compressed_requests_and_responses() {
+    let server = server();
+    let body = zstd::bulk::compress(&add_body(2, 2, request_metadata("add")), 1).unwrap();
+    let request = Request::post(format!("/{PROTOCOL}/add"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .header("content-encoding", "zstd")
+        .header("accept-encoding", "zstd, gzip")
+        .body(Body::from(body))
+        .unwrap();
+    let reply = send(&server, request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers.get("content-encoding").unwrap(), "zstd");
+    let decoded = zstd::stream::decode_all(reply.body.as_ref()).unwrap();
+    assert!(read_streams(&Bytes::from(decoded)).is_ok());
+
+    let corrupt = Request::post(format!("/{PROTOCOL}/add"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .header("content-encoding", "zstd")
+        .body(Body::from(&b"definitely not zstd"[..]))
+        .unwrap();
+    assert_eq!(send(&server, corrupt).await.status, StatusCode::BAD_REQUEST);
+    let unknown = Request::post(format!("/{PROTOCOL}/add"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .header("content-encoding", "br")
+        .body(Body::from(&b"x"[..]))
+        .unwrap();
+    assert_eq!(send(&server, unknown).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn request_and_response_limits() {
+    let config = HttpConfig { max_request_bytes: Some(200), max_response_bytes: Some(65536), ..HttpConfig::default() };
+    let server = server_with(KeyRing::ephemeral(3600), config);
+    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(1, 2, request_metadata("add"))).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.headers.get("vgi-max-request-bytes").unwrap(), "200");
+
+    let server = server_with(KeyRing::ephemeral(3600), HttpConfig { max_response_bytes: Some(65536), ..HttpConfig::default() });
+    let request = Request::post(format!("/{PROTOCOL}/init"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .header("vgi-accept-max-response-bytes", "12")
+        .body(Body::from(count_body(1, 1)))
+        .unwrap();
+    assert_eq!(send(&server, request).await.status, StatusCode::BAD_REQUEST);
+    let request = Request::post(format!("/{PROTOCOL}/count/init"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .body(Body::from(count_body(20_000, 20_000)))
+        .unwrap();
+    let reply = send(&server, request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "RESOURCE_EXHAUSTED");
+}
+
+/// Walks a producer stream turn by turn, returning the rows and each turn's reply.
+async fn start_count(server: &Arc<Server>) -> (Reply, String, String) {
+    let reply = post(server, &format!("/{PROTOCOL}/count/init"), count_body(10, 4)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let streams = reply.streams();
+    let token = streams[0].batches.iter().find(|b| b.get(wire::STATE_KEY).is_some()).expect("token batch");
+    let cursor = token.get(wire::STATE_KEY).unwrap().to_string();
+    let call = token.get(wire::CALL_STATE_KEY).unwrap().to_string();
+    (reply, cursor, call)
+}
+
+fn continuation(cursor: &str, call: &str) -> Vec<u8> {
+    token_body(vec![(wire::STATE_KEY.into(), cursor.into()), (wire::CALL_STATE_KEY.into(), call.into())])
+}
+
+#[tokio::test]
+async fn producer_streams_are_lock_step() {
+    let server = server();
+    let (first, mut cursor, call) = start_count(&server).await;
+    let data_batches = |reply: &Reply| reply.streams()[0].batches.iter().filter(|b| b.batch.num_rows() > 0).count();
+    assert_eq!(data_batches(&first), 1);
+    let mut turns = 1;
+    loop {
+        let reply = post(&server, &format!("/{PROTOCOL}/count/exchange"), continuation(&cursor, &call)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(data_batches(&reply) <= 1);
+        turns += 1;
+        match reply.streams()[0].batches.iter().find_map(|b| b.get(wire::STATE_KEY).map(str::to_string)) {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(turns, 3, "10 rows in slices of 4, finishing with the last batch");
+}
+
+#[tokio::test]
+async fn tampered_expired_and_foreign_tokens_are_400() {
+    let server = server();
+    let (_, cursor, call) = start_count(&server).await;
+    let path = format!("/{PROTOCOL}/count/exchange");
+    let token_error = |reply: &Reply| {
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        reply.error_field(wire::LOG_MESSAGE_KEY)
+    };
+
+    let mut tampered = cursor.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let reply = post(&server, &path, continuation(&String::from_utf8(tampered).unwrap(), &call)).await;
+    assert_eq!(token_error(&reply), "RuntimeError: State token signature verification failed");
+
+    let reply = post(&server, &path, continuation("%%%", &call)).await;
+    assert_eq!(token_error(&reply), "RuntimeError: Malformed state token");
+
+    let reply = post(&server, &path, token_body(vec![(wire::CALL_STATE_KEY.into(), call.clone())])).await;
+    assert_eq!(token_error(&reply), "RuntimeError: Missing state token in exchange request");
+
+    // A replica with another key rejects the token; one holding it as a previous key accepts it.
+    let foreign = server_with(KeyRing::new(SigningKey::new(vec![1u8; 32]), vec![], 3600), HttpConfig::default());
+    let reply = post(&foreign, &path, continuation(&cursor, &call)).await;
+    assert_eq!(token_error(&reply), "RuntimeError: State token signature verification failed");
+    let rotated = server_with(KeyRing::new(SigningKey::new(vec![1u8; 32]), vec![SigningKey::new(vec![9u8; 32])], 3600), HttpConfig::default());
+    assert_eq!(post(&rotated, &path, continuation(&cursor, &call)).await.status, StatusCode::OK);
+
+    // Tokens from a key ring with a 1-second lifetime expire.
+    let short = server_with(KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 1), HttpConfig::default());
+    let (_, cursor, call) = start_count(&short).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let reply = post(&short, &path, continuation(&cursor, &call)).await;
+    assert_eq!(token_error(&reply), "RuntimeError: State token expired");
+}
+
+#[tokio::test]
+async fn health_and_verbs() {
+    let server = server();
+    let reply = send(&server, Request::get("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["protocol"], PROTOCOL);
+    let reply = send(&server, Request::options("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.headers.get("allow").unwrap(), "GET, HEAD");
+    assert_eq!(reply.headers.get("cache-control").unwrap(), "public, max-age=300");
+    let reply = send(&server, Request::get(format!("/{PROTOCOL}/add")).body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let reply = send(&server, Request::get("/elsewhere").body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = send(&server, Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.headers.get("x-request-id").unwrap(), "abc-123");
+}
