@@ -43,7 +43,9 @@ pub struct Report {
 impl Report {
     /// True when some failed finding is at or above `threshold`.
     pub fn fails_at(&self, threshold: Severity) -> bool {
-        self.findings.iter().any(|f| matches!(f.outcome, Outcome::Fail { .. }) && f.severity >= threshold)
+        self.findings
+            .iter()
+            .any(|f| matches!(f.outcome, Outcome::Fail { .. }) && f.severity >= threshold)
     }
 }
 
@@ -52,13 +54,25 @@ mod tests {
     use super::*;
 
     fn finding(severity: Severity, outcome: Outcome) -> Finding {
-        Finding { id: "T001", severity, outcome }
+        Finding {
+            id: "T001",
+            severity,
+            outcome,
+        }
     }
 
     #[test]
     fn thresholds_count_only_failures() {
-        let fail = Outcome::Fail { message: "m".into(), hint: "h".into() };
-        let report = Report { findings: vec![finding(Severity::Warn, fail), finding(Severity::Error, Outcome::Pass)] };
+        let fail = Outcome::Fail {
+            message: "m".into(),
+            hint: "h".into(),
+        };
+        let report = Report {
+            findings: vec![
+                finding(Severity::Warn, fail),
+                finding(Severity::Error, Outcome::Pass),
+            ],
+        };
         assert!(report.fails_at(Severity::Warn));
         assert!(!report.fails_at(Severity::Error));
     }

@@ -8,11 +8,23 @@
 pub const COMMANDS: &[(&str, &str)] = &[
     ("init", "write a commented deploy-kit.yaml"),
     ("plan", "render and show what `up` would change"),
-    ("up", "provision storage, the signing key and the platform target"),
+    (
+        "up",
+        "provision storage, the signing key and the platform target",
+    ),
     ("down", "remove what `up` made"),
-    ("doctor", "check config, limits, keys and storage before rollout"),
-    ("secrets", "rotate the signing key without breaking open streams"),
-    ("render", "render Dockerfiles, manifests and workflows from templates"),
+    (
+        "doctor",
+        "check config, limits, keys and storage before rollout",
+    ),
+    (
+        "secrets",
+        "rotate the signing key without breaking open streams",
+    ),
+    (
+        "render",
+        "render Dockerfiles, manifests and workflows from templates",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use deploy_kit::CommandError;
 
 #[derive(Parser)]
-#[command(name = "deploy-kit", version, about = "take a vgi-rpc service from laptop to production")]
+#[command(
+    name = "deploy-kit",
+    version,
+    about = "take a vgi-rpc service from laptop to production"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -12,6 +12,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use std::time::Duration;
+
+use crate::http::auth::ApiKeys;
+use crate::http::ratelimit::{Cidr, RateLimit};
 use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
 
 /// Where configuration values come from.
@@ -47,18 +51,111 @@ pub struct Variable {
 
 /// Every environment variable kit-service reads.
 pub const VARIABLES: &[Variable] = &[
-    Variable { name: "PORT", default: "", doc: "Port to listen on (all platforms that set it: Cloud Run, Fly, Railway). Overrides the port of `--listen`; the host stays as given." },
-    Variable { name: "FUNCTIONS_CUSTOMHANDLER_PORT", default: "", doc: "Port set by Azure Functions for custom handlers; same effect as `PORT`." },
-    Variable { name: "VGI_SIGNING_KEY", default: "", doc: "Stream-token signing key, at least 32 bytes. Raw text, or `hex:...` / `base64:...`. Every replica must share it." },
-    Variable { name: "VGI_SIGNING_KEY_FILE", default: "", doc: "File holding the signing key (a mounted secret). Exclusive with `VGI_SIGNING_KEY`; trailing newline ignored." },
-    Variable { name: "VGI_SIGNING_KEY_PREVIOUS", default: "", doc: "Comma-separated previous keys, verify-only, so streams opened before a rotation keep working." },
-    Variable { name: "KIT_TOKEN_TTL", default: "3600", doc: "Lifetime of stream state tokens in seconds (0 = no expiry)." },
-    Variable { name: "KIT_MAX_REQUEST_BYTES", default: "", doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`." },
-    Variable { name: "KIT_MAX_RESPONSE_BYTES", default: "", doc: "Largest response body sent; an overshoot becomes a `RESOURCE_EXHAUSTED` error. Advertised as `VGI-Max-Response-Bytes`." },
-    Variable { name: "KIT_REFLECTION", default: "true", doc: "Host `vgi_rpc.Reflection.v1` (true/false)." },
-    Variable { name: "KIT_LOG_FORMAT", default: "json", doc: "Log format: `json` or `text`." },
-    Variable { name: "KIT_SHUTDOWN_GRACE", default: "30", doc: "Seconds to let in-flight requests finish after SIGTERM." },
-    Variable { name: "KIT_SERVER_ID", default: "(random)", doc: "Server id reported in health and error batches." },
+    Variable {
+        name: "PORT",
+        default: "",
+        doc: "Port to listen on (all platforms that set it: Cloud Run, Fly, Railway). Overrides the port of `--listen`; the host stays as given.",
+    },
+    Variable {
+        name: "FUNCTIONS_CUSTOMHANDLER_PORT",
+        default: "",
+        doc: "Port set by Azure Functions for custom handlers; same effect as `PORT`.",
+    },
+    Variable {
+        name: "VGI_SIGNING_KEY",
+        default: "",
+        doc: "Stream-token signing key, at least 32 bytes. Raw text, or `hex:...` / `base64:...`. Every replica must share it.",
+    },
+    Variable {
+        name: "VGI_SIGNING_KEY_FILE",
+        default: "",
+        doc: "File holding the signing key (a mounted secret). Exclusive with `VGI_SIGNING_KEY`; trailing newline ignored.",
+    },
+    Variable {
+        name: "VGI_SIGNING_KEY_PREVIOUS",
+        default: "",
+        doc: "Comma-separated previous keys, verify-only, so streams opened before a rotation keep working.",
+    },
+    Variable {
+        name: "KIT_TOKEN_TTL",
+        default: "3600",
+        doc: "Lifetime of stream state tokens in seconds (0 = no expiry).",
+    },
+    Variable {
+        name: "KIT_MAX_REQUEST_BYTES",
+        default: "",
+        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`.",
+    },
+    Variable {
+        name: "KIT_MAX_RESPONSE_BYTES",
+        default: "",
+        doc: "Largest response body sent; an overshoot becomes a `RESOURCE_EXHAUSTED` error. Advertised as `VGI-Max-Response-Bytes`.",
+    },
+    Variable {
+        name: "KIT_MAX_UPLOAD_BYTES",
+        default: "",
+        doc: "Largest upload through a vended upload URL; advertised as `VGI-Max-Upload-Bytes`.",
+    },
+    Variable {
+        name: "KIT_REQUEST_TIMEOUT",
+        default: "300",
+        doc: "Seconds a request (one unary call or stream turn) may take before 504.",
+    },
+    Variable {
+        name: "KIT_READ_TIMEOUT",
+        default: "30",
+        doc: "Seconds to receive a whole request body before 408 (slowloris guard).",
+    },
+    Variable {
+        name: "KIT_CORS_ORIGINS",
+        default: "",
+        doc: "Comma-separated origins allowed by CORS, or `*`. Unset: no CORS headers. `*` together with API keys is refused.",
+    },
+    Variable {
+        name: "KIT_API_KEYS",
+        default: "",
+        doc: "API keys as `name=key,name=key`. The name becomes the caller identity bound into stream tokens.",
+    },
+    Variable {
+        name: "KIT_API_KEYS_FILE",
+        default: "",
+        doc: "File with one `name=key` per line (`#` comments). Exclusive with `KIT_API_KEYS`.",
+    },
+    Variable {
+        name: "KIT_REQUIRE_AUTH",
+        default: "true if keys are set",
+        doc: "Refuse requests without a valid key (true/false). Health, readiness and metrics stay open.",
+    },
+    Variable {
+        name: "KIT_RATE_LIMIT",
+        default: "off",
+        doc: "`N/SECONDS` per API key (per client IP without one), or `off`. In-memory per process: N replicas allow N times this.",
+    },
+    Variable {
+        name: "KIT_TRUSTED_PROXIES",
+        default: "",
+        doc: "Comma-separated IPs/CIDRs whose `X-Forwarded-For` is believed for the client IP.",
+    },
+    Variable {
+        name: "KIT_REFLECTION",
+        default: "true",
+        doc: "Host `vgi_rpc.Reflection.v1` (true/false).",
+    },
+    Variable {
+        name: "KIT_LOG_FORMAT",
+        default: "json",
+        doc: "Log format: `json` or `text`.",
+    },
+    Variable {
+        name: "KIT_SHUTDOWN_GRACE",
+        default: "30",
+        doc: "Seconds to let in-flight requests finish after SIGTERM.",
+    },
+    Variable {
+        name: "KIT_SERVER_ID",
+        default: "(random)",
+        doc: "Server id reported in health and error batches.",
+    },
 ];
 
 /// Resolved service settings.
@@ -72,6 +169,14 @@ pub struct Config {
     pub log_json: bool,
     pub shutdown_grace_seconds: u64,
     pub server_id: Option<String>,
+    pub max_upload_bytes: Option<u64>,
+    pub request_timeout: Duration,
+    pub read_timeout: Duration,
+    pub cors_origins: Vec<String>,
+    pub api_keys: ApiKeys,
+    pub require_auth: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Every problem found, one line each.
@@ -88,7 +193,9 @@ impl Config {
             if let Some(port) = env.var(name).filter(|v| !v.is_empty()) {
                 match port.parse::<u16>() {
                     Ok(port) => listen.set_port(port),
-                    Err(_) => problems.push(format!("`{name}` must be a port number, got `{port}`")),
+                    Err(_) => {
+                        problems.push(format!("`{name}` must be a port number, got `{port}`"))
+                    }
                 }
                 break;
             }
@@ -105,19 +212,72 @@ impl Config {
                 None | Some("") | Some("json") => true,
                 Some("text") => false,
                 Some(other) => {
-                    problems.push(format!("`KIT_LOG_FORMAT` must be `json` or `text`, got `{other}`"));
+                    problems.push(format!(
+                        "`KIT_LOG_FORMAT` must be `json` or `text`, got `{other}`"
+                    ));
                     true
                 }
             },
             shutdown_grace_seconds: number(env, "KIT_SHUTDOWN_GRACE", &mut problems).unwrap_or(30),
             server_id: env.var("KIT_SERVER_ID").filter(|v| !v.is_empty()),
+            max_upload_bytes: number(env, "KIT_MAX_UPLOAD_BYTES", &mut problems),
+            request_timeout: Duration::from_secs(
+                number(env, "KIT_REQUEST_TIMEOUT", &mut problems).unwrap_or(300),
+            ),
+            read_timeout: Duration::from_secs(
+                number(env, "KIT_READ_TIMEOUT", &mut problems).unwrap_or(30),
+            ),
+            cors_origins: list(env, "KIT_CORS_ORIGINS"),
+            api_keys: api_keys(env, &mut problems),
+            require_auth: false,
+            rate_limit: match env
+                .var("KIT_RATE_LIMIT")
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+            {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                Some(v) => match RateLimit::parse(&v) {
+                    Ok(limit) => Some(limit),
+                    Err(reason) => {
+                        problems.push(format!("`KIT_RATE_LIMIT`: {reason}"));
+                        None
+                    }
+                },
+            },
+            trusted_proxies: list(env, "KIT_TRUSTED_PROXIES")
+                .iter()
+                .filter_map(|entry| {
+                    Cidr::parse(entry)
+                        .map_err(|reason| problems.push(format!("`KIT_TRUSTED_PROXIES`: {reason}")))
+                        .ok()
+                })
+                .collect(),
         };
+        let mut config = config;
+        config.require_auth =
+            boolean(env, "KIT_REQUIRE_AUTH", &mut problems).unwrap_or(!config.api_keys.is_empty());
+        if config.require_auth && config.api_keys.is_empty() {
+            problems.push("`KIT_REQUIRE_AUTH` is true but no keys are configured: set `KIT_API_KEYS` or `KIT_API_KEYS_FILE`".into());
+        }
+        if config.cors_origins.iter().any(|o| o == "*") && !config.api_keys.is_empty() {
+            problems.push("`KIT_CORS_ORIGINS=*` together with API keys would let any web page use a visitor's key: list the allowed origins instead".into());
+        }
+        if config.request_timeout.is_zero() || config.read_timeout.is_zero() {
+            problems.push("`KIT_REQUEST_TIMEOUT` and `KIT_READ_TIMEOUT` must be positive".into());
+        }
         if let Some(limit) = config.max_response_bytes
             && limit < 65536
         {
-            problems.push(format!("`KIT_MAX_RESPONSE_BYTES` must be at least 65536, got `{limit}`"));
+            problems.push(format!(
+                "`KIT_MAX_RESPONSE_BYTES` must be at least 65536, got `{limit}`"
+            ));
         }
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError(problems)) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 }
 
@@ -126,10 +286,54 @@ fn number(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<u64> 
     match value.trim().parse::<u64>() {
         Ok(n) => Some(n),
         Err(_) => {
-            problems.push(format!("`{name}` must be a non-negative integer, got `{value}`"));
+            problems.push(format!(
+                "`{name}` must be a non-negative integer, got `{value}`"
+            ));
             None
         }
     }
+}
+
+fn list(env: &dyn Env, name: &str) -> Vec<String> {
+    env.var(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn api_keys(env: &dyn Env, problems: &mut Vec<String>) -> ApiKeys {
+    let literal = env.var("KIT_API_KEYS").filter(|v| !v.trim().is_empty());
+    let file = env
+        .var("KIT_API_KEYS_FILE")
+        .filter(|v| !v.trim().is_empty());
+    let (source, text) = match (literal, file) {
+        (Some(_), Some(_)) => {
+            problems.push("set only one of `KIT_API_KEYS` and `KIT_API_KEYS_FILE`".into());
+            return ApiKeys::default();
+        }
+        (Some(text), None) => ("KIT_API_KEYS".to_string(), text),
+        (None, Some(path)) => match env.read_file(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => (format!("KIT_API_KEYS_FILE ({path})"), text),
+            Ok(Err(_)) => {
+                problems.push(format!("`KIT_API_KEYS_FILE` `{path}` is not UTF-8 text"));
+                return ApiKeys::default();
+            }
+            Err(error) => {
+                problems.push(format!(
+                    "failed to read `KIT_API_KEYS_FILE` `{path}`: {error}"
+                ));
+                return ApiKeys::default();
+            }
+        },
+        (None, None) => return ApiKeys::default(),
+    };
+    ApiKeys::parse(&text).unwrap_or_else(|error| {
+        problems.push(format!("`{source}`: {error}"));
+        ApiKeys::default()
+    })
 }
 
 fn boolean(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<bool> {
@@ -150,7 +354,9 @@ pub fn decode_key(text: &str) -> Result<Vec<u8>, String> {
     if let Some(hex_text) = text.strip_prefix("hex:") {
         hex::decode(hex_text.trim()).map_err(|e| format!("not valid hex ({e})"))
     } else if let Some(b64) = text.strip_prefix("base64:") {
-        base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| format!("not valid base64 ({e})"))
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| format!("not valid base64 ({e})"))
     } else {
         Ok(text.as_bytes().to_vec())
     }
@@ -167,14 +373,19 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
         (Some(text), None) => Some(("VGI_SIGNING_KEY".to_string(), text)),
         (None, Some(path)) => match env.read_file(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => Some((format!("VGI_SIGNING_KEY_FILE ({path})"), text.trim_end_matches(['\n', '\r']).to_string())),
+                Ok(text) => Some((
+                    format!("VGI_SIGNING_KEY_FILE ({path})"),
+                    text.trim_end_matches(['\n', '\r']).to_string(),
+                )),
                 Err(_) => {
                     problems.push(format!("`VGI_SIGNING_KEY_FILE` `{path}` is not UTF-8 text; store the key as text, hex: or base64:"));
                     None
                 }
             },
             Err(error) => {
-                problems.push(format!("failed to read `VGI_SIGNING_KEY_FILE` `{path}`: {error}"));
+                problems.push(format!(
+                    "failed to read `VGI_SIGNING_KEY_FILE` `{path}`: {error}"
+                ));
                 None
             }
         },
@@ -184,7 +395,10 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
         match decode_key(text) {
             Ok(bytes) if bytes.len() >= MIN_KEY_BYTES => Some(SigningKey::new(bytes)),
             Ok(bytes) => {
-                problems.push(format!("`{source}` is {} bytes; a signing key needs at least {MIN_KEY_BYTES}", bytes.len()));
+                problems.push(format!(
+                    "`{source}` is {} bytes; a signing key needs at least {MIN_KEY_BYTES}",
+                    bytes.len()
+                ));
                 None
             }
             Err(reason) => {
@@ -193,7 +407,9 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
             }
         }
     };
-    let primary = primary_text.as_ref().and_then(|(source, text)| key(source, text));
+    let primary = primary_text
+        .as_ref()
+        .and_then(|(source, text)| key(source, text));
     let previous: Vec<SigningKey> = env
         .var("VGI_SIGNING_KEY_PREVIOUS")
         .unwrap_or_default()
@@ -206,7 +422,8 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
         Some(primary) => KeyRing::new(primary, previous, ttl),
         None => {
             if !previous.is_empty() && primary_text.is_none() {
-                problems.push("`VGI_SIGNING_KEY_PREVIOUS` is set but there is no primary key".into());
+                problems
+                    .push("`VGI_SIGNING_KEY_PREVIOUS` is set but there is no primary key".into());
             }
             KeyRing::ephemeral(ttl)
         }
@@ -217,7 +434,10 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
 pub fn variables_markdown() -> String {
     let mut out = String::from("| Variable | Default | Meaning |\n|---|---|---|\n");
     for variable in VARIABLES {
-        out.push_str(&format!("| `{}` | {} | {} |\n", variable.name, variable.default, variable.doc));
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            variable.name, variable.default, variable.doc
+        ));
     }
     out
 }
@@ -227,7 +447,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn listen() -> SocketAddr {
@@ -237,12 +460,47 @@ mod tests {
     #[test]
     fn every_bad_variable_is_reported_at_once() {
         let error = Config::from_env(
-            &env(&[("PORT", "http"), ("KIT_MAX_REQUEST_BYTES", "-1"), ("VGI_SIGNING_KEY", "short"), ("KIT_LOG_FORMAT", "xml")]),
+            &env(&[
+                ("PORT", "http"),
+                ("KIT_MAX_REQUEST_BYTES", "-1"),
+                ("VGI_SIGNING_KEY", "short"),
+                ("KIT_LOG_FORMAT", "xml"),
+            ]),
             listen(),
         )
         .unwrap_err();
         assert_eq!(error.0.len(), 4, "{error}");
         assert!(error.to_string().contains("`VGI_SIGNING_KEY` is 5 bytes"));
+    }
+
+    #[test]
+    fn auth_cors_and_rate_limit_settings() {
+        let config = Config::from_env(
+            &env(&[
+                ("KIT_API_KEYS", "ci=abc"),
+                ("KIT_RATE_LIMIT", "10/60"),
+                ("KIT_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        assert!(config.require_auth, "keys imply required auth");
+        assert_eq!(config.api_keys.identify(b"abc"), Some("ci"));
+        assert_eq!(config.rate_limit.unwrap().requests, 10);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        let error = Config::from_env(
+            &env(&[
+                ("KIT_API_KEYS", "ci=abc"),
+                ("KIT_CORS_ORIGINS", "*"),
+                ("KIT_RATE_LIMIT", "lots"),
+                ("KIT_TRUSTED_PROXIES", "nope"),
+            ]),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(error.0.len(), 3, "{error}");
+        let error = Config::from_env(&env(&[("KIT_REQUIRE_AUTH", "true")]), listen()).unwrap_err();
+        assert!(error.to_string().contains("no keys are configured"));
     }
 
     #[test]
@@ -255,7 +513,14 @@ mod tests {
     #[test]
     fn keys_decode_and_previous_keys_verify() {
         let key = "hex:".to_string() + &"ab".repeat(32);
-        let config = Config::from_env(&env(&[("VGI_SIGNING_KEY", &key), ("VGI_SIGNING_KEY_PREVIOUS", &"x".repeat(40))]), listen()).unwrap();
+        let config = Config::from_env(
+            &env(&[
+                ("VGI_SIGNING_KEY", &key),
+                ("VGI_SIGNING_KEY_PREVIOUS", &"x".repeat(40)),
+            ]),
+            listen(),
+        )
+        .unwrap();
         assert!(!config.keys.is_ephemeral());
         assert_eq!(config.keys.primary().len(), 32);
         assert_eq!(config.keys.previous().len(), 1);
@@ -263,7 +528,14 @@ mod tests {
 
     #[test]
     fn docs_list_every_variable() {
-        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
-        assert!(docs.contains(&variables_markdown()), "docs/configuration.md is stale: run `kit-service env-docs`");
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .unwrap();
+        assert!(
+            docs.contains(&variables_markdown()),
+            "docs/configuration.md is stale: run `kit-service env-docs`"
+        );
     }
 }

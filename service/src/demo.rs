@@ -24,7 +24,10 @@ impl Producer for Count {
     async fn produce(&mut self, out: &mut Output, _ctx: &Ctx) -> Result<(), RpcError> {
         let stop = (self.next + self.step).min(self.end);
         let values: Vec<i64> = (self.next..stop).collect();
-        let batch = RecordBatch::try_new(out.schema().clone(), vec![Arc::new(Int64Array::from(values))])?;
+        let batch = RecordBatch::try_new(
+            out.schema().clone(),
+            vec![Arc::new(Int64Array::from(values))],
+        )?;
         out.emit(batch)?;
         self.next = stop;
         if self.next >= self.end {
@@ -37,23 +40,50 @@ impl Producer for Count {
 pub fn protocol() -> Protocol {
     Protocol::builder(NAME)
         .version("1.0.0")
-        .unary("add", "a: int64, b: int64", "result: int64", |_ctx, args| async move {
-            let (a, b): (i64, i64) = (args.get("a")?, args.get("b")?);
-            a.checked_add(b).ok_or_else(|| RpcError::value(format!("{a} + {b} overflows int64")))
-        })
-        .unary("greet", "name: utf8", "result: utf8", |ctx, args| async move {
-            let name: String = args.get("name")?;
-            ctx.log(LogLevel::Info, format!("greeting {name}"));
-            Ok(format!("hello, {name}"))
-        })
-        .producer("count", "n: int64, batch_rows: int64", "", |_ctx, args| async move {
-            let (n, step): (i64, i64) = (args.get("n")?, args.get("batch_rows")?);
-            if n < 0 || step < 1 {
-                return Err(RpcError::value("n must be >= 0 and batch_rows >= 1"));
-            }
-            let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
-            Ok(StreamInit::new(schema, Count { next: 0, end: n, step }))
-        })
+        .unary(
+            "add",
+            "a: int64, b: int64",
+            "result: int64",
+            |_ctx, args| async move {
+                let (a, b): (i64, i64) = (args.get("a")?, args.get("b")?);
+                a.checked_add(b)
+                    .ok_or_else(|| RpcError::value(format!("{a} + {b} overflows int64")))
+            },
+        )
+        .unary(
+            "greet",
+            "name: utf8",
+            "result: utf8",
+            |ctx, args| async move {
+                let name: String = args.get("name")?;
+                ctx.log(LogLevel::Info, format!("greeting {name}"));
+                Ok(format!("hello, {name}"))
+            },
+        )
+        .producer(
+            "count",
+            "n: int64, batch_rows: int64",
+            "",
+            |_ctx, args| async move {
+                let (n, step): (i64, i64) = (args.get("n")?, args.get("batch_rows")?);
+                if n < 0 || step < 1 {
+                    return Err(RpcError::value("n must be >= 0 and batch_rows >= 1"));
+                }
+                let schema = Arc::new(Schema::new(vec![Field::new(
+                    "value",
+                    DataType::Int64,
+                    false,
+                )]));
+                Ok(StreamInit::new(
+                    schema,
+                    Count {
+                        next: 0,
+                        end: n,
+                        step,
+                    },
+                ))
+            },
+        )
         .build()
         .expect("the demo protocol is well-formed")
 }

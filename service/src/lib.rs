@@ -4,13 +4,14 @@
 //! speaks the Arrow framing, [`http`] is the transport, [`token`] signs stream
 //! state, [`conformance`] and [`demo`] are the protocols the binary serves.
 
-pub mod conformance;
 pub mod config;
-pub mod serve;
+pub mod conformance;
 pub mod demo;
 pub mod http;
+pub mod metrics;
 pub mod reflection;
 pub mod rpc;
+pub mod serve;
 pub mod token;
 pub mod wire;
 

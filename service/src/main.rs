@@ -62,9 +62,16 @@ fn serve(args: ServeArgs) -> ExitCode {
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
-    let protocols = if args.conformance { kit_service::conformance::protocols() } else { vec![kit_service::demo::protocol()] };
+    let protocols = if args.conformance {
+        kit_service::conformance::protocols()
+    } else {
+        vec![kit_service::demo::protocol()]
+    };
     let server = kit_service::serve::build_server(&config, protocols, &args.prefix);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: failed to start the async runtime: {error}");
@@ -80,10 +87,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         tracing::info!(%address, prefix = %server.config().prefix, "listening");
         println!("LISTENING http://{address}{}", server.config().prefix);
-        match kit_service::serve::serve(listener, server, Duration::from_secs(config.shutdown_grace_seconds)).await {
+        match kit_service::serve::serve(
+            listener,
+            server,
+            Duration::from_secs(config.shutdown_grace_seconds),
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: server failed: {error}");
@@ -94,8 +110,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -29,11 +29,21 @@ const SERVICE_DESCRIPTION: &str = "protocol: utf8, protocol_version: utf8, proto
 pub(crate) fn protocol() -> Protocol {
     Protocol::builder(NAME)
         .version_exempt()
-        .unary("list_protocols", "", "result: binary", |ctx, _args| async move { list_protocols(&ctx) })
-        .unary("describe", "protocol: utf8", "result: binary", |ctx, args| async move {
-            let name: String = args.get("protocol")?;
-            describe(&ctx, &name)
-        })
+        .unary(
+            "list_protocols",
+            "",
+            "result: binary",
+            |ctx, _args| async move { list_protocols(&ctx) },
+        )
+        .unary(
+            "describe",
+            "protocol: utf8",
+            "result: binary",
+            |ctx, args| async move {
+                let name: String = args.get("protocol")?;
+                describe(&ctx, &name)
+            },
+        )
         .build()
         .expect("the reflection protocol is well-formed")
 }
@@ -44,7 +54,9 @@ tokio::task_local! {
 }
 
 fn server() -> Result<Arc<Server>, RpcError> {
-    CURRENT_SERVER.try_with(|s| s.clone()).map_err(|_| RpcError::new("RuntimeError", "reflection called outside a server"))
+    CURRENT_SERVER
+        .try_with(|s| s.clone())
+        .map_err(|_| RpcError::new("RuntimeError", "reflection called outside a server"))
 }
 
 fn single(schema: &str, columns: Vec<ArrayRef>) -> Result<crate::rpc::Bytes, RpcError> {
@@ -69,20 +81,43 @@ fn list_protocols(_ctx: &Ctx) -> Result<crate::rpc::Bytes, RpcError> {
     let server = server()?;
     let protocols: Vec<&Arc<Protocol>> = server.protocols().collect();
     let n = protocols.len();
-    let names: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(protocols.iter().map(|p| p.name.clone())));
-    let versions: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(protocols.iter().map(|p| p.version.clone().unwrap_or_default())));
-    let hashes: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(protocols.iter().map(|p| protocol_hash(p))));
+    let names: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
+        protocols.iter().map(|p| p.name.clone()),
+    ));
+    let versions: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
+        protocols
+            .iter()
+            .map(|p| p.version.clone().unwrap_or_default()),
+    ));
+    let hashes: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
+        protocols.iter().map(|p| protocol_hash(p)),
+    ));
     let deprecated: ArrayRef = Arc::new(arrow_array::BooleanArray::from(vec![false; n]));
-    let messages: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(std::iter::repeat_n("", n)));
+    let messages: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
+        std::iter::repeat_n("", n),
+    ));
     let features: ArrayRef = Arc::new(empty_string_list(n).finish());
     let schema = parse_schema(PROTOCOL_LIST).expect("reflection schemas parse");
-    let DataType::List(item) = schema.field(3).data_type().clone() else { unreachable!() };
-    let DataType::Struct(fields) = item.data_type().clone() else { unreachable!() };
-    let summaries = StructArray::try_new(fields, vec![names, versions, hashes, deprecated, messages, features], None)?;
+    let DataType::List(item) = schema.field(3).data_type().clone() else {
+        unreachable!()
+    };
+    let DataType::Struct(fields) = item.data_type().clone() else {
+        unreachable!()
+    };
+    let summaries = StructArray::try_new(
+        fields,
+        vec![names, versions, hashes, deprecated, messages, features],
+        None,
+    )?;
     let list = list_of(item, Arc::new(summaries));
     single(
         PROTOCOL_LIST,
-        vec![string(&server.config().server_id), string(env!("CARGO_PKG_VERSION")), string(crate::wire::REQUEST_VERSION), list],
+        vec![
+            string(&server.config().server_id),
+            string(env!("CARGO_PKG_VERSION")),
+            string(crate::wire::REQUEST_VERSION),
+            list,
+        ],
     )
 }
 
@@ -94,14 +129,27 @@ fn list_of(item: Arc<Field>, values: ArrayRef) -> ArrayRef {
 fn describe(_ctx: &Ctx, name: &str) -> Result<crate::rpc::Bytes, RpcError> {
     let server = server()?;
     let Some(protocol) = server.protocols().find(|p| p.name == name) else {
-        let hosted: Vec<String> = server.protocols().map(|p| format!("'{}'", p.name)).collect();
-        return Err(RpcError::new("ProtocolNotSupportedError", format!("This server does not host protocol '{name}'. Hosted: [{}].", hosted.join(", ")))
-            .with_kind("protocol_not_supported")
-            .with_code(ErrorCode::Unimplemented));
+        let hosted: Vec<String> = server
+            .protocols()
+            .map(|p| format!("'{}'", p.name))
+            .collect();
+        return Err(RpcError::new(
+            "ProtocolNotSupportedError",
+            format!(
+                "This server does not host protocol '{name}'. Hosted: [{}].",
+                hosted.join(", ")
+            ),
+        )
+        .with_kind("protocol_not_supported")
+        .with_code(ErrorCode::Unimplemented));
     };
     let schema = parse_schema(SERVICE_DESCRIPTION).expect("reflection schemas parse");
-    let DataType::List(item) = schema.field(6).data_type().clone() else { unreachable!() };
-    let DataType::Struct(fields) = item.data_type().clone() else { unreachable!() };
+    let DataType::List(item) = schema.field(6).data_type().clone() else {
+        unreachable!()
+    };
+    let DataType::Struct(fields) = item.data_type().clone() else {
+        unreachable!()
+    };
     let methods: Vec<_> = protocol.methods().collect();
     let mut names = StringBuilder::new();
     let mut types = StringBuilder::new();
@@ -116,13 +164,27 @@ fn describe(_ctx: &Ctx, name: &str) -> Result<crate::rpc::Bytes, RpcError> {
     let mut messages = StringBuilder::new();
     for method in &methods {
         names.append_value(&method.name);
-        types.append_value(if method.is_stream() { "stream" } else { "unary" });
+        types.append_value(if method.is_stream() {
+            "stream"
+        } else {
+            "unary"
+        });
         has_return.append_value(method.result().is_some());
         has_header.append_value(method.header().is_some());
         kinds.append_value(method.stream_kind().map(|k| k.as_str()).unwrap_or(""));
         params.append_value(schema_message(&method.params));
-        results.append_value(method.result().map(|s| schema_message(s)).unwrap_or_default());
-        headers.append_value(method.header().map(|s| schema_message(s)).unwrap_or_default());
+        results.append_value(
+            method
+                .result()
+                .map(|s| schema_message(s))
+                .unwrap_or_default(),
+        );
+        headers.append_value(
+            method
+                .header()
+                .map(|s| schema_message(s))
+                .unwrap_or_default(),
+        );
         idempotency.append_value("unknown");
         deprecated.append_value(false);
         messages.append_value("");
@@ -172,7 +234,14 @@ pub fn protocol_hash(protocol: &Protocol) -> String {
         .map(|method| {
             let mut entry = BTreeMap::new();
             entry.insert("name", json!(method.name));
-            entry.insert("type", json!(if method.is_stream() { "stream" } else { "unary" }));
+            entry.insert(
+                "type",
+                json!(if method.is_stream() {
+                    "stream"
+                } else {
+                    "unary"
+                }),
+            );
             entry.insert("has_return", json!(method.result().is_some()));
             entry.insert("has_header", json!(method.header().is_some()));
             entry.insert("params", schema_tokens(&method.params));
@@ -201,6 +270,9 @@ mod tests {
     #[test]
     fn reflection_hash_matches_upstream() {
         // Captured from the 0.52.2 reference server's list_protocols.
-        assert_eq!(protocol_hash(&protocol()), "3c7db4cae8cdfc93dc4a76e73b8b759e18e45e6a5811adba4e520366344b919a");
+        assert_eq!(
+            protocol_hash(&protocol()),
+            "3c7db4cae8cdfc93dc4a76e73b8b759e18e45e6a5811adba4e520366344b919a"
+        );
     }
 }

@@ -37,11 +37,18 @@ pub fn normalize_prefix(prefix: &str) -> String {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish within the grace.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, grace: Duration) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    grace: Duration,
+) -> std::io::Result<()> {
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown_signal().await;
-        tracing::info!(grace_seconds = grace.as_secs(), "shutdown signal received, draining");
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutdown signal received, draining"
+        );
         let _ = drained_tx.send(());
     };
     let serving = axum::serve(listener, app(server)).with_graceful_shutdown(shutdown);
@@ -60,7 +67,9 @@ async fn shutdown_signal() {
     let terminate = async {
         #[cfg(unix)]
         {
-            if let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut signal) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 signal.recv().await;
                 return;
             }

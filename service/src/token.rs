@@ -93,13 +93,15 @@ impl SigningKey {
     /// A non-secret fingerprint: first 16 hex digits of HMAC(key, "kit-fingerprint").
     /// Replicas that share a key report the same value on `/healthz`.
     pub fn fingerprint(&self) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");
         mac.update(b"kit-fingerprint");
         hex::encode(&mac.finalize().into_bytes()[..8])
     }
 
     fn mac(&self, kind: TokenKind, binding: Binding<'_>, signed: &[u8]) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");
+        let mut mac =
+            HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");
         mac.update(DOMAIN);
         mac.update(&[kind as u8]);
         for part in [binding.protocol, binding.method, binding.identity] {
@@ -122,12 +124,22 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn new(primary: SigningKey, previous: Vec<SigningKey>, ttl_seconds: u64) -> Self {
-        KeyRing { primary, previous, ephemeral: false, ttl_seconds }
+        KeyRing {
+            primary,
+            previous,
+            ephemeral: false,
+            ttl_seconds,
+        }
     }
 
     /// A random per-process key: fine on one instance, broken across several.
     pub fn ephemeral(ttl_seconds: u64) -> Self {
-        KeyRing { primary: SigningKey::random(), previous: Vec::new(), ephemeral: true, ttl_seconds }
+        KeyRing {
+            primary: SigningKey::random(),
+            previous: Vec::new(),
+            ephemeral: true,
+            ttl_seconds,
+        }
     }
 
     pub fn is_ephemeral(&self) -> bool {
@@ -151,8 +163,18 @@ impl KeyRing {
         self.seal_at(kind, binding, payload, now())
     }
 
-    fn seal_at(&self, kind: TokenKind, binding: Binding<'_>, payload: &[u8], issued_at: u64) -> String {
-        let expires_at = if self.ttl_seconds == 0 { u64::MAX } else { issued_at.saturating_add(self.ttl_seconds) };
+    fn seal_at(
+        &self,
+        kind: TokenKind,
+        binding: Binding<'_>,
+        payload: &[u8],
+        issued_at: u64,
+    ) -> String {
+        let expires_at = if self.ttl_seconds == 0 {
+            u64::MAX
+        } else {
+            issued_at.saturating_add(self.ttl_seconds)
+        };
         let mut token = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
         token.push(VERSION);
         token.push(kind as u8);
@@ -160,7 +182,11 @@ impl KeyRing {
         token.extend_from_slice(&issued_at.to_le_bytes());
         token.extend_from_slice(&expires_at.to_le_bytes());
         token.extend_from_slice(payload);
-        let tag = self.primary.mac(kind, binding, &token).finalize().into_bytes();
+        let tag = self
+            .primary
+            .mac(kind, binding, &token)
+            .finalize()
+            .into_bytes();
         token.extend_from_slice(&tag);
         STANDARD.encode(token)
     }
@@ -169,12 +195,25 @@ impl KeyRing {
     ///
     /// The signature is checked before the expiry, so a forged expiry is a
     /// signature failure, never a misleading "expired".
-    pub fn open(&self, kind: TokenKind, binding: Binding<'_>, token: &str) -> Result<Vec<u8>, TokenError> {
+    pub fn open(
+        &self,
+        kind: TokenKind,
+        binding: Binding<'_>,
+        token: &str,
+    ) -> Result<Vec<u8>, TokenError> {
         self.open_at(kind, binding, token, now())
     }
 
-    fn open_at(&self, kind: TokenKind, binding: Binding<'_>, token: &str, now: u64) -> Result<Vec<u8>, TokenError> {
-        let raw = STANDARD.decode(token.trim()).map_err(|_| TokenError::Malformed)?;
+    fn open_at(
+        &self,
+        kind: TokenKind,
+        binding: Binding<'_>,
+        token: &str,
+        now: u64,
+    ) -> Result<Vec<u8>, TokenError> {
+        let raw = STANDARD
+            .decode(token.trim())
+            .map_err(|_| TokenError::Malformed)?;
         if raw.len() < HEADER_LEN + TAG_LEN || raw[0] != VERSION {
             return Err(TokenError::Malformed);
         }
@@ -188,7 +227,9 @@ impl KeyRing {
             .ok_or(TokenError::BadSignature)?;
         let (signed, tag) = raw.split_at(raw.len() - TAG_LEN);
         // `verify_slice` compares in constant time.
-        key.mac(kind, binding, signed).verify_slice(tag).map_err(|_| TokenError::BadSignature)?;
+        key.mac(kind, binding, signed)
+            .verify_slice(tag)
+            .map_err(|_| TokenError::BadSignature)?;
         let mut expires = [0u8; 8];
         expires.copy_from_slice(&raw[2 + KEY_ID_LEN + 8..HEADER_LEN]);
         if u64::from_le_bytes(expires) < now {
@@ -199,14 +240,21 @@ impl KeyRing {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const BINDING: Binding<'static> = Binding { protocol: "P", method: "m", identity: "" };
+    const BINDING: Binding<'static> = Binding {
+        protocol: "P",
+        method: "m",
+        identity: "",
+    };
 
     fn ring(secret: &[u8]) -> KeyRing {
         KeyRing::new(SigningKey::new(secret.to_vec()), vec![], 3600)
@@ -221,11 +269,26 @@ mod tests {
         let keys = ring(&[7u8; 32]);
         let token = keys.seal(TokenKind::Cursor, BINDING, b"state");
         check(keys.open(TokenKind::Cursor, BINDING, &token), Ok(b"state"));
-        let other_method = Binding { method: "n", ..BINDING };
-        check(keys.open(TokenKind::Cursor, other_method, &token), Err(TokenError::BadSignature));
-        let other_caller = Binding { identity: "mallory", ..BINDING };
-        check(keys.open(TokenKind::Cursor, other_caller, &token), Err(TokenError::BadSignature));
-        check(keys.open(TokenKind::Call, BINDING, &token), Err(TokenError::BadSignature));
+        let other_method = Binding {
+            method: "n",
+            ..BINDING
+        };
+        check(
+            keys.open(TokenKind::Cursor, other_method, &token),
+            Err(TokenError::BadSignature),
+        );
+        let other_caller = Binding {
+            identity: "mallory",
+            ..BINDING
+        };
+        check(
+            keys.open(TokenKind::Cursor, other_caller, &token),
+            Err(TokenError::BadSignature),
+        );
+        check(
+            keys.open(TokenKind::Call, BINDING, &token),
+            Err(TokenError::BadSignature),
+        );
     }
 
     #[test]
@@ -235,17 +298,33 @@ mod tests {
         let mut raw = STANDARD.decode(&token).unwrap();
         let last = raw.len() - TAG_LEN - 1;
         raw[last] ^= 1;
-        check(keys.open(TokenKind::Cursor, BINDING, &STANDARD.encode(&raw)), Err(TokenError::BadSignature));
-        check(keys.open(TokenKind::Cursor, BINDING, "!!!"), Err(TokenError::Malformed));
-        check(keys.open(TokenKind::Cursor, BINDING, "AAAA"), Err(TokenError::Malformed));
+        check(
+            keys.open(TokenKind::Cursor, BINDING, &STANDARD.encode(&raw)),
+            Err(TokenError::BadSignature),
+        );
+        check(
+            keys.open(TokenKind::Cursor, BINDING, "!!!"),
+            Err(TokenError::Malformed),
+        );
+        check(
+            keys.open(TokenKind::Cursor, BINDING, "AAAA"),
+            Err(TokenError::Malformed),
+        );
     }
 
     #[test]
     fn foreign_keys_fail_and_previous_keys_verify() {
         let old = ring(&[1u8; 32]);
         let token = old.seal(TokenKind::Call, BINDING, b"x");
-        check(ring(&[2u8; 32]).open(TokenKind::Call, BINDING, &token), Err(TokenError::BadSignature));
-        let rotated = KeyRing::new(SigningKey::new(vec![2u8; 32]), vec![SigningKey::new(vec![1u8; 32])], 3600);
+        check(
+            ring(&[2u8; 32]).open(TokenKind::Call, BINDING, &token),
+            Err(TokenError::BadSignature),
+        );
+        let rotated = KeyRing::new(
+            SigningKey::new(vec![2u8; 32]),
+            vec![SigningKey::new(vec![1u8; 32])],
+            3600,
+        );
         check(rotated.open(TokenKind::Call, BINDING, &token), Ok(b"x"));
     }
 
@@ -253,15 +332,24 @@ mod tests {
     fn expiry_is_enforced_after_the_signature() {
         let keys = ring(&[3u8; 32]);
         let token = keys.seal_at(TokenKind::Cursor, BINDING, b"x", 1000);
-        check(keys.open_at(TokenKind::Cursor, BINDING, &token, 1000 + 3600), Ok(b"x"));
-        check(keys.open_at(TokenKind::Cursor, BINDING, &token, 1000 + 3601), Err(TokenError::Expired));
+        check(
+            keys.open_at(TokenKind::Cursor, BINDING, &token, 1000 + 3600),
+            Ok(b"x"),
+        );
+        check(
+            keys.open_at(TokenKind::Cursor, BINDING, &token, 1000 + 3601),
+            Err(TokenError::Expired),
+        );
     }
 
     #[test]
     fn fingerprints_differ_per_key_and_hide_it() {
         let a = SigningKey::new(vec![1u8; 32]);
         assert_eq!(a.fingerprint().len(), 16);
-        assert_ne!(a.fingerprint(), SigningKey::new(vec![2u8; 32]).fingerprint());
+        assert_ne!(
+            a.fingerprint(),
+            SigningKey::new(vec![2u8; 32]).fingerprint()
+        );
         assert!(!a.fingerprint().contains("0101"));
     }
 }

@@ -24,7 +24,10 @@ fn server_with(keys: KeyRing, config: HttpConfig) -> Arc<Server> {
 }
 
 fn server() -> Arc<Server> {
-    server_with(KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600), HttpConfig::default())
+    server_with(
+        KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600),
+        HttpConfig::default(),
+    )
 }
 
 fn request_metadata(method: &str) -> Metadata {
@@ -45,20 +48,45 @@ fn ipc(schema: SchemaRef, batch: RecordBatch, metadata: Metadata) -> Vec<u8> {
 }
 
 fn add_body(a: i64, b: i64, metadata: Metadata) -> Vec<u8> {
-    let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("b", DataType::Int64, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![a])), Arc::new(Int64Array::from(vec![b]))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![a])),
+            Arc::new(Int64Array::from(vec![b])),
+        ],
+    )
+    .unwrap();
     ipc(schema, batch, metadata)
 }
 
 fn count_body(n: i64, rows: i64) -> Vec<u8> {
-    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false), Field::new("batch_rows", DataType::Int64, false)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n])), Arc::new(Int64Array::from(vec![rows]))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::Int64, false),
+        Field::new("batch_rows", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![n])),
+            Arc::new(Int64Array::from(vec![rows])),
+        ],
+    )
+    .unwrap();
     ipc(schema, batch, request_metadata("count"))
 }
 
 fn token_body(metadata: Metadata) -> Vec<u8> {
     let schema = Arc::new(Schema::empty());
-    let batch = RecordBatch::try_new_with_options(schema.clone(), vec![], &RecordBatchOptions::new().with_row_count(Some(0))).unwrap();
+    let batch = RecordBatch::try_new_with_options(
+        schema.clone(),
+        vec![],
+        &RecordBatchOptions::new().with_row_count(Some(0)),
+    )
+    .unwrap();
     ipc(schema, batch, metadata)
 }
 
@@ -83,7 +111,9 @@ impl Reply {
     }
 
     fn error_field(&self, key: &str) -> String {
-        let error = self.error().unwrap_or_else(|| panic!("no error batch in a {} response", self.status));
+        let error = self
+            .error()
+            .unwrap_or_else(|| panic!("no error batch in a {} response", self.status));
         wire::metadata_get(&error, key).unwrap_or("").to_string()
     }
 }
@@ -94,42 +124,80 @@ async fn send(server: &Arc<Server>, request: Request<Body>) -> Reply {
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
-        headers.get_all("vgi-accept-max-response-bytes-support").iter().collect::<Vec<_>>(),
+        headers
+            .get_all("vgi-accept-max-response-bytes-support")
+            .iter()
+            .collect::<Vec<_>>(),
         vec!["true"],
         "capability header must appear exactly once"
     );
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 async fn post(server: &Arc<Server>, path: &str, body: Vec<u8>) -> Reply {
-    let request = Request::post(path).header("content-type", wire::CONTENT_TYPE).body(Body::from(body)).unwrap();
+    let request = Request::post(path)
+        .header("content-type", wire::CONTENT_TYPE)
+        .body(Body::from(body))
+        .unwrap();
     send(server, request).await
 }
 
 /// One bad-input case: the status, and the error type and kind in the body.
-async fn check(server: &Arc<Server>, request: Request<Body>, status: StatusCode, error_type: &str, kind: &str) {
+async fn check(
+    server: &Arc<Server>,
+    request: Request<Body>,
+    status: StatusCode,
+    error_type: &str,
+    kind: &str,
+) {
     let reply = send(server, request).await;
     assert_eq!(reply.status, status, "body: {:?}", reply.error());
     let message = reply.error_field(wire::LOG_MESSAGE_KEY);
-    assert!(message.starts_with(&format!("{error_type}: ")), "message {message:?} should start with {error_type}");
+    assert!(
+        message.starts_with(&format!("{error_type}: ")),
+        "message {message:?} should start with {error_type}"
+    );
     assert_eq!(reply.error_field(wire::ERROR_KIND_KEY), kind);
     // The server keeps serving after every bad input.
-    let ok = post(server, &format!("/{PROTOCOL}/add"), add_body(1, 2, request_metadata("add"))).await;
+    let ok = post(
+        server,
+        &format!("/{PROTOCOL}/add"),
+        add_body(1, 2, request_metadata("add")),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::OK);
 }
 
 fn raw(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
-    Request::post(path).header("content-type", content_type).body(body.into()).unwrap()
+    Request::post(path)
+        .header("content-type", content_type)
+        .body(body.into())
+        .unwrap()
 }
 
 #[tokio::test]
 async fn unary_call_returns_the_result() {
     let server = server();
-    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(2, 3, request_metadata("add"))).await;
+    let reply = post(
+        &server,
+        &format!("/{PROTOCOL}/add"),
+        add_body(2, 3, request_metadata("add")),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.headers.get("x-vgi-rpc-error").is_none());
     let streams = reply.streams();
-    let column = streams[0].batches[0].batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+    let column = streams[0].batches[0]
+        .batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .clone();
     assert_eq!(column.value(0), 5);
     assert_eq!(reply.headers.get("x-request-id").unwrap().len(), 16);
 }
@@ -137,11 +205,20 @@ async fn unary_call_returns_the_result() {
 #[tokio::test]
 async fn method_errors_are_200_with_the_error_header() {
     let server = server();
-    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(i64::MAX, 1, request_metadata("add"))).await;
+    let reply = post(
+        &server,
+        &format!("/{PROTOCOL}/add"),
+        add_body(i64::MAX, 1, request_metadata("add")),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.headers.get("x-vgi-rpc-error").unwrap(), "true");
     assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "UNKNOWN");
-    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).starts_with("ValueError: "));
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .starts_with("ValueError: ")
+    );
     // The error rides on the result schema.
     assert_eq!(reply.streams()[0].schema.field(0).name(), "result");
 }
@@ -151,34 +228,128 @@ async fn bad_inputs_get_the_reference_statuses() {
     let server = server();
     let add = format!("/{PROTOCOL}/add");
     let ct = wire::CONTENT_TYPE;
-    check(&server, raw(&add, "application/octet-stream", "x"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "TypeError", "").await;
-    check(&server, raw(&format!("/{PROTOCOL}/nope"), ct, "x"), StatusCode::NOT_FOUND, "MethodNotImplementedError", "method_not_implemented").await;
-    check(&server, raw("/Nope/add", ct, "x"), StatusCode::NOT_FOUND, "ProtocolNotSupportedError", "protocol_not_supported").await;
-    check(&server, raw("/a%2Eb/add", ct, "x"), StatusCode::NOT_FOUND, "ProtocolNotSpecifiedError", "protocol_not_supported").await;
-    check(&server, raw("/__describe__", ct, ""), StatusCode::NOT_FOUND, "MethodNotImplementedError", "method_not_implemented").await;
-    check(&server, raw(&add, ct, "not arrow"), StatusCode::BAD_REQUEST, "ArrowInvalid", "").await;
+    check(
+        &server,
+        raw(&add, "application/octet-stream", "x"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "TypeError",
+        "",
+    )
+    .await;
+    check(
+        &server,
+        raw(&format!("/{PROTOCOL}/nope"), ct, "x"),
+        StatusCode::NOT_FOUND,
+        "MethodNotImplementedError",
+        "method_not_implemented",
+    )
+    .await;
+    check(
+        &server,
+        raw("/Nope/add", ct, "x"),
+        StatusCode::NOT_FOUND,
+        "ProtocolNotSupportedError",
+        "protocol_not_supported",
+    )
+    .await;
+    check(
+        &server,
+        raw("/a%2Eb/add", ct, "x"),
+        StatusCode::NOT_FOUND,
+        "ProtocolNotSpecifiedError",
+        "protocol_not_supported",
+    )
+    .await;
+    check(
+        &server,
+        raw("/__describe__", ct, ""),
+        StatusCode::NOT_FOUND,
+        "MethodNotImplementedError",
+        "method_not_implemented",
+    )
+    .await;
+    check(
+        &server,
+        raw(&add, ct, "not arrow"),
+        StatusCode::BAD_REQUEST,
+        "ArrowInvalid",
+        "",
+    )
+    .await;
     let mut truncated = add_body(1, 2, request_metadata("add"));
     truncated.truncate(truncated.len() - 20);
-    check(&server, raw(&add, ct, truncated), StatusCode::BAD_REQUEST, "ArrowInvalid", "").await;
-    check(&server, raw(&format!("/{PROTOCOL}/count"), ct, ""), StatusCode::BAD_REQUEST, "TypeError", "").await;
-    check(&server, raw(&format!("/{PROTOCOL}/add/init"), ct, ""), StatusCode::BAD_REQUEST, "TypeError", "").await;
+    check(
+        &server,
+        raw(&add, ct, truncated),
+        StatusCode::BAD_REQUEST,
+        "ArrowInvalid",
+        "",
+    )
+    .await;
+    check(
+        &server,
+        raw(&format!("/{PROTOCOL}/count"), ct, ""),
+        StatusCode::BAD_REQUEST,
+        "TypeError",
+        "",
+    )
+    .await;
+    check(
+        &server,
+        raw(&format!("/{PROTOCOL}/add/init"), ct, ""),
+        StatusCode::BAD_REQUEST,
+        "TypeError",
+        "",
+    )
+    .await;
 
     let mut no_method = request_metadata("add");
     no_method.retain(|(k, _)| k != wire::METHOD_KEY);
-    check(&server, raw(&add, ct, add_body(1, 2, no_method)), StatusCode::BAD_REQUEST, "ProtocolError", "").await;
-    check(&server, raw(&add, ct, add_body(1, 2, request_metadata("greet"))), StatusCode::BAD_REQUEST, "TypeError", "").await;
+    check(
+        &server,
+        raw(&add, ct, add_body(1, 2, no_method)),
+        StatusCode::BAD_REQUEST,
+        "ProtocolError",
+        "",
+    )
+    .await;
+    check(
+        &server,
+        raw(&add, ct, add_body(1, 2, request_metadata("greet"))),
+        StatusCode::BAD_REQUEST,
+        "TypeError",
+        "",
+    )
+    .await;
     let mut old_version = request_metadata("add");
     old_version.retain(|(k, _)| k != wire::PROTOCOL_VERSION_KEY);
     old_version.push((wire::PROTOCOL_VERSION_KEY.into(), "0.9.0".into()));
-    check(&server, raw(&add, ct, add_body(1, 2, old_version)), StatusCode::BAD_REQUEST, "ProtocolVersionError", "protocol_version_mismatch").await;
+    check(
+        &server,
+        raw(&add, ct, add_body(1, 2, old_version)),
+        StatusCode::BAD_REQUEST,
+        "ProtocolVersionError",
+        "protocol_version_mismatch",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn schema_mismatches_are_400() {
     let server = server();
     let add = format!("/{PROTOCOL}/add");
-    let nullable = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Int64, false)]));
-    let batch = RecordBatch::try_new(nullable.clone(), vec![Arc::new(Int64Array::from(vec![1])), Arc::new(Int64Array::from(vec![2]))]).unwrap();
+    let nullable = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Int64, true),
+        Field::new("b", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        nullable.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(Int64Array::from(vec![2])),
+        ],
+    )
+    .unwrap();
     let reply = post(&server, &add, ipc(nullable, batch, request_metadata("add"))).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(
@@ -186,11 +357,30 @@ async fn schema_mismatches_are_400() {
         "TypeError: add() parameter 'a' expected nullable=False, but the request batch carried nullable=True"
     );
 
-    let wrong_type = Arc::new(Schema::new(vec![Field::new("a", DataType::Utf8, false), Field::new("b", DataType::Int64, false)]));
-    let batch = RecordBatch::try_new(wrong_type.clone(), vec![Arc::new(StringArray::from(vec!["1"])), Arc::new(Int64Array::from(vec![2]))]).unwrap();
-    let reply = post(&server, &add, ipc(wrong_type, batch, request_metadata("add"))).await;
+    let wrong_type = Arc::new(Schema::new(vec![
+        Field::new("a", DataType::Utf8, false),
+        Field::new("b", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        wrong_type.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["1"])),
+            Arc::new(Int64Array::from(vec![2])),
+        ],
+    )
+    .unwrap();
+    let reply = post(
+        &server,
+        &add,
+        ipc(wrong_type, batch, request_metadata("add")),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).contains("expected Arrow type int64 but the request batch carried utf8"));
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .contains("expected Arrow type int64 but the request batch carried utf8")
+    );
 }
 
 #[tokio::test]
@@ -220,18 +410,36 @@ async fn compressed_requests_and_responses() {
         .header("content-encoding", "br")
         .body(Body::from(&b"x"[..]))
         .unwrap();
-    assert_eq!(send(&server, unknown).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        send(&server, unknown).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
 }
 
 #[tokio::test]
 async fn request_and_response_limits() {
-    let config = HttpConfig { max_request_bytes: Some(200), max_response_bytes: Some(65536), ..HttpConfig::default() };
+    let config = HttpConfig {
+        max_request_bytes: Some(200),
+        max_response_bytes: Some(65536),
+        ..HttpConfig::default()
+    };
     let server = server_with(KeyRing::ephemeral(3600), config);
-    let reply = post(&server, &format!("/{PROTOCOL}/add"), add_body(1, 2, request_metadata("add"))).await;
+    let reply = post(
+        &server,
+        &format!("/{PROTOCOL}/add"),
+        add_body(1, 2, request_metadata("add")),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.headers.get("vgi-max-request-bytes").unwrap(), "200");
 
-    let server = server_with(KeyRing::ephemeral(3600), HttpConfig { max_response_bytes: Some(65536), ..HttpConfig::default() });
+    let server = server_with(
+        KeyRing::ephemeral(3600),
+        HttpConfig {
+            max_response_bytes: Some(65536),
+            ..HttpConfig::default()
+        },
+    );
     let request = Request::post(format!("/{PROTOCOL}/init"))
         .header("content-type", wire::CONTENT_TYPE)
         .header("vgi-accept-max-response-bytes", "12")
@@ -244,42 +452,75 @@ async fn request_and_response_limits() {
         .unwrap();
     let reply = send(&server, request).await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        reply.error_field(wire::ERROR_CODE_KEY),
+        "RESOURCE_EXHAUSTED"
+    );
 }
 
 /// Walks a producer stream turn by turn, returning the rows and each turn's reply.
 async fn start_count(server: &Arc<Server>) -> (Reply, String, String) {
-    let reply = post(server, &format!("/{PROTOCOL}/count/init"), count_body(10, 4)).await;
+    let reply = post(
+        server,
+        &format!("/{PROTOCOL}/count/init"),
+        count_body(10, 4),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let streams = reply.streams();
-    let token = streams[0].batches.iter().find(|b| b.get(wire::STATE_KEY).is_some()).expect("token batch");
+    let token = streams[0]
+        .batches
+        .iter()
+        .find(|b| b.get(wire::STATE_KEY).is_some())
+        .expect("token batch");
     let cursor = token.get(wire::STATE_KEY).unwrap().to_string();
     let call = token.get(wire::CALL_STATE_KEY).unwrap().to_string();
     (reply, cursor, call)
 }
 
 fn continuation(cursor: &str, call: &str) -> Vec<u8> {
-    token_body(vec![(wire::STATE_KEY.into(), cursor.into()), (wire::CALL_STATE_KEY.into(), call.into())])
+    token_body(vec![
+        (wire::STATE_KEY.into(), cursor.into()),
+        (wire::CALL_STATE_KEY.into(), call.into()),
+    ])
 }
 
 #[tokio::test]
 async fn producer_streams_are_lock_step() {
     let server = server();
     let (first, mut cursor, call) = start_count(&server).await;
-    let data_batches = |reply: &Reply| reply.streams()[0].batches.iter().filter(|b| b.batch.num_rows() > 0).count();
+    let data_batches = |reply: &Reply| {
+        reply.streams()[0]
+            .batches
+            .iter()
+            .filter(|b| b.batch.num_rows() > 0)
+            .count()
+    };
     assert_eq!(data_batches(&first), 1);
     let mut turns = 1;
     loop {
-        let reply = post(&server, &format!("/{PROTOCOL}/count/exchange"), continuation(&cursor, &call)).await;
+        let reply = post(
+            &server,
+            &format!("/{PROTOCOL}/count/exchange"),
+            continuation(&cursor, &call),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::OK);
         assert!(data_batches(&reply) <= 1);
         turns += 1;
-        match reply.streams()[0].batches.iter().find_map(|b| b.get(wire::STATE_KEY).map(str::to_string)) {
+        match reply.streams()[0]
+            .batches
+            .iter()
+            .find_map(|b| b.get(wire::STATE_KEY).map(str::to_string))
+        {
             Some(next) => cursor = next,
             None => break,
         }
     }
-    assert_eq!(turns, 3, "10 rows in slices of 4, finishing with the last batch");
+    assert_eq!(
+        turns, 3,
+        "10 rows in slices of 4, finishing with the last batch"
+    );
 }
 
 #[tokio::test]
@@ -295,24 +536,61 @@ async fn tampered_expired_and_foreign_tokens_are_400() {
     let mut tampered = cursor.clone().into_bytes();
     let middle = tampered.len() / 2;
     tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
-    let reply = post(&server, &path, continuation(&String::from_utf8(tampered).unwrap(), &call)).await;
-    assert_eq!(token_error(&reply), "RuntimeError: State token signature verification failed");
+    let reply = post(
+        &server,
+        &path,
+        continuation(&String::from_utf8(tampered).unwrap(), &call),
+    )
+    .await;
+    assert_eq!(
+        token_error(&reply),
+        "RuntimeError: State token signature verification failed"
+    );
 
     let reply = post(&server, &path, continuation("%%%", &call)).await;
     assert_eq!(token_error(&reply), "RuntimeError: Malformed state token");
 
-    let reply = post(&server, &path, token_body(vec![(wire::CALL_STATE_KEY.into(), call.clone())])).await;
-    assert_eq!(token_error(&reply), "RuntimeError: Missing state token in exchange request");
+    let reply = post(
+        &server,
+        &path,
+        token_body(vec![(wire::CALL_STATE_KEY.into(), call.clone())]),
+    )
+    .await;
+    assert_eq!(
+        token_error(&reply),
+        "RuntimeError: Missing state token in exchange request"
+    );
 
     // A replica with another key rejects the token; one holding it as a previous key accepts it.
-    let foreign = server_with(KeyRing::new(SigningKey::new(vec![1u8; 32]), vec![], 3600), HttpConfig::default());
+    let foreign = server_with(
+        KeyRing::new(SigningKey::new(vec![1u8; 32]), vec![], 3600),
+        HttpConfig::default(),
+    );
     let reply = post(&foreign, &path, continuation(&cursor, &call)).await;
-    assert_eq!(token_error(&reply), "RuntimeError: State token signature verification failed");
-    let rotated = server_with(KeyRing::new(SigningKey::new(vec![1u8; 32]), vec![SigningKey::new(vec![9u8; 32])], 3600), HttpConfig::default());
-    assert_eq!(post(&rotated, &path, continuation(&cursor, &call)).await.status, StatusCode::OK);
+    assert_eq!(
+        token_error(&reply),
+        "RuntimeError: State token signature verification failed"
+    );
+    let rotated = server_with(
+        KeyRing::new(
+            SigningKey::new(vec![1u8; 32]),
+            vec![SigningKey::new(vec![9u8; 32])],
+            3600,
+        ),
+        HttpConfig::default(),
+    );
+    assert_eq!(
+        post(&rotated, &path, continuation(&cursor, &call))
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     // Tokens from a key ring with a 1-second lifetime expire.
-    let short = server_with(KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 1), HttpConfig::default());
+    let short = server_with(
+        KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 1),
+        HttpConfig::default(),
+    );
     let (_, cursor, call) = start_count(&short).await;
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let reply = post(&short, &path, continuation(&cursor, &call)).await;
@@ -322,18 +600,46 @@ async fn tampered_expired_and_foreign_tokens_are_400() {
 #[tokio::test]
 async fn health_and_verbs() {
     let server = server();
-    let reply = send(&server, Request::get("/health").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        &server,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK);
     let json: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(json["status"], "ok");
     assert_eq!(json["protocol"], PROTOCOL);
-    let reply = send(&server, Request::options("/health").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        &server,
+        Request::options("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(reply.headers.get("allow").unwrap(), "GET, HEAD");
-    assert_eq!(reply.headers.get("cache-control").unwrap(), "public, max-age=300");
-    let reply = send(&server, Request::get(format!("/{PROTOCOL}/add")).body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        reply.headers.get("cache-control").unwrap(),
+        "public, max-age=300"
+    );
+    let reply = send(
+        &server,
+        Request::get(format!("/{PROTOCOL}/add"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
-    let reply = send(&server, Request::get("/elsewhere").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        &server,
+        Request::get("/elsewhere").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    let reply = send(&server, Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).unwrap()).await;
+    let reply = send(
+        &server,
+        Request::get("/health")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(reply.headers.get("x-request-id").unwrap(), "abc-123");
 }

@@ -37,18 +37,27 @@ pub enum DecodeError {
     #[error("decoded body exceeds {limit} bytes")]
     TooLarge { limit: usize },
     #[error("failed to decode {codec} body: {message}")]
-    Corrupt { codec: &'static str, message: String },
+    Corrupt {
+        codec: &'static str,
+        message: String,
+    },
 }
 
 /// Decodes `body`, failing once the output would pass `limit` bytes.
 pub fn decode(codec: Codec, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
-    let corrupt = |e: std::io::Error| DecodeError::Corrupt { codec: codec.as_str(), message: e.to_string() };
+    let corrupt = |e: std::io::Error| DecodeError::Corrupt {
+        codec: codec.as_str(),
+        message: e.to_string(),
+    };
     let reader: Box<dyn Read + '_> = match codec {
         Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt)?),
         Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
     };
     let mut out = Vec::with_capacity(body.len().saturating_mul(3).min(limit.saturating_add(1)));
-    let read = reader.take(limit as u64 + 1).read_to_end(&mut out).map_err(corrupt)?;
+    let read = reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
     if read > limit {
         return Err(DecodeError::TooLarge { limit });
     }
@@ -60,8 +69,13 @@ pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
     match codec {
         Codec::Zstd => zstd::bulk::compress(body, zstd_level).unwrap_or_else(|_| body.to_vec()),
         Codec::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::new(6));
-            encoder.write_all(body).expect("writing to a Vec cannot fail");
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 2),
+                flate2::Compression::new(6),
+            );
+            encoder
+                .write_all(body)
+                .expect("writing to a Vec cannot fail");
             encoder.finish().expect("writing to a Vec cannot fail")
         }
     }
@@ -75,7 +89,13 @@ pub fn negotiate(x_accept: Option<&str>, accept: Option<&str>) -> Option<(Codec,
         header
             .unwrap_or("")
             .split(',')
-            .map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|e| {
+                e.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .filter(|e| !e.is_empty())
             .collect()
     };
@@ -103,22 +123,40 @@ mod tests {
         for codec in [Codec::Zstd, Codec::Gzip] {
             let packed = encode(codec, &body, 1);
             assert_eq!(decode(codec, &packed, body.len()).unwrap(), body);
-            assert!(matches!(decode(codec, &packed, body.len() - 1), Err(DecodeError::TooLarge { .. })));
+            assert!(matches!(
+                decode(codec, &packed, body.len() - 1),
+                Err(DecodeError::TooLarge { .. })
+            ));
         }
     }
 
     #[test]
     fn corrupt_bodies_are_errors() {
-        assert!(matches!(decode(Codec::Zstd, b"not zstd", 100), Err(DecodeError::Corrupt { .. })));
-        assert!(matches!(decode(Codec::Gzip, b"not gzip", 100), Err(DecodeError::Corrupt { .. })));
+        assert!(matches!(
+            decode(Codec::Zstd, b"not zstd", 100),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode(Codec::Gzip, b"not gzip", 100),
+            Err(DecodeError::Corrupt { .. })
+        ));
     }
 
     #[test]
     fn negotiation_follows_the_reference_order() {
-        assert_eq!(negotiate(None, Some("zstd, gzip")), Some((Codec::Zstd, false)));
-        assert_eq!(negotiate(None, Some("gzip, deflate, zstd")), Some((Codec::Gzip, false)));
+        assert_eq!(
+            negotiate(None, Some("zstd, gzip")),
+            Some((Codec::Zstd, false))
+        );
+        assert_eq!(
+            negotiate(None, Some("gzip, deflate, zstd")),
+            Some((Codec::Gzip, false))
+        );
         assert_eq!(negotiate(None, Some("identity, zstd")), None);
-        assert_eq!(negotiate(Some("zstd"), Some("gzip")), Some((Codec::Zstd, true)));
+        assert_eq!(
+            negotiate(Some("zstd"), Some("gzip")),
+            Some((Codec::Zstd, true))
+        );
         assert_eq!(negotiate(None, Some("br")), None);
         assert_eq!(negotiate(None, None), None);
     }

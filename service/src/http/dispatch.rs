@@ -22,16 +22,34 @@ use crate::wire::ipc::{read_schema_message, read_stream, schema_message};
 use crate::wire::tokens::type_token;
 use crate::wire::{self, Batch, ErrorCode, Metadata, RpcError, StreamWriter};
 
-pub(crate) async fn call(server: &Arc<Server>, info: &RequestInfo, resolved: Resolved, endpoint: Endpoint, body: Bytes) -> Response {
-    let method = resolved.protocol.method(&resolved.method).expect("resolve() checked the method exists");
+pub(crate) async fn call(
+    server: &Arc<Server>,
+    info: &RequestInfo,
+    resolved: Resolved,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Response {
+    let method = resolved
+        .protocol
+        .method(&resolved.method)
+        .expect("resolve() checked the method exists");
     let empty = wire::empty_schema();
     match (&method.kind, endpoint) {
         (MethodKind::Stream { .. }, Endpoint::Unary) => {
-            let error = RpcError::bad_request("TypeError", format!("Stream method '{}' requires /init and /exchange endpoints", method.name));
+            let error = RpcError::bad_request(
+                "TypeError",
+                format!(
+                    "Stream method '{}' requires /init and /exchange endpoints",
+                    method.name
+                ),
+            );
             return error_response(server, info, &error, &empty);
         }
         (MethodKind::Unary { .. }, Endpoint::Init | Endpoint::Exchange) => {
-            let error = RpcError::bad_request("TypeError", format!("Method '{}' is not a stream", method.name));
+            let error = RpcError::bad_request(
+                "TypeError",
+                format!("Method '{}' is not a stream", method.name),
+            );
             return error_response(server, info, &error, &empty);
         }
         _ => {}
@@ -57,12 +75,11 @@ fn response_limit(server: &Server, info: &RequestInfo) -> Option<u64> {
 
 /// Reads the first batch of the request stream and checks the dispatch metadata.
 fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch), RpcError> {
-    let (stream, _) = read_stream(body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
-    let batch = stream
-        .batches
-        .into_iter()
-        .next()
-        .ok_or_else(|| RpcError::bad_request("ArrowInvalid", "request stream carries no record batch"))?;
+    let (stream, _) =
+        read_stream(body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
+    let batch = stream.batches.into_iter().next().ok_or_else(|| {
+        RpcError::bad_request("ArrowInvalid", "request stream carries no record batch")
+    })?;
     let method_name = batch.get(wire::METHOD_KEY).ok_or_else(|| {
         RpcError::bad_request(
             "ProtocolError",
@@ -79,7 +96,9 @@ fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch),
         Some(version) if version != wire::REQUEST_VERSION => {
             return Err(RpcError::bad_request(
                 "VersionError",
-                format!("Unsupported request version b'{version}', expected b'1'. Set the 'vgi_rpc.request_version' custom_metadata value to b'1'."),
+                format!(
+                    "Unsupported request version b'{version}', expected b'1'. Set the 'vgi_rpc.request_version' custom_metadata value to b'1'."
+                ),
             ));
         }
         Some(_) => {}
@@ -99,7 +118,8 @@ fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch),
 
 fn check_protocol(resolved: &Resolved, metadata: &Metadata) -> Result<(), RpcError> {
     let protocol = &resolved.protocol;
-    if let Some(declared) = wire::metadata_get(metadata, wire::PROTOCOL_KEY).filter(|d| !d.is_empty())
+    if let Some(declared) =
+        wire::metadata_get(metadata, wire::PROTOCOL_KEY).filter(|d| !d.is_empty())
         && declared != protocol.name
     {
         return Err(RpcError::new(
@@ -113,10 +133,15 @@ fn check_protocol(resolved: &Resolved, metadata: &Metadata) -> Result<(), RpcErr
         .with_code(ErrorCode::Unimplemented)
         .with_status(StatusCode::NOT_FOUND));
     }
-    let Some(server_version) = protocol.version.as_deref().filter(|_| !protocol.version_exempt) else {
+    let Some(server_version) = protocol
+        .version
+        .as_deref()
+        .filter(|_| !protocol.version_exempt)
+    else {
         return Ok(());
     };
-    let server_parts = parse_version(server_version).expect("versions are validated when the protocol is built");
+    let server_parts =
+        parse_version(server_version).expect("versions are validated when the protocol is built");
     let client = wire::metadata_get(metadata, wire::PROTOCOL_VERSION_KEY);
     let mismatch = |client_text: &str, direction: String| {
         RpcError::bad_request(
@@ -150,23 +175,45 @@ fn check_protocol(resolved: &Resolved, metadata: &Metadata) -> Result<(), RpcErr
         return Ok(());
     }
     let direction = if (client_parts.0, client_parts.1) < (server_parts.0, server_parts.1) {
-        format!("client is too old; upgrade the VGI extension/client to a version supporting protocol_version {server_version}.")
+        format!(
+            "client is too old; upgrade the VGI extension/client to a version supporting protocol_version {server_version}."
+        )
     } else {
-        format!("server is too old; upgrade the VGI worker to a version supporting protocol_version {client}.")
+        format!(
+            "server is too old; upgrade the VGI worker to a version supporting protocol_version {client}."
+        )
     };
     Err(mismatch(client, direction))
 }
 
 /// Strict parameter check: count, order, names, types, top-level nullability,
 /// one row, and no nulls in non-nullable parameters.
-fn validate_params(method: &str, declared: &SchemaRef, schema: &SchemaRef, batch: &RecordBatch) -> Result<(), RpcError> {
+fn validate_params(
+    method: &str,
+    declared: &SchemaRef,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<(), RpcError> {
     let bad = |message: String| RpcError::bad_request("TypeError", message);
     if schema.fields().len() != declared.fields().len() {
-        return Err(bad(format!("{method}() parameter schema expected {} fields, got {}", declared.fields().len(), schema.fields().len())));
+        return Err(bad(format!(
+            "{method}() parameter schema expected {} fields, got {}",
+            declared.fields().len(),
+            schema.fields().len()
+        )));
     }
-    for (index, (field, want)) in schema.fields().iter().zip(declared.fields().iter()).enumerate() {
+    for (index, (field, want)) in schema
+        .fields()
+        .iter()
+        .zip(declared.fields().iter())
+        .enumerate()
+    {
         if field.name() != want.name() {
-            return Err(bad(format!("{method}() parameter schema field {index} expected name '{}', got '{}'", want.name(), field.name())));
+            return Err(bad(format!(
+                "{method}() parameter schema field {index} expected name '{}', got '{}'",
+                want.name(),
+                field.name()
+            )));
         }
         if type_token(field.data_type()) != type_token(want.data_type()) {
             return Err(bad(format!(
@@ -199,7 +246,10 @@ fn validate_params(method: &str, declared: &SchemaRef, schema: &SchemaRef, batch
         }
         for (field, column) in declared.fields().iter().zip(batch.columns()) {
             if !field.is_nullable() && column.is_null(0) {
-                return Err(bad(format!("{method}() parameter '{}' is not optional but got None", field.name())));
+                return Err(bad(format!(
+                    "{method}() parameter '{}' is not optional but got None",
+                    field.name()
+                )));
             }
         }
     }
@@ -207,43 +257,83 @@ fn validate_params(method: &str, declared: &SchemaRef, schema: &SchemaRef, batch
 }
 
 /// Validates the request and builds the handler's context and arguments.
-fn prepare(server: &Server, info: &RequestInfo, resolved: &Resolved, body: &Bytes, limit: Option<u64>) -> Result<(Ctx, Args), RpcError> {
-    let method = resolved.protocol.method(&resolved.method).expect("resolved");
+fn prepare(
+    server: &Server,
+    info: &RequestInfo,
+    resolved: &Resolved,
+    body: &Bytes,
+    limit: Option<u64>,
+) -> Result<(Ctx, Args), RpcError> {
+    let method = resolved
+        .protocol
+        .method(&resolved.method)
+        .expect("resolved");
     let (schema, batch) = read_request(resolved, body)?;
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
-    let ctx = Ctx::new(String::new(), info.request_id.clone(), wire::user_metadata(&batch.metadata), limit);
+    let ctx = Ctx::new(
+        String::new(),
+        info.request_id.clone(),
+        wire::user_metadata(&batch.metadata),
+        limit,
+    );
     let _ = server;
     Ok((ctx, Args::new(batch.batch)))
 }
 
 /// Writes log batches of `ctx` onto `writer`.
-fn write_logs(writer: &mut StreamWriter<'_>, ctx: &Ctx, server: &Server, info: &RequestInfo) -> Result<(), RpcError> {
+fn write_logs(
+    writer: &mut StreamWriter<'_>,
+    ctx: &Ctx,
+    server: &Server,
+    info: &RequestInfo,
+) -> Result<(), RpcError> {
     for record in ctx.take_logs() {
-        writer.write_metadata_only(&record.to_metadata(&server.config.server_id, &info.request_id))?;
+        writer
+            .write_metadata_only(&record.to_metadata(&server.config.server_id, &info.request_id))?;
     }
     Ok(())
 }
 
 /// A method error: logs so far, then the EXCEPTION batch, on `schema`; 200.
-fn method_error(server: &Server, info: &RequestInfo, ctx: Option<&Ctx>, schema: &SchemaRef, error: &RpcError) -> Response {
+fn method_error(
+    server: &Server,
+    info: &RequestInfo,
+    ctx: Option<&Ctx>,
+    schema: &SchemaRef,
+    error: &RpcError,
+) -> Response {
     let mut body = Vec::new();
     let mut writer = StreamWriter::new(&mut body, schema).expect("valid schema");
     if let Some(ctx) = ctx {
         let _ = write_logs(&mut writer, ctx, server, info);
     }
-    let _ = writer.write_metadata_only(&error.to_metadata(&server.config.server_id, &info.request_id));
+    let _ = writer.write_metadata_only(&error.to_metadata_from(
+        &server.config.server_id,
+        &info.request_id,
+        info.origin.as_deref(),
+    ));
     writer.finish();
     arrow_response(server, info, StatusCode::OK, body, true)
 }
 
 /// Sends `body` unless it overshoots the response budget, which turns it into an error.
-fn finish_response(server: &Server, info: &RequestInfo, method: &str, schema: &SchemaRef, limit: Option<u64>, body: Vec<u8>) -> Response {
+fn finish_response(
+    server: &Server,
+    info: &RequestInfo,
+    method: &str,
+    schema: &SchemaRef,
+    limit: Option<u64>,
+    body: Vec<u8>,
+) -> Response {
     if let Some(limit) = limit
         && body.len() as u64 > limit
     {
         let error = RpcError::new(
             "ResponseTooLargeError",
-            format!("HTTP body exceeds max_response_bytes ({} > {limit}) for method '{method}'", body.len()),
+            format!(
+                "HTTP body exceeds max_response_bytes ({} > {limit}) for method '{method}'",
+                body.len()
+            ),
         )
         .with_code(ErrorCode::ResourceExhausted);
         return method_error(server, info, None, schema, &error);
@@ -251,9 +341,19 @@ fn finish_response(server: &Server, info: &RequestInfo, method: &str, schema: &S
     arrow_response(server, info, StatusCode::OK, body, false)
 }
 
-async fn unary(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved, body: Bytes) -> Result<Response, RpcError> {
-    let method = resolved.protocol.method(&resolved.method).expect("resolved");
-    let MethodKind::Unary { result, handler } = &method.kind else { unreachable!("checked by call()") };
+async fn unary(
+    server: &Arc<Server>,
+    info: &RequestInfo,
+    resolved: &Resolved,
+    body: Bytes,
+) -> Result<Response, RpcError> {
+    let method = resolved
+        .protocol
+        .method(&resolved.method)
+        .expect("resolved");
+    let MethodKind::Unary { result, handler } = &method.kind else {
+        unreachable!("checked by call()")
+    };
     let limit = response_limit(server, info);
     let (ctx, args) = prepare(server, info, resolved, &body, limit)?;
     drop(body);
@@ -261,26 +361,54 @@ async fn unary(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved, bo
     let reply = handler(ctx.clone(), args).await;
     let batch = match reply.and_then(|reply| result_batch(&schema, reply)) {
         Ok(batch) => batch,
-        Err(error) => return Ok(method_error(server, info, Some(&ctx), &schema, &error.with_status(StatusCode::OK))),
+        Err(error) => {
+            return Ok(method_error(
+                server,
+                info,
+                Some(&ctx),
+                &schema,
+                &error.with_status(StatusCode::OK),
+            ));
+        }
     };
     let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
     let mut writer = StreamWriter::new(&mut out, &schema)?;
     write_logs(&mut writer, &ctx, server, info)?;
     writer.write(&batch, &Vec::new())?;
     writer.finish();
-    Ok(finish_response(server, info, &method.name, &schema, limit, out))
+    Ok(finish_response(
+        server,
+        info,
+        &method.name,
+        &schema,
+        limit,
+        out,
+    ))
 }
 
 fn result_batch(schema: &SchemaRef, reply: Reply) -> Result<RecordBatch, RpcError> {
     match reply {
-        Reply::Void => Ok(RecordBatch::try_new_with_options(schema.clone(), vec![], &RecordBatchOptions::new().with_row_count(Some(0)))?),
+        Reply::Void => Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(0)),
+        )?),
         Reply::Value(column) => {
             if column.len() != 1 {
-                return Err(RpcError::new("TypeError", format!("a result must be one value, the method returned {} rows", column.len())));
+                return Err(RpcError::new(
+                    "TypeError",
+                    format!(
+                        "a result must be one value, the method returned {} rows",
+                        column.len()
+                    ),
+                ));
             }
             let field = schema.field(0);
             if !field.is_nullable() && column.is_null(0) {
-                return Err(RpcError::new("TypeError", "expected a non-None return value but got None"));
+                return Err(RpcError::new(
+                    "TypeError",
+                    "expected a non-None return value but got None",
+                ));
             }
             Ok(RecordBatch::try_new(schema.clone(), vec![column])?)
         }
@@ -317,48 +445,104 @@ impl CallToken {
         let mut call_id = [0u8; 16];
         call_id.copy_from_slice(&raw[..16]);
         let limit = u64::from_le_bytes(raw[16..24].try_into().map_err(|_| malformed())?);
-        let output_len = u32::from_le_bytes(raw[24..28].try_into().map_err(|_| malformed())?) as usize;
+        let output_len =
+            u32::from_le_bytes(raw[24..28].try_into().map_err(|_| malformed())?) as usize;
         let output = raw.get(28..28 + output_len).ok_or_else(malformed)?;
         let output_schema = Arc::new(read_schema_message(output).map_err(|_| malformed())?);
         let rest = &raw[28 + output_len..];
-        let input_schema = if rest.is_empty() { None } else { Some(Arc::new(read_schema_message(rest).map_err(|_| malformed())?)) };
-        Ok(CallToken { call_id, output_schema, input_schema, limit: (limit != 0).then_some(limit) })
+        let input_schema = if rest.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                read_schema_message(rest).map_err(|_| malformed())?,
+            ))
+        };
+        Ok(CallToken {
+            call_id,
+            output_schema,
+            input_schema,
+            limit: (limit != 0).then_some(limit),
+        })
     }
 }
 
 fn binding<'a>(resolved: &'a Resolved, identity: &'a str) -> Binding<'a> {
-    Binding { protocol: &resolved.protocol.name, method: &resolved.method, identity }
+    Binding {
+        protocol: &resolved.protocol.name,
+        method: &resolved.method,
+        identity,
+    }
 }
 
 fn cursor_payload(call_id: &[u8; 16], state: &[u8]) -> Vec<u8> {
     [call_id.as_slice(), state].concat()
 }
 
-async fn init(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved, body: Bytes) -> Result<Response, RpcError> {
-    let method = resolved.protocol.method(&resolved.method).expect("resolved");
-    let MethodKind::Stream { kind, header, init, turn } = &method.kind else { unreachable!("checked by call()") };
+async fn init(
+    server: &Arc<Server>,
+    info: &RequestInfo,
+    resolved: &Resolved,
+    body: Bytes,
+) -> Result<Response, RpcError> {
+    let method = resolved
+        .protocol
+        .method(&resolved.method)
+        .expect("resolved");
+    let MethodKind::Stream {
+        kind,
+        header,
+        init,
+        turn,
+    } = &method.kind
+    else {
+        unreachable!("checked by call()")
+    };
     let limit = response_limit(server, info);
     let (ctx, args) = prepare(server, info, resolved, &body, limit)?;
     drop(body);
     let empty = wire::empty_schema();
     let started = match init(ctx.clone(), args).await {
         Ok(started) => started,
-        Err(error) => return Ok(method_error(server, info, Some(&ctx), &empty, &error.with_status(StatusCode::OK))),
+        Err(error) => {
+            return Ok(method_error(
+                server,
+                info,
+                Some(&ctx),
+                &empty,
+                &error.with_status(StatusCode::OK),
+            ));
+        }
     };
     let input_schema = match kind {
         StreamKind::Producer => None,
-        StreamKind::Exchange => Some(started.input_schema.clone().unwrap_or_else(wire::empty_schema)),
+        StreamKind::Exchange => Some(
+            started
+                .input_schema
+                .clone()
+                .unwrap_or_else(wire::empty_schema),
+        ),
     };
     let mut call_id = [0u8; 16];
     getrandom::fill(&mut call_id).expect("random source");
-    let call = CallToken { call_id, output_schema: started.output_schema.clone(), input_schema, limit };
+    let call = CallToken {
+        call_id,
+        output_schema: started.output_schema.clone(),
+        input_schema,
+        limit,
+    };
     let bound = binding(resolved, ctx.identity());
     let call_token = server.keys.seal(TokenKind::Call, bound, &call.encode());
 
     let mut out = Vec::new();
     if let Some(header_schema) = header {
         let Some(header_batch) = started.header.clone() else {
-            let error = RpcError::new("TypeError", format!("Method '{}' declares header type but returned header=None", method.name));
+            let error = RpcError::new(
+                "TypeError",
+                format!(
+                    "Method '{}' declares header type but returned header=None",
+                    method.name
+                ),
+            );
             return Ok(method_error(server, info, Some(&ctx), &empty, &error));
         };
         let mut writer = StreamWriter::new(&mut out, header_schema)?;
@@ -370,34 +554,71 @@ async fn init(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved, bod
     let output_schema = started.output_schema.clone();
     match kind {
         StreamKind::Exchange => {
-            let cursor = server.keys.seal(TokenKind::Cursor, bound, &cursor_payload(&call_id, &started.state));
+            let cursor = server.keys.seal(
+                TokenKind::Cursor,
+                bound,
+                &cursor_payload(&call_id, &started.state),
+            );
             let mut writer = StreamWriter::new(&mut out, &output_schema)?;
             write_logs(&mut writer, &ctx, server, info)?;
-            writer.write_metadata_only(&vec![(wire::STATE_KEY.into(), cursor), (wire::CALL_STATE_KEY.into(), call_token)])?;
+            writer.write_metadata_only(&vec![
+                (wire::STATE_KEY.into(), cursor),
+                (wire::CALL_STATE_KEY.into(), call_token),
+            ])?;
             writer.finish();
-            Ok(finish_response(server, info, &method.name, &output_schema, limit, out))
+            Ok(finish_response(
+                server,
+                info,
+                &method.name,
+                &output_schema,
+                limit,
+                out,
+            ))
         }
         StreamKind::Producer => {
             let mut output = Output::new(output_schema.clone());
-            let state = match turn.turn(&started.state, None, &mut output, &ctx).await.and_then(|s| check_producer_turn(&output).map(|_| s)) {
+            let state = match turn
+                .turn(&started.state, None, &mut output, &ctx)
+                .await
+                .and_then(|s| check_producer_turn(&output).map(|_| s))
+            {
                 Ok(state) => state,
-                Err(error) => return Ok(turn_error(server, info, &ctx, &output_schema, out, error)),
+                Err(error) => {
+                    return Ok(turn_error(server, info, &ctx, &output_schema, out, error));
+                }
             };
             let token = (!output.finished).then(|| {
                 vec![
-                    (wire::STATE_KEY.to_string(), server.keys.seal(TokenKind::Cursor, bound, &cursor_payload(&call_id, &state))),
+                    (
+                        wire::STATE_KEY.to_string(),
+                        server.keys.seal(
+                            TokenKind::Cursor,
+                            bound,
+                            &cursor_payload(&call_id, &state),
+                        ),
+                    ),
                     (wire::CALL_STATE_KEY.to_string(), call_token),
                 ]
             });
             write_producer_turn(&mut out, server, info, &ctx, &output, token)?;
-            Ok(finish_response(server, info, &method.name, &output_schema, limit, out))
+            Ok(finish_response(
+                server,
+                info,
+                &method.name,
+                &output_schema,
+                limit,
+                out,
+            ))
         }
     }
 }
 
 fn conform_header(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, RpcError> {
     if batch.num_rows() != 1 {
-        return Err(RpcError::new("TypeError", format!("a stream header must be one row, got {}", batch.num_rows())));
+        return Err(RpcError::new(
+            "TypeError",
+            format!("a stream header must be one row, got {}", batch.num_rows()),
+        ));
     }
     let mut output = Output::new(schema.clone());
     output.emit(batch)?;
@@ -407,13 +628,26 @@ fn conform_header(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch,
 /// Producer rules: at most one data batch per turn, and exactly one unless finishing.
 fn check_producer_turn(output: &Output) -> Result<(), RpcError> {
     match output.batches.len() {
-        0 if !output.finished => Err(RpcError::new("RuntimeError", "produce() must emit exactly one batch or call finish()")),
+        0 if !output.finished => Err(RpcError::new(
+            "RuntimeError",
+            "produce() must emit exactly one batch or call finish()",
+        )),
         0 | 1 => Ok(()),
-        n => Err(RpcError::new("RuntimeError", format!("VGI-RPC lock-step violation: produce() emitted {n} batches in one turn"))),
+        n => Err(RpcError::new(
+            "RuntimeError",
+            format!("VGI-RPC lock-step violation: produce() emitted {n} batches in one turn"),
+        )),
     }
 }
 
-fn write_producer_turn(out: &mut Vec<u8>, server: &Server, info: &RequestInfo, ctx: &Ctx, output: &Output, token: Option<Metadata>) -> Result<(), RpcError> {
+fn write_producer_turn(
+    out: &mut Vec<u8>,
+    server: &Server,
+    info: &RequestInfo,
+    ctx: &Ctx,
+    output: &Output,
+    token: Option<Metadata>,
+) -> Result<(), RpcError> {
     let mut writer = StreamWriter::new(out, output.schema())?;
     write_logs(&mut writer, ctx, server, info)?;
     for (batch, metadata) in &output.batches {
@@ -427,40 +661,81 @@ fn write_producer_turn(out: &mut Vec<u8>, server: &Server, info: &RequestInfo, c
 }
 
 /// An error during a turn, appended after whatever streams `out` already holds.
-fn turn_error(server: &Server, info: &RequestInfo, ctx: &Ctx, schema: &SchemaRef, mut out: Vec<u8>, error: RpcError) -> Response {
+fn turn_error(
+    server: &Server,
+    info: &RequestInfo,
+    ctx: &Ctx,
+    schema: &SchemaRef,
+    mut out: Vec<u8>,
+    error: RpcError,
+) -> Response {
     let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
     let _ = write_logs(&mut writer, ctx, server, info);
-    let _ = writer.write_metadata_only(&error.to_metadata(&server.config.server_id, &info.request_id));
+    let _ = writer.write_metadata_only(&error.to_metadata_from(
+        &server.config.server_id,
+        &info.request_id,
+        info.origin.as_deref(),
+    ));
     writer.finish();
     arrow_response(server, info, StatusCode::OK, out, true)
 }
 
-async fn exchange(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved, body: Bytes) -> Result<Response, RpcError> {
-    let method = resolved.protocol.method(&resolved.method).expect("resolved");
-    let MethodKind::Stream { kind, turn, .. } = &method.kind else { unreachable!("checked by call()") };
-    let (stream, _) = read_stream(&body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
+async fn exchange(
+    server: &Arc<Server>,
+    info: &RequestInfo,
+    resolved: &Resolved,
+    body: Bytes,
+) -> Result<Response, RpcError> {
+    let method = resolved
+        .protocol
+        .method(&resolved.method)
+        .expect("resolved");
+    let MethodKind::Stream { kind, turn, .. } = &method.kind else {
+        unreachable!("checked by call()")
+    };
+    let (stream, _) =
+        read_stream(&body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
     drop(body);
-    let batch = stream
-        .batches
-        .into_iter()
-        .next()
-        .ok_or_else(|| RpcError::bad_request("ArrowInvalid", "exchange request carries no record batch"))?;
+    let batch = stream.batches.into_iter().next().ok_or_else(|| {
+        RpcError::bad_request("ArrowInvalid", "exchange request carries no record batch")
+    })?;
     let identity = String::new();
     let bound = binding(resolved, &identity);
-    let token_error = |e: crate::token::TokenError| RpcError::bad_request("RuntimeError", e.to_string());
-    let cursor = batch.get(wire::STATE_KEY).ok_or_else(|| RpcError::bad_request("RuntimeError", "Missing state token in exchange request"))?;
-    let cursor = server.keys.open(TokenKind::Cursor, bound, cursor).map_err(token_error)?;
-    let call = batch.get(wire::CALL_STATE_KEY).ok_or_else(|| RpcError::bad_request("RuntimeError", "Missing call token in exchange request"))?;
-    let call = CallToken::decode(&server.keys.open(TokenKind::Call, bound, call).map_err(token_error)?)?;
+    let token_error =
+        |e: crate::token::TokenError| RpcError::bad_request("RuntimeError", e.to_string());
+    let cursor = batch.get(wire::STATE_KEY).ok_or_else(|| {
+        RpcError::bad_request("RuntimeError", "Missing state token in exchange request")
+    })?;
+    let cursor = server
+        .keys
+        .open(TokenKind::Cursor, bound, cursor)
+        .map_err(token_error)?;
+    let call = batch.get(wire::CALL_STATE_KEY).ok_or_else(|| {
+        RpcError::bad_request("RuntimeError", "Missing call token in exchange request")
+    })?;
+    let call = CallToken::decode(
+        &server
+            .keys
+            .open(TokenKind::Call, bound, call)
+            .map_err(token_error)?,
+    )?;
     if cursor.len() < 16 || cursor[..16] != call.call_id {
-        return Err(RpcError::bad_request("RuntimeError", "State token signature verification failed"));
+        return Err(RpcError::bad_request(
+            "RuntimeError",
+            "State token signature verification failed",
+        ));
     }
     let state = &cursor[16..];
     let limit = match (response_limit(server, info), call.limit) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let ctx = Ctx::new(identity.clone(), info.request_id.clone(), wire::user_metadata(&batch.metadata), limit);
+    let ctx = Ctx::new(
+        identity.clone(),
+        info.request_id.clone(),
+        wire::user_metadata(&batch.metadata),
+        limit,
+    );
     let output_schema = call.output_schema.clone();
 
     if batch.get(wire::CANCEL_KEY).is_some() {
@@ -473,44 +748,113 @@ async fn exchange(server: &Arc<Server>, info: &RequestInfo, resolved: &Resolved,
     let mut output = Output::new(output_schema.clone());
     match kind {
         StreamKind::Producer => {
-            let state = match turn.turn(state, None, &mut output, &ctx).await.and_then(|s| check_producer_turn(&output).map(|_| s)) {
+            let state = match turn
+                .turn(state, None, &mut output, &ctx)
+                .await
+                .and_then(|s| check_producer_turn(&output).map(|_| s))
+            {
                 Ok(state) => state,
-                Err(error) => return Ok(turn_error(server, info, &ctx, &output_schema, Vec::new(), error)),
+                Err(error) => {
+                    return Ok(turn_error(
+                        server,
+                        info,
+                        &ctx,
+                        &output_schema,
+                        Vec::new(),
+                        error,
+                    ));
+                }
             };
-            let token = (!output.finished)
-                .then(|| vec![(wire::STATE_KEY.to_string(), server.keys.seal(TokenKind::Cursor, bound, &cursor_payload(&call.call_id, &state)))]);
+            let token = (!output.finished).then(|| {
+                vec![(
+                    wire::STATE_KEY.to_string(),
+                    server.keys.seal(
+                        TokenKind::Cursor,
+                        bound,
+                        &cursor_payload(&call.call_id, &state),
+                    ),
+                )]
+            });
             let mut out = Vec::new();
             write_producer_turn(&mut out, server, info, &ctx, &output, token)?;
-            Ok(finish_response(server, info, &method.name, &output_schema, limit, out))
+            Ok(finish_response(
+                server,
+                info,
+                &method.name,
+                &output_schema,
+                limit,
+                out,
+            ))
         }
         StreamKind::Exchange => {
             let input_schema = call.input_schema.clone().unwrap_or_else(wire::empty_schema);
             let input = match coerce_input(batch.batch, &input_schema) {
                 Ok(input) => input,
-                Err(error) => return Ok(turn_error(server, info, &ctx, &output_schema, Vec::new(), error)),
-            };
-            let result = turn.turn(state, Some(input), &mut output, &ctx).await.and_then(|s| {
-                if output.batches.len() == 1 {
-                    Ok(s)
-                } else {
-                    Err(RpcError::new("RuntimeError", format!("exchange() must emit exactly one batch, it emitted {}", output.batches.len())))
+                Err(error) => {
+                    return Ok(turn_error(
+                        server,
+                        info,
+                        &ctx,
+                        &output_schema,
+                        Vec::new(),
+                        error,
+                    ));
                 }
-            });
+            };
+            let result = turn
+                .turn(state, Some(input), &mut output, &ctx)
+                .await
+                .and_then(|s| {
+                    if output.batches.len() == 1 {
+                        Ok(s)
+                    } else {
+                        Err(RpcError::new(
+                            "RuntimeError",
+                            format!(
+                                "exchange() must emit exactly one batch, it emitted {}",
+                                output.batches.len()
+                            ),
+                        ))
+                    }
+                });
             let state = match result {
                 Ok(state) => state,
-                Err(error) => return Ok(turn_error(server, info, &ctx, &output_schema, Vec::new(), error)),
+                Err(error) => {
+                    return Ok(turn_error(
+                        server,
+                        info,
+                        &ctx,
+                        &output_schema,
+                        Vec::new(),
+                        error,
+                    ));
+                }
             };
             let (data, mut metadata) = output.batches.remove(0);
             metadata.retain(|(k, _)| k != wire::STATE_KEY);
             if !output.finished {
-                metadata.push((wire::STATE_KEY.to_string(), server.keys.seal(TokenKind::Cursor, bound, &cursor_payload(&call.call_id, &state))));
+                metadata.push((
+                    wire::STATE_KEY.to_string(),
+                    server.keys.seal(
+                        TokenKind::Cursor,
+                        bound,
+                        &cursor_payload(&call.call_id, &state),
+                    ),
+                ));
             }
             let mut out = Vec::new();
             let mut writer = StreamWriter::new(&mut out, &output_schema)?;
             write_logs(&mut writer, &ctx, server, info)?;
             writer.write(&data, &metadata)?;
             writer.finish();
-            Ok(finish_response(server, info, &method.name, &output_schema, limit, out))
+            Ok(finish_response(
+                server,
+                info,
+                &method.name,
+                &output_schema,
+                limit,
+                out,
+            ))
         }
     }
 }
@@ -523,10 +867,19 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
     let mismatch = || {
         RpcError::new(
             "TypeError",
-            format!("Input schema mismatch: expected {}, got {}", wire::tokens::schema_text(target), wire::tokens::schema_text(&batch.schema())),
+            format!(
+                "Input schema mismatch: expected {}, got {}",
+                wire::tokens::schema_text(target),
+                wire::tokens::schema_text(&batch.schema())
+            ),
         )
     };
-    let mut names: Vec<&String> = batch.schema_ref().fields().iter().map(|f| f.name()).collect();
+    let mut names: Vec<&String> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .collect();
     let mut wanted: Vec<&String> = target.fields().iter().map(|f| f.name()).collect();
     names.sort();
     wanted.sort();

@@ -9,8 +9,10 @@
 //! - client mistakes are 4xx with an Arrow error stream, method failures are
 //!   200 + `X-VGI-RPC-Error: true`, internal details never reach the client.
 
+pub mod auth;
 pub mod codec;
 mod dispatch;
+pub mod ratelimit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,13 +66,24 @@ pub struct Server {
 impl Server {
     /// `protocols[0]` is the primary protocol (named by `/health`).
     pub fn new(protocols: Vec<Protocol>, config: HttpConfig, keys: KeyRing) -> Arc<Server> {
-        let primary = protocols.first().map(|p| p.name.clone()).unwrap_or_default();
-        let mut hosted: BTreeMap<String, Arc<Protocol>> = protocols.into_iter().map(|p| (p.name.clone(), Arc::new(p))).collect();
+        let primary = protocols
+            .first()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let mut hosted: BTreeMap<String, Arc<Protocol>> = protocols
+            .into_iter()
+            .map(|p| (p.name.clone(), Arc::new(p)))
+            .collect();
         if config.enable_reflection {
             let reflection = crate::reflection::protocol();
             hosted.insert(reflection.name.clone(), Arc::new(reflection));
         }
-        Arc::new(Server { protocols: hosted, primary, config, keys })
+        Arc::new(Server {
+            protocols: hosted,
+            primary,
+            config,
+            keys,
+        })
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -99,13 +112,25 @@ pub(crate) struct RequestInfo {
     pub request_id: String,
     pub response_codec: Option<(Codec, bool)>,
     pub accept_max_response: Option<u64>,
+    /// `protocol/method` once the path resolved, for error tracebacks.
+    pub origin: Option<String>,
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
     let request_id = request_id_of(request.headers());
-    let response_codec = codec::negotiate(header_str(request.headers(), "x-vgi-accept-encoding"), header_str(request.headers(), "accept-encoding"));
-    let info = RequestInfo { request_id: request_id.clone(), response_codec, accept_max_response: None };
-    let mut response = crate::reflection::CURRENT_SERVER.scope(server.clone(), route(&server, request, info)).await;
+    let response_codec = codec::negotiate(
+        header_str(request.headers(), "x-vgi-accept-encoding"),
+        header_str(request.headers(), "accept-encoding"),
+    );
+    let info = RequestInfo {
+        request_id: request_id.clone(),
+        response_codec,
+        accept_max_response: None,
+        origin: None,
+    };
+    let mut response = crate::reflection::CURRENT_SERVER
+        .scope(server.clone(), route(&server, request, info))
+        .await;
     stamp_capabilities(&server, response.headers_mut(), &request_id);
     response
 }
@@ -113,7 +138,10 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
 async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) -> Response {
     let path = request.uri().path().to_string();
     let prefix = server.config.prefix.as_str();
-    let Some(rest) = path.strip_prefix(prefix).filter(|r| r.starts_with('/') || r.is_empty()) else {
+    let Some(rest) = path
+        .strip_prefix(prefix)
+        .filter(|r| r.starts_with('/') || r.is_empty())
+    else {
         return not_found_page();
     };
     let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
@@ -122,14 +150,24 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
     if segments == ["health"] {
         return health(server, &method);
     }
-    if segments.len() == 1 && segments[0].starts_with("__") && segments[0].ends_with("__") && segments[0].len() > 4 {
+    if segments.len() == 1
+        && segments[0].starts_with("__")
+        && segments[0].ends_with("__")
+        && segments[0].len() > 4
+    {
         if method != Method::POST {
             return method_not_allowed();
         }
-        let error = RpcError::new("MethodNotImplementedError", format!("This server does not implement the reserved method '{}'.", segments[0]))
-            .with_code(ErrorCode::Unimplemented)
-            .with_kind("method_not_implemented")
-            .with_status(StatusCode::NOT_FOUND);
+        let error = RpcError::new(
+            "MethodNotImplementedError",
+            format!(
+                "This server does not implement the reserved method '{}'.",
+                segments[0]
+            ),
+        )
+        .with_code(ErrorCode::Unimplemented)
+        .with_kind("method_not_implemented")
+        .with_status(StatusCode::NOT_FOUND);
         return error_response(server, &info, &error, &wire::empty_schema());
     }
     let (protocol, method_name, endpoint) = match segments.as_slice() {
@@ -142,7 +180,11 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
         return options_response();
     }
     if method != Method::POST {
-        return if server.protocols.contains_key(protocol) { method_not_allowed() } else { not_found_page() };
+        return if server.protocols.contains_key(protocol) {
+            method_not_allowed()
+        } else {
+            not_found_page()
+        };
     }
     match header_str(request.headers(), "vgi-accept-max-response-bytes").map(parse_accept_max) {
         None => {}
@@ -150,7 +192,9 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
         Some(Err(text)) => {
             let error = RpcError::bad_request(
                 "ValueError",
-                format!("Invalid VGI-Accept-Max-Response-Bytes header {text:?}: expected a canonical decimal between 65536 and 2^53-1"),
+                format!(
+                    "Invalid VGI-Accept-Max-Response-Bytes header {text:?}: expected a canonical decimal between 65536 and 2^53-1"
+                ),
             );
             return error_response(server, &info, &error, &wire::empty_schema());
         }
@@ -159,6 +203,7 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
         Ok(resolved) => resolved,
         Err(error) => return error_response(server, &info, &error, &wire::empty_schema()),
     };
+    info.origin = Some(format!("{}/{}", resolved.protocol.name, resolved.method));
     let content_type = header_str(request.headers(), "content-type").unwrap_or("");
     if content_type.split(';').next().unwrap_or("").trim() != wire::CONTENT_TYPE {
         let error = RpcError::new(
@@ -192,7 +237,11 @@ pub(crate) struct Resolved {
 }
 
 fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, RpcError> {
-    let not_found = |error: RpcError| error.with_status(StatusCode::NOT_FOUND).with_code(ErrorCode::Unimplemented);
+    let not_found = |error: RpcError| {
+        error
+            .with_status(StatusCode::NOT_FOUND)
+            .with_code(ErrorCode::Unimplemented)
+    };
     if protocol.contains('%') {
         return Err(not_found(
             RpcError::new(
@@ -205,28 +254,51 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
     let Some(hosted) = server.protocols.get(protocol) else {
         let names: Vec<String> = server.protocols.keys().map(|k| format!("'{k}'")).collect();
         let message = if crate::rpc::valid_protocol_name(protocol) {
-            format!("This server does not host protocol '{protocol}'. Hosted: [{}].", names.join(", "))
+            format!(
+                "This server does not host protocol '{protocol}'. Hosted: [{}].",
+                names.join(", ")
+            )
         } else {
-            "Not a protocol name: the protocol path segment must match ^[A-Za-z_][A-Za-z0-9_.]*$".to_string()
+            "Not a protocol name: the protocol path segment must match ^[A-Za-z_][A-Za-z0-9_.]*$"
+                .to_string()
         };
-        return Err(not_found(RpcError::new("ProtocolNotSupportedError", message).with_kind("protocol_not_supported")));
+        return Err(not_found(
+            RpcError::new("ProtocolNotSupportedError", message).with_kind("protocol_not_supported"),
+        ));
     };
     if hosted.method(method).is_none() {
         let names: Vec<String> = hosted.methods.keys().map(|k| format!("'{k}'")).collect();
         return Err(not_found(
-            RpcError::new("MethodNotImplementedError", format!("Protocol '{protocol}' has no method '{method}'. Available: [{}].", names.join(", ")))
-                .with_kind("method_not_implemented"),
+            RpcError::new(
+                "MethodNotImplementedError",
+                format!(
+                    "Protocol '{protocol}' has no method '{method}'. Available: [{}].",
+                    names.join(", ")
+                ),
+            )
+            .with_kind("method_not_implemented"),
         ));
     }
-    Ok(Resolved { protocol: hosted.clone(), method: method.to_string() })
+    Ok(Resolved {
+        protocol: hosted.clone(),
+        method: method.to_string(),
+    })
 }
 
 /// Reads and decodes the request body, enforcing `max_request_bytes` before and after decoding.
 async fn read_body(server: &Server, request: Request) -> Result<Bytes, Response> {
-    let limit = server.config.max_request_bytes.map(|l| l as usize).unwrap_or(usize::MAX);
+    let limit = server
+        .config
+        .max_request_bytes
+        .map(|l| l as usize)
+        .unwrap_or(usize::MAX);
     let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
-    let raw = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| payload_too_large(server))?;
-    let Some(encoding) = encoding.filter(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity")) else {
+    let raw = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| payload_too_large(server))?;
+    let Some(encoding) =
+        encoding.filter(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"))
+    else {
         return Ok(raw);
     };
     let Some(codec) = Codec::parse(&encoding) else {
@@ -236,7 +308,8 @@ async fn read_body(server: &Server, request: Request) -> Result<Bytes, Response>
         ));
     };
     let decode_limit = limit.min(crate::MAX_DECODED_REQUEST_BYTES);
-    let decoded = tokio::task::spawn_blocking(move || codec::decode(codec, &raw, decode_limit)).await;
+    let decoded =
+        tokio::task::spawn_blocking(move || codec::decode(codec, &raw, decode_limit)).await;
     match decoded {
         Ok(Ok(body)) => Ok(Bytes::from(body)),
         Ok(Err(codec::DecodeError::TooLarge { .. })) => Err(payload_too_large(server)),
@@ -244,12 +317,18 @@ async fn read_body(server: &Server, request: Request) -> Result<Bytes, Response>
             StatusCode::BAD_REQUEST,
             serde_json::json!({"title": "400 Bad Request", "description": error.to_string()}),
         )),
-        Err(_) => Err(json_response(StatusCode::INTERNAL_SERVER_ERROR, serde_json::json!({"title": "500 Internal Server Error"}))),
+        Err(_) => Err(json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"title": "500 Internal Server Error"}),
+        )),
     }
 }
 
 fn payload_too_large(server: &Server) -> Response {
-    let limit = server.config.max_request_bytes.unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
+    let limit = server
+        .config
+        .max_request_bytes
+        .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
     json_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         serde_json::json!({"title": "413 Payload Too Large", "description": format!("Request body exceeds max_request_bytes ({limit})")}),
@@ -258,7 +337,8 @@ fn payload_too_large(server: &Server) -> Response {
 
 /// Canonical positive decimal between 65536 and 2^53-1.
 fn parse_accept_max(text: &str) -> Result<u64, String> {
-    let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    let valid =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
     match text.parse::<u64>() {
         Ok(value) if valid && (65536..=(1u64 << 53) - 1).contains(&value) => Ok(value),
         _ => Err(text.to_string()),
@@ -271,8 +351,14 @@ fn health(server: &Server, method: &Method) -> Response {
             let mut response = Response::new(Body::empty());
             let headers = response.headers_mut();
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             response
         }
         Method::GET | Method::HEAD => {
@@ -289,54 +375,105 @@ fn health(server: &Server, method: &Method) -> Response {
 
 fn options_response() -> Response {
     let mut response = Response::new(Body::empty());
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }
 
 fn method_not_allowed() -> Response {
-    let mut response = json_response(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"title": "405 Method Not Allowed"}));
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        serde_json::json!({"title": "405 Method Not Allowed"}),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
     response
 }
 
 fn not_found_page() -> Response {
-    let mut response = Response::new(Body::from("<!doctype html><title>404 Not Found</title><h1>404 Not Found</h1>"));
+    let mut response = Response::new(Body::from(
+        "<!doctype html><title>404 Not Found</title><h1>404 Not Found</h1>",
+    ));
     *response.status_mut() = StatusCode::NOT_FOUND;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
 }
 
 pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// An Arrow error stream (empty or the given schema) as a complete response.
-pub(crate) fn error_response(server: &Server, info: &RequestInfo, error: &RpcError, schema: &arrow_schema::SchemaRef) -> Response {
+pub(crate) fn error_response(
+    server: &Server,
+    info: &RequestInfo,
+    error: &RpcError,
+    schema: &arrow_schema::SchemaRef,
+) -> Response {
     let mut body = Vec::new();
-    write_error_stream(&mut body, schema, error, &server.config.server_id, &info.request_id);
-    arrow_response(server, info, error.status, body, error.status == StatusCode::OK)
+    write_error_stream(&mut body, schema, error, &server.config.server_id, info);
+    arrow_response(
+        server,
+        info,
+        error.status,
+        body,
+        error.status == StatusCode::OK,
+    )
 }
 
-pub(crate) fn write_error_stream(out: &mut Vec<u8>, schema: &arrow_schema::SchemaRef, error: &RpcError, server_id: &str, request_id: &str) {
+pub(crate) fn write_error_stream(
+    out: &mut Vec<u8>,
+    schema: &arrow_schema::SchemaRef,
+    error: &RpcError,
+    server_id: &str,
+    info: &RequestInfo,
+) {
     let mut writer = StreamWriter::new(out, schema).expect("schemas of error streams are valid");
-    writer.write_metadata_only(&error.to_metadata(server_id, request_id)).expect("zero-row batches always encode");
+    let metadata = error.to_metadata_from(server_id, &info.request_id, info.origin.as_deref());
+    writer
+        .write_metadata_only(&metadata)
+        .expect("zero-row batches always encode");
     writer.finish();
 }
 
 /// A response with an Arrow body, compressed as negotiated.
-pub(crate) fn arrow_response(server: &Server, info: &RequestInfo, status: StatusCode, body: Vec<u8>, rpc_error: bool) -> Response {
+pub(crate) fn arrow_response(
+    server: &Server,
+    info: &RequestInfo,
+    status: StatusCode,
+    body: Vec<u8>,
+    rpc_error: bool,
+) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(wire::CONTENT_TYPE));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(wire::CONTENT_TYPE),
+    );
     if rpc_error {
         headers.insert("x-vgi-rpc-error", HeaderValue::from_static("true"));
     }
     let body = match info.response_codec {
         Some((codec, only_x)) if !body.is_empty() => {
-            let name = if only_x { "x-vgi-content-encoding" } else { "content-encoding" };
+            let name = if only_x {
+                "x-vgi-content-encoding"
+            } else {
+                "content-encoding"
+            };
             headers.insert(name, HeaderValue::from_static(codec.as_str()));
             codec::encode(codec, &body, server.config.zstd_level)
         }
@@ -349,9 +486,18 @@ pub(crate) fn arrow_response(server: &Server, info: &RequestInfo, status: Status
 }
 
 fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str) {
-    headers.insert("vgi-accept-max-response-bytes-support", HeaderValue::from_static("true"));
-    headers.insert("vgi-externalization-enabled", HeaderValue::from_static("false"));
-    headers.insert("vgi-supported-encodings", HeaderValue::from_static(codec::SUPPORTED));
+    headers.insert(
+        "vgi-accept-max-response-bytes-support",
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(
+        "vgi-externalization-enabled",
+        HeaderValue::from_static("false"),
+    );
+    headers.insert(
+        "vgi-supported-encodings",
+        HeaderValue::from_static(codec::SUPPORTED),
+    );
     if let Some(limit) = server.config.max_request_bytes {
         headers.insert("vgi-max-request-bytes", HeaderValue::from(limit));
     }
@@ -370,7 +516,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Echoes a sane caller id, otherwise mints 16 hex characters.
 fn request_id_of(headers: &HeaderMap) -> String {
     match header_str(headers, "x-request-id") {
-        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
         _ => random_hex(8),
     }
 }

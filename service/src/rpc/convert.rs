@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
-use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray, new_null_array};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray,
+    new_null_array,
+};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field};
 
@@ -28,7 +31,11 @@ fn mismatch(expected: &str, array: &dyn Array) -> String {
 }
 
 fn null_check(array: &dyn Array, row: usize) -> Result<(), String> {
-    if array.is_null(row) { Err("value is null but the parameter is not optional".into()) } else { Ok(()) }
+    if array.is_null(row) {
+        Err("value is null but the parameter is not optional".into())
+    } else {
+        Ok(())
+    }
 }
 
 macro_rules! int_from_arrow {
@@ -64,14 +71,18 @@ impl FromArrow for u64 {
         null_check(array, row)?;
         match array.data_type() {
             DataType::UInt64 => Ok(array.as_primitive::<UInt64Type>().value(row)),
-            _ => i64::from_arrow(array, row).and_then(|v| u64::try_from(v).map_err(|_| format!("{v} is negative"))),
+            _ => i64::from_arrow(array, row)
+                .and_then(|v| u64::try_from(v).map_err(|_| format!("{v} is negative"))),
         }
     }
 }
 
 impl ToArrow for u64 {
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError> {
-        cast_to(Arc::new(arrow_array::UInt64Array::from(vec![self])), data_type)
+        cast_to(
+            Arc::new(arrow_array::UInt64Array::from(vec![self])),
+            data_type,
+        )
     }
 }
 
@@ -81,7 +92,9 @@ impl FromArrow for f64 {
         match array.data_type() {
             DataType::Float64 => Ok(array.as_primitive::<Float64Type>().value(row)),
             DataType::Float32 => Ok(array.as_primitive::<Float32Type>().value(row) as f64),
-            _ => i64::from_arrow(array, row).map(|v| v as f64).map_err(|_| mismatch("a float", array)),
+            _ => i64::from_arrow(array, row)
+                .map(|v| v as f64)
+                .map_err(|_| mismatch("a float", array)),
         }
     }
 }
@@ -116,7 +129,8 @@ impl FromArrow for String {
             DataType::LargeUtf8 => Ok(array.as_string::<i64>().value(row).to_string()),
             DataType::Utf8View => Ok(array.as_string_view().value(row).to_string()),
             DataType::Dictionary(_, _) => {
-                let values = arrow_cast::cast(&array.slice(row, 1), &DataType::Utf8).map_err(|e| e.to_string())?;
+                let values = arrow_cast::cast(&array.slice(row, 1), &DataType::Utf8)
+                    .map_err(|e| e.to_string())?;
                 String::from_arrow(values.as_ref(), 0)
             }
             _ => Err(mismatch("a string", array)),
@@ -155,7 +169,10 @@ pub struct Bytes(pub Vec<u8>);
 
 impl ToArrow for Bytes {
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError> {
-        cast_to(Arc::new(BinaryArray::from(vec![self.0.as_slice()])), data_type)
+        cast_to(
+            Arc::new(BinaryArray::from(vec![self.0.as_slice()])),
+            data_type,
+        )
     }
 }
 
@@ -167,7 +184,11 @@ impl FromArrow for Bytes {
 
 impl<T: FromArrow> FromArrow for Option<T> {
     fn from_arrow(array: &dyn Array, row: usize) -> Result<Self, String> {
-        if array.is_null(row) { Ok(None) } else { T::from_arrow(array, row).map(Some) }
+        if array.is_null(row) {
+            Ok(None)
+        } else {
+            T::from_arrow(array, row).map(Some)
+        }
     }
 }
 
@@ -192,16 +213,26 @@ impl<T: FromArrow> FromArrow for List<T> {
             DataType::LargeList(_) => array.as_list::<i64>().value(row),
             _ => return Err(mismatch("a list", array)),
         };
-        (0..values.len()).map(|i| T::from_arrow(values.as_ref(), i)).collect::<Result<_, _>>().map(List)
+        (0..values.len())
+            .map(|i| T::from_arrow(values.as_ref(), i))
+            .collect::<Result<_, _>>()
+            .map(List)
     }
 }
 
 impl<T: ToArrow> ToArrow for List<T> {
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError> {
         let DataType::List(child) = data_type else {
-            return Err(RpcError::new("TypeError", format!("a list value cannot be written as {data_type}")));
+            return Err(RpcError::new(
+                "TypeError",
+                format!("a list value cannot be written as {data_type}"),
+            ));
         };
-        let parts: Vec<ArrayRef> = self.0.into_iter().map(|v| v.to_arrow(child.data_type())).collect::<Result<_, _>>()?;
+        let parts: Vec<ArrayRef> = self
+            .0
+            .into_iter()
+            .map(|v| v.to_arrow(child.data_type()))
+            .collect::<Result<_, _>>()?;
         let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
         let values = if refs.is_empty() {
             arrow_array::new_empty_array(child.data_type())
@@ -209,7 +240,11 @@ impl<T: ToArrow> ToArrow for List<T> {
             arrow_select::concat::concat(&refs)?
         };
         let offsets = OffsetBuffer::from_lengths([values.len()]);
-        let field = Arc::new(Field::new(child.name(), child.data_type().clone(), child.is_nullable()));
+        let field = Arc::new(Field::new(
+            child.name(),
+            child.data_type().clone(),
+            child.is_nullable(),
+        ));
         Ok(Arc::new(ListArray::try_new(field, offsets, values, None)?))
     }
 }
@@ -225,7 +260,12 @@ fn cast_to(array: ArrayRef, data_type: &DataType) -> Result<ArrayRef, RpcError> 
     if array.data_type() == data_type {
         return Ok(array);
     }
-    arrow_cast::cast(&array, data_type).map_err(|e| RpcError::new("TypeError", format!("cannot return a {} as {data_type}: {e}", array.data_type())))
+    arrow_cast::cast(&array, data_type).map_err(|e| {
+        RpcError::new(
+            "TypeError",
+            format!("cannot return a {} as {data_type}: {e}", array.data_type()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -247,9 +287,14 @@ mod tests {
     #[test]
     fn lists_use_the_declared_child() {
         let data_type = crate::wire::tokens::parse_type("list<item?:utf8>").unwrap();
-        let array = List(vec!["a".to_string(), "b".to_string()]).to_arrow(&data_type).unwrap();
+        let array = List(vec!["a".to_string(), "b".to_string()])
+            .to_arrow(&data_type)
+            .unwrap();
         assert_eq!(array.data_type(), &data_type);
-        assert_eq!(List::<String>::from_arrow(array.as_ref(), 0).unwrap().0, vec!["a", "b"]);
+        assert_eq!(
+            List::<String>::from_arrow(array.as_ref(), 0).unwrap().0,
+            vec!["a", "b"]
+        );
     }
 
     #[test]

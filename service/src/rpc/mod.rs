@@ -53,8 +53,21 @@ struct CtxInner {
 }
 
 impl Ctx {
-    pub(crate) fn new(identity: String, request_id: String, metadata: Metadata, response_limit: Option<u64>) -> Self {
-        Ctx { inner: Arc::new(CtxInner { logs: Mutex::new(Vec::new()), identity, request_id, metadata, response_limit }) }
+    pub(crate) fn new(
+        identity: String,
+        request_id: String,
+        metadata: Metadata,
+        response_limit: Option<u64>,
+    ) -> Self {
+        Ctx {
+            inner: Arc::new(CtxInner {
+                logs: Mutex::new(Vec::new()),
+                identity,
+                request_id,
+                metadata,
+                response_limit,
+            }),
+        }
     }
 
     /// Sends a log message to the client, ahead of this call's result.
@@ -64,8 +77,16 @@ impl Ctx {
 
     /// Like [`Ctx::log`], with extra key/value pairs (`log_extra`).
     pub fn log_with(&self, level: LogLevel, message: impl Into<String>, extra: Map<String, Value>) {
-        let record = LogRecord { level, message: message.into(), extra };
-        self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+        let record = LogRecord {
+            level,
+            message: message.into(),
+            extra,
+        };
+        self.inner
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
     }
 
     /// The authenticated caller (`""` when anonymous).
@@ -110,7 +131,8 @@ impl Args {
     /// A parameter as a Rust value; a type mismatch is a `TypeError` for the client.
     pub fn get<T: FromArrow>(&self, name: &str) -> Result<T, RpcError> {
         let column = self.column(name)?;
-        T::from_arrow(column.as_ref(), 0).map_err(|e| RpcError::new("TypeError", format!("parameter '{name}': {e}")))
+        T::from_arrow(column.as_ref(), 0)
+            .map_err(|e| RpcError::new("TypeError", format!("parameter '{name}': {e}")))
     }
 
     /// A parameter as its raw one-row Arrow column.
@@ -163,7 +185,11 @@ pub struct Output {
 
 impl Output {
     pub(crate) fn new(schema: SchemaRef) -> Self {
-        Output { schema, batches: Vec::new(), finished: false }
+        Output {
+            schema,
+            batches: Vec::new(),
+            finished: false,
+        }
     }
 
     /// The stream's output schema; emitted batches must have it.
@@ -176,7 +202,11 @@ impl Output {
     }
 
     /// Emits a batch with application metadata on its IPC message.
-    pub fn emit_with_metadata(&mut self, batch: RecordBatch, metadata: Metadata) -> Result<(), RpcError> {
+    pub fn emit_with_metadata(
+        &mut self,
+        batch: RecordBatch,
+        metadata: Metadata,
+    ) -> Result<(), RpcError> {
         let batch = conform(batch, &self.schema)?;
         self.batches.push((batch, metadata));
         Ok(())
@@ -201,19 +231,36 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, RpcErr
     let mut columns = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let column = batch.column_by_name(field.name()).ok_or_else(|| {
-            RpcError::new("TypeError", format!("emitted batch lacks column '{}' of the output schema", field.name()))
+            RpcError::new(
+                "TypeError",
+                format!(
+                    "emitted batch lacks column '{}' of the output schema",
+                    field.name()
+                ),
+            )
         })?;
-        let column =
-            if column.data_type() == field.data_type() { column.clone() } else { arrow_cast::cast(column, field.data_type())? };
+        let column = if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            arrow_cast::cast(column, field.data_type())?
+        };
         columns.push(column);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 /// A producer stream: each turn emits at most one batch or finishes.
 pub trait Producer: Serialize + DeserializeOwned + Send + 'static {
-    fn produce(&mut self, out: &mut Output, ctx: &Ctx) -> impl Future<Output = Result<(), RpcError>> + Send;
+    fn produce(
+        &mut self,
+        out: &mut Output,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<(), RpcError>> + Send;
 
     /// Called when the client cancels; errors are ignored, as upstream does.
     fn on_cancel(&mut self, _ctx: &Ctx) {}
@@ -221,7 +268,12 @@ pub trait Producer: Serialize + DeserializeOwned + Send + 'static {
 
 /// An exchange stream: each turn takes one input batch and emits one batch.
 pub trait Exchanger: Serialize + DeserializeOwned + Send + 'static {
-    fn exchange(&mut self, input: RecordBatch, out: &mut Output, ctx: &Ctx) -> impl Future<Output = Result<(), RpcError>> + Send;
+    fn exchange(
+        &mut self,
+        input: RecordBatch,
+        out: &mut Output,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<(), RpcError>> + Send;
 
     fn on_cancel(&mut self, _ctx: &Ctx) {}
 }
@@ -238,7 +290,12 @@ pub struct StreamInit<S> {
 
 impl<S> StreamInit<S> {
     pub fn new(output_schema: SchemaRef, state: S) -> Self {
-        StreamInit { state, output_schema, input_schema: None, header: None }
+        StreamInit {
+            state,
+            output_schema,
+            input_schema: None,
+            header: None,
+        }
     }
 
     pub fn with_input(mut self, input_schema: SchemaRef) -> Self {
@@ -276,13 +333,19 @@ pub(crate) struct ErasedInit {
     pub header: Option<RecordBatch>,
 }
 
-pub(crate) type UnaryFn = dyn Fn(Ctx, Args) -> BoxFuture<'static, Result<Reply, RpcError>> + Send + Sync;
+pub(crate) type UnaryFn =
+    dyn Fn(Ctx, Args) -> BoxFuture<'static, Result<Reply, RpcError>> + Send + Sync;
 type InitFn = dyn Fn(Ctx, Args) -> BoxFuture<'static, Result<ErasedInit, RpcError>> + Send + Sync;
 
 /// One turn of a stream, over serialized state.
 pub(crate) trait StreamTurn: Send + Sync {
-    fn turn<'a>(&'a self, state: &'a [u8], input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
-    -> BoxFuture<'a, Result<Vec<u8>, RpcError>>;
+    fn turn<'a>(
+        &'a self,
+        state: &'a [u8],
+        input: Option<RecordBatch>,
+        out: &'a mut Output,
+        ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>>;
     fn cancel(&self, state: &[u8], ctx: &Ctx);
 }
 
@@ -290,16 +353,23 @@ struct ProducerTurn<S>(std::marker::PhantomData<fn() -> S>);
 struct ExchangeTurn<S>(std::marker::PhantomData<fn() -> S>);
 
 fn decode_state<S: DeserializeOwned>(state: &[u8]) -> Result<S, RpcError> {
-    serde_json::from_slice(state).map_err(|e| RpcError::new("RuntimeError", format!("Failed to deserialize state: {e}")))
+    serde_json::from_slice(state)
+        .map_err(|e| RpcError::new("RuntimeError", format!("Failed to deserialize state: {e}")))
 }
 
 fn encode_state<S: Serialize>(state: &S) -> Result<Vec<u8>, RpcError> {
-    serde_json::to_vec(state).map_err(|e| RpcError::new("RuntimeError", format!("Failed to serialize state: {e}")))
+    serde_json::to_vec(state)
+        .map_err(|e| RpcError::new("RuntimeError", format!("Failed to serialize state: {e}")))
 }
 
 impl<S: Producer> StreamTurn for ProducerTurn<S> {
-    fn turn<'a>(&'a self, state: &'a [u8], _input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
-    -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+    fn turn<'a>(
+        &'a self,
+        state: &'a [u8],
+        _input: Option<RecordBatch>,
+        out: &'a mut Output,
+        ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
         Box::pin(async move {
             let mut state: S = decode_state(state)?;
             state.produce(out, ctx).await?;
@@ -315,11 +385,18 @@ impl<S: Producer> StreamTurn for ProducerTurn<S> {
 }
 
 impl<S: Exchanger> StreamTurn for ExchangeTurn<S> {
-    fn turn<'a>(&'a self, state: &'a [u8], input: Option<RecordBatch>, out: &'a mut Output, ctx: &'a Ctx)
-    -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+    fn turn<'a>(
+        &'a self,
+        state: &'a [u8],
+        input: Option<RecordBatch>,
+        out: &'a mut Output,
+        ctx: &'a Ctx,
+    ) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
         Box::pin(async move {
             let mut state: S = decode_state(state)?;
-            let input = input.ok_or_else(|| RpcError::new("RuntimeError", "exchange turn without an input batch"))?;
+            let input = input.ok_or_else(|| {
+                RpcError::new("RuntimeError", "exchange turn without an input batch")
+            })?;
             state.exchange(input, out, ctx).await?;
             encode_state(&state)
         })
@@ -334,8 +411,16 @@ impl<S: Exchanger> StreamTurn for ExchangeTurn<S> {
 
 /// How a method is called.
 pub(crate) enum MethodKind {
-    Unary { result: Option<SchemaRef>, handler: Arc<UnaryFn> },
-    Stream { kind: StreamKind, header: Option<SchemaRef>, init: Arc<InitFn>, turn: Arc<dyn StreamTurn> },
+    Unary {
+        result: Option<SchemaRef>,
+        handler: Arc<UnaryFn>,
+    },
+    Stream {
+        kind: StreamKind,
+        header: Option<SchemaRef>,
+        init: Arc<InitFn>,
+        turn: Arc<dyn StreamTurn>,
+    },
 }
 
 pub struct Method {
@@ -392,7 +477,13 @@ pub struct Protocol {
 
 impl Protocol {
     pub fn builder(name: impl Into<String>) -> ProtocolBuilder {
-        ProtocolBuilder { name: name.into(), version: None, methods: BTreeMap::new(), errors: Vec::new(), version_exempt: false }
+        ProtocolBuilder {
+            name: name.into(),
+            version: None,
+            methods: BTreeMap::new(),
+            errors: Vec::new(),
+            version_exempt: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -451,7 +542,10 @@ impl ProtocolBuilder {
         match parse_schema(text) {
             Ok(schema) => Arc::new(schema),
             Err(source) => {
-                self.errors.push(DefinitionError::Schema { method: method.to_string(), source });
+                self.errors.push(DefinitionError::Schema {
+                    method: method.to_string(),
+                    source,
+                });
                 Arc::new(Schema::empty())
             }
         }
@@ -459,14 +553,24 @@ impl ProtocolBuilder {
 
     fn add(&mut self, name: &str, params: &str, kind: impl FnOnce(&mut Self) -> MethodKind) {
         if name.is_empty() || name.starts_with('_') {
-            self.errors.push(DefinitionError::MethodName(name.to_string()));
+            self.errors
+                .push(DefinitionError::MethodName(name.to_string()));
         }
         if self.methods.contains_key(name) {
-            self.errors.push(DefinitionError::Duplicate(name.to_string()));
+            self.errors
+                .push(DefinitionError::Duplicate(name.to_string()));
         }
         let params = self.schema(name, params);
         let kind = kind(self);
-        self.methods.insert(name.to_string(), Method { name: name.to_string(), params, kind, doc: String::new() });
+        self.methods.insert(
+            name.to_string(),
+            Method {
+                name: name.to_string(),
+                params,
+                kind,
+                doc: String::new(),
+            },
+        );
     }
 
     /// A unary method. `result` is `"result: <type>"`, or `""` for a void method.
@@ -478,12 +582,17 @@ impl ProtocolBuilder {
     {
         let result_schema = (!result.trim().is_empty()).then(|| self.schema(name, result));
         let shape = result_schema.clone();
-        let handler = Arc::new(move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<Reply, RpcError>> {
-            let shape = shape.clone();
-            let future = handler(ctx, args);
-            Box::pin(async move { future.await?.into_reply(shape.as_deref()) })
+        let handler = Arc::new(
+            move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<Reply, RpcError>> {
+                let shape = shape.clone();
+                let future = handler(ctx, args);
+                Box::pin(async move { future.await?.into_reply(shape.as_deref()) })
+            },
+        );
+        self.add(name, params, |_| MethodKind::Unary {
+            result: result_schema,
+            handler,
         });
-        self.add(name, params, |_| MethodKind::Unary { result: result_schema, handler });
         self
     }
 
@@ -494,7 +603,14 @@ impl ProtocolBuilder {
         F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
     {
-        self.stream(name, params, header, StreamKind::Producer, init, Arc::new(ProducerTurn::<S>(std::marker::PhantomData)))
+        self.stream(
+            name,
+            params,
+            header,
+            StreamKind::Producer,
+            init,
+            Arc::new(ProducerTurn::<S>(std::marker::PhantomData)),
+        )
     }
 
     /// An exchange stream; the init must set [`StreamInit::with_input`].
@@ -504,29 +620,51 @@ impl ProtocolBuilder {
         F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
     {
-        self.stream(name, params, header, StreamKind::Exchange, init, Arc::new(ExchangeTurn::<S>(std::marker::PhantomData)))
+        self.stream(
+            name,
+            params,
+            header,
+            StreamKind::Exchange,
+            init,
+            Arc::new(ExchangeTurn::<S>(std::marker::PhantomData)),
+        )
     }
 
-    fn stream<S, F, Fut>(mut self, name: &str, params: &str, header: &str, kind: StreamKind, init: F, turn: Arc<dyn StreamTurn>) -> Self
+    fn stream<S, F, Fut>(
+        mut self,
+        name: &str,
+        params: &str,
+        header: &str,
+        kind: StreamKind,
+        init: F,
+        turn: Arc<dyn StreamTurn>,
+    ) -> Self
     where
         S: Serialize + Send + 'static,
         F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<StreamInit<S>, RpcError>> + Send + 'static,
     {
         let header_schema = (!header.trim().is_empty()).then(|| self.schema(name, header));
-        let init = Arc::new(move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<ErasedInit, RpcError>> {
-            let future = init(ctx, args);
-            Box::pin(async move {
-                let started = future.await?;
-                Ok(ErasedInit {
-                    state: encode_state(&started.state)?,
-                    output_schema: started.output_schema,
-                    input_schema: started.input_schema,
-                    header: started.header,
+        let init = Arc::new(
+            move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<ErasedInit, RpcError>> {
+                let future = init(ctx, args);
+                Box::pin(async move {
+                    let started = future.await?;
+                    Ok(ErasedInit {
+                        state: encode_state(&started.state)?,
+                        output_schema: started.output_schema,
+                        input_schema: started.input_schema,
+                        header: started.header,
+                    })
                 })
-            })
+            },
+        );
+        self.add(name, params, |_| MethodKind::Stream {
+            kind,
+            header: header_schema,
+            init,
+            turn,
         });
-        self.add(name, params, |_| MethodKind::Stream { kind, header: header_schema, init, turn });
         self
     }
 
@@ -540,7 +678,8 @@ impl ProtocolBuilder {
 
     pub fn build(mut self) -> Result<Protocol, Vec<DefinitionError>> {
         if !valid_protocol_name(&self.name) {
-            self.errors.insert(0, DefinitionError::ProtocolName(self.name.clone()));
+            self.errors
+                .insert(0, DefinitionError::ProtocolName(self.name.clone()));
         }
         if let Some(version) = &self.version
             && parse_version(version).is_none()
@@ -550,15 +689,24 @@ impl ProtocolBuilder {
         if !self.errors.is_empty() {
             return Err(self.errors);
         }
-        Ok(Protocol { name: self.name, version: self.version, methods: self.methods, version_exempt: self.version_exempt })
+        Ok(Protocol {
+            name: self.name,
+            version: self.version,
+            methods: self.methods,
+            version_exempt: self.version_exempt,
+        })
     }
 }
 
 /// `^[A-Za-z_][A-Za-z0-9_.]*$`, at most 255 bytes.
 pub fn valid_protocol_name(name: &str) -> bool {
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    first_ok && name.len() <= 255 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok
+        && name.len() <= 255
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
 /// Canonical semver `MAJOR.MINOR.PATCH` (no leading zeros, no suffix).
@@ -568,7 +716,10 @@ pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
         return None;
     }
     let number = |p: &str| -> Option<u64> {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || (p.len() > 1 && p.starts_with('0')) {
+        if p.is_empty()
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || (p.len() > 1 && p.starts_with('0'))
+        {
             return None;
         }
         p.parse().ok()
@@ -583,7 +734,9 @@ mod tests {
     #[test]
     fn builder_reports_every_bad_declaration() {
         let errors = Protocol::builder("9bad")
-            .unary("a", "x: int65", "result: int64", |_ctx, _args| async { Ok(1i64) })
+            .unary("a", "x: int65", "result: int64", |_ctx, _args| async {
+                Ok(1i64)
+            })
             .unary("_hidden", "", "", |_ctx, _args| async { Ok(()) })
             .build()
             .err()

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_buffer::Buffer;
-use arrow_ipc::writer::{DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow_ipc::writer::{
+    DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
+};
 use arrow_ipc::{MessageHeader, MetadataVersion};
 use arrow_schema::{ArrowError, Schema, SchemaRef};
 use bytes::Bytes;
@@ -59,7 +61,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn new(batch: RecordBatch) -> Self {
-        Batch { batch, metadata: Vec::new() }
+        Batch {
+            batch,
+            metadata: Vec::new(),
+        }
     }
 
     pub fn with_metadata(batch: RecordBatch, metadata: Metadata) -> Self {
@@ -72,7 +77,10 @@ impl Batch {
 }
 
 pub fn metadata_get<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
-    metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// One complete IPC stream: schema, batches, EOS.
@@ -92,7 +100,9 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
             if fb.header_type() != MessageHeader::Schema {
                 return Err(IpcError::NotSchema(format!("{:?}", fb.header_type())));
             }
-            let ipc_schema = fb.header_as_schema().ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
+            let ipc_schema = fb
+                .header_as_schema()
+                .ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
             let schema = guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??;
             Arc::new(schema)
         }
@@ -107,22 +117,48 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
         let version = fb.version();
         match fb.header_type() {
             MessageHeader::RecordBatch => {
-                let header = fb.header_as_record_batch().ok_or_else(|| IpcError::Flatbuffer("record batch header missing".into()))?;
+                let header = fb
+                    .header_as_record_batch()
+                    .ok_or_else(|| IpcError::Flatbuffer("record batch header missing".into()))?;
                 let metadata = read_custom_metadata(&fb);
                 let buffer = Buffer::from(message.body.clone());
                 let batch = if schema.fields().is_empty() {
                     // pyarrow sends zero-column batches with a row count; arrow-rs needs it explicit.
-                    let rows = usize::try_from(header.length()).map_err(|_| IpcError::Flatbuffer("negative row count".into()))?;
-                    RecordBatch::try_new_with_options(schema.clone(), vec![], &RecordBatchOptions::new().with_row_count(Some(rows)))?
+                    let rows = usize::try_from(header.length())
+                        .map_err(|_| IpcError::Flatbuffer("negative row count".into()))?;
+                    RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        vec![],
+                        &RecordBatchOptions::new().with_row_count(Some(rows)),
+                    )?
                 } else {
-                    guard(|| arrow_ipc::reader::read_record_batch(&buffer, header, schema.clone(), &dictionaries, None, &version))??
+                    guard(|| {
+                        arrow_ipc::reader::read_record_batch(
+                            &buffer,
+                            header,
+                            schema.clone(),
+                            &dictionaries,
+                            None,
+                            &version,
+                        )
+                    })??
                 };
                 batches.push(Batch { batch, metadata });
             }
             MessageHeader::DictionaryBatch => {
-                let header = fb.header_as_dictionary_batch().ok_or_else(|| IpcError::Flatbuffer("dictionary header missing".into()))?;
+                let header = fb
+                    .header_as_dictionary_batch()
+                    .ok_or_else(|| IpcError::Flatbuffer("dictionary header missing".into()))?;
                 let buffer = Buffer::from(message.body.clone());
-                guard(|| arrow_ipc::reader::read_dictionary(&buffer, header, &schema, &mut dictionaries, &version))??;
+                guard(|| {
+                    arrow_ipc::reader::read_dictionary(
+                        &buffer,
+                        header,
+                        &schema,
+                        &mut dictionaries,
+                        &version,
+                    )
+                })??;
             }
             other => return Err(IpcError::UnexpectedMessage(format!("{other:?}"))),
         }
@@ -148,7 +184,9 @@ pub fn read_schema_message(bytes: &[u8]) -> Result<Schema, IpcError> {
     let mut cursor = 0;
     let message = read_message(&body, &mut cursor)?.ok_or(IpcError::MissingEos)?;
     let fb = message.flatbuffer()?;
-    let ipc_schema = fb.header_as_schema().ok_or_else(|| IpcError::NotSchema(format!("{:?}", fb.header_type())))?;
+    let ipc_schema = fb
+        .header_as_schema()
+        .ok_or_else(|| IpcError::NotSchema(format!("{:?}", fb.header_type())))?;
     Ok(guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??)
 }
 
@@ -201,23 +239,35 @@ fn read_message(body: &Bytes, cursor: &mut usize) -> Result<Option<RawMessage>, 
         *cursor = pos;
         return Ok(None);
     }
-    let length = usize::try_from(length).map_err(|_| IpcError::Flatbuffer(format!("negative message length {length}")))?;
+    let length = usize::try_from(length)
+        .map_err(|_| IpcError::Flatbuffer(format!("negative message length {length}")))?;
     let remaining = body.len() - pos;
     if length > remaining || length > MAX_MESSAGE_HEADER {
-        return Err(IpcError::TruncatedHeader { expected: length, available: remaining });
+        return Err(IpcError::TruncatedHeader {
+            expected: length,
+            available: remaining,
+        });
     }
     let header = body.slice(pos..pos + length);
     pos += length;
-    let message = arrow_ipc::root_as_message(&header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
-    let body_length = usize::try_from(message.bodyLength()).map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
+    let message =
+        arrow_ipc::root_as_message(&header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
+    let body_length = usize::try_from(message.bodyLength())
+        .map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
     let remaining = body.len() - pos;
     if body_length > remaining {
-        return Err(IpcError::TruncatedBody { expected: body_length, available: remaining });
+        return Err(IpcError::TruncatedBody {
+            expected: body_length,
+            available: remaining,
+        });
     }
     let message_body = body.slice(pos..pos + body_length);
     pos += body_length;
     *cursor = pos;
-    Ok(Some(RawMessage { header, body: message_body }))
+    Ok(Some(RawMessage {
+        header,
+        body: message_body,
+    }))
 }
 
 fn read_custom_metadata(message: &arrow_ipc::Message<'_>) -> Metadata {
@@ -248,9 +298,17 @@ impl<'a> StreamWriter<'a> {
         let options = IpcWriteOptions::try_new(8, false, MetadataVersion::V5)?;
         let generator = IpcDataGenerator::default();
         let mut tracker = DictionaryTracker::new(false);
-        let encoded = generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
+        let encoded =
+            generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
         write_encoded(out, &encoded.ipc_message, &encoded.arrow_data);
-        Ok(StreamWriter { out, generator, tracker, options, context: IpcWriteContext::default(), schema: schema.clone() })
+        Ok(StreamWriter {
+            out,
+            generator,
+            tracker,
+            options,
+            context: IpcWriteContext::default(),
+            schema: schema.clone(),
+        })
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -259,11 +317,16 @@ impl<'a> StreamWriter<'a> {
 
     /// Writes one batch, with its custom metadata on the record batch message.
     pub fn write(&mut self, batch: &RecordBatch, metadata: &Metadata) -> Result<(), ArrowError> {
-        let (dictionaries, encoded) = self.generator.encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
+        let (dictionaries, encoded) =
+            self.generator
+                .encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
         for dictionary in dictionaries {
             write_encoded(self.out, &dictionary.ipc_message, &dictionary.arrow_data);
         }
-        let EncodedData { ipc_message, arrow_data } = encoded;
+        let EncodedData {
+            ipc_message,
+            arrow_data,
+        } = encoded;
         if metadata.is_empty() {
             write_encoded(self.out, &ipc_message, &arrow_data);
         } else {
@@ -290,7 +353,11 @@ impl<'a> StreamWriter<'a> {
 pub fn schema_message(schema: &Schema) -> Vec<u8> {
     let options = IpcWriteOptions::default();
     let mut tracker = DictionaryTracker::new(false);
-    let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
+    let encoded = IpcDataGenerator::default().schema_to_bytes_with_dictionary_tracker(
+        schema,
+        &mut tracker,
+        &options,
+    );
     let mut out = Vec::new();
     write_encoded(&mut out, &encoded.ipc_message, &[]);
     out
@@ -320,13 +387,20 @@ fn write_encoded(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
 
 /// Rebuilds a RecordBatch `Message` flatbuffer with `custom_metadata` added.
 fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, ArrowError> {
-    let parsed = arrow_ipc::root_as_message(message).map_err(|e| ArrowError::IpcError(e.to_string()))?;
+    let parsed =
+        arrow_ipc::root_as_message(message).map_err(|e| ArrowError::IpcError(e.to_string()))?;
     let header = parsed
         .header_as_record_batch()
         .ok_or_else(|| ArrowError::IpcError("expected a record batch message".into()))?;
     let mut fbb = FlatBufferBuilder::with_capacity(message.len() + 256);
-    let nodes: Vec<arrow_ipc::FieldNode> = header.nodes().map(|n| n.iter().copied().collect()).unwrap_or_default();
-    let buffers: Vec<arrow_ipc::Buffer> = header.buffers().map(|b| b.iter().copied().collect()).unwrap_or_default();
+    let nodes: Vec<arrow_ipc::FieldNode> = header
+        .nodes()
+        .map(|n| n.iter().copied().collect())
+        .unwrap_or_default();
+    let buffers: Vec<arrow_ipc::Buffer> = header
+        .buffers()
+        .map(|b| b.iter().copied().collect())
+        .unwrap_or_default();
     let variadic: Option<Vec<i64>> = header.variadicBufferCounts().map(|v| v.iter().collect());
     let nodes = fbb.create_vector(&nodes);
     let buffers = fbb.create_vector(&buffers);
@@ -346,7 +420,13 @@ fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, 
         .map(|(k, v)| {
             let key = fbb.create_string(k);
             let value = fbb.create_string(v);
-            arrow_ipc::KeyValue::create(&mut fbb, &arrow_ipc::KeyValueArgs { key: Some(key), value: Some(value) })
+            arrow_ipc::KeyValue::create(
+                &mut fbb,
+                &arrow_ipc::KeyValueArgs {
+                    key: Some(key),
+                    value: Some(value),
+                },
+            )
         })
         .collect();
     let pairs = fbb.create_vector(&pairs);
@@ -387,14 +467,26 @@ mod tests {
 
     #[test]
     fn batch_metadata_survives_a_roundtrip() {
-        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
         let batch = RecordBatch::try_new(
             schema,
-            vec![Arc::new(Int64Array::from(vec![1, 2])), Arc::new(StringArray::from(vec![Some("x"), None]))],
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(StringArray::from(vec![Some("x"), None])),
+            ],
         )
         .unwrap();
         check_roundtrip(vec![
-            Batch::with_metadata(batch.clone(), vec![("vgi_rpc.method".into(), "add".into()), ("k".into(), "v".into())]),
+            Batch::with_metadata(
+                batch.clone(),
+                vec![
+                    ("vgi_rpc.method".into(), "add".into()),
+                    ("k".into(), "v".into()),
+                ],
+            ),
             Batch::new(batch),
         ]);
     }
@@ -402,8 +494,16 @@ mod tests {
     #[test]
     fn zero_column_batches_keep_their_row_count() {
         let schema = Arc::new(Schema::empty());
-        let batch = RecordBatch::try_new_with_options(schema, vec![], &RecordBatchOptions::new().with_row_count(Some(3))).unwrap();
-        check_roundtrip(vec![Batch::with_metadata(batch, vec![("x".into(), "1".into())])]);
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(3)),
+        )
+        .unwrap();
+        check_roundtrip(vec![Batch::with_metadata(
+            batch,
+            vec![("x".into(), "1".into())],
+        )]);
     }
 
     #[test]
@@ -421,12 +521,20 @@ mod tests {
         assert_eq!(ours.len(), pyarrow.len());
         assert_eq!(read_schema_message(&ours).unwrap(), Schema::empty());
         let schema = Schema::new(vec![Field::new("a", DataType::Int64, false)]);
-        assert_eq!(read_schema_message(&schema_message(&schema)).unwrap(), schema);
+        assert_eq!(
+            read_schema_message(&schema_message(&schema)).unwrap(),
+            schema
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for body in [&b"x"[..], b"not arrow", &[0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 1, 2, 3], &[0xff; 64]] {
+        for body in [
+            &b"x"[..],
+            b"not arrow",
+            &[0xff, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 1, 2, 3],
+            &[0xff; 64],
+        ] {
             assert!(read_streams(&Bytes::copy_from_slice(body)).is_err());
         }
     }

@@ -51,6 +51,9 @@ pub const FRAMEWORK_KEYS: &[&str] = &[
 /// Error details over this size are dropped entirely, as upstream does.
 pub const MAX_ERROR_DETAILS_BYTES: usize = 4096;
 
+/// Tracebacks are cut at this many characters, as upstream does.
+pub const MAX_TRACEBACK_CHARS: usize = 16_000;
+
 pub fn empty_schema() -> SchemaRef {
     Arc::new(Schema::empty())
 }
@@ -118,7 +121,9 @@ impl ErrorCode {
     }
 
     pub fn parse(name: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == name)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == name)
     }
 }
 
@@ -182,20 +187,50 @@ impl RpcError {
 
     /// The metadata of the EXCEPTION batch.
     pub fn to_metadata(&self, server_id: &str, request_id: &str) -> Metadata {
+        self.to_metadata_from(server_id, request_id, None)
+    }
+
+    /// Like [`RpcError::to_metadata`]; `origin` (`protocol/method`) names the
+    /// call in the synthesized traceback.
+    pub fn to_metadata_from(
+        &self,
+        server_id: &str,
+        request_id: &str,
+        origin: Option<&str>,
+    ) -> Metadata {
         let mut extra = Map::new();
-        extra.insert("exception_type".into(), Value::String(self.error_type.clone()));
-        extra.insert("exception_message".into(), Value::String(self.message.clone()));
-        extra.insert("error_code".into(), Value::String(self.code.as_str().into()));
+        extra.insert(
+            "exception_type".into(),
+            Value::String(self.error_type.clone()),
+        );
+        extra.insert(
+            "exception_message".into(),
+            Value::String(self.message.clone()),
+        );
+        extra.insert(
+            "error_code".into(),
+            Value::String(self.code.as_str().into()),
+        );
         if let Some(kind) = &self.kind {
             extra.insert("error_kind".into(), Value::String(kind.clone()));
         }
         let details = self.details_json();
         if let Some(details) = &details {
-            extra.insert("error_details".into(), serde_json::from_str(details).unwrap_or(Value::Null));
+            extra.insert(
+                "error_details".into(),
+                serde_json::from_str(details).unwrap_or(Value::Null),
+            );
         }
+        extra.insert(
+            "traceback".into(),
+            Value::String(self.synthesized_traceback(origin)),
+        );
         let mut metadata = vec![
             (LOG_LEVEL_KEY.to_string(), "EXCEPTION".to_string()),
-            (LOG_MESSAGE_KEY.to_string(), format!("{}: {}", self.error_type, self.message)),
+            (
+                LOG_MESSAGE_KEY.to_string(),
+                format!("{}: {}", self.error_type, self.message),
+            ),
             (LOG_EXTRA_KEY.to_string(), Value::Object(extra).to_string()),
             (ERROR_CODE_KEY.to_string(), self.code.as_str().to_string()),
         ];
@@ -208,6 +243,21 @@ impl RpcError {
         metadata.push((SERVER_ID_KEY.to_string(), server_id.to_string()));
         metadata.push((REQUEST_ID_KEY.to_string(), request_id.to_string()));
         metadata
+    }
+
+    /// Tracebacks are part of every error on every transport (`log_extra.traceback`);
+    /// Rust has no Python stack to send, so, as the protocol asks of stackless
+    /// ports, this is a synthesized one naming the call and the error.
+    fn synthesized_traceback(&self, origin: Option<&str>) -> String {
+        let location = origin.map(|o| format!("  in {o}\n")).unwrap_or_default();
+        let text = format!(
+            "Traceback (synthesized by kit-service, no stack):\n{location}{}: {}\n",
+            self.error_type, self.message
+        );
+        match text.char_indices().nth(MAX_TRACEBACK_CHARS) {
+            Some((cut, _)) => text[..cut].to_string(),
+            None => text,
+        }
     }
 
     /// Serialized details, or `None` when there are none or they exceed the cap.
@@ -271,7 +321,10 @@ impl LogRecord {
             (LOG_MESSAGE_KEY.to_string(), self.message.clone()),
         ];
         if !self.extra.is_empty() {
-            metadata.push((LOG_EXTRA_KEY.to_string(), Value::Object(self.extra.clone()).to_string()));
+            metadata.push((
+                LOG_EXTRA_KEY.to_string(),
+                Value::Object(self.extra.clone()).to_string(),
+            ));
         }
         metadata.push((SERVER_ID_KEY.to_string(), server_id.to_string()));
         metadata.push((REQUEST_ID_KEY.to_string(), request_id.to_string()));
@@ -281,7 +334,11 @@ impl LogRecord {
 
 /// Application metadata: everything on a batch that is not a framework key.
 pub fn user_metadata(metadata: &Metadata) -> Metadata {
-    metadata.iter().filter(|(k, _)| !FRAMEWORK_KEYS.contains(&k.as_str())).cloned().collect()
+    metadata
+        .iter()
+        .filter(|(k, _)| !FRAMEWORK_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -302,12 +359,24 @@ mod tests {
         assert_eq!(get(REQUEST_ID_KEY), "req");
         let extra: Value = serde_json::from_str(&get(LOG_EXTRA_KEY)).unwrap();
         assert_eq!(extra["exception_type"], "MethodNotImplementedError");
+        let traceback = extra["traceback"].as_str().unwrap();
+        assert!(
+            traceback.ends_with("MethodNotImplementedError: no method\n"),
+            "{traceback}"
+        );
+        let located = error.to_metadata_from("srv", "req", Some("P/m"));
+        assert!(
+            ipc::metadata_get(&located, LOG_EXTRA_KEY)
+                .unwrap()
+                .contains("in P/m")
+        );
     }
 
     #[test]
     fn oversized_details_are_dropped_whole() {
         let big = serde_json::json!({"@type": "x", "pad": "a".repeat(5000)});
-        let error = RpcError::value("boom").with_details(vec![serde_json::json!({"@type": "small"}), big]);
+        let error =
+            RpcError::value("boom").with_details(vec![serde_json::json!({"@type": "small"}), big]);
         let metadata = error.to_metadata("s", "r");
         assert!(ipc::metadata_get(&metadata, ERROR_DETAILS_KEY).is_none());
     }

@@ -62,20 +62,47 @@ pub fn type_token(data_type: &DataType) -> String {
         FixedSizeList(child, size) => format!("fixed_size_list({size})<{}>", anon(child, "item")),
         Map(entries, sorted) => {
             let (key, value) = match entries.data_type() {
-                Struct(fields) if fields.len() == 2 => (anon(&fields[0], "key"), anon(&fields[1], "value")),
+                Struct(fields) if fields.len() == 2 => {
+                    (anon(&fields[0], "key"), anon(&fields[1], "value"))
+                }
                 _ => ("key:null".into(), "value?:null".into()),
             };
-            format!("map<{key},{value}>{}", if *sorted { ",keys_sorted" } else { "" })
+            format!(
+                "map<{key},{value}>{}",
+                if *sorted { ",keys_sorted" } else { "" }
+            )
         }
-        Struct(fields) => format!("struct<{}>", fields.iter().map(|f| child(f)).collect::<Vec<_>>().join(",")),
+        Struct(fields) => format!(
+            "struct<{}>",
+            fields
+                .iter()
+                .map(|f| child(f))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Union(fields, mode) => {
-            let kind = if *mode == UnionMode::Sparse { "sparse_union" } else { "dense_union" };
-            let parts: Vec<String> = fields.iter().map(|(code, f)| format!("{code}={}", child(f))).collect();
+            let kind = if *mode == UnionMode::Sparse {
+                "sparse_union"
+            } else {
+                "dense_union"
+            };
+            let parts: Vec<String> = fields
+                .iter()
+                .map(|(code, f)| format!("{code}={}", child(f)))
+                .collect();
             format!("{kind}<{}>", parts.join(","))
         }
-        Dictionary(index, value) => format!("dictionary<index:{},value:{}>", type_token(index), type_token(value)),
+        Dictionary(index, value) => format!(
+            "dictionary<index:{},value:{}>",
+            type_token(index),
+            type_token(value)
+        ),
         RunEndEncoded(run_ends, values) => {
-            format!("run_end_encoded<run_ends:{},values:{}>", type_token(run_ends.data_type()), type_token(values.data_type()))
+            format!(
+                "run_end_encoded<run_ends:{},values:{}>",
+                type_token(run_ends.data_type()),
+                type_token(values.data_type())
+            )
         }
     }
 }
@@ -90,20 +117,39 @@ fn unit_token(unit: &TimeUnit) -> &'static str {
 }
 
 fn child(field: &Field) -> String {
-    format!("{}{}:{}", field.name(), if field.is_nullable() { "?" } else { "" }, type_token(field.data_type()))
+    format!(
+        "{}{}:{}",
+        field.name(),
+        if field.is_nullable() { "?" } else { "" },
+        type_token(field.data_type())
+    )
 }
 
 fn anon(field: &Field, name: &str) -> String {
-    format!("{name}{}:{}", if field.is_nullable() { "?" } else { "" }, type_token(field.data_type()))
+    format!(
+        "{name}{}:{}",
+        if field.is_nullable() { "?" } else { "" },
+        type_token(field.data_type())
+    )
 }
 
 /// `name: token` or `name?: token`, the form used in declarations and messages.
 pub fn field_text(field: &Field) -> String {
-    format!("{}{}: {}", field.name(), if field.is_nullable() { "?" } else { "" }, type_token(field.data_type()))
+    format!(
+        "{}{}: {}",
+        field.name(),
+        if field.is_nullable() { "?" } else { "" },
+        type_token(field.data_type())
+    )
 }
 
 pub fn schema_text(schema: &Schema) -> String {
-    schema.fields().iter().map(|f| field_text(f)).collect::<Vec<_>>().join(", ")
+    schema
+        .fields()
+        .iter()
+        .map(|f| field_text(f))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses a schema declaration such as `"a: int64, label?: utf8"`.
@@ -121,8 +167,14 @@ pub fn parse_schema(text: &str) -> Result<Schema, TokenError> {
 
 /// Parses one `name: token` / `name?: token` field.
 fn parse_field(text: &str, separator: &str) -> Result<Field, TokenError> {
-    let error = |reason: &str| TokenError { text: text.to_string(), reason: reason.to_string() };
-    let (name, token) = text.split_once(separator).or_else(|| text.split_once(':')).ok_or_else(|| error("expected `name: type`"))?;
+    let error = |reason: &str| TokenError {
+        text: text.to_string(),
+        reason: reason.to_string(),
+    };
+    let (name, token) = text
+        .split_once(separator)
+        .or_else(|| text.split_once(':'))
+        .ok_or_else(|| error("expected `name: type`"))?;
     let (name, nullable) = match name.trim().strip_suffix('?') {
         Some(stripped) => (stripped, true),
         None => (name.trim(), false),
@@ -135,7 +187,10 @@ fn parse_field(text: &str, separator: &str) -> Result<Field, TokenError> {
 
 /// Parses a type token such as `list<item?:utf8>`.
 pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
-    let error = |reason: String| TokenError { text: token.to_string(), reason };
+    let error = |reason: String| TokenError {
+        text: token.to_string(),
+        reason,
+    };
     let token = token.trim();
     let simple = match token {
         "null" => Some(DataType::Null),
@@ -168,9 +223,14 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
         return Ok(simple);
     }
     let (head, params, children, suffix) = split_token(token).map_err(|r| error(r.to_string()))?;
-    let params: Vec<&str> = params.map(|p| p.split(',').map(str::trim).collect()).unwrap_or_default();
+    let params: Vec<&str> = params
+        .map(|p| p.split(',').map(str::trim).collect())
+        .unwrap_or_default();
     let number = |i: usize| -> Result<i64, TokenError> {
-        params.get(i).and_then(|p| p.parse::<i64>().ok()).ok_or_else(|| error(format!("expected a number parameter {i}")))
+        params
+            .get(i)
+            .and_then(|p| p.parse::<i64>().ok())
+            .ok_or_else(|| error(format!("expected a number parameter {i}")))
     };
     let unit = |text: &str| -> Result<TimeUnit, TokenError> {
         match text {
@@ -182,8 +242,13 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
         }
     };
     let children = || -> Result<Vec<Field>, TokenError> {
-        let Some(children) = children else { return Err(error("expected <children>".into())) };
-        split_top_level(children, ',').into_iter().map(|c| parse_field(c.trim(), ":")).collect()
+        let Some(children) = children else {
+            return Err(error("expected <children>".into()));
+        };
+        split_top_level(children, ',')
+            .into_iter()
+            .map(|c| parse_field(c.trim(), ":"))
+            .collect()
     };
     let one_child = |name: &str| -> Result<Arc<Field>, TokenError> {
         let mut fields = children()?;
@@ -191,7 +256,11 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
             return Err(error("expected exactly one child".into()));
         }
         let field = fields.remove(0);
-        Ok(Arc::new(Field::new(name, field.data_type().clone(), field.is_nullable())))
+        Ok(Arc::new(Field::new(
+            name,
+            field.data_type().clone(),
+            field.is_nullable(),
+        )))
     };
     let data_type = match head {
         "fixed_size_binary" => DataType::FixedSizeBinary(number(0)? as i32),
@@ -204,7 +273,11 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
         "duration" => DataType::Duration(unit(params.first().copied().unwrap_or(""))?),
         "timestamp" => {
             let unit = unit(params.first().copied().unwrap_or(""))?;
-            let tz = params.get(1).map(|p| p.strip_prefix("tz=").map(|tz| Arc::from(tz)).ok_or_else(|| error("expected tz=".into())));
+            let tz = params.get(1).map(|p| {
+                p.strip_prefix("tz=")
+                    .map(Arc::from)
+                    .ok_or_else(|| error("expected tz=".into()))
+            });
             DataType::Timestamp(unit, tz.transpose()?)
         }
         "list" => DataType::List(one_child("item")?),
@@ -218,9 +291,21 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
             if fields.len() != 2 {
                 return Err(error("map needs key and value".into()));
             }
-            let key = Field::new("key", fields[0].data_type().clone(), fields[0].is_nullable());
-            let value = Field::new("value", fields[1].data_type().clone(), fields[1].is_nullable());
-            let entries = Field::new("entries", DataType::Struct(Fields::from(vec![key, value])), false);
+            let key = Field::new(
+                "key",
+                fields[0].data_type().clone(),
+                fields[0].is_nullable(),
+            );
+            let value = Field::new(
+                "value",
+                fields[1].data_type().clone(),
+                fields[1].is_nullable(),
+            );
+            let entries = Field::new(
+                "entries",
+                DataType::Struct(Fields::from(vec![key, value])),
+                false,
+            );
             DataType::Map(Arc::new(entries), suffix == Some("keys_sorted"))
         }
         "dictionary" => {
@@ -228,15 +313,21 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
             if fields.len() != 2 {
                 return Err(error("dictionary needs index and value".into()));
             }
-            DataType::Dictionary(Box::new(fields[0].data_type().clone()), Box::new(fields[1].data_type().clone()))
+            DataType::Dictionary(
+                Box::new(fields[0].data_type().clone()),
+                Box::new(fields[1].data_type().clone()),
+            )
         }
         other => return Err(error(format!("unknown type `{other}`"))),
     };
     Ok(data_type)
 }
 
+/// `(head, params, children, suffix)` of a type token.
+type TokenParts<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
 /// Splits `head(params)<children>,suffix`.
-fn split_token(token: &str) -> Result<(&str, Option<&str>, Option<&str>, Option<&str>), &'static str> {
+fn split_token(token: &str) -> Result<TokenParts<'_>, &'static str> {
     let head_end = token.find(['(', '<']).unwrap_or(token.len());
     let head = &token[..head_end];
     let mut rest = &token[head_end..];

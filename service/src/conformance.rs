@@ -1,1 +1,0 @@
-pub fn protocols() -> Vec<crate::rpc::Protocol> { vec![] }
