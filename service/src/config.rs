@@ -177,6 +177,8 @@ pub struct Config {
     pub require_auth: bool,
     pub rate_limit: Option<RateLimit>,
     pub trusted_proxies: Vec<Cidr>,
+    pub drain_delay: Duration,
+    pub response_compression: bool,
 }
 
 /// Every problem found, one line each.
@@ -253,8 +255,17 @@ impl Config {
                         .ok()
                 })
                 .collect(),
+            drain_delay: Duration::ZERO,
+            response_compression: true,
         };
         let mut config = config;
+        config.drain_delay =
+            Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
+        config.response_compression =
+            boolean(env, "KIT_RESPONSE_COMPRESSION", &mut problems).unwrap_or(true);
+        if config.drain_delay.as_secs() > config.shutdown_grace_seconds {
+            problems.push("`KIT_DRAIN_DELAY` must not exceed `KIT_SHUTDOWN_GRACE`".into());
+        }
         config.require_auth =
             boolean(env, "KIT_REQUIRE_AUTH", &mut problems).unwrap_or(!config.api_keys.is_empty());
         if config.require_auth && config.api_keys.is_empty() {

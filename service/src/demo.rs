@@ -1,5 +1,6 @@
 //! The protocol `kit-service serve` hosts by default: small enough to read in
-//! one screen, and it exercises a unary call, a log, an error and a producer.
+//! one screen, and it exercises a unary call, a log, an error, an async wait
+//! and a producer.
 
 use std::sync::Arc;
 
@@ -40,6 +41,21 @@ impl Producer for Count {
 pub fn protocol() -> Protocol {
     Protocol::builder(NAME)
         .version("1.0.0")
+        // Waits without blocking the runtime: shows async handlers, and lets
+        // tests hold a request in flight across a drain or a timeout.
+        .unary(
+            "sleep",
+            "milliseconds: int64",
+            "result: int64",
+            |_ctx, args| async move {
+                let milliseconds: i64 = args.get("milliseconds")?;
+                if !(0..=60_000).contains(&milliseconds) {
+                    return Err(RpcError::value("milliseconds must be within 0..=60000"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(milliseconds as u64)).await;
+                Ok(milliseconds)
+            },
+        )
         .unary(
             "add",
             "a: int64, b: int64",

@@ -96,7 +96,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         match kit_service::serve::serve(
             listener,
             server,
-            Duration::from_secs(config.shutdown_grace_seconds),
+            kit_service::serve::Drain {
+                delay: config.drain_delay,
+                grace: Duration::from_secs(config.shutdown_grace_seconds),
+            },
         )
         .await
         {

@@ -1,27 +1,52 @@
-//! Running the router on a TCP listener with a graceful drain on SIGTERM.
+//! Running the router on a TCP listener, with readiness and a graceful drain.
+//!
+//! Shutdown sequence on SIGTERM (or Ctrl-C): `/readyz` flips to 503 at once;
+//! the server keeps serving for `KIT_DRAIN_DELAY` so load balancers notice;
+//! then it stops accepting, lets in-flight requests and stream turns finish,
+//! and exits 0. Whatever is still running when `KIT_SHUTDOWN_GRACE` ends is
+//! cut off. Streams survive a drain because their state lives in tokens:
+//! the client's next turn goes to another replica holding the same key.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::http::hosting::{Hosting, Readiness};
+use crate::http::ratelimit::RateLimiter;
 use crate::http::{HttpConfig, Server, app};
+use crate::metrics::Metrics;
 use crate::rpc::Protocol;
 
-/// What `kit-service serve` hosts.
+/// What `kit-service serve` hosts, configured from `config`.
 pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> Arc<Server> {
     let mut http = HttpConfig {
         prefix: normalize_prefix(prefix),
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         enable_reflection: config.reflection,
+        response_compression: config.response_compression,
         ..HttpConfig::default()
     };
     if let Some(id) = &config.server_id {
         http.server_id = id.clone();
     }
-    Server::new(protocols, http, config.keys.clone())
+    let hosting = Hosting {
+        api_keys: config.api_keys.clone(),
+        require_auth: config.require_auth,
+        rate_limiter: config.rate_limit.map(RateLimiter::new),
+        trusted_proxies: config.trusted_proxies.clone(),
+        cors_origins: config.cors_origins.clone(),
+        request_timeout: config.request_timeout,
+        read_timeout: config.read_timeout,
+        metrics: Arc::new(Metrics::new()),
+        readiness: Arc::new(Readiness::default()),
+        key_fingerprint: config.keys.primary().fingerprint(),
+        key_ephemeral: config.keys.is_ephemeral(),
+    };
+    Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }
 
 /// `""`, or `/x` with no trailing slash.
@@ -36,27 +61,53 @@ pub fn normalize_prefix(prefix: &str) -> String {
     }
 }
 
-/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish within the grace.
+/// Drain timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    pub delay: Duration,
+    pub grace: Duration,
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains as described in the module docs.
 pub async fn serve(
     listener: TcpListener,
     server: Arc<Server>,
-    grace: Duration,
+    drain: Drain,
 ) -> std::io::Result<()> {
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown_signal().await;
+    serve_until(listener, server, drain, shutdown_signal()).await
+}
+
+/// [`serve`] with the shutdown trigger supplied by the caller (tests).
+pub async fn serve_until(
+    listener: TcpListener,
+    server: Arc<Server>,
+    drain: Drain,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let readiness = server.hosting().readiness.clone();
+    readiness.set_ready();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        signal.await;
+        readiness.start_draining();
         tracing::info!(
-            grace_seconds = grace.as_secs(),
-            "shutdown signal received, draining"
+            delay_seconds = drain.delay.as_secs(),
+            grace_seconds = drain.grace.as_secs(),
+            "shutdown signal received: readiness is 503, draining"
         );
-        let _ = drained_tx.send(());
-    };
-    let serving = axum::serve(listener, app(server)).with_graceful_shutdown(shutdown);
-    let serving = tokio::spawn(async move { serving.await });
-    tokio::pin!(drained_rx);
+        tokio::time::sleep(drain.delay).await;
+        let _ = stop_tx.send(());
+        tokio::time::sleep(drain.grace.saturating_sub(drain.delay)).await;
+        let _ = grace_tx.send(());
+    });
+    let service = app(server).into_make_service_with_connect_info::<SocketAddr>();
+    let serving = axum::serve(listener, service).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
     tokio::select! {
-        result = serving => result.map_err(std::io::Error::other)?,
-        _ = async { let _ = (&mut drained_rx).await; tokio::time::sleep(grace).await } => {
+        result = serving => result,
+        _ = grace_rx => {
             tracing::warn!("drain grace elapsed with requests still in flight; exiting");
             Ok(())
         }

@@ -258,7 +258,6 @@ fn validate_params(
 
 /// Validates the request and builds the handler's context and arguments.
 fn prepare(
-    server: &Server,
     info: &RequestInfo,
     resolved: &Resolved,
     body: &Bytes,
@@ -271,12 +270,11 @@ fn prepare(
     let (schema, batch) = read_request(resolved, body)?;
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
     let ctx = Ctx::new(
-        String::new(),
+        info.identity.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
         limit,
     );
-    let _ = server;
     Ok((ctx, Args::new(batch.batch)))
 }
 
@@ -355,7 +353,7 @@ async fn unary(
         unreachable!("checked by call()")
     };
     let limit = response_limit(server, info);
-    let (ctx, args) = prepare(server, info, resolved, &body, limit)?;
+    let (ctx, args) = prepare(info, resolved, &body, limit)?;
     drop(body);
     let schema = result.clone().unwrap_or_else(wire::empty_schema);
     let reply = handler(ctx.clone(), args).await;
@@ -498,7 +496,7 @@ async fn init(
         unreachable!("checked by call()")
     };
     let limit = response_limit(server, info);
-    let (ctx, args) = prepare(server, info, resolved, &body, limit)?;
+    let (ctx, args) = prepare(info, resolved, &body, limit)?;
     drop(body);
     let empty = wire::empty_schema();
     let started = match init(ctx.clone(), args).await {
@@ -699,7 +697,7 @@ async fn exchange(
     let batch = stream.batches.into_iter().next().ok_or_else(|| {
         RpcError::bad_request("ArrowInvalid", "exchange request carries no record batch")
     })?;
-    let identity = String::new();
+    let identity = info.identity.clone();
     let bound = binding(resolved, &identity);
     let token_error =
         |e: crate::token::TokenError| RpcError::bad_request("RuntimeError", e.to_string());

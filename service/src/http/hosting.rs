@@ -85,7 +85,10 @@ impl Hosting {
         if self.cors_origins.iter().any(|o| o == "*") {
             return Some("*".into());
         }
-        self.cors_origins.iter().find(|o| o.eq_ignore_ascii_case(origin)).map(|o| o.clone())
+        self.cors_origins
+            .iter()
+            .find(|o| o.eq_ignore_ascii_case(origin))
+            .map(|o| o.clone())
     }
 }
 
@@ -111,15 +114,25 @@ pub fn probe(hosting: &Hosting, server_id: &str, path: &str, method: &Method) ->
             if hosting.readiness.is_ready() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {
-                let status = if hosting.readiness.is_draining() { "draining" } else { "starting" };
-                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": status}))
+                let status = if hosting.readiness.is_draining() {
+                    "draining"
+                } else {
+                    "starting"
+                };
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": status}),
+                )
             }
         }
         "/metrics" => {
             let mut response = Response::new(Body::from(hosting.metrics.render()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
             response
         }
         _ => return None,
@@ -142,12 +155,21 @@ pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Opt
     let origin = hosting.cors_origin(headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()))?;
     let mut response = Response::new(Body::empty());
     let out = response.headers_mut();
-    out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_str(&origin).ok()?);
-    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_str(&origin).ok()?,
+    );
+    out.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
     if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
     }
-    out.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("7200"));
+    out.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("7200"),
+    );
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     Some(response)
 }
@@ -157,12 +179,18 @@ pub fn stamp_cors(hosting: &Hosting, request_origin: Option<&str>, headers: &mut
     if hosting.cors_origins.is_empty() {
         return;
     }
-    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
     if let Some(origin) = hosting.cors_origin(request_origin)
         && let Ok(value) = HeaderValue::from_str(&origin)
     {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE),
+        );
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
@@ -187,11 +215,20 @@ mod tests {
     fn cors_echoes_only_listed_origins() {
         let mut hosting = Hosting::open(&KeyRing::ephemeral(60));
         hosting.cors_origins = vec!["https://app.example".into()];
-        assert_eq!(hosting.cors_origin(Some("https://app.example")).as_deref(), Some("https://app.example"));
+        assert_eq!(
+            hosting.cors_origin(Some("https://app.example")).as_deref(),
+            Some("https://app.example")
+        );
         assert_eq!(hosting.cors_origin(Some("https://evil.example")), None);
         let mut headers = HeaderMap::new();
-        headers.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
-        headers.insert(header::ACCESS_CONTROL_REQUEST_METHOD, HeaderValue::from_static("POST"));
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("POST"),
+        );
         assert!(preflight(&hosting, &Method::OPTIONS, &headers).is_none());
     }
 }

@@ -12,23 +12,28 @@
 pub mod auth;
 pub mod codec;
 mod dispatch;
+pub mod hosting;
 pub mod ratelimit;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
+use crate::metrics::{CallLabels, StatusLabels};
 use crate::rpc::Protocol;
 use crate::token::KeyRing;
 use crate::wire::{self, ErrorCode, RpcError, StreamWriter};
 
 use codec::Codec;
+use hosting::Hosting;
 
 /// Resolved settings of the transport.
 #[derive(Debug, Clone)]
@@ -40,6 +45,8 @@ pub struct HttpConfig {
     pub max_response_bytes: Option<u64>,
     pub zstd_level: i32,
     pub enable_reflection: bool,
+    /// Compress responses when the client accepts it; off advertises no codecs.
+    pub response_compression: bool,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +58,7 @@ impl Default for HttpConfig {
             max_response_bytes: None,
             zstd_level: 1,
             enable_reflection: true,
+            response_compression: true,
         }
     }
 }
@@ -61,11 +69,23 @@ pub struct Server {
     pub(crate) primary: String,
     pub(crate) config: HttpConfig,
     pub(crate) keys: KeyRing,
+    pub(crate) hosting: Hosting,
 }
 
 impl Server {
     /// `protocols[0]` is the primary protocol (named by `/health`).
     pub fn new(protocols: Vec<Protocol>, config: HttpConfig, keys: KeyRing) -> Arc<Server> {
+        let hosting = Hosting::open(&keys);
+        Server::with_hosting(protocols, config, keys, hosting)
+    }
+
+    /// A server with auth, limits, CORS and probes configured by `hosting`.
+    pub fn with_hosting(
+        protocols: Vec<Protocol>,
+        config: HttpConfig,
+        keys: KeyRing,
+        hosting: Hosting,
+    ) -> Arc<Server> {
         let primary = protocols
             .first()
             .map(|p| p.name.clone())
@@ -83,6 +103,7 @@ impl Server {
             primary,
             config,
             keys,
+            hosting,
         })
     }
 
@@ -92,6 +113,10 @@ impl Server {
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    pub fn hosting(&self) -> &Hosting {
+        &self.hosting
     }
 
     pub fn protocols(&self) -> impl Iterator<Item = &Arc<Protocol>> {
@@ -114,28 +139,205 @@ pub(crate) struct RequestInfo {
     pub accept_max_response: Option<u64>,
     /// `protocol/method` once the path resolved, for error tracebacks.
     pub origin: Option<String>,
+    /// The authenticated caller (`""` anonymous), bound into stream tokens.
+    pub identity: String,
+    /// Request body bytes as received, for metrics and the access log.
+    pub request_bytes: u64,
+    pub stream_turn: bool,
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let started = Instant::now();
     let request_id = request_id_of(request.headers());
-    let response_codec = codec::negotiate(
-        header_str(request.headers(), "x-vgi-accept-encoding"),
-        header_str(request.headers(), "accept-encoding"),
-    );
-    let info = RequestInfo {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let origin_header = header_str(request.headers(), "origin").map(str::to_string);
+    let hosting = &server.hosting;
+    let mut info = RequestInfo {
         request_id: request_id.clone(),
-        response_codec,
+        response_codec: if server.config.response_compression {
+            codec::negotiate(
+                header_str(request.headers(), "x-vgi-accept-encoding"),
+                header_str(request.headers(), "accept-encoding"),
+            )
+        } else {
+            None
+        },
         accept_max_response: None,
         origin: None,
+        identity: String::new(),
+        request_bytes: 0,
+        stream_turn: false,
     };
-    let mut response = crate::reflection::CURRENT_SERVER
-        .scope(server.clone(), route(&server, request, info))
-        .await;
-    stamp_capabilities(&server, response.headers_mut(), &request_id);
+    if let Some(mut response) = hosting::probe(hosting, &server.config.server_id, &path, &method) {
+        stamp_capabilities(&server, response.headers_mut(), &request_id);
+        return response;
+    }
+    if let Some(mut response) = hosting::preflight(hosting, &method, request.headers()) {
+        stamp_capabilities(&server, response.headers_mut(), &request_id);
+        return response;
+    }
+    let exempt = method == Method::OPTIONS || path == format!("{}/health", server.config.prefix);
+    let mut rate_headers = None;
+    if !exempt {
+        match auth::authenticate(&hosting.api_keys, hosting.require_auth, request.headers()) {
+            Ok(identity) => info.identity = identity,
+            Err(refusal) => {
+                hosting.metrics.auth_failures.inc();
+                tracing::info!(target: "kit_service::access", request_id = %request_id, path = %path, status = 401, reason = refusal.reason(), "refused");
+                let mut response = auth::unauthorized(refusal, &server.primary);
+                stamp_capabilities(&server, response.headers_mut(), &request_id);
+                hosting::stamp_cors(hosting, origin_header.as_deref(), response.headers_mut());
+                return response;
+            }
+        }
+        if let Some(limiter) = &hosting.rate_limiter {
+            let caller = if info.identity.is_empty() {
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip());
+                let forwarded = header_str(request.headers(), "x-forwarded-for");
+                match ratelimit::client_ip(peer, forwarded, &hosting.trusted_proxies) {
+                    Some(ip) => format!("ip:{ip}"),
+                    None => "ip:unknown".to_string(),
+                }
+            } else {
+                format!("key:{}", info.identity)
+            };
+            let decision = limiter.check(&caller);
+            rate_headers = Some(decision);
+            if !decision.allowed {
+                hosting.metrics.rate_limited.inc();
+                let error = RpcError::new(
+                    "RateLimitError",
+                    format!("rate limit of {} requests exceeded; retry in {} s", decision.limit, decision.retry_after),
+                )
+                .with_code(ErrorCode::ResourceExhausted)
+                .with_kind("rate_limited")
+                .with_details(vec![serde_json::json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": decision.retry_after})])
+                .with_status(StatusCode::TOO_MANY_REQUESTS);
+                let mut response = error_response(&server, &info, &error, &wire::empty_schema());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
+                finish(
+                    &server,
+                    &mut response,
+                    &info,
+                    rate_headers,
+                    origin_header.as_deref(),
+                );
+                return response;
+            }
+        }
+    }
+    hosting.metrics.in_flight.inc();
+    let routed = tokio::time::timeout(
+        hosting.request_timeout,
+        crate::reflection::CURRENT_SERVER.scope(server.clone(), route(&server, request, &mut info)),
+    )
+    .await;
+    hosting.metrics.in_flight.dec();
+    let mut response = match routed {
+        Ok(response) => response,
+        Err(_) => {
+            let error = RpcError::new(
+                "TimeoutError",
+                format!(
+                    "the request did not complete within {} s",
+                    hosting.request_timeout.as_secs()
+                ),
+            )
+            .with_code(ErrorCode::DeadlineExceeded)
+            .with_kind("deadline_exceeded")
+            .with_status(StatusCode::GATEWAY_TIMEOUT);
+            error_response(&server, &info, &error, &wire::empty_schema())
+        }
+    };
+    finish(
+        &server,
+        &mut response,
+        &info,
+        rate_headers,
+        origin_header.as_deref(),
+    );
+    record(&server, &info, &response, started);
     response
 }
 
-async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) -> Response {
+/// Headers every routed response carries.
+fn finish(
+    server: &Server,
+    response: &mut Response,
+    info: &RequestInfo,
+    rate: Option<ratelimit::Decision>,
+    origin: Option<&str>,
+) {
+    let headers = response.headers_mut();
+    stamp_capabilities(server, headers, &info.request_id);
+    if let Some(rate) = rate {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+    }
+    hosting::stamp_cors(&server.hosting, origin, headers);
+}
+
+/// Metrics and the access log line for one routed request.
+fn record(server: &Server, info: &RequestInfo, response: &Response, started: Instant) {
+    use axum::body::HttpBody;
+    let elapsed = started.elapsed();
+    let (protocol, method) = info
+        .origin
+        .as_deref()
+        .and_then(|o| o.split_once('/'))
+        .unwrap_or(("-", "-"));
+    let status = response.status().as_u16();
+    let response_bytes = response.body().size_hint().exact().unwrap_or(0);
+    let metrics = &server.hosting.metrics;
+    let call = CallLabels {
+        protocol: protocol.to_string(),
+        method: method.to_string(),
+    };
+    metrics
+        .requests
+        .get_or_create(&StatusLabels {
+            protocol: call.protocol.clone(),
+            method: call.method.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .duration
+        .get_or_create(&call)
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .request_bytes
+        .get_or_create(&call)
+        .inc_by(info.request_bytes);
+    metrics
+        .response_bytes
+        .get_or_create(&call)
+        .inc_by(response_bytes);
+    if info.stream_turn {
+        metrics.stream_turns.get_or_create(&call).inc();
+    }
+    tracing::info!(
+        target: "kit_service::access",
+        request_id = %info.request_id,
+        protocol,
+        method,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_bytes = info.request_bytes,
+        response_bytes,
+        caller = %info.identity,
+        error = response.headers().contains_key("x-vgi-rpc-error"),
+        "rpc"
+    );
+}
+
+async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -> Response {
     let path = request.uri().path().to_string();
     let prefix = server.config.prefix.as_str();
     let Some(rest) = path
@@ -168,7 +370,7 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
         .with_code(ErrorCode::Unimplemented)
         .with_kind("method_not_implemented")
         .with_status(StatusCode::NOT_FOUND);
-        return error_response(server, &info, &error, &wire::empty_schema());
+        return error_response(server, info, &error, &wire::empty_schema());
     }
     let (protocol, method_name, endpoint) = match segments.as_slice() {
         [protocol, method_name] => (*protocol, *method_name, Endpoint::Unary),
@@ -196,14 +398,15 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
                     "Invalid VGI-Accept-Max-Response-Bytes header {text:?}: expected a canonical decimal between 65536 and 2^53-1"
                 ),
             );
-            return error_response(server, &info, &error, &wire::empty_schema());
+            return error_response(server, info, &error, &wire::empty_schema());
         }
     }
     let resolved = match resolve(server, protocol, method_name) {
         Ok(resolved) => resolved,
-        Err(error) => return error_response(server, &info, &error, &wire::empty_schema()),
+        Err(error) => return error_response(server, info, &error, &wire::empty_schema()),
     };
     info.origin = Some(format!("{}/{}", resolved.protocol.name, resolved.method));
+    info.stream_turn = endpoint != Endpoint::Unary;
     let content_type = header_str(request.headers(), "content-type").unwrap_or("");
     if content_type.split(';').next().unwrap_or("").trim() != wire::CONTENT_TYPE {
         let error = RpcError::new(
@@ -215,13 +418,13 @@ async fn route(server: &Arc<Server>, request: Request, mut info: RequestInfo) ->
             ),
         )
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        return error_response(server, &info, &error, &wire::empty_schema());
+        return error_response(server, info, &error, &wire::empty_schema());
     }
-    let body = match read_body(server, request).await {
+    let body = match read_body(server, request, info).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    dispatch::call(server, &info, resolved, endpoint, body).await
+    dispatch::call(server, info, resolved, endpoint, body).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,16 +489,35 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
 }
 
 /// Reads and decodes the request body, enforcing `max_request_bytes` before and after decoding.
-async fn read_body(server: &Server, request: Request) -> Result<Bytes, Response> {
+async fn read_body(
+    server: &Server,
+    request: Request,
+    info: &mut RequestInfo,
+) -> Result<Bytes, Response> {
     let limit = server
         .config
         .max_request_bytes
         .map(|l| l as usize)
         .unwrap_or(usize::MAX);
     let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
-    let raw = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| payload_too_large(server))?;
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    let raw = match tokio::time::timeout(server.hosting.read_timeout, read).await {
+        Ok(Ok(raw)) => raw,
+        Ok(Err(_)) => return Err(payload_too_large(server)),
+        Err(_) => {
+            let error = RpcError::new(
+                "TimeoutError",
+                format!(
+                    "the request body did not arrive within {} s",
+                    server.hosting.read_timeout.as_secs()
+                ),
+            )
+            .with_code(ErrorCode::DeadlineExceeded)
+            .with_status(StatusCode::REQUEST_TIMEOUT);
+            return Err(error_response(server, info, &error, &wire::empty_schema()));
+        }
+    };
+    info.request_bytes = raw.len() as u64;
     let Some(encoding) =
         encoding.filter(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"))
     else {
@@ -494,9 +716,14 @@ fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str
         "vgi-externalization-enabled",
         HeaderValue::from_static("false"),
     );
+    let encodings = if server.config.response_compression {
+        codec::SUPPORTED
+    } else {
+        ""
+    };
     headers.insert(
         "vgi-supported-encodings",
-        HeaderValue::from_static(codec::SUPPORTED),
+        HeaderValue::from_static(encodings),
     );
     if let Some(limit) = server.config.max_request_bytes {
         headers.insert("vgi-max-request-bytes", HeaderValue::from(limit));
