@@ -38,25 +38,36 @@ ensure_python() {
         "vgi-rpc[http,external,s3,conformance]==$VGI_RPC_VERSION" pytest pytest-timeout
 }
 
-# Starts kit-service on a free loopback port; sets SERVICE_PID and SERVICE_URL.
+# Starts kit-service on a free loopback port with extra `VAR=value` settings;
+# prints its URL. Every service started is stopped by stop_services.
+SERVICE_PIDS=()
 start_service() {
     local log_file=$1; shift
+    local settings=() args=()
+    for arg in "$@"; do
+        case $arg in
+            *=*) settings+=("$arg") ;;
+            *) args+=("$arg") ;;
+        esac
+    done
     local fifo
     fifo=$(mktemp -u)
     mkfifo "$fifo"
-    "$CARGO_TARGET_DIR/debug/kit-service" serve --listen 127.0.0.1:0 "$@" >"$fifo" 2>"$log_file" &
-    SERVICE_PID=$!
-    SERVICE_URL=""
-    local line
-    if read -r -t 30 line <"$fifo"; then SERVICE_URL=${line#LISTENING }; fi
+    env ${settings[@]+"${settings[@]}"} "$CARGO_TARGET_DIR/debug/kit-service" serve --listen 127.0.0.1:0 \
+        ${args[@]+"${args[@]}"} >"$fifo" 2>"$log_file" &
+    SERVICE_PIDS+=($!)
+    local line=""
+    read -r -t 30 line <"$fifo" || true
     rm -f "$fifo"
-    [ -n "$SERVICE_URL" ] || { cat "$log_file" >&2; die "kit-service did not report a listening address"; }
+    [ -n "$line" ] || { cat "$log_file" >&2; die "kit-service did not report a listening address"; }
+    SERVICE_URL=${line#LISTENING }
 }
 
-stop_service() {
-    if [ -n "${SERVICE_PID:-}" ] && kill -0 "$SERVICE_PID" 2>/dev/null; then
-        kill -TERM "$SERVICE_PID" 2>/dev/null || true
-        wait "$SERVICE_PID" 2>/dev/null || true
-    fi
-    SERVICE_PID=""
+stop_services() {
+    local pid
+    for pid in ${SERVICE_PIDS[@]+"${SERVICE_PIDS[@]}"}; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVICE_PIDS=()
 }

@@ -145,7 +145,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 /// Headers the browser may read: upstream's list.
-const EXPOSE: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After";
+const EXPOSE: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Max-Externalized-Response-Bytes, VGI-Upload-URL-Support, VGI-Max-Upload-Bytes, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After";
 
 /// A CORS preflight answer, when the request is one and the origin is allowed.
 pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Option<Response> {
@@ -169,6 +169,14 @@ pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Opt
     out.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("7200"),
+    );
+    out.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE),
+    );
+    out.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
     );
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     Some(response)
