@@ -88,7 +88,7 @@ impl Hosting {
         self.cors_origins
             .iter()
             .find(|o| o.eq_ignore_ascii_case(origin))
-            .map(|o| o.clone())
+            .cloned()
     }
 }
 

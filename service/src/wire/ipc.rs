@@ -120,6 +120,7 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
                 let header = fb
                     .header_as_record_batch()
                     .ok_or_else(|| IpcError::Flatbuffer("record batch header missing".into()))?;
+                check_layout(&header, message.body.len())?;
                 let metadata = read_custom_metadata(&fb);
                 let buffer = Buffer::from(message.body.clone());
                 let batch = if schema.fields().is_empty() {
@@ -149,6 +150,10 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
                 let header = fb
                     .header_as_dictionary_batch()
                     .ok_or_else(|| IpcError::Flatbuffer("dictionary header missing".into()))?;
+                let data = header
+                    .data()
+                    .ok_or_else(|| IpcError::Flatbuffer("dictionary batch without data".into()))?;
+                check_layout(&data, message.body.len())?;
                 let buffer = Buffer::from(message.body.clone());
                 guard(|| {
                     arrow_ipc::reader::read_dictionary(
@@ -268,6 +273,39 @@ fn read_message(body: &Bytes, cursor: &mut usize) -> Result<Option<RawMessage>, 
         header,
         body: message_body,
     }))
+}
+
+/// Every buffer and node of a batch header must lie inside the message body.
+///
+/// arrow-ipc slices buffers with the header's offsets and panics when they
+/// point past the body, so hostile offsets are refused here first.
+fn check_layout(header: &arrow_ipc::RecordBatch<'_>, body_len: usize) -> Result<(), IpcError> {
+    if header.length() < 0 {
+        return Err(IpcError::Flatbuffer("negative row count".into()));
+    }
+    for buffer in header.buffers().iter().flatten() {
+        let end = buffer.offset().checked_add(buffer.length());
+        let fits = buffer.offset() >= 0
+            && buffer.length() >= 0
+            && end.is_some_and(|end| end as u64 <= body_len as u64);
+        if !fits {
+            return Err(IpcError::Flatbuffer(format!(
+                "buffer at offset {} with length {} lies outside the {body_len}-byte message body",
+                buffer.offset(),
+                buffer.length()
+            )));
+        }
+    }
+    for node in header.nodes().iter().flatten() {
+        if node.length() < 0 || node.null_count() < 0 || node.null_count() > node.length() {
+            return Err(IpcError::Flatbuffer(format!(
+                "invalid field node (length {}, null count {})",
+                node.length(),
+                node.null_count()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn read_custom_metadata(message: &arrow_ipc::Message<'_>) -> Metadata {
@@ -525,6 +563,14 @@ mod tests {
             read_schema_message(&schema_message(&schema)).unwrap(),
             schema
         );
+    }
+
+    #[test]
+    fn buffer_offsets_past_the_body_are_refused() {
+        // Regression (found by fuzzing): a mutated buffer offset made arrow-ipc panic.
+        let crash = include_bytes!("../../../fuzz/regressions/buffer-offset-past-body.bin");
+        let error = read_streams(&Bytes::copy_from_slice(&crash[1..])).unwrap_err();
+        assert!(error.to_string().contains("outside"), "{error}");
     }
 
     #[test]
