@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::http::auth::ApiKeys;
 use crate::http::ratelimit::{Cidr, RateLimit};
+use crate::storage::settings::{Compression, FetchSettings, Provider, StorageSettings};
 use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
 
 /// Where configuration values come from.
@@ -137,6 +138,111 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Comma-separated IPs/CIDRs whose `X-Forwarded-For` is believed for the client IP.",
     },
     Variable {
+        name: "KIT_STORAGE",
+        default: "",
+        doc: "External storage for large batches: `local`, `s3`, `gcs` or `azure`. Unset: no externalization.",
+    },
+    Variable {
+        name: "KIT_STORAGE_BUCKET",
+        default: "",
+        doc: "Bucket (S3, GCS) or container (Azure). Required for those backends.",
+    },
+    Variable {
+        name: "KIT_STORAGE_PREFIX",
+        default: "vgi-rpc/",
+        doc: "Key prefix of every object written; lifecycle rules must cover exactly this prefix.",
+    },
+    Variable {
+        name: "KIT_STORAGE_ENDPOINT",
+        default: "",
+        doc: "Endpoint override for S3-compatible stores (SeaweedFS, MinIO, R2), GCS or Azure emulators; enables path-style addressing for S3.",
+    },
+    Variable {
+        name: "KIT_STORAGE_REGION",
+        default: "",
+        doc: "Region (S3); falls back to `AWS_REGION`.",
+    },
+    Variable {
+        name: "KIT_STORAGE_DIR",
+        default: "./.kit-storage",
+        doc: "Directory of the `local` backend.",
+    },
+    Variable {
+        name: "KIT_PUBLIC_URL",
+        default: "http://<listen address>",
+        doc: "Base URL clients reach this service at; the `local` backend builds object URLs from it.",
+    },
+    Variable {
+        name: "KIT_EXTERNALIZE_THRESHOLD_BYTES",
+        default: "1048576",
+        doc: "Batches whose buffers reach this size go to storage as pointer batches.",
+    },
+    Variable {
+        name: "KIT_EXTERNALIZE_COMPRESSION",
+        default: "off",
+        doc: "Compression of stored batches: `zstd:3`, `gzip:6` or `off`.",
+    },
+    Variable {
+        name: "KIT_PRESIGN_TTL",
+        default: "3600",
+        doc: "Lifetime of download and upload URLs, in seconds.",
+    },
+    Variable {
+        name: "KIT_MAX_EXTERNALIZED_RESPONSE_BYTES",
+        default: "",
+        doc: "Cap on bytes uploaded to storage for one response; advertised as `VGI-Max-Externalized-Response-Bytes`.",
+    },
+    Variable {
+        name: "KIT_URL_ALLOWLIST",
+        default: "",
+        doc: "Comma-separated URL prefixes exempt from the https-only and public-address rules when fetching pointers (e.g. `http://127.0.0.1`).",
+    },
+    Variable {
+        name: "KIT_FETCH_PARALLEL_THRESHOLD_BYTES",
+        default: "67108864",
+        doc: "Objects at least this large are fetched with parallel Range GETs.",
+    },
+    Variable {
+        name: "KIT_FETCH_CHUNK_SIZE_BYTES",
+        default: "8388608",
+        doc: "Range size of parallel fetches.",
+    },
+    Variable {
+        name: "KIT_FETCH_MAX_PARALLEL_REQUESTS",
+        default: "8",
+        doc: "Concurrent range requests per fetch.",
+    },
+    Variable {
+        name: "KIT_FETCH_TIMEOUT",
+        default: "60",
+        doc: "Overall deadline of one fetch, in seconds.",
+    },
+    Variable {
+        name: "KIT_FETCH_MAX_BYTES",
+        default: "268435456",
+        doc: "Largest encoded object fetched.",
+    },
+    Variable {
+        name: "KIT_FETCH_MAX_DECOMPRESSED_BYTES",
+        default: "4294967296",
+        doc: "Largest decoded object (guards against compression bombs).",
+    },
+    Variable {
+        name: "KIT_FETCH_HEDGE_MULTIPLIER",
+        default: "2.0",
+        doc: "A chunk slower than this multiple of the median chunk time gets a speculative duplicate.",
+    },
+    Variable {
+        name: "KIT_FETCH_MAX_HEDGES",
+        default: "4",
+        doc: "Speculative duplicate requests per fetch.",
+    },
+    Variable {
+        name: "KIT_FETCH_MAX_RETRIES",
+        default: "2",
+        doc: "Retries of a failed fetch (at most 2), 0.5 s apart.",
+    },
+    Variable {
         name: "KIT_REFLECTION",
         default: "true",
         doc: "Host `vgi_rpc.Reflection.v1` (true/false).",
@@ -179,6 +285,8 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub drain_delay: Duration,
     pub response_compression: bool,
+    pub storage: Option<StorageSettings>,
+    pub fetch: FetchSettings,
 }
 
 /// Every problem found, one line each.
@@ -257,8 +365,11 @@ impl Config {
                 .collect(),
             drain_delay: Duration::ZERO,
             response_compression: true,
+            storage: None,
+            fetch: fetch_settings(env, &mut problems),
         };
         let mut config = config;
+        config.storage = storage_settings(env, config.max_upload_bytes, &mut problems);
         config.drain_delay =
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
         config.response_compression =
@@ -303,6 +414,127 @@ fn number(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<u64> 
             None
         }
     }
+}
+
+fn storage_settings(
+    env: &dyn Env,
+    max_upload_bytes: Option<u64>,
+    problems: &mut Vec<String>,
+) -> Option<StorageSettings> {
+    let provider_text = env.var("KIT_STORAGE").filter(|v| !v.trim().is_empty())?;
+    let Some(provider) = Provider::parse(&provider_text) else {
+        problems.push(format!(
+            "`KIT_STORAGE` must be `local`, `s3`, `gcs` or `azure`, got `{provider_text}`"
+        ));
+        return None;
+    };
+    let text = |name: &str| {
+        env.var(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let bucket = text("KIT_STORAGE_BUCKET");
+    if provider != Provider::Local && bucket.is_none() {
+        problems.push(format!(
+            "`KIT_STORAGE={}` needs `KIT_STORAGE_BUCKET`",
+            provider.as_str()
+        ));
+    }
+    let prefix = env
+        .var("KIT_STORAGE_PREFIX")
+        .unwrap_or_else(|| "vgi-rpc/".into());
+    if prefix.starts_with('/') || prefix.contains("..") {
+        problems.push(format!(
+            "`KIT_STORAGE_PREFIX` must be a relative key prefix, got `{prefix}`"
+        ));
+    }
+    let compression = match text("KIT_EXTERNALIZE_COMPRESSION") {
+        None => Compression::Off,
+        Some(value) => Compression::parse(&value).unwrap_or_else(|reason| {
+            problems.push(format!("`KIT_EXTERNALIZE_COMPRESSION`: {reason}"));
+            Compression::Off
+        }),
+    };
+    let presign_ttl = number(env, "KIT_PRESIGN_TTL", problems).unwrap_or(3600);
+    if presign_ttl == 0 || presign_ttl > 7 * 24 * 3600 {
+        problems.push(format!("`KIT_PRESIGN_TTL` must be within 1..=604800 seconds (7 days, the longest any store signs), got `{presign_ttl}`"));
+    }
+    Some(StorageSettings {
+        provider,
+        bucket,
+        prefix,
+        endpoint: text("KIT_STORAGE_ENDPOINT"),
+        region: text("KIT_STORAGE_REGION").or_else(|| text("AWS_REGION")),
+        dir: Some(text("KIT_STORAGE_DIR").unwrap_or_else(|| "./.kit-storage".into())),
+        public_url: text("KIT_PUBLIC_URL"),
+        threshold_bytes: number(env, "KIT_EXTERNALIZE_THRESHOLD_BYTES", problems)
+            .unwrap_or(1024 * 1024),
+        compression,
+        presign_ttl: Duration::from_secs(presign_ttl),
+        max_upload_bytes,
+        max_externalized_response_bytes: number(
+            env,
+            "KIT_MAX_EXTERNALIZED_RESPONSE_BYTES",
+            problems,
+        ),
+    })
+}
+
+fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
+    let defaults = FetchSettings::default();
+    let max_fetch_bytes =
+        number(env, "KIT_FETCH_MAX_BYTES", problems).unwrap_or(defaults.max_fetch_bytes);
+    let multiplier = match env
+        .var("KIT_FETCH_HEDGE_MULTIPLIER")
+        .filter(|v| !v.trim().is_empty())
+    {
+        None => defaults.speculative_retry_multiplier,
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|m| *m >= 1.0)
+            .unwrap_or_else(|| {
+                problems.push(format!(
+                    "`KIT_FETCH_HEDGE_MULTIPLIER` must be a number >= 1.0, got `{v}`"
+                ));
+                defaults.speculative_retry_multiplier
+            }),
+    };
+    let settings = FetchSettings {
+        parallel_threshold_bytes: number(env, "KIT_FETCH_PARALLEL_THRESHOLD_BYTES", problems)
+            .unwrap_or(defaults.parallel_threshold_bytes),
+        chunk_size_bytes: number(env, "KIT_FETCH_CHUNK_SIZE_BYTES", problems)
+            .unwrap_or(defaults.chunk_size_bytes),
+        max_parallel_requests: number(env, "KIT_FETCH_MAX_PARALLEL_REQUESTS", problems)
+            .map(|n| n as usize)
+            .unwrap_or(defaults.max_parallel_requests),
+        timeout: number(env, "KIT_FETCH_TIMEOUT", problems)
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.timeout),
+        max_fetch_bytes,
+        max_decompressed_bytes: number(env, "KIT_FETCH_MAX_DECOMPRESSED_BYTES", problems)
+            .unwrap_or(16 * max_fetch_bytes),
+        speculative_retry_multiplier: multiplier,
+        max_speculative_hedges: number(env, "KIT_FETCH_MAX_HEDGES", problems)
+            .map(|n| n as usize)
+            .unwrap_or(defaults.max_speculative_hedges),
+        max_retries: number(env, "KIT_FETCH_MAX_RETRIES", problems)
+            .map(|n| n as usize)
+            .unwrap_or(defaults.max_retries),
+        allowlist: list(env, "KIT_URL_ALLOWLIST"),
+        ..defaults
+    };
+    if settings.max_retries > 2 {
+        problems.push("`KIT_FETCH_MAX_RETRIES` is at most 2".into());
+    }
+    if settings.chunk_size_bytes == 0 || settings.max_parallel_requests == 0 {
+        problems.push(
+            "`KIT_FETCH_CHUNK_SIZE_BYTES` and `KIT_FETCH_MAX_PARALLEL_REQUESTS` must be positive"
+                .into(),
+        );
+    }
+    settings
 }
 
 fn list(env: &dyn Env, name: &str) -> Vec<String> {

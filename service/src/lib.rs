@@ -8,10 +8,14 @@ pub mod config;
 pub mod conformance;
 pub mod demo;
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod metrics;
 pub mod reflection;
 pub mod rpc;
 pub mod serve;
+pub mod storage;
+pub mod telemetry;
 pub mod token;
 pub mod wire;
 

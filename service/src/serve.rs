@@ -49,6 +49,37 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }
 
+/// [`build_server`] plus external storage, once the listening address is known
+/// (the `local` backend builds its object URLs from it).
+pub fn build_server_at(
+    config: &Config,
+    protocols: Vec<Protocol>,
+    prefix: &str,
+    bound: SocketAddr,
+) -> Result<Arc<Server>, crate::storage::StorageError> {
+    attach_storage(config, build_server(config, protocols, prefix), bound)
+}
+
+/// Adds the configured external storage (if any) to a freshly built server.
+pub fn attach_storage(
+    config: &Config,
+    server: Arc<Server>,
+    bound: SocketAddr,
+) -> Result<Arc<Server>, crate::storage::StorageError> {
+    let Some(settings) = &config.storage else {
+        return Ok(server);
+    };
+    let host = if bound.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+    } else {
+        bound
+    };
+    let service_url = format!("http://{host}{}", server.config().prefix);
+    let external =
+        crate::storage::open(settings, config.fetch.clone(), &config.keys, &service_url)?;
+    Ok(server.with_external(external))
+}
+
 /// `""`, or `/x` with no trailing slash.
 pub fn normalize_prefix(prefix: &str) -> String {
     let trimmed = prefix.trim().trim_end_matches('/');

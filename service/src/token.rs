@@ -99,6 +99,17 @@ impl SigningKey {
         hex::encode(&mac.finalize().into_bytes()[..8])
     }
 
+    /// HMAC(key, label || 0 || text): a purpose-bound derivation, so a value
+    /// made for one use (a storage URL) can never verify as another (a token).
+    pub fn derive(&self, label: &str, text: &str) -> Vec<u8> {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(text.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
     fn mac(&self, kind: TokenKind, binding: Binding<'_>, signed: &[u8]) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(&self.secret).expect("hmac accepts any key length");

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::{Endpoint, RequestInfo, Resolved, Server, arrow_response, error_response};
 use crate::rpc::{Args, Ctx, MethodKind, Output, Reply, StreamKind, parse_version};
+use crate::storage::External;
 use crate::token::{Binding, TokenKind};
 use crate::wire::ipc::{read_schema_message, read_stream, schema_message};
 use crate::wire::tokens::type_token;
@@ -80,6 +81,8 @@ fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch),
     let batch = stream.batches.into_iter().next().ok_or_else(|| {
         RpcError::bad_request("ArrowInvalid", "request stream carries no record batch")
     })?;
+    // Tracing hook: the batch may carry the caller's `traceparent` (telemetry.rs).
+    crate::telemetry::continue_trace_from_batch_metadata(&batch.metadata);
     let method_name = batch.get(wire::METHOD_KEY).ok_or_else(|| {
         RpcError::bad_request(
             "ProtocolError",
@@ -257,7 +260,8 @@ fn validate_params(
 }
 
 /// Validates the request and builds the handler's context and arguments.
-fn prepare(
+async fn prepare(
+    server: &Server,
     info: &RequestInfo,
     resolved: &Resolved,
     body: &Bytes,
@@ -267,7 +271,10 @@ fn prepare(
         .protocol
         .method(&resolved.method)
         .expect("resolved");
-    let (schema, batch) = read_request(resolved, body)?;
+    let (schema, mut batch) = read_request(resolved, body)?;
+    if batch.get(wire::LOCATION_KEY).is_some() && batch.batch.num_rows() == 0 {
+        batch.batch = resolve_pointer(server, &schema, &batch).await?;
+    }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
     let ctx = Ctx::new(
         info.identity.clone(),
@@ -353,7 +360,7 @@ async fn unary(
         unreachable!("checked by call()")
     };
     let limit = response_limit(server, info);
-    let (ctx, args) = prepare(info, resolved, &body, limit)?;
+    let (ctx, args) = prepare(server, info, resolved, &body, limit).await?;
     drop(body);
     let schema = result.clone().unwrap_or_else(wire::empty_schema);
     let reply = handler(ctx.clone(), args).await;
@@ -369,10 +376,39 @@ async fn unary(
             ));
         }
     };
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 1024);
+    let pointer = match server
+        .external
+        .as_ref()
+        .filter(|e| e.should_externalize(&batch))
+    {
+        None => None,
+        Some(external) => {
+            let ipc = wire::ipc::stream_bytes(&schema, std::slice::from_ref(&batch))?;
+            match external.externalize(ipc).await {
+                Ok(pointer) => Some(pointer),
+                Err(error) => return Ok(method_error(server, info, Some(&ctx), &schema, &error)),
+            }
+        }
+    };
+    let mut out = Vec::with_capacity(if pointer.is_some() {
+        1024
+    } else {
+        batch.get_array_memory_size() + 1024
+    });
     let mut writer = StreamWriter::new(&mut out, &schema)?;
     write_logs(&mut writer, &ctx, server, info)?;
-    writer.write(&batch, &Vec::new())?;
+    match &pointer {
+        Some(pointer) => {
+            server.hosting.metrics.externalized_batches.inc();
+            server
+                .hosting
+                .metrics
+                .externalized_bytes
+                .inc_by(pointer.uploaded_bytes);
+            writer.write_metadata_only(&External::pointer_metadata(pointer))?;
+        }
+        None => writer.write(&batch, &Vec::new())?,
+    }
     writer.finish();
     Ok(finish_response(
         server,
@@ -496,7 +532,7 @@ async fn init(
         unreachable!("checked by call()")
     };
     let limit = response_limit(server, info);
-    let (ctx, args) = prepare(info, resolved, &body, limit)?;
+    let (ctx, args) = prepare(server, info, resolved, &body, limit).await?;
     drop(body);
     let empty = wire::empty_schema();
     let started = match init(ctx.clone(), args).await {
@@ -598,7 +634,7 @@ async fn init(
                     (wire::CALL_STATE_KEY.to_string(), call_token),
                 ]
             });
-            write_producer_turn(&mut out, server, info, &ctx, &output, token)?;
+            write_producer_turn(&mut out, server, info, &ctx, &output, token).await?;
             Ok(finish_response(
                 server,
                 info,
@@ -638,7 +674,10 @@ fn check_producer_turn(output: &Output) -> Result<(), RpcError> {
     }
 }
 
-fn write_producer_turn(
+/// Writes one producer turn. When the data batch reaches the externalization
+/// threshold, the whole cycle (logs and data) goes to storage and a pointer
+/// batch takes its place in the body.
+async fn write_producer_turn(
     out: &mut Vec<u8>,
     server: &Server,
     info: &RequestInfo,
@@ -646,10 +685,38 @@ fn write_producer_turn(
     output: &Output,
     token: Option<Metadata>,
 ) -> Result<(), RpcError> {
+    let external = server.external.as_ref();
+    let externalize =
+        external.filter(|e| output.batches.iter().any(|(b, _)| e.should_externalize(b)));
+    let pointer = match externalize {
+        Some(external) => {
+            let mut cycle = Vec::new();
+            let mut writer = StreamWriter::new(&mut cycle, output.schema())?;
+            write_logs(&mut writer, ctx, server, info)?;
+            for (batch, metadata) in &output.batches {
+                writer.write(batch, metadata)?;
+            }
+            writer.finish();
+            let pointer = external.externalize(cycle).await?;
+            server.hosting.metrics.externalized_batches.inc();
+            server
+                .hosting
+                .metrics
+                .externalized_bytes
+                .inc_by(pointer.uploaded_bytes);
+            Some(pointer)
+        }
+        None => None,
+    };
     let mut writer = StreamWriter::new(out, output.schema())?;
-    write_logs(&mut writer, ctx, server, info)?;
-    for (batch, metadata) in &output.batches {
-        writer.write(batch, metadata)?;
+    match &pointer {
+        Some(pointer) => writer.write_metadata_only(&External::pointer_metadata(pointer))?,
+        None => {
+            write_logs(&mut writer, ctx, server, info)?;
+            for (batch, metadata) in &output.batches {
+                writer.write(batch, metadata)?;
+            }
+        }
     }
     if let Some(token) = token {
         writer.write_metadata_only(&token)?;
@@ -697,6 +764,7 @@ async fn exchange(
     let batch = stream.batches.into_iter().next().ok_or_else(|| {
         RpcError::bad_request("ArrowInvalid", "exchange request carries no record batch")
     })?;
+    crate::telemetry::continue_trace_from_batch_metadata(&batch.metadata);
     let identity = info.identity.clone();
     let bound = binding(resolved, &identity);
     let token_error =
@@ -774,7 +842,7 @@ async fn exchange(
                 )]
             });
             let mut out = Vec::new();
-            write_producer_turn(&mut out, server, info, &ctx, &output, token)?;
+            write_producer_turn(&mut out, server, info, &ctx, &output, token).await?;
             Ok(finish_response(
                 server,
                 info,
@@ -786,7 +854,23 @@ async fn exchange(
         }
         StreamKind::Exchange => {
             let input_schema = call.input_schema.clone().unwrap_or_else(wire::empty_schema);
-            let input = match coerce_input(batch.batch, &input_schema) {
+            let mut input_batch = batch.batch.clone();
+            if batch.get(wire::LOCATION_KEY).is_some() && input_batch.num_rows() == 0 {
+                match resolve_pointer(server, &stream.schema, &batch).await {
+                    Ok(resolved_input) => input_batch = resolved_input,
+                    Err(error) => {
+                        return Ok(turn_error(
+                            server,
+                            info,
+                            &ctx,
+                            &output_schema,
+                            Vec::new(),
+                            error,
+                        ));
+                    }
+                }
+            }
+            let input = match coerce_input(input_batch, &input_schema) {
                 Ok(input) => input,
                 Err(error) => {
                     return Ok(turn_error(
@@ -841,10 +925,49 @@ async fn exchange(
                 ));
             }
             let mut out = Vec::new();
-            let mut writer = StreamWriter::new(&mut out, &output_schema)?;
-            write_logs(&mut writer, &ctx, server, info)?;
-            writer.write(&data, &metadata)?;
-            writer.finish();
+            match server
+                .external
+                .as_ref()
+                .filter(|e| e.should_externalize(&data))
+            {
+                Some(external) => {
+                    // The data (with its logs and user metadata) goes to storage;
+                    // the pointer batch keeps the state token.
+                    let mut cycle = Vec::new();
+                    let mut writer = StreamWriter::new(&mut cycle, &output_schema)?;
+                    write_logs(&mut writer, &ctx, server, info)?;
+                    let user: Metadata = metadata
+                        .iter()
+                        .filter(|(k, _)| k != wire::STATE_KEY)
+                        .cloned()
+                        .collect();
+                    writer.write(&data, &user)?;
+                    writer.finish();
+                    let pointer = external.externalize(cycle).await?;
+                    server.hosting.metrics.externalized_batches.inc();
+                    server
+                        .hosting
+                        .metrics
+                        .externalized_bytes
+                        .inc_by(pointer.uploaded_bytes);
+                    let mut pointer_metadata = External::pointer_metadata(&pointer);
+                    pointer_metadata.extend(
+                        metadata
+                            .iter()
+                            .filter(|(k, _)| k == wire::STATE_KEY)
+                            .cloned(),
+                    );
+                    let mut writer = StreamWriter::new(&mut out, &output_schema)?;
+                    writer.write_metadata_only(&pointer_metadata)?;
+                    writer.finish();
+                }
+                None => {
+                    let mut writer = StreamWriter::new(&mut out, &output_schema)?;
+                    write_logs(&mut writer, &ctx, server, info)?;
+                    writer.write(&data, &metadata)?;
+                    writer.finish();
+                }
+            }
             Ok(finish_response(
                 server,
                 info,
@@ -896,4 +1019,132 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
     }
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     RecordBatch::try_new_with_options(target.clone(), columns, &options).map_err(|_| mismatch())
+}
+
+/// Replaces an uploaded-request pointer with the batch it names.
+///
+/// Dispatch metadata stays that of the outer batch; the fetched stream must
+/// hold exactly one data batch on the pointer's own schema.
+async fn resolve_pointer(
+    server: &Server,
+    schema: &SchemaRef,
+    pointer: &Batch,
+) -> Result<RecordBatch, RpcError> {
+    let location = pointer.get(wire::LOCATION_KEY).unwrap_or_default();
+    let Some(external) = server.external.as_ref() else {
+        return Err(RpcError::bad_request(
+            "ProtocolError",
+            "this server has no external storage configured, so it does not resolve `vgi_rpc.location` pointers",
+        ));
+    };
+    let fetched = external
+        .fetcher
+        .fetch(location, pointer.get(wire::LOCATION_SHA256_KEY))
+        .await
+        .map_err(|e| RpcError::new("ExternalFetchError", e.to_string()))?;
+    let (stream, _) = read_stream(&fetched, 0).map_err(|e| {
+        RpcError::new(
+            "ArrowInvalid",
+            format!("the object at the pointer is not an Arrow IPC stream: {e}"),
+        )
+    })?;
+    let mut data = stream
+        .batches
+        .into_iter()
+        .filter(|b| b.get(wire::LOG_LEVEL_KEY).is_none());
+    let (Some(first), None) = (data.next(), data.next()) else {
+        return Err(RpcError::new(
+            "ProtocolError",
+            "the object at the pointer must hold exactly one data batch",
+        ));
+    };
+    if first.get(wire::LOCATION_KEY).is_some() {
+        return Err(RpcError::new(
+            "ProtocolError",
+            "the object at the pointer is itself a pointer (redirect loop)",
+        ));
+    }
+    if first.batch.schema() != *schema {
+        return Err(RpcError::bad_request(
+            "TypeError",
+            format!(
+                "the object at the pointer has schema {}, the pointer batch has {}",
+                wire::tokens::schema_text(&first.batch.schema()),
+                wire::tokens::schema_text(schema)
+            ),
+        ));
+    }
+    Ok(first.batch)
+}
+
+/// `__upload_url__/init`: vends upload/download URL pairs (count clamped to 1..=100).
+pub(crate) async fn upload_urls(server: &Arc<Server>, info: &RequestInfo, body: Bytes) -> Response {
+    let empty = wire::empty_schema();
+    let result = async {
+        let (stream, _) = read_stream(&body, 0)
+            .map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
+        let batch = stream.batches.into_iter().next().ok_or_else(|| {
+            RpcError::bad_request("ArrowInvalid", "request stream carries no record batch")
+        })?;
+        let count = match batch.batch.column_by_name("count") {
+            Some(column) if batch.batch.num_rows() > 0 && !column.is_null(0) => {
+                i64::from_arrow_column(column).map_err(|e| RpcError::bad_request("TypeError", e))?
+            }
+            _ => 1,
+        };
+        let count = count.clamp(1, 100) as usize;
+        let external = server.external.as_ref().expect("routed only with storage");
+        let urls = external.storage.upload_urls(count).await.map_err(|error| {
+            tracing::error!(%error, "vending upload URLs failed");
+            RpcError::new(
+                "ExternalStorageError",
+                format!(
+                    "failed to vend upload URLs from `{}` storage",
+                    external.storage.name()
+                ),
+            )
+            .with_code(ErrorCode::Unavailable)
+        })?;
+        let schema: SchemaRef = Arc::new(
+            wire::tokens::parse_schema(
+                "upload_url?: utf8, download_url?: utf8, expires_at?: timestamp(us,tz=UTC)",
+            )
+            .expect("static schema"),
+        );
+        let micros: Vec<i64> = urls
+            .iter()
+            .map(|u| {
+                u.expires_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as i64)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let columns: Vec<arrow_array::ArrayRef> = vec![
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                urls.iter().map(|u| u.upload_url.as_str()),
+            )),
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                urls.iter().map(|u| u.download_url.as_str()),
+            )),
+            Arc::new(arrow_array::TimestampMicrosecondArray::from(micros).with_timezone("UTC")),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok::<_, RpcError>(wire::ipc::stream_bytes(&schema, &[batch])?)
+    }
+    .await;
+    match result {
+        Ok(out) => arrow_response(server, info, StatusCode::OK, out, false),
+        Err(error) => error_response(server, info, &error, &empty),
+    }
+}
+
+trait FromArrowColumn: Sized {
+    fn from_arrow_column(column: &arrow_array::ArrayRef) -> Result<Self, String>;
+}
+
+impl FromArrowColumn for i64 {
+    fn from_arrow_column(column: &arrow_array::ArrayRef) -> Result<Self, String> {
+        <i64 as crate::rpc::FromArrow>::from_arrow(column.as_ref(), 0)
+    }
 }

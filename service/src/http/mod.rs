@@ -29,6 +29,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use crate::metrics::{CallLabels, StatusLabels};
 use crate::rpc::Protocol;
+use crate::storage::{External, local};
 use crate::token::KeyRing;
 use crate::wire::{self, ErrorCode, RpcError, StreamWriter};
 
@@ -70,6 +71,7 @@ pub struct Server {
     pub(crate) config: HttpConfig,
     pub(crate) keys: KeyRing,
     pub(crate) hosting: Hosting,
+    pub(crate) external: Option<External>,
 }
 
 impl Server {
@@ -85,6 +87,17 @@ impl Server {
         config: HttpConfig,
         keys: KeyRing,
         hosting: Hosting,
+    ) -> Arc<Server> {
+        Server::build(protocols, config, keys, hosting, None)
+    }
+
+    /// A server that also moves large batches to external storage.
+    pub fn build(
+        protocols: Vec<Protocol>,
+        config: HttpConfig,
+        keys: KeyRing,
+        hosting: Hosting,
+        external: Option<External>,
     ) -> Arc<Server> {
         let primary = protocols
             .first()
@@ -104,6 +117,7 @@ impl Server {
             config,
             keys,
             hosting,
+            external,
         })
     }
 
@@ -113,6 +127,21 @@ impl Server {
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    /// The same server with external storage; call before serving (needs sole ownership).
+    pub fn with_external(self: Arc<Self>, external: External) -> Arc<Server> {
+        match Arc::try_unwrap(self) {
+            Ok(mut server) => {
+                server.external = Some(external);
+                Arc::new(server)
+            }
+            Err(_) => panic!("with_external must be called before the server is shared"),
+        }
+    }
+
+    pub fn external(&self) -> Option<&External> {
+        self.external.as_ref()
     }
 
     pub fn hosting(&self) -> &Hosting {
@@ -169,6 +198,26 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         request_bytes: 0,
         stream_turn: false,
     };
+    if let Some(key) = path
+        .strip_prefix(&server.config.prefix)
+        .and_then(|p| p.strip_prefix(&format!("/{}/", local::OBJECTS_SEGMENT)))
+        && let Some(local) = server.external.as_ref().and_then(|e| e.local.clone())
+    {
+        // Signed object URLs carry their own authorization.
+        let (key, query) = (
+            key.to_string(),
+            request.uri().query().unwrap_or("").to_string(),
+        );
+        let headers = request.headers().clone();
+        let mut response = local
+            .serve(&method, &key, &query, &headers, request.into_body())
+            .await;
+        response.headers_mut().insert(
+            REQUEST_ID,
+            HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
+        );
+        return response;
+    }
     if let Some(mut response) = hosting::probe(hosting, &server.config.server_id, &path, &method) {
         stamp_capabilities(&server, response.headers_mut(), &request_id);
         return response;
@@ -232,10 +281,15 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
             }
         }
     }
+    let span = crate::telemetry::server_span(request.headers(), &request_id);
     hosting.metrics.in_flight.inc();
     let routed = tokio::time::timeout(
         hosting.request_timeout,
-        crate::reflection::CURRENT_SERVER.scope(server.clone(), route(&server, request, &mut info)),
+        tracing::Instrument::instrument(
+            crate::reflection::CURRENT_SERVER
+                .scope(server.clone(), route(&server, request, &mut info)),
+            span.clone(),
+        ),
     )
     .await;
     hosting.metrics.in_flight.dec();
@@ -263,6 +317,12 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         origin_header.as_deref(),
     );
     record(&server, &info, &response, started);
+    crate::telemetry::finish_server_span(
+        &span,
+        info.origin.as_deref(),
+        response.status().as_u16(),
+        response.headers().contains_key("x-vgi-rpc-error"),
+    );
     response
 }
 
@@ -351,6 +411,15 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
 
     if segments == ["health"] {
         return health(server, &method);
+    }
+    if segments == ["__upload_url__", "init"] && server.external.is_some() && method == Method::POST
+    {
+        info.origin = Some("__upload_url__/init".into());
+        let body = match read_body(server, request, info).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        return dispatch::upload_urls(server, info, body).await;
     }
     if segments.len() == 1
         && segments[0].starts_with("__")
@@ -712,10 +781,23 @@ fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str
         "vgi-accept-max-response-bytes-support",
         HeaderValue::from_static("true"),
     );
+    let external = server.external.as_ref();
     headers.insert(
         "vgi-externalization-enabled",
-        HeaderValue::from_static("false"),
+        HeaderValue::from_static(if external.is_some() { "true" } else { "false" }),
     );
+    if let Some(external) = external {
+        headers.insert("vgi-upload-url-support", HeaderValue::from_static("true"));
+        if let Some(limit) = external.max_upload_bytes {
+            headers.insert("vgi-max-upload-bytes", HeaderValue::from(limit));
+        }
+        if let Some(limit) = external.max_externalized_response_bytes {
+            headers.insert(
+                "vgi-max-externalized-response-bytes",
+                HeaderValue::from(limit),
+            );
+        }
+    }
     let encodings = if server.config.response_compression {
         codec::SUPPORTED
     } else {

@@ -1,0 +1,683 @@
+//! Fetching externalized batches: what the server does with an uploaded
+//! request pointer, and what a Rust client does with a result pointer.
+//!
+//! Mirrors vgi-rpc's `external_fetch.fetch_url`: probe (HEAD, or a one-byte
+//! Range GET for pre-signed URLs whose signature is bound to GET), then one GET
+//! below the parallel threshold, or parallel Range GETs in chunks above it with
+//! speculative hedging of slow chunks. Every fetch is bounded: overall timeout,
+//! encoded and decoded byte caps, bounded retries. The sha256 in the pointer,
+//! when present, is checked over the decoded bytes.
+//!
+//! Safety: pointer URLs come from the network, so they are validated before
+//! any connection, and so is every redirect target. Only https is allowed, and
+//! no loopback, private, link-local or unspecified address, by URL literal or
+//! by DNS answer (the resolver itself filters, so a rebinding answer after
+//! validation cannot slip through) — unless the URL starts with an entry of
+//! the allowlist.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{
+    ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, LOCATION, RANGE,
+};
+use reqwest::{Method, StatusCode, Url};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::settings::FetchSettings;
+use crate::http::codec::{self, Codec};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("refusing to fetch `{url}`: {reason}")]
+    Refused { url: String, reason: String },
+    #[error("fetching `{url}` failed: {message}")]
+    Transport { url: String, message: String },
+    #[error("fetching `{url}` returned HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("`{url}` is {size} bytes, above the fetch limit of {limit} bytes")]
+    TooLarge { url: String, size: u64, limit: u64 },
+    #[error("`{url}` decodes to more than {limit} bytes")]
+    DecodedTooLarge { url: String, limit: u64 },
+    #[error("`{url}` could not be decoded: {message}")]
+    Decode { url: String, message: String },
+    #[error(
+        "sha256 mismatch for `{url}`: the pointer says {expected}, the object hashes to {actual}"
+    )]
+    Checksum {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("fetching `{url}` did not finish within {seconds} s")]
+    Timeout { url: String, seconds: u64 },
+}
+
+impl FetchError {
+    /// Transport problems are worth a retry; policy and integrity failures are not.
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::Transport { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub requests: AtomicUsize,
+    pub hedges: AtomicUsize,
+    pub retries: AtomicUsize,
+}
+
+/// A bounded, validated HTTP fetcher for pointer URLs.
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    settings: Arc<FetchSettings>,
+    stats: Arc<FetchStats>,
+}
+
+/// What the probe learned.
+#[derive(Debug, Clone)]
+struct Probe {
+    url: Url,
+    length: Option<u64>,
+    ranges: bool,
+}
+
+impl Fetcher {
+    pub fn new(settings: FetchSettings) -> Result<Fetcher, FetchError> {
+        let resolver = SafeResolver {
+            allowlist: settings.allowlist.clone(),
+        };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(resolver))
+            // Content-Encoding is decoded here, under our limits, not by the client.
+            .no_gzip()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| FetchError::Transport {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Fetcher {
+            client,
+            settings: Arc::new(settings),
+            stats: Arc::new(FetchStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> &FetchStats {
+        &self.stats
+    }
+
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
+    /// Fetches `url`, decodes its content encoding, and checks `sha256` (hex) when given.
+    pub async fn fetch(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+        let deadline = self.settings.timeout;
+        match tokio::time::timeout(deadline, self.fetch_with_retries(url, sha256)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout {
+                url: url.to_string(),
+                seconds: deadline.as_secs(),
+            }),
+        }
+    }
+
+    async fn fetch_with_retries(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+    ) -> Result<Bytes, FetchError> {
+        let attempts = self.settings.max_retries.min(2) + 1;
+        let mut last = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(self.settings.retry_delay).await;
+            }
+            match self.fetch_once(url, sha256).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(error) if error.retryable() => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.expect("at least one attempt ran"))
+    }
+
+    async fn fetch_once(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+        let url = self.validate(url)?;
+        let probe = self.probe(url).await?;
+        if let Some(length) = probe.length
+            && length > self.settings.max_fetch_bytes
+        {
+            return Err(FetchError::TooLarge {
+                url: probe.url.to_string(),
+                size: length,
+                limit: self.settings.max_fetch_bytes,
+            });
+        }
+        let (body, encoding) = match probe.length {
+            Some(length) if probe.ranges && length >= self.settings.parallel_threshold_bytes => {
+                self.parallel_get(&probe.url, length).await?
+            }
+            _ => self.single_get(&probe.url).await?,
+        };
+        let decoded = self.decode(&probe.url, body, encoding.as_deref()).await?;
+        if let Some(expected) = sha256 {
+            let actual = hex::encode(Sha256::digest(&decoded));
+            if !actual.eq_ignore_ascii_case(expected.trim()) {
+                return Err(FetchError::Checksum {
+                    url: probe.url.to_string(),
+                    expected: expected.to_string(),
+                    actual,
+                });
+            }
+        }
+        Ok(decoded)
+    }
+
+    /// Applies the URL policy; returns the parsed URL.
+    pub fn validate(&self, url: &str) -> Result<Url, FetchError> {
+        let refused = |reason: &str| FetchError::Refused {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let parsed = Url::parse(url).map_err(|e| refused(&format!("not a URL ({e})")))?;
+        if allowlisted(&self.settings.allowlist, parsed.as_str()) {
+            return Ok(parsed);
+        }
+        if parsed.scheme() != "https" {
+            return Err(refused(
+                "only https URLs are fetched (add the URL prefix to KIT_URL_ALLOWLIST to allow it)",
+            ));
+        }
+        match parsed.host() {
+            None => return Err(refused("the URL has no host")),
+            Some(url::Host::Ipv4(ip)) if !is_public(IpAddr::V4(ip)) => {
+                return Err(refused(
+                    "the address is loopback, private, link-local or otherwise not public",
+                ));
+            }
+            Some(url::Host::Ipv6(ip)) if !is_public(IpAddr::V6(ip)) => {
+                return Err(refused(
+                    "the address is loopback, private, link-local or otherwise not public",
+                ));
+            }
+            Some(url::Host::Domain(domain))
+                if domain.eq_ignore_ascii_case("localhost") || domain.ends_with(".localhost") =>
+            {
+                return Err(refused("localhost is not a public host"));
+            }
+            Some(_) => {}
+        }
+        Ok(parsed)
+    }
+
+    /// Sends one request, following redirects only to URLs that pass validation.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        range: Option<(u64, u64)>,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut current = url.clone();
+        for _ in 0..=self.settings.max_redirects {
+            let mut request = self.client.request(method.clone(), current.clone());
+            if let Some((start, end)) = range {
+                request = request.header(RANGE, format!("bytes={start}-{end}"));
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let response = request.send().await.map_err(|e| FetchError::Transport {
+                url: current.to_string(),
+                message: error_chain(&e),
+            })?;
+            if response.status().is_redirection() {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| FetchError::Transport {
+                        url: current.to_string(),
+                        message: "redirect without Location".into(),
+                    })?;
+                let next = current.join(location).map_err(|e| FetchError::Refused {
+                    url: location.to_string(),
+                    reason: format!("bad redirect target ({e})"),
+                })?;
+                current = self.validate(next.as_str())?;
+                continue;
+            }
+            if !response.status().is_success() {
+                return Err(FetchError::Status {
+                    url: current.to_string(),
+                    status: response.status().as_u16(),
+                });
+            }
+            return Ok(response);
+        }
+        Err(FetchError::Refused {
+            url: url.to_string(),
+            reason: format!("more than {} redirects", self.settings.max_redirects),
+        })
+    }
+
+    async fn probe(&self, url: Url) -> Result<Probe, FetchError> {
+        // A pre-signed GET URL signs the method, so HEAD would be refused: probe with one byte.
+        let presigned = url.query_pairs().any(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            k == "x-amz-signature" || k == "x-goog-signature" || k == "sig"
+        });
+        if presigned {
+            let response = self.send(Method::GET, &url, Some((0, 0))).await?;
+            let final_url = response.url().clone();
+            let headers = response.headers().clone();
+            let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+            let total = headers
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            let length = if partial {
+                total
+            } else {
+                headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+            };
+            return Ok(Probe {
+                url: final_url,
+                length,
+                ranges: partial && total.is_some(),
+            });
+        }
+        let response = self.send(Method::HEAD, &url, None).await?;
+        let headers = response.headers();
+        let length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let ranges = headers
+            .get(ACCEPT_RANGES)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
+        Ok(Probe {
+            url: response.url().clone(),
+            length,
+            ranges,
+        })
+    }
+
+    async fn single_get(&self, url: &Url) -> Result<(Bytes, Option<String>), FetchError> {
+        let response = self.send(Method::GET, url, None).await?;
+        let encoding = content_encoding(&response);
+        let body = read_limited(response, self.settings.max_fetch_bytes, url).await?;
+        Ok((body, encoding))
+    }
+
+    /// Parallel Range GETs in chunks, bounded concurrency, hedging slow chunks.
+    async fn parallel_get(
+        &self,
+        url: &Url,
+        length: u64,
+    ) -> Result<(Bytes, Option<String>), FetchError> {
+        let chunk = self.settings.chunk_size_bytes.max(1);
+        let ranges: Vec<(u64, u64)> = (0..length.div_ceil(chunk))
+            .map(|i| (i * chunk, ((i + 1) * chunk).min(length) - 1))
+            .collect();
+        let permits = Arc::new(Semaphore::new(self.settings.max_parallel_requests.max(1)));
+        let timings = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+        let hedges_left = Arc::new(AtomicUsize::new(self.settings.max_speculative_hedges));
+        let encoding = Arc::new(std::sync::Mutex::new(None::<String>));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, range) in ranges.iter().copied().enumerate() {
+            let fetcher = self.clone();
+            let url = url.clone();
+            let permits = permits.clone();
+            let timings = timings.clone();
+            let hedges_left = hedges_left.clone();
+            let encoding = encoding.clone();
+            tasks.spawn(async move {
+                let _permit = permits
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closes");
+                let started = Instant::now();
+                let (bytes, chunk_encoding) = fetcher
+                    .hedged_chunk(&url, range, started, &timings, &hedges_left)
+                    .await?;
+                timings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(started.elapsed());
+                if let Some(found) = chunk_encoding {
+                    *encoding.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
+                }
+                Ok::<_, FetchError>((index, bytes))
+            });
+        }
+        let mut parts: Vec<Option<Bytes>> = vec![None; ranges.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let (index, bytes) = joined.map_err(|e| FetchError::Transport {
+                url: url.to_string(),
+                message: e.to_string(),
+            })??;
+            let (start, end) = ranges[index];
+            if bytes.len() as u64 != end - start + 1 {
+                return Err(FetchError::Transport {
+                    url: url.to_string(),
+                    message: format!("range {start}-{end} returned {} bytes", bytes.len()),
+                });
+            }
+            parts[index] = Some(bytes);
+        }
+        let mut body = BytesMut::with_capacity(length as usize);
+        for part in parts.into_iter().flatten() {
+            body.extend_from_slice(&part);
+        }
+        let encoding = encoding.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok((body.freeze(), encoding))
+    }
+
+    /// One chunk; if it runs longer than `multiplier x median` of finished
+    /// chunks, a duplicate request races it (at most `max_speculative_hedges`).
+    async fn hedged_chunk(
+        &self,
+        url: &Url,
+        range: (u64, u64),
+        started: Instant,
+        timings: &std::sync::Mutex<Vec<Duration>>,
+        hedges_left: &AtomicUsize,
+    ) -> Result<(Bytes, Option<String>), FetchError> {
+        let primary = self.range_get(url, range);
+        tokio::pin!(primary);
+        let hedge_trigger = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let median = median(&timings.lock().unwrap_or_else(|p| p.into_inner()));
+                let Some(median) = median else { continue };
+                let threshold = median
+                    .mul_f64(self.settings.speculative_retry_multiplier)
+                    .max(Duration::from_millis(50));
+                if started.elapsed() > threshold {
+                    let claimed = hedges_left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    if claimed {
+                        self.stats.hedges.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            result = &mut primary => result,
+            _ = hedge_trigger => {
+                let hedge = self.range_get(url, range);
+                tokio::select! {
+                    result = &mut primary => result,
+                    result = hedge => result,
+                }
+            }
+        }
+    }
+
+    async fn range_get(
+        &self,
+        url: &Url,
+        (start, end): (u64, u64),
+    ) -> Result<(Bytes, Option<String>), FetchError> {
+        let response = self.send(Method::GET, url, Some((start, end))).await?;
+        if response.status() != StatusCode::PARTIAL_CONTENT {
+            return Err(FetchError::Transport {
+                url: url.to_string(),
+                message: "server ignored the Range header".into(),
+            });
+        }
+        let encoding = content_encoding(&response);
+        let bytes = read_limited(response, end - start + 1, url).await?;
+        Ok((bytes, encoding))
+    }
+
+    async fn decode(
+        &self,
+        url: &Url,
+        body: Bytes,
+        encoding: Option<&str>,
+    ) -> Result<Bytes, FetchError> {
+        let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case("identity")) else {
+            if body.len() as u64 > self.settings.max_decompressed_bytes {
+                return Err(FetchError::DecodedTooLarge {
+                    url: url.to_string(),
+                    limit: self.settings.max_decompressed_bytes,
+                });
+            }
+            return Ok(body);
+        };
+        let codec = Codec::parse(encoding).ok_or_else(|| FetchError::Decode {
+            url: url.to_string(),
+            message: format!("unsupported Content-Encoding `{encoding}`"),
+        })?;
+        let limit = self.settings.max_decompressed_bytes.min(usize::MAX as u64) as usize;
+        let decoded = tokio::task::spawn_blocking(move || codec::decode(codec, &body, limit))
+            .await
+            .map_err(|e| FetchError::Decode {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        match decoded {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(codec::DecodeError::TooLarge { .. }) => Err(FetchError::DecodedTooLarge {
+                url: url.to_string(),
+                limit: self.settings.max_decompressed_bytes,
+            }),
+            Err(error) => Err(FetchError::Decode {
+                url: url.to_string(),
+                message: error.to_string(),
+            }),
+        }
+    }
+}
+
+fn content_encoding(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+    url: &Url,
+) -> Result<Bytes, FetchError> {
+    if let Some(length) = response.content_length()
+        && length > limit
+    {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            size: length,
+            limit,
+        });
+    }
+    let mut body =
+        BytesMut::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
+    while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport {
+        url: url.to_string(),
+        message: error_chain(&e),
+    })? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                size: (body.len() + chunk.len()) as u64,
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn median(timings: &[Duration]) -> Option<Duration> {
+    if timings.is_empty() {
+        return None;
+    }
+    let mut sorted = timings.to_vec();
+    sorted.sort();
+    Some(sorted[sorted.len() / 2])
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// True when `url` starts with an allowlist entry at a boundary (so
+/// `http://127.0.0.1` does not allow `http://127.0.0.1.evil.example`).
+pub fn allowlisted(allowlist: &[String], url: &str) -> bool {
+    allowlist.iter().any(|prefix| {
+        let prefix = prefix.trim();
+        !prefix.is_empty()
+            && url.len() >= prefix.len()
+            && url[..prefix.len()].eq_ignore_ascii_case(prefix)
+            && (prefix.ends_with('/')
+                || matches!(
+                    url[prefix.len()..].chars().next(),
+                    None | Some(':' | '/' | '?' | '#')
+                ))
+    })
+}
+
+/// Public unicast only: not loopback, private, link-local, CGNAT, unspecified,
+/// multicast, documentation or unique-local.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// DNS answers pass the same public-address rule, unless the host is allowlisted.
+struct SafeResolver {
+    allowlist: Vec<String>,
+}
+
+impl reqwest::dns::Resolve for SafeResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let trusted = ["http://", "https://"]
+            .iter()
+            .any(|scheme| allowlisted(&self.allowlist, &format!("{scheme}{host}")));
+        Box::pin(async move {
+            let answers: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = answers
+                .into_iter()
+                .filter(|a| trusted || is_public(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                let error: Box<dyn std::error::Error + Send + Sync> =
+                    format!("`{host}` resolves only to non-public addresses; refusing to connect")
+                        .into();
+                return Err(error);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetcher(allowlist: &[&str]) -> Fetcher {
+        let settings = FetchSettings {
+            allowlist: allowlist.iter().map(|s| s.to_string()).collect(),
+            ..FetchSettings::default()
+        };
+        Fetcher::new(settings).unwrap()
+    }
+
+    fn refused(fetcher: &Fetcher, url: &str) -> bool {
+        matches!(fetcher.validate(url), Err(FetchError::Refused { .. }))
+    }
+
+    #[test]
+    fn ssrf_targets_are_refused() {
+        let fetcher = fetcher(&[]);
+        for url in [
+            "http://bucket.example.com/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.1.2.3/x",
+            "https://127.0.0.1:8333/x",
+            "https://[::1]/x",
+            "https://[fd00::1]/x",
+            "https://localhost/x",
+            "https://[::ffff:192.168.0.1]/x",
+            "file:///etc/passwd",
+        ] {
+            assert!(refused(&fetcher, url), "{url} should be refused");
+        }
+        assert!(
+            fetcher
+                .validate("https://bucket.s3.amazonaws.com/x?X-Amz-Signature=1")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn allowlist_matches_at_a_boundary() {
+        let fetcher = fetcher(&["http://127.0.0.1"]);
+        assert!(fetcher.validate("http://127.0.0.1:8333/b/k").is_ok());
+        assert!(refused(&fetcher, "http://127.0.0.1.evil.example/x"));
+        assert!(refused(&fetcher, "http://10.0.0.1/x"));
+    }
+
+    #[test]
+    fn public_addresses() {
+        assert!(is_public("8.8.8.8".parse().unwrap()));
+        assert!(!is_public("100.64.0.1".parse().unwrap()));
+        assert!(!is_public("0.0.0.0".parse().unwrap()));
+        assert!(!is_public("fe80::1".parse().unwrap()));
+        assert!(is_public("2606:4700::1111".parse().unwrap()));
+    }
+}
