@@ -13,6 +13,9 @@ use crate::wire::{LogLevel, RpcError};
 
 pub const NAME: &str = "kit.Demo.v1";
 
+/// Largest batch one `count` turn builds (8 MiB of int64).
+pub const MAX_BATCH_ROWS: i64 = 1 << 20;
+
 /// Counts from `next` up to `end`, one batch of `step` rows per turn.
 #[derive(Serialize, Deserialize)]
 struct Count {
@@ -82,8 +85,11 @@ pub fn protocol() -> Protocol {
             "",
             |_ctx, args| async move {
                 let (n, step): (i64, i64) = (args.get("n")?, args.get("batch_rows")?);
-                if n < 0 || step < 1 {
-                    return Err(RpcError::value("n must be >= 0 and batch_rows >= 1"));
+                // A caller must not be able to make one turn allocate without bound.
+                if n < 0 || !(1..=MAX_BATCH_ROWS).contains(&step) {
+                    return Err(RpcError::value(format!(
+                        "n must be >= 0 and batch_rows within 1..={MAX_BATCH_ROWS}"
+                    )));
                 }
                 let schema = Arc::new(Schema::new(vec![Field::new(
                     "value",

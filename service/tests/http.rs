@@ -643,3 +643,22 @@ async fn health_and_verbs() {
     .await;
     assert_eq!(reply.headers.get("x-request-id").unwrap(), "abc-123");
 }
+
+#[tokio::test]
+async fn huge_batch_requests_are_refused_not_allocated() {
+    // Regression (found by fuzzing): `count` with an enormous batch_rows
+    // allocated without bound and took the process down.
+    let server = server();
+    let reply = post(
+        &server,
+        &format!("/{PROTOCOL}/count/init"),
+        count_body(i64::MAX, i64::MAX / 2),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .contains("batch_rows within")
+    );
+}
