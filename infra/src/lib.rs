@@ -1,8 +1,13 @@
 //! deploy-kit: the deploy tool's library. `main.rs` parses and dispatches;
 //! commands live here so tests call them directly.
 //!
-//! This is the skeleton laid by the wire-core issue: the command surface is
-//! fixed, the commands themselves land with the doctor and deploy issues.
+//! [`config`] is the `deploy-kit.yaml` model, [`doctor`] turns it into
+//! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
+//! for `doctor --online`. The other commands are still the skeleton.
+
+pub mod config;
+pub mod doctor;
+pub mod replica;
 
 /// The commands of `deploy-kit`, in the order the docs present them.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -24,6 +29,35 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (
         "render",
         "render Dockerfiles, manifests and workflows from templates",
+    ),
+];
+
+/// Every environment variable deploy-kit reads; each overrides the
+/// `deploy-kit.yaml` value and is overridden by its flag.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "DEPLOY_KIT_CONFIG",
+        "Config file (`--config`); default `./deploy-kit.yaml`.",
+    ),
+    (
+        "DEPLOY_KIT_TARGET",
+        "Target to judge (`--target`); default `default_target`, or the only target.",
+    ),
+    (
+        "DEPLOY_KIT_FORMAT",
+        "Report format (`--format`): text, json, sarif, junit, github.",
+    ),
+    (
+        "DEPLOY_KIT_FAIL_ON",
+        "Lowest failing severity that exits 1 (`--fail-on`): error or warn.",
+    ),
+    (
+        "DEPLOY_KIT_REPLICAS",
+        "Comma-separated replica base URLs for `--online` (`--replica`).",
+    ),
+    (
+        "DEPLOY_KIT_TODAY",
+        "The date waivers are judged against, `YYYY-MM-DD` (reproducible runs); default today (UTC).",
     ),
 ];
 

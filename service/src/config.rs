@@ -163,6 +163,21 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Region (S3); falls back to `AWS_REGION`.",
     },
     Variable {
+        name: "GOOGLE_APPLICATION_CREDENTIALS",
+        default: "",
+        doc: "`gcs` backend: service-account JSON key file; its private key signs the V4 URLs and gets the upload token. Required for `gcs`.",
+    },
+    Variable {
+        name: "AZURE_STORAGE_ACCOUNT",
+        default: "",
+        doc: "`azure` backend: storage account name (Azurite: `devstoreaccount1`). Required for `azure`.",
+    },
+    Variable {
+        name: "AZURE_STORAGE_KEY",
+        default: "",
+        doc: "`azure` backend: account key (base64); signs the SAS URLs. Required for `azure`.",
+    },
+    Variable {
         name: "KIT_STORAGE_DIR",
         default: "./.kit-storage",
         doc: "Directory of the `local` backend.",
@@ -258,9 +273,44 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Seconds to let in-flight requests finish after SIGTERM.",
     },
     Variable {
+        name: "KIT_DRAIN_DELAY",
+        default: "0",
+        doc: "Seconds to keep serving after SIGTERM with `/readyz` at 503, so load balancers stop routing before connections close. Counts against `KIT_SHUTDOWN_GRACE`.",
+    },
+    Variable {
+        name: "KIT_RESPONSE_COMPRESSION",
+        default: "true",
+        doc: "Compress responses (zstd level 1, gzip 6) when the client accepts it; false advertises no codecs.",
+    },
+    Variable {
         name: "KIT_SERVER_ID",
         default: "(random)",
         doc: "Server id reported in health and error batches.",
+    },
+    Variable {
+        name: crate::telemetry::OTLP_ENDPOINT,
+        default: "",
+        doc: "Needs the `otel` cargo feature. Base URL of an OTLP/HTTP (protobuf) collector, e.g. `http://localhost:4318`; spans go to `<url>/v1/traces`. Unset: no traces are exported.",
+    },
+    Variable {
+        name: crate::telemetry::OTLP_TRACES_ENDPOINT,
+        default: "",
+        doc: "Needs the `otel` cargo feature. Full URL for traces, used as given; wins over `OTEL_EXPORTER_OTLP_ENDPOINT`.",
+    },
+    Variable {
+        name: "OTEL_EXPORTER_OTLP_HEADERS",
+        default: "",
+        doc: "Needs the `otel` cargo feature. Extra headers on every export as `key=value,key=value` (a hosted collector's API key); read by the OTLP exporter.",
+    },
+    Variable {
+        name: crate::telemetry::SERVICE_NAME,
+        default: "kit-service",
+        doc: "Needs the `otel` cargo feature. `service.name` of the exported spans.",
+    },
+    Variable {
+        name: "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH",
+        default: "",
+        doc: "Needs the `lambda` cargo feature. Set (any value) to drop an API Gateway stage from request paths (`/prod/x` becomes `/x`); unset, serve with `--prefix /<stage>`. Read by `lambda_http`.",
     },
 ];
 
@@ -767,6 +817,28 @@ mod tests {
         assert!(!config.keys.is_ephemeral());
         assert_eq!(config.keys.primary().len(), 32);
         assert_eq!(config.keys.previous().len(), 1);
+    }
+
+    #[test]
+    fn every_variable_read_is_documented() {
+        // Regression: two variables were read here but missing from VARIABLES.
+        let source = include_str!("config.rs");
+        let documented: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        for prefix in ["\"KIT_", "\"VGI_"] {
+            for (index, _) in source.match_indices(prefix) {
+                let name: String = source[index + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.ends_with('_') {
+                    continue; // the prefixes this test searches for
+                }
+                assert!(
+                    documented.contains(&name.as_str()),
+                    "`{name}` is read but not listed in VARIABLES"
+                );
+            }
+        }
     }
 
     #[test]

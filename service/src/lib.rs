@@ -7,6 +7,7 @@
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod doctor;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;

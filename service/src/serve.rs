@@ -145,21 +145,28 @@ pub async fn serve_until(
     }
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
+/// SIGTERM or Ctrl-C. The handlers are registered when this is called, not
+/// when the future is first polled, so call it before announcing readiness: a
+/// SIGTERM that arrives right after `LISTENING` must drain, not kill.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
         #[cfg(unix)]
-        {
-            if let Ok(mut signal) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                signal.recv().await;
-                return;
+        let terminate = async move {
+            match terminate {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
         }
-        std::future::pending::<()>().await
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

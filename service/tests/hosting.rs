@@ -433,3 +433,29 @@ fn sigterm_exits_zero() {
         "the ephemeral-key warning is loud: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_even_while_still_sending() {
+    // Regression: the server answered 413 and closed while a 4 MiB body was
+    // still arriving, so the Python client saw a dropped connection instead of
+    // the 413 that makes it retry through an upload URL.
+    let server = server(&[("KIT_MAX_REQUEST_BYTES", "1048576")]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, signal) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain {
+        delay: Duration::ZERO,
+        grace: Duration::from_secs(5),
+    };
+    tokio::spawn(serve_until(listener, server, drain, async move {
+        let _ = signal.await;
+    }));
+    let body = vec![0u8; 4 * 1024 * 1024];
+    let response = raw_http(address, raw_post(&format!("/{PROTOCOL}/add"), &body)).await;
+    assert!(
+        response.starts_with("HTTP/1.1 413"),
+        "{}",
+        &response[..response.len().min(200)]
+    );
+    let _ = stop.send(());
+}

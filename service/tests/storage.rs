@@ -306,7 +306,7 @@ async fn upload_urls_carry_requests_over_the_request_limit() {
         .send()
         .await
         .unwrap();
-    assert_eq!(put.status(), StatusCode::OK);
+    assert_eq!(put.status(), StatusCode::NO_CONTENT);
 
     let pointer_schema = Arc::new(Schema::new(vec![Field::new(
         "data",

@@ -19,7 +19,11 @@ mod values;
 
 use std::future::{Ready, ready};
 
-use arrow_array::ArrayRef;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+
+use crate::wire::tokens::parse_schema;
 use serde_json::{Map, Value};
 
 use crate::rpc::{Args, Bytes, Ctx, List, Protocol, StreamInit};
@@ -71,8 +75,17 @@ pub fn conformance_service() -> Protocol {
             }
             Ok(Bytes(vec![0u8; target_bytes as usize]))
         })
-        .unary("published_string", "value: utf8, include_sha256: bool", "result: utf8", |_ctx, _args| async move {
-            runtime_error::<String>("published_string requires external storage")
+        .unary("published_string", "value: utf8, include_sha256: bool", "result: utf8", |ctx, args| async move {
+            let value: String = args.get("value")?;
+            let include_sha256: bool = args.get("include_sha256")?;
+            let schema = Arc::new(parse_schema("result: utf8").expect("static schema"));
+            let reference = ctx
+                .publish_cached(&value, include_sha256, || {
+                    Ok(RecordBatch::try_new(schema, vec![Arc::new(arrow_array::StringArray::from(vec![value.clone()]))])?)
+                })
+                .await
+                .map_err(|_| RpcError::new("RuntimeError", "published_string requires external storage"))?;
+            Ok(reference)
         })
         .unary("echo_int", "value: int64", "result: int64", echo("value"))
         .unary("echo_float", "value: float64", "result: float64", echo("value"))

@@ -281,7 +281,8 @@ async fn prepare(
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
         limit,
-    );
+    )
+    .with_external(server.external.clone());
     Ok((ctx, Args::new(batch.batch)))
 }
 
@@ -364,6 +365,26 @@ async fn unary(
     drop(body);
     let schema = result.clone().unwrap_or_else(wire::empty_schema);
     let reply = handler(ctx.clone(), args).await;
+    if let Ok(Reply::External(reference)) = &reply {
+        // A pre-published batch: the body is only the pointer.
+        let mut metadata = vec![(wire::LOCATION_KEY.to_string(), reference.location.clone())];
+        if let Some(sha256) = &reference.sha256 {
+            metadata.push((wire::LOCATION_SHA256_KEY.to_string(), sha256.clone()));
+        }
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::new(&mut out, &schema)?;
+        write_logs(&mut writer, &ctx, server, info)?;
+        writer.write_metadata_only(&metadata)?;
+        writer.finish();
+        return Ok(finish_response(
+            server,
+            info,
+            &method.name,
+            &schema,
+            limit,
+            out,
+        ));
+    }
     let batch = match reply.and_then(|reply| result_batch(&schema, reply)) {
         Ok(batch) => batch,
         Err(error) => {
@@ -427,6 +448,10 @@ fn result_batch(schema: &SchemaRef, reply: Reply) -> Result<RecordBatch, RpcErro
             vec![],
             &RecordBatchOptions::new().with_row_count(Some(0)),
         )?),
+        Reply::External(_) => Err(RpcError::new(
+            "RuntimeError",
+            "a pointer reply is written by the caller",
+        )),
         Reply::Value(column) => {
             if column.len() != 1 {
                 return Err(RpcError::new(
@@ -931,17 +956,13 @@ async fn exchange(
                 .filter(|e| e.should_externalize(&data))
             {
                 Some(external) => {
-                    // The data (with its logs and user metadata) goes to storage;
-                    // the pointer batch keeps the state token.
+                    // The whole cycle goes to storage, the new cursor on the data
+                    // batch included, as upstream does: the client reads the token
+                    // from the resolved batch. The pointer carries only the location.
                     let mut cycle = Vec::new();
                     let mut writer = StreamWriter::new(&mut cycle, &output_schema)?;
                     write_logs(&mut writer, &ctx, server, info)?;
-                    let user: Metadata = metadata
-                        .iter()
-                        .filter(|(k, _)| k != wire::STATE_KEY)
-                        .cloned()
-                        .collect();
-                    writer.write(&data, &user)?;
+                    writer.write(&data, &metadata)?;
                     writer.finish();
                     let pointer = external.externalize(cycle).await?;
                     server.hosting.metrics.externalized_batches.inc();
@@ -950,15 +971,8 @@ async fn exchange(
                         .metrics
                         .externalized_bytes
                         .inc_by(pointer.uploaded_bytes);
-                    let mut pointer_metadata = External::pointer_metadata(&pointer);
-                    pointer_metadata.extend(
-                        metadata
-                            .iter()
-                            .filter(|(k, _)| k == wire::STATE_KEY)
-                            .cloned(),
-                    );
                     let mut writer = StreamWriter::new(&mut out, &output_schema)?;
-                    writer.write_metadata_only(&pointer_metadata)?;
+                    writer.write_metadata_only(&External::pointer_metadata(&pointer))?;
                     writer.finish();
                 }
                 None => {

@@ -71,7 +71,7 @@ pub struct Server {
     pub(crate) config: HttpConfig,
     pub(crate) keys: KeyRing,
     pub(crate) hosting: Hosting,
-    pub(crate) external: Option<External>,
+    pub(crate) external: Option<Arc<External>>,
 }
 
 impl Server {
@@ -117,7 +117,7 @@ impl Server {
             config,
             keys,
             hosting,
-            external,
+            external: external.map(Arc::new),
         })
     }
 
@@ -133,7 +133,7 @@ impl Server {
     pub fn with_external(self: Arc<Self>, external: External) -> Arc<Server> {
         match Arc::try_unwrap(self) {
             Ok(mut server) => {
-                server.external = Some(external);
+                server.external = Some(Arc::new(external));
                 Arc::new(server)
             }
             Err(_) => panic!("with_external must be called before the server is shared"),
@@ -141,7 +141,7 @@ impl Server {
     }
 
     pub fn external(&self) -> Option<&External> {
-        self.external.as_ref()
+        self.external.as_deref()
     }
 
     pub fn hosting(&self) -> &Hosting {
@@ -569,10 +569,15 @@ async fn read_body(
         .map(|l| l as usize)
         .unwrap_or(usize::MAX);
     let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
-    let read = axum::body::to_bytes(request.into_body(), limit);
+    let read = read_limited_body(request.into_body(), limit);
     let raw = match tokio::time::timeout(server.hosting.read_timeout, read).await {
-        Ok(Ok(raw)) => raw,
-        Ok(Err(_)) => return Err(payload_too_large(server)),
+        Ok(Ok(Some(raw))) => raw,
+        Ok(Ok(None)) => return Err(payload_too_large(server)),
+        Ok(Err(_)) => {
+            let error =
+                RpcError::bad_request("ProtocolError", "the request body could not be read");
+            return Err(error_response(server, info, &error, &wire::empty_schema()));
+        }
         Err(_) => {
             let error = RpcError::new(
                 "TimeoutError",
@@ -613,6 +618,41 @@ async fn read_body(
             serde_json::json!({"title": "500 Internal Server Error"}),
         )),
     }
+}
+
+/// How much of an over-limit body is read and thrown away before the 413.
+const MAX_DRAIN_BYTES: usize = 512 * 1024 * 1024;
+
+/// Reads a body up to `limit` bytes; `None` when it is larger.
+///
+/// An over-limit body is drained (up to [`MAX_DRAIN_BYTES`], within the read
+/// timeout) before the 413 goes out: a client still sending when the server
+/// answers and closes sees a broken connection instead of the 413 that tells
+/// the vgi-rpc client to retry through an upload URL.
+async fn read_limited_body(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut collected = bytes::BytesMut::new();
+    let mut over_limit = false;
+    let mut drained = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if over_limit {
+            drained += data.len();
+            if drained > MAX_DRAIN_BYTES {
+                break;
+            }
+        } else if collected.len() + data.len() > limit {
+            over_limit = true;
+            drained = collected.len() + data.len();
+            collected = bytes::BytesMut::new();
+        } else {
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok((!over_limit).then(|| collected.freeze()))
 }
 
 fn payload_too_large(server: &Server) -> Response {

@@ -50,6 +50,7 @@ struct CtxInner {
     request_id: String,
     metadata: Metadata,
     response_limit: Option<u64>,
+    external: Option<Arc<crate::storage::External>>,
 }
 
 impl Ctx {
@@ -66,8 +67,35 @@ impl Ctx {
                 request_id,
                 metadata,
                 response_limit,
+                external: None,
             }),
         }
+    }
+
+    pub(crate) fn with_external(mut self, external: Option<Arc<crate::storage::External>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.external = external;
+        }
+        self
+    }
+
+    /// Publishes a one-row result batch to external storage once and returns a
+    /// reference every later call can return without uploading again (upstream's
+    /// `publish_external`). `key` names the cached value; `include_sha256` adds
+    /// a digest to the pointer.
+    pub async fn publish_cached(
+        &self,
+        key: &str,
+        include_sha256: bool,
+        batch: impl FnOnce() -> Result<RecordBatch, RpcError>,
+    ) -> Result<ExternalRef, RpcError> {
+        let Some(external) = self.inner.external.as_ref() else {
+            return Err(RpcError::new(
+                "RuntimeError",
+                "this server has no external storage configured",
+            ));
+        };
+        external.publish_cached(key, include_sha256, batch).await
     }
 
     /// Sends a log message to the client, ahead of this call's result.
@@ -154,6 +182,21 @@ pub enum Reply {
     Value(ArrayRef),
     /// A method returning nothing.
     Void,
+    /// A pointer to a batch already in external storage.
+    External(ExternalRef),
+}
+
+/// A batch published to external storage: what a pointer batch carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRef {
+    pub location: String,
+    pub sha256: Option<String>,
+}
+
+impl IntoReply for ExternalRef {
+    fn into_reply(self, _result: Option<&Schema>) -> Result<Reply, RpcError> {
+        Ok(Reply::External(self))
+    }
 }
 
 pub trait IntoReply {

@@ -163,7 +163,7 @@ impl LocalStorage {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         match write_object(path, bytes, encoding.as_deref()).await {
-            Ok(()) => plain(StatusCode::OK, ""),
+            Ok(()) => plain(StatusCode::NO_CONTENT, ""),
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "failed to store an uploaded object");
                 plain(

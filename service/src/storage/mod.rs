@@ -12,9 +12,14 @@
 //! itself under HMAC-signed URLs), `s3` (feature `s3`), `gcs` (V4 signed URLs),
 //! `azure` (SAS URLs).
 
+pub mod azure;
 pub mod fetch;
+pub mod gcs;
 pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod settings;
+mod signing;
 
 use std::time::SystemTime;
 
@@ -89,6 +94,9 @@ pub struct External {
     pub max_externalized_response_bytes: Option<u64>,
     pub max_upload_bytes: Option<u64>,
     pub fetcher: fetch::Fetcher,
+    /// References published once and reused (`Ctx::publish_cached`).
+    pub published:
+        tokio::sync::Mutex<std::collections::HashMap<(String, bool), crate::rpc::ExternalRef>>,
 }
 
 /// The pointer metadata of an uploaded object.
@@ -105,8 +113,19 @@ impl External {
         batch.num_rows() > 0 && batch.get_array_memory_size() as u64 >= self.threshold_bytes
     }
 
-    /// Hashes the raw IPC bytes, compresses, checks the cap, uploads.
+    /// Checks the cap on raw IPC bytes (as upstream measures it), hashes them,
+    /// compresses, uploads.
     pub async fn externalize(&self, ipc: Vec<u8>) -> Result<Pointer, crate::wire::RpcError> {
+        let raw_bytes = ipc.len() as u64;
+        if let Some(cap) = self.max_externalized_response_bytes
+            && raw_bytes > cap
+        {
+            return Err(crate::wire::RpcError::new(
+                "ResponseTooLargeError",
+                format!("Externalised payload exceeds max_externalized_response_bytes ({raw_bytes} > {cap})"),
+            )
+            .with_code(crate::wire::ErrorCode::ResourceExhausted));
+        }
         let compression = self.compression;
         let (sha256, body) = tokio::task::spawn_blocking(move || {
             use sha2::Digest;
@@ -131,15 +150,6 @@ impl External {
             crate::wire::RpcError::new("RuntimeError", format!("compression task failed: {e}"))
         })?;
         let uploaded_bytes = body.len() as u64;
-        if let Some(cap) = self.max_externalized_response_bytes
-            && uploaded_bytes > cap
-        {
-            return Err(crate::wire::RpcError::new(
-                "ResponseTooLargeError",
-                format!("externalized batch of {uploaded_bytes} bytes exceeds max_externalized_response_bytes ({cap})"),
-            )
-            .with_code(crate::wire::ErrorCode::ResourceExhausted));
-        }
         let location = self.storage.upload(Bytes::from(body), compression.content_encoding()).await.map_err(|error| {
             tracing::error!(backend = self.storage.name(), %error, "externalization upload failed");
             crate::wire::RpcError::new("ExternalStorageError", format!("failed to store a large batch in `{}` storage", self.storage.name()))
@@ -150,6 +160,28 @@ impl External {
             sha256,
             uploaded_bytes,
         })
+    }
+
+    /// Publishes `batch` once per `(key, include_sha256)`, compressed as configured.
+    pub async fn publish_cached(
+        &self,
+        key: &str,
+        include_sha256: bool,
+        batch: impl FnOnce() -> Result<arrow_array::RecordBatch, crate::wire::RpcError>,
+    ) -> Result<crate::rpc::ExternalRef, crate::wire::RpcError> {
+        let mut published = self.published.lock().await;
+        if let Some(found) = published.get(&(key.to_string(), include_sha256)) {
+            return Ok(found.clone());
+        }
+        let batch = batch()?;
+        let ipc = crate::wire::ipc::stream_bytes(&batch.schema(), std::slice::from_ref(&batch))?;
+        let pointer = self.externalize(ipc).await?;
+        let reference = crate::rpc::ExternalRef {
+            location: pointer.location,
+            sha256: include_sha256.then_some(pointer.sha256),
+        };
+        published.insert((key.to_string(), include_sha256), reference.clone());
+        Ok(reference)
     }
 
     /// Metadata of a pointer batch.
@@ -199,11 +231,27 @@ pub fn open(
             )?);
             (local.clone(), Some(local))
         }
-        other => {
-            return Err(StorageError::Config(format!(
-                "`KIT_STORAGE={}` is not available in this build of kit-service",
-                other.as_str()
-            )));
+        settings::Provider::Gcs => (
+            std::sync::Arc::new(gcs::GcsStorage::from_env(
+                settings,
+                &crate::config::ProcessEnv,
+            )?),
+            None,
+        ),
+        settings::Provider::Azure => (
+            std::sync::Arc::new(azure::AzureStorage::from_env(
+                settings,
+                &crate::config::ProcessEnv,
+            )?),
+            None,
+        ),
+        #[cfg(feature = "s3")]
+        settings::Provider::S3 => (std::sync::Arc::new(s3::S3Storage::new(settings)?), None),
+        #[cfg(not(feature = "s3"))]
+        settings::Provider::S3 => {
+            return Err(StorageError::Config(
+                "`KIT_STORAGE=s3` is not available in this build of kit-service: rebuild with `--features s3`".into(),
+            ));
         }
     };
     let fetcher = fetch::Fetcher::new(fetch).map_err(|e| StorageError::Config(e.to_string()))?;
@@ -215,5 +263,6 @@ pub fn open(
         max_externalized_response_bytes: settings.max_externalized_response_bytes,
         max_upload_bytes: settings.max_upload_bytes,
         fetcher,
+        published: Default::default(),
     })
 }

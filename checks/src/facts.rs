@@ -1,0 +1,346 @@
+//! The plain data every check judges.
+//!
+//! `deploy-kit` builds [`Facts`] from `deploy-kit.yaml` and `kit-service`
+//! builds them from its environment; the checks never read files, env or the
+//! network themselves. Facts hold no secrets: a signing key enters only as the
+//! [`KeyMaterial`] measurements taken from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::date::Date;
+use crate::platform::Platform;
+use crate::waiver::Waiver;
+
+/// Everything the doctor knows about one deployment target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    /// Where the settings came from (`deploy-kit.yaml`, `environment`); SARIF
+    /// and GitHub annotations point at it.
+    pub origin: String,
+    /// The date waivers are judged against.
+    pub today: Date,
+    pub target: TargetFacts,
+    pub limits: LimitFacts,
+    pub signing_key: KeyFacts,
+    pub storage: Option<StorageFacts>,
+    pub security: SecurityFacts,
+    /// Rendered manifests (k8s YAML, compose files, Dockerfiles).
+    pub manifests: Vec<Manifest>,
+    /// Base URLs of running replicas, for the online checks.
+    pub replicas: Vec<String>,
+    pub waivers: Vec<Waiver>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetFacts {
+    pub name: String,
+    pub platform: Platform,
+    /// Most instances the target may run at once.
+    pub instances: u32,
+    /// Server processes per instance.
+    pub workers: u32,
+    /// Reachable from the internet.
+    pub public: bool,
+    /// Serves production traffic (stricter rules for reflection and debug).
+    pub production: bool,
+    /// The address the process binds, when known (`0.0.0.0:8080`).
+    pub bind: Option<String>,
+    /// Overrides the platform's default termination grace.
+    pub termination_grace_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitFacts {
+    pub max_request_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
+    /// Results above this go to external storage.
+    pub externalize_threshold_bytes: Option<u64>,
+    /// Upload URL vending for large inputs.
+    pub upload_urls: bool,
+    pub request_timeout_seconds: u64,
+    /// Longest a whole stream may stay open, when limited.
+    pub stream_timeout_seconds: Option<u64>,
+    pub shutdown_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum KeySource {
+    /// No key: each process draws a random one.
+    Ephemeral,
+    /// An environment variable injected by the platform (possibly from a secret).
+    Env { variable: String },
+    /// A mounted secret file.
+    File { path: String },
+    /// A secret manager reference (`gcp:...`, `aws:...`, `k8s:...`).
+    SecretStore { reference: String },
+    /// Written into the config itself.
+    Literal,
+}
+
+/// Measurements of a key, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyMaterial {
+    pub length: usize,
+    pub distinct_bytes: usize,
+    /// Shannon entropy of the byte histogram, bits per byte.
+    pub entropy_bits_per_byte: f64,
+    /// Matches a known placeholder (`changeme`, `secret`, a repeated character).
+    pub placeholder: bool,
+}
+
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "password",
+    "example",
+    "placeholder",
+    "replace-me",
+    "replaceme",
+    "your-signing-key",
+    "your-secret-key",
+    "signing-key",
+    "dev-signing-key",
+    "insecure",
+    "todo",
+    "xxx",
+    "test",
+];
+
+impl KeyMaterial {
+    /// Measures `secret` (already decoded from `hex:`/`base64:`).
+    pub fn inspect(secret: &[u8]) -> KeyMaterial {
+        let mut counts = [0usize; 256];
+        for byte in secret {
+            counts[usize::from(*byte)] += 1;
+        }
+        let length = secret.len();
+        let entropy = if length == 0 {
+            0.0
+        } else {
+            counts
+                .iter()
+                .filter(|c| **c > 0)
+                .map(|c| {
+                    let p = *c as f64 / length as f64;
+                    -p * p.log2()
+                })
+                .sum()
+        };
+        let lowered = String::from_utf8_lossy(secret).to_ascii_lowercase();
+        let stripped: String = lowered
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        let placeholder = PLACEHOLDERS.iter().any(|p| {
+            stripped == *p
+                || (stripped.starts_with(p)
+                    && stripped[p.len()..].chars().all(|c| !c.is_alphabetic()))
+                || stripped.contains("changeme")
+                || stripped.contains("placeholder")
+                || stripped.contains("replace-me")
+        });
+        KeyMaterial {
+            length,
+            distinct_bytes: counts.iter().filter(|c| **c > 0).count(),
+            entropy_bits_per_byte: entropy,
+            placeholder,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviousKey {
+    /// When this key stopped signing, if recorded.
+    pub retired_on: Option<Date>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyFacts {
+    pub source: KeySource,
+    /// Present when the key itself is visible here (inside the container, or a literal).
+    pub material: Option<KeyMaterial>,
+    /// Fingerprint of the primary key when known (`/healthz` reports the same value).
+    pub fingerprint: Option<String>,
+    pub previous: Vec<PreviousKey>,
+    /// Lifetime of stream tokens; 0 means tokens never expire.
+    pub token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageProvider {
+    S3,
+    Gcs,
+    R2,
+    /// Any other S3-compatible store (SeaweedFS, MinIO).
+    S3Compatible,
+}
+
+/// The credential that signs presigned URLs; it bounds their lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Credential {
+    /// Long-lived access keys (SigV4 and GCS V4 allow at most 7 days).
+    StaticKeys,
+    /// Temporary credentials from an assumed role: the URL dies with the session.
+    AssumedRole { session_seconds: u64 },
+    /// Instance or task role credentials, rotated about every 6 hours.
+    InstanceRole,
+    /// A GCS service account signing through IAM (V4: at most 7 days).
+    ServiceAccount,
+}
+
+impl Credential {
+    /// The longest presigned URL this credential can grant.
+    pub fn max_presign_seconds(self) -> u64 {
+        match self {
+            Credential::StaticKeys | Credential::ServiceAccount => 7 * 24 * 3600,
+            Credential::AssumedRole { session_seconds } => session_seconds,
+            Credential::InstanceRole => 6 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageFacts {
+    pub provider: StorageProvider,
+    pub bucket: String,
+    /// The prefix every object the service writes starts with.
+    pub prefix: String,
+    /// Base URL of download (and upload) URLs handed to clients.
+    pub url_base: String,
+    /// Lifecycle expiration the deploy sets on `prefix`, in days.
+    pub expiry_days: Option<u32>,
+    /// Lifecycle rule aborting incomplete multipart uploads, in days.
+    pub abort_multipart_days: Option<u32>,
+    pub presign_ttl_seconds: u64,
+    pub credential: Credential,
+    /// Origins the bucket's CORS configuration allows.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecurityFacts {
+    pub require_auth: bool,
+    pub api_keys_configured: bool,
+    pub cors_origins: Vec<String>,
+    /// `N/SECONDS`, or `None` when off.
+    pub rate_limit: Option<String>,
+    pub reflection: bool,
+    /// Debug logging or debug endpoints.
+    pub debug: bool,
+    /// Tracebacks sent to clients in error batches.
+    pub tracebacks: bool,
+}
+
+/// One rendered file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub path: String,
+    pub text: String,
+}
+
+impl Manifest {
+    pub fn kind(&self) -> ManifestKind {
+        let name = self
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.path)
+            .to_ascii_lowercase();
+        if name.starts_with("dockerfile") || name.ends_with(".dockerfile") {
+            ManifestKind::Dockerfile
+        } else if name.contains("compose") {
+            ManifestKind::Compose
+        } else if self.text.contains("kind: Deployment") || self.text.contains("kind: StatefulSet")
+        {
+            ManifestKind::KubernetesWorkload
+        } else {
+            ManifestKind::Other
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestKind {
+    Dockerfile,
+    Compose,
+    KubernetesWorkload,
+    Other,
+}
+
+impl Facts {
+    /// Facts for a single, private, well-configured instance; tests and
+    /// callers start here and change what they judge.
+    pub fn baseline(today: Date) -> Facts {
+        Facts {
+            origin: "deploy-kit.yaml".into(),
+            today,
+            target: TargetFacts {
+                name: "local".into(),
+                platform: Platform::Compose,
+                instances: 1,
+                workers: 1,
+                public: false,
+                production: false,
+                bind: Some("127.0.0.1:8080".into()),
+                termination_grace_seconds: None,
+            },
+            limits: LimitFacts {
+                max_request_bytes: None,
+                max_response_bytes: None,
+                externalize_threshold_bytes: None,
+                upload_urls: false,
+                request_timeout_seconds: 300,
+                stream_timeout_seconds: None,
+                shutdown_grace_seconds: 5,
+            },
+            signing_key: KeyFacts {
+                source: KeySource::Ephemeral,
+                material: None,
+                fingerprint: None,
+                previous: Vec::new(),
+                token_ttl_seconds: 3600,
+            },
+            storage: None,
+            security: SecurityFacts {
+                require_auth: false,
+                api_keys_configured: false,
+                cors_origins: Vec::new(),
+                rate_limit: None,
+                reflection: true,
+                debug: false,
+                tracebacks: false,
+            },
+            manifests: Vec::new(),
+            replicas: Vec::new(),
+            waivers: Vec::new(),
+        }
+    }
+
+    /// Processes that may serve one stream's turns.
+    pub fn processes(&self) -> u64 {
+        u64::from(self.target.instances.max(1)) * u64::from(self.target.workers.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_material_spots_placeholders_and_low_entropy() {
+        assert!(KeyMaterial::inspect(b"changeme").placeholder);
+        assert!(KeyMaterial::inspect(b"changeme-changeme-changeme-changeme").placeholder);
+        assert!(KeyMaterial::inspect(b"secret123").placeholder);
+        let random = KeyMaterial::inspect(b"9f2c4e7a1b3d5f60a8c2e4f6b1d3a5c7e9f0b2d4");
+        assert!(!random.placeholder);
+        assert!(random.entropy_bits_per_byte > 3.0);
+        let repeated = KeyMaterial::inspect(&[b'a'; 40]);
+        assert_eq!(repeated.distinct_bytes, 1);
+        assert_eq!(repeated.entropy_bits_per_byte, 0.0);
+    }
+}

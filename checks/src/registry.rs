@@ -1,0 +1,344 @@
+//! The registry: every check's stable id, alias, severity and words.
+//!
+//! Ids never change meaning once released (CI configs and waivers name them);
+//! aliases are the readable form and are accepted wherever an id is.
+//! `docs/checks.md` is generated from this table, so the words live here once.
+
+use serde::Serialize;
+
+use crate::Severity;
+
+/// Whether a check needs the live world (storage, replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Offline,
+    Online,
+}
+
+/// One registered check.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub alias: &'static str,
+    pub severity: Severity,
+    pub mode: Mode,
+    /// What is wrong, in one line.
+    pub message: &'static str,
+    /// The exact command or setting that fixes it.
+    pub hint: &'static str,
+    /// Why it matters.
+    pub rationale: &'static str,
+}
+
+/// Where the generated docs live, relative to the repository root.
+pub const DOCS_PATH: &str = "docs/checks.md";
+/// Base of `helpUri` in SARIF.
+pub const DOCS_URL: &str = "https://github.com/deploy-kit/deploy-kit/blob/main/docs/checks.md";
+
+impl Check {
+    /// The heading anchor in `docs/checks.md` (`key001-no-shared-signing-key`).
+    pub fn anchor(&self) -> String {
+        format!("{}-{}", self.id.to_ascii_lowercase(), self.alias)
+    }
+
+    pub fn docs_url(&self) -> String {
+        format!("{DOCS_URL}#{}", self.anchor())
+    }
+}
+
+/// Finds a check by id (`KEY001`, any case) or alias (`no-shared-signing-key`).
+pub fn find(name: &str) -> Option<&'static Check> {
+    CHECKS
+        .iter()
+        .find(|c| c.id.eq_ignore_ascii_case(name) || c.alias == name)
+}
+
+const fn check(
+    id: &'static str,
+    alias: &'static str,
+    severity: Severity,
+    mode: Mode,
+    message: &'static str,
+    hint: &'static str,
+    rationale: &'static str,
+) -> Check {
+    Check {
+        id,
+        alias,
+        severity,
+        mode,
+        message,
+        hint,
+        rationale,
+    }
+}
+
+use Mode::{Offline, Online};
+use Severity::{Error, Warn};
+
+/// Every check, in report order.
+pub const CHECKS: &[Check] = &[
+    check(
+        "KEY001",
+        "no-shared-signing-key",
+        Error,
+        Offline,
+        "no shared signing key on a target with more than one instance or worker",
+        "set `signing_key.source: secret` and `signing_key.secret: <reference>` in deploy-kit.yaml (the service reads `VGI_SIGNING_KEY`/`VGI_SIGNING_KEY_FILE`); create one with `openssl rand -hex 32`",
+        "Stream state tokens are HMAC-signed. Without a shared key every process draws a random one, so a stream turn routed to another instance or worker fails signature verification.",
+    ),
+    check(
+        "KEY002",
+        "weak-signing-key",
+        Error,
+        Offline,
+        "signing key shorter than 32 bytes, low in entropy, or a known placeholder",
+        "generate a new key with `openssl rand -hex 32` and store it as `hex:<value>` in the secret store",
+        "A short or guessable key lets anyone forge stream state tokens, and with them the server-side state of every stream.",
+    ),
+    check(
+        "KEY003",
+        "literal-signing-key",
+        Error,
+        Offline,
+        "signing key written as a literal in config or manifests instead of coming from a secret store",
+        "remove the literal and use `signing_key.source: secret` (k8s: `valueFrom.secretKeyRef`; Cloud Run: `--set-secrets VGI_SIGNING_KEY=<secret>:latest`)",
+        "Config files and manifests end up in git, CI logs and image layers; a key found there must be treated as leaked.",
+    ),
+    check(
+        "KEY004",
+        "replica-key-mismatch",
+        Error,
+        Online,
+        "replicas report different signing key fingerprints",
+        "give every replica the same `VGI_SIGNING_KEY` (one secret version) and restart them; compare `curl -s <replica>/healthz | jq .signing_key`",
+        "A stream opened on one replica and continued on another fails whenever their keys differ, which looks like random 401s under load.",
+    ),
+    check(
+        "KEY005",
+        "unfinished-key-rotation",
+        Warn,
+        Offline,
+        "previous signing keys kept longer than the token lifetime requires",
+        "remove the retired key from `signing_key.previous` (service: `VGI_SIGNING_KEY_PREVIOUS`) once `token_ttl_seconds` has passed since the rotation",
+        "A previous key only has to verify tokens minted before the rotation; after one token lifetime it only widens the window for a leaked old key.",
+    ),
+    check(
+        "LIM001",
+        "request-limit-over-platform",
+        Error,
+        Offline,
+        "max request bytes above the platform's request limit less headroom",
+        "set `limits.max_request_bytes` (service: `KIT_MAX_REQUEST_BYTES`) at or below the usable limit the message names",
+        "Clients size requests by the advertised `VGI-Max-Request-Bytes`; when it exceeds what the platform accepts, large calls die with a platform 413 the client cannot interpret.",
+    ),
+    check(
+        "LIM002",
+        "response-limit-no-headroom",
+        Error,
+        Offline,
+        "response limit or externalization threshold leaves no headroom under the platform's response limit",
+        "set `limits.max_response_bytes` (service: `KIT_MAX_RESPONSE_BYTES`) and `limits.externalize_threshold_bytes` below the usable response limit",
+        "A response over the platform limit is cut by the platform, not turned into a clean `RESOURCE_EXHAUSTED` error or an external-storage pointer.",
+    ),
+    check(
+        "LIM003",
+        "timeout-over-platform",
+        Error,
+        Offline,
+        "request or stream timeout above the platform's timeout",
+        "set `limits.request_timeout_seconds` (service: `KIT_REQUEST_TIMEOUT`) and `limits.stream_timeout_seconds` at or below the platform timeout",
+        "The platform kills the request first, so the client sees a gateway error instead of the service's own timeout error.",
+    ),
+    check(
+        "LIM004",
+        "size-limited-without-storage",
+        Warn,
+        Offline,
+        "size-limited platform with no external storage configured",
+        "add a `storage:` block (provider, bucket, prefix) to deploy-kit.yaml so large results and uploads go through object storage",
+        "Without external storage, any batch above the platform's body limit fails; with it, the service returns a pointer and the data bypasses the platform.",
+    ),
+    check(
+        "LIM005",
+        "small-requests-without-upload-urls",
+        Warn,
+        Offline,
+        "upload URLs are off while max request bytes is small",
+        "set `limits.upload_urls: true` (requires `storage:`) or raise `limits.max_request_bytes`",
+        "With a small request limit and no upload URLs, clients have no way to send large inputs at all.",
+    ),
+    check(
+        "STO001",
+        "storage-unreachable",
+        Error,
+        Online,
+        "bucket unreachable or credentials rejected",
+        "check `storage.bucket`, `storage.endpoint` and the credentials of the service identity (`aws s3 ls s3://<bucket>` / `gcloud storage ls gs://<bucket>`)",
+        "Every externalized result and upload depends on the bucket; a misconfigured one breaks exactly the large calls.",
+    ),
+    check(
+        "STO002",
+        "storage-round-trip",
+        Error,
+        Online,
+        "put, get, delete round trip against the bucket fails",
+        "grant the service identity put/get/delete on `<bucket>/<prefix>*` (S3: `s3:PutObject`, `s3:GetObject`, `s3:DeleteObject`; GCS: `roles/storage.objectUser`)",
+        "Listing a bucket proves little: the service writes, reads back and deletes objects under its prefix.",
+    ),
+    check(
+        "STO003",
+        "insecure-download-urls",
+        Error,
+        Offline,
+        "download URLs handed to clients are not https",
+        "set `storage.endpoint` to an `https://` URL",
+        "Presigned URLs are bearer credentials and carry result data; over plain HTTP both can be read and altered in transit.",
+    ),
+    check(
+        "STO004",
+        "no-lifecycle-expiry",
+        Warn,
+        Offline,
+        "no lifecycle expiration rule covers the prefix the service writes",
+        "set `storage.expiry_days: 1` (deploy-kit creates the rule for `storage.prefix`); by hand: an expiration rule whose filter prefix is the service prefix",
+        "vgi-rpc never deletes externalized objects; without an expiration rule the bucket grows forever and old results stay readable.",
+    ),
+    check(
+        "STO005",
+        "no-abort-multipart-rule",
+        Warn,
+        Offline,
+        "no lifecycle rule aborts incomplete multipart uploads",
+        "set `storage.abort_multipart_days: 1` in deploy-kit.yaml",
+        "Interrupted large uploads leave invisible multipart parts that are billed until aborted.",
+    ),
+    check(
+        "STO006",
+        "presign-ttl-over-credential",
+        Error,
+        Offline,
+        "presign TTL longer than the signing credential can grant",
+        "lower `storage.presign_ttl_seconds` to at most the credential's limit the message names, or sign with a longer-lived credential",
+        "A presigned URL dies with the credential that signed it; clients then get 403s on URLs that claim to be valid.",
+    ),
+    check(
+        "STO007",
+        "bucket-cors-missing",
+        Warn,
+        Offline,
+        "CORS origins are set but the bucket has no CORS rule for browser uploads",
+        "set `storage.cors_origins` to the origins in `cors.origins` (deploy-kit applies them to the bucket)",
+        "Browsers upload straight to the presigned URL; without a bucket CORS rule for the page's origin the upload is blocked.",
+    ),
+    check(
+        "SEC001",
+        "auth-not-required",
+        Error,
+        Offline,
+        "auth is not required on a public target or non-loopback bind",
+        "set `auth.required: true` with `auth.api_keys` from a secret (service: `KIT_API_KEYS_FILE`, `KIT_REQUIRE_AUTH=true`)",
+        "Anyone who can reach the port can call every method and consume the platform's compute and storage.",
+    ),
+    check(
+        "SEC002",
+        "cors-wildcard-with-auth",
+        Error,
+        Offline,
+        "CORS allows any origin (`*`) while auth is on",
+        "list the allowed origins in `cors.origins` (service: `KIT_CORS_ORIGINS=https://app.example.com`)",
+        "A wildcard lets any web page drive the API with whatever credential a visitor's browser holds.",
+    ),
+    check(
+        "SEC003",
+        "reflection-in-production",
+        Warn,
+        Offline,
+        "reflection/describe is on in production",
+        "set `reflection: false` (service: `KIT_REFLECTION=false`)",
+        "Reflection publishes every method and schema, a map for anyone probing the service.",
+    ),
+    check(
+        "SEC004",
+        "no-rate-limit",
+        Warn,
+        Offline,
+        "no rate limit on a public target",
+        "set `rate_limit: 100/60` (service: `KIT_RATE_LIMIT=100/60`)",
+        "A public endpoint without a rate limit can be run up to the platform's scaling limit and billed accordingly.",
+    ),
+    check(
+        "SEC005",
+        "debug-enabled",
+        Error,
+        Offline,
+        "tracebacks or debug output are on",
+        "set `debug: false` and `tracebacks: false` (service: unset `RUST_LOG=debug`/`trace`)",
+        "Debug output and tracebacks leak internals (paths, queries, sometimes secrets) to logs and clients.",
+    ),
+    check(
+        "OPS001",
+        "missing-health-probes",
+        Warn,
+        Offline,
+        "rendered manifests lack liveness/readiness probes",
+        "add `livenessProbe: {httpGet: {path: /livez, port: 8080}}` and `readinessProbe: {httpGet: {path: /readyz, port: 8080}}` (compose: `healthcheck:` on `/healthz`)",
+        "Without readiness the platform routes traffic to starting or draining processes; without liveness a wedged process is never replaced.",
+    ),
+    check(
+        "OPS002",
+        "shutdown-grace-over-platform",
+        Warn,
+        Offline,
+        "shutdown grace longer than the platform's termination grace",
+        "set `limits.shutdown_grace_seconds` (service: `KIT_SHUTDOWN_GRACE`) below the platform's grace, or raise `terminationGracePeriodSeconds`",
+        "The platform sends SIGKILL when its grace ends; in-flight requests the drain meant to finish are cut off anyway.",
+    ),
+    check(
+        "OPS003",
+        "synthetic-probe",
+        Warn,
+        Online,
+        "synthetic probe failed: a call through external storage, or a stream continued on another replica",
+        "run `deploy-kit doctor --online --explain OPS003` and fix the failing step it names",
+        "Only an end-to-end call proves that externalization and cross-replica streams work together in the deployed system.",
+    ),
+    check(
+        "DOC001",
+        "expired-waiver",
+        Warn,
+        Offline,
+        "a waiver in deploy-kit.yaml has expired",
+        "fix the finding, or renew the waiver with a new `expires:` date at most 90 days ahead",
+        "Waivers are temporary by design: an expired one re-raises its finding so that nothing stays silenced forever.",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_and_aliases_are_unique_and_well_formed() {
+        let mut seen = HashSet::new();
+        for check in CHECKS {
+            assert!(seen.insert(check.id), "duplicate {}", check.id);
+            assert!(seen.insert(check.alias), "duplicate {}", check.alias);
+            assert_eq!(check.id.len(), 6, "{}", check.id);
+            assert!(
+                check
+                    .alias
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '-' || c.is_ascii_digit()),
+                "{} is not kebab-case",
+                check.alias
+            );
+            assert!(!check.message.ends_with('.') && !check.hint.is_empty());
+        }
+        assert_eq!(find("key001").unwrap().alias, "no-shared-signing-key");
+        assert_eq!(find("replica-key-mismatch").unwrap().id, "KEY004");
+        assert!(find("NOPE01").is_none());
+    }
+}

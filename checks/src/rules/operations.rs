@@ -1,0 +1,203 @@
+//! OPS001-OPS003: health probes, shutdown and an end-to-end probe.
+
+use super::{Context, Verdict};
+use crate::facts::{Facts, ManifestKind};
+
+pub(super) fn probes(facts: &Facts) -> Verdict {
+    let mut inspected = 0;
+    let mut missing = Vec::new();
+    for manifest in &facts.manifests {
+        let needed: &[&str] = match manifest.kind() {
+            ManifestKind::KubernetesWorkload => &["livenessProbe", "readinessProbe"],
+            ManifestKind::Compose => &["healthcheck"],
+            _ => continue,
+        };
+        inspected += 1;
+        for probe in needed {
+            if !manifest.text.contains(&format!("{probe}:")) {
+                missing.push(format!("{} has no `{probe}`", manifest.path));
+            }
+        }
+    }
+    if inspected == 0 {
+        Verdict::Skip("no rendered Kubernetes or compose manifests to inspect".into())
+    } else if missing.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(missing.join("; "))
+    }
+}
+
+/// `terminationGracePeriodSeconds: N` from a rendered Kubernetes manifest.
+fn manifest_grace(facts: &Facts) -> Option<u64> {
+    facts.manifests.iter().find_map(|manifest| {
+        manifest.text.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix("terminationGracePeriodSeconds:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+    })
+}
+
+pub(super) fn shutdown_grace(facts: &Facts) -> Verdict {
+    let platform = facts.target.platform;
+    let grace = facts
+        .target
+        .termination_grace_seconds
+        .or_else(|| manifest_grace(facts))
+        .or(platform.limits().termination_grace_seconds);
+    let Some(grace) = grace else {
+        return Verdict::Skip(format!(
+            "`{}` documents no termination grace; set `termination_grace_seconds` on the target to judge",
+            platform.name()
+        ));
+    };
+    let shutdown = facts.limits.shutdown_grace_seconds;
+    if shutdown > grace {
+        Verdict::Fail(format!(
+            "`shutdown_grace_seconds` is {shutdown} but `{}` kills the process {grace} s after SIGTERM",
+            platform.name()
+        ))
+    } else {
+        Verdict::Pass
+    }
+}
+
+pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
+    if let Some(skip) = context.offline() {
+        return Verdict::Done(skip);
+    }
+    let Some(probe) = context.probes.synthetic else {
+        return Verdict::Skip(
+            context
+                .probes
+                .synthetic_unavailable
+                .unwrap_or("no synthetic probe in this run")
+                .to_string(),
+        );
+    };
+    let [first, second, ..] = facts.replicas.as_slice() else {
+        return Verdict::Skip("needs at least two replicas".into());
+    };
+    let mut failures = Vec::new();
+    if facts.storage.is_some()
+        && let Err(reason) = probe.call_through_storage(first)
+    {
+        failures.push(format!(
+            "call through external storage on {first}: {reason}"
+        ));
+    }
+    if let Err(reason) = probe.stream_across(first, second) {
+        failures.push(format!(
+            "stream from {first} continued on {second}: {reason}"
+        ));
+    }
+    if failures.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(failures.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Mode;
+    use crate::facts::Manifest;
+    use crate::platform::Platform;
+    use crate::probe::{Probes, SyntheticProbe};
+    use crate::rules::limits::tests::storage;
+    use crate::rules::test_support::{check, check_with, facts};
+
+    fn manifest(path: &str, text: &str) -> Manifest {
+        Manifest {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn ops001_probes() {
+        let mut f = facts();
+        check("OPS001", &f, "skip");
+        f.manifests.push(manifest(
+            "k8s/deployment.yaml",
+            "kind: Deployment\nlivenessProbe:\n  httpGet: {path: /livez}\n",
+        ));
+        assert!(check("OPS001", &f, "fail").contains("no `readinessProbe`"));
+        f.manifests[0]
+            .text
+            .push_str("readinessProbe:\n  httpGet: {path: /readyz}\n");
+        check("OPS001", &f, "pass");
+        f.manifests.push(manifest(
+            "compose.yaml",
+            "services:\n  app:\n    image: x\n",
+        ));
+        check("OPS001", &f, "fail");
+    }
+
+    #[test]
+    fn ops002_shutdown_grace() {
+        let mut f = facts();
+        f.limits.shutdown_grace_seconds = 30;
+        assert!(check("OPS002", &f, "fail").contains("10 s after SIGTERM"));
+        f.limits.shutdown_grace_seconds = 8;
+        check("OPS002", &f, "pass");
+        f.target.platform = Platform::Kubernetes;
+        f.limits.shutdown_grace_seconds = 45;
+        check("OPS002", &f, "fail");
+        f.manifests.push(manifest(
+            "k8s/deployment.yaml",
+            "kind: Deployment\n      terminationGracePeriodSeconds: 60\n",
+        ));
+        check("OPS002", &f, "pass");
+        f.target.platform = Platform::AwsLambdaApiGateway;
+        f.manifests.clear();
+        check("OPS002", &f, "skip");
+    }
+
+    struct Synthetic {
+        storage_ok: bool,
+        stream_ok: bool,
+    }
+
+    impl SyntheticProbe for Synthetic {
+        fn call_through_storage(&self, _: &str) -> Result<(), String> {
+            if self.storage_ok {
+                Ok(())
+            } else {
+                Err("403".into())
+            }
+        }
+        fn stream_across(&self, _: &str, _: &str) -> Result<(), String> {
+            if self.stream_ok {
+                Ok(())
+            } else {
+                Err("token rejected".into())
+            }
+        }
+    }
+
+    #[test]
+    fn ops003_synthetic() {
+        let mut f = facts();
+        f.storage = Some(storage());
+        f.replicas = vec!["http://a".into(), "http://b".into()];
+        check("OPS003", &f, "skip");
+        let probes = |p: &'static Synthetic| Probes {
+            synthetic: Some(p),
+            ..Probes::default()
+        };
+        static GOOD: Synthetic = Synthetic {
+            storage_ok: true,
+            stream_ok: true,
+        };
+        static BAD: Synthetic = Synthetic {
+            storage_ok: false,
+            stream_ok: false,
+        };
+        check_with("OPS003", &f, Mode::Online, Probes::default(), "skip");
+        check_with("OPS003", &f, Mode::Online, probes(&GOOD), "pass");
+        let message = check_with("OPS003", &f, Mode::Online, probes(&BAD), "fail");
+        assert!(message.contains("external storage") && message.contains("continued on http://b"));
+    }
+}

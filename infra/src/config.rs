@@ -1,0 +1,472 @@
+//! The `deploy-kit.yaml` model: what the doctor reads today, extended by the
+//! deploy issues later.
+//!
+//! The file carries `version: 1` from day one, unknown keys are refused
+//! (`deny_unknown_fields`) so a typo never silently becomes a default, and
+//! parse errors point at line and column. Every key is listed here once, with
+//! its doc comment; the commented example at the repository root mirrors it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kit_checks::Date;
+use kit_checks::facts::StorageProvider;
+use kit_checks::platform::Platform;
+use serde::Deserialize;
+
+/// The only version this build understands.
+pub const CONFIG_VERSION: u32 = 1;
+/// The file looked for in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "deploy-kit.yaml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Target used when `--target`/`DEPLOY_KIT_TARGET` is not given.
+    #[serde(default)]
+    pub default_target: Option<String>,
+    /// Deployment targets by name.
+    pub targets: BTreeMap<String, TargetConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub cors: CorsConfig,
+    /// `N/SECONDS` per API key, or `off`.
+    #[serde(default)]
+    pub rate_limit: Option<String>,
+    /// Host `vgi_rpc.Reflection.v1` (describe).
+    #[serde(default = "yes")]
+    pub reflection: bool,
+    /// Debug logging or endpoints.
+    #[serde(default)]
+    pub debug: bool,
+    /// Tracebacks in error batches sent to clients.
+    #[serde(default)]
+    pub tracebacks: bool,
+    /// External object storage for large results and uploads.
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+    #[serde(default)]
+    pub signing_key: SigningKeyConfig,
+    /// Temporary exceptions to named checks.
+    #[serde(default)]
+    pub waivers: Vec<WaiverConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Where it runs: `cloud-run`, `aws-lambda-function-url`, `kubernetes`, ...
+    pub platform: Platform,
+    /// Most instances at once (max instances / replicas).
+    #[serde(default = "one")]
+    pub instances: u32,
+    /// Server processes per instance.
+    #[serde(default = "one")]
+    pub workers: u32,
+    /// Reachable from the internet.
+    #[serde(default)]
+    pub public: bool,
+    /// Serves production traffic.
+    #[serde(default)]
+    pub production: bool,
+    /// Address the service binds (`0.0.0.0:8080`).
+    #[serde(default)]
+    pub bind: Option<String>,
+    /// Overrides the platform's SIGTERM-to-SIGKILL grace.
+    #[serde(default)]
+    pub termination_grace_seconds: Option<u64>,
+    /// Base URLs of running replicas, for `doctor --online`.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    /// Rendered files to inspect, relative to this file.
+    #[serde(default)]
+    pub manifests: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `KIT_MAX_REQUEST_BYTES`.
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
+    /// `KIT_MAX_RESPONSE_BYTES`.
+    #[serde(default)]
+    pub max_response_bytes: Option<u64>,
+    /// Results above this go to external storage.
+    #[serde(default)]
+    pub externalize_threshold_bytes: Option<u64>,
+    /// `KIT_MAX_UPLOAD_BYTES`.
+    #[serde(default)]
+    pub max_upload_bytes: Option<u64>,
+    /// Vend presigned upload URLs for large inputs.
+    #[serde(default)]
+    pub upload_urls: bool,
+    /// `KIT_REQUEST_TIMEOUT`.
+    #[serde(default = "request_timeout")]
+    pub request_timeout_seconds: u64,
+    /// Longest a stream may stay open.
+    #[serde(default)]
+    pub stream_timeout_seconds: Option<u64>,
+    /// `KIT_SHUTDOWN_GRACE`.
+    #[serde(default = "shutdown_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn request_timeout() -> u64 {
+    300
+}
+
+fn shutdown_grace() -> u64 {
+    30
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_request_bytes: None,
+            max_response_bytes: None,
+            externalize_threshold_bytes: None,
+            max_upload_bytes: None,
+            upload_urls: false,
+            request_timeout_seconds: request_timeout(),
+            stream_timeout_seconds: None,
+            shutdown_grace_seconds: shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Refuse calls without a valid API key.
+    #[serde(default)]
+    pub required: bool,
+    /// Secret reference holding `name=key` lines (becomes `KIT_API_KEYS_FILE`).
+    #[serde(default)]
+    pub api_keys: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Allowed browser origins; `*` is refused together with auth.
+    #[serde(default)]
+    pub origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    StaticKeys,
+    AssumedRole,
+    InstanceRole,
+    ServiceAccount,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `s3`, `gcs`, `r2` or `s3-compatible`.
+    pub provider: StorageProvider,
+    pub bucket: String,
+    /// Prefix of every object the service writes (`vgi-rpc/`).
+    pub prefix: String,
+    /// Endpoint the presigned URLs point at; defaults to the provider's https endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Lifecycle expiration on `prefix`, days.
+    #[serde(default)]
+    pub expiry_days: Option<u32>,
+    /// Lifecycle rule aborting incomplete multipart uploads, days.
+    #[serde(default)]
+    pub abort_multipart_days: Option<u32>,
+    /// Lifetime of presigned URLs.
+    #[serde(default = "presign_ttl")]
+    pub presign_ttl_seconds: u64,
+    /// What signs the URLs: `static-keys`, `assumed-role`, `instance-role`, `service-account`.
+    pub credential: CredentialKind,
+    /// Session length of an `assumed-role` credential.
+    #[serde(default)]
+    pub session_seconds: Option<u64>,
+    /// Origins the bucket's CORS rule allows (browser uploads and downloads).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+}
+
+fn presign_ttl() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySourceKind {
+    /// No key: a random one per process (single instance only).
+    #[default]
+    Ephemeral,
+    /// An environment variable the platform injects.
+    Env,
+    /// A mounted secret file.
+    File,
+    /// A secret manager reference.
+    Secret,
+    /// The key written here (always flagged by KEY003).
+    Literal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// `ephemeral`, `env`, `file`, `secret` or `literal`.
+    #[serde(default)]
+    pub source: KeySourceKind,
+    /// With `source: env`: the variable (default `VGI_SIGNING_KEY`).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// With `source: file`: the mounted path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// With `source: secret`: the reference (`gcp:projects/p/secrets/vgi-signing-key`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// With `source: literal`: the key itself (don't).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// `KIT_TOKEN_TTL`: lifetime of stream tokens, 0 = never expire.
+    #[serde(default = "token_ttl")]
+    pub token_ttl_seconds: u64,
+    /// Keys still accepted for verification after a rotation.
+    #[serde(default)]
+    pub previous: Vec<PreviousKeyConfig>,
+}
+
+fn token_ttl() -> u64 {
+    3600
+}
+
+impl Default for SigningKeyConfig {
+    fn default() -> Self {
+        SigningKeyConfig {
+            source: KeySourceKind::Ephemeral,
+            env: None,
+            path: None,
+            secret: None,
+            value: None,
+            token_ttl_seconds: token_ttl(),
+            previous: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKeyConfig {
+    /// Where the previous key comes from (a secret reference or version).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The day it stopped signing (`YYYY-MM-DD`).
+    #[serde(default)]
+    pub retired: Option<Date>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaiverConfig {
+    /// Check id or alias.
+    pub id: String,
+    pub reason: String,
+    /// `YYYY-MM-DD`, at most 90 days ahead.
+    pub expires: Date,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse `{path}`: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{path}`: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl DeployConfig {
+    pub fn load(path: &Path) -> Result<DeployConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        DeployConfig::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<DeployConfig, ConfigError> {
+        let config: DeployConfig =
+            serde_saphyr::from_str(text).map_err(|error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: error
+                    .to_string()
+                    .trim_start_matches("error: ")
+                    .replace("<input>", &path.display().to_string()),
+            })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if config.version != CONFIG_VERSION {
+            return Err(invalid(format!(
+                "`version: {}` is not supported; this deploy-kit reads `version: {CONFIG_VERSION}`",
+                config.version
+            )));
+        }
+        if config.targets.is_empty() {
+            return Err(invalid("`targets` is empty; define at least one".into()));
+        }
+        if let Some(default) = &config.default_target
+            && !config.targets.contains_key(default)
+        {
+            return Err(invalid(format!(
+                "`default_target: {default}` names no entry of `targets`"
+            )));
+        }
+        let key = &config.signing_key;
+        let needed = match key.source {
+            KeySourceKind::File => key.path.is_none().then_some("path"),
+            KeySourceKind::Secret => key.secret.is_none().then_some("secret"),
+            KeySourceKind::Literal => key.value.is_none().then_some("value"),
+            KeySourceKind::Ephemeral | KeySourceKind::Env => None,
+        };
+        if let Some(field) = needed {
+            return Err(invalid(format!(
+                "`signing_key.source` needs `signing_key.{field}`"
+            )));
+        }
+        if config.auth.required && config.auth.api_keys.is_none() {
+            return Err(invalid(
+                "`auth.required: true` needs `auth.api_keys` (a secret reference)".into(),
+            ));
+        }
+        if let Some(storage) = &config.storage
+            && storage.provider == StorageProvider::S3Compatible
+            && storage.endpoint.is_none()
+        {
+            return Err(invalid(
+                "`storage.provider: s3-compatible` needs `storage.endpoint`".into(),
+            ));
+        }
+        if let Some(storage) = &config.storage
+            && storage.credential == CredentialKind::AssumedRole
+            && storage.session_seconds.is_none()
+        {
+            return Err(invalid(
+                "`storage.credential: assumed-role` needs `storage.session_seconds`".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The target to judge: the given name, else `default_target`, else the only one.
+    pub fn target(&self, name: Option<&str>) -> Result<(&str, &TargetConfig), String> {
+        let name = match name.or(self.default_target.as_deref()) {
+            Some(name) => name,
+            None if self.targets.len() == 1 => self.targets.keys().next().expect("one"),
+            None => {
+                return Err(format!(
+                    "several targets ({}) and no `default_target`; pick one with `--target`",
+                    self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        };
+        self.targets
+            .get_key_value(name)
+            .map(|(name, target)| (name.as_str(), target))
+            .ok_or_else(|| {
+                format!(
+                    "no target `{name}`; known: {}",
+                    self.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DeployConfig, String> {
+        DeployConfig::parse(text, Path::new("deploy-kit.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = parse("version: 1\ntargets:\n  local:\n    platform: compose\n").unwrap();
+        assert_eq!(config.limits.request_timeout_seconds, 300);
+        assert!(config.reflection);
+        assert_eq!(config.target(None).unwrap().0, "local");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_column() {
+        let error =
+            parse("version: 1\ntargets:\n  local:\n    platform: compose\n    replicaz: []\n")
+                .unwrap_err();
+        assert!(error.contains("line 5 column 5"), "{error}");
+        assert!(error.contains("unknown field `replicaz`"), "{error}");
+        assert!(error.contains("deploy-kit.yaml:5:5"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_point_at_their_place() {
+        let error = parse("version: 1\ntargets:\n  local:\n    platform: heroku\n").unwrap_err();
+        assert!(error.contains("line 4 column 15"), "{error}");
+        let error = parse(
+            "version: 1\ntargets:\n  l:\n    platform: fly\nwaivers:\n  - id: SEC001\n    reason: r\n    expires: soon\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("line 8") && error.contains("YYYY-MM-DD"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn version_and_cross_field_rules() {
+        assert!(
+            parse("version: 2\ntargets:\n  l:\n    platform: fly\n")
+                .unwrap_err()
+                .contains("version: 2")
+        );
+        assert!(
+            parse(
+                "version: 1\ntargets:\n  l:\n    platform: fly\nsigning_key:\n  source: secret\n"
+            )
+            .unwrap_err()
+            .contains("signing_key.secret")
+        );
+        let config =
+            parse("version: 1\ntargets:\n  a:\n    platform: fly\n  b:\n    platform: compose\n")
+                .unwrap();
+        assert!(config.target(None).unwrap_err().contains("pick one"));
+        assert_eq!(config.target(Some("b")).unwrap().0, "b");
+        assert!(
+            config
+                .target(Some("c"))
+                .unwrap_err()
+                .contains("no target `c`")
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! Logs and traces: the global `tracing` subscriber, and with the `otel` cargo
+//! feature one OpenTelemetry server span per RPC request, exported over OTLP/HTTP.
+//!
+//! The transport calls the same functions with or without the feature; without
+//! it they are no-op stubs and the default build compiles none of the exporter
+//! stack. Export is on only when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, so a build with the feature
+//! behaves like one without until an operator points it at a collector.
+//!
+//! A span continues the caller's W3C trace context: the `traceparent` and
+//! `tracestate` HTTP headers first, else the same keys in the request batch's
+//! custom metadata, where the Python client also puts them (a proxy that
+//! rewrites the header is the closer parent, so the header wins). The batch is
+//! only parsed inside dispatch, so the OpenTelemetry layer runs with context
+//! activation off: entering the span does not start it, and its parent can
+//! still be set once the body has been read.
+
+use http::HeaderMap;
+use tracing::Span;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::Env;
+use crate::wire::Metadata;
+
+/// W3C trace-context keys, the same in HTTP headers and in batch metadata.
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// Base URL of an OTLP/HTTP collector; `/v1/traces` is appended.
+pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// Full URL for traces; used as given and wins over [`OTLP_ENDPOINT`].
+pub const OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+/// `service.name` of the exported spans.
+pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+
+/// Why the subscriber or the trace exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("failed to set up the OTLP trace exporter for `{endpoint}`: {reason}")]
+    Exporter { endpoint: String, reason: String },
+    #[error("failed to install the `tracing` subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Keeps trace export running; [`Telemetry::shutdown`] (or dropping it)
+/// flushes the spans still buffered and stops the exporter.
+#[must_use = "dropping the guard stops trace export"]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter. Blocks on the export, so call it
+    /// outside the async runtime (or through `spawn_blocking`).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: failed to flush traces at shutdown: {error}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Installs the global subscriber: log lines to stderr (`json` or text,
+/// filtered by `RUST_LOG`, default `info`), plus the OTLP span exporter when
+/// built with `otel` and an endpoint is configured in `env`.
+pub fn init(env: &dyn Env, log_json: bool) -> Result<Telemetry, TelemetryError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if log_json {
+        logs.json().boxed()
+    } else {
+        logs.boxed()
+    };
+    let subscriber = tracing_subscriber::registry().with(logs.with_filter(filter));
+    #[cfg(feature = "otel")]
+    {
+        let provider = otlp::provider(env)?;
+        let traces = provider.as_ref().map(otlp::layer);
+        subscriber
+            .with(traces)
+            .try_init()
+            .map_err(|error| TelemetryError::Subscriber(error.to_string()))?;
+        Ok(Telemetry { provider })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        subscriber
+            .try_init()
+            .map_err(|error| TelemetryError::Subscriber(error.to_string()))?;
+        if let Some(name) = [OTLP_TRACES_ENDPOINT, OTLP_ENDPOINT]
+            .into_iter()
+            .find(|name| env.var(name).is_some_and(|v| !v.trim().is_empty()))
+        {
+            tracing::warn!(
+                "`{name}` is set but this kit-service was built without the `otel` feature: no traces are exported. \
+                 Rebuild with `cargo build --release -p kit-service --features otel`"
+            );
+        }
+        Ok(Telemetry {})
+    }
+}
+
+/// The server span of one RPC request, continuing the trace of the
+/// `traceparent` header when there is one. Instrument the request with it and
+/// close it with [`finish_server_span`].
+pub fn server_span(headers: &HeaderMap, request_id: &str) -> Span {
+    #[cfg(feature = "otel")]
+    {
+        otlp::server_span(headers, request_id)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (headers, request_id);
+        Span::none()
+    }
+}
+
+/// Records what the request turned out to be: `origin` is `protocol/method`
+/// once the path resolved; `rpc_error` marks a method failure (200 +
+/// `X-VGI-RPC-Error`).
+pub fn finish_server_span(span: &Span, origin: Option<&str>, status: u16, rpc_error: bool) {
+    #[cfg(feature = "otel")]
+    {
+        otlp::finish_server_span(span, origin, status, rpc_error);
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (span, origin, status, rpc_error);
+    }
+}
+
+/// Hook for dispatch, called with the request batch's custom metadata: when
+/// the HTTP request carried no `traceparent` header, the current server span
+/// continues the trace named by the batch's `traceparent` key instead.
+pub fn continue_trace_from_batch_metadata(metadata: &Metadata) {
+    #[cfg(feature = "otel")]
+    {
+        otlp::continue_trace_from_batch_metadata(metadata);
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = metadata;
+    }
+}
+
+/// Exports the spans buffered so far, for platforms that freeze the process
+/// between requests (AWS Lambda). Blocks; a no-op when nothing is exported.
+pub fn flush() {
+    #[cfg(feature = "otel")]
+    otlp::flush();
+}
+
+#[cfg(feature = "otel")]
+mod otlp {
+    use std::sync::OnceLock;
+
+    use http::HeaderMap;
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::trace::{TraceContextExt, TracerProvider};
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::Resource;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing::Span;
+    use tracing::field::Empty;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::{
+        OTLP_ENDPOINT, OTLP_TRACES_ENDPOINT, SERVICE_NAME, TRACEPARENT, TRACESTATE, TelemetryError,
+    };
+    use crate::config::Env;
+    use crate::wire::{self, Metadata};
+
+    /// The provider [`flush`] reaches; set once by [`provider`].
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    /// The exporting provider, or `None` when no endpoint is configured.
+    pub(super) fn provider(env: &dyn Env) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+        let set = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+        let endpoint = match (set(OTLP_TRACES_ENDPOINT), set(OTLP_ENDPOINT)) {
+            (Some(traces), _) => traces.trim().to_string(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+            (None, None) => return Ok(None),
+        };
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|error| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                reason: error.to_string(),
+            })?;
+        let service_name = set(SERVICE_NAME).unwrap_or_else(|| "kit-service".to_string());
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(service_name)
+                    .with_attribute(opentelemetry::KeyValue::new(
+                        "service.version",
+                        env!("CARGO_PKG_VERSION"),
+                    ))
+                    .build(),
+            )
+            .build();
+        let _ = PROVIDER.set(provider.clone());
+        Ok(Some(provider))
+    }
+
+    /// The `tracing` layer feeding `provider`. INFO and up, independent of
+    /// `RUST_LOG`, so quieting the logs does not drop the traces.
+    pub(super) fn layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("kit-service"))
+            // See the module docs: the parent may come from the body.
+            .with_context_activation(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(LevelFilter::INFO)
+    }
+
+    pub(super) fn flush() {
+        if let Some(provider) = PROVIDER.get()
+            && let Err(error) = provider.force_flush()
+        {
+            tracing::warn!(%error, "failed to export traces");
+        }
+    }
+
+    /// Marks a span whose parent came from the `traceparent` header.
+    struct ParentFromHeader;
+
+    pub(super) fn server_span(headers: &HeaderMap, request_id: &str) -> Span {
+        let span = tracing::info_span!(
+            target: "kit_service::rpc",
+            "rpc",
+            otel.name = "vgi-rpc",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "vgi_rpc",
+            rpc.service = Empty,
+            rpc.method = Empty,
+            http.response.status_code = Empty,
+            vgi_rpc.error = Empty,
+            request_id = %request_id,
+        );
+        if let Some(parent) = remote_parent(&HeaderExtractor(headers))
+            && span.set_parent(parent).is_ok()
+        {
+            span.with_subscriber(|(id, dispatch)| {
+                if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+                    && let Some(data) = registry.span(id)
+                {
+                    data.extensions_mut().insert(ParentFromHeader);
+                }
+            });
+        }
+        span
+    }
+
+    pub(super) fn finish_server_span(
+        span: &Span,
+        origin: Option<&str>,
+        status: u16,
+        rpc_error: bool,
+    ) {
+        if let Some(origin) = origin {
+            span.record("otel.name", origin);
+            if let Some((protocol, method)) = origin.split_once('/') {
+                span.record("rpc.service", protocol);
+                span.record("rpc.method", method);
+            }
+        }
+        span.record("http.response.status_code", status);
+        span.record("vgi_rpc.error", rpc_error);
+        // Server spans: 5xx is the server's failure, 4xx the client's (unset).
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
+
+    pub(super) fn continue_trace_from_batch_metadata(metadata: &Metadata) {
+        if wire::metadata_get(metadata, TRACEPARENT).is_none() {
+            return;
+        }
+        let span = Span::current();
+        let from_header = span
+            .with_subscriber(|(id, dispatch)| {
+                dispatch
+                    .downcast_ref::<tracing_subscriber::Registry>()
+                    .and_then(|registry| registry.span(id))
+                    .is_some_and(|data| data.extensions().get::<ParentFromHeader>().is_some())
+            })
+            .unwrap_or(true);
+        if from_header {
+            return;
+        }
+        if let Some(parent) = remote_parent(&MetadataExtractor(metadata))
+            && let Err(error) = span.set_parent(parent)
+        {
+            tracing::debug!(%error, "could not continue the trace of the batch `traceparent`");
+        }
+    }
+
+    /// The caller's context, if it names a valid remote span.
+    fn remote_parent(carrier: &dyn Extractor) -> Option<opentelemetry::Context> {
+        let context = TraceContextPropagator::new().extract(carrier);
+        context.span().span_context().is_valid().then_some(context)
+    }
+
+    struct HeaderExtractor<'a>(&'a HeaderMap);
+
+    impl Extractor for HeaderExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|value| value.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            vec![TRACEPARENT, TRACESTATE]
+        }
+    }
+
+    struct MetadataExtractor<'a>(&'a Metadata);
+
+    impl Extractor for MetadataExtractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            wire::metadata_get(self.0, key)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            vec![TRACEPARENT, TRACESTATE]
+        }
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use std::collections::HashMap;
+
+    #[test]
+    fn no_endpoint_means_no_exporter() {
+        let env: HashMap<String, String> = HashMap::new();
+        assert!(super::otlp::provider(&env).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_reported_with_its_value() {
+        let env: HashMap<String, String> = [(
+            super::OTLP_TRACES_ENDPOINT.to_string(),
+            "not a url".to_string(),
+        )]
+        .into();
+        let error = super::otlp::provider(&env).map(|_| ()).unwrap_err();
+        assert!(error.to_string().contains("`not a url`"), "{error}");
+    }
+}
