@@ -405,7 +405,7 @@ async fn unary(
         None => None,
         Some(external) => {
             let ipc = wire::ipc::stream_bytes(&schema, std::slice::from_ref(&batch))?;
-            match external.externalize(ipc).await {
+            match externalize(server, external, ipc).await {
                 Ok(pointer) => Some(pointer),
                 Err(error) => return Ok(method_error(server, info, Some(&ctx), &schema, &error)),
             }
@@ -420,12 +420,6 @@ async fn unary(
     write_logs(&mut writer, &ctx, server, info)?;
     match &pointer {
         Some(pointer) => {
-            server.hosting.metrics.externalized_batches.inc();
-            server
-                .hosting
-                .metrics
-                .externalized_bytes
-                .inc_by(pointer.uploaded_bytes);
             writer.write_metadata_only(&External::pointer_metadata(pointer))?;
         }
         None => writer.write(&batch, &Vec::new())?,
@@ -711,9 +705,8 @@ async fn write_producer_turn(
     token: Option<Metadata>,
 ) -> Result<(), RpcError> {
     let external = server.external.as_ref();
-    let externalize =
-        external.filter(|e| output.batches.iter().any(|(b, _)| e.should_externalize(b)));
-    let pointer = match externalize {
+    let to_store = external.filter(|e| output.batches.iter().any(|(b, _)| e.should_externalize(b)));
+    let pointer = match to_store {
         Some(external) => {
             let mut cycle = Vec::new();
             let mut writer = StreamWriter::new(&mut cycle, output.schema())?;
@@ -722,13 +715,7 @@ async fn write_producer_turn(
                 writer.write(batch, metadata)?;
             }
             writer.finish();
-            let pointer = external.externalize(cycle).await?;
-            server.hosting.metrics.externalized_batches.inc();
-            server
-                .hosting
-                .metrics
-                .externalized_bytes
-                .inc_by(pointer.uploaded_bytes);
+            let pointer = externalize(server, external, cycle).await?;
             Some(pointer)
         }
         None => None,
@@ -964,13 +951,7 @@ async fn exchange(
                     write_logs(&mut writer, &ctx, server, info)?;
                     writer.write(&data, &metadata)?;
                     writer.finish();
-                    let pointer = external.externalize(cycle).await?;
-                    server.hosting.metrics.externalized_batches.inc();
-                    server
-                        .hosting
-                        .metrics
-                        .externalized_bytes
-                        .inc_by(pointer.uploaded_bytes);
+                    let pointer = externalize(server, external, cycle).await?;
                     let mut writer = StreamWriter::new(&mut out, &output_schema)?;
                     writer.write_metadata_only(&External::pointer_metadata(&pointer))?;
                     writer.finish();
@@ -1161,4 +1142,20 @@ impl FromArrowColumn for i64 {
     fn from_arrow_column(column: &arrow_array::ArrayRef) -> Result<Self, String> {
         <i64 as crate::rpc::FromArrow>::from_arrow(column.as_ref(), 0)
     }
+}
+
+/// Uploads one externalized stream and counts it in the metrics.
+async fn externalize(
+    server: &Server,
+    external: &External,
+    ipc: Vec<u8>,
+) -> Result<crate::storage::Pointer, RpcError> {
+    let pointer = external.externalize(ipc).await?;
+    server.hosting.metrics.externalized_batches.inc();
+    server
+        .hosting
+        .metrics
+        .externalized_bytes
+        .inc_by(pointer.uploaded_bytes);
+    Ok(pointer)
 }
