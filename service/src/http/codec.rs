@@ -49,6 +49,11 @@ pub fn decode(codec: Codec, body: &[u8], limit: usize) -> Result<Vec<u8>, Decode
         codec: codec.as_str(),
         message: e.to_string(),
     };
+    if codec == Codec::Zstd
+        && let Some(decoded) = decode_zstd_frame(body, limit)
+    {
+        return Ok(decoded);
+    }
     let reader: Box<dyn Read + '_> = match codec {
         Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt)?),
         Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
@@ -64,10 +69,52 @@ pub fn decode(codec: Codec, body: &[u8], limit: usize) -> Result<Vec<u8>, Decode
     Ok(out)
 }
 
+thread_local! {
+    // A zstd context costs far more to create than a small body costs to
+    // compress, so each worker thread keeps one of each.
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Fast path: a single frame that declares its content size within `limit`
+/// decodes in one call on a reused context. `None` sends the caller to the
+/// streaming decoder (no declared size, several frames, or an error to report).
+fn decode_zstd_frame(body: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let size = zstd::zstd_safe::get_frame_content_size(body)
+        .ok()
+        .flatten()?;
+    if size > limit as u64 {
+        return None;
+    }
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        let decoded = slot.as_mut()?.decompress(body, size as usize).ok()?;
+        (decoded.len() as u64 == size).then_some(decoded)
+    })
+}
+
 /// Compresses a response body (zstd frames carry their content size).
 pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
     match codec {
-        Codec::Zstd => zstd::bulk::compress(body, zstd_level).unwrap_or_else(|_| body.to_vec()),
+        Codec::Zstd => ZSTD_COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(level, _)| *level != zstd_level) {
+                *slot = zstd::bulk::Compressor::new(zstd_level)
+                    .ok()
+                    .map(|c| (zstd_level, c));
+            }
+            match slot.as_mut() {
+                Some((_, compressor)) => {
+                    compressor.compress(body).unwrap_or_else(|_| body.to_vec())
+                }
+                None => zstd::bulk::compress(body, zstd_level).unwrap_or_else(|_| body.to_vec()),
+            }
+        }),
         Codec::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 2),
@@ -128,6 +175,20 @@ mod tests {
                 Err(DecodeError::TooLarge { .. })
             ));
         }
+    }
+
+    #[test]
+    fn multi_frame_zstd_bodies_still_decode() {
+        let mut body = encode(Codec::Zstd, b"first frame ", 1);
+        body.extend(encode(Codec::Zstd, b"second frame", 1));
+        assert_eq!(
+            decode(Codec::Zstd, &body, 100).unwrap(),
+            b"first frame second frame"
+        );
+        assert!(matches!(
+            decode(Codec::Zstd, &body, 15),
+            Err(DecodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
