@@ -467,6 +467,24 @@ async fn redirects_to_forbidden_targets_are_refused() {
         .unwrap_err();
     assert!(matches!(error, FetchError::Refused { .. }), "{error}");
     assert!(error.to_string().contains("169.254.169.254"), "{error}");
+    // A redirect to loopback outside the allowlisted origin is refused too.
+    let bouncer = serve_ranges(SlowRange {
+        data: Bytes::from_static(b"x"),
+        stalled: Arc::new(AtomicUsize::new(1)),
+        redirect_to: Some("http://localhost:9/secret".into()),
+    })
+    .await;
+    let only_bouncer = Fetcher::new(FetchSettings {
+        allowlist: vec![format!("http://{bouncer}")],
+        ..FetchSettings::default()
+    })
+    .unwrap();
+    let error = only_bouncer
+        .fetch(&format!("http://{bouncer}/object"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, FetchError::Refused { .. }), "{error}");
+    assert!(error.to_string().contains("localhost"), "{error}");
     // Without the allowlist, plain http and loopback are refused before any connection.
     let strict = Fetcher::new(FetchSettings::default()).unwrap();
     assert!(matches!(
