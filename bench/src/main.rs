@@ -298,8 +298,58 @@ async fn stream(server: &Server, rows: i64) -> Result<(f64, f64)> {
     Ok((payload as f64 / 1e6 / seconds, rss / payload.max(1) as f64))
 }
 
+/// `kit-bench fetch URL`: one object fetched with a single GET and with
+/// parallel ranges (default chunking and hedging), same run, ratios printed.
+async fn fetch_comparison(url: &str) -> Result<()> {
+    use kit_service::storage::fetch::Fetcher;
+    use kit_service::storage::settings::FetchSettings;
+    let base = FetchSettings {
+        allowlist: vec!["http://127.0.0.1".into()],
+        max_fetch_bytes: 4 << 30,
+        max_decompressed_bytes: 4 << 30,
+        timeout: Duration::from_secs(600),
+        ..FetchSettings::default()
+    };
+    let single = Fetcher::new(FetchSettings {
+        parallel_threshold_bytes: u64::MAX,
+        ..base.clone()
+    })?;
+    let ranged = Fetcher::new(base)?;
+    println!("| fetch | seconds | MB/s | requests | hedges |");
+    println!("|---|---|---|---|---|");
+    let mut seconds = Vec::new();
+    for (name, fetcher) in [
+        ("single GET", &single),
+        ("parallel ranges", &ranged),
+        ("single GET (again)", &single),
+        ("parallel ranges (again)", &ranged),
+    ] {
+        let started = Instant::now();
+        let body = fetcher.fetch(url, None).await?;
+        let elapsed = started.elapsed().as_secs_f64();
+        seconds.push(elapsed);
+        let stats = fetcher.stats();
+        println!(
+            "| {name} | {elapsed:.2} | {:.0} | {} | {} |",
+            body.len() as f64 / 1e6 / elapsed,
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            stats.hedges.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    println!(
+        "\nbest single / best ranged: {:.2}x",
+        seconds[0].min(seconds[2]) / seconds[1].min(seconds[3])
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("fetch") {
+        let url = raw.next().context("usage: kit-bench fetch URL")?;
+        return fetch_comparison(&url).await;
+    }
     let args = parse_args()?;
     let kit_port = free_port()?;
     let mut kit_command = Command::new(&args.kit);

@@ -65,7 +65,7 @@ pub struct DoctorError {
 }
 
 impl DoctorError {
-    fn new(message: impl Into<String>, hint: impl Into<String>) -> DoctorError {
+    pub(crate) fn new(message: impl Into<String>, hint: impl Into<String>) -> DoctorError {
         DoctorError {
             message: message.into(),
             hint: hint.into(),
@@ -80,11 +80,6 @@ pub fn doctor(
     cwd: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<DoctorOutput, DoctorError> {
-    let rendering = Rendering {
-        fail_on: request.fail_on,
-        tool: "deploy-kit",
-        version: env!("CARGO_PKG_VERSION"),
-    };
     if let Some(name) = &request.explain {
         let check = kit_checks::registry::find(name).ok_or_else(|| {
             DoctorError::new(
@@ -159,7 +154,26 @@ pub fn doctor(
     })?;
     let config = DeployConfig::parse(&text, Path::new(&display))
         .map_err(|e| DoctorError::new(e.to_string(), fix))?;
-    let facts = facts(&config, &display, &path, request, today, env)?;
+    report(&config, &display, &path, request, format, today, env)
+}
+
+/// Judges an already loaded `config` (from `path`, shown as `display`) and
+/// renders the report; `deploy-kit up local` calls this with its own config.
+pub fn report(
+    config: &DeployConfig,
+    display: &str,
+    path: &Path,
+    request: &DoctorRequest,
+    format: Format,
+    today: Date,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<DoctorOutput, DoctorError> {
+    let rendering = Rendering {
+        fail_on: request.fail_on,
+        tool: "deploy-kit",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let facts = facts(config, display, path, request, today, env)?;
     for waiver in &facts.waivers {
         waiver.validate(today).map_err(|e| {
             DoctorError::new(

@@ -3,11 +3,13 @@
 //!
 //! [`config`] is the `deploy-kit.yaml` model, [`doctor`] turns it into
 //! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
-//! for `doctor --online`. The other commands are still the skeleton.
+//! for `doctor --online`, [`up_local`] is `deploy-kit up local`. The other
+//! commands are still the skeleton.
 
 pub mod config;
 pub mod doctor;
 pub mod replica;
+pub mod up_local;
 
 /// The commands of `deploy-kit`, in the order the docs present them.
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -54,6 +56,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "DEPLOY_KIT_REPLICAS",
         "Comma-separated replica base URLs for `--online` (`--replica`).",
+    ),
+    (
+        "DEPLOY_KIT_KIT_SERVICE",
+        "The `kit-service` binary `up local` starts (`--kit-service`); default next to `deploy-kit`, then on `PATH`.",
     ),
     (
         "DEPLOY_KIT_TODAY",

@@ -26,8 +26,8 @@ enum Command {
     Init,
     /// Render and show what `up` would change.
     Plan,
-    /// Provision and deploy a target.
-    Up { target: String },
+    /// Provision and deploy a target (`local`: run kit-service here).
+    Up(UpArgs),
     /// Remove what `up` made.
     Down { target: String },
     /// Check config, limits, keys and storage.
@@ -36,6 +36,21 @@ enum Command {
     Secrets,
     /// Render templates.
     Render,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Target to bring up; only `local` so far.
+    target: String,
+    /// The `kit-service` binary; default: next to `deploy-kit`, then on `PATH`.
+    #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
+    kit_service: Option<PathBuf>,
+    /// Loopback port to serve on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Stop the service after the doctor and exit with the doctor's code.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,7 +118,8 @@ fn main() -> ExitCode {
         Command::Doctor(args) => return doctor(args),
         Command::Init => "init",
         Command::Plan => "plan",
-        Command::Up { .. } => "up",
+        Command::Up(args) if args.target == "local" => return up_local(args),
+        Command::Up(_) => "up",
         Command::Down { .. } => "down",
         Command::Secrets => "secrets",
         Command::Render => "render",
@@ -112,6 +128,21 @@ fn main() -> ExitCode {
     eprintln!("error: {error}");
     eprintln!("hint: run `kit-service serve` to host the service directly meanwhile");
     ExitCode::from(2)
+}
+
+fn up_local(args: UpArgs) -> ExitCode {
+    match deploy_kit::up_local::run(&deploy_kit::up_local::UpLocalRequest {
+        kit_service: args.kit_service,
+        port: args.port,
+        wait: !args.no_wait,
+    }) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {error}");
+            eprintln!("hint: {}", error.hint());
+            ExitCode::from(error.exit_code())
+        }
+    }
 }
 
 fn doctor(args: DoctorArgs) -> ExitCode {

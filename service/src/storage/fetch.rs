@@ -277,44 +277,60 @@ impl Fetcher {
         // A pre-signed GET URL signs the method, so HEAD would be refused: probe with one byte.
         let presigned = url.query_pairs().any(|(k, _)| {
             let k = k.to_ascii_lowercase();
-            k == "x-amz-signature" || k == "x-goog-signature" || k == "sig"
+            k == "x-amz-signature" || k == "x-goog-signature" || k == "sig" || k == "signature"
         });
-        if presigned {
-            let response = self.send(Method::GET, &url, Some((0, 0))).await?;
-            let final_url = response.url().clone();
-            let headers = response.headers().clone();
-            let partial = response.status() == StatusCode::PARTIAL_CONTENT;
-            let total = headers
-                .get(CONTENT_RANGE)
+        // A HEAD refused with 403/405 often means a signature bound to GET: probe with one byte.
+        let head = if presigned {
+            None
+        } else {
+            Some(self.send(Method::HEAD, &url, None).await)
+        };
+        if let Some(Ok(response)) = head {
+            let headers = response.headers();
+            let length = headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let ranges = headers
+                .get(ACCEPT_RANGES)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit('/').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            let length = if partial {
-                total
-            } else {
-                headers
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-            };
+                .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
             return Ok(Probe {
-                url: final_url,
+                url: response.url().clone(),
                 length,
-                ranges: partial && total.is_some(),
+                ranges,
             });
         }
-        let response = self.send(Method::HEAD, &url, None).await?;
-        let headers = response.headers();
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let ranges = headers
-            .get(ACCEPT_RANGES)
+        if let Some(Err(error)) = head
+            && !matches!(
+                error,
+                FetchError::Status {
+                    status: 403 | 405,
+                    ..
+                }
+            )
+        {
+            return Err(error);
+        }
+        let response = self.send(Method::GET, &url, Some((0, 0))).await?;
+        let final_url = response.url().clone();
+        let headers = response.headers().clone();
+        let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        let total = headers
+            .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("bytes"));
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        let length = if partial {
+            total
+        } else {
+            headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+        };
         Ok(Probe {
-            url: response.url().clone(),
+            url: final_url,
             length,
-            ranges,
+            ranges: partial && total.is_some(),
         })
     }
 

@@ -1,0 +1,178 @@
+//! `deploy-kit up local --no-wait` as a user runs it: the real binary starts
+//! the real `kit-service` (build it first: `cargo build -p kit-service`) in a
+//! fresh working directory, and the doctor judges it.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::cargo::CommandCargoExt;
+use base64::Engine;
+
+/// `kit-service` next to the `deploy-kit` under test, as `cargo build` leaves it.
+fn kit_service() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_deploy-kit"))
+        .parent()
+        .unwrap()
+        .join("kit-service");
+    assert!(
+        binary.exists(),
+        "`{}` is missing: run `cargo build -p kit-service` first",
+        binary.display()
+    );
+    binary
+}
+
+/// A fresh, empty working directory, removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(name: &str) -> WorkDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "deploy-kit-up-local-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        WorkDir(path)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `deploy-kit up local --no-wait --port 0 EXTRA...` in `dir`; returns
+/// exit code, stdout and stderr.
+fn up_local(dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut command = std::process::Command::cargo_bin("deploy-kit").unwrap();
+    command
+        .current_dir(dir)
+        .args(["up", "local", "--no-wait", "--port", "0"])
+        .args(extra);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DEPLOY_KIT_") || name.starts_with("VGI_") || name.starts_with("KIT_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The key file's 32 random bytes, after checking its mode and format.
+fn key_bytes(dir: &Path) -> Vec<u8> {
+    let path = dir.join(".deploy-kit/local/signing-key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode of `{}`", path.display());
+    }
+    let text = std::fs::read_to_string(&path).unwrap();
+    let hex = text.trim_end().strip_prefix("hex:").expect("a `hex:` key");
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 32, "key length");
+    bytes
+}
+
+fn assert_key_not_shown(bytes: &[u8], stdout: &str, stderr: &str) {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let forms = [
+        hex.clone(),
+        hex.to_uppercase(),
+        base64::engine::general_purpose::STANDARD.encode(bytes),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+    ];
+    for form in forms {
+        assert!(!stdout.contains(&form), "key leaked to stdout:\n{stdout}");
+        assert!(!stderr.contains(&form), "key leaked to stderr:\n{stderr}");
+    }
+}
+
+#[test]
+fn up_local_serves_passes_the_doctor_and_reuses_its_key() {
+    let binary = kit_service();
+    let dir = WorkDir::new("reuse");
+    let flag = ["--kit-service", binary.to_str().unwrap()];
+
+    let (code, stdout, stderr) = up_local(&dir.0, &flag);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("kit-service is serving at http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target `local` from built-in defaults (online)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("made a new signing key"), "{stderr}");
+    assert!(dir.0.join(".deploy-kit/local/objects").is_dir());
+    let first = key_bytes(&dir.0);
+    assert_key_not_shown(&first, &stdout, &stderr);
+
+    let (code, stdout, stderr) = up_local(&dir.0, &flag);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("reusing the signing key"), "{stderr}");
+    assert_eq!(key_bytes(&dir.0), first, "the second run made a new key");
+    assert_key_not_shown(&first, &stdout, &stderr);
+}
+
+#[test]
+fn the_binary_can_come_from_the_environment() {
+    let binary = kit_service();
+    let dir = WorkDir::new("env");
+    let mut command = std::process::Command::cargo_bin("deploy-kit").unwrap();
+    let output = command
+        .current_dir(&dir.0)
+        .args(["up", "local", "--no-wait", "--port", "0"])
+        .env("DEPLOY_KIT_KIT_SERVICE", &binary)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_missing_binary_exits_2_with_a_hint() {
+    let dir = WorkDir::new("missing");
+    let (code, stdout, stderr) = up_local(&dir.0, &["--kit-service", "/nonexistent/kit-service"]);
+    assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("error: `kit-service` binary `/nonexistent/kit-service` does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run `cargo build -p kit-service`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.0.join(".deploy-kit").exists(),
+        "made state before failing"
+    );
+}
+
+#[test]
+fn other_targets_are_not_implemented_yet() {
+    let dir = WorkDir::new("other");
+    let output = std::process::Command::cargo_bin("deploy-kit")
+        .unwrap()
+        .current_dir(&dir.0)
+        .args(["up", "cloud-run"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
