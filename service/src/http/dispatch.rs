@@ -30,10 +30,7 @@ pub(crate) async fn call(
     endpoint: Endpoint,
     body: Bytes,
 ) -> Response {
-    let method = resolved
-        .protocol
-        .method(&resolved.method)
-        .expect("resolve() checked the method exists");
+    let method = resolved.method();
     let empty = wire::empty_schema();
     match (&method.kind, endpoint) {
         (MethodKind::Stream { .. }, Endpoint::Unary) => {
@@ -267,10 +264,7 @@ async fn prepare(
     body: &Bytes,
     limit: Option<u64>,
 ) -> Result<(Ctx, Args), RpcError> {
-    let method = resolved
-        .protocol
-        .method(&resolved.method)
-        .expect("resolved");
+    let method = resolved.method();
     let (schema, mut batch) = read_request(resolved, body)?;
     if batch.get(wire::LOCATION_KEY).is_some() && batch.batch.num_rows() == 0 {
         batch.batch = resolve_pointer(server, &schema, &batch).await?;
@@ -353,10 +347,7 @@ async fn unary(
     resolved: &Resolved,
     body: Bytes,
 ) -> Result<Response, RpcError> {
-    let method = resolved
-        .protocol
-        .method(&resolved.method)
-        .expect("resolved");
+    let method = resolved.method();
     let MethodKind::Unary { result, handler } = &method.kind else {
         unreachable!("checked by call()")
     };
@@ -537,10 +528,7 @@ async fn init(
     resolved: &Resolved,
     body: Bytes,
 ) -> Result<Response, RpcError> {
-    let method = resolved
-        .protocol
-        .method(&resolved.method)
-        .expect("resolved");
+    let method = resolved.method();
     let MethodKind::Stream {
         kind,
         header,
@@ -763,10 +751,7 @@ async fn exchange(
     resolved: &Resolved,
     body: Bytes,
 ) -> Result<Response, RpcError> {
-    let method = resolved
-        .protocol
-        .method(&resolved.method)
-        .expect("resolved");
+    let method = resolved.method();
     let MethodKind::Stream { kind, turn, .. } = &method.kind else {
         unreachable!("checked by call()")
     };

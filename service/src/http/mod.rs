@@ -508,6 +508,15 @@ pub(crate) struct Resolved {
     pub method: String,
 }
 
+impl Resolved {
+    /// The resolved method; `resolve()` only builds a `Resolved` for one that exists.
+    pub fn method(&self) -> &crate::rpc::Method {
+        self.protocol
+            .method(&self.method)
+            .expect("resolve() checked the method exists")
+    }
+}
+
 fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, RpcError> {
     let not_found = |error: RpcError| {
         error
