@@ -24,6 +24,9 @@ pub const DEFAULT_CONFIG_FILE: &str = "deploy-kit.yaml";
 pub struct DeployConfig {
     /// Format version; must be 1.
     pub version: u32,
+    /// What is deployed: name, image, environment.
+    #[serde(default)]
+    pub service: ServiceConfig,
     /// Target used when `--target`/`DEPLOY_KIT_TARGET` is not given.
     #[serde(default)]
     pub default_target: Option<String>,
@@ -63,6 +66,59 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Names every resource deploy-kit creates (bucket policies, roles,
+    /// functions, Deployments); lower-case letters, digits and `-`.
+    #[serde(default = "service_name")]
+    pub name: String,
+    /// Container image the platforms run; default `<name>:<deploy-kit version>`
+    /// built from the repository's Dockerfile.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Environment or stage (`dev`, `staging`, `prod`): rendered files go to
+    /// `.deploy-kit/<environment>/<target>/`, state sits beside them.
+    #[serde(default = "environment")]
+    pub environment: String,
+}
+
+fn service_name() -> String {
+    "kit-service".to_string()
+}
+
+fn environment() -> String {
+    "dev".to_string()
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            name: service_name(),
+            image: None,
+            environment: environment(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The image to deploy: `image`, or `<name>:<deploy-kit version>`.
+    pub fn image(&self) -> String {
+        self.image
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.name, env!("CARGO_PKG_VERSION")))
+    }
+}
+
+/// How `up` provisions: the cloud SDKs, or the user's Pulumi CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    #[default]
+    Native,
+    Pulumi,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Where it runs: `cloud-run`, `aws-lambda-function-url`, `kubernetes`, ...
     pub platform: Platform,
@@ -90,6 +146,21 @@ pub struct TargetConfig {
     /// Rendered files to inspect, relative to this file.
     #[serde(default)]
     pub manifests: Vec<String>,
+    /// Cloud region (aws, gcp, azure, fly primary region).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// GCP project id (cloud-run, cloud-functions).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Kubernetes namespace (default `default`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Public host name: nginx `server_name`, Ingress host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `native` (cloud SDKs, the default) or `pulumi`.
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 fn one() -> u32 {
@@ -331,6 +402,19 @@ impl DeployConfig {
             return Err(invalid(format!(
                 "`version: {}` is not supported; this deploy-kit reads `version: {CONFIG_VERSION}`",
                 config.version
+            )));
+        }
+        let name = &config.service.name;
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.starts_with('-')
+            || name.ends_with('-')
+        {
+            return Err(invalid(format!(
+                "`service.name: {name}` must be 1-40 lower-case letters, digits and `-`, not starting or ending with `-` (it names buckets' roles, functions and Deployments)"
             )));
         }
         if config.targets.is_empty() {

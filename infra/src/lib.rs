@@ -3,12 +3,18 @@
 //!
 //! [`config`] is the `deploy-kit.yaml` model, [`doctor`] turns it into
 //! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
-//! for `doctor --online`, [`up_local`] is `deploy-kit up local`. The other
-//! commands are still the skeleton.
+//! for `doctor --online`, [`up_local`] is `deploy-kit up local`. Each command module owns its
+//! clap `Args` and a `run` that returns the exit code.
 
 pub mod config;
 pub mod doctor;
+pub mod down;
+pub mod init;
+pub mod plan;
+pub mod render;
 pub mod replica;
+pub mod secrets;
+pub mod up;
 pub mod up_local;
 
 /// The commands of `deploy-kit`, in the order the docs present them.
@@ -67,8 +73,31 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A failed command: what went wrong, the exact next step, and the exit code
+/// the command documents for it. `main.rs` prints `error:` and `hint:` lines.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("`deploy-kit {0}` is not implemented yet")]
-    NotImplemented(&'static str),
+#[error("{message}")]
+pub struct CommandError {
+    pub message: String,
+    pub hint: String,
+    pub exit_code: u8,
+}
+
+impl CommandError {
+    pub fn new(message: impl Into<String>, hint: impl Into<String>, exit_code: u8) -> CommandError {
+        CommandError {
+            message: message.into(),
+            hint: hint.into(),
+            exit_code,
+        }
+    }
+
+    /// Prints the error and its hint to stderr and returns the exit code.
+    pub fn report(&self) -> std::process::ExitCode {
+        eprintln!("error: {}", self.message);
+        if !self.hint.is_empty() {
+            eprintln!("hint: {}", self.hint);
+        }
+        std::process::ExitCode::from(self.exit_code)
+    }
 }

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use deploy_kit::CommandError;
 use deploy_kit::doctor::{DoctorRequest, OutputFormat};
 use kit_checks::render::Format;
 use kit_checks::{Mode, Severity};
@@ -23,34 +22,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write a commented deploy-kit.yaml.
-    Init,
-    /// Render and show what `up` would change.
-    Plan,
+    Init(deploy_kit::init::Args),
+    /// Render a target and show what `up` would create, change or delete.
+    Plan(deploy_kit::plan::Args),
     /// Provision and deploy a target (`local`: run kit-service here).
-    Up(UpArgs),
+    Up(deploy_kit::up::Args),
     /// Remove what `up` made.
-    Down { target: String },
+    Down(deploy_kit::down::Args),
     /// Check config, limits, keys and storage.
     Doctor(DoctorArgs),
-    /// Signing-key management.
-    Secrets,
-    /// Render templates.
-    Render,
-}
-
-#[derive(clap::Args)]
-struct UpArgs {
-    /// Target to bring up; only `local` so far.
-    target: String,
-    /// The `kit-service` binary; default: next to `deploy-kit`, then on `PATH`.
-    #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
-    kit_service: Option<PathBuf>,
-    /// Loopback port to serve on (0 picks a free one).
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
-    /// Stop the service after the doctor and exit with the doctor's code.
-    #[arg(long)]
-    no_wait: bool,
+    /// Signing-key management (`secrets rotate`).
+    Secrets(deploy_kit::secrets::Args),
+    /// Render templates: Dockerfiles, nginx, compose, Kubernetes, Pulumi, CI workflow.
+    Render(deploy_kit::render::Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,34 +98,14 @@ struct DoctorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let name = match cli.command {
-        Command::Doctor(args) => return doctor(args),
-        Command::Init => "init",
-        Command::Plan => "plan",
-        Command::Up(args) if args.target == "local" => return up_local(args),
-        Command::Up(_) => "up",
-        Command::Down { .. } => "down",
-        Command::Secrets => "secrets",
-        Command::Render => "render",
-    };
-    let error = CommandError::NotImplemented(name);
-    eprintln!("error: {error}");
-    eprintln!("hint: run `kit-service serve` to host the service directly meanwhile");
-    ExitCode::from(2)
-}
-
-fn up_local(args: UpArgs) -> ExitCode {
-    match deploy_kit::up_local::run(&deploy_kit::up_local::UpLocalRequest {
-        kit_service: args.kit_service,
-        port: args.port,
-        wait: !args.no_wait,
-    }) {
-        Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("error: {error}");
-            eprintln!("hint: {}", error.hint());
-            ExitCode::from(error.exit_code())
-        }
+    match cli.command {
+        Command::Doctor(args) => doctor(args),
+        Command::Init(args) => deploy_kit::init::run(args),
+        Command::Plan(args) => deploy_kit::plan::run(args),
+        Command::Up(args) => deploy_kit::up::run(args),
+        Command::Down(args) => deploy_kit::down::run(args),
+        Command::Secrets(args) => deploy_kit::secrets::run(args),
+        Command::Render(args) => deploy_kit::render::run(args),
     }
 }
 
