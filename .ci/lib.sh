@@ -230,3 +230,44 @@ start_azurite() {
     export KIT_TEST_AZURITE_ENDPOINT="http://127.0.0.1:$port/devstoreaccount1"
     log "Azurite blob service at $KIT_TEST_AZURITE_ENDPOINT"
 }
+
+# Command-line tools from PyPI (validators, emulators) in their own venv, apart
+# from the vgi-rpc one: `ensure_pip_tools NAME==VERSION ...` installs what is
+# missing and puts the venv's bin on PATH.
+TOOLS_VENV=${KIT_TOOLS_VENV:-$CI_CACHE/venv-tools}
+ensure_pip_tools() {
+    if [ ! -x "$TOOLS_VENV/bin/python" ]; then
+        log "creating $TOOLS_VENV"
+        mkdir -p "$CI_CACHE"
+        "$PY" -m venv "$TOOLS_VENV"
+    fi
+    local missing=() spec
+    for spec in "$@"; do
+        "$TOOLS_VENV/bin/pip" show --quiet "${spec%%[=\[]*}" >/dev/null 2>&1 \
+            && "$TOOLS_VENV/bin/python" - "$spec" <<'PY' || missing+=("$spec")
+import importlib.metadata as m, sys
+spec = sys.argv[1]
+name, _, version = spec.partition("==")
+name = name.split("[")[0]
+sys.exit(0 if not version or m.version(name) == version else 1)
+PY
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} into $TOOLS_VENV"
+        "$TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
+    fi
+    export PATH="$TOOLS_VENV/bin:$PATH"
+}
+
+# Debian packages the tests run (nginx); installs them when missing and root.
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    [ "$(id -u)" = 0 ] || die "missing Debian packages: ${missing[*]} (run: sudo apt-get install -y ${missing[*]})"
+    log "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+}
