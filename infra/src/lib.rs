@@ -9,6 +9,7 @@
 pub mod config;
 pub mod doctor;
 pub mod down;
+pub mod engine;
 pub mod init;
 pub mod plan;
 pub mod render;

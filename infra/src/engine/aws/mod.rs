@@ -1,0 +1,1 @@
+//! The AWS native engine (cargo feature `aws`).
