@@ -88,9 +88,18 @@ pub trait StorageProbe {
 /// The end-to-end probe behind OPS003.
 pub trait SyntheticProbe {
     /// Calls a method whose result is forced through external storage.
-    fn call_through_storage(&self, base_url: &str) -> Result<(), String>;
+    fn call_through_storage(&self, base_url: &str) -> Result<(), SyntheticError>;
     /// Opens a stream on `first` and continues it on `second`.
-    fn stream_across(&self, first: &str, second: &str) -> Result<(), String>;
+    fn stream_across(&self, first: &str, second: &str) -> Result<(), SyntheticError>;
+}
+
+/// Why a synthetic call did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyntheticError {
+    /// The replica answered, wrongly: a finding.
+    Failed(String),
+    /// The replica could not be reached: the check could not run.
+    Unreachable(String),
 }
 
 /// The probes a caller provides; `None` means the check skips.

@@ -21,10 +21,10 @@ use crate::config::{
 use crate::replica::HttpReplicaProbe;
 
 /// Why storage checks skip until the object-store client lands.
-pub const STORAGE_UNAVAILABLE: &str = "storage backend not configured/available (the object-store client arrives with the storage issue)";
-/// Why OPS003 skips until the doctor carries a vgi-rpc client.
-pub const SYNTHETIC_UNAVAILABLE: &str =
-    "synthetic probe not available: the doctor has no vgi-rpc client yet";
+pub const STORAGE_UNAVAILABLE: &str =
+    "no live storage to probe: `storage:` is not set in deploy-kit.yaml, or this is an offline run";
+/// Why OPS003 skips in an offline run.
+pub const SYNTHETIC_OFFLINE: &str = "offline run: no calls to replicas";
 
 /// Report formats, plus `markdown` for `--list-checks` (the docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,12 +184,19 @@ pub fn report(
     }
     let replica_probe = HttpReplicaProbe::new(Duration::from_secs(5));
     let storage_probe = storage_probe(config, request);
+    let synthetic_probe = match request.mode {
+        Mode::Online => crate::synthetic::HttpSyntheticProbe::new(
+            Duration::from_secs(30),
+            env("DEPLOY_KIT_API_KEY").filter(|key| !key.is_empty()),
+        ),
+        Mode::Offline => Err(SYNTHETIC_OFFLINE.to_string()),
+    };
     let probes = Probes {
         replicas: Some(&replica_probe),
         storage: storage_probe.as_ref().ok().map(|probe| &**probe),
-        synthetic: None,
+        synthetic: synthetic_probe.as_ref().ok().map(|probe| probe as _),
         storage_unavailable: storage_probe.as_ref().err().map(String::as_str),
-        synthetic_unavailable: Some(SYNTHETIC_UNAVAILABLE),
+        synthetic_unavailable: synthetic_probe.as_ref().err().map(String::as_str),
     };
     let report = kit_checks::run(
         &facts,

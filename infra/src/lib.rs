@@ -18,6 +18,7 @@ pub mod replica;
 #[cfg(feature = "aws")]
 pub mod s3_probe;
 pub mod secrets;
+pub mod synthetic;
 pub mod up;
 pub mod up_local;
 
@@ -70,6 +71,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "DEPLOY_KIT_KIT_SERVICE",
         "The `kit-service` binary `up local` starts (`--kit-service`); default next to `deploy-kit`, then on `PATH`.",
+    ),
+    (
+        "DEPLOY_KIT_API_KEY",
+        "API key `doctor --online` sends (Bearer) to replicas that require auth, for the OPS003 probe calls.",
     ),
     (
         "DEPLOY_KIT_TODAY",

@@ -263,6 +263,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Host `vgi_rpc.Reflection.v1` (true/false).",
     },
     Variable {
+        name: "KIT_PROBE",
+        default: "true",
+        doc: "Host `kit.Probe.v1`, the operational protocol the doctor's end-to-end check (OPS003) calls: one result forced through external storage, one stream continued across replicas. Not listed by reflection; behind auth and rate limits like any call (true/false).",
+    },
+    Variable {
         name: "KIT_LOG_FORMAT",
         default: "json",
         doc: "Log format: `json` or `text`.",
@@ -322,6 +327,8 @@ pub struct Config {
     pub max_request_bytes: Option<u64>,
     pub max_response_bytes: Option<u64>,
     pub reflection: bool,
+    /// Host `kit.Probe.v1` (`KIT_PROBE`).
+    pub probe: bool,
     pub log_json: bool,
     pub shutdown_grace_seconds: u64,
     pub server_id: Option<String>,
@@ -368,6 +375,7 @@ impl Config {
             max_request_bytes: number(env, "KIT_MAX_REQUEST_BYTES", &mut problems),
             max_response_bytes: number(env, "KIT_MAX_RESPONSE_BYTES", &mut problems),
             reflection: boolean(env, "KIT_REFLECTION", &mut problems).unwrap_or(true),
+            probe: boolean(env, "KIT_PROBE", &mut problems).unwrap_or(true),
             log_json: match env.var("KIT_LOG_FORMAT").as_deref() {
                 None | Some("") | Some("json") => true,
                 Some("text") => false,

@@ -12,6 +12,7 @@ pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;
+pub mod probe;
 pub mod reflection;
 pub mod rpc;
 pub mod serve;

@@ -27,6 +27,7 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         max_request_bytes: config.max_request_bytes,
         max_response_bytes: config.max_response_bytes,
         enable_reflection: config.reflection,
+        enable_probe: config.probe,
         response_compression: config.response_compression,
         ..HttpConfig::default()
     };

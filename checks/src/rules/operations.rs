@@ -1,7 +1,8 @@
 //! OPS001-OPS003: health probes, shutdown and an end-to-end probe.
 
-use super::{Context, Verdict};
+use super::{Context, Verdict, errored};
 use crate::facts::{Facts, ManifestKind};
+use crate::probe::SyntheticError;
 
 pub(super) fn probes(facts: &Facts) -> Verdict {
     let mut inspected = 0;
@@ -80,22 +81,28 @@ pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
         return Verdict::Skip("needs at least two replicas".into());
     };
     let mut failures = Vec::new();
-    if facts.storage.is_some()
-        && let Err(reason) = probe.call_through_storage(first)
-    {
-        failures.push(format!(
-            "call through external storage on {first}: {reason}"
-        ));
+    let mut unreachable = Vec::new();
+    let mut record = |what: String, result: Result<(), SyntheticError>| match result {
+        Ok(()) => {}
+        Err(SyntheticError::Failed(reason)) => failures.push(format!("{what}: {reason}")),
+        Err(SyntheticError::Unreachable(reason)) => unreachable.push(format!("{what}: {reason}")),
+    };
+    if facts.storage.is_some() {
+        record(
+            format!("call through external storage on {first}"),
+            probe.call_through_storage(first),
+        );
     }
-    if let Err(reason) = probe.stream_across(first, second) {
-        failures.push(format!(
-            "stream from {first} continued on {second}: {reason}"
-        ));
-    }
-    if failures.is_empty() {
-        Verdict::Pass
-    } else {
+    record(
+        format!("stream from {first} continued on {second}"),
+        probe.stream_across(first, second),
+    );
+    if !failures.is_empty() {
         Verdict::Fail(failures.join("; "))
+    } else if !unreachable.is_empty() {
+        errored(unreachable.join("; "))
+    } else {
+        Verdict::Pass
     }
 }
 
@@ -104,7 +111,7 @@ mod tests {
     use crate::Mode;
     use crate::facts::Manifest;
     use crate::platform::Platform;
-    use crate::probe::{Probes, SyntheticProbe};
+    use crate::probe::{Probes, SyntheticError, SyntheticProbe};
     use crate::rules::limits::tests::storage;
     use crate::rules::test_support::{check, check_with, facts};
 
@@ -155,25 +162,32 @@ mod tests {
         check("OPS002", &f, "skip");
     }
 
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Ok,
+        Wrong(&'static str),
+        Down,
+    }
+
     struct Synthetic {
-        storage_ok: bool,
-        stream_ok: bool,
+        storage: Answer,
+        stream: Answer,
+    }
+
+    fn answer(answer: Answer) -> Result<(), SyntheticError> {
+        match answer {
+            Answer::Ok => Ok(()),
+            Answer::Wrong(reason) => Err(SyntheticError::Failed(reason.into())),
+            Answer::Down => Err(SyntheticError::Unreachable("connection refused".into())),
+        }
     }
 
     impl SyntheticProbe for Synthetic {
-        fn call_through_storage(&self, _: &str) -> Result<(), String> {
-            if self.storage_ok {
-                Ok(())
-            } else {
-                Err("403".into())
-            }
+        fn call_through_storage(&self, _: &str) -> Result<(), SyntheticError> {
+            answer(self.storage)
         }
-        fn stream_across(&self, _: &str, _: &str) -> Result<(), String> {
-            if self.stream_ok {
-                Ok(())
-            } else {
-                Err("token rejected".into())
-            }
+        fn stream_across(&self, _: &str, _: &str) -> Result<(), SyntheticError> {
+            answer(self.stream)
         }
     }
 
@@ -188,16 +202,29 @@ mod tests {
             ..Probes::default()
         };
         static GOOD: Synthetic = Synthetic {
-            storage_ok: true,
-            stream_ok: true,
+            storage: Answer::Ok,
+            stream: Answer::Ok,
         };
         static BAD: Synthetic = Synthetic {
-            storage_ok: false,
-            stream_ok: false,
+            storage: Answer::Wrong("403"),
+            stream: Answer::Wrong("token rejected"),
+        };
+        static DOWN: Synthetic = Synthetic {
+            storage: Answer::Down,
+            stream: Answer::Down,
+        };
+        static HALF_DOWN: Synthetic = Synthetic {
+            storage: Answer::Down,
+            stream: Answer::Wrong("token rejected"),
         };
         check_with("OPS003", &f, Mode::Online, Probes::default(), "skip");
         check_with("OPS003", &f, Mode::Online, probes(&GOOD), "pass");
         let message = check_with("OPS003", &f, Mode::Online, probes(&BAD), "fail");
         assert!(message.contains("external storage") && message.contains("continued on http://b"));
+        let message = check_with("OPS003", &f, Mode::Online, probes(&DOWN), "errored");
+        assert!(message.contains("connection refused"), "{message}");
+        // A wrong answer is a finding even when another step could not run.
+        let message = check_with("OPS003", &f, Mode::Online, probes(&HALF_DOWN), "fail");
+        assert!(message.contains("token rejected"), "{message}");
     }
 }

@@ -46,6 +46,8 @@ pub struct HttpConfig {
     pub max_response_bytes: Option<u64>,
     pub zstd_level: i32,
     pub enable_reflection: bool,
+    /// Host `kit.Probe.v1` (the doctor's OPS003 end-to-end probe; `KIT_PROBE`).
+    pub enable_probe: bool,
     /// Compress responses when the client accepts it; off advertises no codecs.
     pub response_compression: bool,
 }
@@ -59,6 +61,7 @@ impl Default for HttpConfig {
             max_response_bytes: None,
             zstd_level: 1,
             enable_reflection: true,
+            enable_probe: true,
             response_compression: true,
         }
     }
@@ -111,6 +114,10 @@ impl Server {
             let reflection = crate::reflection::protocol();
             hosted.insert(reflection.name.clone(), Arc::new(reflection));
         }
+        if config.enable_probe {
+            let probe = crate::probe::protocol();
+            hosted.insert(probe.name.clone(), Arc::new(probe));
+        }
         Arc::new(Server {
             protocols: hosted,
             primary,
@@ -148,8 +155,9 @@ impl Server {
         &self.hosting
     }
 
+    /// The protocols reflection lists (operational ones like `kit.Probe.v1` are served, not listed).
     pub fn protocols(&self) -> impl Iterator<Item = &Arc<Protocol>> {
-        self.protocols.values()
+        self.protocols.values().filter(|p| !p.unlisted)
     }
 }
 
@@ -533,7 +541,10 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
         ));
     }
     let Some(hosted) = server.protocols.get(protocol) else {
-        let names: Vec<String> = server.protocols.keys().map(|k| format!("'{k}'")).collect();
+        let names: Vec<String> = server
+            .protocols()
+            .map(|p| format!("'{}'", p.name))
+            .collect();
         let message = if crate::rpc::valid_protocol_name(protocol) {
             format!(
                 "This server does not host protocol '{protocol}'. Hosted: [{}].",

@@ -98,6 +98,22 @@ impl Ctx {
         external.publish_cached(key, include_sha256, batch).await
     }
 
+    /// Uploads a one-row result batch to external storage now (no caching) and
+    /// returns the reference to reply with; `include_sha256` adds a digest.
+    pub async fn publish(
+        &self,
+        batch: RecordBatch,
+        include_sha256: bool,
+    ) -> Result<ExternalRef, RpcError> {
+        let Some(external) = self.inner.external.as_ref() else {
+            return Err(RpcError::new(
+                "RuntimeError",
+                "this server has no external storage configured",
+            ));
+        };
+        external.publish(batch, include_sha256).await
+    }
+
     /// Sends a log message to the client, ahead of this call's result.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         self.log_with(level, message, Map::new());
@@ -516,6 +532,8 @@ pub struct Protocol {
     pub(crate) methods: BTreeMap<String, Method>,
     /// Reflection is exempt from the protocol-version gate.
     pub(crate) version_exempt: bool,
+    /// Operational protocols (`kit.Probe.v1`) are served but not listed by reflection.
+    pub(crate) unlisted: bool,
 }
 
 impl Protocol {
@@ -526,6 +544,7 @@ impl Protocol {
             methods: BTreeMap::new(),
             errors: Vec::new(),
             version_exempt: false,
+            unlisted: false,
         }
     }
 
@@ -567,12 +586,19 @@ pub struct ProtocolBuilder {
     methods: BTreeMap<String, Method>,
     errors: Vec<DefinitionError>,
     version_exempt: bool,
+    unlisted: bool,
 }
 
 impl ProtocolBuilder {
     /// Declares `protocol_version`; clients must then send the same MAJOR.MINOR.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = Some(version.into());
+        self
+    }
+
+    /// Served, but left out of reflection's protocol list.
+    pub(crate) fn unlisted(mut self) -> Self {
+        self.unlisted = true;
         self
     }
 
@@ -737,6 +763,7 @@ impl ProtocolBuilder {
             version: self.version,
             methods: self.methods,
             version_exempt: self.version_exempt,
+            unlisted: self.unlisted,
         })
     }
 }

@@ -162,6 +162,20 @@ impl External {
         })
     }
 
+    /// Uploads `batch` now, compressed as configured.
+    pub async fn publish(
+        &self,
+        batch: arrow_array::RecordBatch,
+        include_sha256: bool,
+    ) -> Result<crate::rpc::ExternalRef, crate::wire::RpcError> {
+        let ipc = crate::wire::ipc::stream_bytes(&batch.schema(), std::slice::from_ref(&batch))?;
+        let pointer = self.externalize(ipc).await?;
+        Ok(crate::rpc::ExternalRef {
+            location: pointer.location,
+            sha256: include_sha256.then_some(pointer.sha256),
+        })
+    }
+
     /// Publishes `batch` once per `(key, include_sha256)`, compressed as configured.
     pub async fn publish_cached(
         &self,
