@@ -299,7 +299,10 @@ pub fn render_template(
 
 fn template_error(name: &str, error: &minijinja::Error) -> CommandError {
     let template = error.name().unwrap_or(name);
-    let line = error.line().map(|l| format!(" line {l}")).unwrap_or_default();
+    let line = error
+        .line()
+        .map(|l| format!(" line {l}"))
+        .unwrap_or_default();
     let expression = error
         .template_source()
         .zip(error.range())
@@ -648,9 +651,7 @@ pub fn render(args: &Args) -> Result<String, CommandError> {
         .filter(|parent| !parent.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let environment_dir = base
-        .join(".deploy-kit")
-        .join(&config.service.environment);
+    let environment_dir = base.join(".deploy-kit").join(&config.service.environment);
     let mut notes = String::new();
     let (files, default_dir) = match args.what {
         What::All => {

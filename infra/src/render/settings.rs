@@ -268,7 +268,10 @@ fn secret(platform: Platform, spec: SecretSpec<'_>) -> SecretSettings {
         None if platform == Platform::Compose => {
             (secrets_dir(platform).to_string(), spec.secret_name.clone())
         }
-        None => (format!("{}/{}", secrets_dir(platform), spec.id), "value".into()),
+        None => (
+            format!("{}/{}", secrets_dir(platform), spec.id),
+            "value".into(),
+        ),
     };
     SecretSettings {
         id: spec.id.to_string(),
@@ -301,7 +304,12 @@ impl Settings {
             .ok_or_else(|| SettingsError {
                 message: format!(
                     "no target `{target_name}`; known: {}",
-                    config.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                    config
+                        .targets
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 hint: "name a target from `targets:` with `--target NAME`".into(),
             })?;
@@ -386,10 +394,7 @@ impl Settings {
                 port: CONTAINER_PORT,
                 region: target.region.clone(),
                 project: target.project.clone(),
-                namespace: target
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
+                namespace: target.namespace.clone().unwrap_or_else(|| "default".into()),
                 host: target.host.clone(),
                 resource_prefix: format!("{name}-{target_name}"),
             },
@@ -423,7 +428,11 @@ impl Settings {
     }
 }
 
-fn resolve_secrets(config: &DeployConfig, target: &TargetConfig, name: &str) -> Vec<SecretSettings> {
+fn resolve_secrets(
+    config: &DeployConfig,
+    target: &TargetConfig,
+    name: &str,
+) -> Vec<SecretSettings> {
     let platform = target.platform;
     let mut secrets = Vec::new();
     let key = &config.signing_key;
@@ -591,7 +600,11 @@ fn resolve_env(config: &DeployConfig, target: &TargetConfig, drain_delay: u64) -
     env
 }
 
-fn resolve_nginx(config: &DeployConfig, target: &TargetConfig, options: &NginxOptions) -> NginxSettings {
+fn resolve_nginx(
+    config: &DeployConfig,
+    target: &TargetConfig,
+    options: &NginxOptions,
+) -> NginxSettings {
     let upstreams = if !options.upstreams.is_empty() {
         options.upstreams.clone()
     } else if target.platform == Platform::Compose {
@@ -612,9 +625,10 @@ fn resolve_nginx(config: &DeployConfig, target: &TargetConfig, options: &NginxOp
             .unwrap_or_else(|| "/etc/nginx/tls/tls.key".into()),
     });
     NginxSettings {
-        listen: options.listen.clone().unwrap_or_else(|| {
-            if tls.is_some() { "443" } else { "80" }.to_string()
-        }),
+        listen: options
+            .listen
+            .clone()
+            .unwrap_or_else(|| if tls.is_some() { "443" } else { "80" }.to_string()),
         server_name: target.host.clone().unwrap_or_else(|| "_".into()),
         redirect_http: tls.is_some() && options.listen.is_none(),
         tls,
