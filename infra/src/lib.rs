@@ -3,7 +3,9 @@
 //!
 //! [`config`] is the `deploy-kit.yaml` model, [`doctor`] turns it into
 //! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
-//! for `doctor --online`, [`up_local`] is `deploy-kit up local`. Each command module owns its
+//! for `doctor --online`, [`up_local`] is `deploy-kit up local`, [`render`]
+//! fills in `templates/` (and gives `plan` its files), [`init`] writes a
+//! commented config for a platform. Each command module owns its
 //! clap `Args` and a `run` that returns the exit code.
 
 pub mod config;
