@@ -183,11 +183,15 @@ pub fn report(
         })?;
     }
     let replica_probe = HttpReplicaProbe::new(Duration::from_secs(5));
+    let storage_probe = match request.mode {
+        Mode::Online => crate::storage_probe::storage_probe(config, env),
+        Mode::Offline => Err(STORAGE_UNAVAILABLE.to_string()),
+    };
     let probes = Probes {
         replicas: Some(&replica_probe),
-        storage: None,
+        storage: storage_probe.as_deref().ok(),
         synthetic: None,
-        storage_unavailable: Some(STORAGE_UNAVAILABLE),
+        storage_unavailable: storage_probe.as_ref().err().map(String::as_str),
         synthetic_unavailable: Some(SYNTHETIC_UNAVAILABLE),
     };
     let report = kit_checks::run(

@@ -10,11 +10,14 @@ pub mod config;
 pub mod doctor;
 pub mod down;
 pub mod engine;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod init;
 pub mod plan;
 pub mod render;
 pub mod replica;
 pub mod secrets;
+pub mod storage_probe;
 pub mod up;
 pub mod up_local;
 
@@ -73,6 +76,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "The date waivers are judged against, `YYYY-MM-DD` (reproducible runs); default today (UTC).",
     ),
 ];
+
+/// How to get a deploy-kit that talks to Google Cloud.
+pub const GCP_REBUILD: &str = "cargo install --path infra --features gcp";
 
 /// A failed command: what went wrong, the exact next step, and the exit code
 /// the command documents for it. `main.rs` prints `error:` and `hint:` lines.
