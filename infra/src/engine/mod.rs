@@ -17,6 +17,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod gcp;
 pub mod pulumi;
 pub mod zip;
 
@@ -137,7 +138,10 @@ impl State {
         };
         let state: State = serde_json::from_str(&text).map_err(|error| {
             CommandError::new(
-                format!("`{}` is not a deploy-kit state file: {error}", path.display()),
+                format!(
+                    "`{}` is not a deploy-kit state file: {error}",
+                    path.display()
+                ),
                 "restore it from version control; deleting it makes `down` forget what `up` made",
                 1,
             )
@@ -484,7 +488,8 @@ mod tests {
     use super::*;
 
     fn bucket(expiration: Option<&str>) -> Resource {
-        let mut bucket = Resource::new(kind::BUCKET, "data").with(setting::LIFECYCLE_PREFIX, "vgi/");
+        let mut bucket =
+            Resource::new(kind::BUCKET, "data").with(setting::LIFECYCLE_PREFIX, "vgi/");
         if let Some(days) = expiration {
             bucket = bucket.with(setting::LIFECYCLE_EXPIRATION_DAYS, days);
         }
@@ -511,7 +516,9 @@ mod tests {
     #[test]
     fn same_settings_plan_nothing_even_with_other_outputs() {
         let mut recorded = bucket(Some("1"));
-        recorded.outputs.insert("arn".into(), "arn:aws:s3:::data".into());
+        recorded
+            .outputs
+            .insert("arn".into(), "arn:aws:s3:::data".into());
         let plan = diff(&[bucket(Some("1"))], Some(&state(vec![recorded])));
         assert!(plan.is_empty(), "{plan:?}");
     }
@@ -522,25 +529,47 @@ mod tests {
         assert_eq!(plan.changes[0].fields[0].old.as_deref(), Some("7"));
         assert!(plan.warnings[0].contains("from 7 to 1 days"), "{plan:?}");
         let plan = diff(&[bucket(None)], Some(&state(vec![bucket(Some("7"))])));
-        assert!(plan.warnings[0].contains("drops the expiration"), "{plan:?}");
+        assert!(
+            plan.warnings[0].contains("drops the expiration"),
+            "{plan:?}"
+        );
         let plan = diff(&[bucket(Some("7"))], Some(&state(vec![bucket(Some("1"))])));
         assert!(plan.warnings.is_empty(), "longer expiry is safe: {plan:?}");
     }
 
     #[test]
     fn renamed_bucket_and_secret_are_replacements() {
-        let recorded = state(vec![bucket(Some("1")), Resource::new(kind::SECRET, "old-key")]);
+        let recorded = state(vec![
+            bucket(Some("1")),
+            Resource::new(kind::SECRET, "old-key"),
+        ]);
         let mut renamed = bucket(Some("1"));
         renamed.name = "data-2".into();
-        let plan = diff(&[renamed, Resource::new(kind::SECRET, "new-key")], Some(&recorded));
+        let plan = diff(
+            &[renamed, Resource::new(kind::SECRET, "new-key")],
+            Some(&recorded),
+        );
         let actions: Vec<Action> = plan.changes.iter().map(|c| c.action).collect();
         assert_eq!(
             actions,
-            [Action::Create, Action::Create, Action::Delete, Action::Delete]
+            [
+                Action::Create,
+                Action::Create,
+                Action::Delete,
+                Action::Delete
+            ]
         );
         assert_eq!(plan.changes[2].name, "old-key", "deletes go newest first");
-        assert!(plan.warnings.iter().any(|w| w.contains("replaces bucket `data`")));
-        assert!(plan.warnings.iter().any(|w| w.contains("replaces the signing-key secret `old-key`")));
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("replaces bucket `data`"))
+        );
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("replaces the signing-key secret `old-key`"))
+        );
     }
 
     #[test]
@@ -555,7 +584,12 @@ mod tests {
         assert_eq!(State::load(&path).unwrap(), Some(written));
         assert!(!path.with_extension("json.tmp").exists());
         std::fs::write(&path, "{}").unwrap();
-        assert!(State::load(&path).unwrap_err().message.contains("not a deploy-kit state file"));
+        assert!(
+            State::load(&path)
+                .unwrap_err()
+                .message
+                .contains("not a deploy-kit state file")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -38,7 +38,10 @@ pub fn write(entries: &[ZipEntry<'_>]) -> std::io::Result<Vec<u8>> {
         let compressed = encoder.finish()?;
         let too_big = |n: usize| {
             u32::try_from(n).map_err(|_| {
-                std::io::Error::other(format!("`{}` is too large for a zip without zip64", entry.name))
+                std::io::Error::other(format!(
+                    "`{}` is too large for a zip without zip64",
+                    entry.name
+                ))
             })
         };
         let compressed_size = too_big(compressed.len())?;
