@@ -72,6 +72,22 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "The `kit-service` binary `up local` starts (`--kit-service`); default next to `deploy-kit`, then on `PATH`.",
     ),
     (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GCP targets and the GCS probe: a `service_account` key or `authorized_user` JSON file; default gcloud's application-default file (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`).",
+    ),
+    (
+        "STORAGE_EMULATOR_HOST",
+        "GCS endpoint override (`host:port` or a URL), as Google's client libraries read it; wins over `storage.endpoint`. Plain `http://` endpoints are called without a token.",
+    ),
+    (
+        "DEPLOY_KIT_SECRET_MANAGER_ENDPOINT",
+        "Secret Manager endpoint override (tests point it at a fake); default `https://secretmanager.googleapis.com`.",
+    ),
+    (
+        "DEPLOY_KIT_CLOUD_RUN_ENDPOINT",
+        "Cloud Run Admin API endpoint override (tests point it at a fake); default `https://run.googleapis.com`.",
+    ),
+    (
         "DEPLOY_KIT_TODAY",
         "The date waivers are judged against, `YYYY-MM-DD` (reproducible runs); default today (UTC).",
     ),

@@ -26,7 +26,7 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 enum Grant {
     ServiceAccount {
         client_email: String,
-        signer: SigningKey<Sha256>,
+        signer: Box<SigningKey<Sha256>>,
     },
     AuthorizedUser {
         client_id: String,
@@ -85,7 +85,9 @@ impl Credentials {
                 };
                 Grant::ServiceAccount {
                     client_email,
-                    signer: SigningKey::new(parse_private_key(&private_key).map_err(invalid)?),
+                    signer: Box::new(SigningKey::new(
+                        parse_private_key(&private_key).map_err(invalid)?,
+                    )),
                 }
             }
             Some("authorized_user") => {
