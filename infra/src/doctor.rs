@@ -184,12 +184,12 @@ pub fn report(
     }
     let replica_probe = HttpReplicaProbe::new(Duration::from_secs(5));
     let storage_probe = match request.mode {
-        Mode::Online => crate::storage_probe::storage_probe(config, env),
+        Mode::Online => crate::storage_probe::storage_probe(config, request.target.as_deref(), env),
         Mode::Offline => Err(STORAGE_UNAVAILABLE.to_string()),
     };
     let probes = Probes {
         replicas: Some(&replica_probe),
-        storage: storage_probe.as_deref().ok(),
+        storage: storage_probe.as_ref().ok().map(|probe| &**probe),
         synthetic: None,
         storage_unavailable: storage_probe.as_ref().err().map(String::as_str),
         synthetic_unavailable: Some(SYNTHETIC_UNAVAILABLE),

@@ -1,15 +1,21 @@
 //! `deploy-kit down <target>`: removes what `up` recorded in the target's
-//! state file, newest first. GCP targets go to [`crate::engine::gcp::down`];
-//! a bucket that still holds objects is kept unless `--delete-data`.
+//! state file, newest first (reverse dependency order), dropping each
+//! resource from the state as it goes. A bucket that still holds objects is
+//! kept, and reported with the command that removes it, unless
+//! `--delete-data`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::CommandError;
+use crate::config::Engine as EngineKind;
+use crate::deployment::Deployment;
+use crate::engine::State;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Target (a name under `targets:` in deploy-kit.yaml).
+    #[arg(env = "DEPLOY_KIT_TARGET")]
     pub target: Option<String>,
     /// Config file.
     #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
@@ -21,24 +27,112 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
-    if let Some(target) = &args.target {
-        match crate::up::load_target(args.config.as_deref(), target) {
-            Err(error) => return error.report(),
-            Ok((config, path)) => {
-                if crate::engine::gcp::handles(config.targets[target].platform) {
-                    return match crate::engine::gcp::down(
-                        &config,
-                        &path,
-                        target,
-                        args.delete_data,
-                        &env,
-                    ) {
-                        Ok(code) => ExitCode::from(code),
-                        Err(error) => error.report(),
-                    };
-                }
-            }
-        }
+    match down(&args, &env) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => error.report(),
     }
-    CommandError::new("`deploy-kit down` is not implemented yet", "", 2).report()
+}
+
+fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
+    if deployment.target.engine == EngineKind::Pulumi {
+        return crate::engine::pulumi::down(&deployment);
+    }
+    if crate::engine::gcp::handles(deployment.target.platform) {
+        return crate::engine::gcp::down(
+            &deployment.config,
+            &deployment.config_path,
+            &deployment.target_name,
+            args.delete_data,
+            env,
+        );
+    }
+    let state_path = deployment.state_path();
+    let Some(state) = State::load(&state_path)? else {
+        eprintln!(
+            "down: nothing recorded for target `{}` (no `{}`)",
+            deployment.target_name,
+            state_path.display()
+        );
+        return Ok(0);
+    };
+    native_down(&deployment, state, args.delete_data, env)
+}
+
+#[cfg(not(feature = "aws"))]
+fn native_down(
+    deployment: &Deployment,
+    state: State,
+    _delete_data: bool,
+    _env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
+    Err(CommandError::new(
+        format!(
+            "target `{}` was made by the `{}` engine, and this deploy-kit was built without the `aws` feature",
+            deployment.target_name, state.engine
+        ),
+        "rebuild with `cargo install --path infra --features aws` (or `cargo build --release -p deploy-kit --features aws`)",
+        2,
+    ))
+}
+
+#[cfg(feature = "aws")]
+fn native_down(
+    deployment: &Deployment,
+    mut state: State,
+    delete_data: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
+    use crate::engine::aws::AwsSettings;
+    use crate::engine::aws::apply::AwsEngine;
+    use crate::engine::{DestroyOptions, Engine, Progress};
+
+    if state.engine != "aws" {
+        return Err(CommandError::new(
+            format!(
+                "the state of target `{}` was made by the `{}` engine",
+                deployment.target_name, state.engine
+            ),
+            "run `down` with the deploy-kit build that has that engine",
+            2,
+        ));
+    }
+    let settings = AwsSettings::resolve(
+        &deployment.config,
+        &deployment.target_name,
+        &deployment.target,
+        env,
+    )?;
+    let engine = AwsEngine::new(settings, None)?;
+    let state_path = deployment.state_path();
+    let mut progress = Progress::stderr();
+    progress.note(&format!("down: target `{}`", deployment.target_name));
+    let recorded = state.clone();
+    let kept = engine.destroy(
+        &recorded,
+        DestroyOptions { delete_data },
+        &mut progress,
+        &mut |resource| {
+            state.resources.retain(|r| r != resource);
+            state.save(&state_path)
+        },
+    )?;
+    if state.resources.is_empty() {
+        std::fs::remove_file(&state_path).map_err(|error| {
+            CommandError::new(
+                format!("failed to remove `{}`: {error}", state_path.display()),
+                "delete it by hand; everything it recorded is gone",
+                1,
+            )
+        })?;
+    }
+    progress.note(&format!(
+        "down: done in {:.1} s",
+        progress.elapsed_seconds()
+    ));
+    for left in &kept {
+        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
+    }
+    Ok(0)
 }

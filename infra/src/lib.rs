@@ -7,6 +7,7 @@
 //! clap `Args` and a `run` that returns the exit code.
 
 pub mod config;
+pub mod deployment;
 pub mod doctor;
 pub mod down;
 pub mod engine;
@@ -16,6 +17,8 @@ pub mod init;
 pub mod plan;
 pub mod render;
 pub mod replica;
+#[cfg(feature = "aws")]
+pub mod s3_probe;
 pub mod secrets;
 pub mod storage_probe;
 pub mod up;

@@ -1,15 +1,340 @@
-//! `deploy-kit plan`: not implemented yet.
+//! `deploy-kit plan <target>`: the offline doctor, then the target's files
+//! rendered into `.deploy-kit/<environment>/<target>/`, then what `up` would
+//! create, change or delete against the state the last `up` recorded, with
+//! warnings about changes that lose data or break clients.
+//!
+//! Exit codes: 0 no change, 2 changes, 1 error (doctor errors included,
+//! unless `--force`). `--json` prints the `deploy-kit.plan/v1` document.
+//! Nothing here needs a cloud account or the `aws` feature.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use kit_checks::Mode;
+use serde::Serialize;
+
 use crate::CommandError;
+use crate::deployment::{Deployment, find_kit_service, lambda_package};
+use crate::engine::{self, Action, Plan, State};
+
+/// Schema id of `plan --json`.
+pub const PLAN_SCHEMA: &str = "deploy-kit.plan/v1";
+/// The setting a missing function package leaves unknown.
+const CODE_SETTING: &str = "code.sha256";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Target (a name under `targets:` in deploy-kit.yaml).
+    #[arg(env = "DEPLOY_KIT_TARGET")]
     pub target: Option<String>,
+    /// Config file.
+    #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the `deploy-kit.plan/v1` JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Plan even when the offline doctor reports errors.
+    #[arg(long)]
+    pub force: bool,
+    /// The kit-service binary whose package the plan compares (default: next to `deploy-kit`, then `PATH`).
+    #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
+    pub kit_service: Option<PathBuf>,
 }
 
-pub fn run(_args: Args) -> ExitCode {
-    CommandError::new("`deploy-kit plan` is not implemented yet", "", 2).report()
+/// The plan of one target, as printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanDocument {
+    pub schema: &'static str,
+    pub target: String,
+    pub environment: String,
+    pub engine: String,
+    /// The state compared against, relative to the working directory when possible.
+    pub state: String,
+    pub rendered: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub render_error: Option<String>,
+    pub changes: Vec<engine::Change>,
+    pub warnings: Vec<String>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub create: usize,
+    pub change: usize,
+    pub delete: usize,
+}
+
+impl Summary {
+    pub fn of(plan: &Plan) -> Summary {
+        let count = |action| plan.changes.iter().filter(|c| c.action == action).count();
+        Summary {
+            create: count(Action::Create),
+            change: count(Action::Change),
+            delete: count(Action::Delete),
+        }
+    }
+}
+
+/// The plan of `desired` against `state`. Without a package hash the code is
+/// not compared (the recorded hash is carried over).
+pub fn plan_against(
+    desired: &[engine::Resource],
+    state: Option<&State>,
+    package_known: bool,
+) -> Plan {
+    match state {
+        Some(state) if !package_known => {
+            let mut state = state.clone();
+            for resource in &mut state.resources {
+                resource.settings.remove(CODE_SETTING);
+            }
+            engine::diff(desired, Some(&state))
+        }
+        _ => engine::diff(desired, state),
+    }
+}
+
+/// The text table: `+ create`, `~ change (field: old -> new)`, `- delete`.
+pub fn render_text(document: &PlanDocument) -> String {
+    let mut out = format!(
+        "plan for target `{}` ({} engine, against `{}`)\n",
+        document.target, document.engine, document.state
+    );
+    if document.changes.is_empty() {
+        out.push_str("no changes: the target matches the last `up`\n");
+    }
+    let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".to_string());
+    for change in &document.changes {
+        let address = format!("{}/{}", change.kind, change.name);
+        match change.action {
+            Action::Create => out.push_str(&format!("+ create {address}\n")),
+            Action::Delete => out.push_str(&format!("- delete {address}\n")),
+            Action::Change => {
+                let fields: Vec<String> = change
+                    .fields
+                    .iter()
+                    .map(|f| format!("{}: {} -> {}", f.field, show(&f.old), show(&f.new)))
+                    .collect();
+                out.push_str(&format!("~ change {address} ({})\n", fields.join(", ")));
+            }
+        }
+    }
+    for warning in &document.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    let summary = document.summary;
+    out.push_str(&format!(
+        "{} to create, {} to change, {} to delete\n",
+        summary.create, summary.change, summary.delete
+    ));
+    out
+}
+
+/// Everything `plan` computes; `up` reuses it before applying.
+pub fn compute(
+    deployment: &Deployment,
+    package: Option<&[u8]>,
+    cwd: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(PlanDocument, Vec<engine::Resource>), CommandError> {
+    let hash = package.map(package_hash);
+    let (engine_name, desired) = deployment.desired(hash.as_deref(), env)?;
+    let state_path = deployment.state_path();
+    let state = State::load(&state_path)?;
+    let plan = plan_against(&desired, state.as_ref(), hash.is_some());
+    let (rendered, render_error) = match deployment.render() {
+        Ok(paths) => (paths.iter().map(|p| relative(p, cwd)).collect(), None),
+        Err(error) => (Vec::new(), Some(error.message)),
+    };
+    let document = PlanDocument {
+        schema: PLAN_SCHEMA,
+        target: deployment.target_name.clone(),
+        environment: deployment.config.service.environment.clone(),
+        engine: engine_name.to_string(),
+        state: relative(&state_path, cwd),
+        rendered,
+        render_error,
+        summary: Summary::of(&plan),
+        changes: plan.changes,
+        warnings: plan.warnings,
+    };
+    Ok((document, desired))
+}
+
+/// Lambda's `CodeSha256` of a package (base64 SHA-256).
+pub fn package_hash(package: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(package))
+}
+
+fn relative(path: &std::path::Path, cwd: &std::path::Path) -> String {
+    path.strip_prefix(cwd).unwrap_or(path).display().to_string()
+}
+
+/// The offline doctor gate: its summary on stderr, and an error when it
+/// found errors (the report goes to stderr too) unless `force`.
+pub fn doctor_gate(
+    deployment: &Deployment,
+    force: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CommandError> {
+    let output = deployment.doctor(Mode::Offline, env)?;
+    if output.exit_code == 1 && !force {
+        eprint!("{}", output.text);
+        return Err(CommandError::new(
+            format!(
+                "`deploy-kit doctor --offline` found errors in target `{}`",
+                deployment.target_name
+            ),
+            "fix them (see the report above), or pass `--force` to go on anyway",
+            1,
+        ));
+    }
+    if let Some(summary) = &output.summary {
+        eprintln!("doctor --offline: {summary}");
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    match plan(&args, &env) {
+        Ok(code) => ExitCode::from(code),
+        Err(mut error) => {
+            // 2 means "changes" here, so every error is 1.
+            error.exit_code = 1;
+            error.report()
+        }
+    }
+}
+
+fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
+    doctor_gate(&deployment, args.force, env)?;
+    // Only Lambda targets ship a package; the other engines deploy an image.
+    let package = if !engine::aws::handles(deployment.target.platform) {
+        None
+    } else {
+        match find_kit_service(args.kit_service.as_deref()) {
+            Ok(binary) => Some(lambda_package(&binary)?),
+            Err(_) => {
+                eprintln!(
+                    "note: no kit-service binary found, so the function's code is not compared (pass `--kit-service PATH`)"
+                );
+                None
+            }
+        }
+    };
+    let (document, _) = compute(&deployment, package.as_deref(), &cwd, env)?;
+    if let Some(error) = &document.render_error {
+        eprintln!("warning: rendering failed, the resource plan below is still complete: {error}");
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&document).expect("plan serializes")
+        );
+    } else {
+        print!("{}", render_text(&document));
+    }
+    Ok(if document.changes.is_empty() { 0 } else { 2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::DeployConfig;
+    use crate::engine::aws::AwsSettings;
+
+    const CONFIG: &str = "version: 1
+service: {name: vgi, environment: test}
+targets:
+  lambda: {platform: aws-lambda-function-url, region: eu-west-1, public: true}
+storage:
+  provider: s3
+  bucket: vgi-data
+  prefix: vgi-rpc/
+  expiry_days: EXPIRY
+  abort_multipart_days: 1
+  credential: assumed-role
+  session_seconds: 3600
+  cors_origins: [https://app.example.com]
+";
+
+    fn desired(expiry: &str) -> Vec<engine::Resource> {
+        let config = DeployConfig::parse(
+            &CONFIG.replace("EXPIRY", expiry),
+            Path::new("deploy-kit.yaml"),
+        )
+        .unwrap();
+        let (name, target) = config.target(None).unwrap();
+        AwsSettings::resolve(&config, name, target, &|_| None)
+            .unwrap()
+            .desired(Some("c29tZSBoYXNo"))
+    }
+
+    fn document(plan: Plan) -> PlanDocument {
+        PlanDocument {
+            schema: PLAN_SCHEMA,
+            target: "lambda".into(),
+            environment: "test".into(),
+            engine: "aws".into(),
+            state: ".deploy-kit/test/lambda/state.json".into(),
+            rendered: Vec::new(),
+            render_error: Some("rendering target `lambda` is not implemented yet".into()),
+            summary: Summary::of(&plan),
+            changes: plan.changes,
+            warnings: plan.warnings,
+        }
+    }
+
+    /// Snapshots the text and JSON plans of `desired` against `state`.
+    fn check(name: &str, desired: &[engine::Resource], state: Option<&State>) {
+        let document = document(plan_against(desired, state, true));
+        insta::assert_snapshot!(format!("{name}_text"), render_text(&document));
+        insta::assert_snapshot!(
+            format!("{name}_json"),
+            serde_json::to_string_pretty(&document).unwrap()
+        );
+    }
+
+    fn applied(resources: Vec<engine::Resource>) -> State {
+        State {
+            resources,
+            ..State::new("aws", "test", "lambda")
+        }
+    }
+
+    #[test]
+    fn plans_against_state_fixtures() {
+        check("first_up", &desired("7"), None);
+        check("no_change", &desired("7"), Some(&applied(desired("7"))));
+        let mut old = desired("7");
+        old.retain(|r| r.kind != engine::kind::ENDPOINT);
+        old.push(engine::Resource::new(
+            engine::kind::SECRET,
+            "vgi/test/old-key",
+        ));
+        check(
+            "shorter_expiry_and_new_key",
+            &desired("1"),
+            Some(&applied(old)),
+        );
+    }
+
+    #[test]
+    fn unknown_package_does_not_show_a_code_change() {
+        let mut without_code = desired("7");
+        for resource in &mut without_code {
+            resource.settings.remove(CODE_SETTING);
+        }
+        let state = applied(desired("7"));
+        assert!(plan_against(&without_code, Some(&state), false).is_empty());
+        assert!(!plan_against(&without_code, Some(&state), true).is_empty());
+    }
 }

@@ -10,18 +10,47 @@ use kit_checks::probe::StorageProbe;
 use crate::config::DeployConfig;
 
 /// The probe for `config.storage`, or why there is none (the skip reason).
-/// `env` supplies credentials and endpoint overrides.
+/// `target` picks the region an S3 probe signs for; `env` supplies GCS
+/// credentials and endpoint overrides.
 pub fn storage_probe(
     config: &DeployConfig,
+    target: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Box<dyn StorageProbe>, String> {
     let Some(storage) = &config.storage else {
-        return Err("no `storage:` configured".into());
+        return Err(crate::doctor::STORAGE_UNAVAILABLE.to_string());
     };
     match storage.provider {
         StorageProvider::Gcs => gcs(storage, env),
-        _ => Err(crate::doctor::STORAGE_UNAVAILABLE.to_string()),
+        _ => s3(config, storage, target),
     }
+}
+
+/// S3, R2 and S3-compatible stores (feature `aws`).
+#[cfg(feature = "aws")]
+fn s3(
+    config: &DeployConfig,
+    storage: &crate::config::StorageConfig,
+    target: Option<&str>,
+) -> Result<Box<dyn StorageProbe>, String> {
+    let region = config
+        .target(target)
+        .ok()
+        .and_then(|(_, target)| target.region.clone());
+    match crate::s3_probe::S3StorageProbe::for_storage(storage, region.as_deref()) {
+        Some(Ok(probe)) => Ok(Box::new(probe)),
+        Some(Err(error)) => Err(error.message),
+        None => Err(crate::doctor::STORAGE_UNAVAILABLE.to_string()),
+    }
+}
+
+#[cfg(not(feature = "aws"))]
+fn s3(
+    _config: &DeployConfig,
+    _storage: &crate::config::StorageConfig,
+    _target: Option<&str>,
+) -> Result<Box<dyn StorageProbe>, String> {
+    Err("the S3 storage probe needs deploy-kit built with `--features aws`".to_string())
 }
 
 #[cfg(feature = "gcp")]

@@ -1,10 +1,15 @@
 //! `deploy-kit up <target>`: `local` runs kit-service here ([`crate::up_local`]);
-//! every other target is provisioned by its engine.
+//! every other target is provisioned by its engine: the offline doctor, the
+//! plan (on stderr), create-or-update of every resource with one progress
+//! line per step, the state file after each resource, then `doctor --online`
+//! against what it made, whose exit code `up` returns.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::CommandError;
+use crate::config::Engine as EngineKind;
+use crate::deployment::{Deployment, find_kit_service, lambda_package};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,6 +27,9 @@ pub struct Args {
     /// Config file.
     #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Go on even when the offline doctor reports errors.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -29,44 +37,142 @@ pub fn run(args: Args) -> ExitCode {
         return up_local(args);
     }
     let env = |name: &str| std::env::var(name).ok();
-    match load_target(args.config.as_deref(), &args.target) {
-        Err(error) => return error.report(),
-        Ok((config, path)) => {
-            if crate::engine::gcp::handles(config.targets[&args.target].platform) {
-                return match crate::engine::gcp::up(&config, &path, &args.target, &env) {
-                    Ok(code) => ExitCode::from(code),
-                    Err(error) => error.report(),
-                };
-            }
-        }
+    match up_target(&args, &env) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => error.report(),
     }
-    CommandError::new(
-        format!("`deploy-kit up {}` is not implemented yet", args.target),
-        "",
-        2,
-    )
-    .report()
 }
 
-/// The config (`--config`, else `./deploy-kit.yaml`) and its absolute path,
-/// checked to have `target`.
-pub fn load_target(
-    config: Option<&std::path::Path>,
-    target: &str,
-) -> Result<(crate::config::DeployConfig, PathBuf), CommandError> {
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let path = cwd.join(config.unwrap_or(std::path::Path::new(crate::config::DEFAULT_CONFIG_FILE)));
-    let config = crate::config::DeployConfig::load(&path).map_err(|error| {
-        CommandError::new(
-            error.to_string(),
-            "pass `--config FILE` or set `DEPLOY_KIT_CONFIG`; every key is described in the example `deploy-kit.yaml`",
-            2,
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
+    let cwd = cwd();
+    let deployment = Deployment::load(args.config.as_deref(), Some(&args.target), &cwd)?;
+    if deployment.target.engine == EngineKind::Pulumi {
+        crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
+        crate::plan::doctor_gate(&deployment, args.force, env)?;
+        return crate::engine::pulumi::up(&deployment);
+    }
+    crate::plan::doctor_gate(&deployment, args.force, env)?;
+    if crate::engine::gcp::handles(deployment.target.platform) {
+        return crate::engine::gcp::up(
+            &deployment.config,
+            &deployment.config_path,
+            &deployment.target_name,
+            env,
+        );
+    }
+    // Fails early, with the hint, for platforms no native engine handles.
+    deployment.desired(None, env)?;
+    let binary = find_kit_service(args.kit_service.as_deref())?;
+    let package = lambda_package(&binary)?;
+    let (document, desired) = crate::plan::compute(&deployment, Some(&package), &cwd, env)?;
+    if let Some(error) = &document.render_error {
+        eprintln!("warning: rendering failed; the native engine does not need the files: {error}");
+    }
+    eprint!("{}", crate::plan::render_text(&document));
+    native_up(&deployment, desired, package, env)
+}
+
+#[cfg(not(feature = "aws"))]
+fn native_up(
+    deployment: &Deployment,
+    _desired: Vec<crate::engine::Resource>,
+    _package: Vec<u8>,
+    _env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
+    Err(CommandError::new(
+        format!(
+            "target `{}` runs on AWS, and this deploy-kit was built without the `aws` feature",
+            deployment.target_name
+        ),
+        "rebuild with `cargo install --path infra --features aws` (or `cargo build --release -p deploy-kit --features aws`)",
+        2,
+    ))
+}
+
+#[cfg(feature = "aws")]
+fn native_up(
+    deployment: &Deployment,
+    desired: Vec<crate::engine::Resource>,
+    package: Vec<u8>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
+    use crate::engine::aws::AwsSettings;
+    use crate::engine::aws::apply::AwsEngine;
+    use crate::engine::{DestroyOptions, Engine, Progress, State, kind};
+
+    let settings = AwsSettings::resolve(
+        &deployment.config,
+        &deployment.target_name,
+        &deployment.target,
+        env,
+    )?;
+    let engine = AwsEngine::new(settings, Some(package))?;
+    let state_path = deployment.state_path();
+    let previous = State::load(&state_path)?;
+    let mut state = previous.clone().unwrap_or_else(|| {
+        State::new(
+            engine.name(),
+            &deployment.config.service.environment,
+            &deployment.target_name,
         )
+    });
+    let mut progress = Progress::stderr();
+    progress.note(&format!("up: target `{}`", deployment.target_name));
+    engine.apply(&desired, &mut progress, &mut |resource| {
+        state.record(resource);
+        state.save(&state_path)
     })?;
-    config
-        .target(Some(target))
-        .map_err(|message| CommandError::new(message, "name a target: `deploy-kit up NAME`", 2))?;
-    Ok((config, path))
+    // Resources the config no longer asks for go, as the plan said.
+    let stale: Vec<_> = state
+        .resources
+        .iter()
+        .filter(|have| {
+            !desired
+                .iter()
+                .any(|want| want.kind == have.kind && want.name == have.name)
+        })
+        .cloned()
+        .collect();
+    if !stale.is_empty() {
+        let mut removed = Vec::new();
+        let kept = engine.destroy(
+            &State {
+                resources: stale,
+                ..state.clone()
+            },
+            DestroyOptions::default(),
+            &mut progress,
+            &mut |resource| {
+                removed.push(resource.clone());
+                Ok(())
+            },
+        )?;
+        state.resources.retain(|r| !removed.contains(r));
+        state.save(&state_path)?;
+        for left in kept {
+            eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
+        }
+    }
+    progress.note(&format!(
+        "up: done in {:.1} s, state in `{}`",
+        progress.elapsed_seconds(),
+        state_path.display()
+    ));
+    if let Some(url) = state
+        .resources
+        .iter()
+        .find(|r| r.kind == kind::ENDPOINT)
+        .and_then(|r| r.outputs.get("url"))
+    {
+        println!("url: {url}");
+    }
+    let output = deployment.doctor(kit_checks::Mode::Online, env)?;
+    print!("{}", output.text);
+    Ok(output.exit_code)
 }
 
 fn up_local(args: Args) -> ExitCode {

@@ -15,7 +15,6 @@
 //! - `state.resources` is in creation order; `down` walks it backwards, which
 //!   is reverse dependency order.
 
-#[cfg(feature = "aws")]
 pub mod aws;
 pub mod gcp;
 pub mod pulumi;

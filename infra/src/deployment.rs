@@ -1,0 +1,234 @@
+//! What `plan`, `up` and `down` share: the loaded config and chosen target,
+//! where its files and state live, the doctor gate, the rendered files, and
+//! the native engine for its platform.
+
+use std::path::{Path, PathBuf};
+
+use kit_checks::render::Format;
+use kit_checks::{Date, Mode, Severity};
+
+use crate::CommandError;
+use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, TargetConfig};
+use crate::doctor::{DoctorOutput, DoctorRequest, OutputFormat};
+use crate::engine::{self, Resource, STATE_FILE};
+
+/// A config file and one of its targets.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub config: DeployConfig,
+    /// The config file, absolute.
+    pub config_path: PathBuf,
+    /// How messages name the config file.
+    pub display: String,
+    pub target_name: String,
+    pub target: TargetConfig,
+    /// `.deploy-kit/<environment>/<target>/` beside the config file.
+    pub output_dir: PathBuf,
+}
+
+impl Deployment {
+    /// Loads `config` (default `./deploy-kit.yaml` under `cwd`) and picks `target`.
+    pub fn load(
+        config: Option<&Path>,
+        target: Option<&str>,
+        cwd: &Path,
+    ) -> Result<Deployment, CommandError> {
+        let display = config
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| DEFAULT_CONFIG_FILE.to_string());
+        let path = cwd.join(config.unwrap_or(Path::new(DEFAULT_CONFIG_FILE)));
+        if config.is_none() && !path.exists() {
+            return Err(CommandError::new(
+                format!("no `{DEFAULT_CONFIG_FILE}` in `{}`", cwd.display()),
+                "run `deploy-kit init`, pass `--config FILE` or set `DEPLOY_KIT_CONFIG`",
+                2,
+            ));
+        }
+        let parsed = DeployConfig::load(&path).map_err(|error| {
+            CommandError::new(
+                error.to_string(),
+                "fix the file; every key is described in the example `deploy-kit.yaml`",
+                2,
+            )
+        })?;
+        let (name, chosen) = parsed.target(target).map_err(|message| {
+            CommandError::new(message, "name a target: `deploy-kit up NAME`", 2)
+        })?;
+        let (name, chosen) = (name.to_string(), chosen.clone());
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(Deployment {
+            output_dir: engine::output_dir(&base, &parsed, &name),
+            config: parsed,
+            config_path: path,
+            display,
+            target_name: name,
+            target: chosen,
+        })
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.output_dir.join(STATE_FILE)
+    }
+
+    /// Runs the doctor on this target (`Mode::Offline` before, `Online` after `up`).
+    pub fn doctor(
+        &self,
+        mode: Mode,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<DoctorOutput, CommandError> {
+        let today = match env("DEPLOY_KIT_TODAY").filter(|t| !t.is_empty()) {
+            Some(text) => Date::parse(&text).map_err(|e| {
+                CommandError::new(
+                    format!("`DEPLOY_KIT_TODAY`: {e}"),
+                    "unset `DEPLOY_KIT_TODAY` or set it like `2026-01-31`",
+                    2,
+                )
+            })?,
+            None => Date::today_utc(),
+        };
+        let request = DoctorRequest {
+            config: Some(self.config_path.clone()),
+            target: Some(self.target_name.clone()),
+            mode,
+            format: OutputFormat::Report(Format::Text),
+            fail_on: Severity::Error,
+            apply_waivers: true,
+            replicas: Vec::new(),
+            today: None,
+            list_checks: false,
+            explain: None,
+        };
+        crate::doctor::report(
+            &self.config,
+            &self.display,
+            &self.config_path,
+            &request,
+            Format::Text,
+            today,
+            env,
+        )
+        .map_err(|error| CommandError::new(error.message, error.hint, 2))
+    }
+
+    /// `render_target` into the output directory: the written paths, or
+    /// why rendering failed (the native engines do not need the files).
+    pub fn render(&self) -> Result<Vec<PathBuf>, CommandError> {
+        let files = crate::render::render_target(&self.config, &self.target_name)?;
+        let mut written = Vec::new();
+        for file in files {
+            let path = self.output_dir.join(&file.path);
+            let failed = |error: std::io::Error| {
+                CommandError::new(
+                    format!("failed to write `{}`: {error}", path.display()),
+                    "check that the working directory is writable",
+                    1,
+                )
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(failed)?;
+            }
+            std::fs::write(&path, &file.contents).map_err(failed)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// The native engine's name and desired resources (no network).
+    /// `code_sha256` is the function package's hash when one was built.
+    pub fn desired(
+        &self,
+        code_sha256: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(&'static str, Vec<Resource>), CommandError> {
+        if engine::aws::handles(self.target.platform) {
+            let settings = engine::aws::AwsSettings::resolve(
+                &self.config,
+                &self.target_name,
+                &self.target,
+                env,
+            )?;
+            return Ok(("aws", settings.desired(code_sha256)));
+        }
+        if engine::gcp::handles(self.target.platform) {
+            let settings =
+                engine::gcp::GcpSettings::resolve(&self.config, &self.target_name, &self.target)?;
+            return Ok(("gcp", settings.desired()));
+        }
+        Err(CommandError::new(
+            format!(
+                "target `{}`: the native engine does not provision `{}` yet",
+                self.target_name,
+                self.target.platform.name()
+            ),
+            format!(
+                "set `engine: pulumi` under `targets.{}` to deploy the rendered Pulumi program",
+                self.target_name
+            ),
+            2,
+        ))
+    }
+}
+
+/// The `kit-service` binary for a function package: the flag (or
+/// `DEPLOY_KIT_KIT_SERVICE`), else next to `deploy-kit`, else on `PATH`.
+pub fn find_kit_service(flag: Option<&Path>) -> Result<PathBuf, CommandError> {
+    let current_exe = std::env::current_exe().ok();
+    let path_var = std::env::var_os("PATH");
+    crate::up_local::find_kit_service(flag, current_exe.as_deref(), path_var.as_deref()).map_err(
+        |error| {
+            CommandError::new(
+                error.to_string(),
+                "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
+                2,
+            )
+        },
+    )
+}
+
+/// The Lambda package: `bootstrap` (runs `kit-service lambda`) and the
+/// binary. A binary that runs here but has no `lambda` subcommand is refused;
+/// one that cannot run here (another architecture) is packed as it is.
+pub fn lambda_package(kit_service: &Path) -> Result<Vec<u8>, CommandError> {
+    let rebuild = "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH`";
+    if let Ok(output) = std::process::Command::new(kit_service)
+        .args(["lambda", "--help"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        && !output.status.success()
+    {
+        return Err(CommandError::new(
+            format!(
+                "`{}` has no `lambda` subcommand (built without the `lambda` feature)",
+                kit_service.display()
+            ),
+            rebuild,
+            2,
+        ));
+    }
+    let binary = std::fs::read(kit_service).map_err(|error| {
+        CommandError::new(
+            format!("failed to read `{}`: {error}", kit_service.display()),
+            rebuild,
+            2,
+        )
+    })?;
+    engine::zip::write(&[
+        engine::zip::ZipEntry {
+            name: "bootstrap",
+            contents: engine::aws::BOOTSTRAP.as_bytes(),
+            mode: 0o755,
+        },
+        engine::zip::ZipEntry {
+            name: "kit-service",
+            contents: &binary,
+            mode: 0o755,
+        },
+    ])
+    .map_err(|error| {
+        CommandError::new(
+            format!("failed to package `{}`: {error}", kit_service.display()),
+            "Lambda packages are limited to 50 MB zipped; build with `--release`",
+            2,
+        )
+    })
+}

@@ -1,0 +1,1127 @@
+//! Making and removing the AWS resources of [`super::AwsSettings`], each step
+//! create-or-update: read what is there, change only what differs, and read
+//! bucket settings back to verify them.
+//!
+//! The signing key is made once (32 bytes from the OS CSPRNG, hex) and never
+//! overwritten; its value only travels from Secrets Manager into the
+//! function's environment, never into output, errors or the state.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_lambda::primitives::Blob;
+use aws_sdk_lambda::types::{
+    Environment, FunctionUrlAuthType, LastUpdateStatus, State as FunctionState,
+};
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+    CorsConfiguration, CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration,
+    LifecycleRuleFilter,
+};
+use kit_checks::probe::{StorageError, StorageProbe};
+use serde_json::json;
+
+use super::clients::{AwsClients, code, describe};
+use super::{
+    ABORT_MULTIPART_RULE_ID, AwsSettings, BucketSettings, EXPIRE_RULE_ID, KEY_BYTES, KEY_VARIABLE,
+    MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
+};
+use crate::CommandError;
+use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
+use crate::s3_probe::S3StorageProbe;
+
+const CREDENTIALS_HINT: &str = "check the AWS credentials (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), the region, and that the identity may manage S3, Secrets Manager, IAM and Lambda";
+/// How long a function may stay `Pending` or `InProgress`.
+const FUNCTION_READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long IAM may take before Lambda can assume a new role.
+const ROLE_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The engine: settings, SDK clients and the function package (zip bytes).
+#[derive(Debug)]
+pub struct AwsEngine {
+    settings: AwsSettings,
+    clients: AwsClients,
+    package: Option<Vec<u8>>,
+}
+
+fn sdk_error<E>(what: &str, error: aws_sdk_s3::error::SdkError<E>) -> CommandError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    CommandError::new(format!("{what}: {}", describe(&error)), CREDENTIALS_HINT, 1)
+}
+
+fn storage_error(what: &str, error: StorageError) -> CommandError {
+    let (StorageError::Rejected(reason) | StorageError::Unavailable(reason)) = error;
+    CommandError::new(format!("{what}: {reason}"), CREDENTIALS_HINT, 1)
+}
+
+impl AwsEngine {
+    pub fn new(settings: AwsSettings, package: Option<Vec<u8>>) -> Result<AwsEngine, CommandError> {
+        let clients = AwsClients::new(&settings.region, None)?;
+        Ok(AwsEngine {
+            settings,
+            clients,
+            package,
+        })
+    }
+
+    fn block<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.clients.runtime.block_on(future)
+    }
+
+    fn account(&self) -> Result<String, CommandError> {
+        let identity = self
+            .block(self.clients.sts().get_caller_identity().send())
+            .map_err(|e| {
+                sdk_error(
+                    "failed to identify the AWS account (sts:GetCallerIdentity)",
+                    e,
+                )
+            })?;
+        identity.account().map(str::to_string).ok_or_else(|| {
+            CommandError::new(
+                "sts:GetCallerIdentity returned no account",
+                CREDENTIALS_HINT,
+                1,
+            )
+        })
+    }
+
+    fn bucket_probe(&self, bucket: &str) -> Result<S3StorageProbe, CommandError> {
+        Ok(S3StorageProbe::new(
+            AwsClients::new(&self.settings.region, None)?,
+            bucket,
+        ))
+    }
+
+    fn ensure_bucket(&self, bucket: &BucketSettings) -> Result<(Resource, String), CommandError> {
+        let s3 = &self.clients.s3;
+        let mut changed = Vec::new();
+        let head = self.block(s3.head_bucket().bucket(&bucket.name).send());
+        let created = match head {
+            Ok(_) => false,
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                let mut request = s3.create_bucket().bucket(&bucket.name);
+                if self.settings.region != "us-east-1" {
+                    request = request.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(
+                                self.settings.region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                self.block(request.send()).map_err(|e| {
+                    sdk_error(&format!("failed to create bucket `{}`", bucket.name), e)
+                })?;
+                true
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up bucket `{}`", bucket.name),
+                    error,
+                ));
+            }
+        };
+        let probe = self.bucket_probe(&bucket.name)?;
+        if self.ensure_lifecycle(bucket, &probe)? {
+            changed.push("lifecycle");
+        }
+        if self.ensure_cors(bucket, &probe)? {
+            changed.push("cors");
+        }
+        let mut resource = Resource::new(kind::BUCKET, &bucket.name);
+        resource
+            .outputs
+            .insert("arn".into(), format!("arn:aws:s3:::{}", bucket.name));
+        let outcome = if created {
+            "created, lifecycle and CORS verified".to_string()
+        } else if changed.is_empty() {
+            "unchanged, lifecycle and CORS verified".to_string()
+        } else {
+            format!("updated {}, verified", changed.join(" and "))
+        };
+        Ok((resource, outcome))
+    }
+
+    /// Puts deploy-kit's rules (keeping any others) when they differ, then
+    /// reads them back. Returns whether it changed anything.
+    fn ensure_lifecycle(
+        &self,
+        bucket: &BucketSettings,
+        probe: &S3StorageProbe,
+    ) -> Result<bool, CommandError> {
+        let matches = |rules: &[kit_checks::probe::LifecycleRule]| {
+            let expire = bucket.expiration_days.is_none_or(|days| {
+                rules.iter().any(|r| {
+                    r.enabled && r.prefix == bucket.prefix && r.expiration_days == Some(days)
+                })
+            });
+            let abort = bucket.abort_multipart_days.is_none_or(|days| {
+                rules.iter().any(|r| {
+                    r.enabled
+                        && r.prefix == bucket.prefix
+                        && r.abort_incomplete_multipart_days == Some(days)
+                })
+            });
+            expire && abort
+        };
+        let read = |what: &str| {
+            probe.lifecycle_rules().map_err(|e| {
+                storage_error(
+                    &format!(
+                        "failed to read the lifecycle rules of bucket `{}` {what}",
+                        bucket.name
+                    ),
+                    e,
+                )
+            })
+        };
+        if matches(&read("")?) {
+            return Ok(false);
+        }
+        let s3 = &self.clients.s3;
+        let current = match self.block(
+            s3.get_bucket_lifecycle_configuration()
+                .bucket(&bucket.name)
+                .send(),
+        ) {
+            Ok(output) => output.rules().to_vec(),
+            Err(error) if code(&error) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!(
+                        "failed to read the lifecycle rules of bucket `{}`",
+                        bucket.name
+                    ),
+                    error,
+                ));
+            }
+        };
+        let ours =
+            |id: Option<&str>| id == Some(EXPIRE_RULE_ID) || id == Some(ABORT_MULTIPART_RULE_ID);
+        let mut rules: Vec<_> = current.into_iter().filter(|r| !ours(r.id())).collect();
+        let filter = || {
+            LifecycleRuleFilter::builder()
+                .prefix(&bucket.prefix)
+                .build()
+        };
+        let build_error = |e: aws_sdk_s3::error::BuildError| {
+            CommandError::new(format!("lifecycle rule: {e}"), "", 1)
+        };
+        if let Some(days) = bucket.expiration_days {
+            rules.push(
+                aws_sdk_s3::types::LifecycleRule::builder()
+                    .id(EXPIRE_RULE_ID)
+                    .status(ExpirationStatus::Enabled)
+                    .filter(filter())
+                    .expiration(LifecycleExpiration::builder().days(days as i32).build())
+                    .build()
+                    .map_err(build_error)?,
+            );
+        }
+        if let Some(days) = bucket.abort_multipart_days {
+            rules.push(
+                aws_sdk_s3::types::LifecycleRule::builder()
+                    .id(ABORT_MULTIPART_RULE_ID)
+                    .status(ExpirationStatus::Enabled)
+                    .filter(filter())
+                    .abort_incomplete_multipart_upload(
+                        AbortIncompleteMultipartUpload::builder()
+                            .days_after_initiation(days as i32)
+                            .build(),
+                    )
+                    .build()
+                    .map_err(build_error)?,
+            );
+        }
+        let configuration = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(build_error)?;
+        self.block(
+            s3.put_bucket_lifecycle_configuration()
+                .bucket(&bucket.name)
+                .lifecycle_configuration(configuration)
+                .send(),
+        )
+        .map_err(|e| {
+            sdk_error(
+                &format!(
+                    "failed to set the lifecycle rules of bucket `{}`",
+                    bucket.name
+                ),
+                e,
+            )
+        })?;
+        let read_back = read("after setting them")?;
+        if !matches(&read_back) {
+            return Err(CommandError::new(
+                format!(
+                    "bucket `{}` did not keep the lifecycle rules for prefix `{}` (read back: {read_back:?})",
+                    bucket.name, bucket.prefix
+                ),
+                "the store may not support lifecycle rules; set them by hand and check with `deploy-kit doctor --online`",
+                1,
+            ));
+        }
+        Ok(true)
+    }
+
+    fn ensure_cors(
+        &self,
+        bucket: &BucketSettings,
+        probe: &S3StorageProbe,
+    ) -> Result<bool, CommandError> {
+        if bucket.cors_origins.is_empty() {
+            return Ok(false);
+        }
+        let matches = |rules: &[kit_checks::probe::CorsRule]| {
+            rules.iter().any(|rule| {
+                bucket.cors_origins.iter().all(|o| rule.origins.contains(o))
+                    && ["GET", "PUT"]
+                        .iter()
+                        .all(|m| rule.methods.iter().any(|have| have == m))
+            })
+        };
+        let read = || {
+            probe.cors_rules().map_err(|e| {
+                storage_error(
+                    &format!("failed to read the CORS rules of bucket `{}`", bucket.name),
+                    e,
+                )
+            })
+        };
+        if matches(&read()?) {
+            return Ok(false);
+        }
+        let build_error =
+            |e: aws_sdk_s3::error::BuildError| CommandError::new(format!("CORS rule: {e}"), "", 1);
+        let rule = aws_sdk_s3::types::CorsRule::builder()
+            .set_allowed_origins(Some(bucket.cors_origins.clone()))
+            .allowed_methods("GET")
+            .allowed_methods("PUT")
+            .allowed_methods("HEAD")
+            .allowed_headers("*")
+            .expose_headers("ETag")
+            .max_age_seconds(3600)
+            .build()
+            .map_err(build_error)?;
+        let configuration = CorsConfiguration::builder()
+            .cors_rules(rule)
+            .build()
+            .map_err(build_error)?;
+        self.block(
+            self.clients
+                .s3
+                .put_bucket_cors()
+                .bucket(&bucket.name)
+                .cors_configuration(configuration)
+                .send(),
+        )
+        .map_err(|e| {
+            sdk_error(
+                &format!("failed to set the CORS rules of bucket `{}`", bucket.name),
+                e,
+            )
+        })?;
+        let read_back = read()?;
+        if !matches(&read_back) {
+            return Err(CommandError::new(
+                format!(
+                    "bucket `{}` did not keep the CORS rule for {} (read back: {read_back:?})",
+                    bucket.name,
+                    bucket.cors_origins.join(", ")
+                ),
+                "set the bucket's CORS by hand and check with `deploy-kit doctor --online`",
+                1,
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Creates the secret once; an existing one is kept as it is.
+    fn ensure_secret(&self) -> Result<(Resource, String), CommandError> {
+        let name = &self.settings.secret_name;
+        let secrets = self.clients.secrets();
+        let described = self.block(secrets.describe_secret().secret_id(name).send());
+        let (arn, outcome) = match described {
+            Ok(secret) => {
+                let mut outcome = "exists, kept".to_string();
+                if secret.deleted_date().is_some() {
+                    self.block(secrets.restore_secret().secret_id(name).send())
+                        .map_err(|e| sdk_error(&format!("failed to restore secret `{name}`"), e))?;
+                    outcome = "was scheduled for deletion, restored".to_string();
+                }
+                (secret.arn().unwrap_or_default().to_string(), outcome)
+            }
+            Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                let mut bytes = [0u8; KEY_BYTES];
+                getrandom::fill(&mut bytes).map_err(|e| {
+                    CommandError::new(
+                        format!("failed to generate the signing key: {e}"),
+                        "the system's random source failed; try again",
+                        1,
+                    )
+                })?;
+                let value = format!(
+                    "hex:{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
+                let created = self
+                    .block(
+                        secrets
+                            .create_secret()
+                            .name(name)
+                            .description(format!(
+                                "vgi-rpc stream-token signing key of `{}` (deploy-kit)",
+                                self.settings.function_name
+                            ))
+                            .secret_string(value)
+                            .send(),
+                    )
+                    .map_err(|e| sdk_error(&format!("failed to create secret `{name}`"), e))?;
+                (
+                    created.arn().unwrap_or_default().to_string(),
+                    "created".to_string(),
+                )
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up secret `{name}`"),
+                    error,
+                ));
+            }
+        };
+        let mut resource = Resource::new(kind::SECRET, name);
+        resource.outputs.insert("arn".into(), arn);
+        Ok((resource, outcome))
+    }
+
+    /// The key, for the function's environment only.
+    fn read_key(&self) -> Result<String, CommandError> {
+        let name = &self.settings.secret_name;
+        let value = self
+            .block(
+                self.clients
+                    .secrets()
+                    .get_secret_value()
+                    .secret_id(name)
+                    .send(),
+            )
+            .map_err(|e| sdk_error(&format!("failed to read secret `{name}`"), e))?;
+        value.secret_string().map(str::to_string).ok_or_else(|| {
+            CommandError::new(
+                format!("secret `{name}` has no string value"),
+                format!("store the key as text (`hex:` and 64 hex digits) in secret `{name}`"),
+                1,
+            )
+        })
+    }
+
+    fn ensure_role(
+        &self,
+        account: &str,
+        secret_arn: &str,
+    ) -> Result<(Resource, String), CommandError> {
+        let name = &self.settings.role_name;
+        let iam = self.clients.iam();
+        let trust = json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole"
+            }]
+        });
+        let mut statements = vec![
+            json!({"Sid": "SigningKey", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secret_arn}),
+            json!({"Sid": "Logs", "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": format!("arn:aws:logs:{}:{account}:log-group:/aws/lambda/{}:*", self.settings.region, self.settings.function_name)}),
+        ];
+        if let Some(bucket) = &self.settings.bucket {
+            statements.push(json!({"Sid": "Objects", "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": format!("arn:aws:s3:::{}/{}*", bucket.name, bucket.prefix)}));
+            statements.push(
+                json!({"Sid": "List", "Effect": "Allow", "Action": "s3:ListBucket",
+                "Resource": format!("arn:aws:s3:::{}", bucket.name),
+                "Condition": {"StringLike": {"s3:prefix": format!("{}*", bucket.prefix)}}}),
+            );
+        }
+        let policy = json!({"Version": "2012-10-17", "Statement": statements});
+        let mut changed = Vec::new();
+        let (arn, created) = match self.block(iam.get_role().role_name(name).send()) {
+            Ok(output) => {
+                let role = output.role();
+                let arn = role.map(|r| r.arn().to_string()).unwrap_or_default();
+                let current = role
+                    .and_then(|r| r.assume_role_policy_document())
+                    .and_then(policy_json);
+                if current.as_ref() != Some(&trust) {
+                    self.block(
+                        iam.update_assume_role_policy()
+                            .role_name(name)
+                            .policy_document(trust.to_string())
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(
+                            &format!("failed to update the trust policy of role `{name}`"),
+                            e,
+                        )
+                    })?;
+                    changed.push("trust policy");
+                }
+                (arn, false)
+            }
+            Err(error) if code(&error) == Some("NoSuchEntity") => {
+                let output = self
+                    .block(
+                        iam.create_role()
+                            .role_name(name)
+                            .assume_role_policy_document(trust.to_string())
+                            .description(format!(
+                                "runs `{}` (deploy-kit)",
+                                self.settings.function_name
+                            ))
+                            .send(),
+                    )
+                    .map_err(|e| sdk_error(&format!("failed to create role `{name}`"), e))?;
+                (
+                    output
+                        .role()
+                        .map(|r| r.arn().to_string())
+                        .unwrap_or_default(),
+                    true,
+                )
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up role `{name}`"),
+                    error,
+                ));
+            }
+        };
+        let current_policy = match self.block(
+            iam.get_role_policy()
+                .role_name(name)
+                .policy_name(POLICY_NAME)
+                .send(),
+        ) {
+            Ok(output) => policy_json(output.policy_document()),
+            Err(error) if code(&error) == Some("NoSuchEntity") => None,
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to read the policy of role `{name}`"),
+                    error,
+                ));
+            }
+        };
+        if current_policy.as_ref() != Some(&policy) {
+            self.block(
+                iam.put_role_policy()
+                    .role_name(name)
+                    .policy_name(POLICY_NAME)
+                    .policy_document(policy.to_string())
+                    .send(),
+            )
+            .map_err(|e| sdk_error(&format!("failed to set the policy of role `{name}`"), e))?;
+            changed.push("policy");
+        }
+        let mut resource = Resource::new(kind::ROLE, name);
+        resource.outputs.insert("arn".into(), arn);
+        let outcome = match (created, changed.is_empty()) {
+            (true, _) => "created".to_string(),
+            (false, true) => "unchanged".to_string(),
+            (false, false) => format!("updated {}", changed.join(" and ")),
+        };
+        Ok((resource, outcome))
+    }
+
+    fn wait_function_ready(&self) -> Result<(), CommandError> {
+        let name = &self.settings.function_name;
+        let deadline = Instant::now() + FUNCTION_READY_TIMEOUT;
+        loop {
+            let configuration = self
+                .block(
+                    self.clients
+                        .lambda()
+                        .get_function_configuration()
+                        .function_name(name)
+                        .send(),
+                )
+                .map_err(|e| sdk_error(&format!("failed to read function `{name}`"), e))?;
+            let state = configuration.state();
+            let update = configuration.last_update_status();
+            if state == Some(&FunctionState::Failed) || update == Some(&LastUpdateStatus::Failed) {
+                return Err(CommandError::new(
+                    format!(
+                        "function `{name}` failed: {}",
+                        configuration
+                            .state_reason()
+                            .or(configuration.last_update_status_reason())
+                            .unwrap_or("no reason given")
+                    ),
+                    "check that the package's `kit-service` was built for Lambda (`--features lambda`, Linux)",
+                    1,
+                ));
+            }
+            if state != Some(&FunctionState::Pending)
+                && update != Some(&LastUpdateStatus::InProgress)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CommandError::new(
+                    format!(
+                        "function `{name}` is still updating after {} s",
+                        FUNCTION_READY_TIMEOUT.as_secs()
+                    ),
+                    format!(
+                        "run `deploy-kit up {}` again once it settles",
+                        self.settings.target
+                    ),
+                    1,
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    fn ensure_function(
+        &self,
+        role_arn: &str,
+        key: &str,
+    ) -> Result<(Resource, String), CommandError> {
+        let name = &self.settings.function_name;
+        let package = self.package.as_deref().ok_or_else(|| {
+            CommandError::new(
+                "no function package: `up` needs the kit-service binary built for Lambda",
+                "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
+                2,
+            )
+        })?;
+        let lambda = self.clients.lambda();
+        let mut variables: HashMap<String, String> =
+            self.settings.environment.clone().into_iter().collect();
+        variables.insert(KEY_VARIABLE.to_string(), key.to_string());
+        let environment = Environment::builder()
+            .set_variables(Some(variables.clone()))
+            .build();
+        let timeout = i32::try_from(self.settings.timeout_seconds).unwrap_or(900);
+        let hash = crate::plan::package_hash(package);
+        let current = self.block(
+            lambda
+                .get_function_configuration()
+                .function_name(name)
+                .send(),
+        );
+        let outcome = match current {
+            Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                let started = Instant::now();
+                loop {
+                    let created = self.block(
+                        lambda
+                            .create_function()
+                            .function_name(name)
+                            .runtime(aws_sdk_lambda::types::Runtime::from(RUNTIME))
+                            .handler("bootstrap")
+                            .role(role_arn)
+                            .memory_size(MEMORY_MB)
+                            .timeout(timeout)
+                            .environment(environment.clone())
+                            .code(
+                                aws_sdk_lambda::types::FunctionCode::builder()
+                                    .zip_file(Blob::new(package))
+                                    .build(),
+                            )
+                            .send(),
+                    );
+                    match created {
+                        Ok(_) => break,
+                        // A new role takes a few seconds before Lambda may assume it.
+                        Err(error)
+                            if code(&error) == Some("InvalidParameterValueException")
+                                && describe(&error).contains("role")
+                                && started.elapsed() < ROLE_PROPAGATION_TIMEOUT =>
+                        {
+                            std::thread::sleep(Duration::from_secs(3));
+                        }
+                        Err(error) => {
+                            return Err(sdk_error(
+                                &format!("failed to create function `{name}`"),
+                                error,
+                            ));
+                        }
+                    }
+                }
+                self.wait_function_ready()?;
+                "created".to_string()
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up function `{name}`"),
+                    error,
+                ));
+            }
+            Ok(configuration) => {
+                let mut changed = Vec::new();
+                let current_variables = configuration.environment().and_then(|e| e.variables());
+                let same_configuration = configuration.runtime().map(|r| r.as_str())
+                    == Some(RUNTIME)
+                    && configuration.handler() == Some("bootstrap")
+                    && configuration.role() == Some(role_arn)
+                    && configuration.memory_size() == Some(MEMORY_MB)
+                    && configuration.timeout() == Some(timeout)
+                    && current_variables == Some(&variables);
+                if !same_configuration {
+                    self.wait_function_ready()?;
+                    self.block(
+                        lambda
+                            .update_function_configuration()
+                            .function_name(name)
+                            .runtime(aws_sdk_lambda::types::Runtime::from(RUNTIME))
+                            .handler("bootstrap")
+                            .role(role_arn)
+                            .memory_size(MEMORY_MB)
+                            .timeout(timeout)
+                            .environment(environment)
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(
+                            &format!("failed to update the configuration of function `{name}`"),
+                            e,
+                        )
+                    })?;
+                    changed.push("configuration");
+                }
+                if configuration.code_sha256() != Some(hash.as_str()) {
+                    self.wait_function_ready()?;
+                    self.block(
+                        lambda
+                            .update_function_code()
+                            .function_name(name)
+                            .zip_file(Blob::new(package))
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(
+                            &format!("failed to update the code of function `{name}`"),
+                            e,
+                        )
+                    })?;
+                    changed.push("code");
+                }
+                if changed.is_empty() {
+                    "unchanged".to_string()
+                } else {
+                    self.wait_function_ready()?;
+                    format!("updated {}", changed.join(" and "))
+                }
+            }
+        };
+        let arn = self
+            .block(
+                lambda
+                    .get_function_configuration()
+                    .function_name(name)
+                    .send(),
+            )
+            .map_err(|e| sdk_error(&format!("failed to read function `{name}`"), e))?
+            .function_arn()
+            .unwrap_or_default()
+            .to_string();
+        let mut resource = Resource::new(kind::FUNCTION, name);
+        resource.outputs.insert("arn".into(), arn);
+        Ok((resource, outcome))
+    }
+
+    fn ensure_endpoint(&self) -> Result<(Resource, String), CommandError> {
+        let name = &self.settings.function_name;
+        let lambda = self.clients.lambda();
+        let auth = if self.settings.public {
+            FunctionUrlAuthType::None
+        } else {
+            FunctionUrlAuthType::AwsIam
+        };
+        let (url, outcome) =
+            match self.block(lambda.get_function_url_config().function_name(name).send()) {
+                Ok(config) if config.auth_type() == &auth => {
+                    (config.function_url().to_string(), "unchanged")
+                }
+                Ok(_) => {
+                    let updated = self
+                        .block(
+                            lambda
+                                .update_function_url_config()
+                                .function_name(name)
+                                .auth_type(auth.clone())
+                                .send(),
+                        )
+                        .map_err(|e| {
+                            sdk_error(&format!("failed to update the Function URL of `{name}`"), e)
+                        })?;
+                    (updated.function_url().to_string(), "updated auth")
+                }
+                Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                    let created = self
+                        .block(
+                            lambda
+                                .create_function_url_config()
+                                .function_name(name)
+                                .auth_type(auth.clone())
+                                .send(),
+                        )
+                        .map_err(|e| {
+                            sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
+                        })?;
+                    (created.function_url().to_string(), "created")
+                }
+                Err(error) => {
+                    return Err(sdk_error(
+                        &format!("failed to look up the Function URL of `{name}`"),
+                        error,
+                    ));
+                }
+            };
+        if self.settings.public {
+            // Public URLs need both permissions (AWS, October 2025).
+            let url_permission = lambda
+                .add_permission()
+                .function_name(name)
+                .statement_id(URL_PERMISSION_ID)
+                .action("lambda:InvokeFunctionUrl")
+                .principal("*")
+                .function_url_auth_type(FunctionUrlAuthType::None)
+                .send();
+            let invoke_permission = lambda
+                .add_permission()
+                .function_name(name)
+                .statement_id(format!("{URL_PERMISSION_ID}-invoke"))
+                .action("lambda:InvokeFunction")
+                .principal("*")
+                .invoked_via_function_url(true)
+                .send();
+            for result in [
+                self.block(url_permission).map(|_| ()),
+                self.block(invoke_permission).map(|_| ()),
+            ] {
+                match result {
+                    Ok(()) => {}
+                    Err(error) if code(&error) == Some("ResourceConflictException") => {}
+                    Err(error) => {
+                        return Err(sdk_error(
+                            &format!("failed to allow public calls to `{name}`"),
+                            error,
+                        ));
+                    }
+                }
+            }
+        }
+        let mut resource = Resource::new(kind::ENDPOINT, name);
+        resource.outputs.insert("url".into(), url);
+        Ok((resource, outcome.to_string()))
+    }
+
+    fn delete_bucket(
+        &self,
+        name: &str,
+        options: DestroyOptions,
+    ) -> Result<Option<Kept>, CommandError> {
+        let s3 = &self.clients.s3;
+        let listed = match self.block(s3.list_objects_v2().bucket(name).max_keys(1).send()) {
+            Ok(listed) => listed,
+            Err(error) if code(&error) == Some("NoSuchBucket") => return Ok(None),
+            Err(error) => return Err(sdk_error(&format!("failed to list bucket `{name}`"), error)),
+        };
+        if !listed.contents().is_empty() {
+            if !options.delete_data {
+                return Ok(Some(Kept {
+                    resource: Resource::new(kind::BUCKET, name),
+                    reason: format!("bucket `{name}` still holds objects"),
+                    command: format!("deploy-kit down {} --delete-data", self.settings.target),
+                }));
+            }
+            self.empty_bucket(name)?;
+        }
+        match self.block(s3.delete_bucket().bucket(name).send()) {
+            Ok(_) => Ok(None),
+            Err(error) if code(&error) == Some("NoSuchBucket") => Ok(None),
+            Err(error) => Err(sdk_error(
+                &format!("failed to delete bucket `{name}`"),
+                error,
+            )),
+        }
+    }
+
+    fn empty_bucket(&self, name: &str) -> Result<(), CommandError> {
+        let s3 = &self.clients.s3;
+        loop {
+            let listed = self
+                .block(s3.list_objects_v2().bucket(name).max_keys(1000).send())
+                .map_err(|e| sdk_error(&format!("failed to list bucket `{name}`"), e))?;
+            if listed.contents().is_empty() {
+                break;
+            }
+            for object in listed.contents() {
+                let key = object.key().unwrap_or_default();
+                self.block(s3.delete_object().bucket(name).key(key).send())
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to delete `{key}` from bucket `{name}`"), e)
+                    })?;
+            }
+        }
+        if let Ok(uploads) = self.block(s3.list_multipart_uploads().bucket(name).send()) {
+            for upload in uploads.uploads() {
+                let _ = self.block(
+                    s3.abort_multipart_upload()
+                        .bucket(name)
+                        .key(upload.key().unwrap_or_default())
+                        .upload_id(upload.upload_id().unwrap_or_default())
+                        .send(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &self,
+        resource: &Resource,
+        options: DestroyOptions,
+    ) -> Result<(Option<Kept>, String), CommandError> {
+        let name = resource.name.as_str();
+        let gone = |result: Result<(), (Option<String>, CommandError)>, missing: &str| match result
+        {
+            Ok(()) => Ok((None, "deleted".to_string())),
+            Err((Some(code), _)) if code == missing => Ok((None, "already gone".to_string())),
+            Err((_, error)) => Err(error),
+        };
+        let lambda = self.clients.lambda();
+        let iam = self.clients.iam();
+        match resource.kind.as_str() {
+            kind::ENDPOINT => {
+                for statement in [
+                    URL_PERMISSION_ID.to_string(),
+                    format!("{URL_PERMISSION_ID}-invoke"),
+                ] {
+                    let _ = self.block(
+                        lambda
+                            .remove_permission()
+                            .function_name(name)
+                            .statement_id(statement)
+                            .send(),
+                    );
+                }
+                gone(
+                    self.block(
+                        lambda
+                            .delete_function_url_config()
+                            .function_name(name)
+                            .send(),
+                    )
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            code(&e).map(str::to_string),
+                            sdk_error(&format!("failed to delete the Function URL of `{name}`"), e),
+                        )
+                    }),
+                    "ResourceNotFoundException",
+                )
+            }
+            kind::FUNCTION => gone(
+                self.block(lambda.delete_function().function_name(name).send())
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            code(&e).map(str::to_string),
+                            sdk_error(&format!("failed to delete function `{name}`"), e),
+                        )
+                    }),
+                "ResourceNotFoundException",
+            ),
+            kind::ROLE => {
+                let _ = self.block(
+                    iam.delete_role_policy()
+                        .role_name(name)
+                        .policy_name(POLICY_NAME)
+                        .send(),
+                );
+                gone(
+                    self.block(iam.delete_role().role_name(name).send())
+                        .map(|_| ())
+                        .map_err(|e| {
+                            (
+                                code(&e).map(str::to_string),
+                                sdk_error(&format!("failed to delete role `{name}`"), e),
+                            )
+                        }),
+                    "NoSuchEntity",
+                )
+            }
+            kind::SECRET => gone(
+                self.block(
+                    self.clients
+                        .secrets()
+                        .delete_secret()
+                        .secret_id(name)
+                        .force_delete_without_recovery(true)
+                        .send(),
+                )
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        code(&e).map(str::to_string),
+                        sdk_error(&format!("failed to delete secret `{name}`"), e),
+                    )
+                }),
+                "ResourceNotFoundException",
+            ),
+            kind::BUCKET => match self.delete_bucket(name, options)? {
+                Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
+                None => Ok((None, "deleted".to_string())),
+            },
+            other => Err(CommandError::new(
+                format!("the state records a `{other}` resource the AWS engine does not know"),
+                "delete it by hand, then remove it from the state file",
+                1,
+            )),
+        }
+    }
+}
+
+/// IAM returns policy documents URL-encoded; moto returns them plain.
+fn policy_json(text: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(text)
+        .ok()
+        .or_else(|| serde_json::from_str(&percent_decode(text)).ok())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%'
+            && let Some(byte) = text
+                .get(index + 1..index + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            index += 3;
+            continue;
+        }
+        out.push(if bytes[index] == b'+' {
+            b' '
+        } else {
+            bytes[index]
+        });
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Engine for AwsEngine {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn desired(&self) -> Result<Vec<Resource>, CommandError> {
+        Ok(self.settings.desired(
+            self.package
+                .as_deref()
+                .map(crate::plan::package_hash)
+                .as_deref(),
+        ))
+    }
+
+    fn apply(
+        &self,
+        desired: &[Resource],
+        progress: &mut Progress,
+        made: &mut dyn FnMut(Resource) -> Result<(), CommandError>,
+    ) -> Result<(), CommandError> {
+        let account = progress.step("account", || {
+            let account = self.account()?;
+            let outcome = format!("{account} in {}", self.settings.region);
+            Ok((account, outcome))
+        })?;
+        let settings_of = |kind: &str| {
+            desired
+                .iter()
+                .find(|r| r.kind == kind)
+                .map(|r| r.settings.clone())
+                .unwrap_or_default()
+        };
+        let with_settings = |mut resource: Resource| {
+            resource.settings = settings_of(&resource.kind);
+            resource
+        };
+        if let Some(bucket) = &self.settings.bucket {
+            let resource = progress.step(&format!("bucket `{}`", bucket.name), || {
+                self.ensure_bucket(bucket)
+            })?;
+            made(with_settings(resource))?;
+        }
+        let secret = progress.step(&format!("secret `{}`", self.settings.secret_name), || {
+            self.ensure_secret()
+        })?;
+        let secret_arn = secret.outputs.get("arn").cloned().unwrap_or_default();
+        made(with_settings(secret))?;
+        let role = progress.step(&format!("role `{}`", self.settings.role_name), || {
+            self.ensure_role(&account, &secret_arn)
+        })?;
+        let role_arn = role.outputs.get("arn").cloned().unwrap_or_default();
+        made(with_settings(role))?;
+        let function = progress.step(
+            &format!("function `{}`", self.settings.function_name),
+            || {
+                let key = self.read_key()?;
+                self.ensure_function(&role_arn, &key)
+            },
+        )?;
+        made(with_settings(function))?;
+        let endpoint = progress.step(
+            &format!("function URL of `{}`", self.settings.function_name),
+            || self.ensure_endpoint(),
+        )?;
+        made(with_settings(endpoint))?;
+        Ok(())
+    }
+
+    fn destroy(
+        &self,
+        state: &State,
+        options: DestroyOptions,
+        progress: &mut Progress,
+        removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
+    ) -> Result<Vec<Kept>, CommandError> {
+        let mut kept = Vec::new();
+        for resource in state.resources.iter().rev() {
+            let left = progress.step(&resource.address(), || self.delete(resource, options))?;
+            match left {
+                Some(left) => kept.push(left),
+                None => removed(resource)?,
+            }
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_compare_after_url_decoding() {
+        let plain = r#"{"Version":"2012-10-17","Statement":[]}"#;
+        let encoded = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%5D%7D";
+        assert_eq!(policy_json(plain), policy_json(encoded));
+        assert!(policy_json(plain).is_some());
+    }
+}

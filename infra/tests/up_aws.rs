@@ -1,0 +1,509 @@
+//! `deploy-kit plan/up/down` on an AWS target and `doctor --online` with the
+//! S3 probe, against real servers on loopback: moto_server (Secrets Manager,
+//! IAM, Lambda, Function URL, STS) and SeaweedFS (S3). `.ci/test-aws` starts
+//! them and exports `KIT_TEST_MOTO_ENDPOINT`, `KIT_TEST_S3_ENDPOINT` and the
+//! SeaweedFS credentials; without them these tests fail, they never skip.
+#![cfg(feature = "aws")]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use assert_cmd::Command;
+use aws_config::{BehaviorVersion, Region};
+
+struct Servers {
+    moto: String,
+    s3: String,
+}
+
+fn servers() -> Servers {
+    let read = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not set: these tests need moto_server and SeaweedFS; run `bash .ci/test-aws`, which starts both"
+            )
+        })
+    };
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        read(name);
+    }
+    Servers {
+        moto: read("KIT_TEST_MOTO_ENDPOINT"),
+        s3: read("KIT_TEST_S3_ENDPOINT"),
+    }
+}
+
+/// A fresh directory with a config for a uniquely named service and bucket.
+struct Project {
+    dir: PathBuf,
+    name: String,
+    bucket: String,
+    servers: Servers,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Project {
+    fn new(label: &str) -> Project {
+        let servers = servers();
+        let unique = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+                % 100_000
+        );
+        let name = format!("{label}-{unique}");
+        let dir = std::env::temp_dir().join(format!("deploy-kit-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bucket = format!("{name}-data");
+        let project = Project {
+            dir,
+            name,
+            bucket,
+            servers,
+        };
+        project.write_config("1");
+        std::fs::write(
+            project.dir.join("kit-service"),
+            "#!/bin/sh\n[ \"$1\" = lambda ] && exit 0\nexit 1\n",
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                project.dir.join("kit-service"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        project
+    }
+
+    fn write_config(&self, expiry_days: &str) {
+        let config = format!(
+            "version: 1
+service: {{name: {name}, environment: ci}}
+targets:
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+limits:
+  max_request_bytes: 5000000
+  max_response_bytes: 5000000
+  externalize_threshold_bytes: 4000000
+  upload_urls: true
+  request_timeout_seconds: 60
+storage:
+  provider: s3
+  bucket: {bucket}
+  prefix: vgi-rpc/
+  expiry_days: {expiry_days}
+  abort_multipart_days: 1
+  credential: assumed-role
+  session_seconds: 3600
+  cors_origins: [https://app.example.com]
+cors:
+  origins: [https://app.example.com]
+signing_key:
+  source: secret
+  secret: aws:{name}/ci/signing-key
+",
+            name = self.name,
+            bucket = self.bucket,
+        );
+        std::fs::write(self.dir.join("deploy-kit.yaml"), config).unwrap();
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join(".deploy-kit/ci/lambda/state.json")
+    }
+
+    /// Runs deploy-kit here with the endpoint overrides; returns (exit, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::cargo_bin("deploy-kit")
+            .unwrap()
+            .current_dir(&self.dir)
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &self.servers.moto)
+            .env("AWS_ENDPOINT_URL_S3", &self.servers.s3)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("DEPLOY_KIT_KIT_SERVICE", self.dir.join("kit-service"))
+            .env("DEPLOY_KIT_TODAY", "2026-01-15")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SDK clients for checking what deploy-kit made, independent of its code.
+struct Cloud {
+    runtime: tokio::runtime::Runtime,
+    s3: aws_sdk_s3::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+    iam: aws_sdk_iam::Client,
+    lambda: aws_sdk_lambda::Client,
+}
+
+impl Cloud {
+    fn new(servers: &Servers) -> Cloud {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let shared = runtime.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(&servers.moto)
+                .http_client(
+                    aws_smithy_http_client::Builder::new()
+                        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                        ))
+                        .build_https(),
+                )
+                .load(),
+        );
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&shared)
+                .endpoint_url(&servers.s3)
+                .force_path_style(true)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .build(),
+        );
+        Cloud {
+            s3,
+            secrets: aws_sdk_secretsmanager::Client::new(&shared),
+            iam: aws_sdk_iam::Client::new(&shared),
+            lambda: aws_sdk_lambda::Client::new(&shared),
+            runtime,
+        }
+    }
+
+    fn bucket_exists(&self, bucket: &str) -> bool {
+        self.runtime
+            .block_on(self.s3.head_bucket().bucket(bucket).send())
+            .is_ok()
+    }
+
+    fn secret_value(&self, name: &str) -> Option<String> {
+        self.runtime
+            .block_on(self.secrets.get_secret_value().secret_id(name).send())
+            .ok()
+            .and_then(|v| v.secret_string().map(str::to_string))
+    }
+
+    fn role_exists(&self, name: &str) -> bool {
+        self.runtime
+            .block_on(self.iam.get_role().role_name(name).send())
+            .is_ok()
+    }
+
+    fn function_exists(&self, name: &str) -> bool {
+        self.runtime
+            .block_on(self.lambda.get_function().function_name(name).send())
+            .is_ok()
+    }
+
+    fn function_url(&self, name: &str) -> Option<String> {
+        self.runtime
+            .block_on(
+                self.lambda
+                    .get_function_url_config()
+                    .function_name(name)
+                    .send(),
+            )
+            .ok()
+            .map(|c| c.function_url().to_string())
+    }
+}
+
+fn assert_no_secret(secret: &str, label: &str, text: &str) {
+    let bare = secret.trim_start_matches("hex:");
+    assert!(
+        !text.contains(bare),
+        "the signing key appears in {label}:\n{text}"
+    );
+}
+
+#[test]
+fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
+    let project = Project::new("dk-up");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let secret_name = format!("{}/ci/signing-key", project.name);
+    let mut outputs = Vec::new();
+
+    let (code, stdout, stderr) = project.run(&["plan", "lambda"]);
+    assert_eq!(code, 2, "a first plan has changes\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("+ create bucket/{}", project.bucket)),
+        "{stdout}"
+    );
+
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "first up\n{stdout}\n{stderr}");
+    for step in ["bucket", "secret", "role", "function `", "function URL"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(step) && l.contains("created") && l.ends_with(" s)")),
+            "no progress line for {step}:\n{stderr}"
+        );
+    }
+    assert!(stdout.contains("pass    STO004"), "{stdout}");
+    assert!(stdout.contains("pass    STO005"), "{stdout}");
+    assert!(stdout.contains("pass    STO002"), "{stdout}");
+    outputs.push(stdout.clone() + &stderr);
+
+    // Everything exists, checked with the SDK directly.
+    assert!(cloud.bucket_exists(&project.bucket));
+    let lifecycle = cloud
+        .runtime
+        .block_on(
+            cloud
+                .s3
+                .get_bucket_lifecycle_configuration()
+                .bucket(&project.bucket)
+                .send(),
+        )
+        .unwrap();
+    let covers = |pick: &dyn Fn(&aws_sdk_s3::types::LifecycleRule) -> Option<i32>| {
+        lifecycle.rules().iter().any(|rule| {
+            rule.filter().and_then(|f| f.prefix()) == Some("vgi-rpc/") && pick(rule) == Some(1)
+        })
+    };
+    assert!(
+        covers(&|r| r.expiration().and_then(|e| e.days())),
+        "{lifecycle:?}"
+    );
+    assert!(
+        covers(&|r| r
+            .abort_incomplete_multipart_upload()
+            .and_then(|a| a.days_after_initiation())),
+        "{lifecycle:?}"
+    );
+    let cors = cloud
+        .runtime
+        .block_on(cloud.s3.get_bucket_cors().bucket(&project.bucket).send())
+        .unwrap();
+    assert_eq!(
+        cors.cors_rules()[0].allowed_origins(),
+        ["https://app.example.com"]
+    );
+    let secret = cloud.secret_value(&secret_name).expect("secret made");
+    assert!(
+        secret.starts_with("hex:") && secret.len() == 4 + 64,
+        "a 32-byte hex key"
+    );
+    assert!(cloud.role_exists(&function));
+    assert!(cloud.function_exists(&function));
+    let url = cloud.function_url(&function).expect("function URL made");
+    assert!(
+        outputs[0].contains(&format!("url: {url}")),
+        "{}",
+        outputs[0]
+    );
+
+    // A second up changes nothing, keeps the key, and plan agrees.
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "second up\n{stdout}\n{stderr}");
+    assert!(stderr.contains("no changes"), "{stderr}");
+    assert!(
+        !stderr.contains("created") && !stderr.contains("updated"),
+        "second up changed something:\n{stderr}"
+    );
+    assert_eq!(
+        cloud.secret_value(&secret_name).as_deref(),
+        Some(secret.as_str())
+    );
+    outputs.push(stdout + &stderr);
+    let (code, stdout, stderr) = project.run(&["plan", "lambda"]);
+    assert_eq!(code, 0, "plan after up\n{stdout}\n{stderr}");
+    outputs.push(stdout + &stderr);
+    let (code, stdout, stderr) = project.run(&["plan", "lambda", "--json"]);
+    assert_eq!(code, 0);
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(document["schema"], "deploy-kit.plan/v1");
+    outputs.push(stdout + &stderr);
+
+    // A shorter expiry is planned as a change, with a warning.
+    project.write_config("0");
+    let (code, stdout, stderr) = project.run(&["plan", "lambda", "--force"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("lifecycle.expiration_days: 1 -> 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("warning: shortens expiration"), "{stdout}");
+    project.write_config("1");
+
+    let state = std::fs::read_to_string(project.state_path()).unwrap();
+    assert_no_secret(&secret, "the state file", &state);
+
+    // down keeps a bucket with data and says how to remove it.
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .s3
+                .put_object()
+                .bucket(&project.bucket)
+                .key("vgi-rpc/result")
+                .body(b"data".to_vec().into())
+                .send(),
+        )
+        .unwrap();
+    let (code, stdout, stderr) = project.run(&["down", "lambda"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("deploy-kit down lambda --delete-data"),
+        "{stderr}"
+    );
+    assert!(cloud.bucket_exists(&project.bucket));
+    assert!(!cloud.function_exists(&function));
+    assert!(cloud.function_url(&function).is_none());
+    assert!(!cloud.role_exists(&function));
+    assert!(cloud.secret_value(&secret_name).is_none());
+    outputs.push(stdout + &stderr);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(!cloud.bucket_exists(&project.bucket));
+    assert!(
+        !project.state_path().exists(),
+        "state removed with the last resource"
+    );
+    outputs.push(stdout + &stderr);
+
+    for (index, output) in outputs.iter().enumerate() {
+        assert_no_secret(&secret, &format!("command output #{index}"), output);
+    }
+}
+
+/// Makes a bucket, optionally with the right lifecycle rules.
+fn make_bucket(cloud: &Cloud, bucket: &str, with_lifecycle: bool) {
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus,
+        LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    };
+    cloud
+        .runtime
+        .block_on(cloud.s3.create_bucket().bucket(bucket).send())
+        .unwrap();
+    if with_lifecycle {
+        let rule = LifecycleRule::builder()
+            .id("expire")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("vgi-rpc/").build())
+            .expiration(LifecycleExpiration::builder().days(1).build())
+            .abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(1)
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .s3
+                    .put_bucket_lifecycle_configuration()
+                    .bucket(bucket)
+                    .lifecycle_configuration(
+                        BucketLifecycleConfiguration::builder()
+                            .rules(rule)
+                            .build()
+                            .unwrap(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+    }
+}
+
+fn delete_bucket(cloud: &Cloud, bucket: &str) {
+    let _ = cloud
+        .runtime
+        .block_on(cloud.s3.delete_bucket().bucket(bucket).send());
+}
+
+fn finding<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no finding {id} in {report}"))
+}
+
+#[test]
+fn doctor_online_judges_the_live_bucket_lifecycle() {
+    let with_rules = Project::new("dk-doc-good");
+    let without_rules = Project::new("dk-doc-bad");
+    let cloud = Cloud::new(&with_rules.servers);
+    make_bucket(&cloud, &with_rules.bucket, true);
+    make_bucket(&cloud, &without_rules.bucket, false);
+
+    let report = |project: &Project| {
+        let (_, stdout, stderr) = project.run(&[
+            "doctor", "--online", "--format", "json", "--target", "lambda",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&stdout)
+            .unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
+    };
+    let good = report(&with_rules);
+    let bad = report(&without_rules);
+    delete_bucket(&cloud, &with_rules.bucket);
+    delete_bucket(&cloud, &without_rules.bucket);
+
+    let outcome = |report: &serde_json::Value, id: &str| {
+        finding(report, id)["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for id in ["STO001", "STO002", "STO004", "STO005"] {
+        assert_eq!(outcome(&good, id), "pass", "{id}: {}", finding(&good, id));
+    }
+    for id in ["STO004", "STO005"] {
+        assert_eq!(outcome(&bad, id), "fail", "{id}: {}", finding(&bad, id));
+    }
+    assert_eq!(outcome(&bad, "STO001"), "pass");
+    // No CORS rule on either bucket: STO007 fails live.
+    assert_eq!(
+        outcome(&good, "STO007"),
+        "fail",
+        "{}",
+        finding(&good, "STO007")
+    );
+}
+
+#[test]
+fn missing_bucket_fails_storage_reach() {
+    let project = Project::new("dk-doc-none");
+    let (_, stdout, _) = project.run(&[
+        "doctor", "--online", "--format", "json", "--target", "lambda",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let reach = finding(&report, "STO001");
+    assert_eq!(reach["outcome"], "fail", "{reach}");
+    let _ = Path::new(&project.dir);
+}

@@ -1,0 +1,68 @@
+//! `deploy-kit up` errors that need no cloud: the `pulumi` engine without
+//! the `pulumi` CLI, and an AWS target in a build without the `aws` feature.
+
+use assert_cmd::Command;
+
+fn project(engine: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "deploy-kit-engines-{engine}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("deploy-kit.yaml"),
+        format!(
+            "version: 1\nservice: {{name: vgi, environment: ci}}\ntargets:\n  lambda: {{platform: aws-lambda-function-url, region: us-east-1, engine: {engine}}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("kit-service"), "#!/bin/sh\nexit 0\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("kit-service"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn up(dir: &std::path::Path) -> (i32, String) {
+    let output = Command::cargo_bin("deploy-kit")
+        .unwrap()
+        .current_dir(dir)
+        .args(["up", "lambda", "--force", "--kit-service", "kit-service"])
+        .env("PATH", dir)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("DEPLOY_KIT_CONFIG")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pulumi_engine_without_pulumi_on_path_says_how_to_install_it() {
+    let (code, stderr) = up(&project("pulumi"));
+    assert_eq!(code, 2, "{stderr}");
+    insta::assert_snapshot!(stderr, @r"
+    error: engine `pulumi` needs the `pulumi` CLI, which is not on `PATH`
+    hint: install the Pulumi CLI (https://www.pulumi.com/docs/install/, e.g. `curl -fsSL https://get.pulumi.com | sh`) and put it on `PATH`, or set `engine: native`
+    ");
+}
+
+#[cfg(not(feature = "aws"))]
+#[test]
+fn aws_target_without_the_aws_feature_names_the_rebuild() {
+    let (code, stderr) = up(&project("native"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("hint: rebuild with `cargo install --path infra --features aws`"),
+        "{stderr}"
+    );
+}
