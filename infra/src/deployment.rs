@@ -149,6 +149,11 @@ impl Deployment {
             )?;
             return Ok(("aws", settings.desired(code_sha256)));
         }
+        if engine::gcp::handles(self.target.platform) {
+            let settings =
+                engine::gcp::GcpSettings::resolve(&self.config, &self.target_name, &self.target)?;
+            return Ok(("gcp", settings.desired()));
+        }
         Err(CommandError::new(
             format!(
                 "target `{}`: the native engine does not provision `{}` yet",

@@ -183,7 +183,10 @@ pub fn report(
         })?;
     }
     let replica_probe = HttpReplicaProbe::new(Duration::from_secs(5));
-    let storage_probe = storage_probe(config, request);
+    let storage_probe = match request.mode {
+        Mode::Online => crate::storage_probe::storage_probe(config, request.target.as_deref(), env),
+        Mode::Offline => Err(STORAGE_UNAVAILABLE.to_string()),
+    };
     let synthetic_probe = match request.mode {
         Mode::Online => crate::synthetic::HttpSyntheticProbe::new(
             Duration::from_secs(30),
@@ -211,40 +214,6 @@ pub fn report(
         exit_code: report.status(request.fail_on).exit_code(),
         summary: Some(render::summary_line(&report, &rendering)),
     })
-}
-
-/// The live storage probe of `doctor --online` (S3, R2, S3-compatible with
-/// the `aws` feature), or why there is none.
-fn storage_probe(
-    config: &DeployConfig,
-    request: &DoctorRequest,
-) -> Result<Box<dyn kit_checks::probe::StorageProbe>, String> {
-    let Some(storage) = config
-        .storage
-        .as_ref()
-        .filter(|_| request.mode == Mode::Online)
-    else {
-        return Err(STORAGE_UNAVAILABLE.to_string());
-    };
-    #[cfg(feature = "aws")]
-    {
-        let region = config
-            .target(request.target.as_deref())
-            .ok()
-            .and_then(|(_, target)| target.region.clone());
-        match crate::s3_probe::S3StorageProbe::for_storage(storage, region.as_deref()) {
-            Some(Ok(probe)) => return Ok(Box::new(probe)),
-            Some(Err(error)) => return Err(error.message),
-            None => {}
-        }
-    }
-    #[cfg(not(feature = "aws"))]
-    if storage.provider != StorageProvider::Gcs {
-        return Err(
-            "the S3 storage probe needs deploy-kit built with `--features aws`".to_string(),
-        );
-    }
-    Err(STORAGE_UNAVAILABLE.to_string())
 }
 
 /// Builds the facts for the chosen target of `config`.

@@ -39,6 +39,15 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     if deployment.target.engine == EngineKind::Pulumi {
         return crate::engine::pulumi::down(&deployment);
     }
+    if crate::engine::gcp::handles(deployment.target.platform) {
+        return crate::engine::gcp::down(
+            &deployment.config,
+            &deployment.config_path,
+            &deployment.target_name,
+            args.delete_data,
+            env,
+        );
+    }
     let state_path = deployment.state_path();
     let Some(state) = State::load(&state_path)? else {
         eprintln!(

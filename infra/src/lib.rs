@@ -13,6 +13,8 @@ pub mod deployment;
 pub mod doctor;
 pub mod down;
 pub mod engine;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 pub mod init;
 pub mod plan;
 pub mod render;
@@ -20,6 +22,7 @@ pub mod replica;
 #[cfg(feature = "aws")]
 pub mod s3_probe;
 pub mod secrets;
+pub mod storage_probe;
 pub mod synthetic;
 pub mod up;
 pub mod up_local;
@@ -79,10 +82,29 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "API key `doctor --online` sends (Bearer) to replicas that require auth, for the OPS003 probe calls.",
     ),
     (
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GCP targets and the GCS probe: a `service_account` key or `authorized_user` JSON file; default gcloud's application-default file (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`).",
+    ),
+    (
+        "STORAGE_EMULATOR_HOST",
+        "GCS endpoint override (`host:port` or a URL), as Google's client libraries read it; wins over `storage.endpoint`. Plain `http://` endpoints are called without a token.",
+    ),
+    (
+        "DEPLOY_KIT_SECRET_MANAGER_ENDPOINT",
+        "Secret Manager endpoint override (tests point it at a fake); default `https://secretmanager.googleapis.com`.",
+    ),
+    (
+        "DEPLOY_KIT_CLOUD_RUN_ENDPOINT",
+        "Cloud Run Admin API endpoint override (tests point it at a fake); default `https://run.googleapis.com`.",
+    ),
+    (
         "DEPLOY_KIT_TODAY",
         "The date waivers are judged against, `YYYY-MM-DD` (reproducible runs); default today (UTC).",
     ),
 ];
+
+/// How to get a deploy-kit that talks to Google Cloud.
+pub const GCP_REBUILD: &str = "cargo install --path infra --features gcp";
 
 /// A failed command: what went wrong, the exact next step, and the exit code
 /// the command documents for it. `main.rs` prints `error:` and `hint:` lines.

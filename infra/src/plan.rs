@@ -214,16 +214,20 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
     doctor_gate(&deployment, args.force, env)?;
-    let package = match find_kit_service(args.kit_service.as_deref()) {
-        Ok(binary) => Some(lambda_package(&binary)?),
-        Err(_) => {
-            eprintln!(
-                "note: no kit-service binary found, so the function's code is not compared (pass `--kit-service PATH`)"
-            );
-            None
+    // Only Lambda targets ship a package; the other engines deploy an image.
+    let package = if !engine::aws::handles(deployment.target.platform) {
+        None
+    } else {
+        match find_kit_service(args.kit_service.as_deref()) {
+            Ok(binary) => Some(lambda_package(&binary)?),
+            Err(_) => {
+                eprintln!(
+                    "note: no kit-service binary found, so the function's code is not compared (pass `--kit-service PATH`)"
+                );
+                None
+            }
         }
     };
-    let package = package.filter(|_| engine::aws::handles(deployment.target.platform));
     let (document, _) = compute(&deployment, package.as_deref(), &cwd, env)?;
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed, the resource plan below is still complete: {error}");

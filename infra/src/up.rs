@@ -56,6 +56,14 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
         return crate::engine::pulumi::up(&deployment);
     }
     crate::plan::doctor_gate(&deployment, args.force, env)?;
+    if crate::engine::gcp::handles(deployment.target.platform) {
+        return crate::engine::gcp::up(
+            &deployment.config,
+            &deployment.config_path,
+            &deployment.target_name,
+            env,
+        );
+    }
     // Fails early, with the hint, for platforms no native engine handles.
     deployment.desired(None, env)?;
     let binary = find_kit_service(args.kit_service.as_deref())?;
