@@ -149,6 +149,10 @@ impl Deployment {
             )?;
             return Ok(("aws", settings.desired(code_sha256)));
         }
+        if engine::cli::handles(self.target.platform) {
+            let name = engine::cli::engine_name(self.target.platform);
+            return Ok((name, engine::cli::desired(self)?));
+        }
         if engine::gcp::handles(self.target.platform) {
             let settings =
                 engine::gcp::GcpSettings::resolve(&self.config, &self.target_name, &self.target)?;

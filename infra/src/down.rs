@@ -39,6 +39,9 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     if deployment.target.engine == EngineKind::Pulumi {
         return crate::engine::pulumi::down(&deployment);
     }
+    if crate::engine::cli::handles(deployment.target.platform) {
+        return crate::engine::cli::down(&deployment, args.delete_data);
+    }
     if crate::engine::gcp::handles(deployment.target.platform) {
         return crate::engine::gcp::down(
             &deployment.config,

@@ -55,6 +55,10 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
         crate::plan::doctor_gate(&deployment, args.force, env)?;
         return crate::engine::pulumi::up(&deployment);
     }
+    if crate::engine::cli::handles(deployment.target.platform) {
+        let kit_service = args.kit_service.as_deref();
+        return crate::engine::cli::up(&deployment, args.force, kit_service, &cwd, env);
+    }
     crate::plan::doctor_gate(&deployment, args.force, env)?;
     if crate::engine::gcp::handles(deployment.target.platform) {
         return crate::engine::gcp::up(

@@ -16,6 +16,7 @@
 //!   is reverse dependency order.
 
 pub mod aws;
+pub mod cli;
 pub mod gcp;
 pub mod pulumi;
 pub mod zip;

@@ -1,0 +1,784 @@
+//! `azure-functions` targets through `az`, logged in with `az login`.
+//!
+//! Why the Functions custom handler and not Container Apps: the platform is
+//! `azure-functions`, whose limits (230 s HTTP timeout, 210 MiB bodies) the
+//! doctor judges, and the rendered `host.json` and `rpc/function.json` are a
+//! custom handler running `kit-service serve`. Container Apps would be
+//! another platform with other limits and templates.
+//!
+//! `up`, each step reading first (`show`) and creating only what is missing:
+//! 1. the resource group `<service>-<target>` (tagged `managed-by=deploy-kit`);
+//! 2. the storage account (Standard_LRS, StorageV2, TLS 1.2, no public blob
+//!    access), the container `storage.bucket`, and the lifecycle policy
+//!    expiring `<container>/<prefix>` written to `azure/lifecycle-policy.json`
+//!    and applied with `az storage account management-policy create --policy @FILE`;
+//! 3. the Key Vault (RBAC authorization) and the signing-key secret, set
+//!    once with `az keyvault secret set --file /dev/stdin` (the key on stdin,
+//!    `--query id` so the value is never printed); Key Vault can return it,
+//!    but nothing needs it back: the app reads it through a reference;
+//! 4. the function app (Linux consumption plan, runtime `custom`,
+//!    Functions 4, system identity), the `Key Vault Secrets User` role for
+//!    that identity, app settings (the `KIT_*` env and
+//!    `VGI_SIGNING_KEY=@Microsoft.KeyVault(SecretUri=...)`), and the package
+//!    (`host.json`, `rpc/function.json`, `kit-service`) by zip deploy.
+//!
+//! `down`: newest first; the storage account (and so the group) is kept
+//! unless `--delete-data`; the group is deleted only when `up` created it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::{Cli, args, created_before, mark_created, new_signing_key, sha256_hex};
+use crate::CommandError;
+use crate::deployment::Deployment;
+use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind, setting};
+use crate::render::{RenderOptions, Settings};
+
+pub const RESOURCE_GROUP: &str = "resource-group";
+pub const KEY_VAULT: &str = "key-vault";
+/// The lifecycle policy file, under the output directory.
+pub const POLICY_FILE: &str = "azure/lifecycle-policy.json";
+/// The zip deployed to the function app, under the output directory.
+pub const PACKAGE_FILE: &str = "azure/package.zip";
+
+#[derive(Debug, Clone)]
+struct Plan {
+    group: String,
+    location: String,
+    storage_account: String,
+    container: Option<String>,
+    prefix: String,
+    expiry_days: Option<u32>,
+    vault: String,
+    app: String,
+    key_secret: Option<String>,
+    key_variable: String,
+    env: Vec<(String, String)>,
+    host_json: String,
+    function_json: String,
+}
+
+/// Storage account names: 3-24 lower-case letters and digits.
+fn storage_account_name(prefix: &str) -> String {
+    prefix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .take(24)
+        .collect()
+}
+
+fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
+    let settings = Settings::resolve(
+        &deployment.config,
+        &deployment.target_name,
+        &RenderOptions::default(),
+    )
+    .map_err(|error| CommandError::new(error.message, error.hint, 2))?;
+    let location = deployment.target.region.clone().ok_or_else(|| {
+        CommandError::new(
+            format!(
+                "target `{}`: `azure-functions` needs a region",
+                deployment.target_name
+            ),
+            format!(
+                "add `region: westeurope` (or another) under `targets.{}`",
+                deployment.target_name
+            ),
+            2,
+        )
+    })?;
+    let files = crate::render::render_target(&deployment.config, &deployment.target_name)?;
+    let file = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.path.ends_with(name))
+            .map(|f| f.contents.clone())
+            .unwrap_or_default()
+    };
+    let prefix = settings.target.resource_prefix.clone();
+    let vault: String = prefix
+        .chars()
+        .take(24)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string();
+    let storage = deployment.config.storage.as_ref();
+    Ok(Plan {
+        group: prefix.clone(),
+        location,
+        storage_account: storage_account_name(&prefix),
+        container: storage.map(|s| s.bucket.clone()),
+        prefix: storage.map(|s| s.prefix.clone()).unwrap_or_default(),
+        expiry_days: storage.and_then(|s| s.expiry_days),
+        vault,
+        app: prefix,
+        key_secret: settings.signing_key.as_ref().map(|s| s.secret_name.clone()),
+        key_variable: settings
+            .signing_key
+            .as_ref()
+            .map(|s| s.variable.clone())
+            .unwrap_or_else(|| "VGI_SIGNING_KEY".into()),
+        env: settings
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect(),
+        host_json: file("host.json"),
+        function_json: file("function.json"),
+    })
+}
+
+impl Plan {
+    fn policy(&self) -> String {
+        let container = self.container.as_deref().unwrap_or_default();
+        let days = self.expiry_days.unwrap_or(1);
+        let document = serde_json::json!({
+            "rules": [{
+                "name": "expire-service-objects",
+                "enabled": true,
+                "type": "Lifecycle",
+                "definition": {
+                    "filters": {
+                        "blobTypes": ["blockBlob"],
+                        "prefixMatch": [format!("{container}/{}", self.prefix)]
+                    },
+                    "actions": {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": days}}}
+                }
+            }]
+        });
+        serde_json::to_string_pretty(&document).expect("policy serializes") + "\n"
+    }
+
+    fn secret_uri(&self) -> Option<String> {
+        self.key_secret
+            .as_ref()
+            .map(|name| format!("https://{}.vault.azure.net/secrets/{name}/", self.vault))
+    }
+
+    /// `NAME=value` app settings: the env and the Key Vault reference (no secret value).
+    fn app_settings(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.env.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        if let Some(uri) = self.secret_uri() {
+            all.push(format!(
+                "{}=@Microsoft.KeyVault(SecretUri={uri})",
+                self.key_variable
+            ));
+        }
+        all
+    }
+}
+
+/// Desired resources, in creation order.
+pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
+    let plan = resolve(deployment)?;
+    let mut resources =
+        vec![Resource::new(RESOURCE_GROUP, &plan.group).with("location", &plan.location)];
+    let mut account =
+        Resource::new(kind::BUCKET, &plan.storage_account).with("sku", "Standard_LRS");
+    if let Some(container) = &plan.container {
+        account = account.with("container", container).with(
+            setting::LIFECYCLE_PREFIX,
+            format!("{container}/{}", plan.prefix),
+        );
+        if let Some(days) = plan.expiry_days {
+            account = account.with(setting::LIFECYCLE_EXPIRATION_DAYS, days.to_string());
+        }
+    }
+    resources.push(account);
+    resources.push(Resource::new(KEY_VAULT, &plan.vault).with("authorization", "rbac"));
+    if let Some(secret) = &plan.key_secret {
+        resources.push(Resource::new(
+            kind::SECRET,
+            format!("{}/{secret}", plan.vault),
+        ));
+    }
+    resources.push(
+        Resource::new(kind::FUNCTION, &plan.app)
+            .with("runtime", "custom")
+            .with(
+                "app_settings.sha256",
+                sha256_hex(&plan.app_settings().join("\n")),
+            )
+            .with("host_json.sha256", sha256_hex(&plan.host_json)),
+    );
+    Ok(resources)
+}
+
+pub struct AzureEngine {
+    cli: Cli,
+    plan: Plan,
+    previous: Option<State>,
+    output_dir: PathBuf,
+    kit_service: Option<PathBuf>,
+    deployment: Deployment,
+}
+
+impl AzureEngine {
+    pub fn new(
+        deployment: &Deployment,
+        cli: Cli,
+        previous: Option<State>,
+        kit_service: Option<PathBuf>,
+    ) -> Result<AzureEngine, CommandError> {
+        Ok(AzureEngine {
+            cli,
+            plan: resolve(deployment)?,
+            previous,
+            output_dir: deployment.output_dir.clone(),
+            kit_service,
+            deployment: deployment.clone(),
+        })
+    }
+
+    fn logged_in(&self) -> Result<(), CommandError> {
+        if self
+            .cli
+            .run(&args(["account", "show", "--output", "none"]), None, true)?
+            .success
+        {
+            return Ok(());
+        }
+        Err(CommandError::new(
+            "`az account show` failed: the Azure CLI is not logged in",
+            "log in with `az login` (or `az login --service-principal ...` in CI), and pick the subscription with `az account set --subscription ID`",
+            2,
+        ))
+    }
+
+    fn exists(&self, rest: &[&str]) -> Result<bool, CommandError> {
+        let mut argv = args(rest);
+        argv.extend(args(["--output", "none"]));
+        Ok(self.cli.run(&argv, None, true)?.success)
+    }
+
+    fn must(&self, rest: &[&str], stdin: Option<&[u8]>) -> Result<String, CommandError> {
+        self.cli.must(
+            &args(rest),
+            stdin,
+            true,
+            "read the Azure CLI's message above",
+        )
+    }
+
+    /// The package zip: `host.json`, `rpc/function.json`, `kit-service`.
+    fn package(&self) -> Result<PathBuf, CommandError> {
+        let binary_path = self
+            .kit_service
+            .clone()
+            .map(Ok)
+            .unwrap_or_else(|| crate::deployment::find_kit_service(None))?;
+        let binary = std::fs::read(&binary_path).map_err(|error| {
+            CommandError::new(
+                format!("failed to read `{}`: {error}", binary_path.display()),
+                "build it for Linux x86_64 (`cargo build --release -p kit-service`) and pass `--kit-service PATH`",
+                2,
+            )
+        })?;
+        let zip = crate::engine::zip::write(&[
+            crate::engine::zip::ZipEntry {
+                name: "host.json",
+                contents: self.plan.host_json.as_bytes(),
+                mode: 0o644,
+            },
+            crate::engine::zip::ZipEntry {
+                name: "rpc/function.json",
+                contents: self.plan.function_json.as_bytes(),
+                mode: 0o644,
+            },
+            crate::engine::zip::ZipEntry {
+                name: "kit-service",
+                contents: &binary,
+                mode: 0o755,
+            },
+        ])
+        .map_err(|error| {
+            CommandError::new(
+                format!("failed to build the function package: {error}"),
+                "build kit-service with `--release`",
+                2,
+            )
+        })?;
+        write_file(&self.output_dir.join(PACKAGE_FILE), &zip)
+    }
+}
+
+fn write_file(path: &std::path::Path, contents: &[u8]) -> Result<PathBuf, CommandError> {
+    let failed = |error: std::io::Error| {
+        CommandError::new(
+            format!("failed to write `{}`: {error}", path.display()),
+            "check that the working directory is writable",
+            1,
+        )
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    std::fs::write(path, contents).map_err(failed)?;
+    Ok(path.to_path_buf())
+}
+
+impl Engine for AzureEngine {
+    fn name(&self) -> &'static str {
+        "azure"
+    }
+
+    fn desired(&self) -> Result<Vec<Resource>, CommandError> {
+        desired(&self.deployment)
+    }
+
+    fn apply(
+        &self,
+        desired: &[Resource],
+        progress: &mut Progress,
+        made: &mut dyn FnMut(Resource) -> Result<(), CommandError>,
+    ) -> Result<(), CommandError> {
+        progress.step("az account", || {
+            self.logged_in().map(|()| ((), "logged in".into()))
+        })?;
+        let plan = &self.plan;
+        let (group, account, vault, app) =
+            (&plan.group, &plan.storage_account, &plan.vault, &plan.app);
+        for want in desired {
+            let resource = match want.kind.as_str() {
+                RESOURCE_GROUP => {
+                    let created = progress.step(&want.address(), || {
+                        if self.exists(&["group", "show", "--name", group])? {
+                            return Ok((false, "exists".into()));
+                        }
+                        self.must(
+                            &[
+                                "group",
+                                "create",
+                                "--name",
+                                group,
+                                "--location",
+                                &plan.location,
+                                "--tags",
+                                "managed-by=deploy-kit",
+                                "--output",
+                                "none",
+                            ],
+                            None,
+                        )?;
+                        Ok((true, "created".into()))
+                    })?;
+                    mark_created(
+                        want.clone(),
+                        created,
+                        created_before(self.previous.as_ref(), RESOURCE_GROUP, group),
+                    )
+                }
+                kind::BUCKET => {
+                    progress.step(&want.address(), || {
+                        let outcome = if self.exists(&[
+                            "storage",
+                            "account",
+                            "show",
+                            "--name",
+                            account,
+                            "--resource-group",
+                            group,
+                        ])? {
+                            "exists"
+                        } else {
+                            self.must(
+                                &[
+                                    "storage",
+                                    "account",
+                                    "create",
+                                    "--name",
+                                    account,
+                                    "--resource-group",
+                                    group,
+                                    "--location",
+                                    &plan.location,
+                                    "--sku",
+                                    "Standard_LRS",
+                                    "--kind",
+                                    "StorageV2",
+                                    "--min-tls-version",
+                                    "TLS1_2",
+                                    "--allow-blob-public-access",
+                                    "false",
+                                    "--output",
+                                    "none",
+                                ],
+                                None,
+                            )?;
+                            "created"
+                        };
+                        Ok(((), outcome.into()))
+                    })?;
+                    if let Some(container) = &plan.container {
+                        progress.step(&format!("container {container}"), || {
+                            self.must(
+                                &[
+                                    "storage",
+                                    "container",
+                                    "create",
+                                    "--name",
+                                    container,
+                                    "--account-name",
+                                    account,
+                                    "--auth-mode",
+                                    "login",
+                                    "--output",
+                                    "none",
+                                ],
+                                None,
+                            )?;
+                            Ok(((), "ensured".into()))
+                        })?;
+                        let policy = write_file(
+                            &self.output_dir.join(POLICY_FILE),
+                            plan.policy().as_bytes(),
+                        )?;
+                        let policy_argument = format!("@{}", policy.display());
+                        progress.step(
+                            &format!("lifecycle policy {container}/{}", plan.prefix),
+                            || {
+                                self.must(
+                                    &[
+                                        "storage",
+                                        "account",
+                                        "management-policy",
+                                        "create",
+                                        "--account-name",
+                                        account,
+                                        "--resource-group",
+                                        group,
+                                        "--policy",
+                                        &policy_argument,
+                                        "--output",
+                                        "none",
+                                    ],
+                                    None,
+                                )?;
+                                Ok(((), "applied".into()))
+                            },
+                        )?;
+                    }
+                    want.clone()
+                }
+                KEY_VAULT => {
+                    progress.step(&want.address(), || {
+                        if self.exists(&[
+                            "keyvault",
+                            "show",
+                            "--name",
+                            vault,
+                            "--resource-group",
+                            group,
+                        ])? {
+                            return Ok(((), "exists".into()));
+                        }
+                        self.must(
+                            &[
+                                "keyvault",
+                                "create",
+                                "--name",
+                                vault,
+                                "--resource-group",
+                                group,
+                                "--location",
+                                &plan.location,
+                                "--enable-rbac-authorization",
+                                "true",
+                                "--output",
+                                "none",
+                            ],
+                            None,
+                        )?;
+                        Ok(((), "created".into()))
+                    })?;
+                    want.clone()
+                }
+                kind::SECRET => {
+                    let name = plan.key_secret.clone().unwrap_or_default();
+                    progress.step(&want.address(), || {
+                        if self.exists(&[
+                            "keyvault",
+                            "secret",
+                            "show",
+                            "--vault-name",
+                            vault,
+                            "--name",
+                            &name,
+                            "--query",
+                            "id",
+                        ])? {
+                            return Ok(((), "exists, key kept".into()));
+                        }
+                        let key = new_signing_key()?;
+                        self.must(
+                            &[
+                                "keyvault",
+                                "secret",
+                                "set",
+                                "--vault-name",
+                                vault,
+                                "--name",
+                                &name,
+                                "--file",
+                                "/dev/stdin",
+                                "--encoding",
+                                "utf-8",
+                                "--query",
+                                "id",
+                                "--output",
+                                "none",
+                            ],
+                            Some(key.as_bytes()),
+                        )?;
+                        Ok(((), "created with a new key".into()))
+                    })?;
+                    want.clone()
+                }
+                _ => {
+                    progress.step(&want.address(), || {
+                        if self.exists(&[
+                            "functionapp",
+                            "show",
+                            "--name",
+                            app,
+                            "--resource-group",
+                            group,
+                        ])? {
+                            return Ok(((), "exists".into()));
+                        }
+                        self.must(
+                            &[
+                                "functionapp",
+                                "create",
+                                "--name",
+                                app,
+                                "--resource-group",
+                                group,
+                                "--storage-account",
+                                account,
+                                "--consumption-plan-location",
+                                &plan.location,
+                                "--os-type",
+                                "Linux",
+                                "--runtime",
+                                "custom",
+                                "--functions-version",
+                                "4",
+                                "--assign-identity",
+                                "[system]",
+                                "--https-only",
+                                "true",
+                                "--output",
+                                "none",
+                            ],
+                            None,
+                        )?;
+                        Ok(((), "created".into()))
+                    })?;
+                    progress.step(&format!("{} key vault access", want.address()), || {
+                        let principal = self.must(
+                            &[
+                                "functionapp",
+                                "identity",
+                                "show",
+                                "--name",
+                                app,
+                                "--resource-group",
+                                group,
+                                "--query",
+                                "principalId",
+                                "--output",
+                                "tsv",
+                            ],
+                            None,
+                        )?;
+                        let vault_id = self.must(
+                            &[
+                                "keyvault",
+                                "show",
+                                "--name",
+                                vault,
+                                "--resource-group",
+                                group,
+                                "--query",
+                                "id",
+                                "--output",
+                                "tsv",
+                            ],
+                            None,
+                        )?;
+                        self.must(
+                            &[
+                                "role",
+                                "assignment",
+                                "create",
+                                "--assignee-object-id",
+                                principal.trim(),
+                                "--assignee-principal-type",
+                                "ServicePrincipal",
+                                "--role",
+                                "Key Vault Secrets User",
+                                "--scope",
+                                vault_id.trim(),
+                                "--output",
+                                "none",
+                            ],
+                            None,
+                        )?;
+                        Ok(((), "granted".into()))
+                    })?;
+                    progress.step(&format!("{} app settings", want.address()), || {
+                        let mut argv: Vec<OsString> = args([
+                            "functionapp",
+                            "config",
+                            "appsettings",
+                            "set",
+                            "--name",
+                            app.as_str(),
+                            "--resource-group",
+                            group.as_str(),
+                            "--output",
+                            "none",
+                            "--settings",
+                        ]);
+                        argv.extend(args(plan.app_settings()));
+                        self.cli
+                            .must(&argv, None, true, "read the Azure CLI's message above")?;
+                        Ok(((), format!("{} set", plan.app_settings().len())))
+                    })?;
+                    let package = self.package()?;
+                    progress.step(&format!("{} zip deploy", want.address()), || {
+                        let mut argv = args(["functionapp", "deployment", "source", "config-zip", "--name", app.as_str(), "--resource-group", group.as_str(), "--output", "none", "--src"]);
+                        argv.push(package.clone().into_os_string());
+                        self.cli.must(&argv, None, false, &format!("read the Azure CLI's message above; `az functionapp log deployment show --name {app} --resource-group {group}` has the details"))?;
+                        Ok(((), "deployed".into()))
+                    })?;
+                    want.clone()
+                }
+            };
+            made(resource)?;
+        }
+        Ok(())
+    }
+
+    fn destroy(
+        &self,
+        state: &State,
+        options: DestroyOptions,
+        progress: &mut Progress,
+        removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
+    ) -> Result<Vec<Kept>, CommandError> {
+        progress.step("az account", || {
+            self.logged_in().map(|()| ((), "logged in".into()))
+        })?;
+        let group = &self.plan.group;
+        let mut kept: Vec<Kept> = Vec::new();
+        for resource in state.resources.iter().rev() {
+            let name = resource.name.as_str();
+            let delete: Option<Vec<&str>> = match resource.kind.as_str() {
+                kind::FUNCTION => Some(vec![
+                    "functionapp",
+                    "delete",
+                    "--name",
+                    name,
+                    "--resource-group",
+                    group,
+                ]),
+                kind::SECRET => {
+                    let (vault, secret) = name.split_once('/').unwrap_or((name, ""));
+                    Some(vec![
+                        "keyvault",
+                        "secret",
+                        "delete",
+                        "--vault-name",
+                        vault,
+                        "--name",
+                        secret,
+                    ])
+                }
+                KEY_VAULT => Some(vec![
+                    "keyvault",
+                    "delete",
+                    "--name",
+                    name,
+                    "--resource-group",
+                    group,
+                ]),
+                kind::BUCKET if options.delete_data => Some(vec![
+                    "storage",
+                    "account",
+                    "delete",
+                    "--name",
+                    name,
+                    "--resource-group",
+                    group,
+                    "--yes",
+                ]),
+                kind::BUCKET => {
+                    kept.push(Kept {
+                        resource: resource.clone(),
+                        reason: format!("storage account `{name}` may hold data"),
+                        command: format!(
+                            "deploy-kit down {} --delete-data",
+                            self.deployment.target_name
+                        ),
+                    });
+                    None
+                }
+                RESOURCE_GROUP => {
+                    let created = resource
+                        .outputs
+                        .get(super::CREATED)
+                        .is_some_and(|c| c == "true");
+                    if created && kept.is_empty() {
+                        Some(vec!["group", "delete", "--name", name, "--yes"])
+                    } else {
+                        kept.push(Kept {
+                            resource: resource.clone(),
+                            reason: if created {
+                                format!("resource group `{name}` still holds what was kept")
+                            } else {
+                                format!("resource group `{name}` existed before `up`")
+                            },
+                            command: format!("az group delete --name {name} --yes"),
+                        });
+                        None
+                    }
+                }
+                _ => None,
+            };
+            match delete {
+                Some(rest) => {
+                    progress.step(&resource.address(), || {
+                        self.must(&rest, None)?;
+                        Ok(((), "deleted".into()))
+                    })?;
+                    removed(resource)?;
+                }
+                None => progress.note(&format!("  {}: kept", resource.address())),
+            }
+        }
+        if state.resources.iter().any(|r| r.kind == KEY_VAULT) {
+            progress.note("  note: Key Vault soft-deletes vaults and secrets; `az keyvault purge --name VAULT` frees the name");
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_account_names_are_24_lower_case_alphanumerics() {
+        assert_eq!(
+            storage_account_name("vgi-demo-production"),
+            "vgidemoproduction"
+        );
+        assert_eq!(
+            storage_account_name("A-very-long-service-name-for-tests").len(),
+            24
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! `kubernetes` targets through `kubectl`, in the current context.
+//!
+//! `up`: the namespace (created only when missing, labelled
+//! `app.kubernetes.io/managed-by: deploy-kit`); the signing-key Secret,
+//! created once from a generated key that reaches `kubectl create -f -` on
+//! stdin (not `apply`, which would copy the key into the
+//! `last-applied-configuration` annotation); a check that the API-keys Secret
+//! exists; each rendered manifest with `kubectl apply -f` (the
+//! ServiceMonitor only when the cluster has the prometheus-operator CRD);
+//! then `kubectl rollout status` with a timeout.
+//!
+//! `down`: deletes them newest first (`--ignore-not-found`), the namespace
+//! only when it carries the deploy-kit label, and refuses to run in another
+//! context than the one `up` recorded.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+
+use super::{Cli, args, new_signing_key, sha256_hex};
+use crate::CommandError;
+use crate::deployment::Deployment;
+use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
+use crate::render::{RenderOptions, Settings};
+
+/// Resource kind of the namespace.
+pub const NAMESPACE: &str = "namespace";
+/// Output: the kubectl context `up` ran in.
+pub const CONTEXT: &str = "context";
+/// The label on what deploy-kit creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// How long `kubectl rollout status` waits.
+pub const ROLLOUT_TIMEOUT_SECONDS: u64 = 300;
+/// The prometheus-operator API group the ServiceMonitor needs.
+const MONITORING_GROUP: &str = "monitoring.coreos.com";
+
+/// A rendered manifest: its file, the kubectl type and the object's name.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub file: String,
+    pub kubectl_type: String,
+    pub name: String,
+    pub sha256: String,
+}
+
+/// `kind:` and `metadata.name` of a rendered manifest (one object per file).
+fn kind_and_name(text: &str) -> Option<(String, String)> {
+    let mut kind_value = None;
+    let mut name = None;
+    let mut in_metadata = false;
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("kind: ") {
+            kind_value = Some(value.trim().to_string());
+        }
+        if line.starts_with("metadata:") {
+            in_metadata = true;
+        } else if in_metadata && name.is_none() {
+            if let Some(value) = line.strip_prefix("  name: ") {
+                name = Some(value.trim().trim_matches('"').to_string());
+            } else if !line.starts_with("  ") {
+                in_metadata = false;
+            }
+        }
+    }
+    Some((kind_value?, name?))
+}
+
+/// The fully qualified kubectl type of a kind (`deployment.apps`).
+pub fn kubectl_type(kind_value: &str) -> String {
+    match kind_value {
+        "Deployment" => "deployment.apps".into(),
+        "Ingress" => "ingress.networking.k8s.io".into(),
+        "PodDisruptionBudget" => "poddisruptionbudget.policy".into(),
+        "HorizontalPodAutoscaler" => "horizontalpodautoscaler.autoscaling".into(),
+        "ServiceMonitor" => format!("servicemonitor.{MONITORING_GROUP}"),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+/// Apply order: what others select or scale comes first.
+const APPLY_ORDER: &[&str] = &[
+    "service.yaml",
+    "deployment.yaml",
+    "pdb.yaml",
+    "hpa.yaml",
+    "ingress.yaml",
+    "servicemonitor.yaml",
+];
+
+#[derive(Debug, Clone)]
+struct Plan {
+    namespace: String,
+    signing_key_secret: Option<String>,
+    /// Secrets the user provides (API keys): checked, never created.
+    provided_secrets: Vec<String>,
+    manifests: Vec<Manifest>,
+    deployment_name: Option<String>,
+}
+
+fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
+    let settings = Settings::resolve(
+        &deployment.config,
+        &deployment.target_name,
+        &RenderOptions::default(),
+    )
+    .map_err(|error| CommandError::new(error.message, error.hint, 2))?;
+    let files = crate::render::render_target(&deployment.config, &deployment.target_name)?;
+    let mut manifests = Vec::new();
+    for wanted in APPLY_ORDER {
+        let Some(file) = files.iter().find(|f| {
+            f.path.parent().is_some_and(|p| p.ends_with("k8s")) && f.path.ends_with(wanted)
+        }) else {
+            continue;
+        };
+        let (kind_value, name) = kind_and_name(&file.contents).ok_or_else(|| {
+            CommandError::new(
+                format!("`{}` has no `kind` or `metadata.name`", file.path.display()),
+                "report this: a rendered manifest should always have both",
+                1,
+            )
+        })?;
+        manifests.push(Manifest {
+            file: file.path.display().to_string(),
+            kubectl_type: kubectl_type(&kind_value),
+            name,
+            sha256: sha256_hex(&file.contents),
+        });
+    }
+    let deployment_name = manifests
+        .iter()
+        .find(|m| m.kubectl_type == "deployment.apps")
+        .map(|m| m.name.clone());
+    let signing_key_secret = settings.signing_key.as_ref().map(|s| s.secret_name.clone());
+    let provided_secrets = settings
+        .secrets
+        .iter()
+        .map(|s| s.secret_name.clone())
+        .filter(|name| Some(name) != signing_key_secret.as_ref())
+        .collect();
+    Ok(Plan {
+        namespace: settings.target.namespace.clone(),
+        signing_key_secret,
+        provided_secrets,
+        manifests,
+        deployment_name,
+    })
+}
+
+/// Desired resources, in creation order: namespace, signing-key Secret, manifests.
+pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
+    let plan = resolve(deployment)?;
+    let mut resources = Vec::new();
+    if plan.namespace != "default" {
+        resources.push(Resource::new(NAMESPACE, &plan.namespace));
+    }
+    if let Some(secret) = &plan.signing_key_secret {
+        resources.push(
+            Resource::new(kind::SECRET, format!("{}/{secret}", plan.namespace))
+                .with("type", "Opaque")
+                .with("keys", "value"),
+        );
+    }
+    for manifest in &plan.manifests {
+        resources.push(
+            Resource::new(
+                &manifest.kubectl_type,
+                format!("{}/{}", plan.namespace, manifest.name),
+            )
+            .with(super::FILE_SHA256, &manifest.sha256),
+        );
+    }
+    Ok(resources)
+}
+
+pub struct KubernetesEngine {
+    cli: Cli,
+    plan: Plan,
+    output_dir: PathBuf,
+    target_name: String,
+    deployment: Deployment,
+}
+
+impl KubernetesEngine {
+    pub fn new(deployment: &Deployment, cli: Cli) -> Result<KubernetesEngine, CommandError> {
+        Ok(KubernetesEngine {
+            cli,
+            plan: resolve(deployment)?,
+            output_dir: deployment.output_dir.clone(),
+            target_name: deployment.target_name.clone(),
+            deployment: deployment.clone(),
+        })
+    }
+
+    fn namespaced(&self, rest: &[&str]) -> Vec<OsString> {
+        let mut all = args(["-n", self.plan.namespace.as_str()]);
+        all.extend(args(rest));
+        all
+    }
+
+    /// The current context, or the error telling how to pick one.
+    fn current_context(&self) -> Result<String, CommandError> {
+        let output = self
+            .cli
+            .run(&args(["config", "current-context"]), None, true)?;
+        let context = output.stdout.trim().to_string();
+        if !output.success || context.is_empty() {
+            return Err(CommandError::new(
+                "`kubectl` has no current context, so there is no cluster to deploy to",
+                "pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)",
+                2,
+            ));
+        }
+        Ok(context)
+    }
+
+    fn exists(&self, argv: Vec<OsString>) -> Result<bool, CommandError> {
+        Ok(self.cli.run(&argv, None, true)?.success)
+    }
+
+    /// The Secret manifest for `key`, fed to `kubectl create -f -` on stdin.
+    fn secret_manifest(&self, name: &str, key: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {}\n  labels:\n    {MANAGED_BY_LABEL}: deploy-kit\ntype: Opaque\ndata:\n  value: {}\n",
+            self.plan.namespace,
+            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
+        )
+    }
+}
+
+impl Engine for KubernetesEngine {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn desired(&self) -> Result<Vec<Resource>, CommandError> {
+        desired(&self.deployment)
+    }
+
+    fn apply(
+        &self,
+        desired: &[Resource],
+        progress: &mut Progress,
+        made: &mut dyn FnMut(Resource) -> Result<(), CommandError>,
+    ) -> Result<(), CommandError> {
+        let context = progress.step("kubectl context", || {
+            let context = self.current_context()?;
+            let shown = format!("`{context}`");
+            Ok((context, shown))
+        })?;
+        let namespace = &self.plan.namespace;
+        for want in desired {
+            let mut resource = want.clone();
+            resource.outputs.insert(CONTEXT.into(), context.clone());
+            match want.kind.as_str() {
+                NAMESPACE => {
+                    progress.step(&want.address(), || {
+                        if self.exists(args(["get", "namespace", namespace, "-o", "name"]))? {
+                            return Ok(((), "exists".into()));
+                        }
+                        let manifest = format!(
+                            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels:\n    {MANAGED_BY_LABEL}: deploy-kit\n"
+                        );
+                        self.cli.must(
+                            &args(["create", "-f", "-"]),
+                            Some(manifest.as_bytes()),
+                            false,
+                            "check that your context may create namespaces, or create it yourself",
+                        )?;
+                        Ok(((), "created".into()))
+                    })?;
+                }
+                kind::SECRET => {
+                    let name = self.plan.signing_key_secret.clone().unwrap_or_default();
+                    progress.step(&want.address(), || {
+                        if self.exists(self.namespaced(&["get", "secret", &name, "-o", "name"]))? {
+                            return Ok(((), "exists, key kept".into()));
+                        }
+                        let key = new_signing_key()?;
+                        self.cli.must(
+                            &args(["create", "-f", "-"]),
+                            Some(self.secret_manifest(&name, &key).as_bytes()),
+                            false,
+                            "check that your context may create Secrets in the namespace",
+                        )?;
+                        Ok(((), "created with a new key".into()))
+                    })?;
+                    for provided in &self.plan.provided_secrets {
+                        progress.step(&format!("secret/{namespace}/{provided} (yours)"), || {
+                            if self.exists(self.namespaced(&["get", "secret", provided, "-o", "name"]))? {
+                                return Ok(((), "exists".into()));
+                            }
+                            Err(CommandError::new(
+                                format!("the Secret `{provided}` in namespace `{namespace}` does not exist, and the Deployment mounts it"),
+                                format!("create it with `kubectl -n {namespace} create secret generic {provided} --from-file=value=FILE`, then run `deploy-kit up {}` again", self.target_name),
+                                1,
+                            ))
+                        })?;
+                    }
+                }
+                _ => {
+                    let Some(manifest) = self.plan.manifests.iter().find(|m| {
+                        m.kubectl_type == want.kind
+                            && want.name == format!("{namespace}/{}", m.name)
+                    }) else {
+                        continue;
+                    };
+                    if manifest.kubectl_type.ends_with(MONITORING_GROUP) {
+                        let groups = self.cli.run(
+                            &args([
+                                "api-resources",
+                                &format!("--api-group={MONITORING_GROUP}"),
+                                "-o",
+                                "name",
+                            ]),
+                            None,
+                            true,
+                        )?;
+                        if !groups
+                            .stdout
+                            .lines()
+                            .any(|l| l.trim() == format!("servicemonitors.{MONITORING_GROUP}"))
+                        {
+                            progress.note(&format!(
+                                "  {}: skipped, the cluster has no prometheus-operator `ServiceMonitor` CRD (install the operator, then run `up` again)",
+                                want.address()
+                            ));
+                            continue;
+                        }
+                    }
+                    let path = self.output_dir.join(&manifest.file);
+                    progress.step(&want.address(), || {
+                        self.cli.must(
+                            &[OsString::from("apply"), OsString::from("-f"), path.into_os_string()],
+                            None,
+                            false,
+                            "read kubectl's message above; `deploy-kit render target` rewrites the files",
+                        )?;
+                        Ok(((), "applied".into()))
+                    })?;
+                    resource
+                        .outputs
+                        .insert("file".into(), manifest.file.clone());
+                }
+            }
+            made(resource)?;
+        }
+        if let Some(name) = &self.plan.deployment_name {
+            progress.step(&format!("rollout deployment/{name}"), || {
+                self.cli.must(
+                    &self.namespaced(&[
+                        "rollout",
+                        "status",
+                        &format!("deployment/{name}"),
+                        &format!("--timeout={ROLLOUT_TIMEOUT_SECONDS}s"),
+                    ]),
+                    None,
+                    false,
+                    &format!("see why with `kubectl -n {namespace} describe deployment/{name}` and `kubectl -n {namespace} logs deployment/{name}`"),
+                )?;
+                Ok(((), "rolled out".into()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn destroy(
+        &self,
+        state: &State,
+        _options: DestroyOptions,
+        progress: &mut Progress,
+        removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
+    ) -> Result<Vec<Kept>, CommandError> {
+        let recorded_context = state
+            .resources
+            .iter()
+            .find_map(|r| r.outputs.get(CONTEXT).cloned());
+        let context = progress.step("kubectl context", || {
+            let context = self.current_context()?;
+            let shown = format!("`{context}`");
+            Ok((context, shown))
+        })?;
+        if let Some(recorded) = recorded_context
+            && recorded != context
+        {
+            return Err(CommandError::new(
+                format!(
+                    "`up` ran in kubectl context `{recorded}`, and the current context is `{context}`"
+                ),
+                format!(
+                    "switch with `kubectl config use-context {recorded}`, then run `down` again"
+                ),
+                2,
+            ));
+        }
+        let mut kept = Vec::new();
+        for resource in state.resources.iter().rev() {
+            let (namespace, name) = resource
+                .name
+                .split_once('/')
+                .unwrap_or(("", resource.name.as_str()));
+            match resource.kind.as_str() {
+                NAMESPACE => {
+                    let label = format!(
+                        "jsonpath={{.metadata.labels.{}}}",
+                        MANAGED_BY_LABEL.replace('.', "\\.")
+                    );
+                    let owner = self.cli.run(
+                        &args(["get", "namespace", &resource.name, "-o", &label]),
+                        None,
+                        true,
+                    )?;
+                    if owner.success && owner.stdout.trim() != "deploy-kit" {
+                        progress.note(&format!(
+                            "  {}: kept, deploy-kit did not create it",
+                            resource.address()
+                        ));
+                        kept.push(Kept {
+                            resource: resource.clone(),
+                            reason: format!(
+                                "namespace `{}` was not created by deploy-kit",
+                                resource.name
+                            ),
+                            command: format!("kubectl delete namespace {}", resource.name),
+                        });
+                    } else {
+                        progress.step(&resource.address(), || {
+                            self.cli.must(
+                                &args([
+                                    "delete",
+                                    "namespace",
+                                    &resource.name,
+                                    "--ignore-not-found",
+                                ]),
+                                None,
+                                false,
+                                "read kubectl's message above",
+                            )?;
+                            Ok(((), "deleted".into()))
+                        })?;
+                    }
+                }
+                other => {
+                    let kubectl_kind = if other == kind::SECRET {
+                        "secret"
+                    } else {
+                        other
+                    };
+                    progress.step(&resource.address(), || {
+                        self.cli.must(
+                            &args([
+                                "-n",
+                                namespace,
+                                "delete",
+                                kubectl_kind,
+                                name,
+                                "--ignore-not-found",
+                            ]),
+                            None,
+                            false,
+                            "read kubectl's message above",
+                        )?;
+                        Ok(((), "deleted".into()))
+                    })?;
+                }
+            }
+            removed(resource)?;
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kind_and_name_of_a_rendered_manifest() {
+        let text = "# comment\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: vgi\n  namespace: ns\nspec:\n  template:\n    metadata:\n      name: other\n";
+        assert_eq!(
+            kind_and_name(text),
+            Some(("Deployment".into(), "vgi".into()))
+        );
+        assert_eq!(
+            kubectl_type("ServiceMonitor"),
+            "servicemonitor.monitoring.coreos.com"
+        );
+        assert_eq!(kubectl_type("Service"), "service");
+    }
+}

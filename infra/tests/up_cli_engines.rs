@@ -1,0 +1,392 @@
+//! `deploy-kit up`/`down` on the CLI-driven platforms (kubernetes, fly,
+//! railway, azure-functions) against a **fake CLI**: a shell script put first
+//! on `PATH` under the real program's name, which logs its argv and stdin
+//! and answers from a table of canned replies. These tests pin the recorded
+//! CLI contract (which commands run, in which order, what goes on stdin),
+//! not the behaviour of a real cluster or cloud.
+
+#![cfg(unix)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// Logs `prog args...` (plus `<stdin:N>` when stdin had bytes, saved to
+/// `log.stdin.N`), then answers with the first `glob|exit|stdout` line of
+/// `$FAKE_CLI_ANSWERS` matching the logged line; default: exit 0, no output.
+const FAKE_CLI: &str = r#"#!/bin/sh
+name=$(basename "$0")
+line="$name"
+for argument in "$@"; do line="$line $argument"; done
+input=$(cat)
+count=$(wc -l < "$FAKE_CLI_LOG" 2>/dev/null || echo 0)
+count=$(echo $count)
+if [ -n "$input" ]; then
+  printf '%s' "$input" > "$FAKE_CLI_LOG.stdin.$count"
+  line="$line <stdin:$count>"
+fi
+echo "$line" >> "$FAKE_CLI_LOG"
+while IFS='|' read -r pattern code out; do
+  case "$line" in
+    $pattern) if [ -n "$out" ]; then printf '%s\n' "$out"; fi; exit "$code";;
+  esac
+done < "$FAKE_CLI_ANSWERS"
+exit 0
+"#;
+
+struct Project {
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Project {
+    /// A temp project with `config` and the fake `programs` on a private `PATH`.
+    fn new(name: &str, config: &str, programs: &[&str]) -> Project {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "deploy-kit-cli-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
+        for program in programs {
+            let path = bin.join(program);
+            std::fs::write(&path, FAKE_CLI).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::write(dir.join("kit-service"), "not a real binary\n").unwrap();
+        let project = Project { dir, bin };
+        project.answers("");
+        project
+    }
+
+    fn answers(&self, table: &str) {
+        std::fs::write(self.dir.join("answers"), table).unwrap();
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("cli.log")
+    }
+
+    /// The calls logged so far (paths shown as `[dir]`), and clears the log.
+    fn take_log(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        std::fs::write(self.log_path(), "").unwrap();
+        text.replace(&self.dir.display().to_string(), "[dir]")
+    }
+
+    /// Every stdin the fake received, in order.
+    fn stdins(&self) -> Vec<String> {
+        let mut found: Vec<(usize, String)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+                let number = name.strip_prefix("cli.log.stdin.")?.parse().ok()?;
+                Some((number, std::fs::read_to_string(self.dir.join(&name)).ok()?))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, text)| text).collect()
+    }
+
+    /// Runs `deploy-kit ARGS` with only the fake CLIs and the system tools on `PATH`.
+    fn run(&self, arguments: &[&str]) -> (i32, String, String) {
+        let output = Command::cargo_bin("deploy-kit")
+            .unwrap()
+            .args(arguments)
+            .current_dir(&self.dir)
+            .env("PATH", format!("{}:/usr/bin:/bin", self.bin.display()))
+            .env("FAKE_CLI_LOG", self.log_path())
+            .env("FAKE_CLI_ANSWERS", self.dir.join("answers"))
+            .env("DEPLOY_KIT_TODAY", "2026-01-15")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .env_remove("DEPLOY_KIT_KIT_SERVICE")
+            .output()
+            .unwrap();
+        let clean = |bytes: &[u8]| {
+            String::from_utf8_lossy(bytes).replace(&self.dir.display().to_string(), "[dir]")
+        };
+        (
+            output.status.code().unwrap_or(-1),
+            clean(&output.stdout),
+            clean(&output.stderr),
+        )
+    }
+
+    fn state(&self, environment: &str, target: &str) -> Option<String> {
+        std::fs::read_to_string(
+            self.dir
+                .join(".deploy-kit")
+                .join(environment)
+                .join(target)
+                .join("state.json"),
+        )
+        .ok()
+    }
+}
+
+/// The generated key out of what the fake received on stdin.
+fn key_in(stdin: &str) -> String {
+    let start = stdin.find("hex:").expect("a hex: key on stdin");
+    let key: String = stdin[start..].chars().take(4 + 64).collect();
+    assert!(
+        key[4..].chars().all(|c| c.is_ascii_hexdigit()) && key.len() == 68,
+        "{key}"
+    );
+    key
+}
+
+/// The key appears nowhere but on stdin: not in argv, output, state or files.
+fn assert_never_leaked(project: &Project, key: &str, outputs: &[&str]) {
+    let log = std::fs::read_to_string(project.log_path()).unwrap_or_default();
+    assert!(!log.contains(key), "the key is in a CLI's argv");
+    for output in outputs {
+        assert!(!output.contains(key), "the key is in deploy-kit's output");
+        assert!(!output.contains(&key[4..]), "the key's hex is in deploy-kit's output");
+    }
+    for entry in walk(&project.dir.join(".deploy-kit")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&key[4..]), "the key is in `{}`", entry.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+const KUBERNETES: &str = "version: 1
+service: {name: vgi, environment: ci, image: \"vgi:1\"}
+targets:
+  cluster: {platform: kubernetes, instances: 2, namespace: vgi-ns}
+signing_key: {source: secret, secret: \"k8s:vgi-signing-key\"}
+";
+
+#[test]
+fn a_missing_cli_gives_exit_2_and_the_install_hint() {
+    let project = Project::new("missing", KUBERNETES, &[]);
+    let (code, stdout, stderr) = project.run(&["up", "cluster"]);
+    assert_eq!(code, 2);
+    assert_eq!(stdout, "");
+    insta::assert_snapshot!(stderr, @r"
+    error: `kubectl` is not on `PATH`
+    hint: install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on `PATH`
+    ");
+    let fly = Project::new(
+        "missing-fly",
+        "version: 1\ntargets:\n  app: {platform: fly, region: ams}\n",
+        &[],
+    );
+    let (code, _, stderr) = fly.run(&["up", "app"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr, @r"
+    error: `fly` or `flyctl` is not on `PATH`
+    hint: install flyctl with `curl -L https://fly.io/install.sh | sh` (https://fly.io/docs/flyctl/install/) and put it on `PATH`
+    ");
+}
+
+#[test]
+fn kubectl_without_a_current_context_says_how_to_pick_one() {
+    let project = Project::new("no-context", KUBERNETES, &["kubectl"]);
+    project.answers("kubectl config current-context*|1|\n");
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("hint: pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)"),
+        "{stderr}"
+    );
+    assert_eq!(project.take_log(), "kubectl config current-context\n");
+}
+
+#[test]
+fn kubernetes_up_is_idempotent_keeps_the_key_on_stdin_and_down_reverses_it() {
+    let project = Project::new("kubernetes", KUBERNETES, &["kubectl"]);
+    let first = "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|1|
+kubectl -n vgi-ns get secret vgi-signing-key*|1|
+kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+";
+    project.answers(first);
+    let (code, stdout, stderr) = project.run(&["up", "cluster"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    insta::assert_snapshot!("kubernetes_first_up", project.take_log());
+    let stdins = project.stdins();
+    assert_eq!(stdins.len(), 2, "namespace and Secret manifests: {stdins:?}");
+    assert!(stdins[0].contains("kind: Namespace"), "{}", stdins[0]);
+    assert!(stdins[1].contains("kind: Secret") && stdins[1].contains("name: vgi-signing-key"));
+    use base64::Engine as _;
+    let data = stdins[1]
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("value: "))
+        .expect("data.value");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    let key = key_in(&String::from_utf8(decoded).unwrap());
+    assert!(stderr.contains("secret/vgi-ns/vgi-signing-key: created with a new key"), "{stderr}");
+    assert!(stderr.contains("rollout deployment/vgi: rolled out"), "{stderr}");
+    let state = project.state("ci", "cluster").expect("state written");
+    assert!(state.contains("\"deployment.apps\"") && state.contains("\"kind-ci\""), "{state}");
+    assert_never_leaked(&project, &key, &[&stdout, &stderr, data]);
+
+    project.answers("kubectl config current-context*|0|kind-ci
+kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+");
+    let (_, stdout, stderr) = project.run(&["up", "cluster"]);
+    insta::assert_snapshot!("kubernetes_second_up", project.take_log());
+    assert!(stderr.contains("no changes: the target matches the last `up`"), "{stderr}");
+    assert!(stderr.contains("exists, key kept"), "{stderr}");
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    project.answers("kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+");
+    let (code, _, stderr) = project.run(&["down", "cluster"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("kubernetes_down", project.take_log());
+    assert!(project.state("ci", "cluster").is_none(), "state removed");
+}
+
+#[test]
+fn kubernetes_down_refuses_another_context() {
+    let project = Project::new("kubernetes-context", KUBERNETES, &["kubectl"]);
+    project.answers("kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|1|
+kubectl -n vgi-ns get secret vgi-signing-key*|1|
+");
+    project.run(&["up", "cluster"]);
+    project.take_log();
+    project.answers("kubectl config current-context*|0|production-cluster\n");
+    let (code, _, stderr) = project.run(&["down", "cluster"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("hint: switch with `kubectl config use-context kind-ci`"), "{stderr}");
+    assert_eq!(project.take_log(), "kubectl config current-context\n", "nothing deleted");
+}
+
+const FLY: &str = "version: 1
+service: {name: vgi, environment: ci, image: \"registry.fly.io/vgi:1\"}
+targets:
+  app: {platform: fly, region: ams, instances: 2}
+signing_key: {source: secret, secret: \"fly:vgi-signing-key\"}
+";
+
+#[test]
+fn fly_up_creates_the_app_once_imports_the_key_on_stdin_and_down_destroys_it() {
+    let project = Project::new("fly", FLY, &["fly"]);
+    project.answers("fly apps list --json*|0|[]
+fly secrets list*|0|[]
+");
+    let (code, stdout, stderr) = project.run(&["up", "app"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    insta::assert_snapshot!("fly_first_up", project.take_log());
+    let stdins = project.stdins();
+    assert_eq!(stdins.len(), 1, "{stdins:?}");
+    assert!(stdins[0].starts_with("VGI_SIGNING_KEY=hex:"), "the import line");
+    let key = key_in(&stdins[0]);
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    project.answers("fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
+");
+    let (_, stdout, stderr) = project.run(&["up", "app"]);
+    insta::assert_snapshot!("fly_second_up", project.take_log());
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    let (code, _, stderr) = project.run(&["down", "app"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("fly_down", project.take_log());
+}
+
+const RAILWAY: &str = "version: 1
+service: {name: vgi, environment: ci}
+targets:
+  web: {platform: railway, instances: 2}
+signing_key: {source: secret, secret: \"railway:vgi-signing-key\"}
+";
+
+#[test]
+fn railway_up_sets_the_key_from_stdin_once_and_down_keeps_the_service() {
+    let project = Project::new("railway", RAILWAY, &["railway"]);
+    project.answers("railway variables --service vgi --json*|0|{\"RAILWAY_ENVIRONMENT\":\"production\"}\n");
+    let (code, stdout, stderr) = project.run(&["up", "web"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    insta::assert_snapshot!("railway_first_up", project.take_log());
+    let stdins = project.stdins();
+    assert_eq!(stdins.len(), 1, "{stdins:?}");
+    let key = key_in(&stdins[0]);
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    // The listing carries values; the engine reads only the names.
+    project.answers(&format!(
+        "railway variables --service vgi --json*|0|{{\"VGI_SIGNING_KEY\":\"{key}\"}}\n"
+    ));
+    let (_, stdout, stderr) = project.run(&["up", "web"]);
+    assert!(!project.take_log().contains("--set-from-stdin"), "key kept");
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    let (code, _, stderr) = project.run(&["down", "web"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("railway_down", project.take_log());
+    assert!(stderr.contains("kept: the signing key `VGI_SIGNING_KEY` stays"), "{stderr}");
+}
+
+const AZURE: &str = "version: 1
+service: {name: vgi, environment: ci}
+targets:
+  func: {platform: azure-functions, region: westeurope, instances: 2}
+storage: {provider: s3-compatible, bucket: vgi-data, prefix: vgi-rpc/, endpoint: \"https://storage.example.com\", expiry_days: 1, abort_multipart_days: 1, credential: static-keys}
+signing_key: {source: secret, secret: \"azure:vgi-signing-key\"}
+";
+
+#[test]
+fn azure_up_creates_each_resource_once_with_the_key_on_stdin() {
+    let project = Project::new("azure", AZURE, &["az"]);
+    let missing = "az group show*|3|
+az storage account show*|3|
+az keyvault show --name vgi-func --resource-group vgi-func --output none|3|
+az keyvault secret show*|3|
+az functionapp show*|3|
+az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
+az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/providers/Microsoft.KeyVault/vaults/vgi-func
+";
+    project.answers(missing);
+    let (code, stdout, stderr) = project.run(&["up", "func", "--kit-service", "kit-service"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    insta::assert_snapshot!("azure_first_up", project.take_log());
+    let key = key_in(&project.stdins()[0]);
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+    let policy = std::fs::read_to_string(
+        project.dir.join(".deploy-kit/ci/func/azure/lifecycle-policy.json"),
+    )
+    .unwrap();
+    assert!(policy.contains("\"vgi-data/vgi-rpc/\""), "{policy}");
+
+    project.answers("az functionapp identity show*|0|00000000-0000-0000-0000-000000000001\n");
+    let (_, stdout, stderr) = project.run(&["up", "func", "--kit-service", "kit-service"]);
+    let log = project.take_log();
+    assert!(!log.contains(" create --name") && !log.contains("secret set"), "{log}");
+    assert_never_leaked(&project, &key, &[&stdout, &stderr]);
+
+    let (code, _, stderr) = project.run(&["down", "func"]);
+    assert_eq!(code, 0, "{stderr}");
+    insta::assert_snapshot!("azure_down", project.take_log());
+    assert!(stderr.contains("deploy-kit down func --delete-data"), "{stderr}");
+}
