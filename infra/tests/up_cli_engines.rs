@@ -49,10 +49,8 @@ impl Project {
     /// A temp project with `config` and the fake `programs` on a private `PATH`.
     fn new(name: &str, config: &str, programs: &[&str]) -> Project {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!(
-            "deploy-kit-cli-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("deploy-kit-cli-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -99,11 +97,15 @@ impl Project {
 
     /// Runs `deploy-kit ARGS` with only the fake CLIs and the system tools on `PATH`.
     fn run(&self, arguments: &[&str]) -> (i32, String, String) {
+        self.run_with_path(arguments, &format!("{}:/usr/bin:/bin", self.bin.display()))
+    }
+
+    fn run_with_path(&self, arguments: &[&str], path: &str) -> (i32, String, String) {
         let output = Command::cargo_bin("deploy-kit")
             .unwrap()
             .args(arguments)
             .current_dir(&self.dir)
-            .env("PATH", format!("{}:/usr/bin:/bin", self.bin.display()))
+            .env("PATH", path)
             .env("FAKE_CLI_LOG", self.log_path())
             .env("FAKE_CLI_ANSWERS", self.dir.join("answers"))
             .env("DEPLOY_KIT_TODAY", "2026-01-15")
@@ -151,12 +153,19 @@ fn assert_never_leaked(project: &Project, key: &str, outputs: &[&str]) {
     assert!(!log.contains(key), "the key is in a CLI's argv");
     for output in outputs {
         assert!(!output.contains(key), "the key is in deploy-kit's output");
-        assert!(!output.contains(&key[4..]), "the key's hex is in deploy-kit's output");
+        assert!(
+            !output.contains(&key[4..]),
+            "the key's hex is in deploy-kit's output"
+        );
     }
     for entry in walk(&project.dir.join(".deploy-kit")) {
         let bytes = std::fs::read(&entry).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains(&key[4..]), "the key is in `{}`", entry.display());
+        assert!(
+            !text.contains(&key[4..]),
+            "the key is in `{}`",
+            entry.display()
+        );
     }
 }
 
@@ -183,7 +192,9 @@ signing_key: {source: secret, secret: \"k8s:vgi-signing-key\"}
 #[test]
 fn a_missing_cli_gives_exit_2_and_the_install_hint() {
     let project = Project::new("missing", KUBERNETES, &[]);
-    let (code, stdout, stderr) = project.run(&["up", "cluster"]);
+    // Only the empty fake bin directory: not even the system's kubectl.
+    let only_fakes = project.bin.display().to_string();
+    let (code, stdout, stderr) = project.run_with_path(&["up", "cluster"], &only_fakes);
     assert_eq!(code, 2);
     assert_eq!(stdout, "");
     insta::assert_snapshot!(stderr, @r"
@@ -195,7 +206,7 @@ fn a_missing_cli_gives_exit_2_and_the_install_hint() {
         "version: 1\ntargets:\n  app: {platform: fly, region: ams}\n",
         &[],
     );
-    let (code, _, stderr) = fly.run(&["up", "app"]);
+    let (code, _, stderr) = fly.run_with_path(&["up", "app"], &fly.bin.display().to_string());
     assert_eq!(code, 2);
     insta::assert_snapshot!(stderr, @r"
     error: `fly` or `flyctl` is not on `PATH`
@@ -229,7 +240,11 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
     assert!(code == 0 || code == 3, "{code}\n{stderr}");
     insta::assert_snapshot!("kubernetes_first_up", project.take_log());
     let stdins = project.stdins();
-    assert_eq!(stdins.len(), 2, "namespace and Secret manifests: {stdins:?}");
+    assert_eq!(
+        stdins.len(),
+        2,
+        "namespace and Secret manifests: {stdins:?}"
+    );
     assert!(stdins[0].contains("kind: Namespace"), "{}", stdins[0]);
     assert!(stdins[1].contains("kind: Secret") && stdins[1].contains("name: vgi-signing-key"));
     use base64::Engine as _;
@@ -241,24 +256,40 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
         .decode(data)
         .unwrap();
     let key = key_in(&String::from_utf8(decoded).unwrap());
-    assert!(stderr.contains("secret/vgi-ns/vgi-signing-key: created with a new key"), "{stderr}");
-    assert!(stderr.contains("rollout deployment/vgi: rolled out"), "{stderr}");
+    assert!(
+        stderr.contains("secret/vgi-ns/vgi-signing-key: created with a new key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("rollout deployment/vgi: rolled out"),
+        "{stderr}"
+    );
     let state = project.state("ci", "cluster").expect("state written");
-    assert!(state.contains("\"deployment.apps\"") && state.contains("\"kind-ci\""), "{state}");
+    assert!(
+        state.contains("\"deployment.apps\"") && state.contains("\"kind-ci\""),
+        "{state}"
+    );
     assert_never_leaked(&project, &key, &[&stdout, &stderr, data]);
 
-    project.answers("kubectl config current-context*|0|kind-ci
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
 kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
-");
+",
+    );
     let (_, stdout, stderr) = project.run(&["up", "cluster"]);
     insta::assert_snapshot!("kubernetes_second_up", project.take_log());
-    assert!(stderr.contains("no changes: the target matches the last `up`"), "{stderr}");
+    assert!(
+        stderr.contains("no changes: the target matches the last `up`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("exists, key kept"), "{stderr}");
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
-    project.answers("kubectl config current-context*|0|kind-ci
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
-");
+",
+    );
     let (code, _, stderr) = project.run(&["down", "cluster"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("kubernetes_down", project.take_log());
@@ -268,44 +299,61 @@ kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
 #[test]
 fn kubernetes_down_refuses_another_context() {
     let project = Project::new("kubernetes-context", KUBERNETES, &["kubectl"]);
-    project.answers("kubectl config current-context*|0|kind-ci
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o name*|1|
 kubectl -n vgi-ns get secret vgi-signing-key*|1|
-");
+",
+    );
     project.run(&["up", "cluster"]);
     project.take_log();
     project.answers("kubectl config current-context*|0|production-cluster\n");
     let (code, _, stderr) = project.run(&["down", "cluster"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("hint: switch with `kubectl config use-context kind-ci`"), "{stderr}");
-    assert_eq!(project.take_log(), "kubectl config current-context\n", "nothing deleted");
+    assert!(
+        stderr.contains("hint: switch with `kubectl config use-context kind-ci`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        project.take_log(),
+        "kubectl config current-context\n",
+        "nothing deleted"
+    );
 }
 
 const FLY: &str = "version: 1
 service: {name: vgi, environment: ci, image: \"registry.fly.io/vgi:1\"}
 targets:
   app: {platform: fly, region: ams, instances: 2}
+limits: {request_timeout_seconds: 60, shutdown_grace_seconds: 3}
 signing_key: {source: secret, secret: \"fly:vgi-signing-key\"}
 ";
 
 #[test]
 fn fly_up_creates_the_app_once_imports_the_key_on_stdin_and_down_destroys_it() {
     let project = Project::new("fly", FLY, &["fly"]);
-    project.answers("fly apps list --json*|0|[]
+    project.answers(
+        "fly apps list --json*|0|[]
 fly secrets list*|0|[]
-");
+",
+    );
     let (code, stdout, stderr) = project.run(&["up", "app"]);
     assert!(code == 0 || code == 3, "{code}\n{stderr}");
     insta::assert_snapshot!("fly_first_up", project.take_log());
     let stdins = project.stdins();
     assert_eq!(stdins.len(), 1, "{stdins:?}");
-    assert!(stdins[0].starts_with("VGI_SIGNING_KEY=hex:"), "the import line");
+    assert!(
+        stdins[0].starts_with("VGI_SIGNING_KEY=hex:"),
+        "the import line"
+    );
     let key = key_in(&stdins[0]);
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
-    project.answers("fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+    project.answers(
+        "fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
 fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
-");
+",
+    );
     let (_, stdout, stderr) = project.run(&["up", "app"]);
     insta::assert_snapshot!("fly_second_up", project.take_log());
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
@@ -325,7 +373,9 @@ signing_key: {source: secret, secret: \"railway:vgi-signing-key\"}
 #[test]
 fn railway_up_sets_the_key_from_stdin_once_and_down_keeps_the_service() {
     let project = Project::new("railway", RAILWAY, &["railway"]);
-    project.answers("railway variables --service vgi --json*|0|{\"RAILWAY_ENVIRONMENT\":\"production\"}\n");
+    project.answers(
+        "railway variables --service vgi --json*|0|{\"RAILWAY_ENVIRONMENT\":\"production\"}\n",
+    );
     let (code, stdout, stderr) = project.run(&["up", "web"]);
     assert!(code == 0 || code == 3, "{code}\n{stderr}");
     insta::assert_snapshot!("railway_first_up", project.take_log());
@@ -345,13 +395,17 @@ fn railway_up_sets_the_key_from_stdin_once_and_down_keeps_the_service() {
     let (code, _, stderr) = project.run(&["down", "web"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("railway_down", project.take_log());
-    assert!(stderr.contains("kept: the signing key `VGI_SIGNING_KEY` stays"), "{stderr}");
+    assert!(
+        stderr.contains("kept: the signing key `VGI_SIGNING_KEY` stays"),
+        "{stderr}"
+    );
 }
 
 const AZURE: &str = "version: 1
 service: {name: vgi, environment: ci}
 targets:
   func: {platform: azure-functions, region: westeurope, instances: 2}
+limits: {max_request_bytes: 30000000, max_response_bytes: 30000000, request_timeout_seconds: 230}
 storage: {provider: s3-compatible, bucket: vgi-data, prefix: vgi-rpc/, endpoint: \"https://storage.example.com\", expiry_days: 1, abort_multipart_days: 1, credential: static-keys}
 signing_key: {source: secret, secret: \"azure:vgi-signing-key\"}
 ";
@@ -374,7 +428,9 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     let key = key_in(&project.stdins()[0]);
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
     let policy = std::fs::read_to_string(
-        project.dir.join(".deploy-kit/ci/func/azure/lifecycle-policy.json"),
+        project
+            .dir
+            .join(".deploy-kit/ci/func/azure/lifecycle-policy.json"),
     )
     .unwrap();
     assert!(policy.contains("\"vgi-data/vgi-rpc/\""), "{policy}");
@@ -382,11 +438,25 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     project.answers("az functionapp identity show*|0|00000000-0000-0000-0000-000000000001\n");
     let (_, stdout, stderr) = project.run(&["up", "func", "--kit-service", "kit-service"]);
     let log = project.take_log();
-    assert!(!log.contains(" create --name") && !log.contains("secret set"), "{log}");
+    assert!(
+        [
+            "group create",
+            "account create",
+            "keyvault create",
+            "secret set",
+            "functionapp create"
+        ]
+        .iter()
+        .all(|step| !log.contains(step)),
+        "{log}"
+    );
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
     let (code, _, stderr) = project.run(&["down", "func"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("azure_down", project.take_log());
-    assert!(stderr.contains("deploy-kit down func --delete-data"), "{stderr}");
+    assert!(
+        stderr.contains("deploy-kit down func --delete-data"),
+        "{stderr}"
+    );
 }
