@@ -1,17 +1,24 @@
-//! kit-bench: kit-service against the Python reference server, side by side,
-//! on 127.0.0.1, in one run.
+//! kit-bench: kit-service against the Python reference server and, when
+//! given, the crates.io `vgi-rpc` Rust crate, side by side on 127.0.0.1, in
+//! one run.
 //!
-//! Starts both servers, drives them with one Rust load client (HTTP/1.1
+//! Starts every server, drives them with one Rust load client (HTTP/1.1
 //! keep-alive, zstd request bodies like the Python client sends), and prints
-//! per-server figures and ratios against kit-service:
-//! - start to first ready response;
+//! one Markdown table with per-server medians, ratios against kit-service and
+//! the issue's targets:
+//! - process start to first ready `GET /health`;
 //! - small unary calls/s at 1 and 8 connections, p50 and p99 latency;
 //! - server CPU per small call, from `/proc/<pid>/stat`;
-//! - a large producer result (MB/s) and peak server RSS as a multiple of it.
+//! - a ~100 MB result as a unary call and as a producer stream, with and
+//!   without zstd: MB/s and peak server RSS (VmHWM, reset per phase through
+//!   `/proc/<pid>/clear_refs`) as a multiple of the payload;
+//! - `deploy-kit doctor --offline` and `deploy-kit plan` wall time.
 //!
-//! Bounded: every phase runs for a fixed duration or call count and both
-//! servers are killed at the end. Usage:
-//! `kit-bench --kit target/release/kit-service --python .venv/bin/vgi-rpc-conformance`
+//! Every phase runs `--repeat` rounds, servers interleaved within a round so
+//! they share the same background load; cells are medians with the min-max
+//! range of the rounds. Bounded: each load phase runs `--seconds`, and every
+//! server is killed at the end (also on error, through `Drop`). Usage:
+//! `kit-bench --kit PATH --python PATH [--rust-peer PATH] [--deploy-kit PATH]`
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,46 +30,131 @@ use arrow_schema::{DataType, Field, Schema};
 use kit_service::wire::ipc::{StreamWriter, read_streams};
 use kit_service::wire::{self, Metadata};
 
+const USAGE: &str = "usage: kit-bench --kit PATH [--python PATH] [--rust-peer PATH] [--deploy-kit PATH] \
+[--seconds N] [--repeat N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli]";
+
 struct Args {
     kit: String,
-    python: String,
+    python: Option<String>,
+    rust_peer: Option<String>,
+    deploy_kit: Option<String>,
     seconds: u64,
+    repeat: usize,
+    starts: usize,
+    cli_runs: usize,
     stream_rows: i64,
+    phases: Vec<String>,
 }
 
-fn parse_args() -> Result<Args> {
+fn parse_args(raw: Vec<String>) -> Result<Args> {
     let mut args = Args {
         kit: String::new(),
-        python: String::new(),
-        seconds: 5,
+        python: None,
+        rust_peer: None,
+        deploy_kit: None,
+        seconds: 4,
+        repeat: 3,
+        starts: 7,
+        cli_runs: 21,
         stream_rows: 6_250_000,
+        phases: ["start", "load", "large", "cli"].map(String::from).to_vec(),
     };
-    let mut iter = std::env::args().skip(1);
+    let number = |flag: &str, value: &str| -> Result<u64> {
+        value
+            .parse()
+            .with_context(|| format!("`{flag}` must be a number, got `{value}`"))
+    };
+    let mut iter = raw.into_iter();
     while let Some(flag) = iter.next() {
         let value = iter
             .next()
-            .with_context(|| format!("`{flag}` needs a value"))?;
+            .with_context(|| format!("`{flag}` needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--kit" => args.kit = value,
-            "--python" => args.python = value,
-            "--seconds" => args.seconds = value.parse().context("`--seconds` must be a number")?,
-            "--stream-rows" => {
-                args.stream_rows = value.parse().context("`--stream-rows` must be a number")?
-            }
-            other => bail!(
-                "unknown flag `{other}`; usage: kit-bench --kit PATH --python PATH [--seconds N] [--stream-rows N]"
-            ),
+            "--python" => args.python = Some(value),
+            "--rust-peer" => args.rust_peer = Some(value),
+            "--deploy-kit" => args.deploy_kit = Some(value),
+            "--seconds" => args.seconds = number(&flag, &value)?.max(1),
+            "--repeat" => args.repeat = number(&flag, &value)?.max(1) as usize,
+            "--starts" => args.starts = number(&flag, &value)?.max(1) as usize,
+            "--cli-runs" => args.cli_runs = number(&flag, &value)?.max(1) as usize,
+            "--stream-rows" => args.stream_rows = number(&flag, &value)?.max(4) as i64,
+            "--phases" => args.phases = value.split(',').map(str::to_owned).collect(),
+            other => bail!("unknown flag `{other}`\n{USAGE}"),
         }
     }
-    if args.kit.is_empty() || args.python.is_empty() {
-        bail!("usage: kit-bench --kit PATH_TO_KIT_SERVICE --python PATH_TO_VGI_RPC_CONFORMANCE");
+    if args.kit.is_empty() {
+        bail!("`--kit` is required\n{USAGE}");
+    }
+    if args.deploy_kit.is_none() {
+        // `cargo build --release -p deploy-kit` puts it next to kit-service.
+        let sibling = std::path::Path::new(&args.kit).with_file_name("deploy-kit");
+        if sibling.is_file() {
+            args.deploy_kit = Some(sibling.to_string_lossy().into_owned());
+        }
     }
     Ok(args)
 }
 
-/// A server process and its base URL.
+/// Which implementation a server is; the column order of the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Kit,
+    Python,
+    RustCrate,
+}
+
+impl Kind {
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Kit => "kit-service",
+            Kind::Python => "python",
+            Kind::RustCrate => "vgi-rpc crate",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Kind::Kit => "kit",
+            Kind::Python => "python",
+            Kind::RustCrate => "crate",
+        }
+    }
+}
+
+/// How to start one server on a given port.
+struct ServerSpec {
+    kind: Kind,
+    program: String,
+}
+
+impl ServerSpec {
+    fn command(&self, port: u16) -> Command {
+        let mut command = Command::new(&self.program);
+        match self.kind {
+            Kind::Kit => {
+                command
+                    .args([
+                        "serve",
+                        "--conformance",
+                        "--listen",
+                        &format!("127.0.0.1:{port}"),
+                    ])
+                    // Access logs stay on (JSON, as deployed); only their output is discarded.
+                    .env("KIT_LOG_FORMAT", "json")
+                    .env("RUST_LOG", "info");
+            }
+            Kind::Python | Kind::RustCrate => {
+                command.args(["--http", &port.to_string()]);
+            }
+        }
+        command
+    }
+}
+
+/// A running server process and its base URL; killed on drop.
 struct Server {
-    name: &'static str,
+    kind: Kind,
     child: Child,
     url: String,
     start_to_ready: Duration,
@@ -81,32 +173,40 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn start(name: &'static str, mut command: Command, port: u16) -> Result<Server> {
+/// Spawns the server and polls `GET /health` every 500 µs until it answers 2xx.
+async fn start(spec: &ServerSpec) -> Result<Server> {
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
     let started = Instant::now();
-    let child = command
+    let child = spec
+        .command(port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("failed to start {name}"))?;
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+        .with_context(|| format!("failed to start `{}`", spec.program))?;
+    let mut server = Server {
+        kind: spec.kind,
+        child,
+        url,
+        start_to_ready: Duration::ZERO,
+    };
     loop {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("{name} did not become ready within 60 s");
+            bail!("{} did not become ready within 60 s", spec.kind.title());
         }
-        if let Ok(response) = client.get(format!("{url}/health")).send().await
+        if let Some(status) = server.child.try_wait()? {
+            bail!("{} exited before it was ready: {status}", spec.kind.title());
+        }
+        if let Ok(response) = client.get(format!("{}/health", server.url)).send().await
             && response.status().is_success()
         {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    Ok(Server {
-        name,
-        child,
-        url,
-        start_to_ready: started.elapsed(),
-    })
+    server.start_to_ready = started.elapsed();
+    Ok(server)
 }
 
 fn request(method: &str, fields: Vec<Field>, columns: Vec<arrow_array::ArrayRef>) -> Vec<u8> {
@@ -152,7 +252,12 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// Peak resident set (VmHWM) in bytes, including children (the Python server may fork).
+/// Resets the process's peak RSS (VmHWM) to its current RSS.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// Peak resident set (VmHWM) in bytes since the last [`reset_peak_rss`].
 fn peak_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -176,7 +281,8 @@ async fn load(server: &Server, connections: usize, seconds: u64) -> Result<Load>
     let body = bytes::Bytes::from(echo_request());
     let url = format!("{}/ConformanceService/echo_string", server.url);
     let cpu_before = cpu_seconds(server.child.id())?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let client = reqwest::Client::builder()
@@ -210,20 +316,138 @@ async fn load(server: &Server, connections: usize, seconds: u64) -> Result<Load>
     while let Some(result) = tasks.join_next().await {
         latencies.extend(result??);
     }
+    let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(server.child.id())? - cpu_before;
     latencies.sort();
     let calls = latencies.len().max(1);
     Ok(Load {
-        calls_per_second: calls as f64 / seconds as f64,
+        calls_per_second: calls as f64 / elapsed,
         p50: latencies[calls / 2],
         p99: latencies[(calls * 99 / 100).min(calls - 1)],
         cpu_per_call: Duration::from_secs_f64(cpu / calls as f64),
     })
 }
 
-/// A producer stream of `rows` int64 rows (`produce_large_batches`, 4 batches):
-/// returns MB/s of Arrow payload and peak RSS over payload.
-async fn stream(server: &Server, rows: i64) -> Result<(f64, f64)> {
+/// The ~100 MB result workloads.
+#[derive(Clone, Copy)]
+enum Large {
+    Unary { compressed: bool },
+    Producer { compressed: bool },
+}
+
+impl Large {
+    const ALL: [Large; 4] = [
+        Large::Unary { compressed: false },
+        Large::Unary { compressed: true },
+        Large::Producer { compressed: false },
+        Large::Producer { compressed: true },
+    ];
+
+    fn label(self, megabytes: f64) -> String {
+        let (shape, compressed) = match self {
+            Large::Unary { compressed } => ("unary (`oversized_unary`, zeros)", compressed),
+            Large::Producer { compressed } => {
+                ("producer stream (`produce_large_batches`, 4 batches)", compressed)
+            }
+        };
+        let coding = if compressed { "zstd" } else { "uncompressed" };
+        format!("{megabytes:.0} MB {shape}, {coding}")
+    }
+
+    fn compressed(self) -> bool {
+        match self {
+            Large::Unary { compressed } | Large::Producer { compressed } => compressed,
+        }
+    }
+}
+
+/// Reads a response body, undoing a zstd content coding.
+async fn body_of(response: reqwest::Response) -> Result<bytes::Bytes> {
+    let status = response.status();
+    let zstd = response
+        .headers()
+        .get("content-encoding")
+        .or_else(|| response.headers().get("x-vgi-content-encoding"))
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    }
+    if !zstd {
+        return Ok(body);
+    }
+    let mut decoded = Vec::new();
+    std::io::copy(
+        &mut zstd::stream::read::Decoder::new(&body[..])?,
+        &mut decoded,
+    )?;
+    Ok(decoded.into())
+}
+
+/// Fails on an error batch (`vgi_rpc.log_level` = EXCEPTION) in a response.
+fn check_no_error(streams: &[kit_service::wire::ipc::IpcStream]) -> Result<()> {
+    for batch in streams.iter().flat_map(|s| &s.batches) {
+        if batch.get(wire::LOG_LEVEL_KEY) == Some("EXCEPTION") {
+            bail!(
+                "server returned an error: {}",
+                batch.get(wire::LOG_MESSAGE_KEY).unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs one large-result workload; returns (MB/s of Arrow payload, peak RSS / payload).
+async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)> {
+    let client = reqwest::Client::new();
+    let accept = if workload.compressed() {
+        "zstd"
+    } else {
+        "identity"
+    };
+    let pid = server.child.id();
+    reset_peak_rss(pid);
+    let started = Instant::now();
+    let payload = match workload {
+        Large::Unary { .. } => {
+            let bytes = rows * 16;
+            let body = request(
+                "oversized_unary",
+                vec![Field::new("target_bytes", DataType::Int64, false)],
+                vec![Arc::new(Int64Array::from(vec![bytes]))],
+            );
+            let response = client
+                .post(format!("{}/ConformanceService/oversized_unary", server.url))
+                .header("content-type", wire::CONTENT_TYPE)
+                .header("content-encoding", "zstd")
+                .header("accept-encoding", accept)
+                .body(body)
+                .send()
+                .await?;
+            let streams = read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
+            check_no_error(&streams)?;
+            let received: usize = streams
+                .iter()
+                .flat_map(|s| &s.batches)
+                .filter_map(|b| b.batch.columns().first())
+                .filter_map(|c| c.as_any().downcast_ref::<arrow_array::BinaryArray>())
+                .map(|c| c.value_data().len())
+                .sum();
+            if received as i64 != bytes {
+                bail!("expected a {bytes}-byte result, got {received} bytes");
+            }
+            bytes
+        }
+        Large::Producer { .. } => producer(server, &client, accept, rows).await? * 16,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = peak_rss(pid) as f64;
+    Ok((payload as f64 / 1e6 / seconds, rss / payload.max(1) as f64))
+}
+
+/// Drives `produce_large_batches` (4 batches of int64 index and value) to the
+/// end; returns the rows received.
+async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows: i64) -> Result<i64> {
     let batches = 4i64;
     let per_batch = rows / batches;
     let body = request(
@@ -237,9 +461,7 @@ async fn stream(server: &Server, rows: i64) -> Result<(f64, f64)> {
             Arc::new(Int64Array::from(vec![batches])),
         ],
     );
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    let mut payload = 0u64;
+    let mut received = 0i64;
     let mut response = client
         .post(format!(
             "{}/ConformanceService/produce_large_batches/init",
@@ -247,38 +469,32 @@ async fn stream(server: &Server, rows: i64) -> Result<(f64, f64)> {
         ))
         .header("content-type", wire::CONTENT_TYPE)
         .header("content-encoding", "zstd")
-        .header("accept-encoding", "identity")
+        .header("accept-encoding", accept)
         .body(body)
         .send()
-        .await?
-        .bytes()
         .await?;
     loop {
-        let streams = read_streams(&response).context("response is Arrow IPC")?;
-        let mut token = None;
+        let streams = read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
+        check_no_error(&streams)?;
+        let (mut state, mut call) = (None, None);
         for batch in streams.into_iter().flat_map(|s| s.batches) {
-            if batch.batch.num_rows() > 0 {
-                payload += batch.batch.get_array_memory_size() as u64;
+            received += batch.batch.num_rows() as i64;
+            if let Some(value) = batch.get(wire::STATE_KEY) {
+                state = Some(value.to_string());
             }
-            if let (Some(state), Some(call)) =
-                (batch.get(wire::STATE_KEY), batch.get(wire::CALL_STATE_KEY))
-            {
-                token = Some((state.to_string(), call.to_string()));
-            } else if let Some(state) = batch.get(wire::STATE_KEY) {
-                token = Some((
-                    state.to_string(),
-                    token.map(|(_, c): (String, String)| c).unwrap_or_default(),
-                ));
+            if let Some(value) = batch.get(wire::CALL_STATE_KEY) {
+                call = Some(value.to_string());
             }
         }
-        let Some((state, call)) = token else { break };
+        let Some(state) = state else { break };
+        let mut token = vec![(wire::STATE_KEY.to_string(), state)];
+        if let Some(call) = call {
+            token.push((wire::CALL_STATE_KEY.to_string(), call));
+        }
         let schema = Arc::new(Schema::empty());
         let mut next = Vec::new();
         let mut writer = StreamWriter::new(&mut next, &schema)?;
-        writer.write_metadata_only(&vec![
-            (wire::STATE_KEY.into(), state),
-            (wire::CALL_STATE_KEY.into(), call),
-        ])?;
+        writer.write_metadata_only(&token)?;
         writer.finish();
         response = client
             .post(format!(
@@ -286,16 +502,304 @@ async fn stream(server: &Server, rows: i64) -> Result<(f64, f64)> {
                 server.url
             ))
             .header("content-type", wire::CONTENT_TYPE)
-            .header("accept-encoding", "identity")
+            .header("accept-encoding", accept)
             .body(next)
             .send()
-            .await?
-            .bytes()
             .await?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let rss = peak_rss(server.child.id()) as f64;
-    Ok((payload as f64 / 1e6 / seconds, rss / payload.max(1) as f64))
+    if received != per_batch * batches {
+        bail!(
+            "expected {} rows, got {received}",
+            per_batch * batches
+        );
+    }
+    Ok(received)
+}
+
+/// Wall time of one CLI run, failing on an exit code outside `ok_codes`.
+fn time_cli(program: &str, args: &[&str], dir: &std::path::Path, ok_codes: &[i32]) -> Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("failed to run `{program}`"))?;
+    let elapsed = started.elapsed();
+    if !status.code().is_some_and(|c| ok_codes.contains(&c)) {
+        bail!("`{program} {}` exited with {status}", args.join(" "));
+    }
+    Ok(elapsed)
+}
+
+/// Samples of one metric per server, in the order of `Kind`s given.
+struct Row {
+    metric: String,
+    unit: &'static str,
+    /// Higher is better (calls/s, MB/s); lower otherwise.
+    higher_is_better: bool,
+    samples: Vec<(Kind, Vec<f64>)>,
+    target: Option<Target>,
+}
+
+/// An issue target, judged on kit-service's median.
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+    /// kit-service at least this multiple of the crate's median.
+    TimesCrate(f64),
+}
+
+impl Row {
+    fn new(metric: impl Into<String>, unit: &'static str, higher_is_better: bool) -> Row {
+        Row {
+            metric: metric.into(),
+            unit,
+            higher_is_better,
+            samples: Vec::new(),
+            target: None,
+        }
+    }
+
+    fn target(mut self, target: Target) -> Row {
+        self.target = Some(target);
+        self
+    }
+
+    fn push(&mut self, kind: Kind, value: f64) {
+        match self.samples.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, values)) => values.push(value),
+            None => self.samples.push((kind, vec![value])),
+        }
+    }
+
+    fn median(&self, kind: Kind) -> Option<f64> {
+        let (_, values) = self.samples.iter().find(|(k, _)| *k == kind)?;
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        Some(sorted[sorted.len() / 2])
+    }
+
+    fn cell(&self, kind: Kind) -> String {
+        let Some((_, values)) = self.samples.iter().find(|(k, _)| *k == kind) else {
+            return "-".into();
+        };
+        let median = self.median(kind).unwrap_or(0.0);
+        let (min, max) = values
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        if values.len() > 1 {
+            format!("{} {} ({}–{})", number(median), self.unit, number(min), number(max))
+        } else {
+            format!("{} {}", number(median), self.unit)
+        }
+    }
+
+    /// How many times better kit-service is than `kind` (> 1: kit is better).
+    fn advantage(&self, kind: Kind) -> String {
+        match (self.median(Kind::Kit), self.median(kind)) {
+            (Some(kit), Some(other)) if kit > 0.0 && other > 0.0 => {
+                let ratio = if self.higher_is_better { kit / other } else { other / kit };
+                format!("{ratio:.2}x")
+            }
+            _ => "-".into(),
+        }
+    }
+
+    fn verdict(&self) -> String {
+        let Some(kit) = self.median(Kind::Kit) else {
+            return String::new();
+        };
+        let (text, met) = match self.target {
+            None => return String::new(),
+            Some(Target::AtMost(limit)) => (format!("≤ {} {}", number(limit), self.unit), kit <= limit),
+            Some(Target::AtLeast(floor)) => (format!("≥ {} {}", number(floor), self.unit), kit >= floor),
+            Some(Target::TimesCrate(times)) => match self.median(Kind::RustCrate) {
+                Some(other) => (format!("≥ {times}x crate"), kit >= times * other),
+                None => return format!("≥ {times}x crate: not measured"),
+            },
+        };
+        format!("{text}: **{}**", if met { "met" } else { "missed" })
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn print_table(kinds: &[Kind], rows: &[Row]) {
+    let mut header = "| metric |".to_string();
+    let mut rule = "|---|".to_string();
+    for kind in kinds {
+        header += &format!(" {} |", kind.title());
+        rule += "---|";
+        if *kind != Kind::Kit {
+            header += &format!(" kit vs {} |", kind.short());
+            rule += "---|";
+        }
+    }
+    println!("{header} target (kit-service) |\n{rule}---|");
+    for row in rows {
+        let mut line = format!("| {} |", row.metric);
+        for kind in kinds {
+            line += &format!(" {} |", row.cell(*kind));
+            if *kind != Kind::Kit {
+                line += &format!(" {} |", row.advantage(*kind));
+            }
+        }
+        println!("{line} {} |", row.verdict());
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn run(args: Args) -> Result<()> {
+    let mut specs = vec![ServerSpec {
+        kind: Kind::Kit,
+        program: args.kit.clone(),
+    }];
+    if let Some(program) = &args.python {
+        specs.push(ServerSpec {
+            kind: Kind::Python,
+            program: program.clone(),
+        });
+    }
+    if let Some(program) = &args.rust_peer {
+        specs.push(ServerSpec {
+            kind: Kind::RustCrate,
+            program: program.clone(),
+        });
+    }
+    let kinds: Vec<Kind> = specs.iter().map(|s| s.kind).collect();
+    let phase = |name: &str| args.phases.iter().any(|p| p == name);
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+
+    if phase("start") {
+        let mut row = Row::new("start to ready (`GET /health`)", "ms", false).target(Target::AtMost(50.0));
+        for _ in 0..args.starts {
+            for spec in &specs {
+                let server = start(spec).await?;
+                row.push(spec.kind, server.start_to_ready.as_secs_f64() * 1e3);
+            }
+        }
+        rows.push(row);
+    }
+
+    let mut servers = Vec::new();
+    if phase("load") || phase("large") {
+        for spec in &specs {
+            servers.push(start(spec).await?);
+        }
+    }
+
+    if phase("load") {
+        for connections in [1usize, 8] {
+            let mut calls = Row::new(format!("echo_string calls/s, {connections} conn"), "/s", true);
+            if connections == 8 {
+                calls = calls.target(Target::TimesCrate(2.0));
+            }
+            let mut p50 = Row::new(format!("p50 latency, {connections} conn"), "µs", false);
+            let mut p99 = Row::new(format!("p99 latency, {connections} conn"), "µs", false);
+            let mut cpu = Row::new(format!("server CPU per call, {connections} conn"), "µs", false)
+                .target(Target::AtMost(50.0));
+            for _ in 0..args.repeat {
+                for server in &servers {
+                    let result = load(server, connections, args.seconds)
+                        .await
+                        .with_context(|| format!("{} at {connections} conn", server.kind.title()))?;
+                    calls.push(server.kind, result.calls_per_second);
+                    p50.push(server.kind, result.p50.as_secs_f64() * 1e6);
+                    p99.push(server.kind, result.p99.as_secs_f64() * 1e6);
+                    cpu.push(server.kind, result.cpu_per_call.as_secs_f64() * 1e6);
+                }
+            }
+            rows.extend([calls, p50, p99, cpu]);
+        }
+    }
+
+    if phase("large") {
+        let megabytes = args.stream_rows as f64 * 16.0 / 1e6;
+        for workload in Large::ALL {
+            let mut speed = Row::new(workload.label(megabytes), "MB/s", true);
+            if matches!(workload, Large::Producer { compressed: false }) {
+                speed = speed.target(Target::AtLeast(1000.0));
+            }
+            let mut rss = Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
+            for _ in 0..args.repeat {
+                for server in &servers {
+                    match large(server, workload, args.stream_rows).await {
+                        Ok((mbps, multiple)) => {
+                            speed.push(server.kind, mbps);
+                            rss.push(server.kind, multiple);
+                        }
+                        Err(error) => eprintln!(
+                            "{}: {}: {error:#}",
+                            server.kind.title(),
+                            workload.label(megabytes)
+                        ),
+                    }
+                }
+            }
+            rows.extend([speed, rss]);
+        }
+    }
+    drop(servers);
+
+    if phase("cli") {
+        match &args.deploy_kit {
+            None => eprintln!("skipping the CLI rows: pass `--deploy-kit PATH`"),
+            Some(program) => {
+                let dir = std::env::temp_dir().join(format!("kit-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let result = (|| -> Result<()> {
+                    time_cli(program, &["init", "--force"], &dir, &[0])?;
+                    let mut doctor = Row::new("`deploy-kit doctor --offline` wall time", "ms", false);
+                    let mut plan = Row::new("`deploy-kit plan` wall time", "ms", false);
+                    for _ in 0..args.cli_runs {
+                        doctor.push(
+                            Kind::Kit,
+                            time_cli(program, &["doctor", "--offline"], &dir, &[0])?.as_secs_f64() * 1e3,
+                        );
+                        // Exit 2: the plan has changes to make (a fresh project: everything).
+                        plan.push(
+                            Kind::Kit,
+                            time_cli(program, &["plan", "--kit-service", &args.kit], &dir, &[0, 2])?
+                                .as_secs_f64()
+                                * 1e3,
+                        );
+                    }
+                    rows.extend([doctor, plan]);
+                    Ok(())
+                })();
+                let _ = std::fs::remove_dir_all(&dir);
+                result?;
+            }
+        }
+    }
+
+    println!(
+        "# kit-bench: {} rounds of {} s per load phase, {} starts, {} CLI runs\n",
+        args.repeat, args.seconds, args.starts, args.cli_runs
+    );
+    println!(
+        "Cells: median (min–max over rounds). `kit vs X`: how many times better kit-service is (> 1: kit better).\n\
+         Load average (1, 5, 15 min): {load_before} before, {} after.\n",
+        loadavg()
+    );
+    print_table(&kinds, &rows);
+    Ok(())
 }
 
 /// `kit-bench fetch URL`: one object fetched with a single GET and with
@@ -345,89 +849,10 @@ async fn fetch_comparison(url: &str) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let mut raw = std::env::args().skip(1);
-    if raw.next().as_deref() == Some("fetch") {
-        let url = raw.next().context("usage: kit-bench fetch URL")?;
-        return fetch_comparison(&url).await;
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("fetch") {
+        let url = raw.get(1).context("usage: kit-bench fetch URL")?;
+        return fetch_comparison(url).await;
     }
-    let args = parse_args()?;
-    let kit_port = free_port()?;
-    let mut kit_command = Command::new(&args.kit);
-    kit_command
-        .args([
-            "serve",
-            "--conformance",
-            "--listen",
-            &format!("127.0.0.1:{kit_port}"),
-        ])
-        .env("KIT_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn");
-    let kit = start("kit-service", kit_command, kit_port).await?;
-    let python_port = free_port()?;
-    let mut python_command = Command::new(&args.python);
-    python_command.args(["--http", &python_port.to_string()]);
-    let python = start("python-reference", python_command, python_port).await?;
-
-    println!("# kit-bench: kit-service vs the Python reference (vgi-rpc 0.52.2, waitress)\n");
-    println!("| metric | kit-service | python | python / kit |");
-    println!("|---|---|---|---|");
-    let row = |metric: &str, kit: f64, python: f64, unit: &str| {
-        println!(
-            "| {metric} | {kit:.2} {unit} | {python:.2} {unit} | {:.2}x |",
-            python / kit
-        );
-    };
-    row(
-        "start to ready",
-        kit.start_to_ready.as_secs_f64() * 1e3,
-        python.start_to_ready.as_secs_f64() * 1e3,
-        "ms",
-    );
-    for connections in [1, 8] {
-        let k = load(&kit, connections, args.seconds).await?;
-        let p = load(&python, connections, args.seconds).await?;
-        row(
-            &format!("echo_string calls/s, {connections} conn"),
-            k.calls_per_second,
-            p.calls_per_second,
-            "/s",
-        );
-        row(
-            &format!("p50 latency, {connections} conn"),
-            k.p50.as_secs_f64() * 1e6,
-            p.p50.as_secs_f64() * 1e6,
-            "µs",
-        );
-        row(
-            &format!("p99 latency, {connections} conn"),
-            k.p99.as_secs_f64() * 1e6,
-            p.p99.as_secs_f64() * 1e6,
-            "µs",
-        );
-        row(
-            &format!("server CPU per call, {connections} conn"),
-            k.cpu_per_call.as_secs_f64() * 1e6,
-            p.cpu_per_call.as_secs_f64() * 1e6,
-            "µs",
-        );
-    }
-    let (kit_mbps, kit_rss) = stream(&kit, args.stream_rows).await?;
-    let (python_mbps, python_rss) = stream(&python, args.stream_rows).await?;
-    let megabytes = args.stream_rows as f64 * 16.0 / 1e6;
-    row(
-        &format!("producer stream ~{megabytes:.0} MB, uncompressed"),
-        kit_mbps,
-        python_mbps,
-        "MB/s",
-    );
-    row("peak server RSS / payload", kit_rss, python_rss, "x");
-    for server in [&kit, &python] {
-        eprintln!(
-            "{}: {} (pid {})",
-            server.name,
-            server.url,
-            server.child.id()
-        );
-    }
-    Ok(())
+    run(parse_args(raw)?).await
 }
