@@ -346,9 +346,10 @@ impl Large {
     fn label(self, megabytes: f64) -> String {
         let (shape, compressed) = match self {
             Large::Unary { compressed } => ("unary (`oversized_unary`, zeros)", compressed),
-            Large::Producer { compressed } => {
-                ("producer stream (`produce_large_batches`, 4 batches)", compressed)
-            }
+            Large::Producer { compressed } => (
+                "producer stream (`produce_large_batches`, 4 batches)",
+                compressed,
+            ),
         };
         let coding = if compressed { "zstd" } else { "uncompressed" };
         format!("{megabytes:.0} MB {shape}, {coding}")
@@ -369,19 +370,24 @@ async fn body_of(response: reqwest::Response) -> Result<bytes::Bytes> {
         .get("content-encoding")
         .or_else(|| response.headers().get("x-vgi-content-encoding"))
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-    let body = response.bytes().await?;
+    let mut body = response.bytes().await?;
+    if zstd {
+        let mut decoded = Vec::new();
+        std::io::copy(
+            &mut zstd::stream::read::Decoder::new(&body[..])?,
+            &mut decoded,
+        )?;
+        body = decoded.into();
+    }
     if !status.is_success() {
-        bail!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+        let streams = read_streams(&body).unwrap_or_default();
+        check_no_error(&streams)?;
+        bail!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
     }
-    if !zstd {
-        return Ok(body);
-    }
-    let mut decoded = Vec::new();
-    std::io::copy(
-        &mut zstd::stream::read::Decoder::new(&body[..])?,
-        &mut decoded,
-    )?;
-    Ok(decoded.into())
+    Ok(body)
 }
 
 /// Fails on an error batch (`vgi_rpc.log_level` = EXCEPTION) in a response.
@@ -424,7 +430,8 @@ async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)
                 .body(body)
                 .send()
                 .await?;
-            let streams = read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
+            let streams =
+                read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
             check_no_error(&streams)?;
             let received: usize = streams
                 .iter()
@@ -447,7 +454,12 @@ async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)
 
 /// Drives `produce_large_batches` (4 batches of int64 index and value) to the
 /// end; returns the rows received.
-async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows: i64) -> Result<i64> {
+async fn producer(
+    server: &Server,
+    client: &reqwest::Client,
+    accept: &str,
+    rows: i64,
+) -> Result<i64> {
     let batches = 4i64;
     let per_batch = rows / batches;
     let body = request(
@@ -462,6 +474,8 @@ async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows:
         ],
     );
     let mut received = 0i64;
+    // The call token comes with the first turn only; every exchange echoes it.
+    let mut call: Option<String> = None;
     let mut response = client
         .post(format!(
             "{}/ConformanceService/produce_large_batches/init",
@@ -476,7 +490,7 @@ async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows:
     loop {
         let streams = read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
         check_no_error(&streams)?;
-        let (mut state, mut call) = (None, None);
+        let mut state = None;
         for batch in streams.into_iter().flat_map(|s| s.batches) {
             received += batch.batch.num_rows() as i64;
             if let Some(value) = batch.get(wire::STATE_KEY) {
@@ -488,8 +502,8 @@ async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows:
         }
         let Some(state) = state else { break };
         let mut token = vec![(wire::STATE_KEY.to_string(), state)];
-        if let Some(call) = call {
-            token.push((wire::CALL_STATE_KEY.to_string(), call));
+        if let Some(call) = &call {
+            token.push((wire::CALL_STATE_KEY.to_string(), call.clone()));
         }
         let schema = Arc::new(Schema::empty());
         let mut next = Vec::new();
@@ -508,16 +522,18 @@ async fn producer(server: &Server, client: &reqwest::Client, accept: &str, rows:
             .await?;
     }
     if received != per_batch * batches {
-        bail!(
-            "expected {} rows, got {received}",
-            per_batch * batches
-        );
+        bail!("expected {} rows, got {received}", per_batch * batches);
     }
     Ok(received)
 }
 
 /// Wall time of one CLI run, failing on an exit code outside `ok_codes`.
-fn time_cli(program: &str, args: &[&str], dir: &std::path::Path, ok_codes: &[i32]) -> Result<Duration> {
+fn time_cli(
+    program: &str,
+    args: &[&str],
+    dir: &std::path::Path,
+    ok_codes: &[i32],
+) -> Result<Duration> {
     let started = Instant::now();
     let status = Command::new(program)
         .args(args)
@@ -590,7 +606,13 @@ impl Row {
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
         if values.len() > 1 {
-            format!("{} {} ({}–{})", number(median), self.unit, number(min), number(max))
+            format!(
+                "{} {} ({}–{})",
+                number(median),
+                self.unit,
+                number(min),
+                number(max)
+            )
         } else {
             format!("{} {}", number(median), self.unit)
         }
@@ -600,7 +622,11 @@ impl Row {
     fn advantage(&self, kind: Kind) -> String {
         match (self.median(Kind::Kit), self.median(kind)) {
             (Some(kit), Some(other)) if kit > 0.0 && other > 0.0 => {
-                let ratio = if self.higher_is_better { kit / other } else { other / kit };
+                let ratio = if self.higher_is_better {
+                    kit / other
+                } else {
+                    other / kit
+                };
                 format!("{ratio:.2}x")
             }
             _ => "-".into(),
@@ -613,8 +639,12 @@ impl Row {
         };
         let (text, met) = match self.target {
             None => return String::new(),
-            Some(Target::AtMost(limit)) => (format!("≤ {} {}", number(limit), self.unit), kit <= limit),
-            Some(Target::AtLeast(floor)) => (format!("≥ {} {}", number(floor), self.unit), kit >= floor),
+            Some(Target::AtMost(limit)) => {
+                (format!("≤ {} {}", number(limit), self.unit), kit <= limit)
+            }
+            Some(Target::AtLeast(floor)) => {
+                (format!("≥ {} {}", number(floor), self.unit), kit >= floor)
+            }
             Some(Target::TimesCrate(times)) => match self.median(Kind::RustCrate) {
                 Some(other) => (format!("≥ {times}x crate"), kit >= times * other),
                 None => return format!("≥ {times}x crate: not measured"),
@@ -687,7 +717,8 @@ async fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
 
     if phase("start") {
-        let mut row = Row::new("start to ready (`GET /health`)", "ms", false).target(Target::AtMost(50.0));
+        let mut row =
+            Row::new("start to ready (`GET /health`)", "ms", false).target(Target::AtMost(50.0));
         for _ in 0..args.starts {
             for spec in &specs {
                 let server = start(spec).await?;
@@ -706,19 +737,30 @@ async fn run(args: Args) -> Result<()> {
 
     if phase("load") {
         for connections in [1usize, 8] {
-            let mut calls = Row::new(format!("echo_string calls/s, {connections} conn"), "/s", true);
+            let mut calls = Row::new(
+                format!("echo_string calls/s, {connections} conn"),
+                "/s",
+                true,
+            );
             if connections == 8 {
                 calls = calls.target(Target::TimesCrate(2.0));
             }
             let mut p50 = Row::new(format!("p50 latency, {connections} conn"), "µs", false);
             let mut p99 = Row::new(format!("p99 latency, {connections} conn"), "µs", false);
-            let mut cpu = Row::new(format!("server CPU per call, {connections} conn"), "µs", false)
-                .target(Target::AtMost(50.0));
+            let mut cpu = Row::new(
+                format!("server CPU per call, {connections} conn"),
+                "µs",
+                false,
+            )
+            .target(Target::AtMost(50.0));
             for _ in 0..args.repeat {
                 for server in &servers {
-                    let result = load(server, connections, args.seconds)
-                        .await
-                        .with_context(|| format!("{} at {connections} conn", server.kind.title()))?;
+                    let result =
+                        load(server, connections, args.seconds)
+                            .await
+                            .with_context(|| {
+                                format!("{} at {connections} conn", server.kind.title())
+                            })?;
                     calls.push(server.kind, result.calls_per_second);
                     p50.push(server.kind, result.p50.as_secs_f64() * 1e6);
                     p99.push(server.kind, result.p99.as_secs_f64() * 1e6);
@@ -736,7 +778,8 @@ async fn run(args: Args) -> Result<()> {
             if matches!(workload, Large::Producer { compressed: false }) {
                 speed = speed.target(Target::AtLeast(1000.0));
             }
-            let mut rss = Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
+            let mut rss =
+                Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
             for _ in 0..args.repeat {
                 for server in &servers {
                     match large(server, workload, args.stream_rows).await {
@@ -765,18 +808,25 @@ async fn run(args: Args) -> Result<()> {
                 std::fs::create_dir_all(&dir)?;
                 let result = (|| -> Result<()> {
                     time_cli(program, &["init", "--force"], &dir, &[0])?;
-                    let mut doctor = Row::new("`deploy-kit doctor --offline` wall time", "ms", false);
+                    let mut doctor =
+                        Row::new("`deploy-kit doctor --offline` wall time", "ms", false);
                     let mut plan = Row::new("`deploy-kit plan` wall time", "ms", false);
                     for _ in 0..args.cli_runs {
                         doctor.push(
                             Kind::Kit,
-                            time_cli(program, &["doctor", "--offline"], &dir, &[0])?.as_secs_f64() * 1e3,
+                            time_cli(program, &["doctor", "--offline"], &dir, &[0])?.as_secs_f64()
+                                * 1e3,
                         );
                         // Exit 2: the plan has changes to make (a fresh project: everything).
                         plan.push(
                             Kind::Kit,
-                            time_cli(program, &["plan", "--kit-service", &args.kit], &dir, &[0, 2])?
-                                .as_secs_f64()
+                            time_cli(
+                                program,
+                                &["plan", "--kit-service", &args.kit],
+                                &dir,
+                                &[0, 2],
+                            )?
+                            .as_secs_f64()
                                 * 1e3,
                         );
                     }

@@ -19,6 +19,7 @@ use super::{Endpoint, RequestInfo, Resolved, Server, arrow_response, error_respo
 use crate::rpc::{Args, Ctx, MethodKind, Output, Reply, StreamKind, parse_version};
 use crate::storage::External;
 use crate::token::{Binding, TokenKind};
+use crate::wire::ipc::Chunks;
 use crate::wire::ipc::{read_schema_message, read_stream, schema_message};
 use crate::wire::tokens::type_token;
 use crate::wire::{self, Batch, ErrorCode, Metadata, RpcError, StreamWriter};
@@ -323,7 +324,7 @@ fn finish_response(
     method: &str,
     schema: &SchemaRef,
     limit: Option<u64>,
-    body: Vec<u8>,
+    body: Chunks,
 ) -> Response {
     if let Some(limit) = limit
         && body.len() as u64 > limit
@@ -362,7 +363,7 @@ async fn unary(
         if let Some(sha256) = &reference.sha256 {
             metadata.push((wire::LOCATION_SHA256_KEY.to_string(), sha256.clone()));
         }
-        let mut out = Vec::new();
+        let mut out = Chunks::new();
         let mut writer = StreamWriter::new(&mut out, &schema)?;
         write_logs(&mut writer, &ctx, server, info)?;
         writer.write_metadata_only(&metadata)?;
@@ -402,11 +403,7 @@ async fn unary(
             }
         }
     };
-    let mut out = Vec::with_capacity(if pointer.is_some() {
-        1024
-    } else {
-        batch.get_array_memory_size() + 1024
-    });
+    let mut out = Chunks::new();
     let mut writer = StreamWriter::new(&mut out, &schema)?;
     write_logs(&mut writer, &ctx, server, info)?;
     match &pointer {
@@ -574,7 +571,7 @@ async fn init(
     let bound = binding(resolved, ctx.identity());
     let call_token = server.keys.seal(TokenKind::Call, bound, &call.encode());
 
-    let mut out = Vec::new();
+    let mut out = Chunks::new();
     if let Some(header_schema) = header {
         let Some(header_batch) = started.header.clone() else {
             let error = RpcError::new(
@@ -685,7 +682,7 @@ fn check_producer_turn(output: &Output) -> Result<(), RpcError> {
 /// threshold, the whole cycle (logs and data) goes to storage and a pointer
 /// batch takes its place in the body.
 async fn write_producer_turn(
-    out: &mut Vec<u8>,
+    out: &mut Chunks,
     server: &Server,
     info: &RequestInfo,
     ctx: &Ctx,
@@ -731,7 +728,7 @@ fn turn_error(
     info: &RequestInfo,
     ctx: &Ctx,
     schema: &SchemaRef,
-    mut out: Vec<u8>,
+    mut out: Chunks,
     error: RpcError,
 ) -> Response {
     let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
@@ -803,7 +800,7 @@ async fn exchange(
 
     if batch.get(wire::CANCEL_KEY).is_some() {
         turn.cancel(state, &ctx);
-        let mut out = Vec::new();
+        let mut out = Chunks::new();
         StreamWriter::new(&mut out, &output_schema)?.finish();
         return Ok(arrow_response(server, info, StatusCode::OK, out, false));
     }
@@ -823,7 +820,7 @@ async fn exchange(
                         info,
                         &ctx,
                         &output_schema,
-                        Vec::new(),
+                        Chunks::new(),
                         error,
                     ));
                 }
@@ -838,7 +835,7 @@ async fn exchange(
                     ),
                 )]
             });
-            let mut out = Vec::new();
+            let mut out = Chunks::new();
             write_producer_turn(&mut out, server, info, &ctx, &output, token).await?;
             Ok(finish_response(
                 server,
@@ -861,7 +858,7 @@ async fn exchange(
                             info,
                             &ctx,
                             &output_schema,
-                            Vec::new(),
+                            Chunks::new(),
                             error,
                         ));
                     }
@@ -875,7 +872,7 @@ async fn exchange(
                         info,
                         &ctx,
                         &output_schema,
-                        Vec::new(),
+                        Chunks::new(),
                         error,
                     ));
                 }
@@ -904,7 +901,7 @@ async fn exchange(
                         info,
                         &ctx,
                         &output_schema,
-                        Vec::new(),
+                        Chunks::new(),
                         error,
                     ));
                 }
@@ -921,7 +918,7 @@ async fn exchange(
                     ),
                 ));
             }
-            let mut out = Vec::new();
+            let mut out = Chunks::new();
             match server
                 .external
                 .as_ref()

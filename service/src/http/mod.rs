@@ -31,6 +31,7 @@ use crate::metrics::{CallLabels, StatusLabels};
 use crate::rpc::Protocol;
 use crate::storage::{External, local};
 use crate::token::KeyRing;
+use crate::wire::ipc::Chunks;
 use crate::wire::{self, ErrorCode, RpcError, StreamWriter};
 
 use codec::Codec;
@@ -811,9 +812,10 @@ pub(crate) fn arrow_response(
     server: &Server,
     info: &RequestInfo,
     status: StatusCode,
-    body: Vec<u8>,
+    body: impl Into<Chunks>,
     rpc_error: bool,
 ) -> Response {
+    let body: Chunks = body.into();
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -830,14 +832,61 @@ pub(crate) fn arrow_response(
                 "content-encoding"
             };
             headers.insert(name, HeaderValue::from_static(codec.as_str()));
-            codec::encode(codec, &body, server.config.zstd_level)
+            let chunks = body.into_chunks();
+            Body::from(match chunks.as_slice() {
+                [one] => codec::encode(codec, one, server.config.zstd_level),
+                _ => codec::encode_chunks(codec, &chunks, server.config.zstd_level),
+            })
         }
-        _ => body,
+        _ => chunk_body(body),
     };
-    let mut response = Response::new(Body::from(body));
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// A response body that hands hyper each chunk as it is (no concatenation),
+/// with an exact size so the response carries `Content-Length`.
+fn chunk_body(body: Chunks) -> Body {
+    let mut chunks = body.into_chunks();
+    match chunks.len() {
+        0 => Body::empty(),
+        1 => Body::from(chunks.pop().expect("one chunk")),
+        _ => Body::new(ChunkBody {
+            remaining: chunks.iter().map(|c| c.len() as u64).sum(),
+            chunks: chunks.into(),
+        }),
+    }
+}
+
+struct ChunkBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl http_body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str) {

@@ -19,7 +19,7 @@ use arrow_ipc::writer::{
     DictionaryTracker, EncodedData, IpcDataGenerator, IpcWriteContext, IpcWriteOptions,
 };
 use arrow_ipc::{MessageHeader, MetadataVersion};
-use arrow_schema::{ArrowError, Schema, SchemaRef};
+use arrow_schema::{ArrowError, DataType, Schema, SchemaRef};
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 
@@ -320,9 +320,117 @@ fn read_custom_metadata(message: &arrow_ipc::Message<'_>) -> Metadata {
     out
 }
 
-/// Writes one IPC stream into a byte buffer: schema, batches with metadata, EOS.
+/// Where a [`StreamWriter`] puts the bytes of a stream.
+pub trait IpcSink {
+    /// Appends a copy of `bytes`.
+    fn put(&mut self, bytes: &[u8]);
+    /// Appends an Arrow buffer; a sink that can hold it by reference does not copy it.
+    fn put_buffer(&mut self, buffer: &Buffer) {
+        self.put(buffer.as_slice());
+    }
+    /// Bytes written so far.
+    fn written(&self) -> usize;
+}
+
+impl IpcSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn written(&self) -> usize {
+        self.len()
+    }
+}
+
+/// An IPC byte stream as a list of chunks, for response bodies.
+///
+/// Small writes (message headers, small buffers) coalesce into one pending
+/// chunk; Arrow buffers of at least [`Chunks::BY_REFERENCE`] bytes are kept
+/// by reference, so a large result goes from the producer's arrays to the
+/// socket without being copied or held twice.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    done: Vec<Bytes>,
+    pending: Vec<u8>,
+    len: usize,
+}
+
+impl Chunks {
+    /// Buffers at least this large are not copied.
+    pub const BY_REFERENCE: usize = 64 * 1024;
+
+    pub fn new() -> Chunks {
+        Chunks::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The chunks in order, none empty.
+    pub fn into_chunks(mut self) -> Vec<Bytes> {
+        self.flush();
+        self.done
+    }
+
+    /// One contiguous copy (for storage uploads and tests).
+    pub fn into_vec(self) -> Vec<u8> {
+        let mut chunks = self.into_chunks();
+        if chunks.len() == 1 {
+            return Vec::from(chunks.pop().expect("one chunk"));
+        }
+        let mut out = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for chunk in chunks {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.done
+                .push(Bytes::from(std::mem::take(&mut self.pending)));
+        }
+    }
+}
+
+impl From<Vec<u8>> for Chunks {
+    fn from(bytes: Vec<u8>) -> Chunks {
+        Chunks {
+            done: Vec::new(),
+            len: bytes.len(),
+            pending: bytes,
+        }
+    }
+}
+
+impl IpcSink for Chunks {
+    fn put(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn put_buffer(&mut self, buffer: &Buffer) {
+        if buffer.len() < Self::BY_REFERENCE {
+            return self.put(buffer.as_slice());
+        }
+        self.flush();
+        self.len += buffer.len();
+        self.done.push(Bytes::from_owner(buffer.clone()));
+    }
+
+    fn written(&self) -> usize {
+        self.len
+    }
+}
+
+/// Writes one IPC stream into a sink: schema, batches with metadata, EOS.
 pub struct StreamWriter<'a> {
-    out: &'a mut Vec<u8>,
+    out: &'a mut (dyn IpcSink + Send),
     generator: IpcDataGenerator,
     tracker: DictionaryTracker,
     options: IpcWriteOptions,
@@ -332,7 +440,7 @@ pub struct StreamWriter<'a> {
 
 impl<'a> StreamWriter<'a> {
     /// Starts a stream and writes its schema message.
-    pub fn new(out: &'a mut Vec<u8>, schema: &SchemaRef) -> Result<Self, ArrowError> {
+    pub fn new(out: &'a mut (dyn IpcSink + Send), schema: &SchemaRef) -> Result<Self, ArrowError> {
         let options = IpcWriteOptions::try_new(8, false, MetadataVersion::V5)?;
         let generator = IpcDataGenerator::default();
         let mut tracker = DictionaryTracker::new(false);
@@ -355,6 +463,9 @@ impl<'a> StreamWriter<'a> {
 
     /// Writes one batch, with its custom metadata on the record batch message.
     pub fn write(&mut self, batch: &RecordBatch, metadata: &Metadata) -> Result<(), ArrowError> {
+        if let Some(layout) = ZeroCopyLayout::of(batch) {
+            return layout.write(self.out, metadata);
+        }
         let (dictionaries, encoded) =
             self.generator
                 .encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
@@ -382,8 +493,8 @@ impl<'a> StreamWriter<'a> {
 
     /// Writes the end-of-stream marker.
     pub fn finish(self) {
-        self.out.extend_from_slice(&CONTINUATION);
-        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        self.out.put(&CONTINUATION);
+        self.out.put(&[0, 0, 0, 0]);
     }
 }
 
@@ -412,15 +523,132 @@ pub fn stream_bytes(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u
     Ok(out)
 }
 
-fn write_encoded(out: &mut Vec<u8>, message: &[u8], body: &[u8]) {
+fn write_encoded(out: &mut dyn IpcSink, message: &[u8], body: &[u8]) {
+    write_message_header(out, message);
+    out.put(body);
+}
+
+/// The continuation marker, length and flatbuffer of one message.
+fn write_message_header(out: &mut dyn IpcSink, message: &[u8]) {
     // The 8-byte prefix plus the header is padded to a multiple of 8 so the body stays aligned.
     let padded = (message.len() + 8).div_ceil(8) * 8 - 8;
-    out.reserve(8 + padded + body.len());
-    out.extend_from_slice(&CONTINUATION);
-    out.extend_from_slice(&(padded as i32).to_le_bytes());
-    out.extend_from_slice(message);
-    out.resize(out.len() + (padded - message.len()), 0);
-    out.extend_from_slice(body);
+    out.put(&CONTINUATION);
+    out.put(&(padded as i32).to_le_bytes());
+    out.put(message);
+    out.put(&[0u8; 8][..padded - message.len()]);
+}
+
+/// A record batch whose IPC body is its own buffers, unchanged: every column
+/// is a fixed-width primitive or a (large) binary/string array, unsliced,
+/// without dictionaries. Such a batch is written without arrow-ipc's encoder,
+/// which copies every buffer into one `Vec`; the body refers to the arrays'
+/// buffers instead (see [`Chunks`]). Any other batch, and any batch below
+/// [`ZeroCopyLayout::MIN_BYTES`], takes the arrow-ipc path.
+struct ZeroCopyLayout {
+    rows: i64,
+    nodes: Vec<arrow_ipc::FieldNode>,
+    /// Each body buffer in order; `None` is an absent validity bitmap (no nulls).
+    buffers: Vec<Option<Buffer>>,
+}
+
+impl ZeroCopyLayout {
+    /// Below this, copying costs less than the bookkeeping.
+    const MIN_BYTES: usize = 256 * 1024;
+
+    fn of(batch: &RecordBatch) -> Option<ZeroCopyLayout> {
+        if batch.num_columns() == 0 || batch.get_array_memory_size() < Self::MIN_BYTES {
+            return None;
+        }
+        let mut layout = ZeroCopyLayout {
+            rows: batch.num_rows() as i64,
+            nodes: Vec::with_capacity(batch.num_columns()),
+            buffers: Vec::with_capacity(batch.num_columns() * 3),
+        };
+        for column in batch.columns() {
+            let data = column.to_data();
+            let rows = data.len();
+            if data.offset() != 0 || data.nulls().is_some_and(|n| n.offset() != 0) {
+                return None;
+            }
+            let validity = data
+                .nulls()
+                .filter(|n| n.null_count() > 0)
+                .map(|n| n.buffer().slice_with_length(0, rows.div_ceil(8)));
+            let ty = data.data_type();
+            if let Some(width) = ty.primitive_width().filter(|_| ty.is_primitive()) {
+                let values = data.buffers().first()?;
+                if values.len() < rows * width {
+                    return None;
+                }
+                layout.buffers.push(validity);
+                layout
+                    .buffers
+                    .push(Some(values.slice_with_length(0, rows * width)));
+            } else {
+                let offset_width = match ty {
+                    DataType::Utf8 | DataType::Binary => 4,
+                    DataType::LargeUtf8 | DataType::LargeBinary => 8,
+                    _ => return None,
+                };
+                let [offsets, values] = data.buffers() else {
+                    return None;
+                };
+                let offsets = offsets.slice_with_length(0, (rows + 1) * offset_width);
+                // Read as bytes: buffers decoded from a request body need not be aligned.
+                let at = |index: usize| -> i64 {
+                    let bytes =
+                        &offsets.as_slice()[index * offset_width..(index + 1) * offset_width];
+                    match *bytes {
+                        [a, b, c, d] => i32::from_le_bytes([a, b, c, d]) as i64,
+                        _ => i64::from_le_bytes(bytes.try_into().unwrap_or([0xff; 8])),
+                    }
+                };
+                let (first, last) = (at(0), at(rows));
+                if first != 0 || last < 0 || last as usize > values.len() {
+                    return None;
+                }
+                layout.buffers.push(validity);
+                layout.buffers.push(Some(offsets));
+                layout
+                    .buffers
+                    .push(Some(values.slice_with_length(0, last as usize)));
+            }
+            layout.nodes.push(arrow_ipc::FieldNode::new(
+                rows as i64,
+                data.null_count() as i64,
+            ));
+        }
+        Some(layout)
+    }
+
+    fn write(self, out: &mut dyn IpcSink, metadata: &Metadata) -> Result<(), ArrowError> {
+        let mut specs = Vec::with_capacity(self.buffers.len());
+        let mut offset = 0i64;
+        for buffer in &self.buffers {
+            let length = buffer.as_ref().map_or(0, |b| b.len() as i64);
+            specs.push(arrow_ipc::Buffer::new(offset, length));
+            offset += pad8(length);
+        }
+        let message = record_batch_message(
+            self.rows,
+            &self.nodes,
+            &specs,
+            None,
+            offset,
+            MetadataVersion::V5,
+            metadata,
+        );
+        write_message_header(out, &message);
+        for buffer in self.buffers.iter().flatten() {
+            out.put_buffer(buffer);
+            out.put(&[0u8; 8][..(pad8(buffer.len() as i64) - buffer.len() as i64) as usize]);
+        }
+        Ok(())
+    }
+}
+
+fn pad8(length: i64) -> i64 {
+    (length + 7) / 8 * 8
 }
 
 /// Rebuilds a RecordBatch `Message` flatbuffer with `custom_metadata` added.
@@ -430,7 +658,6 @@ fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, 
     let header = parsed
         .header_as_record_batch()
         .ok_or_else(|| ArrowError::IpcError("expected a record batch message".into()))?;
-    let mut fbb = FlatBufferBuilder::with_capacity(message.len() + 256);
     let nodes: Vec<arrow_ipc::FieldNode> = header
         .nodes()
         .map(|n| n.iter().copied().collect())
@@ -440,12 +667,40 @@ fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, 
         .map(|b| b.iter().copied().collect())
         .unwrap_or_default();
     let variadic: Option<Vec<i64>> = header.variadicBufferCounts().map(|v| v.iter().collect());
-    let nodes = fbb.create_vector(&nodes);
-    let buffers = fbb.create_vector(&buffers);
-    let variadic = variadic.map(|v| fbb.create_vector(&v));
+    Ok(record_batch_message(
+        header.length(),
+        &nodes,
+        &buffers,
+        variadic.as_deref(),
+        parsed.bodyLength(),
+        parsed.version(),
+        metadata,
+    ))
+}
+
+/// A RecordBatch `Message` flatbuffer (uncompressed body).
+fn record_batch_message(
+    rows: i64,
+    nodes: &[arrow_ipc::FieldNode],
+    buffers: &[arrow_ipc::Buffer],
+    variadic: Option<&[i64]>,
+    body_length: i64,
+    version: MetadataVersion,
+    metadata: &Metadata,
+) -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::with_capacity(
+        256 + 16 * (nodes.len() + buffers.len())
+            + metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 16)
+                .sum::<usize>(),
+    );
+    let nodes = fbb.create_vector(nodes);
+    let buffers = fbb.create_vector(buffers);
+    let variadic = variadic.map(|v| fbb.create_vector(v));
     let record_batch = {
         let mut builder = arrow_ipc::RecordBatchBuilder::new(&mut fbb);
-        builder.add_length(header.length());
+        builder.add_length(rows);
         builder.add_nodes(nodes);
         builder.add_buffers(buffers);
         if let Some(variadic) = variadic {
@@ -453,30 +708,34 @@ fn with_custom_metadata(message: &[u8], metadata: &Metadata) -> Result<Vec<u8>, 
         }
         builder.finish()
     };
-    let pairs: Vec<_> = metadata
-        .iter()
-        .map(|(k, v)| {
-            let key = fbb.create_string(k);
-            let value = fbb.create_string(v);
-            arrow_ipc::KeyValue::create(
-                &mut fbb,
-                &arrow_ipc::KeyValueArgs {
-                    key: Some(key),
-                    value: Some(value),
-                },
-            )
-        })
-        .collect();
-    let pairs = fbb.create_vector(&pairs);
+    let pairs = (!metadata.is_empty()).then(|| {
+        let pairs: Vec<_> = metadata
+            .iter()
+            .map(|(k, v)| {
+                let key = fbb.create_string(k);
+                let value = fbb.create_string(v);
+                arrow_ipc::KeyValue::create(
+                    &mut fbb,
+                    &arrow_ipc::KeyValueArgs {
+                        key: Some(key),
+                        value: Some(value),
+                    },
+                )
+            })
+            .collect();
+        fbb.create_vector(&pairs)
+    });
     let mut builder = arrow_ipc::MessageBuilder::new(&mut fbb);
-    builder.add_version(parsed.version());
+    builder.add_version(version);
     builder.add_header_type(MessageHeader::RecordBatch);
     builder.add_header(record_batch.as_union_value());
-    builder.add_bodyLength(parsed.bodyLength());
-    builder.add_custom_metadata(pairs);
+    builder.add_bodyLength(body_length);
+    if let Some(pairs) = pairs {
+        builder.add_custom_metadata(pairs);
+    }
     let root = builder.finish();
     fbb.finish(root, None);
-    Ok(fbb.finished_data().to_vec())
+    fbb.finished_data().to_vec()
 }
 
 #[cfg(test)]
@@ -527,6 +786,75 @@ mod tests {
             ),
             Batch::new(batch),
         ]);
+    }
+
+    /// A batch big enough for the zero-copy writer: int64 (with and without
+    /// nulls), utf8 with nulls, large binary, float64.
+    fn large_batch(rows: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("index", DataType::Int64, true),
+            Field::new("sparse", DataType::Int64, true),
+            Field::new("text", DataType::Utf8, true),
+            Field::new("blob", DataType::LargeBinary, false),
+            Field::new("ratio", DataType::Float64, false),
+        ]));
+        let index: Vec<i64> = (0..rows as i64).collect();
+        let sparse: Vec<Option<i64>> = (0..rows as i64)
+            .map(|i| (i % 3 != 0).then_some(i))
+            .collect();
+        let text: Vec<Option<String>> = (0..rows)
+            .map(|i| (i % 5 != 0).then(|| format!("row {i}")))
+            .collect();
+        let blob: Vec<Vec<u8>> = (0..rows).map(|i| vec![i as u8; i % 7]).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(index)),
+                Arc::new(Int64Array::from(sparse)),
+                Arc::new(StringArray::from(text)),
+                Arc::new(arrow_array::LargeBinaryArray::from_iter_values(blob)),
+                Arc::new(arrow_array::Float64Array::from_iter_values(
+                    (0..rows).map(|i| i as f64 / 3.0),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn large_batches_roundtrip_through_the_zero_copy_writer() {
+        let batch = large_batch(50_000);
+        assert!(ZeroCopyLayout::of(&batch).is_some());
+        check_roundtrip(vec![
+            Batch::with_metadata(batch.clone(), vec![("k".into(), "v".into())]),
+            Batch::new(batch.clone()),
+        ]);
+        // Sliced arrays take the arrow-ipc path, and read back the same.
+        let sliced = batch.slice(7, 30_000);
+        assert!(ZeroCopyLayout::of(&sliced).is_none());
+        check_roundtrip(vec![Batch::new(sliced)]);
+    }
+
+    #[test]
+    fn chunks_hold_large_buffers_by_reference_and_match_the_vec_writer() {
+        let batch = large_batch(50_000);
+        let metadata = vec![("k".to_string(), "v".to_string())];
+        let mut chunks = Chunks::new();
+        let mut writer = StreamWriter::new(&mut chunks, batch.schema_ref()).unwrap();
+        writer.write(&batch, &metadata).unwrap();
+        writer.finish();
+        let mut contiguous = Vec::new();
+        let mut writer = StreamWriter::new(&mut contiguous, batch.schema_ref()).unwrap();
+        writer.write(&batch, &metadata).unwrap();
+        writer.finish();
+        assert_eq!(chunks.len(), contiguous.len());
+        let parts = chunks.into_chunks();
+        assert!(parts.len() > 2, "large buffers are separate chunks");
+        let joined: Vec<u8> = parts.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, contiguous);
+        let (stream, _) = read_stream(&Bytes::from(joined), 0).unwrap();
+        assert_eq!(stream.batches[0].batch, batch);
+        assert_eq!(stream.batches[0].metadata, metadata);
     }
 
     #[test]
