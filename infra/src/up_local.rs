@@ -221,10 +221,29 @@ impl LocalService {
         state: &LocalState,
         timeout: Duration,
     ) -> Result<LocalService, UpLocalError> {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("VGI_SIGNING_KEY_FILE", &state.key_file)
             .env_remove("VGI_SIGNING_KEY")
+            .env_remove("VGI_SIGNING_KEY_PREVIOUS");
+        // Mid-rotation (`deploy-kit secrets rotate --target local`), the
+        // staged or previous key verifies too.
+        let verify: Vec<String> = [
+            crate::secrets::store::PENDING_FILE,
+            crate::secrets::store::PREVIOUS_FILE,
+        ]
+        .iter()
+        .filter_map(|name| state.key_file.parent().map(|dir| dir.join(name)))
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+        if verify.is_empty() {
+            command.env_remove("VGI_SIGNING_KEY_PREVIOUS_FILE");
+        } else {
+            command.env("VGI_SIGNING_KEY_PREVIOUS_FILE", verify.join(","));
+        }
+        let mut child = command
             .env("KIT_STORAGE", "local")
             .env("KIT_STORAGE_DIR", &state.objects_dir)
             .env("KIT_URL_ALLOWLIST", "http://127.0.0.1")

@@ -78,6 +78,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Comma-separated previous keys, verify-only, so streams opened before a rotation keep working.",
     },
     Variable {
+        name: "VGI_SIGNING_KEY_PREVIOUS_FILE",
+        default: "",
+        doc: "Comma-separated files, each holding one previous key (mounted secrets; `deploy-kit secrets rotate` writes them). Exclusive with `VGI_SIGNING_KEY_PREVIOUS`; trailing newline ignored.",
+    },
+    Variable {
         name: "KIT_TOKEN_TTL",
         default: "3600",
         doc: "Lifetime of stream state tokens in seconds (0 = no expiry).",
@@ -692,6 +697,49 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
         },
         (None, None) => None,
     };
+    let previous_literal = env
+        .var("VGI_SIGNING_KEY_PREVIOUS")
+        .filter(|v| !v.trim().is_empty());
+    let previous_files = env
+        .var("VGI_SIGNING_KEY_PREVIOUS_FILE")
+        .filter(|v| !v.trim().is_empty());
+    let previous_texts: Vec<(String, String)> = match (previous_literal, previous_files) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "set only one of `VGI_SIGNING_KEY_PREVIOUS` and `VGI_SIGNING_KEY_PREVIOUS_FILE`"
+                    .into(),
+            );
+            Vec::new()
+        }
+        (Some(text), None) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| ("VGI_SIGNING_KEY_PREVIOUS".to_string(), t.to_string()))
+            .collect(),
+        (None, Some(paths)) => paths
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .filter_map(|path| match env.read_file(path).map(String::from_utf8) {
+                Ok(Ok(text)) => Some((
+                    format!("VGI_SIGNING_KEY_PREVIOUS_FILE ({path})"),
+                    text.trim_end_matches(['\n', '\r']).to_string(),
+                )),
+                Ok(Err(_)) => {
+                    problems.push(format!("`VGI_SIGNING_KEY_PREVIOUS_FILE` `{path}` is not UTF-8 text; store the key as text, hex: or base64:"));
+                    None
+                }
+                Err(error) => {
+                    problems.push(format!(
+                        "failed to read `VGI_SIGNING_KEY_PREVIOUS_FILE` `{path}`: {error}"
+                    ));
+                    None
+                }
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
     let mut key = |source: &str, text: &str| -> Option<SigningKey> {
         match decode_key(text) {
             Ok(bytes) if bytes.len() >= MIN_KEY_BYTES => Some(SigningKey::new(bytes)),
@@ -711,18 +759,14 @@ fn signing_keys(env: &dyn Env, ttl: u64, problems: &mut Vec<String>) -> KeyRing 
     let primary = primary_text
         .as_ref()
         .and_then(|(source, text)| key(source, text));
-    let previous: Vec<SigningKey> = env
-        .var("VGI_SIGNING_KEY_PREVIOUS")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .filter_map(|text| key("VGI_SIGNING_KEY_PREVIOUS", text))
+    let previous: Vec<SigningKey> = previous_texts
+        .iter()
+        .filter_map(|(source, text)| key(source, text))
         .collect();
     match primary {
         Some(primary) => KeyRing::new(primary, previous, ttl),
         None => {
-            if !previous.is_empty() && primary_text.is_none() {
+            if !previous_texts.is_empty() && primary_text.is_none() {
                 problems
                     .push("`VGI_SIGNING_KEY_PREVIOUS` is set but there is no primary key".into());
             }
@@ -825,6 +869,37 @@ mod tests {
         assert!(!config.keys.is_ephemeral());
         assert_eq!(config.keys.primary().len(), 32);
         assert_eq!(config.keys.previous().len(), 1);
+    }
+
+    #[test]
+    fn previous_keys_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("kit-previous-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (first, second) = (dir.join("a"), dir.join("b"));
+        std::fs::write(&first, format!("hex:{}\n", "cd".repeat(32))).unwrap();
+        std::fs::write(&second, "y".repeat(40)).unwrap();
+        let files = format!("{},{}", first.display(), second.display());
+        let primary = "hex:".to_string() + &"ab".repeat(32);
+        let config = Config::from_env(
+            &env(&[
+                ("VGI_SIGNING_KEY", &primary),
+                ("VGI_SIGNING_KEY_PREVIOUS_FILE", &files),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        assert_eq!(config.keys.previous().len(), 2);
+        let error = Config::from_env(
+            &env(&[
+                ("VGI_SIGNING_KEY", &primary),
+                ("VGI_SIGNING_KEY_PREVIOUS", &"x".repeat(40)),
+                ("VGI_SIGNING_KEY_PREVIOUS_FILE", &files),
+            ]),
+            listen(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("set only one of"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -171,6 +171,48 @@ pub mod client {
         pub ticks: Vec<i64>,
     }
 
+    /// An open `ticks` stream on the client side: the tokens of the next
+    /// turn, and what the turns so far carried.
+    #[derive(Debug, Clone)]
+    pub struct TickStream {
+        state: Option<String>,
+        call: Option<String>,
+        /// Every tick received so far, in order.
+        pub ticks: Vec<i64>,
+        /// `server_id` that served the latest turn.
+        pub served_by: Option<String>,
+    }
+
+    impl TickStream {
+        /// True once the server sent a turn without a next state token.
+        pub fn finished(&self) -> bool {
+            self.state.is_none()
+        }
+
+        fn absorb(&mut self, response: &Bytes) -> Result<(), String> {
+            self.served_by = None;
+            for batch in batches(response)? {
+                if let Some(token) = batch.get(wire::STATE_KEY) {
+                    self.state = Some(token.to_string());
+                }
+                if let Some(token) = batch.get(wire::CALL_STATE_KEY) {
+                    self.call = Some(token.to_string());
+                }
+                if batch.get(wire::LOG_LEVEL_KEY).is_some()
+                    && let Some(server) = batch.get(wire::SERVER_ID_KEY)
+                {
+                    self.served_by = Some(server.to_string());
+                }
+                if batch.batch.num_rows() > 0
+                    && let Some(ticks) = batch.batch.column(0).as_any().downcast_ref::<Int64Array>()
+                {
+                    self.ticks.extend(ticks.values().iter().copied());
+                }
+            }
+            Ok(())
+        }
+    }
+
     /// Calls `kit.Probe.v1` on replicas given by base URL (`http://host:port`
     /// plus the service's path prefix, if any).
     #[derive(Debug, Clone)]
@@ -274,67 +316,24 @@ pub mod client {
             second: &str,
             turns: i64,
         ) -> Result<StreamProof, ProbeError> {
-            let body = request(
-                "ticks",
-                vec![Field::new("n", DataType::Int64, false)],
-                vec![Arc::new(Int64Array::from(vec![turns]))],
-            )?;
-            let mut response = self.post(first, "ticks/init", body).await?;
+            let mut stream = self.open_ticks(first, turns).await?;
             let mut proof = StreamProof {
-                first_server: None,
+                first_server: stream.served_by.clone(),
                 continued_by: Vec::new(),
                 ticks: Vec::new(),
             };
-            let mut turn = 0;
-            // The call token comes once (with the first state) and rides along
-            // on every later turn; the state token changes every turn.
-            let mut call = None;
-            loop {
-                let mut state = None;
-                let mut served_by = None;
-                for batch in batches(&response)? {
-                    if let Some(token) = batch.get(wire::STATE_KEY) {
-                        state = Some(token.to_string());
-                    }
-                    if let Some(token) = batch.get(wire::CALL_STATE_KEY) {
-                        call = Some(token.to_string());
-                    }
-                    if batch.get(wire::LOG_LEVEL_KEY).is_some()
-                        && let Some(server) = batch.get(wire::SERVER_ID_KEY)
-                    {
-                        served_by = Some(server.to_string());
-                    }
-                    if batch.batch.num_rows() > 0
-                        && let Some(ticks) =
-                            batch.batch.column(0).as_any().downcast_ref::<Int64Array>()
-                    {
-                        proof.ticks.extend(ticks.values().iter().copied());
-                    }
-                }
-                if turn == 0 {
-                    proof.first_server = served_by;
-                } else if let Some(server) = served_by {
-                    proof.continued_by.push(server);
-                }
-                turn += 1;
-                let Some(state) = state else { break };
+            let mut turn = 1;
+            while !stream.finished() {
                 if turn > turns + 1 {
                     return Err(format!("the stream did not end after {turns} turns").into());
                 }
-                let mut metadata: Metadata = vec![(wire::STATE_KEY.into(), state)];
-                if let Some(call) = &call {
-                    metadata.push((wire::CALL_STATE_KEY.into(), call.clone()));
+                self.next_turn(&mut stream, second).await?;
+                if let Some(server) = &stream.served_by {
+                    proof.continued_by.push(server.clone());
                 }
-                let mut next = Vec::new();
-                let schema = Arc::new(Schema::empty());
-                let mut writer =
-                    StreamWriter::new(&mut next, &schema).map_err(|e| e.to_string())?;
-                writer
-                    .write_metadata_only(&metadata)
-                    .map_err(|e| e.to_string())?;
-                writer.finish();
-                response = self.post(second, "ticks/exchange", next).await?;
+                turn += 1;
             }
+            proof.ticks = stream.ticks;
             let expected: Vec<i64> = (0..turns).collect();
             if proof.ticks != expected {
                 return Err(
@@ -345,6 +344,59 @@ pub mod client {
                 return Err("no turn was served by the second replica".into());
             }
             Ok(proof)
+        }
+
+        /// Opens a `ticks(turns)` stream on `base_url` and reads its first turn.
+        /// The stream is held by the caller: [`ProbeCaller::next_turn`] sends
+        /// each continuation to any replica, at any later time.
+        pub async fn open_ticks(
+            &self,
+            base_url: &str,
+            turns: i64,
+        ) -> Result<TickStream, ProbeError> {
+            let body = request(
+                "ticks",
+                vec![Field::new("n", DataType::Int64, false)],
+                vec![Arc::new(Int64Array::from(vec![turns]))],
+            )?;
+            let response = self.post(base_url, "ticks/init", body).await?;
+            let mut stream = TickStream {
+                state: None,
+                call: None,
+                ticks: Vec::new(),
+                served_by: None,
+            };
+            stream.absorb(&response)?;
+            Ok(stream)
+        }
+
+        /// Sends the next turn of `stream` to `base_url`; returns the ticks it
+        /// carried. A finished stream is an error.
+        pub async fn next_turn(
+            &self,
+            stream: &mut TickStream,
+            base_url: &str,
+        ) -> Result<Vec<i64>, ProbeError> {
+            let Some(state) = stream.state.take() else {
+                return Err("the stream has already ended".into());
+            };
+            // The call token comes once (with the first state) and rides along
+            // on every later turn; the state token changes every turn.
+            let mut metadata: Metadata = vec![(wire::STATE_KEY.into(), state)];
+            if let Some(call) = &stream.call {
+                metadata.push((wire::CALL_STATE_KEY.into(), call.clone()));
+            }
+            let mut next = Vec::new();
+            let schema = Arc::new(Schema::empty());
+            let mut writer = StreamWriter::new(&mut next, &schema).map_err(|e| e.to_string())?;
+            writer
+                .write_metadata_only(&metadata)
+                .map_err(|e| e.to_string())?;
+            writer.finish();
+            let response = self.post(base_url, "ticks/exchange", next).await?;
+            let before = stream.ticks.len();
+            stream.absorb(&response)?;
+            Ok(stream.ticks[before..].to_vec())
         }
 
         async fn post(

@@ -1,0 +1,347 @@
+//! Rotation on AWS (feature `aws`): the key lives in Secrets Manager under
+//! version stages, and the roll updates the Lambda function's environment.
+//!
+//! - stage: `PutSecretValue` with `AWSPENDING` (`AWSCURRENT` is untouched);
+//! - promote: `AWSCURRENT` moves to the pending version (Secrets Manager
+//!   labels the old one `AWSPREVIOUS`), then `AWSPENDING` is removed;
+//! - retire: `AWSPREVIOUS` is removed from the old version.
+//!
+//! Lambda only takes keys as environment variables, so the roll writes
+//! `VGI_SIGNING_KEY` (`AWSCURRENT`) and `VGI_SIGNING_KEY_PREVIOUS` (the
+//! pending or previous version) and waits for the update to finish; new
+//! invocations then run with the new environment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_lambda::types::{Environment, LastUpdateStatus};
+
+use super::replicas::{ReplicaSet, RollOutcome};
+use super::store::{KeyRef, KeySet, KeyStore, ReplicaKeys, Secret, replica_keys_with};
+use crate::CommandError;
+use crate::engine::aws::clients::{AwsClients, describe};
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+const PREVIOUS: &str = "AWSPREVIOUS";
+const HINT: &str = "check the AWS credentials and region, and that the identity may read and write the secret (`secretsmanager:*SecretValue*`, `UpdateSecretVersionStage`, `ListSecretVersionIds`) and update the function";
+/// How long a Lambda configuration update may take.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The SDK clients with their blocking runtime.
+pub struct Clients {
+    inner: AwsClients,
+}
+
+impl Clients {
+    pub fn new(region: &str) -> Result<Clients, CommandError> {
+        Ok(Clients {
+            inner: AwsClients::new(region, None)?,
+        })
+    }
+
+    fn block<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.inner.runtime.block_on(future)
+    }
+}
+
+fn failed<E>(what: &str, error: aws_sdk_s3::error::SdkError<E>) -> CommandError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    CommandError::new(format!("{what}: {}", describe(&error)), HINT, 1)
+}
+
+/// The signing key's secret in Secrets Manager.
+pub struct SecretsManagerStore {
+    clients: Arc<Clients>,
+    name: String,
+}
+
+/// The version ids holding each stage.
+#[derive(Debug, Default)]
+struct Stages {
+    current: Option<String>,
+    pending: Option<String>,
+    previous: Option<String>,
+}
+
+impl SecretsManagerStore {
+    pub fn new(clients: Arc<Clients>, name: &str) -> SecretsManagerStore {
+        SecretsManagerStore {
+            clients,
+            name: name.to_string(),
+        }
+    }
+
+    fn stages(&self) -> Result<Stages, CommandError> {
+        let name = &self.name;
+        let mut stages = Stages::default();
+        let mut token = None;
+        loop {
+            let page = self
+                .clients
+                .block(
+                    self.clients
+                        .inner
+                        .secrets()
+                        .list_secret_version_ids()
+                        .secret_id(name)
+                        .set_next_token(token)
+                        .send(),
+                )
+                .map_err(|e| failed(&format!("failed to list the versions of secret `{name}`"), e))?;
+            for version in page.versions() {
+                let Some(id) = version.version_id() else { continue };
+                for stage in version.version_stages() {
+                    let slot = match stage.as_str() {
+                        CURRENT => &mut stages.current,
+                        PENDING => &mut stages.pending,
+                        PREVIOUS => &mut stages.previous,
+                        _ => continue,
+                    };
+                    *slot = Some(id.to_string());
+                }
+            }
+            token = page.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(stages);
+            }
+        }
+    }
+
+    fn value(&self, version: &str) -> Result<Secret, CommandError> {
+        let name = &self.name;
+        let answer = self
+            .clients
+            .block(
+                self.clients
+                    .inner
+                    .secrets()
+                    .get_secret_value()
+                    .secret_id(name)
+                    .version_id(version)
+                    .send(),
+            )
+            .map_err(|e| failed(&format!("failed to read secret `{name}`"), e))?;
+        answer.secret_string().map(Secret::new).ok_or_else(|| {
+            CommandError::new(
+                format!("a version of secret `{name}` has no string value"),
+                format!("store keys as text (`hex:` and 64 hex digits) in secret `{name}`"),
+                1,
+            )
+        })
+    }
+
+    fn move_stage(
+        &self,
+        stage: &str,
+        to: Option<&str>,
+        from: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let name = &self.name;
+        self.clients
+            .block(
+                self.clients
+                    .inner
+                    .secrets()
+                    .update_secret_version_stage()
+                    .secret_id(name)
+                    .version_stage(stage)
+                    .set_move_to_version_id(to.map(str::to_string))
+                    .set_remove_from_version_id(from.map(str::to_string))
+                    .send(),
+            )
+            .map_err(|e| failed(&format!("failed to move `{stage}` of secret `{name}`"), e))?;
+        Ok(())
+    }
+}
+
+impl KeyStore for SecretsManagerStore {
+    fn describe(&self) -> String {
+        format!("Secrets Manager secret `{}`", self.name)
+    }
+
+    fn read(&self) -> Result<KeySet, CommandError> {
+        let stages = self.stages()?;
+        let current = stages.current.as_deref().ok_or_else(|| {
+            CommandError::new(
+                format!("secret `{}` has no `AWSCURRENT` version", self.name),
+                "run `deploy-kit up` for the target first; it creates the key",
+                2,
+            )
+        })?;
+        let pending = match stages.pending.as_deref() {
+            Some(id) if id != current => Some(self.value(id)?),
+            _ => None,
+        };
+        let previous = match stages.previous.as_deref() {
+            Some(id) if id != current => Some(self.value(id)?),
+            _ => None,
+        };
+        Ok(KeySet {
+            primary: self.value(current)?,
+            pending,
+            previous,
+        })
+    }
+
+    fn replica_keys(&self, keys: &KeySet) -> ReplicaKeys {
+        replica_keys_with(keys, |secret, _| KeyRef::Value(secret.clone()))
+    }
+
+    fn stage(&mut self, new: &Secret) -> Result<(), CommandError> {
+        let name = &self.name;
+        let mut token = [0u8; 16];
+        getrandom::fill(&mut token).map_err(|e| {
+            CommandError::new(format!("the random source failed: {e}"), "try again", 1)
+        })?;
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        self.clients
+            .block(
+                self.clients
+                    .inner
+                    .secrets()
+                    .put_secret_value()
+                    .secret_id(name)
+                    .client_request_token(token)
+                    .secret_string(new.expose())
+                    .version_stages(PENDING)
+                    .send(),
+            )
+            .map_err(|e| failed(&format!("failed to stage a new version of secret `{name}`"), e))?;
+        Ok(())
+    }
+
+    fn promote(&mut self) -> Result<(), CommandError> {
+        let stages = self.stages()?;
+        let (Some(current), Some(pending)) = (stages.current, stages.pending) else {
+            return Err(CommandError::new(
+                format!("secret `{}` has no `AWSPENDING` version to promote", self.name),
+                "stage one first: `deploy-kit secrets rotate --phase stage`",
+                2,
+            ));
+        };
+        if current != pending {
+            self.move_stage(CURRENT, Some(&pending), Some(&current))?;
+        }
+        self.move_stage(PENDING, None, Some(&pending))
+    }
+
+    fn retire(&mut self) -> Result<(), CommandError> {
+        match self.stages()?.previous {
+            Some(previous) => self.move_stage(PREVIOUS, None, Some(&previous)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The Lambda function: one configuration, every new invocation gets it.
+pub struct LambdaReplicas {
+    clients: Arc<Clients>,
+    function: String,
+}
+
+impl LambdaReplicas {
+    pub fn new(clients: Arc<Clients>, function: &str) -> LambdaReplicas {
+        LambdaReplicas {
+            clients,
+            function: function.to_string(),
+        }
+    }
+
+    fn wait_updated(&self) -> Result<(), CommandError> {
+        let name = &self.function;
+        let deadline = Instant::now() + UPDATE_TIMEOUT;
+        loop {
+            let configuration = self
+                .clients
+                .block(
+                    self.clients
+                        .inner
+                        .lambda()
+                        .get_function_configuration()
+                        .function_name(name)
+                        .send(),
+                )
+                .map_err(|e| failed(&format!("failed to read function `{name}`"), e))?;
+            match configuration.last_update_status() {
+                Some(LastUpdateStatus::InProgress) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Some(LastUpdateStatus::InProgress) => {
+                    return Err(CommandError::new(
+                        format!("function `{name}` is still updating after {} s", UPDATE_TIMEOUT.as_secs()),
+                        "wait for it to settle",
+                        1,
+                    ));
+                }
+                Some(LastUpdateStatus::Failed) => {
+                    return Err(CommandError::new(
+                        format!(
+                            "the configuration update of function `{name}` failed: {}",
+                            configuration.last_update_status_reason().unwrap_or("no reason given")
+                        ),
+                        "check the function in the Lambda console",
+                        1,
+                    ));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl ReplicaSet for LambdaReplicas {
+    fn describe(&self) -> String {
+        format!("Lambda function `{}`", self.function)
+    }
+
+    fn roll(
+        &mut self,
+        keys: &ReplicaKeys,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<RollOutcome, CommandError> {
+        let name = &self.function;
+        self.wait_updated()?;
+        let configuration = self
+            .clients
+            .block(
+                self.clients
+                    .inner
+                    .lambda()
+                    .get_function_configuration()
+                    .function_name(name)
+                    .send(),
+            )
+            .map_err(|e| failed(&format!("failed to read function `{name}`"), e))?;
+        let mut variables: HashMap<String, String> = configuration
+            .environment()
+            .and_then(|e| e.variables())
+            .cloned()
+            .unwrap_or_default();
+        for (variable, value) in keys.env() {
+            match value {
+                Some(value) => variables.insert(variable.to_string(), value),
+                None => variables.remove(variable),
+            };
+        }
+        self.clients
+            .block(
+                self.clients
+                    .inner
+                    .lambda()
+                    .update_function_configuration()
+                    .function_name(name)
+                    .environment(Environment::builder().set_variables(Some(variables)).build())
+                    .send(),
+            )
+            .map_err(|e| failed(&format!("failed to update the environment of function `{name}`"), e))?;
+        self.wait_updated()?;
+        progress(&format!(
+            "roll: function `{name}` updated; new invocations run with the new keys"
+        ));
+        Ok(RollOutcome::Rolled)
+    }
+}
