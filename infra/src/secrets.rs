@@ -10,11 +10,11 @@
 //! `.deploy-kit/<environment>/<target>/rotation.json` holds fingerprints and
 //! times, never a key value, and nothing here prints one.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod replicas;
 pub mod rotation;
 pub mod store;
-#[cfg(feature = "aws")]
-pub mod aws;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,9 +88,8 @@ pub fn run(args: Args) -> ExitCode {
             };
             target.rotate(requested, args.force, &rotation::now, &mut stdout)
         }),
-        SecretsCommand::Status(args) => {
-            resolve(&args, &cwd, &env).and_then(|target| target.status(rotation::now(), &mut stdout))
-        }
+        SecretsCommand::Status(args) => resolve(&args, &cwd, &env)
+            .and_then(|target| target.status(rotation::now(), &mut stdout)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +126,11 @@ pub fn resolve(
     let ttl = deployment.config.signing_key.token_ttl_seconds;
     let name = deployment.target_name.clone();
     if name == "local" {
-        return Ok(local_target(&cwd.join(crate::up_local::STATE_DIR), ttl, &name));
+        return Ok(local_target(
+            &cwd.join(crate::up_local::STATE_DIR),
+            ttl,
+            &name,
+        ));
     }
     let command = format!("deploy-kit secrets rotate --target {name}");
     let state_path = deployment.output_dir.join(ROTATION_FILE);
@@ -189,7 +192,10 @@ pub fn printed_roll(platform: Platform, service: &str, dir: &Path) -> PrintedRol
             dir.display()
         )],
         Platform::Fly => vec![
-            format!("fly secrets set VGI_SIGNING_KEY=\"$(cat {dir}/signing-key)\" VGI_SIGNING_KEY_PREVIOUS=\"$(cat {dir}/signing-key.pending {dir}/signing-key.previous 2>/dev/null | paste -sd,)\"", dir = dir.display()),
+            format!(
+                "fly secrets set VGI_SIGNING_KEY=\"$(cat {dir}/signing-key)\" VGI_SIGNING_KEY_PREVIOUS=\"$(cat {dir}/signing-key.pending {dir}/signing-key.previous 2>/dev/null | paste -sd,)\"",
+                dir = dir.display()
+            ),
             "fly deploy --strategy rolling".to_string(),
         ],
         other => vec![format!(
@@ -264,9 +270,7 @@ impl RotationTarget {
         }
         match requested {
             Requested::One(step) => {
-                if let Some(error) =
-                    rotation::refusal(&state, step, now(), force, &self.command)
-                {
+                if let Some(error) = rotation::refusal(&state, step, now(), force, &self.command) {
                     return Err(error);
                 }
                 self.step(&mut state, step, now, out)?;
@@ -281,7 +285,13 @@ impl RotationTarget {
                     }
                 }
                 if done.is_empty() {
-                    line(out, &format!("nothing to do now: the rotation is `{}`", state.phase.name()));
+                    line(
+                        out,
+                        &format!(
+                            "nothing to do now: the rotation is `{}`",
+                            state.phase.name()
+                        ),
+                    );
                 }
             }
         }
@@ -399,7 +409,11 @@ impl RotationTarget {
         };
         let outcome = outcome.map_err(|error| {
             CommandError::new(
-                format!("roll of {} failed: {}", self.replicas.describe(), error.message),
+                format!(
+                    "roll of {} failed: {}",
+                    self.replicas.describe(),
+                    error.message
+                ),
                 format!(
                     "{}; then run `{}` again: it finishes the roll first",
                     error.hint, self.command
@@ -427,7 +441,10 @@ impl RotationTarget {
             RollOutcome::Manual(commands) => {
                 line(
                     out,
-                    &format!("roll: deploy-kit cannot restart {}; run:", self.replicas.describe()),
+                    &format!(
+                        "roll: deploy-kit cannot restart {}; run:",
+                        self.replicas.describe()
+                    ),
                 );
                 for command in commands {
                     line(out, &format!("  {command}"));
@@ -447,7 +464,9 @@ impl RotationTarget {
         let command = &self.command;
         let text = match state.phase {
             Phase::Idle => format!("rotation `idle`; start the next one with `{command}`"),
-            Phase::Staged => format!("next: `{command} --phase promote` once every replica runs the staged key"),
+            Phase::Staged => {
+                format!("next: `{command} --phase promote` once every replica runs the staged key")
+            }
             Phase::Promoted => match state.retire_allowed_at() {
                 Some(at) if at > now => format!(
                     "next: `{command} --phase retire` after {} ({} s from now)",
@@ -473,16 +492,28 @@ impl RotationTarget {
         line(out, &format!("phase: {}", keys.phase().name()));
         line(out, &format!("primary: {}", keys.primary.fingerprint()));
         if let Some(pending) = &keys.pending {
-            line(out, &format!("pending: {} (verifies only)", pending.fingerprint()));
+            line(
+                out,
+                &format!("pending: {} (verifies only)", pending.fingerprint()),
+            );
         }
         if let Some(previous) = &keys.previous {
-            line(out, &format!("previous: {} (verifies only)", previous.fingerprint()));
+            line(
+                out,
+                &format!("previous: {} (verifies only)", previous.fingerprint()),
+            );
         }
-        line(out, &format!("token_ttl_seconds: {}", self.token_ttl_seconds));
+        line(
+            out,
+            &format!("token_ttl_seconds: {}", self.token_ttl_seconds),
+        );
         match &state {
             Some(state) => {
                 if !state.rolled || state.phase != keys.phase() {
-                    line(out, &format!("rolled: no; run `{}` to finish the roll", self.command));
+                    line(
+                        out,
+                        &format!("rolled: no; run `{}` to finish the roll", self.command),
+                    );
                 }
                 for (label, at) in [
                     ("staged_at", state.staged_at),
@@ -497,15 +528,25 @@ impl RotationTarget {
                     match state.retire_allowed_at() {
                         Some(at) if at > now => line(
                             out,
-                            &format!("retire allowed after: {} ({} s from now)", utc(at), at - now),
+                            &format!(
+                                "retire allowed after: {} ({} s from now)",
+                                utc(at),
+                                at - now
+                            ),
                         ),
                         Some(at) => line(out, &format!("retire allowed after: {} (now)", utc(at))),
-                        None => line(out, "retire allowed after: never (tokens never expire; `--force`)"),
+                        None => line(
+                            out,
+                            "retire allowed after: never (tokens never expire; `--force`)",
+                        ),
                     }
                 }
                 self.next_hint(state, now, out);
             }
-            None => line(out, &format!("no rotation yet; start one with `{}`", self.command)),
+            None => line(
+                out,
+                &format!("no rotation yet; start one with `{}`", self.command),
+            ),
         }
         Ok(())
     }

@@ -58,7 +58,12 @@ impl Cloud {
     fn stages(&self, name: &str) -> HashMap<String, Vec<String>> {
         let page = self
             .runtime
-            .block_on(self.secrets.list_secret_version_ids().secret_id(name).send())
+            .block_on(
+                self.secrets
+                    .list_secret_version_ids()
+                    .secret_id(name)
+                    .send(),
+            )
             .unwrap();
         page.versions()
             .iter()
@@ -214,20 +219,43 @@ signing_key:
     let (code, text) = run(&["rotate", "--phase", "stage"]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("roll: function `"), "{text}");
-    let pending = cloud.holding(&secret, "AWSPENDING").expect("a pending version");
+    let pending = cloud
+        .holding(&secret, "AWSPENDING")
+        .expect("a pending version");
     assert_ne!(pending, current);
-    assert_eq!(cloud.holding(&secret, "AWSCURRENT").as_deref(), Some(current.as_str()));
+    assert_eq!(
+        cloud.holding(&secret, "AWSCURRENT").as_deref(),
+        Some(current.as_str())
+    );
     let new = cloud.value(&secret, &pending);
     assert!(new.starts_with("hex:") && new.len() == 68 && new != first);
     let env = cloud.environment(&function);
-    assert_eq!(env.get("VGI_SIGNING_KEY"), Some(&first), "still signs with the old key");
-    assert_eq!(env.get("VGI_SIGNING_KEY_PREVIOUS"), Some(&new), "verifies with the new key");
-    assert_eq!(env.get("KIT_TOKEN_TTL").map(String::as_str), Some("600"), "other variables stay");
+    assert_eq!(
+        env.get("VGI_SIGNING_KEY"),
+        Some(&first),
+        "still signs with the old key"
+    );
+    assert_eq!(
+        env.get("VGI_SIGNING_KEY_PREVIOUS"),
+        Some(&new),
+        "verifies with the new key"
+    );
+    assert_eq!(
+        env.get("KIT_TOKEN_TTL").map(String::as_str),
+        Some("600"),
+        "other variables stay"
+    );
 
     let (code, text) = run(&["rotate", "--phase", "promote"]);
     assert_eq!(code, 0, "{text}");
-    assert_eq!(cloud.holding(&secret, "AWSCURRENT").as_deref(), Some(pending.as_str()));
-    assert_eq!(cloud.holding(&secret, "AWSPREVIOUS").as_deref(), Some(current.as_str()));
+    assert_eq!(
+        cloud.holding(&secret, "AWSCURRENT").as_deref(),
+        Some(pending.as_str())
+    );
+    assert_eq!(
+        cloud.holding(&secret, "AWSPREVIOUS").as_deref(),
+        Some(current.as_str())
+    );
     assert_eq!(cloud.holding(&secret, "AWSPENDING"), None);
     let env = cloud.environment(&function);
     assert_eq!(env.get("VGI_SIGNING_KEY"), Some(&new));
@@ -235,16 +263,31 @@ signing_key:
 
     let (code, text) = run(&["rotate", "--phase", "retire"]);
     assert_eq!(code, 75, "{text}");
-    assert!(text.contains("hint: run `deploy-kit secrets rotate --target lambda --phase retire` after "), "{text}");
-    assert_eq!(cloud.environment(&function).get("VGI_SIGNING_KEY_PREVIOUS"), Some(&first));
+    assert!(
+        text.contains(
+            "hint: run `deploy-kit secrets rotate --target lambda --phase retire` after "
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        cloud.environment(&function).get("VGI_SIGNING_KEY_PREVIOUS"),
+        Some(&first)
+    );
 
     let (code, text) = run(&["rotate", "--phase", "retire", "--force"]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(cloud.holding(&secret, "AWSPREVIOUS"), None);
-    assert_eq!(cloud.holding(&secret, "AWSCURRENT").as_deref(), Some(pending.as_str()));
+    assert_eq!(
+        cloud.holding(&secret, "AWSCURRENT").as_deref(),
+        Some(pending.as_str())
+    );
     let env = cloud.environment(&function);
     assert_eq!(env.get("VGI_SIGNING_KEY"), Some(&new));
-    assert!(!env.contains_key("VGI_SIGNING_KEY_PREVIOUS"), "{:?}", env.keys());
+    assert!(
+        !env.contains_key("VGI_SIGNING_KEY_PREVIOUS"),
+        "{:?}",
+        env.keys()
+    );
 
     let (code, text) = run(&["status"]);
     assert_eq!(code, 0, "{text}");
@@ -254,7 +297,13 @@ signing_key:
     let state = std::fs::read_to_string(state).unwrap();
     for value in [&first, &new] {
         let bare = value.trim_start_matches("hex:");
-        assert!(!everything.contains(bare), "a key value was printed:\n{everything}");
-        assert!(!state.contains(bare), "a key value is in rotation.json:\n{state}");
+        assert!(
+            !everything.contains(bare),
+            "a key value was printed:\n{everything}"
+        );
+        assert!(
+            !state.contains(bare),
+            "a key value is in rotation.json:\n{state}"
+        );
     }
 }

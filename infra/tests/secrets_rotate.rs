@@ -11,10 +11,10 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use deploy_kit::secrets::RotationTarget;
 use deploy_kit::secrets::replicas::ProcessReplicas;
 use deploy_kit::secrets::rotation::{Requested, RotationState, Step, TOO_EARLY_EXIT};
 use deploy_kit::secrets::store::{self, FileKeyStore, KeyStore, Secret};
-use deploy_kit::secrets::RotationTarget;
 use kit_service::probe::client::{ProbeCaller, TickStream};
 
 /// `target/debug/kit-service` of this workspace build.
@@ -43,7 +43,10 @@ struct Seen(Vec<String>);
 impl Seen {
     fn record(&mut self, store: &FileKeyStore) {
         let keys = store.read().unwrap();
-        for secret in [Some(keys.primary), keys.pending, keys.previous].into_iter().flatten() {
+        for secret in [Some(keys.primary), keys.pending, keys.previous]
+            .into_iter()
+            .flatten()
+        {
             let bare = secret.expose().trim_start_matches("hex:").to_string();
             if !self.0.contains(&bare) {
                 self.0.push(bare);
@@ -53,7 +56,10 @@ impl Seen {
 
     fn assert_absent(&self, label: &str, text: &str) {
         for value in &self.0 {
-            assert!(!text.contains(value.as_str()), "a key value appears in {label}:\n{text}");
+            assert!(
+                !text.contains(value.as_str()),
+                "a key value appears in {label}:\n{text}"
+            );
         }
     }
 }
@@ -177,23 +183,49 @@ fn open_streams_survive_a_rotation_across_two_replicas() {
     let mut before = client.open(&urls[0]);
     client.continue_on_both(&mut before, &urls, "before any step");
 
-    let text = rotate(&mut target, Requested::One(Step::Stage), false, &now, &mut output).unwrap();
+    let text = rotate(
+        &mut target,
+        Requested::One(Step::Stage),
+        false,
+        &now,
+        &mut output,
+    )
+    .unwrap();
     seen.record(&file_store);
     assert!(text.contains("roll: replica 2/2"), "{text}");
-    assert!(text.contains("next: `deploy-kit secrets rotate --target processes --phase promote`"), "{text}");
+    assert!(
+        text.contains("next: `deploy-kit secrets rotate --target processes --phase promote`"),
+        "{text}"
+    );
     client.continue_on_both(&mut before, &urls, "after stage and roll");
     let staged = RotationState::load(&state_path).unwrap().unwrap();
     let new_fingerprint = staged.pending.clone().unwrap();
-    assert_eq!(staged.primary.as_deref(), Some(first.fingerprint().as_str()));
+    assert_eq!(
+        staged.primary.as_deref(),
+        Some(first.fingerprint().as_str())
+    );
     // Still signing with the old key.
     assert!(client.healthz(&urls[1]).contains(&first.fingerprint()));
 
-    let text = rotate(&mut target, Requested::One(Step::Promote), false, &now, &mut output).unwrap();
+    let text = rotate(
+        &mut target,
+        Requested::One(Step::Promote),
+        false,
+        &now,
+        &mut output,
+    )
+    .unwrap();
     seen.record(&file_store);
-    assert!(text.contains(&format!("promote: {new_fingerprint} signs")), "{text}");
+    assert!(
+        text.contains(&format!("promote: {new_fingerprint} signs")),
+        "{text}"
+    );
     client.continue_on_both(&mut before, &urls, "after promote and roll");
     for url in &urls {
-        assert!(client.healthz(url).contains(&new_fingerprint), "{url} signs with the new key");
+        assert!(
+            client.healthz(url).contains(&new_fingerprint),
+            "{url} signs with the new key"
+        );
     }
     let promoted = RotationState::load(&state_path).unwrap().unwrap();
     let allowed_at = promoted.retire_allowed_at().unwrap();
@@ -204,13 +236,22 @@ fn open_streams_survive_a_rotation_across_two_replicas() {
     client.continue_on_both(&mut after, &urls, "stream opened after promote");
 
     // Retiring within the token lifetime is refused, with the time and the command.
-    let error = rotate(&mut target, Requested::One(Step::Retire), false, &now, &mut output).unwrap_err();
+    let error = rotate(
+        &mut target,
+        Requested::One(Step::Retire),
+        false,
+        &now,
+        &mut output,
+    )
+    .unwrap_err();
     assert_eq!(error.exit_code, TOO_EARLY_EXIT);
     let when = deploy_kit::secrets::rotation::utc(allowed_at);
     assert!(error.message.contains(&when), "{}", error.message);
     assert_eq!(
         error.hint,
-        format!("run `deploy-kit secrets rotate --target processes --phase retire` after {when}; `--force` retires now and fails those streams")
+        format!(
+            "run `deploy-kit secrets rotate --target processes --phase retire` after {when}; `--force` retires now and fails those streams"
+        )
     );
     // `auto` takes no unsafe step either.
     let text = rotate(&mut target, Requested::Auto, false, &now, &mut output).unwrap();
@@ -218,10 +259,21 @@ fn open_streams_survive_a_rotation_across_two_replicas() {
     client.continue_on_both(&mut before, &urls, "after the refused retire");
 
     // Forced early: the old key goes, and with it the stream it signed.
-    let text = rotate(&mut target, Requested::One(Step::Retire), true, &now, &mut output).unwrap();
+    let text = rotate(
+        &mut target,
+        Requested::One(Step::Retire),
+        true,
+        &now,
+        &mut output,
+    )
+    .unwrap();
     assert!(text.contains("retire: "), "{text}");
     assert!(text.contains("verify with no other key"), "{text}");
-    client.continue_on_both(&mut after, &urls, "stream opened after promote, after retire");
+    client.continue_on_both(
+        &mut after,
+        &urls,
+        "stream opened after promote, after retire",
+    );
     let failed = client
         .runtime
         .block_on(client.caller.next_turn(&mut before, &urls[0]))
@@ -232,10 +284,20 @@ fn open_streams_survive_a_rotation_across_two_replicas() {
     // goes through without --force once the clock passes the lifetime.
     let text = rotate(&mut target, Requested::Auto, false, &now, &mut output).unwrap();
     seen.record(&file_store);
-    assert!(text.contains("stage: ") && text.contains("promote: "), "{text}");
-    assert!(!text.contains("retire: "), "auto stops before an unsafe retire\n{text}");
+    assert!(
+        text.contains("stage: ") && text.contains("promote: "),
+        "{text}"
+    );
+    assert!(
+        !text.contains("retire: "),
+        "auto stops before an unsafe retire\n{text}"
+    );
     client.continue_on_both(&mut after, &urls, "after auto stage and promote");
-    let allowed_at = RotationState::load(&state_path).unwrap().unwrap().retire_allowed_at().unwrap();
+    let allowed_at = RotationState::load(&state_path)
+        .unwrap()
+        .unwrap()
+        .retire_allowed_at()
+        .unwrap();
     clock.set(allowed_at);
     let text = rotate(&mut target, Requested::Auto, false, &now, &mut output).unwrap();
     assert!(text.contains("retire: "), "{text}");
@@ -287,13 +349,22 @@ fn cli_rotates_local_files_and_never_prints_a_key() {
     everything += &text;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("stage: new key"), "{text}");
-    assert!(text.contains("deploy-kit cannot restart the `deploy-kit up local` service"), "{text}");
-    assert!(!text.contains("promote:"), "auto stops after a manual roll\n{text}");
+    assert!(
+        text.contains("deploy-kit cannot restart the `deploy-kit up local` service"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("promote:"),
+        "auto stops after a manual roll\n{text}"
+    );
     let (code, text) = run(&["status"]);
     everything += &text;
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("phase: staged"), "{text}");
-    assert!(text.contains(&format!("primary: {}", first.fingerprint())), "{text}");
+    assert!(
+        text.contains(&format!("primary: {}", first.fingerprint())),
+        "{text}"
+    );
     let (code, text) = run(&["rotate", "--phase", "retire"]);
     everything += &text;
     assert_eq!(code, 2, "{text}");
@@ -304,11 +375,20 @@ fn cli_rotates_local_files_and_never_prints_a_key() {
     let (code, text) = run(&["rotate", "--phase", "retire"]);
     everything += &text;
     assert_eq!(code, 75, "{text}");
-    assert!(text.contains("error: too early to retire the old key"), "{text}");
-    assert!(text.contains("hint: run `deploy-kit secrets rotate --target local --phase retire` after "), "{text}");
+    assert!(
+        text.contains("error: too early to retire the old key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hint: run `deploy-kit secrets rotate --target local --phase retire` after "),
+        "{text}"
+    );
     let (code, text) = run(&["status"]);
     everything += &text;
-    assert!(code == 0 && text.contains("retire allowed after: "), "{text}");
+    assert!(
+        code == 0 && text.contains("retire allowed after: "),
+        "{text}"
+    );
     let (code, text) = run(&["rotate", "--phase", "retire", "--force"]);
     everything += &text;
     assert_eq!(code, 0, "{text}");
@@ -320,7 +400,13 @@ fn cli_rotates_local_files_and_never_prints_a_key() {
     let state = read(&state_dir.join("rotation.json"));
     for value in [&first, &keys.primary] {
         let bare = value.expose().trim_start_matches("hex:");
-        assert!(!everything.contains(bare), "a key value was printed:\n{everything}");
-        assert!(!state.contains(bare), "a key value is in rotation.json:\n{state}");
+        assert!(
+            !everything.contains(bare),
+            "a key value was printed:\n{everything}"
+        );
+        assert!(
+            !state.contains(bare),
+            "a key value is in rotation.json:\n{state}"
+        );
     }
 }

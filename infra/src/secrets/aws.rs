@@ -91,9 +91,16 @@ impl SecretsManagerStore {
                         .set_next_token(token)
                         .send(),
                 )
-                .map_err(|e| failed(&format!("failed to list the versions of secret `{name}`"), e))?;
+                .map_err(|e| {
+                    failed(
+                        &format!("failed to list the versions of secret `{name}`"),
+                        e,
+                    )
+                })?;
             for version in page.versions() {
-                let Some(id) = version.version_id() else { continue };
+                let Some(id) = version.version_id() else {
+                    continue;
+                };
                 for stage in version.version_stages() {
                     let slot = match stage.as_str() {
                         CURRENT => &mut stages.current,
@@ -210,7 +217,12 @@ impl KeyStore for SecretsManagerStore {
                     .version_stages(PENDING)
                     .send(),
             )
-            .map_err(|e| failed(&format!("failed to stage a new version of secret `{name}`"), e))?;
+            .map_err(|e| {
+                failed(
+                    &format!("failed to stage a new version of secret `{name}`"),
+                    e,
+                )
+            })?;
         Ok(())
     }
 
@@ -218,7 +230,10 @@ impl KeyStore for SecretsManagerStore {
         let stages = self.stages()?;
         let (Some(current), Some(pending)) = (stages.current, stages.pending) else {
             return Err(CommandError::new(
-                format!("secret `{}` has no `AWSPENDING` version to promote", self.name),
+                format!(
+                    "secret `{}` has no `AWSPENDING` version to promote",
+                    self.name
+                ),
                 "stage one first: `deploy-kit secrets rotate --phase stage`",
                 2,
             ));
@@ -272,7 +287,10 @@ impl LambdaReplicas {
                 }
                 Some(LastUpdateStatus::InProgress) => {
                     return Err(CommandError::new(
-                        format!("function `{name}` is still updating after {} s", UPDATE_TIMEOUT.as_secs()),
+                        format!(
+                            "function `{name}` is still updating after {} s",
+                            UPDATE_TIMEOUT.as_secs()
+                        ),
                         "wait for it to settle",
                         1,
                     ));
@@ -281,7 +299,9 @@ impl LambdaReplicas {
                     return Err(CommandError::new(
                         format!(
                             "the configuration update of function `{name}` failed: {}",
-                            configuration.last_update_status_reason().unwrap_or("no reason given")
+                            configuration
+                                .last_update_status_reason()
+                                .unwrap_or("no reason given")
                         ),
                         "check the function in the Lambda console",
                         1,
@@ -334,10 +354,19 @@ impl ReplicaSet for LambdaReplicas {
                     .lambda()
                     .update_function_configuration()
                     .function_name(name)
-                    .environment(Environment::builder().set_variables(Some(variables)).build())
+                    .environment(
+                        Environment::builder()
+                            .set_variables(Some(variables))
+                            .build(),
+                    )
                     .send(),
             )
-            .map_err(|e| failed(&format!("failed to update the environment of function `{name}`"), e))?;
+            .map_err(|e| {
+                failed(
+                    &format!("failed to update the environment of function `{name}`"),
+                    e,
+                )
+            })?;
         self.wait_updated()?;
         progress(&format!(
             "roll: function `{name}` updated; new invocations run with the new keys"

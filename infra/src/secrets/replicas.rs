@@ -205,9 +205,15 @@ impl ProcessReplicas {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| format!("no `LISTENING` within {} s", READY_TIMEOUT.as_secs()));
             return Err(CommandError::new(
-                format!("replica {index} (`{}`) did not start: {status}", self.binary.display()),
+                format!(
+                    "replica {index} (`{}`) did not start: {status}",
+                    self.binary.display()
+                ),
                 match &self.log_dir {
-                    Some(dir) => format!("read `{}`", dir.join(format!("replica-{index}.log")).display()),
+                    Some(dir) => format!(
+                        "read `{}`",
+                        dir.join(format!("replica-{index}.log")).display()
+                    ),
                     None => "run the binary by hand to see its log".to_string(),
                 },
                 1,
@@ -217,8 +223,13 @@ impl ProcessReplicas {
             .rsplit_once(':')
             .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
             .unwrap_or(port);
-        wait_ready(&format!("http://127.0.0.1:{bound}"), READY_TIMEOUT)
-            .map_err(|message| CommandError::new(format!("replica {index}: {message}"), "read the replica's log", 1))?;
+        wait_ready(&format!("http://127.0.0.1:{bound}"), READY_TIMEOUT).map_err(|message| {
+            CommandError::new(
+                format!("replica {index}: {message}"),
+                "read the replica's log",
+                1,
+            )
+        })?;
         let child = guard.child.take().expect("the child is still held");
         Ok((child, bound))
     }

@@ -194,9 +194,9 @@ pub fn refusal(
     if state.phase != expected {
         let hint = match state.phase {
             Phase::Idle => format!("start a rotation with `{command} --phase stage`"),
-            Phase::Staged => format!(
-                "the new key is staged; promote it with `{command} --phase promote`"
-            ),
+            Phase::Staged => {
+                format!("the new key is staged; promote it with `{command} --phase promote`")
+            }
             Phase::Promoted => format!(
                 "the last rotation still keeps its old key; retire it first with `{command} --phase retire`"
             ),
@@ -251,7 +251,9 @@ pub fn next_auto_step(state: &RotationState, now: u64, done: &[Step]) -> Option<
         Phase::Staged => Step::Promote,
         Phase::Promoted => Step::Retire,
     };
-    refusal(state, step, now, false, "").is_none().then_some(step)
+    refusal(state, step, now, false, "")
+        .is_none()
+        .then_some(step)
 }
 
 /// `2026-01-15T10:00:00Z` for unix seconds (UTC, no leap seconds).
@@ -326,8 +328,16 @@ mod tests {
         assert_eq!(promoted.retire_allowed_at(), Some(1_768_474_800));
         let error = refusal(&promoted, Step::Retire, 1_768_471_200 + 10, false, command).unwrap();
         assert_eq!(error.exit_code, TOO_EARLY_EXIT);
-        assert!(error.message.contains("2026-01-15T11:00:00Z"), "{}", error.message);
-        assert!(error.message.contains("3590 s from now"), "{}", error.message);
+        assert!(
+            error.message.contains("2026-01-15T11:00:00Z"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.message.contains("3590 s from now"),
+            "{}",
+            error.message
+        );
         assert_eq!(
             error.hint,
             "run `deploy-kit secrets rotate --target t --phase retire` after 2026-01-15T11:00:00Z; `--force` retires now and fails those streams"
@@ -344,7 +354,10 @@ mod tests {
         assert_eq!(next_auto_step(&idle, 0, &[]), Some(Step::Stage));
         assert_eq!(next_auto_step(&idle, 0, &[Step::Retire]), None);
         let staged = state(Phase::Staged, None, 60);
-        assert_eq!(next_auto_step(&staged, 0, &[Step::Stage]), Some(Step::Promote));
+        assert_eq!(
+            next_auto_step(&staged, 0, &[Step::Stage]),
+            Some(Step::Promote)
+        );
         let promoted = state(Phase::Promoted, Some(100), 60);
         assert_eq!(next_auto_step(&promoted, 159, &[]), None);
         assert_eq!(next_auto_step(&promoted, 160, &[]), Some(Step::Retire));

@@ -59,8 +59,8 @@ impl Secret {
 
     /// The fingerprint replicas report on `/healthz` (not secret).
     pub fn fingerprint(&self) -> String {
-        let bytes = kit_service::config::decode_key(&self.0)
-            .unwrap_or_else(|_| self.0.as_bytes().to_vec());
+        let bytes =
+            kit_service::config::decode_key(&self.0).unwrap_or_else(|_| self.0.as_bytes().to_vec());
         kit_service::token::SigningKey::new(bytes).fingerprint()
     }
 }
@@ -348,7 +348,12 @@ mod tests {
     fn file_store_walks_the_phases() {
         let dir = tempfile::tempdir().unwrap();
         let old = Secret::generate().unwrap();
-        write_atomically(&dir.path().join(PRIMARY_FILE), old.expose().as_bytes(), 0o600).unwrap();
+        write_atomically(
+            &dir.path().join(PRIMARY_FILE),
+            old.expose().as_bytes(),
+            0o600,
+        )
+        .unwrap();
         let mut store = FileKeyStore::new(dir.path());
         assert_eq!(store.read().unwrap().phase(), Phase::Idle);
         let new = Secret::generate().unwrap();
@@ -364,14 +369,20 @@ mod tests {
         store.promote().unwrap();
         let promoted = store.read().unwrap();
         assert_eq!(promoted.phase(), Phase::Promoted);
-        assert_eq!((&promoted.primary, promoted.previous.as_ref()), (&new, Some(&old)));
+        assert_eq!(
+            (&promoted.primary, promoted.previous.as_ref()),
+            (&new, Some(&old))
+        );
         store.retire().unwrap();
         let idle = store.read().unwrap();
         assert_eq!((idle.phase(), &idle.primary), (Phase::Idle, &new));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(PRIMARY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(PRIMARY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
