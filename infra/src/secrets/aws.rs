@@ -88,7 +88,7 @@ impl SecretsManagerStore {
                         .secrets()
                         .list_secret_version_ids()
                         .secret_id(name)
-                        .set_next_token(token)
+                        .set_next_token(token.clone())
                         .send(),
                 )
                 .map_err(|e| {
@@ -111,10 +111,16 @@ impl SecretsManagerStore {
                     *slot = Some(id.to_string());
                 }
             }
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
+            // moto answers a token even on the last page; stop on an empty
+            // page or a token seen before, too.
+            let next = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if next.is_none() || page.versions().is_empty() || next == token {
                 return Ok(stages);
             }
+            token = next;
         }
     }
 
