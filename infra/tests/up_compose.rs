@@ -169,7 +169,9 @@ impl Drop for Project {
         {
             for resource in state["resources"].as_array().into_iter().flatten() {
                 if let Some(pid) = resource["outputs"]["pid"].as_str() {
-                    let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .status();
                 }
             }
         }
@@ -187,10 +189,7 @@ fn alive(pid: u32) -> bool {
 fn wait_dead(pid: u32) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while alive(pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pid {pid} still runs"
-        );
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still runs");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -227,10 +226,22 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
     // up: bucket with lifecycle and CORS, key, 2 replicas, nginx, doctor.
     let (code, stdout, stderr) = project.up();
     assert_eq!(code, 0, "up failed:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("created, lifecycle and CORS verified"), "{stderr}");
-    assert!(stderr.contains("replica-1: started at http://127.0.0.1:"), "{stderr}");
-    assert!(stderr.contains("replica-2: started at http://127.0.0.1:"), "{stderr}");
-    assert!(stderr.contains("nginx: started at http://127.0.0.1:"), "{stderr}");
+    assert!(
+        stderr.contains("created, lifecycle and CORS verified"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replica-1: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replica-2: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nginx: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
     let nginx_url = project.url("nginx");
     assert!(stdout.contains(&format!("url: {nginx_url}")), "{stdout}");
     let key_file = project.output_dir().join("signing-key");
@@ -250,7 +261,12 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
     for id in [
         "OPS003", "KEY004", "STO001", "STO002", "STO004", "STO005", "STO007",
     ] {
-        assert_eq!(status(&report, id), "pass", "{id}: {}", finding(&report, id));
+        assert_eq!(
+            status(&report, id),
+            "pass",
+            "{id}: {}",
+            finding(&report, id)
+        );
     }
     assert_eq!(code, 0, "{report}");
 
@@ -266,7 +282,10 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
         .expect("a stream from replica 1 continues on replica 2");
     assert_eq!(proof.first_server.as_deref(), Some("kit-compose-replica-1"));
     assert!(
-        proof.continued_by.iter().all(|s| s == "kit-compose-replica-2"),
+        proof
+            .continued_by
+            .iter()
+            .all(|s| s == "kit-compose-replica-2"),
         "{proof:?}"
     );
     let proof = runtime
@@ -288,7 +307,10 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
         .collect();
     let (code, stdout, stderr) = project.up();
     assert_eq!(code, 0, "second up failed:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("unchanged, lifecycle and CORS verified"), "{stderr}");
+    assert!(
+        stderr.contains("unchanged, lifecycle and CORS verified"),
+        "{stderr}"
+    );
     assert!(stderr.contains("signing key"), "{stderr}");
     for name in ["replica-1", "replica-2", "nginx"] {
         assert!(
@@ -320,8 +342,18 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
     assert_eq!(project.url("replica-2"), b, "the recorded port is kept");
     let (code, report) = project.doctor_json();
     assert_eq!(code, 1, "{report}");
-    assert_eq!(status(&report, "KEY004"), "fail", "{}", finding(&report, "KEY004"));
-    assert_eq!(status(&report, "OPS003"), "fail", "{}", finding(&report, "OPS003"));
+    assert_eq!(
+        status(&report, "KEY004"),
+        "fail",
+        "{}",
+        finding(&report, "KEY004")
+    );
+    assert_eq!(
+        status(&report, "OPS003"),
+        "fail",
+        "{}",
+        finding(&report, "OPS003")
+    );
 
     // down stops every process and removes the bucket (it holds objects).
     let state_text = std::fs::read_to_string(project.output_dir().join("state.json")).unwrap();
