@@ -457,6 +457,7 @@ fn ensure_key(key_file: &Path, generated: bool) -> Result<((), String), CommandE
     }
 }
 
+#[cfg(feature = "aws")]
 const STORE_HINT: &str = "check that the S3-compatible store at `storage.endpoint` runs and that `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` hold its credentials";
 
 #[cfg(feature = "aws")]
