@@ -76,6 +76,17 @@ impl Deployment {
         mode: Mode,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<DoctorOutput, CommandError> {
+        self.doctor_with_replicas(mode, &[], env)
+    }
+
+    /// [`Deployment::doctor`] against these replica URLs (empty: the
+    /// target's `replicas`, or what a compose `up` recorded).
+    pub fn doctor_with_replicas(
+        &self,
+        mode: Mode,
+        replicas: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<DoctorOutput, CommandError> {
         let today = match env("DEPLOY_KIT_TODAY").filter(|t| !t.is_empty()) {
             Some(text) => Date::parse(&text).map_err(|e| {
                 CommandError::new(
@@ -93,7 +104,7 @@ impl Deployment {
             format: OutputFormat::Report(Format::Text),
             fail_on: Severity::Error,
             apply_waivers: true,
-            replicas: Vec::new(),
+            replicas: replicas.to_vec(),
             today: None,
             list_checks: false,
             explain: None,
@@ -152,6 +163,10 @@ impl Deployment {
         if engine::cli::handles(self.target.platform) {
             let name = engine::cli::engine_name(self.target.platform);
             return Ok((name, engine::cli::desired(self)?));
+        }
+        if engine::compose::handles(self.target.platform) {
+            let settings = engine::compose::ComposeSettings::resolve(self)?;
+            return Ok((engine::compose::ENGINE, settings.desired()));
         }
         if engine::gcp::handles(self.target.platform) {
             let settings =

@@ -247,10 +247,22 @@ pub fn facts(
             text,
         });
     }
-    let replicas = if request.replicas.is_empty() {
-        target.replicas.clone()
-    } else {
+    let replicas = if !request.replicas.is_empty() {
         request.replicas.clone()
+    } else if target.replicas.is_empty()
+        && request.mode == Mode::Online
+        && crate::engine::compose::handles(target.platform)
+    {
+        // What `deploy-kit up` started for this compose target, if anything.
+        let state_path =
+            crate::engine::output_dir(base, config, name).join(crate::engine::STATE_FILE);
+        crate::engine::State::load(&state_path)
+            .ok()
+            .flatten()
+            .map(|state| crate::engine::compose::recorded_replicas(&state))
+            .unwrap_or_default()
+    } else {
+        target.replicas.clone()
     };
     let limits = &config.limits;
     Ok(Facts {

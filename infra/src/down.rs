@@ -60,6 +60,9 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
         );
         return Ok(0);
     };
+    if state.engine == crate::engine::compose::ENGINE {
+        return crate::engine::compose::down(&deployment, state, args.delete_data);
+    }
     native_down(&deployment, state, args.delete_data, env)
 }
 

@@ -78,6 +78,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "The `kit-service` binary `up local` starts (`--kit-service`); default next to `deploy-kit`, then on `PATH`.",
     ),
     (
+        "DEPLOY_KIT_RUNTIME",
+        "How `up` runs a compose target (`--runtime`): `processes` (default: nginx and the replicas on 127.0.0.1) or `container` (`docker compose` / `podman compose`).",
+    ),
+    (
+        "DEPLOY_KIT_NGINX",
+        "The `nginx` binary a compose target's `processes` runtime starts (`--nginx`); default on `PATH`, then `/usr/sbin`.",
+    ),
+    (
         "DEPLOY_KIT_API_KEY",
         "API key `doctor --online` sends (Bearer) to replicas that require auth, for the OPS003 probe calls.",
     ),

@@ -1,5 +1,6 @@
 //! `deploy-kit up <target>`: `local` runs kit-service here ([`crate::up_local`]);
-//! every other target is provisioned by its engine: the offline doctor, the
+//! a `compose` target runs nginx and its replicas here or in containers
+//! ([`crate::engine::compose`]); every other target is provisioned by its engine: the offline doctor, the
 //! plan (on stderr), create-or-update of every resource with one progress
 //! line per step, the state file after each resource, then `doctor --online`
 //! against what it made, whose exit code `up` returns.
@@ -18,12 +19,25 @@ pub struct Args {
     /// The `kit-service` binary (`local`); default: next to `deploy-kit`, then on `PATH`.
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
-    /// Loopback port to serve on (`local`; 0 picks a free one).
+    /// Loopback port to serve on (`local`: kit-service; compose: nginx; 0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Stop the service after the doctor and exit with the doctor's code (`local`).
+    /// Return after the doctor with its exit code (`local` stops the service
+    /// first; a compose target keeps running until `deploy-kit down`).
     #[arg(long)]
     pub no_wait: bool,
+    /// How a compose target runs: `processes` (nginx and the replicas on
+    /// 127.0.0.1; the default) or `container` (`docker compose` / `podman compose`).
+    #[arg(
+        long,
+        value_enum,
+        env = "DEPLOY_KIT_RUNTIME",
+        default_value = "processes"
+    )]
+    pub runtime: crate::engine::compose::Runtime,
+    /// The `nginx` binary (compose, `processes`); default on `PATH`, then `/usr/sbin`.
+    #[arg(long, env = "DEPLOY_KIT_NGINX", value_name = "PATH")]
+    pub nginx: Option<PathBuf>,
     /// Config file.
     #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -60,6 +74,19 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
         return crate::engine::cli::up(&deployment, args.force, kit_service, &cwd, env);
     }
     crate::plan::doctor_gate(&deployment, args.force, env)?;
+    if crate::engine::compose::handles(deployment.target.platform) {
+        return crate::engine::compose::up(
+            &deployment,
+            &crate::engine::compose::UpOptions {
+                runtime: args.runtime,
+                kit_service: args.kit_service.clone(),
+                nginx: args.nginx.clone(),
+                port: args.port,
+                wait: !args.no_wait,
+            },
+            env,
+        );
+    }
     if crate::engine::gcp::handles(deployment.target.platform) {
         return crate::engine::gcp::up(
             &deployment.config,

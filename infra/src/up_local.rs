@@ -121,22 +121,7 @@ pub fn prepare_state(cwd: &Path) -> Result<LocalState, UpLocalError> {
     };
     std::fs::create_dir_all(&objects_dir).map_err(state_error(&objects_dir))?;
     let key_file = dir.join(KEY_FILE);
-    let created_key = match std::fs::read_to_string(&key_file) {
-        Ok(text) => {
-            if decode_hex_key(&text).is_none_or(|bytes| bytes.len() < KEY_BYTES) {
-                return Err(UpLocalError::BadKey(key_file));
-            }
-            false
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; KEY_BYTES];
-            getrandom::fill(&mut bytes).map_err(UpLocalError::Random)?;
-            let text = format!("hex:{}\n", to_hex(&bytes));
-            write_private(&key_file, text.as_bytes()).map_err(state_error(&key_file))?;
-            true
-        }
-        Err(error) => return Err(state_error(&key_file)(error)),
-    };
+    let created_key = ensure_key(&key_file)?;
     Ok(LocalState {
         key_file,
         objects_dir,
@@ -144,9 +129,38 @@ pub fn prepare_state(cwd: &Path) -> Result<LocalState, UpLocalError> {
     })
 }
 
+/// Makes the signing key file at `key_file` once (32 CSPRNG bytes as `hex:`,
+/// mode 0600), or checks that an existing one still decodes. Returns whether
+/// it made the key. `up local` and the compose engine share it.
+pub fn ensure_key(key_file: &Path) -> Result<bool, UpLocalError> {
+    let state_error = |source| UpLocalError::State {
+        path: key_file.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(key_file) {
+        Ok(text) => {
+            if decode_hex_key(&text).is_none_or(|bytes| bytes.len() < KEY_BYTES) {
+                return Err(UpLocalError::BadKey(key_file.to_path_buf()));
+            }
+            Ok(false)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = key_file.parent() {
+                std::fs::create_dir_all(dir).map_err(state_error)?;
+            }
+            let mut bytes = [0u8; KEY_BYTES];
+            getrandom::fill(&mut bytes).map_err(UpLocalError::Random)?;
+            let text = format!("hex:{}\n", to_hex(&bytes));
+            write_private_file(key_file, text.as_bytes()).map_err(state_error)?;
+            Ok(true)
+        }
+        Err(error) => Err(state_error(error)),
+    }
+}
+
 /// Creates `path` with mode 0600 from the start, so the key is never readable
 /// by others, not even between create and chmod.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -17,6 +17,7 @@
 
 pub mod aws;
 pub mod cli;
+pub mod compose;
 pub mod gcp;
 pub mod pulumi;
 pub mod zip;

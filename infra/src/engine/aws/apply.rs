@@ -1,6 +1,7 @@
 //! Making and removing the AWS resources of [`super::AwsSettings`], each step
 //! create-or-update: read what is there, change only what differs, and read
-//! bucket settings back to verify them.
+//! bucket settings back to verify them (the bucket step is [`super::bucket`],
+//! which the compose engine shares).
 //!
 //! The signing key is made once (32 bytes from the OS CSPRNG, hex) and never
 //! overwritten; its value only travels from Secrets Manager into the
@@ -13,22 +14,15 @@ use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{
     Environment, FunctionUrlAuthType, LastUpdateStatus, State as FunctionState,
 };
-use aws_sdk_s3::types::{
-    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
-    CorsConfiguration, CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration,
-    LifecycleRuleFilter,
-};
-use kit_checks::probe::{StorageError, StorageProbe};
 use serde_json::json;
 
+use super::bucket::Buckets;
 use super::clients::{AwsClients, code, describe};
 use super::{
-    ABORT_MULTIPART_RULE_ID, AwsSettings, BucketSettings, EXPIRE_RULE_ID, KEY_BYTES, KEY_VARIABLE,
-    MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
+    AwsSettings, KEY_BYTES, KEY_VARIABLE, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
 };
 use crate::CommandError;
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
-use crate::s3_probe::S3StorageProbe;
 
 const CREDENTIALS_HINT: &str = "check the AWS credentials (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), the region, and that the identity may manage S3, Secrets Manager, IAM and Lambda";
 /// How long a function may stay `Pending` or `InProgress`.
@@ -49,11 +43,6 @@ where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     CommandError::new(format!("{what}: {}", describe(&error)), CREDENTIALS_HINT, 1)
-}
-
-fn storage_error(what: &str, error: StorageError) -> CommandError {
-    let (StorageError::Rejected(reason) | StorageError::Unavailable(reason)) = error;
-    CommandError::new(format!("{what}: {reason}"), CREDENTIALS_HINT, 1)
 }
 
 impl AwsEngine {
@@ -88,257 +77,14 @@ impl AwsEngine {
         })
     }
 
-    fn bucket_probe(&self, bucket: &str) -> Result<S3StorageProbe, CommandError> {
-        Ok(S3StorageProbe::new(
-            AwsClients::new(&self.settings.region, None)?,
-            bucket,
-        ))
-    }
-
-    fn ensure_bucket(&self, bucket: &BucketSettings) -> Result<(Resource, String), CommandError> {
-        let s3 = &self.clients.s3;
-        let mut changed = Vec::new();
-        let head = self.block(s3.head_bucket().bucket(&bucket.name).send());
-        let created = match head {
-            Ok(_) => false,
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
-                let mut request = s3.create_bucket().bucket(&bucket.name);
-                if self.settings.region != "us-east-1" {
-                    request = request.create_bucket_configuration(
-                        CreateBucketConfiguration::builder()
-                            .location_constraint(BucketLocationConstraint::from(
-                                self.settings.region.as_str(),
-                            ))
-                            .build(),
-                    );
-                }
-                self.block(request.send()).map_err(|e| {
-                    sdk_error(&format!("failed to create bucket `{}`", bucket.name), e)
-                })?;
-                true
-            }
-            Err(error) => {
-                return Err(sdk_error(
-                    &format!("failed to look up bucket `{}`", bucket.name),
-                    error,
-                ));
-            }
-        };
-        let probe = self.bucket_probe(&bucket.name)?;
-        if self.ensure_lifecycle(bucket, &probe)? {
-            changed.push("lifecycle");
+    fn buckets(&self) -> Buckets<'_> {
+        Buckets {
+            clients: &self.clients,
+            region: &self.settings.region,
+            endpoint: None,
+            target: &self.settings.target,
+            hint: CREDENTIALS_HINT,
         }
-        if self.ensure_cors(bucket, &probe)? {
-            changed.push("cors");
-        }
-        let mut resource = Resource::new(kind::BUCKET, &bucket.name);
-        resource
-            .outputs
-            .insert("arn".into(), format!("arn:aws:s3:::{}", bucket.name));
-        let outcome = if created {
-            "created, lifecycle and CORS verified".to_string()
-        } else if changed.is_empty() {
-            "unchanged, lifecycle and CORS verified".to_string()
-        } else {
-            format!("updated {}, verified", changed.join(" and "))
-        };
-        Ok((resource, outcome))
-    }
-
-    /// Puts deploy-kit's rules (keeping any others) when they differ, then
-    /// reads them back. Returns whether it changed anything.
-    fn ensure_lifecycle(
-        &self,
-        bucket: &BucketSettings,
-        probe: &S3StorageProbe,
-    ) -> Result<bool, CommandError> {
-        let matches = |rules: &[kit_checks::probe::LifecycleRule]| {
-            let expire = bucket.expiration_days.is_none_or(|days| {
-                rules.iter().any(|r| {
-                    r.enabled && r.prefix == bucket.prefix && r.expiration_days == Some(days)
-                })
-            });
-            let abort = bucket.abort_multipart_days.is_none_or(|days| {
-                rules.iter().any(|r| {
-                    r.enabled
-                        && r.prefix == bucket.prefix
-                        && r.abort_incomplete_multipart_days == Some(days)
-                })
-            });
-            expire && abort
-        };
-        let read = |what: &str| {
-            probe.lifecycle_rules().map_err(|e| {
-                storage_error(
-                    &format!(
-                        "failed to read the lifecycle rules of bucket `{}` {what}",
-                        bucket.name
-                    ),
-                    e,
-                )
-            })
-        };
-        if matches(&read("")?) {
-            return Ok(false);
-        }
-        let s3 = &self.clients.s3;
-        let current = match self.block(
-            s3.get_bucket_lifecycle_configuration()
-                .bucket(&bucket.name)
-                .send(),
-        ) {
-            Ok(output) => output.rules().to_vec(),
-            Err(error) if code(&error) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
-            Err(error) => {
-                return Err(sdk_error(
-                    &format!(
-                        "failed to read the lifecycle rules of bucket `{}`",
-                        bucket.name
-                    ),
-                    error,
-                ));
-            }
-        };
-        let ours =
-            |id: Option<&str>| id == Some(EXPIRE_RULE_ID) || id == Some(ABORT_MULTIPART_RULE_ID);
-        let mut rules: Vec<_> = current.into_iter().filter(|r| !ours(r.id())).collect();
-        let filter = || {
-            LifecycleRuleFilter::builder()
-                .prefix(&bucket.prefix)
-                .build()
-        };
-        let build_error = |e: aws_sdk_s3::error::BuildError| {
-            CommandError::new(format!("lifecycle rule: {e}"), "", 1)
-        };
-        if let Some(days) = bucket.expiration_days {
-            rules.push(
-                aws_sdk_s3::types::LifecycleRule::builder()
-                    .id(EXPIRE_RULE_ID)
-                    .status(ExpirationStatus::Enabled)
-                    .filter(filter())
-                    .expiration(LifecycleExpiration::builder().days(days as i32).build())
-                    .build()
-                    .map_err(build_error)?,
-            );
-        }
-        if let Some(days) = bucket.abort_multipart_days {
-            rules.push(
-                aws_sdk_s3::types::LifecycleRule::builder()
-                    .id(ABORT_MULTIPART_RULE_ID)
-                    .status(ExpirationStatus::Enabled)
-                    .filter(filter())
-                    .abort_incomplete_multipart_upload(
-                        AbortIncompleteMultipartUpload::builder()
-                            .days_after_initiation(days as i32)
-                            .build(),
-                    )
-                    .build()
-                    .map_err(build_error)?,
-            );
-        }
-        let configuration = BucketLifecycleConfiguration::builder()
-            .set_rules(Some(rules))
-            .build()
-            .map_err(build_error)?;
-        self.block(
-            s3.put_bucket_lifecycle_configuration()
-                .bucket(&bucket.name)
-                .lifecycle_configuration(configuration)
-                .send(),
-        )
-        .map_err(|e| {
-            sdk_error(
-                &format!(
-                    "failed to set the lifecycle rules of bucket `{}`",
-                    bucket.name
-                ),
-                e,
-            )
-        })?;
-        let read_back = read("after setting them")?;
-        if !matches(&read_back) {
-            return Err(CommandError::new(
-                format!(
-                    "bucket `{}` did not keep the lifecycle rules for prefix `{}` (read back: {read_back:?})",
-                    bucket.name, bucket.prefix
-                ),
-                "the store may not support lifecycle rules; set them by hand and check with `deploy-kit doctor --online`",
-                1,
-            ));
-        }
-        Ok(true)
-    }
-
-    fn ensure_cors(
-        &self,
-        bucket: &BucketSettings,
-        probe: &S3StorageProbe,
-    ) -> Result<bool, CommandError> {
-        if bucket.cors_origins.is_empty() {
-            return Ok(false);
-        }
-        let matches = |rules: &[kit_checks::probe::CorsRule]| {
-            rules.iter().any(|rule| {
-                bucket.cors_origins.iter().all(|o| rule.origins.contains(o))
-                    && ["GET", "PUT"]
-                        .iter()
-                        .all(|m| rule.methods.iter().any(|have| have == m))
-            })
-        };
-        let read = || {
-            probe.cors_rules().map_err(|e| {
-                storage_error(
-                    &format!("failed to read the CORS rules of bucket `{}`", bucket.name),
-                    e,
-                )
-            })
-        };
-        if matches(&read()?) {
-            return Ok(false);
-        }
-        let build_error =
-            |e: aws_sdk_s3::error::BuildError| CommandError::new(format!("CORS rule: {e}"), "", 1);
-        let rule = aws_sdk_s3::types::CorsRule::builder()
-            .set_allowed_origins(Some(bucket.cors_origins.clone()))
-            .allowed_methods("GET")
-            .allowed_methods("PUT")
-            .allowed_methods("HEAD")
-            .allowed_headers("*")
-            .expose_headers("ETag")
-            .max_age_seconds(3600)
-            .build()
-            .map_err(build_error)?;
-        let configuration = CorsConfiguration::builder()
-            .cors_rules(rule)
-            .build()
-            .map_err(build_error)?;
-        self.block(
-            self.clients
-                .s3
-                .put_bucket_cors()
-                .bucket(&bucket.name)
-                .cors_configuration(configuration)
-                .send(),
-        )
-        .map_err(|e| {
-            sdk_error(
-                &format!("failed to set the CORS rules of bucket `{}`", bucket.name),
-                e,
-            )
-        })?;
-        let read_back = read()?;
-        if !matches(&read_back) {
-            return Err(CommandError::new(
-                format!(
-                    "bucket `{}` did not keep the CORS rule for {} (read back: {read_back:?})",
-                    bucket.name,
-                    bucket.cors_origins.join(", ")
-                ),
-                "set the bucket's CORS by hand and check with `deploy-kit doctor --online`",
-                1,
-            ));
-        }
-        Ok(true)
     }
 
     /// Creates the secret once; an existing one is kept as it is.
@@ -827,68 +573,6 @@ impl AwsEngine {
         Ok((resource, outcome.to_string()))
     }
 
-    fn delete_bucket(
-        &self,
-        name: &str,
-        options: DestroyOptions,
-    ) -> Result<Option<Kept>, CommandError> {
-        let s3 = &self.clients.s3;
-        let listed = match self.block(s3.list_objects_v2().bucket(name).max_keys(1).send()) {
-            Ok(listed) => listed,
-            Err(error) if code(&error) == Some("NoSuchBucket") => return Ok(None),
-            Err(error) => return Err(sdk_error(&format!("failed to list bucket `{name}`"), error)),
-        };
-        if !listed.contents().is_empty() {
-            if !options.delete_data {
-                return Ok(Some(Kept {
-                    resource: Resource::new(kind::BUCKET, name),
-                    reason: format!("bucket `{name}` still holds objects"),
-                    command: format!("deploy-kit down {} --delete-data", self.settings.target),
-                }));
-            }
-            self.empty_bucket(name)?;
-        }
-        match self.block(s3.delete_bucket().bucket(name).send()) {
-            Ok(_) => Ok(None),
-            Err(error) if code(&error) == Some("NoSuchBucket") => Ok(None),
-            Err(error) => Err(sdk_error(
-                &format!("failed to delete bucket `{name}`"),
-                error,
-            )),
-        }
-    }
-
-    fn empty_bucket(&self, name: &str) -> Result<(), CommandError> {
-        let s3 = &self.clients.s3;
-        loop {
-            let listed = self
-                .block(s3.list_objects_v2().bucket(name).max_keys(1000).send())
-                .map_err(|e| sdk_error(&format!("failed to list bucket `{name}`"), e))?;
-            if listed.contents().is_empty() {
-                break;
-            }
-            for object in listed.contents() {
-                let key = object.key().unwrap_or_default();
-                self.block(s3.delete_object().bucket(name).key(key).send())
-                    .map_err(|e| {
-                        sdk_error(&format!("failed to delete `{key}` from bucket `{name}`"), e)
-                    })?;
-            }
-        }
-        if let Ok(uploads) = self.block(s3.list_multipart_uploads().bucket(name).send()) {
-            for upload in uploads.uploads() {
-                let _ = self.block(
-                    s3.abort_multipart_upload()
-                        .bucket(name)
-                        .key(upload.key().unwrap_or_default())
-                        .upload_id(upload.upload_id().unwrap_or_default())
-                        .send(),
-                );
-            }
-        }
-        Ok(())
-    }
-
     fn delete(
         &self,
         resource: &Resource,
@@ -982,7 +666,7 @@ impl AwsEngine {
                 }),
                 "ResourceNotFoundException",
             ),
-            kind::BUCKET => match self.delete_bucket(name, options)? {
+            kind::BUCKET => match self.buckets().delete(name, options)? {
                 Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
                 None => Ok((None, "deleted".to_string())),
             },
@@ -1064,7 +748,7 @@ impl Engine for AwsEngine {
         };
         if let Some(bucket) = &self.settings.bucket {
             let resource = progress.step(&format!("bucket `{}`", bucket.name), || {
-                self.ensure_bucket(bucket)
+                self.buckets().ensure(bucket)
             })?;
             made(with_settings(resource))?;
         }

@@ -14,6 +14,8 @@
 #[cfg(feature = "aws")]
 pub mod apply;
 #[cfg(feature = "aws")]
+pub mod bucket;
+#[cfg(feature = "aws")]
 pub mod clients;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,379 @@
+//! `deploy-kit up/down` on a compose target with the `processes` runtime,
+//! against real servers on 127.0.0.1: SeaweedFS (the bucket, lifecycle,
+//! CORS), nginx and two kit-service replicas built with `--features s3`.
+//! `.ci/test-compose` starts SeaweedFS and exports `KIT_TEST_S3_ENDPOINT`,
+//! its credentials and `KIT_TEST_KIT_SERVICE_S3`; without them (or without
+//! nginx) these tests fail, they never skip.
+#![cfg(feature = "aws")]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use kit_service::probe::client::ProbeCaller;
+
+struct Servers {
+    s3: String,
+    kit_service: PathBuf,
+    nginx: PathBuf,
+}
+
+fn servers() -> Servers {
+    let read = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not set: these tests need SeaweedFS and an s3-enabled kit-service; run `bash .ci/test-compose`, which provides both"
+            )
+        })
+    };
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        read(name);
+    }
+    let kit_service = PathBuf::from(read("KIT_TEST_KIT_SERVICE_S3"));
+    assert!(
+        kit_service.is_file(),
+        "`KIT_TEST_KIT_SERVICE_S3` = `{}` does not exist; build it with `cargo build -p kit-service --features s3`",
+        kit_service.display()
+    );
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: `apt-get install nginx-light` (`.ci/test-compose` does)");
+    Servers {
+        s3: read("KIT_TEST_S3_ENDPOINT"),
+        kit_service,
+        nginx,
+    }
+}
+
+/// A temp directory with the fixture config under a unique name; Drop runs
+/// `down --delete-data` and kills anything the state still records, so a
+/// failing test leaves no process and no bucket behind.
+struct Project {
+    dir: PathBuf,
+    servers: Servers,
+    bucket: String,
+    outputs: Vec<String>,
+}
+
+impl Project {
+    fn new(label: &str) -> Project {
+        let servers = servers();
+        let unique = format!(
+            "{label}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+                % 100_000
+        );
+        let dir = std::env::temp_dir().join(format!("deploy-kit-compose-{unique}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bucket = format!("kc-{unique}");
+        let fixture = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compose-processes.yaml"),
+        )
+        .unwrap();
+        let config = fixture
+            .replace("http://127.0.0.1:8333", &servers.s3)
+            .replace("bucket: kit-compose-data", &format!("bucket: {bucket}"));
+        std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
+        Project {
+            dir,
+            servers,
+            bucket,
+            outputs: Vec::new(),
+        }
+    }
+
+    fn output_dir(&self) -> PathBuf {
+        self.dir.join(".deploy-kit/ci/stack")
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.output_dir().join("state.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn process(&self, name: &str) -> serde_json::Value {
+        self.state()["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "process" && r["name"] == name)
+            .unwrap_or_else(|| panic!("no process `{name}` in the state"))
+            .clone()
+    }
+
+    fn pid(&self, name: &str) -> u32 {
+        self.process(name)["outputs"]["pid"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn url(&self, name: &str) -> String {
+        self.process(name)["outputs"]["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs deploy-kit in the project; keeps every output for the key check.
+    fn run(&mut self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::cargo_bin("deploy-kit")
+            .unwrap()
+            .current_dir(&self.dir)
+            .args(args)
+            .env("DEPLOY_KIT_KIT_SERVICE", &self.servers.kit_service)
+            .env("DEPLOY_KIT_NGINX", &self.servers.nginx)
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .env_remove("DEPLOY_KIT_REPLICAS")
+            .timeout(Duration::from_secs(240))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        self.outputs.push(stdout.clone());
+        self.outputs.push(stderr.clone());
+        (output.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    fn up(&mut self) -> (i32, String, String) {
+        self.run(&["up", "stack", "--no-wait", "--port", "0"])
+    }
+
+    fn doctor_json(&mut self) -> (i32, serde_json::Value) {
+        let (code, stdout, stderr) = self.run(&["doctor", "--online", "--format", "json"]);
+        let report = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {stdout}\n{stderr}"));
+        (code, report)
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = Command::cargo_bin("deploy-kit").map(|mut command| {
+            command
+                .current_dir(&self.dir)
+                .args(["down", "stack", "--delete-data"])
+                .timeout(Duration::from_secs(60))
+                .output()
+        });
+        if let Ok(text) = std::fs::read_to_string(self.output_dir().join("state.json"))
+            && let Ok(state) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            for resource in state["resources"].as_array().into_iter().flatten() {
+                if let Some(pid) = resource["outputs"]["pid"].as_str() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
+}
+
+fn wait_dead(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finding<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no finding {id} in {report}"))
+}
+
+fn status(report: &serde_json::Value, id: &str) -> String {
+    finding(report, id)["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn bucket_exists(endpoint: &str, bucket: &str) -> bool {
+    use kit_checks::probe::StorageProbe;
+    let clients =
+        deploy_kit::engine::aws::clients::AwsClients::new("us-east-1", Some(endpoint)).unwrap();
+    deploy_kit::s3_probe::S3StorageProbe::new(clients, bucket)
+        .reach()
+        .is_ok()
+}
+
+#[test]
+fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
+    let mut project = Project::new("stack");
+
+    // up: bucket with lifecycle and CORS, key, 2 replicas, nginx, doctor.
+    let (code, stdout, stderr) = project.up();
+    assert_eq!(code, 0, "up failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("created, lifecycle and CORS verified"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replica-1: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replica-2: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nginx: started at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    let nginx_url = project.url("nginx");
+    assert!(stdout.contains(&format!("url: {nginx_url}")), "{stdout}");
+    let key_file = project.output_dir().join("signing-key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let key_hex = key.trim().trim_start_matches("hex:").to_string();
+    assert_eq!(key_hex.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is private");
+    }
+    assert!(bucket_exists(&project.servers.s3, &project.bucket));
+
+    // The online doctor against the recorded replicas: all pass.
+    let (code, report) = project.doctor_json();
+    for id in [
+        "OPS003", "KEY004", "STO001", "STO002", "STO004", "STO005", "STO007",
+    ] {
+        assert_eq!(
+            status(&report, id),
+            "pass",
+            "{id}: {}",
+            finding(&report, id)
+        );
+    }
+    assert_eq!(code, 0, "{report}");
+
+    // A stream started on replica A continues on replica B, and through nginx.
+    let (a, b) = (project.url("replica-1"), project.url("replica-2"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let caller = ProbeCaller::new(Duration::from_secs(30), None).unwrap();
+    let proof = runtime
+        .block_on(caller.stream_across(&a, &b, 4))
+        .expect("a stream from replica 1 continues on replica 2");
+    assert_eq!(proof.first_server.as_deref(), Some("kit-compose-replica-1"));
+    assert!(
+        proof
+            .continued_by
+            .iter()
+            .all(|s| s == "kit-compose-replica-2"),
+        "{proof:?}"
+    );
+    let proof = runtime
+        .block_on(caller.stream_across(&nginx_url, &b, 3))
+        .expect("a stream started through nginx continues on replica 2");
+    assert_eq!(proof.ticks, [0, 1, 2]);
+    let proof = runtime
+        .block_on(caller.stream_across(&nginx_url, &nginx_url, 6))
+        .expect("a stream through nginx (round robin) continues");
+    assert_eq!(proof.ticks, [0, 1, 2, 3, 4, 5]);
+    runtime
+        .block_on(caller.external(&nginx_url, 300_000, 7))
+        .expect("a result through SeaweedFS, via nginx");
+
+    // A second up changes nothing.
+    let pids: Vec<u32> = ["replica-1", "replica-2", "nginx"]
+        .iter()
+        .map(|name| project.pid(name))
+        .collect();
+    let (code, stdout, stderr) = project.up();
+    assert_eq!(code, 0, "second up failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("unchanged, lifecycle and CORS verified"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("signing key"), "{stderr}");
+    for name in ["replica-1", "replica-2", "nginx"] {
+        assert!(
+            stderr.contains(&format!("  {name}: unchanged")),
+            "{name} not unchanged:\n{stderr}"
+        );
+    }
+    let again: Vec<u32> = ["replica-1", "replica-2", "nginx"]
+        .iter()
+        .map(|name| project.pid(name))
+        .collect();
+    assert_eq!(pids, again);
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), key);
+
+    // Replica 2 restarted with another key: KEY004 and OPS003 fail, exit 1.
+    let other = format!("hex:{}\n", "ab".repeat(32));
+    std::fs::remove_file(&key_file).unwrap();
+    std::fs::write(&key_file, &other).unwrap();
+    let stopped = project.pid("replica-2");
+    std::process::Command::new("kill")
+        .args(["-TERM", &stopped.to_string()])
+        .status()
+        .unwrap();
+    wait_dead(stopped);
+    let (code, stdout, stderr) = project.up();
+    assert_eq!(code, 1, "up with mismatched keys:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("replica-2: restarted"), "{stderr}");
+    assert!(stderr.contains("replica-1: unchanged"), "{stderr}");
+    assert_eq!(project.url("replica-2"), b, "the recorded port is kept");
+    let (code, report) = project.doctor_json();
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        status(&report, "KEY004"),
+        "fail",
+        "{}",
+        finding(&report, "KEY004")
+    );
+    assert_eq!(
+        status(&report, "OPS003"),
+        "fail",
+        "{}",
+        finding(&report, "OPS003")
+    );
+
+    // down stops every process and removes the bucket (it holds objects).
+    let state_text = std::fs::read_to_string(project.output_dir().join("state.json")).unwrap();
+    let all: Vec<u32> = ["replica-1", "replica-2", "nginx"]
+        .iter()
+        .map(|name| project.pid(name))
+        .collect();
+    let (code, stdout, stderr) = project.run(&["down", "stack", "--delete-data"]);
+    assert_eq!(code, 0, "down failed:\n{stdout}\n{stderr}");
+    for pid in all {
+        wait_dead(pid);
+    }
+    assert!(!bucket_exists(&project.servers.s3, &project.bucket));
+    assert!(!project.output_dir().join("state.json").exists());
+    assert!(!key_file.exists());
+
+    // No key value in any output or in the state.
+    let other_hex = "ab".repeat(32);
+    for text in project.outputs.iter().chain([&state_text]) {
+        assert!(!text.contains(&key_hex), "the key leaked: {text}");
+        assert!(!text.contains(&other_hex), "the key leaked: {text}");
+    }
+}
