@@ -133,7 +133,7 @@ fn native_up(
 ) -> Result<u8, CommandError> {
     use crate::engine::aws::AwsSettings;
     use crate::engine::aws::apply::AwsEngine;
-    use crate::engine::{DestroyOptions, Engine, Progress, State, kind};
+    use crate::engine::{Engine, Progress, State, apply_and_prune, kind};
 
     let settings = AwsSettings::resolve(
         &deployment.config,
@@ -153,40 +153,10 @@ fn native_up(
     });
     let mut progress = Progress::stderr();
     progress.note(&format!("up: target `{}`", deployment.target_name));
-    engine.apply(&desired, &mut progress, &mut |resource| {
-        state.record(resource);
-        state.save(&state_path)
-    })?;
     // Resources the config no longer asks for go, as the plan said.
-    let stale: Vec<_> = state
-        .resources
-        .iter()
-        .filter(|have| {
-            !desired
-                .iter()
-                .any(|want| want.kind == have.kind && want.name == have.name)
-        })
-        .cloned()
-        .collect();
-    if !stale.is_empty() {
-        let mut removed = Vec::new();
-        let kept = engine.destroy(
-            &State {
-                resources: stale,
-                ..state.clone()
-            },
-            DestroyOptions::default(),
-            &mut progress,
-            &mut |resource| {
-                removed.push(resource.clone());
-                Ok(())
-            },
-        )?;
-        state.resources.retain(|r| !removed.contains(r));
-        state.save(&state_path)?;
-        for left in kept {
-            eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-        }
+    let kept = apply_and_prune(&engine, &desired, &mut state, &state_path, &mut progress)?;
+    for left in kept {
+        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }
     progress.note(&format!(
         "up: done in {:.1} s, state in `{}`",

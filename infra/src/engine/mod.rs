@@ -484,6 +484,52 @@ pub trait Engine {
     ) -> Result<Vec<Kept>, CommandError>;
 }
 
+/// `up`'s shared step: creates or updates every `desired` resource, saving
+/// `state` to `state_path` after each one, then removes what `state` records
+/// but the config no longer asks for (as the plan said). Returns what the
+/// engine kept on purpose (a bucket with data), for the caller to report.
+pub fn apply_and_prune(
+    engine: &dyn Engine,
+    desired: &[Resource],
+    state: &mut State,
+    state_path: &Path,
+    progress: &mut Progress,
+) -> Result<Vec<Kept>, CommandError> {
+    engine.apply(desired, progress, &mut |resource| {
+        state.record(resource);
+        state.save(state_path)
+    })?;
+    let stale: Vec<Resource> = state
+        .resources
+        .iter()
+        .filter(|have| {
+            !desired
+                .iter()
+                .any(|want| want.kind == have.kind && want.name == have.name)
+        })
+        .cloned()
+        .collect();
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    let kept = engine.destroy(
+        &State {
+            resources: stale,
+            ..state.clone()
+        },
+        DestroyOptions::default(),
+        progress,
+        &mut |resource| {
+            removed.push(resource.clone());
+            Ok(())
+        },
+    )?;
+    state.resources.retain(|r| !removed.contains(r));
+    state.save(state_path)?;
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

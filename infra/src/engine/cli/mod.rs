@@ -34,7 +34,7 @@ use kit_checks::platform::Platform;
 
 use crate::CommandError;
 use crate::deployment::Deployment;
-use crate::engine::{DestroyOptions, Engine, Progress, Resource, State};
+use crate::engine::{DestroyOptions, Engine, Progress, Resource, State, apply_and_prune};
 
 /// Resource output: `true` when `up` created it (so `down` may delete it),
 /// `false` when it already existed and was adopted.
@@ -377,39 +377,9 @@ pub fn up(
         deployment.target_name,
         engine.name()
     ));
-    engine.apply(&desired, &mut progress, &mut |resource| {
-        state.record(resource);
-        state.save(&state_path)
-    })?;
-    let stale: Vec<Resource> = state
-        .resources
-        .iter()
-        .filter(|have| {
-            !desired
-                .iter()
-                .any(|want| want.kind == have.kind && want.name == have.name)
-        })
-        .cloned()
-        .collect();
-    if !stale.is_empty() {
-        let mut removed = Vec::new();
-        let kept = engine.destroy(
-            &State {
-                resources: stale,
-                ..state.clone()
-            },
-            DestroyOptions::default(),
-            &mut progress,
-            &mut |resource| {
-                removed.push(resource.clone());
-                Ok(())
-            },
-        )?;
-        state.resources.retain(|r| !removed.contains(r));
-        state.save(&state_path)?;
-        for left in kept {
-            eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-        }
+    let kept = apply_and_prune(&*engine, &desired, &mut state, &state_path, &mut progress)?;
+    for left in kept {
+        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }
     progress.note(&format!(
         "up: done in {:.1} s, state in `{}`",

@@ -24,7 +24,8 @@ use super::{
 use crate::CommandError;
 use crate::config::DeployConfig;
 use crate::engine::{
-    DestroyOptions, Engine, Kept, Progress, Resource, STATE_FILE, State, diff, kind, output_dir,
+    DestroyOptions, Engine, Kept, Progress, Resource, STATE_FILE, State, apply_and_prune, diff,
+    kind, output_dir,
 };
 use crate::gcp::run::{RunApi, ServiceName};
 use crate::gcp::secrets::{SecretName, SecretsApi, new_signing_key};
@@ -644,42 +645,12 @@ pub fn up_with(
             2,
         ));
     }
-    engine.apply(&desired, progress, &mut |resource| {
-        state.record(resource);
-        state.save(&state_path)
-    })?;
-    let stale: Vec<Resource> = state
-        .resources
-        .iter()
-        .filter(|have| {
-            !desired
-                .iter()
-                .any(|want| want.kind == have.kind && want.name == have.name)
-        })
-        .cloned()
-        .collect();
-    if !stale.is_empty() {
-        let mut removed = Vec::new();
-        let kept = engine.destroy(
-            &State {
-                resources: stale,
-                ..state.clone()
-            },
-            DestroyOptions::default(),
-            progress,
-            &mut |resource| {
-                removed.push(resource.clone());
-                Ok(())
-            },
-        )?;
-        state.resources.retain(|r| !removed.contains(r));
-        state.save(&state_path)?;
-        for left in kept {
-            progress.note(&format!(
-                "kept: {}; remove it with `{}`",
-                left.reason, left.command
-            ));
-        }
+    let kept = apply_and_prune(&engine, &desired, &mut state, &state_path, progress)?;
+    for left in kept {
+        progress.note(&format!(
+            "kept: {}; remove it with `{}`",
+            left.reason, left.command
+        ));
     }
     progress.note(&format!(
         "up: done in {:.1} s, state in `{}`",
