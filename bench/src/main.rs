@@ -16,7 +16,9 @@
 //!
 //! Every phase runs `--repeat` rounds, servers interleaved within a round so
 //! they share the same background load; cells are medians with the min-max
-//! range of the rounds. Bounded: each load phase runs `--seconds`, and every
+//! range of the rounds. Each large-result workload first runs `--warmup`
+//! uncounted rounds per server (default 1), so cells compare steady state, not
+//! a process's first touch of fresh pages. Bounded: each load phase runs `--seconds`, and every
 //! server is killed at the end (also on error, through `Drop`). Usage:
 //! `kit-bench --kit PATH --python PATH [--rust-peer PATH] [--deploy-kit PATH]`
 
@@ -31,7 +33,7 @@ use kit_service::wire::ipc::{StreamWriter, read_streams};
 use kit_service::wire::{self, Metadata};
 
 const USAGE: &str = "usage: kit-bench --kit PATH [--python PATH] [--rust-peer PATH] [--deploy-kit PATH] \
-[--seconds N] [--repeat N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli]";
+[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli] [--workloads unary,unary-zstd,producer,producer-zstd]";
 
 struct Args {
     kit: String,
@@ -40,10 +42,12 @@ struct Args {
     deploy_kit: Option<String>,
     seconds: u64,
     repeat: usize,
+    warmup: usize,
     starts: usize,
     cli_runs: usize,
     stream_rows: i64,
     phases: Vec<String>,
+    workloads: Vec<String>,
 }
 
 fn parse_args(raw: Vec<String>) -> Result<Args> {
@@ -54,10 +58,12 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         deploy_kit: None,
         seconds: 4,
         repeat: 3,
+        warmup: 1,
         starts: 7,
         cli_runs: 21,
         stream_rows: 6_250_000,
         phases: ["start", "load", "large", "cli"].map(String::from).to_vec(),
+        workloads: Large::ALL.map(|w| w.name().to_string()).to_vec(),
     };
     let number = |flag: &str, value: &str| -> Result<u64> {
         value
@@ -76,10 +82,21 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
             "--deploy-kit" => args.deploy_kit = Some(value),
             "--seconds" => args.seconds = number(&flag, &value)?.max(1),
             "--repeat" => args.repeat = number(&flag, &value)?.max(1) as usize,
+            "--warmup" => args.warmup = number(&flag, &value)? as usize,
             "--starts" => args.starts = number(&flag, &value)?.max(1) as usize,
             "--cli-runs" => args.cli_runs = number(&flag, &value)?.max(1) as usize,
             "--stream-rows" => args.stream_rows = number(&flag, &value)?.max(4) as i64,
             "--phases" => args.phases = value.split(',').map(str::to_owned).collect(),
+            "--workloads" => {
+                args.workloads = value.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = args
+                    .workloads
+                    .iter()
+                    .find(|w| !Large::ALL.iter().any(|l| l.name() == w.as_str()))
+                {
+                    bail!("unknown workload `{unknown}`\n{USAGE}");
+                }
+            }
             other => bail!("unknown flag `{other}`\n{USAGE}"),
         }
     }
@@ -355,6 +372,16 @@ impl Large {
         format!("{megabytes:.0} MB {shape}, {coding}")
     }
 
+    /// The `--workloads` name.
+    fn name(self) -> &'static str {
+        match self {
+            Large::Unary { compressed: false } => "unary",
+            Large::Unary { compressed: true } => "unary-zstd",
+            Large::Producer { compressed: false } => "producer",
+            Large::Producer { compressed: true } => "producer-zstd",
+        }
+    }
+
     fn compressed(self) -> bool {
         match self {
             Large::Unary { compressed } | Large::Producer { compressed } => compressed,
@@ -364,13 +391,28 @@ impl Large {
 
 /// Reads a response body, undoing a zstd content coding.
 async fn body_of(response: reqwest::Response) -> Result<bytes::Bytes> {
+    body_into(response, bytes::BytesMut::new()).await
+}
+
+/// [`body_of`] into `buffer`: the producer loop hands back the previous turn's
+/// buffer, so a 25 MB turn lands in pages that are already mapped (the same
+/// for every server, like a client that keeps its receive buffer).
+async fn body_into(
+    mut response: reqwest::Response,
+    mut buffer: bytes::BytesMut,
+) -> Result<bytes::Bytes> {
     let status = response.status();
     let zstd = response
         .headers()
         .get("content-encoding")
         .or_else(|| response.headers().get("x-vgi-content-encoding"))
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-    let mut body = response.bytes().await?;
+    buffer.clear();
+    buffer.reserve(response.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = response.chunk().await? {
+        buffer.extend_from_slice(&chunk);
+    }
+    let mut body = buffer.freeze();
     if zstd {
         let mut decoded = Vec::new();
         std::io::copy(
@@ -487,8 +529,10 @@ async fn producer(
         .body(body)
         .send()
         .await?;
+    let mut buffer = bytes::BytesMut::new();
     loop {
-        let streams = read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
+        let body = body_into(response, std::mem::take(&mut buffer)).await?;
+        let streams = read_streams(&body).context("response is Arrow IPC")?;
         check_no_error(&streams)?;
         let mut state = None;
         for batch in streams.into_iter().flat_map(|s| s.batches) {
@@ -500,6 +544,8 @@ async fn producer(
                 call = Some(value.to_string());
             }
         }
+        // Every batch of this turn is dropped: take the receive buffer back.
+        buffer = body.try_into_mut().unwrap_or_default();
         let Some(state) = state else { break };
         let mut token = vec![(wire::STATE_KEY.to_string(), state)];
         if let Some(call) = &call {
@@ -584,6 +630,14 @@ impl Row {
     }
 
     fn push(&mut self, kind: Kind, value: f64) {
+        if std::env::var_os("KIT_BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "{}: {}: {value:.3} {}",
+                kind.short(),
+                self.metric,
+                self.unit
+            );
+        }
         match self.samples.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, values)) => values.push(value),
             None => self.samples.push((kind, vec![value])),
@@ -773,13 +827,29 @@ async fn run(args: Args) -> Result<()> {
 
     if phase("large") {
         let megabytes = args.stream_rows as f64 * 16.0 / 1e6;
-        for workload in Large::ALL {
+        for workload in Large::ALL
+            .into_iter()
+            .filter(|w| args.workloads.iter().any(|name| name == w.name()))
+        {
             let mut speed = Row::new(workload.label(megabytes), "MB/s", true);
             if matches!(workload, Large::Producer { compressed: false }) {
                 speed = speed.target(Target::AtLeast(1000.0));
             }
             let mut rss =
                 Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
+            // Uncounted rounds first: the steady state of a long-running
+            // server, not its first touch of fresh pages, is what is compared.
+            for _ in 0..args.warmup {
+                for server in &servers {
+                    if let Err(error) = large(server, workload, args.stream_rows).await {
+                        eprintln!(
+                            "{}: {} (warm-up): {error:#}",
+                            server.kind.title(),
+                            workload.label(megabytes)
+                        );
+                    }
+                }
+            }
             for _ in 0..args.repeat {
                 for server in &servers {
                     match large(server, workload, args.stream_rows).await {
@@ -840,8 +910,8 @@ async fn run(args: Args) -> Result<()> {
     }
 
     println!(
-        "# kit-bench: {} rounds of {} s per load phase, {} starts, {} CLI runs\n",
-        args.repeat, args.seconds, args.starts, args.cli_runs
+        "# kit-bench: {} rounds of {} s per load phase, {} uncounted warm-up round(s) per large result, {} starts, {} CLI runs\n",
+        args.repeat, args.seconds, args.warmup, args.starts, args.cli_runs
     );
     println!(
         "Cells: median (min–max over rounds). `kit vs X`: how many times better kit-service is (> 1: kit better).\n\

@@ -293,6 +293,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Compress responses (zstd level 1, gzip 6) when the client accepts it; false advertises no codecs.",
     },
     Variable {
+        name: "KIT_COMPRESS_MIN_BYTES",
+        default: "1024",
+        doc: "Responses smaller than this are sent in the negotiated coding without compressing (stored zstd or gzip blocks): below one TCP segment compression saves no packets and costs CPU on every small call. 0 compresses every body.",
+    },
+    Variable {
         name: "KIT_SERVER_ID",
         default: "(random)",
         doc: "Server id reported in health and error batches.",
@@ -347,6 +352,7 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub drain_delay: Duration,
     pub response_compression: bool,
+    pub compress_min_bytes: u64,
     pub storage: Option<StorageSettings>,
     pub fetch: FetchSettings,
 }
@@ -428,6 +434,7 @@ impl Config {
                 .collect(),
             drain_delay: Duration::ZERO,
             response_compression: true,
+            compress_min_bytes: 1024,
             storage: None,
             fetch: fetch_settings(env, &mut problems),
         };
@@ -437,6 +444,8 @@ impl Config {
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
         config.response_compression =
             boolean(env, "KIT_RESPONSE_COMPRESSION", &mut problems).unwrap_or(true);
+        config.compress_min_bytes =
+            number(env, "KIT_COMPRESS_MIN_BYTES", &mut problems).unwrap_or(1024);
         if config.drain_delay.as_secs() > config.shutdown_grace_seconds {
             problems.push("`KIT_DRAIN_DELAY` must not exceed `KIT_SHUTDOWN_GRACE`".into());
         }

@@ -29,6 +29,7 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         enable_reflection: config.reflection,
         enable_probe: config.probe,
         response_compression: config.response_compression,
+        compress_min_bytes: config.compress_min_bytes as usize,
         ..HttpConfig::default()
     };
     if let Some(id) = &config.server_id {

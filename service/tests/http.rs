@@ -416,6 +416,92 @@ async fn compressed_requests_and_responses() {
     );
 }
 
+/// Bodies below `compress_min_bytes` keep the negotiated coding but are stored
+/// (a zstd frame of raw blocks, the body plus a few header bytes); larger
+/// bodies are compressed; 0 compresses everything.
+#[tokio::test]
+async fn small_responses_are_stored_in_the_negotiated_coding() {
+    async fn reply(
+        server: &Arc<Server>,
+        path: &str,
+        body: Vec<u8>,
+        accept: &str,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let request = Request::post(path)
+            .header("content-type", wire::CONTENT_TYPE)
+            .header("accept-encoding", accept)
+            .body(Body::from(body))
+            .unwrap();
+        let reply = send(server, request).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.headers.get("content-encoding").unwrap(), accept);
+        let decoded = match accept {
+            "zstd" => zstd::stream::decode_all(reply.body.as_ref()).unwrap(),
+            _ => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(reply.body.as_ref()),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+        };
+        assert!(read_streams(&Bytes::from(decoded.clone())).is_ok());
+        (reply.body.to_vec(), decoded)
+    }
+    let add = format!("/{PROTOCOL}/add");
+    let count = format!("/{PROTOCOL}/count/init");
+    let default = server();
+    for accept in ["zstd", "gzip"] {
+        let (wire_body, decoded) = reply(
+            &default,
+            &add,
+            add_body(2, 3, request_metadata("add")),
+            accept,
+        )
+        .await;
+        assert!(
+            decoded.len() < 1024,
+            "the add reply is a small body: {}",
+            decoded.len()
+        );
+        assert!(
+            wire_body.len() > decoded.len(),
+            "{accept}: stored, not compressed"
+        );
+        assert!(
+            wire_body.len() <= decoded.len() + 32,
+            "{accept}: only framing added"
+        );
+        // 2,000 sequential int64 rows compress well.
+        let (wire_body, decoded) = reply(&default, &count, count_body(2_000, 2_000), accept).await;
+        assert!(decoded.len() > 16_000);
+        assert!(
+            wire_body.len() < decoded.len() / 2,
+            "{accept}: large bodies are compressed"
+        );
+    }
+    let always = server_with(
+        KeyRing::ephemeral(3600),
+        HttpConfig {
+            compress_min_bytes: 0,
+            ..HttpConfig::default()
+        },
+    );
+    let (wire_body, decoded) = reply(
+        &always,
+        &add,
+        add_body(2, 3, request_metadata("add")),
+        "zstd",
+    )
+    .await;
+    assert!(
+        wire_body.len() < decoded.len(),
+        "0 compresses even small bodies"
+    );
+}
+
 #[tokio::test]
 async fn request_and_response_limits() {
     let config = HttpConfig {

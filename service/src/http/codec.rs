@@ -128,6 +128,65 @@ pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
     }
 }
 
+/// Frames `body` in `codec` without compressing it: a zstd frame of raw
+/// blocks that declares its content size, or a gzip member of stored deflate
+/// blocks. Any decoder of the coding reads it; it costs a copy instead of
+/// entropy coding, which is what a body below one TCP segment should cost.
+pub fn store(codec: Codec, body: &[u8]) -> Vec<u8> {
+    match codec {
+        Codec::Zstd => zstd_raw_frame(body),
+        Codec::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() + 32),
+                flate2::Compression::none(),
+            );
+            encoder
+                .write_all(body)
+                .expect("writing to a Vec cannot fail");
+            encoder.finish().expect("writing to a Vec cannot fail")
+        }
+    }
+}
+
+/// Largest block a zstd frame may carry (`Block_Maximum_Size`, RFC 8878 3.1.1.2.4).
+const ZSTD_MAX_BLOCK: usize = 128 * 1024;
+
+/// A single-segment zstd frame (RFC 8878 3.1.1) of raw blocks, no checksum.
+fn zstd_raw_frame(body: &[u8]) -> Vec<u8> {
+    let size = body.len() as u64;
+    let blocks = body.len().div_ceil(ZSTD_MAX_BLOCK).max(1);
+    let mut out = Vec::with_capacity(body.len() + 13 + 3 * blocks);
+    out.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    // Frame_Header_Descriptor: Single_Segment_flag (bit 5) and the
+    // Frame_Content_Size_flag (bits 7-6) that selects the size field's width.
+    if size < 256 {
+        out.push(0b0010_0000);
+        out.push(size as u8);
+    } else if size < 256 + 65_536 {
+        out.push(0b0110_0000);
+        out.extend_from_slice(&((size - 256) as u16).to_le_bytes());
+    } else if size <= u64::from(u32::MAX) {
+        out.push(0b1010_0000);
+        out.extend_from_slice(&(size as u32).to_le_bytes());
+    } else {
+        out.push(0b1110_0000);
+        out.extend_from_slice(&size.to_le_bytes());
+    }
+    let mut chunks = body.chunks(ZSTD_MAX_BLOCK).peekable();
+    if chunks.peek().is_none() {
+        // An empty frame still needs one (last, empty) block.
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        // Block_Header: Last_Block (bit 0), Block_Type 0 = raw (bits 1-2), Block_Size.
+        let header = last | ((chunk.len() as u32) << 3);
+        out.extend_from_slice(&header.to_le_bytes()[..3]);
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
 /// Compresses a response body held as several chunks, without joining them
 /// first. The zstd frame still declares its content size, as the reference
 /// client's decoder expects.
@@ -237,6 +296,36 @@ mod tests {
             zstd::zstd_safe::get_frame_content_size(&packed).unwrap(),
             Some(body.len() as u64)
         );
+    }
+
+    #[test]
+    fn stored_bodies_decode_with_the_reference_decoders() {
+        // Sizes around every boundary of the frame header and the block size.
+        for size in [
+            0usize, 1, 255, 256, 257, 65_791, 65_792, 131_072, 131_073, 300_000,
+        ] {
+            let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let zstd = store(Codec::Zstd, &body);
+            assert_eq!(
+                zstd::stream::decode_all(&zstd[..]).unwrap(),
+                body,
+                "zstd, {size} bytes"
+            );
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&zstd).unwrap(),
+                Some(size as u64),
+                "declared size, {size} bytes"
+            );
+            assert_eq!(decode(Codec::Zstd, &zstd, size).unwrap(), body);
+            // Stored means no compression: the frame is the body plus headers.
+            assert!(zstd.len() <= size + 9 + 3 * size.div_ceil(ZSTD_MAX_BLOCK).max(1));
+            let gzip = store(Codec::Gzip, &body);
+            assert_eq!(
+                decode(Codec::Gzip, &gzip, size).unwrap(),
+                body,
+                "gzip, {size} bytes"
+            );
+        }
     }
 
     #[test]

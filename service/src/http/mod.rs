@@ -51,6 +51,9 @@ pub struct HttpConfig {
     pub enable_probe: bool,
     /// Compress responses when the client accepts it; off advertises no codecs.
     pub response_compression: bool,
+    /// Bodies below this size are framed in the negotiated coding but stored,
+    /// not compressed (`KIT_COMPRESS_MIN_BYTES`).
+    pub compress_min_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -64,6 +67,7 @@ impl Default for HttpConfig {
             enable_reflection: true,
             enable_probe: true,
             response_compression: true,
+            compress_min_bytes: 1024,
         }
     }
 }
@@ -833,9 +837,11 @@ pub(crate) fn arrow_response(
             };
             headers.insert(name, HeaderValue::from_static(codec.as_str()));
             let chunks = body.into_chunks();
+            let level = server.config.zstd_level;
             Body::from(match chunks.as_slice() {
-                [one] => codec::encode(codec, one, server.config.zstd_level),
-                _ => codec::encode_chunks(codec, &chunks, server.config.zstd_level),
+                [one] if one.len() < server.config.compress_min_bytes => codec::store(codec, one),
+                [one] => codec::encode(codec, one, level),
+                _ => codec::encode_chunks(codec, &chunks, level),
             })
         }
         _ => chunk_body(body),
@@ -947,8 +953,57 @@ fn request_id_of(headers: &HeaderMap) -> String {
     }
 }
 
+/// `bytes` bytes from the operating system's random source, hex-encoded.
+/// Each thread draws from a 4 KiB buffer refilled by one `getrandom` call, so a
+/// request id costs no system call; the bytes are still the kernel's CSPRNG
+/// output, each used once.
 pub fn random_hex(bytes: usize) -> String {
+    const POOL: usize = 4096;
+    thread_local! {
+        static POOL_BYTES: std::cell::RefCell<(Box<[u8; POOL]>, usize)> =
+            std::cell::RefCell::new((Box::new([0; POOL]), POOL));
+    }
     let mut raw = vec![0u8; bytes];
-    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    if bytes > POOL / 4 {
+        getrandom::fill(&mut raw).expect("the operating system's random source failed");
+        return hex::encode(raw);
+    }
+    POOL_BYTES.with(|cell| {
+        let (pool, used) = &mut *cell.borrow_mut();
+        if *used + bytes > POOL {
+            getrandom::fill(&mut pool[..]).expect("the operating system's random source failed");
+            *used = 0;
+        }
+        raw.copy_from_slice(&pool[*used..*used + bytes]);
+        // Wipe what was handed out so the pool never holds a used value.
+        pool[*used..*used + bytes].fill(0);
+        *used += bytes;
+    });
     hex::encode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_hex;
+
+    #[test]
+    fn random_ids_are_distinct_across_pool_refills() {
+        // 8-byte ids: 512 per pool, so 5,000 ids cross nine refills.
+        let ids: std::collections::HashSet<String> = (0..5_000).map(|_| random_hex(8)).collect();
+        assert_eq!(ids.len(), 5_000);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+        // Sizes that do not divide the pool, and a request larger than the pool allows.
+        let mixed: Vec<String> = (0..2_000).map(|i| random_hex(1 + i % 13)).collect();
+        assert!(
+            mixed
+                .iter()
+                .enumerate()
+                .all(|(i, id)| id.len() == 2 * (1 + i % 13))
+        );
+        assert_eq!(random_hex(2_000).len(), 4_000);
+        assert_ne!(random_hex(16), random_hex(16));
+    }
 }
