@@ -4,6 +4,7 @@
 //! speaks the Arrow framing, [`http`] is the transport, [`token`] signs stream
 //! state, [`conformance`] and [`demo`] are the protocols the binary serves.
 
+pub mod alloc;
 pub mod config;
 pub mod conformance;
 pub mod demo;

@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kit_service::config::{Config, ProcessEnv};
 
+#[global_allocator]
+static GLOBAL: kit_service::alloc::HugePageAlloc = kit_service::alloc::HugePageAlloc;
+
 #[derive(Parser)]
 #[command(name = "kit-service", version, about = "vgi-rpc HTTP host")]
 struct Cli {
