@@ -121,7 +121,7 @@ pub const CHECKS: &[Check] = &[
         Warn,
         Offline,
         "previous signing keys kept longer than the token lifetime requires",
-        "remove the retired key from `signing_key.previous` (service: `VGI_SIGNING_KEY_PREVIOUS`) once `token_ttl_seconds` has passed since the rotation",
+        "finish the rotation with `deploy-kit secrets rotate --target <target> --phase retire`, or remove the retired key from `signing_key.previous` (service: `VGI_SIGNING_KEY_PREVIOUS`), once `token_ttl_seconds` has passed since the rotation",
         "A previous key only has to verify tokens minted before the rotation; after one token lifetime it only widens the window for a leaked old key.",
     ),
     check(

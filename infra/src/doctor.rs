@@ -287,7 +287,11 @@ pub fn facts(
             stream_timeout_seconds: limits.stream_timeout_seconds,
             shutdown_grace_seconds: limits.shutdown_grace_seconds,
         },
-        signing_key: key_facts(config, base, env),
+        signing_key: {
+            let mut key = key_facts(config, base, env);
+            key.previous.extend(rotation_previous(base, config, name));
+            key
+        },
         storage: config.storage.as_ref().map(storage_facts),
         security: SecurityFacts {
             require_auth: config.auth.required,
@@ -336,6 +340,20 @@ fn decode_key(text: &str) -> Vec<u8> {
         return bytes;
     }
     text.as_bytes().to_vec()
+}
+
+/// A `deploy-kit secrets rotate` that was promoted but not retired keeps the
+/// old key on the target's replicas: KEY005 judges it like a
+/// `signing_key.previous` entry retired on the promote date.
+fn rotation_previous(base: &Path, config: &DeployConfig, target: &str) -> Option<PreviousKey> {
+    use crate::secrets::rotation::{Phase, ROTATION_FILE, RotationState};
+    let path = crate::engine::output_dir(base, config, target).join(ROTATION_FILE);
+    let state = RotationState::load(&path).ok().flatten()?;
+    (state.phase == Phase::Promoted).then(|| PreviousKey {
+        retired_on: state
+            .promoted_at
+            .map(|at| Date::from_days_since_epoch((at / 86_400) as i64)),
+    })
 }
 
 fn key_facts(config: &DeployConfig, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> KeyFacts {

@@ -366,3 +366,91 @@ fn key004_against_two_real_replicas() {
     );
     assert_eq!(code, 1);
 }
+
+/// KEY005 reads the state `deploy-kit secrets rotate` leaves: a promoted
+/// rotation that was never retired keeps the old key on the replicas, and
+/// after one token lifetime (plus a day of slack) the doctor says to retire it,
+/// naming the target in the command.
+#[test]
+fn key005_flags_a_promoted_rotation_left_unretired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = run_in(dir.path(), &["init", "--target", "kubernetes"], &[]);
+    assert_eq!(code, 0, "{text}");
+    let state_dir = dir.path().join(".deploy-kit/dev/production");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let write_state = |phase: &str, promoted: &str| {
+        let promoted_at = kit_checks::Date::parse(promoted)
+            .unwrap()
+            .days_since_epoch()
+            * 86_400;
+        std::fs::write(
+            state_dir.join("rotation.json"),
+            format!(
+                r#"{{"schema": "deploy-kit.rotation/v1", "phase": "{phase}", "rolled": true,
+                "primary": "aa", "pending": null, "previous": "bb", "token_ttl_seconds": 3600,
+                "staged_at": null, "promoted_at": {promoted_at}, "retired_at": null}}"#
+            ),
+        )
+        .unwrap();
+    };
+    let key005 = |today: &str| -> (i32, serde_json::Value) {
+        let (code, text) = run_in(
+            dir.path(),
+            &[
+                "doctor",
+                "--offline",
+                "--fail-on",
+                "warn",
+                "--format",
+                "json",
+            ],
+            &[("DEPLOY_KIT_TODAY", today)],
+        );
+        let json = &text[text.find('{').unwrap()..text.find("--- stderr").unwrap()];
+        let report: serde_json::Value = serde_json::from_str(json).unwrap();
+        let finding = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "KEY005")
+            .cloned()
+            .unwrap();
+        (code, finding)
+    };
+
+    // Promoted on Jan 2: tokens live an hour, so by Jan 10 the old key is stale.
+    write_state("promoted", "2026-01-02");
+    let (code, finding) = key005("2026-01-10");
+    assert_eq!(code, 1, "{finding}");
+    assert_eq!(finding["outcome"], "fail", "{finding}");
+    assert!(
+        finding["message"]
+            .as_str()
+            .unwrap()
+            .contains("retired 2026-01-02"),
+        "{finding}"
+    );
+    assert!(
+        finding["hint"]
+            .as_str()
+            .unwrap()
+            .contains("deploy-kit secrets rotate --target production --phase retire"),
+        "{finding}"
+    );
+    // Promoted yesterday: still within the token lifetime and the slack.
+    write_state("promoted", "2026-01-09");
+    let (code, finding) = key005("2026-01-10");
+    assert_eq!(
+        (code, &finding["outcome"]),
+        (0, &serde_json::json!("pass")),
+        "{finding}"
+    );
+    // Retired: nothing is kept.
+    write_state("idle", "2026-01-02");
+    let (code, finding) = key005("2026-01-10");
+    assert_eq!(
+        (code, &finding["outcome"]),
+        (0, &serde_json::json!("pass")),
+        "{finding}"
+    );
+}

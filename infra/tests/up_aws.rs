@@ -222,6 +222,21 @@ impl Cloud {
             .is_ok()
     }
 
+    fn function_env(&self, name: &str) -> std::collections::HashMap<String, String> {
+        self.runtime
+            .block_on(
+                self.lambda
+                    .get_function_configuration()
+                    .function_name(name)
+                    .send(),
+            )
+            .unwrap()
+            .environment()
+            .and_then(|e| e.variables())
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn function_url(&self, name: &str) -> Option<String> {
         self.runtime
             .block_on(
@@ -335,6 +350,31 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
         Some(secret.as_str())
     );
     outputs.push(stdout + &stderr);
+    // `up` in the middle of a rotation keeps the keys the rotation put on the
+    // function: the staged key still verifies, the current one still signs.
+    let (code, stdout, stderr) = project.run(&[
+        "secrets", "rotate", "--target", "lambda", "--phase", "stage",
+    ]);
+    assert_eq!(code, 0, "stage\n{stdout}\n{stderr}");
+    outputs.push(stdout + &stderr);
+    let staged = cloud.function_env(&function);
+    let pending = staged
+        .get("VGI_SIGNING_KEY_PREVIOUS")
+        .cloned()
+        .expect("the stage roll adds the pending key");
+    assert_ne!(pending, secret);
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "up while staged\n{stdout}\n{stderr}");
+    assert!(stderr.contains("no changes"), "{stderr}");
+    let after = cloud.function_env(&function);
+    assert_eq!(after.get("VGI_SIGNING_KEY"), Some(&secret));
+    assert_eq!(
+        after.get("VGI_SIGNING_KEY_PREVIOUS"),
+        Some(&pending),
+        "a plain up must not drop the staged key"
+    );
+    outputs.push(stdout + &stderr);
+
     let (code, stdout, stderr) = project.run(&["plan", "lambda"]);
     assert_eq!(code, 0, "plan after up\n{stdout}\n{stderr}");
     outputs.push(stdout + &stderr);
@@ -357,6 +397,7 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
 
     let state = std::fs::read_to_string(project.state_path()).unwrap();
     assert_no_secret(&secret, "the state file", &state);
+    assert_no_secret(&pending, "the state file", &state);
 
     // down keeps a bucket with data and says how to remove it.
     cloud
@@ -394,6 +435,7 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
 
     for (index, output) in outputs.iter().enumerate() {
         assert_no_secret(&secret, &format!("command output #{index}"), output);
+        assert_no_secret(&pending, &format!("command output #{index}"), output);
     }
 }
 

@@ -55,9 +55,10 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
     };
     match verdict {
         Verdict::Pass => Outcome::Pass,
+        // A finding names the target it is about, so its hint is the exact command.
         Verdict::Fail(message) => Outcome::Fail {
             message,
-            hint: check.hint.to_string(),
+            hint: check.hint.replace("<target>", &facts.target.name),
         },
         Verdict::Done(outcome) => outcome,
         Verdict::Skip(reason) => Outcome::Skip { reason },

@@ -76,75 +76,7 @@ impl SecretsManagerStore {
     }
 
     fn stages(&self) -> Result<Stages, CommandError> {
-        let name = &self.name;
-        let mut stages = Stages::default();
-        let mut token = None;
-        loop {
-            let page = self
-                .clients
-                .block(
-                    self.clients
-                        .inner
-                        .secrets()
-                        .list_secret_version_ids()
-                        .secret_id(name)
-                        .set_next_token(token.clone())
-                        .send(),
-                )
-                .map_err(|e| {
-                    failed(
-                        &format!("failed to list the versions of secret `{name}`"),
-                        e,
-                    )
-                })?;
-            for version in page.versions() {
-                let Some(id) = version.version_id() else {
-                    continue;
-                };
-                for stage in version.version_stages() {
-                    let slot = match stage.as_str() {
-                        CURRENT => &mut stages.current,
-                        PENDING => &mut stages.pending,
-                        PREVIOUS => &mut stages.previous,
-                        _ => continue,
-                    };
-                    *slot = Some(id.to_string());
-                }
-            }
-            // moto answers a token even on the last page; stop on an empty
-            // page or a token seen before, too.
-            let next = page
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if next.is_none() || page.versions().is_empty() || next == token {
-                return Ok(stages);
-            }
-            token = next;
-        }
-    }
-
-    fn value(&self, version: &str) -> Result<Secret, CommandError> {
-        let name = &self.name;
-        let answer = self
-            .clients
-            .block(
-                self.clients
-                    .inner
-                    .secrets()
-                    .get_secret_value()
-                    .secret_id(name)
-                    .version_id(version)
-                    .send(),
-            )
-            .map_err(|e| failed(&format!("failed to read secret `{name}`"), e))?;
-        answer.secret_string().map(Secret::new).ok_or_else(|| {
-            CommandError::new(
-                format!("a version of secret `{name}` has no string value"),
-                format!("store keys as text (`hex:` and 64 hex digits) in secret `{name}`"),
-                1,
-            )
-        })
+        stages(&self.clients.inner, &self.name)
     }
 
     fn move_stage(
@@ -171,33 +103,107 @@ impl SecretsManagerStore {
     }
 }
 
+/// The keys of secret `name` by version stage: `AWSCURRENT` signs;
+/// `AWSPENDING` (staged, not yet promoted) and `AWSPREVIOUS` (promoted, not yet
+/// retired) verify. `up` reads it too, so a deploy in the middle of a rotation
+/// keeps every key the rotation put on the function.
+pub fn read_key_set(clients: &AwsClients, name: &str) -> Result<KeySet, CommandError> {
+    let stages = stages(clients, name)?;
+    let current = stages.current.as_deref().ok_or_else(|| {
+        CommandError::new(
+            format!("secret `{name}` has no `AWSCURRENT` version"),
+            "run `deploy-kit up` for the target first; it creates the key",
+            2,
+        )
+    })?;
+    let other = |id: Option<&str>| -> Result<Option<Secret>, CommandError> {
+        match id {
+            Some(id) if id != current => Ok(Some(value(clients, name, id)?)),
+            _ => Ok(None),
+        }
+    };
+    Ok(KeySet {
+        primary: value(clients, name, current)?,
+        pending: other(stages.pending.as_deref())?,
+        previous: other(stages.previous.as_deref())?,
+    })
+}
+
+fn stages(clients: &AwsClients, name: &str) -> Result<Stages, CommandError> {
+    let mut stages = Stages::default();
+    let mut token = None;
+    loop {
+        let page = clients
+            .runtime
+            .block_on(
+                clients
+                    .secrets()
+                    .list_secret_version_ids()
+                    .secret_id(name)
+                    .set_next_token(token.clone())
+                    .send(),
+            )
+            .map_err(|e| {
+                failed(
+                    &format!("failed to list the versions of secret `{name}`"),
+                    e,
+                )
+            })?;
+        for version in page.versions() {
+            let Some(id) = version.version_id() else {
+                continue;
+            };
+            for stage in version.version_stages() {
+                let slot = match stage.as_str() {
+                    CURRENT => &mut stages.current,
+                    PENDING => &mut stages.pending,
+                    PREVIOUS => &mut stages.previous,
+                    _ => continue,
+                };
+                *slot = Some(id.to_string());
+            }
+        }
+        // moto answers a token even on the last page; stop on an empty
+        // page or a token seen before, too.
+        let next = page
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if next.is_none() || page.versions().is_empty() || next == token {
+            return Ok(stages);
+        }
+        token = next;
+    }
+}
+
+fn value(clients: &AwsClients, name: &str, version: &str) -> Result<Secret, CommandError> {
+    let answer = clients
+        .runtime
+        .block_on(
+            clients
+                .secrets()
+                .get_secret_value()
+                .secret_id(name)
+                .version_id(version)
+                .send(),
+        )
+        .map_err(|e| failed(&format!("failed to read secret `{name}`"), e))?;
+    answer.secret_string().map(Secret::new).ok_or_else(|| {
+        CommandError::new(
+            format!("a version of secret `{name}` has no string value"),
+            format!("store keys as text (`hex:` and 64 hex digits) in secret `{name}`"),
+            1,
+        )
+    })
+}
+
 impl KeyStore for SecretsManagerStore {
     fn describe(&self) -> String {
         format!("Secrets Manager secret `{}`", self.name)
     }
 
     fn read(&self) -> Result<KeySet, CommandError> {
-        let stages = self.stages()?;
-        let current = stages.current.as_deref().ok_or_else(|| {
-            CommandError::new(
-                format!("secret `{}` has no `AWSCURRENT` version", self.name),
-                "run `deploy-kit up` for the target first; it creates the key",
-                2,
-            )
-        })?;
-        let pending = match stages.pending.as_deref() {
-            Some(id) if id != current => Some(self.value(id)?),
-            _ => None,
-        };
-        let previous = match stages.previous.as_deref() {
-            Some(id) if id != current => Some(self.value(id)?),
-            _ => None,
-        };
-        Ok(KeySet {
-            primary: self.value(current)?,
-            pending,
-            previous,
-        })
+        read_key_set(&self.clients.inner, &self.name)
     }
 
     fn replica_keys(&self, keys: &KeySet) -> ReplicaKeys {

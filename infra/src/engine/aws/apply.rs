@@ -18,9 +18,7 @@ use serde_json::json;
 
 use super::bucket::Buckets;
 use super::clients::{AwsClients, code, describe};
-use super::{
-    AwsSettings, KEY_BYTES, KEY_VARIABLE, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
-};
+use super::{AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID};
 use crate::CommandError;
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 
@@ -145,25 +143,14 @@ impl AwsEngine {
         Ok((resource, outcome))
     }
 
-    /// The key, for the function's environment only.
-    fn read_key(&self) -> Result<String, CommandError> {
-        let name = &self.settings.secret_name;
-        let value = self
-            .block(
-                self.clients
-                    .secrets()
-                    .get_secret_value()
-                    .secret_id(name)
-                    .send(),
-            )
-            .map_err(|e| sdk_error(&format!("failed to read secret `{name}`"), e))?;
-        value.secret_string().map(str::to_string).ok_or_else(|| {
-            CommandError::new(
-                format!("secret `{name}` has no string value"),
-                format!("store the key as text (`hex:` and 64 hex digits) in secret `{name}`"),
-                1,
-            )
-        })
+    /// The keys for the function's environment only: the current key, plus
+    /// the pending or previous one while a rotation is under way.
+    fn read_keys(&self) -> Result<crate::secrets::store::ReplicaKeys, CommandError> {
+        use crate::secrets::store::{KeyRef, replica_keys_with};
+        let keys = crate::secrets::aws::read_key_set(&self.clients, &self.settings.secret_name)?;
+        Ok(replica_keys_with(&keys, |secret, _| {
+            KeyRef::Value(secret.clone())
+        }))
     }
 
     fn ensure_role(
@@ -340,7 +327,7 @@ impl AwsEngine {
     fn ensure_function(
         &self,
         role_arn: &str,
-        key: &str,
+        keys: &crate::secrets::store::ReplicaKeys,
     ) -> Result<(Resource, String), CommandError> {
         let name = &self.settings.function_name;
         let package = self.package.as_deref().ok_or_else(|| {
@@ -353,7 +340,11 @@ impl AwsEngine {
         let lambda = self.clients.lambda();
         let mut variables: HashMap<String, String> =
             self.settings.environment.clone().into_iter().collect();
-        variables.insert(KEY_VARIABLE.to_string(), key.to_string());
+        for (variable, value) in keys.env() {
+            if let Some(value) = value {
+                variables.insert(variable.to_string(), value);
+            }
+        }
         let environment = Environment::builder()
             .set_variables(Some(variables.clone()))
             .build();
@@ -765,8 +756,8 @@ impl Engine for AwsEngine {
         let function = progress.step(
             &format!("function `{}`", self.settings.function_name),
             || {
-                let key = self.read_key()?;
-                self.ensure_function(&role_arn, &key)
+                let keys = self.read_keys()?;
+                self.ensure_function(&role_arn, &keys)
             },
         )?;
         made(with_settings(function))?;
