@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod logline;
 pub mod metrics;
 pub mod probe;
 pub mod reflection;

@@ -83,7 +83,9 @@ pub fn init(env: &dyn Env, log_json: bool) -> Result<Telemetry, TelemetryError> 
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if log_json {
-        logs.json().boxed()
+        logs.json()
+            .event_format(crate::logline::JsonLines::default())
+            .boxed()
     } else {
         logs.boxed()
     };
