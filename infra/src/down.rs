@@ -86,13 +86,13 @@ fn native_down(
 #[cfg(feature = "aws")]
 fn native_down(
     deployment: &Deployment,
-    mut state: State,
+    state: State,
     delete_data: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
     use crate::engine::aws::AwsSettings;
     use crate::engine::aws::apply::AwsEngine;
-    use crate::engine::{DestroyOptions, Engine, Progress};
+    use crate::engine::{DestroyOptions, Progress};
 
     if state.engine != "aws" {
         return Err(CommandError::new(
@@ -114,29 +114,13 @@ fn native_down(
     let state_path = deployment.state_path();
     let mut progress = Progress::stderr();
     progress.note(&format!("down: target `{}`", deployment.target_name));
-    let recorded = state.clone();
-    let kept = engine.destroy(
-        &recorded,
+    let kept = crate::engine::destroy_and_forget(
+        &engine,
+        state,
+        &state_path,
         DestroyOptions { delete_data },
         &mut progress,
-        &mut |resource| {
-            state.resources.retain(|r| r != resource);
-            state.save(&state_path)
-        },
     )?;
-    if state.resources.is_empty() {
-        std::fs::remove_file(&state_path).map_err(|error| {
-            CommandError::new(
-                format!("failed to remove `{}`: {error}", state_path.display()),
-                "delete it by hand; everything it recorded is gone",
-                1,
-            )
-        })?;
-    }
-    progress.note(&format!(
-        "down: done in {:.1} s",
-        progress.elapsed_seconds()
-    ));
     for left in &kept {
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }

@@ -530,6 +530,38 @@ pub fn apply_and_prune(
     Ok(kept)
 }
 
+/// `down`'s shared step: destroys everything `state` records, dropping each
+/// resource from the state file at `state_path` as it goes, and removes the
+/// file once nothing is left. Returns what the engine kept on purpose (a
+/// bucket with data), for the caller to report.
+pub fn destroy_and_forget(
+    engine: &dyn Engine,
+    mut state: State,
+    state_path: &Path,
+    options: DestroyOptions,
+    progress: &mut Progress,
+) -> Result<Vec<Kept>, CommandError> {
+    let recorded = state.clone();
+    let kept = engine.destroy(&recorded, options, progress, &mut |resource| {
+        state.resources.retain(|r| r != resource);
+        state.save(state_path)
+    })?;
+    if state.resources.is_empty() {
+        std::fs::remove_file(state_path).map_err(|error| {
+            CommandError::new(
+                format!("failed to remove `{}`: {error}", state_path.display()),
+                "delete it by hand; everything it recorded is gone",
+                1,
+            )
+        })?;
+    }
+    progress.note(&format!(
+        "down: done in {:.1} s",
+        progress.elapsed_seconds()
+    ));
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

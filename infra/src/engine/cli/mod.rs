@@ -394,7 +394,7 @@ pub fn up(
 /// `deploy-kit down` on a CLI target: what the state records, newest first.
 pub fn down(deployment: &Deployment, delete_data: bool) -> Result<u8, CommandError> {
     let state_path = deployment.state_path();
-    let Some(mut state) = State::load(&state_path)? else {
+    let Some(state) = State::load(&state_path)? else {
         eprintln!(
             "down: nothing recorded for target `{}` (no `{}`)",
             deployment.target_name,
@@ -423,29 +423,13 @@ pub fn down(deployment: &Deployment, delete_data: bool) -> Result<u8, CommandErr
         "down: target `{}` ({} engine)",
         deployment.target_name, expected
     ));
-    let recorded = state.clone();
-    let kept = engine.destroy(
-        &recorded,
+    let kept = crate::engine::destroy_and_forget(
+        engine.as_ref(),
+        state,
+        &state_path,
         DestroyOptions { delete_data },
         &mut progress,
-        &mut |resource| {
-            state.resources.retain(|r| r != resource);
-            state.save(&state_path)
-        },
     )?;
-    if state.resources.is_empty() {
-        std::fs::remove_file(&state_path).map_err(|error| {
-            CommandError::new(
-                format!("failed to remove `{}`: {error}", state_path.display()),
-                "delete it by hand; everything it recorded is gone",
-                1,
-            )
-        })?;
-    }
-    progress.note(&format!(
-        "down: done in {:.1} s",
-        progress.elapsed_seconds()
-    ));
     for left in &kept {
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }

@@ -749,7 +749,7 @@ pub fn down_with(
         .ok_or_else(|| CommandError::new(format!("no target `{target_name}`"), "", 2))?;
     let base = config_path.parent().unwrap_or(Path::new("."));
     let state_path = output_dir(base, config, target_name).join(STATE_FILE);
-    let Some(mut state) = State::load(&state_path)? else {
+    let Some(state) = State::load(&state_path)? else {
         progress.note(&format!(
             "down: nothing recorded for target `{target_name}` (no `{}`)",
             state_path.display()
@@ -758,29 +758,13 @@ pub fn down_with(
     };
     let engine = GcpEngine::new(GcpSettings::resolve(config, target_name, target)?, env)?;
     progress.note(&format!("down: target `{target_name}` (gcp)"));
-    let recorded = state.clone();
-    let kept = engine.destroy(
-        &recorded,
+    let kept = crate::engine::destroy_and_forget(
+        &engine,
+        state,
+        &state_path,
         DestroyOptions { delete_data },
         progress,
-        &mut |resource| {
-            state.resources.retain(|r| r != resource);
-            state.save(&state_path)
-        },
     )?;
-    if state.resources.is_empty() {
-        std::fs::remove_file(&state_path).map_err(|error| {
-            CommandError::new(
-                format!("failed to remove `{}`: {error}", state_path.display()),
-                "delete it by hand; everything it recorded is gone",
-                1,
-            )
-        })?;
-    }
-    progress.note(&format!(
-        "down: done in {:.1} s",
-        progress.elapsed_seconds()
-    ));
     for left in &kept {
         progress.note(&format!(
             "kept: {}; remove it with `{}`",
