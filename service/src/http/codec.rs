@@ -115,16 +115,7 @@ pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
                 None => zstd::bulk::compress(body, zstd_level).unwrap_or_else(|_| body.to_vec()),
             }
         }),
-        Codec::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 2),
-                flate2::Compression::new(6),
-            );
-            encoder
-                .write_all(body)
-                .expect("writing to a Vec cannot fail");
-            encoder.finish().expect("writing to a Vec cannot fail")
-        }
+        Codec::Gzip => gzip([body], body.len() / 2, GZIP_LEVEL),
     }
 }
 
@@ -135,17 +126,26 @@ pub fn encode(codec: Codec, body: &[u8], zstd_level: i32) -> Vec<u8> {
 pub fn store(codec: Codec, body: &[u8]) -> Vec<u8> {
     match codec {
         Codec::Zstd => zstd_raw_frame(body),
-        Codec::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() + 32),
-                flate2::Compression::none(),
-            );
-            encoder
-                .write_all(body)
-                .expect("writing to a Vec cannot fail");
-            encoder.finish().expect("writing to a Vec cannot fail")
-        }
+        Codec::Gzip => gzip([body], body.len() + 32, flate2::Compression::none()),
     }
+}
+
+/// gzip level of compressed responses (the reference's).
+const GZIP_LEVEL: flate2::Compression = flate2::Compression::new(6);
+
+/// One gzip member holding `parts` in order.
+fn gzip<'a>(
+    parts: impl IntoIterator<Item = &'a [u8]>,
+    capacity: usize,
+    level: flate2::Compression,
+) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(capacity), level);
+    for part in parts {
+        encoder
+            .write_all(part)
+            .expect("writing to a Vec cannot fail");
+    }
+    encoder.finish().expect("writing to a Vec cannot fail")
 }
 
 /// Largest block a zstd frame may carry (`Block_Maximum_Size`, RFC 8878 3.1.1.2.4).
@@ -215,18 +215,7 @@ pub fn encode_chunks(codec: Codec, chunks: &[bytes::Bytes], zstd_level: i32) -> 
             })();
             streamed.unwrap_or_else(|_| encode(codec, &joined(), zstd_level))
         }
-        Codec::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(total / 2),
-                flate2::Compression::new(6),
-            );
-            for chunk in chunks {
-                encoder
-                    .write_all(chunk)
-                    .expect("writing to a Vec cannot fail");
-            }
-            encoder.finish().expect("writing to a Vec cannot fail")
-        }
+        Codec::Gzip => gzip(chunks.iter().map(|c| &c[..]), total / 2, GZIP_LEVEL),
     }
 }
 
