@@ -546,6 +546,17 @@ pub fn destroy_and_forget(
         state.resources.retain(|r| r != resource);
         state.save(state_path)
     })?;
+    finish_down(&state, state_path, progress)?;
+    Ok(kept)
+}
+
+/// The end of every `down`: the state file goes once it records nothing,
+/// and the run's time is reported.
+pub fn finish_down(
+    state: &State,
+    state_path: &Path,
+    progress: &mut Progress,
+) -> Result<(), CommandError> {
     if state.resources.is_empty() {
         std::fs::remove_file(state_path).map_err(|error| {
             CommandError::new(
@@ -559,7 +570,7 @@ pub fn destroy_and_forget(
         "down: done in {:.1} s",
         progress.elapsed_seconds()
     ));
-    Ok(kept)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -405,19 +405,7 @@ pub fn down(
             }
         }
     }
-    if state.resources.is_empty() {
-        std::fs::remove_file(&state_path).map_err(|error| {
-            CommandError::new(
-                format!("failed to remove `{}`: {error}", state_path.display()),
-                "delete it by hand; everything it recorded is gone",
-                1,
-            )
-        })?;
-    }
-    progress.note(&format!(
-        "down: done in {:.1} s",
-        progress.elapsed_seconds()
-    ));
+    crate::engine::finish_down(&state, &state_path, &mut progress)?;
     for left in &kept {
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }
