@@ -35,6 +35,8 @@ enum Command {
     Secrets(deploy_kit::secrets::Args),
     /// Render templates: Dockerfiles, nginx, compose, Kubernetes, Pulumi, CI workflow.
     Render(deploy_kit::render::Args),
+    /// List a service's protocols and methods, or call one (`PROTOCOL.METHOD name=value ...`).
+    Call(deploy_kit::call::Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Down(args) => deploy_kit::down::run(args),
         Command::Secrets(args) => deploy_kit::secrets::run(args),
         Command::Render(args) => deploy_kit::render::run(args),
+        Command::Call(args) => deploy_kit::call::run(args),
     }
 }
 

@@ -524,7 +524,11 @@ impl Client {
             .await
             .map_err(|error| ClientError::Transport {
                 url: url.to_string(),
-                message: error_chain(&error),
+                // reqwest's own text repeats the URL; its causes say what happened.
+                message: match std::error::Error::source(&error) {
+                    Some(cause) => error_chain(cause),
+                    None => error.to_string(),
+                },
                 unreachable: error.is_connect() || error.is_timeout(),
             })?;
         let status = response.status();
