@@ -23,7 +23,9 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, Field, Schema};
 use base64::Engine;
-use kit_service::client::{Client, ClientError, MethodDescription, MethodKind, ProtocolDescription};
+use kit_service::client::{
+    Client, ClientError, MethodDescription, MethodKind, ProtocolDescription,
+};
 use kit_service::wire::tokens::{field_text, type_token};
 use serde_json::{Map, Value};
 
@@ -241,7 +243,10 @@ pub async fn call(args: &Args, out: &mut dyn Write) -> Result<(), CallError> {
                 .await
                 .map_err(CallError::from_client)?;
             if let Some(header) = stream.header() {
-                eprintln!("header: {}", rows_json(header).first().cloned().unwrap_or_default());
+                eprintln!(
+                    "header: {}",
+                    rows_json(header).first().cloned().unwrap_or_default()
+                );
             }
             let mut printed_logs = 0;
             let mut batches = 0;
@@ -272,12 +277,14 @@ fn client(args: &Args) -> Result<Client, CallError> {
         client = client.with_api_key(key);
     }
     // A service on loopback (`up local`) keeps its objects on loopback too.
-    let loopback = url::Url::parse(&args.url).ok().is_some_and(|url| match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        None => false,
-    });
+    let loopback = url::Url::parse(&args.url)
+        .ok()
+        .is_some_and(|url| match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => false,
+        });
     if loopback {
         client = client
             .with_fetch_allowlist(["http://127.0.0.1", "http://localhost", "http://[::1]"])
@@ -391,7 +398,11 @@ fn signature(method: &MethodDescription) -> String {
             .iter()
             .map(|f| {
                 let text = type_token(f.data_type());
-                if f.is_nullable() { format!("{text}?") } else { text }
+                if f.is_nullable() {
+                    format!("{text}?")
+                } else {
+                    text
+                }
             })
             .collect::<Vec<_>>()
             .join(", "),
@@ -434,9 +445,9 @@ fn params(target: &str, method: &MethodDescription, args: &Args) -> Result<Recor
         given.extend(object);
     }
     for argument in &args.arguments {
-        let (name, value) = argument.split_once('=').ok_or_else(|| {
-            argument_error(format!("argument `{argument}` is not `name=value`"))
-        })?;
+        let (name, value) = argument
+            .split_once('=')
+            .ok_or_else(|| argument_error(format!("argument `{argument}` is not `name=value`")))?;
         if given.iter().any(|(n, _)| n == name) {
             return Err(argument_error(format!("argument `{name}` is given twice")));
         }
@@ -444,7 +455,9 @@ fn params(target: &str, method: &MethodDescription, args: &Args) -> Result<Recor
     }
     for (name, _) in &given {
         if method.params.field_with_name(name).is_err() {
-            return Err(argument_error(format!("`{target}` has no parameter `{name}`")));
+            return Err(argument_error(format!(
+                "`{target}` has no parameter `{name}`"
+            )));
         }
     }
     let mut columns: Vec<ArrayRef> = Vec::new();
@@ -470,10 +483,7 @@ fn column(field: &Field, value: Option<&Value>) -> Result<ArrayRef, String> {
     let expected = type_token(field.data_type());
     let text = match value {
         None => {
-            return Err(format!(
-                "missing argument `{}` ({expected})",
-                field.name()
-            ));
+            return Err(format!("missing argument `{}` ({expected})", field.name()));
         }
         Some(Value::Null) if field.is_nullable() => {
             return Ok(new_null_array(field.data_type(), 1));

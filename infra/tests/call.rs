@@ -112,7 +112,14 @@ fn calls_a_unary_method_with_arguments_by_name_or_json() {
     check("add", &[&demo.url, "kit.Demo.v1.add", "a=1", "b=2"], &[], 0);
     check(
         "greet_table",
-        &[&demo.url, "kit.Demo.v1.greet", "--json", r#"{"name": "ada"}"#, "--format", "table"],
+        &[
+            &demo.url,
+            "kit.Demo.v1.greet",
+            "--json",
+            r#"{"name": "ada"}"#,
+            "--format",
+            "table",
+        ],
         &[],
         0,
     );
@@ -129,7 +136,16 @@ fn follows_a_producer_stream() {
     );
     check(
         "count_max_batches",
-        &[&demo.url, "kit.Demo.v1.count", "n=5", "batch_rows=2", "--max-batches", "1", "--format", "table"],
+        &[
+            &demo.url,
+            "kit.Demo.v1.count",
+            "n=5",
+            "batch_rows=2",
+            "--max-batches",
+            "1",
+            "--format",
+            "table",
+        ],
         &[],
         0,
     );
@@ -138,12 +154,37 @@ fn follows_a_producer_stream() {
 #[test]
 fn mistakes_name_what_is_wrong() {
     let demo = service(&[]);
-    check("wrong_type", &[&demo.url, "kit.Demo.v1.add", "a=one", "b=2"], &[], 2);
-    check("missing_argument", &[&demo.url, "kit.Demo.v1.add", "a=1"], &[], 2);
-    check("extra_argument", &[&demo.url, "kit.Demo.v1.add", "a=1", "b=2", "c=3"], &[], 2);
-    check("unknown_method", &[&demo.url, "kit.Demo.v1.ad", "a=1"], &[], 2);
+    check(
+        "wrong_type",
+        &[&demo.url, "kit.Demo.v1.add", "a=one", "b=2"],
+        &[],
+        2,
+    );
+    check(
+        "missing_argument",
+        &[&demo.url, "kit.Demo.v1.add", "a=1"],
+        &[],
+        2,
+    );
+    check(
+        "extra_argument",
+        &[&demo.url, "kit.Demo.v1.add", "a=1", "b=2", "c=3"],
+        &[],
+        2,
+    );
+    check(
+        "unknown_method",
+        &[&demo.url, "kit.Demo.v1.ad", "a=1"],
+        &[],
+        2,
+    );
     check("unknown_protocol", &[&demo.url, "acme.Calc.v1.add"], &[], 2);
-    check("method_error", &[&demo.url, "kit.Demo.v1.add", "a=9223372036854775807", "b=1"], &[], 1);
+    check(
+        "method_error",
+        &[&demo.url, "kit.Demo.v1.add", "a=9223372036854775807", "b=1"],
+        &[],
+        1,
+    );
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
@@ -157,9 +198,21 @@ fn sends_the_api_key_from_the_flag_or_the_environment() {
         ("KIT_API_KEYS", "shell=s3cret-shell-key"),
         ("KIT_REQUIRE_AUTH", "true"),
     ]);
-    check("no_api_key", &[&secured.url, "kit.Demo.v1.add", "a=1", "b=2"], &[], 1);
+    check(
+        "no_api_key",
+        &[&secured.url, "kit.Demo.v1.add", "a=1", "b=2"],
+        &[],
+        1,
+    );
     let (code, stdout, text) = run(
-        &[&secured.url, "kit.Demo.v1.add", "a=1", "b=2", "--api-key", "s3cret-shell-key"],
+        &[
+            &secured.url,
+            "kit.Demo.v1.add",
+            "a=1",
+            "b=2",
+            "--api-key",
+            "s3cret-shell-key",
+        ],
         &[],
     );
     assert_eq!((code, stdout.as_str()), (0, "{\"result\":3}\n"), "{text}");

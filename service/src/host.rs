@@ -155,6 +155,15 @@ impl Host {
     }
 
     /// Parses `args` (the first is the program name) and runs the command.
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    /// use kit_service::host::Host;
+    ///
+    /// let host = Host::new([kit_service::demo::protocol()]).name("acme");
+    /// // Prints the environment-variable reference, as `acme env-docs` does.
+    /// assert_eq!(host.run(["acme", "env-docs"]), ExitCode::SUCCESS);
+    /// ```
     pub fn run<I, T>(self, args: I) -> ExitCode
     where
         I: IntoIterator<Item = T>,

@@ -86,10 +86,7 @@ fn one<A: Array + 'static>(name: &str, data_type: DataType, array: A) -> RecordB
     )
 }
 
-fn column<A: Array + 'static>(batch: &RecordBatch, name: &str) -> A
-where
-    A: Clone,
-{
+fn column<A: Array + Clone + 'static>(batch: &RecordBatch, name: &str) -> A {
     batch
         .column_by_name(name)
         .unwrap_or_else(|| panic!("no column `{name}` in {:?}", batch.schema()))
