@@ -170,6 +170,16 @@ async fn the_api_key_is_sent_and_a_refusal_is_typed() {
     );
     let keyed = server.client().clone().with_api_key("s3cret-test-key");
     assert_eq!(add(&keyed, 1, 2).await.unwrap(), 3);
+    // A client that learns the version through reflection: refused first,
+    // then keyed, it asks again rather than remembering the refusal.
+    let plain = Client::new(server.url()).unwrap();
+    assert!(add(&plain, 1, 2).await.is_err());
+    assert_eq!(
+        add(&plain.with_api_key("s3cret-test-key"), 2, 2)
+            .await
+            .unwrap(),
+        4
+    );
 }
 
 #[tokio::test]

@@ -308,7 +308,10 @@ impl Client {
     }
 
     fn change(mut self, edit: impl FnOnce(&mut Inner)) -> Self {
-        edit(Arc::make_mut(&mut self.inner));
+        let inner = Arc::make_mut(&mut self.inner);
+        edit(inner);
+        // Another key may see another answer: learn the versions again.
+        inner.discovered = Arc::default();
         self
     }
 
@@ -468,18 +471,24 @@ impl Client {
         }
         let mut discovered = self.inner.discovered.lock().await;
         if discovered.is_none() {
-            // A server without reflection (or refusing it) gets no version;
-            // it then answers with its own precise error if it needs one.
-            let versions = match reflection::list_protocols(self).await {
-                Ok(server) => server
-                    .protocols
-                    .into_iter()
-                    .filter(|p| !p.version.is_empty())
-                    .map(|p| (p.name, p.version))
-                    .collect(),
-                Err(_) => HashMap::new(),
-            };
-            *discovered = Some(versions);
+            match reflection::list_protocols(self).await {
+                Ok(server) => {
+                    *discovered = Some(
+                        server
+                            .protocols
+                            .into_iter()
+                            .filter(|p| !p.version.is_empty())
+                            .map(|p| (p.name, p.version))
+                            .collect(),
+                    );
+                }
+                // A server without reflection gets no version, and answers
+                // with its own precise error if it needs one.
+                Err(ClientError::Rpc(_)) => *discovered = Some(HashMap::new()),
+                // Not reachable or not authorized: the call itself will say
+                // so; ask again next time.
+                Err(_) => return None,
+            }
         }
         discovered.as_ref()?.get(protocol).cloned()
     }
