@@ -4,6 +4,9 @@
 //! speaks the Arrow framing, [`http`] is the transport, [`token`] signs stream
 //! state, [`conformance`] and [`demo`] are the protocols the binary serves.
 
+// The macros name this crate `::kit_service`, also when used inside it (the demo).
+extern crate self as kit_service;
+
 pub mod alloc;
 pub mod config;
 pub mod conformance;
@@ -28,5 +31,9 @@ pub mod wire;
 pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
 
 pub use http::{HttpConfig, Server, app};
-pub use rpc::{Args, Ctx, Exchanger, Output, Producer, Protocol, StreamInit};
+pub use kit_macros::{ArrowRecord, service};
+pub use rpc::{
+    Args, ArrowRecord, ArrowValue, Ctx, Exchange, Exchanger, Output, Produce, Producer, Protocol,
+    RowExchanger, RowProducer, Rows, StreamInit,
+};
 pub use wire::{ErrorCode, LogLevel, RpcError};

@@ -19,6 +19,8 @@
 //! work belongs in `tokio::task::spawn_blocking` inside the handler.
 
 pub mod convert;
+pub mod typed;
+pub mod value;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,6 +34,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use convert::{Bytes, FromArrow, List, ToArrow};
+pub use typed::{Exchange, MethodOutput, Produce, RowExchanger, RowProducer, Rows, StreamHeader};
+pub use value::{ArrowRecord, ArrowValue, ValueError};
 
 use crate::wire::tokens::{TokenError, parse_schema};
 use crate::wire::{LogLevel, LogRecord, Metadata, RpcError, metadata_get_owned};
@@ -517,6 +521,11 @@ impl Method {
         }
     }
 
+    /// The method's description (from its doc comment, for typed methods).
+    pub fn doc(&self) -> &str {
+        &self.doc
+    }
+
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match &self.kind {
             MethodKind::Stream { kind, .. } => Some(*kind),
@@ -621,6 +630,23 @@ impl ProtocolBuilder {
     }
 
     fn add(&mut self, name: &str, params: &str, kind: impl FnOnce(&mut Self) -> MethodKind) {
+        let params = self.schema(name, params);
+        let kind = kind(self);
+        self.insert(name, params, kind);
+    }
+
+    /// Adds a method whose schemas were built from Rust types (see [`typed`]).
+    pub(crate) fn method_with_schema(
+        mut self,
+        name: &str,
+        params: SchemaRef,
+        kind: MethodKind,
+    ) -> Self {
+        self.insert(name, params, kind);
+        self
+    }
+
+    fn insert(&mut self, name: &str, params: SchemaRef, kind: MethodKind) {
         if name.is_empty() || name.starts_with('_') {
             self.errors
                 .push(DefinitionError::MethodName(name.to_string()));
@@ -629,8 +655,6 @@ impl ProtocolBuilder {
             self.errors
                 .push(DefinitionError::Duplicate(name.to_string()));
         }
-        let params = self.schema(name, params);
-        let kind = kind(self);
         self.methods.insert(
             name.to_string(),
             Method {

@@ -1,0 +1,391 @@
+//! `#[service]`: one trait -> the server's dispatch and schemas, and a typed client.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, Ident, ItemTrait, Lit, LitStr, Meta, Pat, PathArguments,
+    ReturnType, TraitItem, TraitItemFn, Type, TypeParamBound,
+};
+
+/// `name = "acme.Orders.v1", version = "1.0.0"`.
+pub struct Args {
+    name: LitStr,
+    version: Option<LitStr>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut name = None;
+        let mut version = None;
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("name") {
+                name = Some(meta.value()?.parse::<LitStr>()?);
+                Ok(())
+            } else if meta.path.is_ident("version") {
+                version = Some(meta.value()?.parse::<LitStr>()?);
+                Ok(())
+            } else {
+                Err(meta.error("expected `name = \"...\"` or `version = \"MAJOR.MINOR.PATCH\"`"))
+            }
+        });
+        syn::parse::Parser::parse2(parser, input.parse::<TokenStream>()?)?;
+        let name = name.ok_or_else(|| {
+            syn::Error::new(
+                Span::call_site(),
+                "missing `name = \"...\"`, the protocol name (e.g. `acme.Orders.v1`)",
+            )
+        })?;
+        if !valid_protocol_name(&name.value()) {
+            return Err(syn::Error::new(
+                name.span(),
+                "a protocol name matches ^[A-Za-z_][A-Za-z0-9_.]*$ and is at most 255 bytes",
+            ));
+        }
+        if let Some(version) = &version
+            && !valid_version(&version.value())
+        {
+            return Err(syn::Error::new(
+                version.span(),
+                "a protocol version is canonical semver MAJOR.MINOR.PATCH",
+            ));
+        }
+        Ok(Args { name, version })
+    }
+}
+
+fn valid_protocol_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.len() <= 255
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+fn valid_version(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && !(p.len() > 1 && p.starts_with('0'))
+                && p.parse::<u64>().is_ok()
+        })
+}
+
+/// One trait method, as the generated code needs it.
+struct Method {
+    ident: Ident,
+    /// The wire name (a raw identifier's name without `r#`).
+    name: String,
+    takes_ctx: bool,
+    params: Vec<(Ident, String, Type)>,
+    /// `X` of `Result<X, RpcError>`.
+    output: Type,
+    doc: String,
+}
+
+pub fn expand(args: Args, mut item: ItemTrait) -> syn::Result<TokenStream> {
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "a `#[service]` trait cannot be generic",
+        ));
+    }
+    let mut methods = Vec::new();
+    let mut errors: Option<syn::Error> = None;
+    for trait_item in &mut item.items {
+        let TraitItem::Fn(function) = trait_item else {
+            push_error(
+                &mut errors,
+                syn::Error::new(
+                    trait_item.span(),
+                    "a `#[service]` trait holds only `async fn` methods",
+                ),
+            );
+            continue;
+        };
+        match method(function) {
+            Ok(method) => {
+                desugar(function);
+                methods.push(method);
+            }
+            Err(error) => push_error(&mut errors, error),
+        }
+    }
+    if let Some(errors) = errors {
+        return Err(errors);
+    }
+    // The server shares one implementation across requests and runtime threads.
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Send));
+    item.supertraits
+        .push(syn::parse_quote!(::core::marker::Sync));
+    item.supertraits
+        .push(TypeParamBound::Lifetime(syn::parse_quote!('static)));
+    item.colon_token.get_or_insert_with(Default::default);
+
+    let into_protocol = into_protocol(&args, &item.ident, &methods);
+    item.items.push(syn::parse2(into_protocol)?);
+    let client = client(&args, &item, &methods);
+    Ok(quote! {
+        #item
+        #client
+    })
+}
+
+fn push_error(errors: &mut Option<syn::Error>, error: syn::Error) {
+    match errors {
+        Some(errors) => errors.combine(error),
+        None => *errors = Some(error),
+    }
+}
+
+fn method(function: &TraitItemFn) -> syn::Result<Method> {
+    let signature = &function.sig;
+    let ident = signature.ident.clone();
+    let name = ident.unraw().to_string();
+    if name == "into_protocol" {
+        return Err(syn::Error::new(
+            ident.span(),
+            "`into_protocol` is the method `#[service]` adds to the trait; rename this method",
+        ));
+    }
+    if name.starts_with('_') {
+        return Err(syn::Error::new(
+            ident.span(),
+            "a vgi-rpc method name must not start with `_`",
+        ));
+    }
+    if signature.asyncness.is_none() {
+        return Err(syn::Error::new(
+            signature.fn_token.span(),
+            "methods of a `#[service]` trait are `async fn`",
+        ));
+    }
+    if !signature.generics.params.is_empty() || signature.generics.where_clause.is_some() {
+        return Err(syn::Error::new(
+            signature.generics.span(),
+            "methods of a `#[service]` trait cannot be generic",
+        ));
+    }
+    let mut inputs = signature.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        _ => {
+            return Err(syn::Error::new(
+                signature.inputs.span(),
+                "methods of a `#[service]` trait take `&self` first",
+            ));
+        }
+    }
+    let mut takes_ctx = false;
+    let mut params = Vec::new();
+    for (position, input) in inputs.enumerate() {
+        let FnArg::Typed(typed) = input else {
+            unreachable!("only the first input can be a receiver")
+        };
+        if position == 0 && is_ctx(&typed.ty) {
+            takes_ctx = true;
+            continue;
+        }
+        let Pat::Ident(pattern) = &*typed.pat else {
+            return Err(syn::Error::new(
+                typed.pat.span(),
+                "a parameter is a plain name (it is the Arrow column's name)",
+            ));
+        };
+        if let Type::Reference(reference) = &*typed.ty {
+            return Err(syn::Error::new(
+                reference.span(),
+                "parameters are owned values (`String`, not `&str`); only `ctx: &Ctx` is borrowed",
+            ));
+        }
+        let param = pattern.ident.clone();
+        let param_name = param.unraw().to_string();
+        params.push((param, param_name, (*typed.ty).clone()));
+    }
+    let output = result_ok_type(&signature.output)?;
+    Ok(Method {
+        ident,
+        name,
+        takes_ctx,
+        params,
+        output,
+        doc: doc_text(&function.attrs),
+    })
+}
+
+/// `&Ctx` (any path ending in `Ctx`).
+fn is_ctx(ty: &Type) -> bool {
+    let Type::Reference(reference) = ty else {
+        return false;
+    };
+    let Type::Path(path) = &*reference.elem else {
+        return false;
+    };
+    path.path.segments.last().is_some_and(|s| s.ident == "Ctx")
+}
+
+/// `X` of `-> Result<X, E>`.
+fn result_ok_type(output: &ReturnType) -> syn::Result<Type> {
+    let error =
+        |span: Span| syn::Error::new(span, "a `#[service]` method returns `Result<T, RpcError>`");
+    let ReturnType::Type(_, ty) = output else {
+        return Err(error(output.span()));
+    };
+    let Type::Path(path) = &**ty else {
+        return Err(error(ty.span()));
+    };
+    let Some(last) = path.path.segments.last() else {
+        return Err(error(ty.span()));
+    };
+    let PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return Err(error(ty.span()));
+    };
+    if last.ident != "Result" || arguments.args.len() != 2 {
+        return Err(error(ty.span()));
+    }
+    match arguments.args.first() {
+        Some(GenericArgument::Type(ok)) => Ok(ok.clone()),
+        _ => Err(error(ty.span())),
+    }
+}
+
+/// The doc comment's lines, each without the one space `///` leaves.
+fn doc_text(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            Meta::NameValue(pair) => match &pair.value {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(text),
+                    ..
+                }) => Some(text.value()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .map(|line| line.strip_prefix(' ').unwrap_or(&line).to_string())
+        .collect();
+    lines.join("\n").trim().to_string()
+}
+
+/// `async fn f(..) -> R` becomes `fn f(..) -> impl Future<Output = R> + Send`,
+/// so the server can hold every method's future across threads.
+fn desugar(function: &mut TraitItemFn) {
+    let signature = &mut function.sig;
+    signature.asyncness = None;
+    let output = match &signature.output {
+        ReturnType::Type(_, ty) => quote!(#ty),
+        ReturnType::Default => quote!(()),
+    };
+    signature.output = syn::parse_quote! {
+        -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
+    };
+    if let Some(body) = &function.default {
+        function.default = Some(syn::parse_quote!({ async move #body }));
+    }
+}
+
+/// `<T as ArrowValue>::field("name")` for each parameter, spanned at its type.
+fn param_fields(method: &Method) -> Vec<TokenStream> {
+    method
+        .params
+        .iter()
+        .map(|(_, name, ty)| {
+            quote_spanned! {ty.span()=>
+                <#ty as ::kit_service::rpc::value::ArrowValue>::field(#name)
+            }
+        })
+        .collect()
+}
+
+fn into_protocol(args: &Args, trait_ident: &Ident, methods: &[Method]) -> TokenStream {
+    let protocol = &args.name;
+    let version = args
+        .version
+        .as_ref()
+        .map(|version| quote!(let builder = builder.version(#version);));
+    let registrations = methods.iter().map(|method| {
+        let Method {
+            ident,
+            name,
+            takes_ctx,
+            params,
+            output,
+            doc,
+        } = method;
+        let fields = param_fields(method);
+        let locals: Vec<_> = (0..params.len())
+            .map(|i| format_ident!("__param_{}", i))
+            .collect();
+        let decodes =
+            params
+                .iter()
+                .zip(&locals)
+                .enumerate()
+                .map(|(index, ((_, param, ty), local))| {
+                    quote_spanned! {ty.span()=>
+                        let #local = args.decode::<#ty>(#name, #index, #param)?;
+                    }
+                });
+        let ctx = takes_ctx.then(|| quote!(&ctx,));
+        let register = quote_spanned! {output.span()=>
+            <#output as ::kit_service::rpc::typed::MethodOutput>::register
+        };
+        quote! {
+            let builder = {
+                let service = ::std::sync::Arc::clone(&service);
+                #register(
+                    builder,
+                    #name,
+                    ::kit_service::rpc::value::schema_of(::std::vec![#(#fields),*]),
+                    move |ctx: ::kit_service::Ctx, args: ::kit_service::Args| {
+                        let service = ::std::sync::Arc::clone(&service);
+                        async move {
+                            #(#decodes)*
+                            let _ = (&args, &ctx);
+                            <Self as #trait_ident>::#ident(&*service, #ctx #(#locals),*).await
+                        }
+                    },
+                )
+                .doc(#name, #doc)
+            };
+        }
+    });
+    let doc = format!(
+        "Serves this implementation as the `{}` protocol (schemas generated from the method signatures).",
+        protocol.value()
+    );
+    quote! {
+        #[doc = #doc]
+        fn into_protocol(self) -> ::kit_service::Protocol
+        where
+            Self: ::core::marker::Sized,
+        {
+            let service = ::std::sync::Arc::new(self);
+            let builder = ::kit_service::Protocol::builder(#protocol);
+            #version
+            #(#registrations)*
+            match builder.build() {
+                ::std::result::Result::Ok(protocol) => protocol,
+                // Names and versions were checked when the macro ran, and a
+                // trait cannot declare a method twice.
+                ::std::result::Result::Err(errors) => {
+                    ::std::panic!("`#[service]` built an invalid protocol: {errors:?}")
+                }
+            }
+        }
+    }
+}
+
+/// The typed client; empty until `kit_service::client` exists.
+fn client(_args: &Args, _item: &ItemTrait, _methods: &[Method]) -> TokenStream {
+    TokenStream::new()
+}
