@@ -154,6 +154,12 @@ fn method(function: &TraitItemFn) -> syn::Result<Method> {
             "`into_protocol` is the method `#[service]` adds to the trait; rename this method",
         ));
     }
+    if CLIENT_ITEMS.contains(&name.as_str()) {
+        return Err(syn::Error::new(
+            ident.span(),
+            format!("`{name}` is a method of the generated client; rename this method"),
+        ));
+    }
     if name.starts_with('_') {
         return Err(syn::Error::new(
             ident.span(),
@@ -385,7 +391,103 @@ fn into_protocol(args: &Args, trait_ident: &Ident, methods: &[Method]) -> TokenS
     }
 }
 
-/// The typed client; empty until `kit_service::client` exists.
-fn client(_args: &Args, _item: &ItemTrait, _methods: &[Method]) -> TokenStream {
-    TokenStream::new()
+/// Names the generated client keeps for itself.
+const CLIENT_ITEMS: [&str; 3] = ["new", "connect", "client"];
+
+/// `{Trait}Client`: one async method per trait method, typed arguments in,
+/// typed results out, over `kit_service::client::Client`.
+fn client(args: &Args, item: &ItemTrait, methods: &[Method]) -> TokenStream {
+    let visibility = &item.vis;
+    let trait_ident = &item.ident;
+    let client_ident = format_ident!("{}Client", trait_ident);
+    let protocol = &args.name;
+    let version = match &args.version {
+        Some(version) => quote!(::core::option::Option::Some(#version)),
+        None => quote!(::core::option::Option::None),
+    };
+    let calls = methods.iter().map(|method| {
+        let Method {
+            ident,
+            name,
+            params,
+            output,
+            doc,
+            ..
+        } = method;
+        let fields = param_fields(method);
+        let arguments = params.iter().map(|(ident, _, ty)| quote!(#ident: #ty));
+        let columns = params.iter().map(|(ident, _, ty)| {
+            quote_spanned! {ty.span()=>
+                <#ty as ::kit_service::rpc::value::ArrowValue>::to_column(::std::vec![#ident])
+            }
+        });
+        let client_output = quote_spanned! {output.span()=>
+            <#output as ::kit_service::client::typed::ClientOutput>
+        };
+        let summary = format!("Calls `{name}` of `{}`.", protocol.value());
+        let doc = if doc.is_empty() {
+            quote!(#[doc = #summary])
+        } else {
+            quote!(#[doc = #doc] #[doc = ""] #[doc = #summary])
+        };
+        quote! {
+            #doc
+            pub async fn #ident(
+                &self,
+                #(#arguments),*
+            ) -> ::std::result::Result<#client_output::Reply, ::kit_service::client::ClientError> {
+                static SCHEMA: ::std::sync::OnceLock<::kit_service::rpc::value::SchemaRef> =
+                    ::std::sync::OnceLock::new();
+                let params = ::kit_service::client::typed::params(
+                    &SCHEMA,
+                    || ::std::vec![#(#fields),*],
+                    ::std::vec![#(#columns),*],
+                )?;
+                #client_output::call(&self.client, Self::PROTOCOL, #name, params).await
+            }
+        }
+    });
+    let doc = format!(
+        "Typed client of the `{}` protocol, generated from [`{trait_ident}`]: one method per protocol method.",
+        protocol.value()
+    );
+    quote! {
+        #[doc = #doc]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #visibility struct #client_ident {
+            client: ::kit_service::client::Client,
+        }
+
+        impl #client_ident {
+            /// The protocol name.
+            pub const PROTOCOL: &'static str = #protocol;
+            /// The protocol version, sent as `vgi_rpc.protocol_version`.
+            pub const VERSION: ::core::option::Option<&'static str> = #version;
+
+            /// Calls the protocol through `client`, declaring [`Self::VERSION`].
+            pub fn new(client: ::kit_service::client::Client) -> Self {
+                let client = match Self::VERSION {
+                    ::core::option::Option::Some(version) => {
+                        client.with_protocol_version(Self::PROTOCOL, version)
+                    }
+                    ::core::option::Option::None => client,
+                };
+                Self { client }
+            }
+
+            /// A client of the server at `base_url` (with its path prefix, if any).
+            pub fn connect(
+                base_url: &str,
+            ) -> ::std::result::Result<Self, ::kit_service::client::ClientError> {
+                ::kit_service::client::Client::new(base_url).map(Self::new)
+            }
+
+            /// The untyped client underneath.
+            pub fn client(&self) -> &::kit_service::client::Client {
+                &self.client
+            }
+
+            #(#calls)*
+        }
+    }
 }

@@ -85,7 +85,11 @@ impl std::fmt::Debug for Host {
             .field("name", &self.name)
             .field(
                 "protocols",
-                &self.protocols.iter().map(Protocol::name).collect::<Vec<_>>(),
+                &self
+                    .protocols
+                    .iter()
+                    .map(Protocol::name)
+                    .collect::<Vec<_>>(),
             )
             .field(
                 "alternatives",

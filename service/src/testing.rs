@@ -56,7 +56,9 @@ pub struct TestServer {
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestServer").field("url", &self.url).finish()
+        f.debug_struct("TestServer")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -74,10 +76,8 @@ impl TestServer {
         protocols: impl IntoIterator<Item = Protocol>,
         threshold_bytes: u64,
     ) -> TestServer {
-        let dir = std::env::temp_dir().join(format!(
-            "kit-test-server-{}",
-            crate::http::random_hex(8)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("kit-test-server-{}", crate::http::random_hex(8)));
         let threshold = threshold_bytes.to_string();
         let dir_text = dir.display().to_string();
         let mut server = TestServer::start_with_env(

@@ -58,7 +58,12 @@ async fn unary_calls_return_results_logs_and_errors() {
         .unary(DEMO, "greet", batch(&[("name", name)]))
         .await
         .unwrap();
-    let text = reply.batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+    let text = reply
+        .batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
     assert_eq!(text.value(0), "hello, ada");
     assert_eq!(reply.logs.len(), 1);
     assert_eq!(reply.logs[0].level, LogLevel::Info);
@@ -114,7 +119,11 @@ async fn every_request_coding_is_understood() {
     // Large enough for the server to compress its answer (zstd, as accepted).
     let mut stream = server
         .client()
-        .producer(DEMO, "count", batch(&[("n", int(50_000)), ("batch_rows", int(50_000))]))
+        .producer(
+            DEMO,
+            "count",
+            batch(&[("n", int(50_000)), ("batch_rows", int(50_000))]),
+        )
         .await
         .unwrap();
     let first = stream.next_batch().await.unwrap().unwrap();
@@ -127,7 +136,11 @@ async fn producers_stream_every_batch_then_end() {
     let server = TestServer::start([kit_service::demo::protocol()]).await;
     let mut stream = server
         .client()
-        .producer(DEMO, "count", batch(&[("n", int(7)), ("batch_rows", int(3))]))
+        .producer(
+            DEMO,
+            "count",
+            batch(&[("n", int(7)), ("batch_rows", int(3))]),
+        )
         .await
         .unwrap();
     assert!(stream.header().is_none());
@@ -164,7 +177,11 @@ async fn large_results_are_fetched_from_the_local_store() {
     let server = TestServer::start_with_storage([kit_service::demo::protocol()], 4096).await;
     let mut stream = server
         .client()
-        .producer(DEMO, "count", batch(&[("n", int(10_000)), ("batch_rows", int(10_000))]))
+        .producer(
+            DEMO,
+            "count",
+            batch(&[("n", int(10_000)), ("batch_rows", int(10_000))]),
+        )
         .await
         .unwrap();
     let rows = stream.next_batch().await.unwrap().unwrap();
@@ -226,7 +243,10 @@ async fn reflection_lists_protocols_and_method_schemas() {
     assert_eq!(add_method.params.field(0).name(), "a");
     assert_eq!(add_method.params.field(1).data_type(), &DataType::Int64);
     assert!(!add_method.params.field(0).is_nullable());
-    assert_eq!(add_method.result.as_ref().unwrap().field(0).name(), "result");
+    assert_eq!(
+        add_method.result.as_ref().unwrap().field(0).name(),
+        "result"
+    );
     assert_eq!(demo.method("count").unwrap().kind, MethodKind::Producer);
     assert!(demo.method("count").unwrap().result.is_none());
 
@@ -245,7 +265,11 @@ async fn a_stream_moves_to_a_replica_sharing_the_key() {
     let second = TestServer::start_with_env([kit_service::demo::protocol()], &settings).await;
     let mut stream = first
         .client()
-        .producer(DEMO, "count", batch(&[("n", int(4)), ("batch_rows", int(1))]))
+        .producer(
+            DEMO,
+            "count",
+            batch(&[("n", int(4)), ("batch_rows", int(1))]),
+        )
         .await
         .unwrap();
     assert_eq!(ints(&stream.next_batch().await.unwrap().unwrap()), [0]);

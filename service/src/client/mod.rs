@@ -37,6 +37,7 @@
 //! (a local store on `http://127.0.0.1`, for example).
 
 pub mod reflection;
+pub mod typed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -301,7 +302,9 @@ impl Client {
         S: Into<String>,
     {
         let mut settings = self.inner.fetch_settings.clone();
-        settings.allowlist.extend(prefixes.into_iter().map(Into::into));
+        settings
+            .allowlist
+            .extend(prefixes.into_iter().map(Into::into));
         self.with_fetch_settings(settings)
     }
 
@@ -339,10 +342,7 @@ impl Client {
         let [stream] = <[IpcStream; 1]>::try_from(streams).map_err(|streams| {
             protocol_error(
                 &url,
-                format!(
-                    "a unary answer is one IPC stream, got {}",
-                    streams.len()
-                ),
+                format!("a unary answer is one IPC stream, got {}", streams.len()),
             )
         })?;
         let mut turn = Turn::default();
@@ -487,10 +487,7 @@ impl Client {
 
     fn url(&self, protocol: &str, method: &str, endpoint: Option<&str>) -> String {
         match endpoint {
-            Some(endpoint) => format!(
-                "{}/{protocol}/{method}/{endpoint}",
-                self.inner.base_url
-            ),
+            Some(endpoint) => format!("{}/{protocol}/{method}/{endpoint}", self.inner.base_url),
             None => format!("{}/{protocol}/{method}", self.inner.base_url),
         }
     }
@@ -522,13 +519,15 @@ impl Client {
         if let Some(key) = &self.inner.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.body(body).send().await.map_err(|error| {
-            ClientError::Transport {
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| ClientError::Transport {
                 url: url.to_string(),
                 message: error_chain(&error),
                 unreachable: error.is_connect() || error.is_timeout(),
-            }
-        })?;
+            })?;
         let status = response.status();
         let headers = response.headers().clone();
         let raw = read_body(response, url).await?;
@@ -1042,14 +1041,12 @@ fn rpc_error(metadata: &Metadata, status: http::StatusCode) -> RpcError {
         .or_else(|| extra.get("error_code").and_then(Value::as_str))
         .and_then(ErrorCode::parse)
         .unwrap_or(ErrorCode::Unknown);
-    let kind = get(wire::ERROR_KIND_KEY)
-        .map(str::to_string)
-        .or_else(|| {
-            extra
-                .get("error_kind")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
+    let kind = get(wire::ERROR_KIND_KEY).map(str::to_string).or_else(|| {
+        extra
+            .get("error_kind")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
     let details = get(wire::ERROR_DETAILS_KEY)
         .and_then(|text| serde_json::from_str::<Vec<Value>>(text).ok())
         .or_else(|| {

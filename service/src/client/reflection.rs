@@ -211,7 +211,11 @@ fn struct_text(entries: &StructArray, name: &str, row: usize) -> Result<String, 
         .to_string())
 }
 
-fn struct_schema(entries: &StructArray, name: &str, row: usize) -> Result<Option<SchemaRef>, String> {
+fn struct_schema(
+    entries: &StructArray,
+    name: &str,
+    row: usize,
+) -> Result<Option<SchemaRef>, String> {
     let column = entries
         .column_by_name(name)
         .and_then(|c| c.as_binary_opt::<i32>())

@@ -57,7 +57,7 @@ use arrow_array::{
     StringArray, StructArray,
 };
 use arrow_buffer::OffsetBuffer;
-use arrow_schema::{Field, FieldRef, Schema, SchemaRef};
+use arrow_schema::{Field, FieldRef, Schema};
 
 // What derived code names, so a user's crate needs no arrow dependency of its own.
 #[doc(no_inline)]
@@ -65,7 +65,7 @@ pub use arrow_array::{Array, ArrayRef};
 #[doc(no_inline)]
 pub use arrow_buffer::NullBuffer;
 #[doc(no_inline)]
-pub use arrow_schema::{DataType, Fields};
+pub use arrow_schema::{DataType, Fields, SchemaRef};
 
 use super::convert::Bytes;
 use crate::wire::RpcError;
