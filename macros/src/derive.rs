@@ -162,3 +162,46 @@ pub fn expand(item: &ItemStruct) -> syn::Result<TokenStream> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_structs_with_named_fields_derive() {
+        let tuple: ItemStruct = syn::parse_quote!(
+            struct P(i64);
+        );
+        assert!(
+            expand(&tuple)
+                .unwrap_err()
+                .to_string()
+                .contains("named fields")
+        );
+        let generic: ItemStruct = syn::parse_quote!(
+            struct P<T> {
+                x: T,
+            }
+        );
+        assert!(
+            expand(&generic)
+                .unwrap_err()
+                .to_string()
+                .contains("generic")
+        );
+    }
+
+    #[test]
+    fn fields_keep_their_order_and_wire_names() {
+        let item: ItemStruct = syn::parse_quote!(
+            struct P {
+                r#type: String,
+                x: Option<i64>,
+            }
+        );
+        let code = expand(&item).unwrap().to_string();
+        let first = code.find("field (\"type\")").expect("raw name unescaped");
+        let second = code.find("field (\"x\")").expect("second field");
+        assert!(first < second, "{code}");
+    }
+}

@@ -491,3 +491,178 @@ fn client(args: &Args, item: &ItemTrait, methods: &[Method]) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> syn::Result<Args> {
+        syn::parse_str::<Args>(text)
+    }
+
+    fn expand_error(item: ItemTrait) -> String {
+        expand(args(r#"name = "a.B.v1""#).unwrap(), item)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn arguments_are_checked_when_the_macro_runs() {
+        let parsed = args(r#"name = "acme.Orders.v1", version = "1.2.3""#).unwrap();
+        assert_eq!(parsed.name.value(), "acme.Orders.v1");
+        assert_eq!(parsed.version.unwrap().value(), "1.2.3");
+        assert!(args(r#"version = "1.0.0""#).is_err());
+        assert!(args(r#"name = "9bad""#).is_err());
+        assert!(args(r#"name = "a/b""#).is_err());
+        assert!(args(r#"name = "ok", version = "1.0""#).is_err());
+        assert!(args(r#"name = "ok", version = "01.0.0""#).is_err());
+        assert!(args(r#"name = "ok", colour = "red""#).is_err());
+    }
+
+    #[test]
+    fn the_ok_type_of_the_result_picks_the_method_kind() {
+        let output: ReturnType = syn::parse_quote!(-> Result<Produce<Count>, RpcError>);
+        let ok = result_ok_type(&output).unwrap();
+        assert_eq!(quote!(#ok).to_string(), "Produce < Count >");
+        let output: ReturnType = syn::parse_quote!(-> std::result::Result<(), RpcError>);
+        let ok = result_ok_type(&output).unwrap();
+        assert_eq!(quote!(#ok).to_string(), "()");
+        for bad in [
+            quote!(-> i64),
+            quote!(-> Option<i64>),
+            quote!(-> Result<i64>),
+            quote!(),
+        ] {
+            let output: ReturnType = syn::parse2(bad.clone()).unwrap();
+            assert!(result_ok_type(&output).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn doc_comments_become_the_method_doc() {
+        let function: TraitItemFn = syn::parse_quote! {
+            /// Adds two integers.
+            ///
+            /// Overflow is an error.
+            async fn add(&self, a: i64) -> Result<i64, RpcError>;
+        };
+        assert_eq!(
+            doc_text(&function.attrs),
+            "Adds two integers.\n\nOverflow is an error."
+        );
+    }
+
+    #[test]
+    fn the_context_is_found_by_type_and_skipped_as_a_parameter() {
+        let function: TraitItemFn = syn::parse_quote! {
+            async fn add(&self, ctx: &kit_service::Ctx, a: i64, r#type: String) -> Result<i64, RpcError>;
+        };
+        let parsed = method(&function).unwrap();
+        assert!(parsed.takes_ctx);
+        let names: Vec<&str> = parsed.params.iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(names, ["a", "type"]);
+        let function: TraitItemFn = syn::parse_quote! {
+            async fn ping(&self) -> Result<(), RpcError>;
+        };
+        assert!(!method(&function).unwrap().takes_ctx);
+    }
+
+    #[test]
+    fn unsupported_signatures_are_compile_errors() {
+        let cases: Vec<(TraitItemFn, &str)> = vec![
+            (
+                syn::parse_quote!(
+                    fn add(&self, a: i64) -> Result<i64, RpcError>;
+                ),
+                "async fn",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn add(self, a: i64) -> Result<i64, RpcError>;
+                ),
+                "`&self` first",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn add(&self, a: &str) -> Result<i64, RpcError>;
+                ),
+                "owned values",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn add(&self, (a, b): (i64, i64)) -> Result<i64, RpcError>;
+                ),
+                "plain name",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn add<T>(&self, a: T) -> Result<i64, RpcError>;
+                ),
+                "generic",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn _hidden(&self) -> Result<(), RpcError>;
+                ),
+                "start with `_`",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn connect(&self) -> Result<(), RpcError>;
+                ),
+                "generated client",
+            ),
+            (
+                syn::parse_quote!(
+                    async fn into_protocol(&self) -> Result<(), RpcError>;
+                ),
+                "rename this method",
+            ),
+        ];
+        for (function, expected) in cases {
+            let error = method(&function).err().expect("an error").to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should say {expected:?}"
+            );
+        }
+        let generic: ItemTrait = syn::parse_quote!(
+            trait T<X> {}
+        );
+        assert!(expand_error(generic).contains("cannot be generic"));
+        let with_const: ItemTrait = syn::parse_quote!(
+            trait T {
+                const N: usize;
+                fn sync(&self);
+            }
+        );
+        let error = expand_error(with_const);
+        assert!(error.contains("only `async fn`"), "{error}");
+    }
+
+    #[test]
+    fn expansion_desugars_methods_and_adds_server_and_client() {
+        let item: ItemTrait = syn::parse_quote! {
+            pub trait Demo {
+                /// Adds.
+                async fn add(&self, ctx: &Ctx, a: i64, b: i64) -> Result<i64, RpcError>;
+            }
+        };
+        let code = expand(
+            args(r#"name = "kit.Demo.v1", version = "1.0.0""#).unwrap(),
+            item,
+        )
+        .unwrap()
+        .to_string();
+        for expected in [
+            "impl :: core :: future :: Future < Output = Result < i64 , RpcError > > + :: core :: marker :: Send",
+            "fn into_protocol (self)",
+            "pub struct DemoClient",
+            "args . decode :: < i64 > (\"add\" , 0usize , \"a\")",
+            "with_protocol_version",
+            "pub async fn add (& self , a : i64 , b : i64)",
+        ] {
+            assert!(code.contains(expected), "missing {expected:?} in {code}");
+        }
+    }
+}
