@@ -85,7 +85,7 @@ impl RowProducer for Ticks {
         let index = self.next;
         out.emit(vec![Tick {
             index,
-            even: index % 2 == 0,
+            even: index.is_multiple_of(2),
             payload: vec![index as u8; 3],
         }])?;
         self.next += 1;

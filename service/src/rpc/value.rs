@@ -309,9 +309,7 @@ fn list_array<T: ArrowValue>(
     Ok(Arc::new(ListArray::try_new(item, offsets, items, nulls)?))
 }
 
-fn downcast<'a, A: Array + 'static, T: ArrowValue>(
-    array: &'a dyn Array,
-) -> Result<&'a A, ValueError> {
+fn downcast<A: Array + 'static, T: ArrowValue>(array: &dyn Array) -> Result<&A, ValueError> {
     array
         .as_any()
         .downcast_ref::<A>()
@@ -720,8 +718,7 @@ mod tests {
             "list<item?:list<item?:int64>>"
         );
         assert_eq!(token(<Vec<Option<u8>>>::data_type()), "list<item?:uint8>");
-        assert!(<Option<i64>>::NULLABLE);
-        assert!(!i64::NULLABLE);
+        assert_eq!((<Option<i64>>::NULLABLE, i64::NULLABLE), (true, false));
     }
 
     #[test]
