@@ -7,6 +7,9 @@
 //! server over HTTP, and [`testing`] runs a user's protocols in-process for
 //! their tests.
 
+// The macros name this crate `::kit_service`, also when used inside it (the demo).
+extern crate self as kit_service;
+
 pub mod alloc;
 pub mod client;
 pub mod config;
@@ -34,5 +37,9 @@ pub mod wire;
 pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
 
 pub use http::{HttpConfig, Server, app};
-pub use rpc::{Args, Ctx, Exchanger, Output, Producer, Protocol, StreamInit};
+pub use kit_macros::{ArrowRecord, service};
+pub use rpc::{
+    Args, ArrowRecord, ArrowValue, Ctx, Exchange, Exchanger, Output, Produce, Producer, Protocol,
+    RowExchanger, RowProducer, Rows, StreamInit,
+};
 pub use wire::{ErrorCode, LogLevel, RpcError};

@@ -37,6 +37,7 @@
 //! (a local store on `http://127.0.0.1`, for example).
 
 pub mod reflection;
+pub mod typed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
