@@ -8,6 +8,7 @@
 //! commented config for a platform. Each command module owns its
 //! clap `Args` and a `run` that returns the exit code.
 
+pub mod artifact;
 pub mod config;
 pub mod deployment;
 pub mod doctor;

@@ -137,6 +137,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
             .filter(|v| !v.is_empty()),
         list_checks: args.list_checks,
         explain: args.explain,
+        prebuilt_binary: None,
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let output = match deploy_kit::doctor::doctor(&request, &cwd, &|name| std::env::var(name).ok())

@@ -4,7 +4,7 @@
 //! `up`: the app (`fly apps create` only when `fly apps list --json` lacks
 //! it); the signing key as the Fly secret `VGI_SIGNING_KEY`, set once with
 //! `fly secrets import --stage` reading `NAME=VALUE` from stdin (Fly never
-//! returns secret values, and kit-service does not need it back, so it is
+//! returns secret values, and the service does not need it back, so it is
 //! never read back or stored locally); a check that the API-keys secret is
 //! set; `fly deploy` with the rendered `fly.toml` (the repository is the
 //! build context, or `--image` when `service.image` is set); `fly scale
