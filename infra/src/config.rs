@@ -137,7 +137,10 @@ impl ServiceConfig {
         } else {
             config_dir
         };
-        dir.join(&self.workspace)
+        match self.workspace.as_str() {
+            "." | "" => dir.to_path_buf(),
+            workspace => dir.join(workspace),
+        }
     }
 
     /// The image to deploy: `image`, or `<name>:<deploy-kit version>`.
