@@ -25,7 +25,7 @@ enum Command {
     Init(deploy_kit::init::Args),
     /// Render a target and show what `up` would create, change or delete.
     Plan(deploy_kit::plan::Args),
-    /// Provision and deploy a target (`local`: run kit-service here).
+    /// Provision and deploy a target (`local`: build and run the service here).
     Up(deploy_kit::up::Args),
     /// Remove what `up` made.
     Down(deploy_kit::down::Args),

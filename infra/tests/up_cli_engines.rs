@@ -54,6 +54,16 @@ impl Project {
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
+        // The service is this repository's kit-service: ART001 checks it here.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = config.replacen(
+            "service: {",
+            &format!(
+                "service: {{package: kit-service, workspace: \"{}\", ",
+                root.display()
+            ),
+            1,
+        );
         std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
         for program in programs {
             let path = bin.join(program);
