@@ -296,9 +296,13 @@ pub struct RequiredFeature {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CargoWorkspace {
-    Found { packages: Vec<CargoPackage> },
+    Found {
+        packages: Vec<CargoPackage>,
+    },
     /// `cargo metadata` could not run (no cargo, no `Cargo.toml`): why, and the fix.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// One workspace member.

@@ -422,11 +422,7 @@ pub fn fill_defaults(config: &mut DeployConfig, config_dir: &Path) -> Result<(),
 
 /// The facts ART001 judges for `platform`: the configured (or default)
 /// names, and what `cargo metadata` found, or why it could not run.
-pub fn facts(
-    config: &DeployConfig,
-    config_dir: &Path,
-    platform: Platform,
-) -> ArtifactFacts {
+pub fn facts(config: &DeployConfig, config_dir: &Path, platform: Platform) -> ArtifactFacts {
     let service = &config.service;
     let root = service.workspace_dir(config_dir);
     let cargo = match Workspace::load(&root) {
@@ -438,10 +434,7 @@ pub fn facts(
         },
     };
     let (package, binary) = match (&service.package, &cargo) {
-        (Some(package), _) => (
-            Some(package.clone()),
-            service.binary().map(str::to_string),
-        ),
+        (Some(package), _) => (Some(package.clone()), service.binary().map(str::to_string)),
         (None, CargoWorkspace::Found { packages }) => {
             let workspace = Workspace {
                 root: root.clone(),
@@ -499,8 +492,12 @@ pub fn local_binary(
         }
         Err(error @ (ArtifactError::NoManifest(_) | ArtifactError::NoCargo { .. })) => {
             let path_var = std::env::var_os("PATH");
-            find_prebuilt(&artifact.binary, current_exe.as_deref(), path_var.as_deref())
-                .ok_or(error)
+            find_prebuilt(
+                &artifact.binary,
+                current_exe.as_deref(),
+                path_var.as_deref(),
+            )
+            .ok_or(error)
         }
         Err(error) => Err(error),
     }
@@ -532,14 +529,12 @@ pub fn find_prebuilt(
 /// `cargo build --release -p kit-service -p deploy-kit` is a fresh no-op.
 pub fn built_for_release(current_exe: Option<&Path>, target_directory: &Path) -> bool {
     let canonical = |path: &Path| std::fs::canonicalize(path).unwrap_or(path.to_path_buf());
-    current_exe
-        .and_then(Path::parent)
-        .is_some_and(|dir| {
-            dir.file_name().is_some_and(|name| name == "release")
-                && dir
-                    .parent()
-                    .is_some_and(|parent| canonical(parent) == canonical(target_directory))
-        })
+    current_exe.and_then(Path::parent).is_some_and(|dir| {
+        dir.file_name().is_some_and(|name| name == "release")
+            && dir
+                .parent()
+                .is_some_and(|parent| canonical(parent) == canonical(target_directory))
+    })
 }
 
 #[cfg(test)]
@@ -646,7 +641,8 @@ mod tests {
     fn build_commands_name_package_binary_and_features() {
         let features = vec!["fast".to_string(), "lambda".to_string()];
         assert_eq!(
-            artifact("acme-rpc", "acme").build_command(&features, "--target x86_64-unknown-linux-musl"),
+            artifact("acme-rpc", "acme")
+                .build_command(&features, "--target x86_64-unknown-linux-musl"),
             "cargo build --release -p acme-rpc --bin acme --features fast,lambda --target x86_64-unknown-linux-musl"
         );
     }

@@ -600,6 +600,39 @@ mod tests {
     }
 
     #[test]
+    fn artifact_keys_default_and_refuse_non_cargo_names() {
+        let config = parse("version: 1\ntargets:\n  l:\n    platform: fly\n").unwrap();
+        assert_eq!(config.service.package, None);
+        assert_eq!(config.service.binary(), None);
+        assert_eq!(config.service.workspace, ".");
+        assert_eq!(config.service.workspace_dir(Path::new("")), Path::new("."));
+        let config = parse(
+            "version: 1\nservice:\n  package: acme-rpc\n  features: [fast]\n  workspace: ..\ntargets:\n  l:\n    platform: fly\n",
+        )
+        .unwrap();
+        assert_eq!(config.service.binary(), Some("acme-rpc"));
+        assert_eq!(
+            config.service.workspace_dir(Path::new("/repo/deploy")),
+            Path::new("/repo/deploy/..")
+        );
+        let error =
+            parse("version: 1\nservice:\n  package: acme rpc\ntargets:\n  l:\n    platform: fly\n")
+                .unwrap_err();
+        assert!(
+            error.contains("`service.package: acme rpc` is not a cargo name"),
+            "{error}"
+        );
+        let error = parse(
+            "version: 1\nservice:\n  features: [\"a b\"]\ntargets:\n  l:\n    platform: fly\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("`a b` is not a cargo feature name"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn version_and_cross_field_rules() {
         assert!(
             parse("version: 2\ntargets:\n  l:\n    platform: fly\n")

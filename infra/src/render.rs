@@ -23,8 +23,9 @@ use kit_checks::platform::Platform;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
 pub use settings::{
-    ArtifactSettings, CONTAINER_PORT, Delivery, NginxOptions, PROXY_BODY_HEADROOM_BYTES, RenderOptions,
-    SecretSettings, Settings, SettingsError, TERMINATION_MARGIN_SECONDS, secret_name_of,
+    ArtifactSettings, CONTAINER_PORT, Delivery, NginxOptions, PROXY_BODY_HEADROOM_BYTES,
+    RenderOptions, SecretSettings, Settings, SettingsError, TERMINATION_MARGIN_SECONDS,
+    secret_name_of,
 };
 
 use crate::CommandError;

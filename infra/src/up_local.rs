@@ -20,9 +20,9 @@ use kit_checks::render::Format;
 use kit_checks::{Date, Mode, Severity};
 
 use crate::artifact::{Artifact, ArtifactError};
-use kit_checks::facts::RequiredFeature;
 use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, KeySourceKind};
 use crate::doctor::{DoctorError, DoctorOutput, DoctorRequest, OutputFormat};
+use kit_checks::facts::RequiredFeature;
 
 /// Where `up local` keeps its state, relative to the working directory.
 pub const STATE_DIR: &str = ".deploy-kit/local";
@@ -632,7 +632,9 @@ mod tests {
         // No flag, no package and no `Cargo.toml`: nothing names a binary.
         let error = service_binary(None, &config, Path::new("/nonexistent")).unwrap_err();
         assert!(
-            error.to_string().contains("no `Cargo.toml` in `/nonexistent/.`"),
+            error
+                .to_string()
+                .contains("no `Cargo.toml` in `/nonexistent`"),
             "{error}"
         );
     }

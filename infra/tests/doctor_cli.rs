@@ -385,12 +385,18 @@ fn user_crate(dir: &Path) {
 #[test]
 fn art001_names_a_missing_package_and_cannot_run_without_a_workspace() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, text) = run_in(dir.path(), &["init", "--target", "compose", "--package", "acme"], &[]);
+    let (code, text) = run_in(
+        dir.path(),
+        &["init", "--target", "compose", "--package", "acme"],
+        &[],
+    );
     assert_eq!(code, 0, "{text}");
     let (code, text) = run_in(dir.path(), &["doctor"], &[]);
     assert_eq!(code, 3, "{text}");
     assert!(
-        text.contains("ERROR   ART001 service-artifact-missing: could not run: no `Cargo.toml` in `"),
+        text.contains(
+            "ERROR   ART001 service-artifact-missing: could not run: no `Cargo.toml` in `"
+        ),
         "{text}"
     );
     user_crate(dir.path());
@@ -406,7 +412,10 @@ fn art001_names_a_missing_package_and_cannot_run_without_a_workspace() {
     std::fs::write(dir.path().join("deploy-kit.yaml"), config).unwrap();
     let (code, text) = run_in(dir.path(), &["doctor"], &[]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("pass    ART001 service-artifact-missing"), "{text}");
+    assert!(
+        text.contains("pass    ART001 service-artifact-missing"),
+        "{text}"
+    );
 }
 
 /// KEY005 reads the state `deploy-kit secrets rotate` leaves: a promoted

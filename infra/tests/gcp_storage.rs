@@ -69,7 +69,10 @@ impl Fixture {
     /// whose storage is the emulator.
     fn write_config(&self, expiry_days: u32) -> DeployConfig {
         // ART001 checks this repository's kit-service.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display().to_string();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .display()
+            .to_string();
         let yaml = format!(
             r#"version: 1
 service:

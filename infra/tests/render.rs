@@ -445,8 +445,13 @@ fn a_renamed_crate_renders_every_platform_without_kit_service() {
     // Every platform with templates rendered, none names kit-service.
     for platform in Platform::ALL {
         let name = platform.name();
-        let rendered = files.iter().any(|(path, _)| path.starts_with(&format!("{name}/")));
-        let templated = !matches!(platform, Platform::CloudFunctions | Platform::CloudflareWorkers);
+        let rendered = files
+            .iter()
+            .any(|(path, _)| path.starts_with(&format!("{name}/")));
+        let templated = !matches!(
+            platform,
+            Platform::CloudFunctions | Platform::CloudflareWorkers
+        );
         assert_eq!(rendered, templated, "{name}: rendered {rendered}");
     }
     for (path, text) in &files {
@@ -460,7 +465,8 @@ fn a_renamed_crate_renders_every_platform_without_kit_service() {
     // ... and each runs and builds the configured artifact.
     let dockerfile = file("compose/Dockerfile");
     assert!(
-        dockerfile.contains("cargo build --locked --release -p acme-rpc --bin acme --features fast,s3"),
+        dockerfile
+            .contains("cargo build --locked --release -p acme-rpc --bin acme --features fast,s3"),
         "{dockerfile}"
     );
     assert!(dockerfile.contains("COPY --from=build /service-binary /usr/local/bin/acme"));
@@ -471,7 +477,8 @@ fn a_renamed_crate_renders_every_platform_without_kit_service() {
     assert!(lambda.contains(r#"CMD ["lambda"]"#), "{lambda}");
     assert!(file("azure-functions/host.json").contains(r#""defaultExecutablePath": "acme""#));
     assert!(
-        file("railway/railway.json").contains(r#""startCommand": "/usr/local/bin/acme serve --listen 0.0.0.0:8080""#)
+        file("railway/railway.json")
+            .contains(r#""startCommand": "/usr/local/bin/acme serve --listen 0.0.0.0:8080""#)
     );
     assert!(file("kubernetes/k8s/deployment.yaml").contains("        - name: acme\n"));
 }

@@ -125,7 +125,10 @@ fn rotation_moves_secret_stages_and_the_function_environment() {
     let first = format!("hex:{}", "5a".repeat(32));
     let dir = tempfile::tempdir().unwrap();
     // ART001 checks this repository's kit-service.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display().to_string();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .display()
+        .to_string();
     std::fs::write(
         dir.path().join("deploy-kit.yaml"),
         format!(

@@ -247,9 +247,15 @@ fn up_local_builds_and_runs_the_configured_binary() {
         "exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     assert!(dir.0.join("target/debug/acme").is_file());
-    assert!(dir.0.join("built-with-fast").is_file(), "built without `fast`");
+    assert!(
+        dir.0.join("built-with-fast").is_file(),
+        "built without `fast`"
+    );
     // The doctor judged the built package, which exists.
-    assert!(stdout.contains("pass    ART001 service-artifact-missing"), "{stdout}");
+    assert!(
+        stdout.contains("pass    ART001 service-artifact-missing"),
+        "{stdout}"
+    );
     // The fake answers no probe, so the online doctor cannot pass; it ran.
     assert_ne!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
 }

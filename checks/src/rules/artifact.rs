@@ -66,7 +66,10 @@ mod tests {
 
     #[test]
     fn an_existing_package_binary_and_features_pass() {
-        judge(artifact(Some("acme-rpc"), Some("acme"), &["fast", "lambda"]), "pass");
+        judge(
+            artifact(Some("acme-rpc"), Some("acme"), &["fast", "lambda"]),
+            "pass",
+        );
     }
 
     #[test]
@@ -88,7 +91,10 @@ mod tests {
             "{message}"
         );
         let message = judge(artifact(None, None, &[]), "fail");
-        assert!(message.contains("candidates: `acme-rpc (bins: acme)`"), "{message}");
+        assert!(
+            message.contains("candidates: `acme-rpc (bins: acme)`"),
+            "{message}"
+        );
     }
 
     #[test]

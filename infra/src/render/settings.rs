@@ -677,6 +677,38 @@ fn resolve_nginx(
 mod tests {
     use super::*;
 
+    fn settings(text: &str) -> Result<Settings, SettingsError> {
+        let config = DeployConfig::parse(text, std::path::Path::new("deploy-kit.yaml")).unwrap();
+        Settings::resolve(&config, "t", &RenderOptions::default())
+    }
+
+    #[test]
+    fn the_artifact_takes_the_users_features_then_the_platforms() {
+        let settings = settings(
+            "version: 1\nservice:\n  package: acme-rpc\n  binary: acme\n  features: [fast, s3]\n\
+             targets:\n  t:\n    platform: aws-lambda-function-url\n\
+             storage:\n  provider: s3\n  bucket: b\n  prefix: p/\n  credential: instance-role\n",
+        )
+        .unwrap();
+        let artifact = &settings.artifact;
+        assert_eq!(artifact.package, "acme-rpc");
+        assert_eq!(artifact.binary, "acme");
+        assert_eq!(artifact.features, ["fast", "s3", "lambda"]);
+        assert_eq!(artifact.path, "/usr/local/bin/acme");
+        assert_eq!(settings.image.command, ["lambda"]);
+    }
+
+    #[test]
+    fn an_unresolved_package_is_a_settings_error() {
+        let error = settings("version: 1\ntargets:\n  t:\n    platform: fly\n").unwrap_err();
+        assert!(
+            error.message.contains("`service.package` is not set"),
+            "{}",
+            error.message
+        );
+        assert!(error.hint.contains("service.workspace"), "{}", error.hint);
+    }
+
     #[test]
     fn secret_names_come_from_the_reference() {
         assert_eq!(

@@ -298,6 +298,14 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_bootstrap_runs_the_configured_binary() {
+        assert_eq!(
+            bootstrap("acme"),
+            "#!/bin/sh\nexec \"${LAMBDA_TASK_ROOT:-.}/acme\" lambda\n"
+        );
+    }
+
     const CONFIG: &str = "version: 1
 service: {name: vgi, environment: test}
 targets:

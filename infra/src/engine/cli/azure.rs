@@ -269,11 +269,8 @@ impl AzureEngine {
             &self.deployment.features(),
             "--target x86_64-unknown-linux-gnu",
         );
-        let binary_path = crate::deployment::find_service_binary(
-            self.kit_service.as_deref(),
-            artifact,
-            &build,
-        )?;
+        let binary_path =
+            crate::deployment::find_service_binary(self.kit_service.as_deref(), artifact, &build)?;
         let binary = std::fs::read(&binary_path).map_err(|error| {
             CommandError::new(
                 format!("failed to read `{}`: {error}", binary_path.display()),
