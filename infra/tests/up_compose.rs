@@ -81,7 +81,10 @@ impl Project {
             .replace("bucket: kit-compose-data", &format!("bucket: {bucket}"))
             .replace(
                 "workspace: ../../..",
-                &format!("workspace: {}", Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display()),
+                &format!(
+                    "workspace: {}",
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display()
+                ),
             );
         std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
         Project {
