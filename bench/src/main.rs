@@ -877,6 +877,14 @@ async fn run(args: Args) -> Result<()> {
                 let dir = std::env::temp_dir().join(format!("kit-bench-{}", std::process::id()));
                 std::fs::create_dir_all(&dir)?;
                 let result = (|| -> Result<()> {
+                    // A one-binary crate, as a user's project is: the doctor's
+                    // ART001 finds the package with `cargo metadata`.
+                    std::fs::write(
+                        dir.join("Cargo.toml"),
+                        "[package]\nname = \"bench-service\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+                    )?;
+                    std::fs::create_dir_all(dir.join("src"))?;
+                    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n")?;
                     time_cli(program, &["init", "--force"], &dir, &[0])?;
                     let mut doctor =
                         Row::new("`deploy-kit doctor --offline` wall time", "ms", false);

@@ -29,6 +29,10 @@ pub struct Facts {
     /// Base URLs of running replicas, for the online checks.
     pub replicas: Vec<String>,
     pub waivers: Vec<Waiver>,
+    /// The cargo package and bin target the deploy builds, when a cargo
+    /// build is part of it (`None`: the service judging its own environment,
+    /// or a prebuilt binary).
+    pub artifact: Option<ArtifactFacts>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,6 +268,113 @@ impl Manifest {
     }
 }
 
+/// What deploy-kit builds (`service.package`, `service.binary`,
+/// `service.features`) and what `cargo metadata` found in the workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactFacts {
+    /// The cargo workspace root as configured (`service.workspace`), for messages.
+    pub workspace: String,
+    /// The package to build; `None` when the config names none and the
+    /// workspace has no single candidate.
+    pub package: Option<String>,
+    /// The bin target to run; `None` like `package`.
+    pub binary: Option<String>,
+    /// Every feature the build turns on, with who asks for it.
+    pub features: Vec<RequiredFeature>,
+    pub cargo: CargoWorkspace,
+}
+
+/// One cargo feature the build turns on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequiredFeature {
+    pub name: String,
+    /// Who asks for it: `service.features`, or the platform (`aws-lambda-function-url`).
+    pub wanted_by: String,
+}
+
+/// The workspace as `cargo metadata --no-deps` reports it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CargoWorkspace {
+    Found {
+        packages: Vec<CargoPackage>,
+    },
+    /// `cargo metadata` could not run (no cargo, no `Cargo.toml`): why, and the fix.
+    Unavailable {
+        reason: String,
+    },
+}
+
+/// One workspace member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CargoPackage {
+    pub name: String,
+    /// Its bin targets.
+    pub bins: Vec<String>,
+    /// Its features (`[features]` keys).
+    pub features: Vec<String>,
+}
+
+fn listed(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl ArtifactFacts {
+    /// What is wrong with the artifact against `packages`, naming the
+    /// missing thing and listing what exists; `None` when it builds.
+    /// `deploy-kit` uses the same words for its errors.
+    pub fn problem(&self, packages: &[CargoPackage]) -> Option<String> {
+        let workspace = &self.workspace;
+        let Some(package_name) = &self.package else {
+            let candidates: Vec<String> = packages
+                .iter()
+                .filter(|p| !p.bins.is_empty())
+                .map(|p| format!("{} (bins: {})", p.name, p.bins.join(", ")))
+                .collect();
+            return Some(format!(
+                "`service.package` is not set and the cargo workspace `{workspace}` has no single package with one bin target to default to; candidates: {}",
+                listed(&candidates)
+            ));
+        };
+        let Some(package) = packages.iter().find(|p| &p.name == package_name) else {
+            let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+            return Some(format!(
+                "no package `{package_name}` in the cargo workspace `{workspace}`; its packages: {}",
+                listed(&names)
+            ));
+        };
+        let binary = self.binary.as_ref().unwrap_or(package_name);
+        if !package.bins.contains(binary) {
+            return Some(format!(
+                "package `{package_name}` has no bin target `{binary}`; its bin targets: {}",
+                listed(&package.bins)
+            ));
+        }
+        let missing: Vec<String> = self
+            .features
+            .iter()
+            .filter(|f| !package.features.contains(&f.name))
+            .map(|f| format!("`{}` (wanted by {})", f.name, f.wanted_by))
+            .collect();
+        if !missing.is_empty() {
+            return Some(format!(
+                "package `{package_name}` has no feature {}; its features: {}",
+                missing.join(", "),
+                listed(&package.features)
+            ));
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestKind {
     Dockerfile,
@@ -318,6 +429,7 @@ impl Facts {
             manifests: Vec::new(),
             replicas: Vec::new(),
             waivers: Vec::new(),
+            artifact: None,
         }
     }
 

@@ -305,6 +305,15 @@ pub const CHECKS: &[Check] = &[
         "Only an end-to-end call proves that externalization and cross-replica streams work together in the deployed system.",
     ),
     check(
+        "ART001",
+        "service-artifact-missing",
+        Error,
+        Offline,
+        "the cargo package, bin target or feature deploy-kit builds is not in the workspace",
+        "set `service.package`, `service.binary`, `service.features` and `service.workspace` in deploy-kit.yaml to what `cargo metadata --no-deps --format-version 1` lists; a platform feature (`lambda`, `s3`) goes in the package's `[features]`, e.g. `lambda = [\"kit-service/lambda\"]`",
+        "Every Dockerfile, function package and local run builds `cargo build -p <package> --bin <binary> --features ...`; a name that does not exist fails the image build long after `plan` said yes.",
+    ),
+    check(
         "DOC001",
         "expired-waiver",
         Warn,

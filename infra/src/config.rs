@@ -79,6 +79,23 @@ pub struct ServiceConfig {
     /// `.deploy-kit/<environment>/<target>/`, state sits beside them.
     #[serde(default = "environment")]
     pub environment: String,
+    /// The cargo package that builds the service (`cargo build -p`). Default:
+    /// the workspace's only package with exactly one bin target, found with
+    /// `cargo metadata --no-deps` at `workspace`; set it to render without cargo.
+    #[serde(default)]
+    pub package: Option<String>,
+    /// The package's bin target that serves (`cargo build --bin`, the image's
+    /// entrypoint, the Lambda `bootstrap`); default `package`.
+    #[serde(default)]
+    pub binary: Option<String>,
+    /// Cargo features of `package` every build turns on; deploy-kit adds the
+    /// platform's own (`lambda` on Lambda, `s3` with S3 storage).
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// The cargo workspace root, relative to this file: the Docker build
+    /// context and where `cargo metadata` and `up local`'s build run.
+    #[serde(default = "workspace")]
+    pub workspace: String,
 }
 
 fn service_name() -> String {
@@ -89,17 +106,43 @@ fn environment() -> String {
     "dev".to_string()
 }
 
+fn workspace() -> String {
+    ".".to_string()
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             name: service_name(),
             image: None,
             environment: environment(),
+            package: None,
+            binary: None,
+            features: Vec::new(),
+            workspace: workspace(),
         }
     }
 }
 
 impl ServiceConfig {
+    /// The bin target: `binary`, else `package` (`None` when neither is set).
+    pub fn binary(&self) -> Option<&str> {
+        self.binary.as_deref().or(self.package.as_deref())
+    }
+
+    /// The cargo workspace root: `workspace` under `config_dir`.
+    pub fn workspace_dir(&self, config_dir: &Path) -> PathBuf {
+        let dir = if config_dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            config_dir
+        };
+        match self.workspace.as_str() {
+            "." | "" => dir.to_path_buf(),
+            workspace => dir.join(workspace),
+        }
+    }
+
     /// The image to deploy: `image`, or `<name>:<deploy-kit version>`.
     pub fn image(&self) -> String {
         self.image
@@ -417,6 +460,35 @@ impl DeployConfig {
                 "`service.name: {name}` must be 1-40 lower-case letters, digits and `-`, not starting or ending with `-` (it names buckets' roles, functions and Deployments)"
             )));
         }
+        let cargo_name = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let service = &config.service;
+        for (key, value) in [
+            ("package", service.package.as_deref()),
+            ("binary", service.binary.as_deref()),
+        ] {
+            if let Some(value) = value
+                && !cargo_name(value)
+            {
+                return Err(invalid(format!(
+                    "`service.{key}: {value}` is not a cargo name (letters, digits, `-` and `_`)"
+                )));
+            }
+        }
+        if let Some(feature) = service.features.iter().find(|f| {
+            f.is_empty()
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_+./".contains(&b))
+        }) {
+            return Err(invalid(format!(
+                "`service.features` entry `{feature}` is not a cargo feature name"
+            )));
+        }
         if config.targets.is_empty() {
             return Err(invalid("`targets` is empty; define at least one".into()));
         }
@@ -523,6 +595,39 @@ mod tests {
         .unwrap_err();
         assert!(
             error.contains("line 8") && error.contains("YYYY-MM-DD"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn artifact_keys_default_and_refuse_non_cargo_names() {
+        let config = parse("version: 1\ntargets:\n  l:\n    platform: fly\n").unwrap();
+        assert_eq!(config.service.package, None);
+        assert_eq!(config.service.binary(), None);
+        assert_eq!(config.service.workspace, ".");
+        assert_eq!(config.service.workspace_dir(Path::new("")), Path::new("."));
+        let config = parse(
+            "version: 1\nservice:\n  package: acme-rpc\n  features: [fast]\n  workspace: ..\ntargets:\n  l:\n    platform: fly\n",
+        )
+        .unwrap();
+        assert_eq!(config.service.binary(), Some("acme-rpc"));
+        assert_eq!(
+            config.service.workspace_dir(Path::new("/repo/deploy")),
+            Path::new("/repo/deploy/..")
+        );
+        let error =
+            parse("version: 1\nservice:\n  package: acme rpc\ntargets:\n  l:\n    platform: fly\n")
+                .unwrap_err();
+        assert!(
+            error.contains("`service.package: acme rpc` is not a cargo name"),
+            "{error}"
+        );
+        let error = parse(
+            "version: 1\nservice:\n  features: [\"a b\"]\ntargets:\n  l:\n    platform: fly\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("`a b` is not a cargo feature name"),
             "{error}"
         );
     }

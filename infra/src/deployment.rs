@@ -8,6 +8,7 @@ use kit_checks::render::Format;
 use kit_checks::{Date, Mode, Severity};
 
 use crate::CommandError;
+use crate::artifact::Artifact;
 use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, TargetConfig};
 use crate::doctor::{DoctorOutput, DoctorRequest, OutputFormat};
 use crate::engine::{self, Resource, STATE_FILE};
@@ -24,6 +25,13 @@ pub struct Deployment {
     pub target: TargetConfig,
     /// `.deploy-kit/<environment>/<target>/` beside the config file.
     pub output_dir: PathBuf,
+    /// What is built and run (`service.package`, `service.binary`, ...);
+    /// `None` when the config names no package and no cargo workspace
+    /// could supply one (see [`Deployment::artifact`]).
+    pub artifact: Option<Artifact>,
+    /// A prebuilt service binary (`--kit-service`): nothing is built, and
+    /// the doctor's ART001 skips.
+    pub prebuilt_binary: Option<PathBuf>,
 }
 
 impl Deployment {
@@ -44,7 +52,7 @@ impl Deployment {
                 2,
             ));
         }
-        let parsed = DeployConfig::load(&path).map_err(|error| {
+        let mut parsed = DeployConfig::load(&path).map_err(|error| {
             CommandError::new(
                 error.to_string(),
                 "fix the file; every key is described in the example `deploy-kit.yaml`",
@@ -56,14 +64,48 @@ impl Deployment {
         })?;
         let (name, chosen) = (name.to_string(), chosen.clone());
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        crate::artifact::fill_defaults(&mut parsed, &base)?;
         Ok(Deployment {
             output_dir: engine::output_dir(&base, &parsed, &name),
+            artifact: Artifact::configured(&parsed.service, &base),
             config: parsed,
             config_path: path,
             display,
             target_name: name,
             target: chosen,
+            prebuilt_binary: None,
         })
+    }
+
+    /// The artifact, or the error that says how to name it.
+    pub fn artifact(&self) -> Result<&Artifact, CommandError> {
+        self.artifact.as_ref().ok_or_else(|| {
+            let workspace = self
+                .config_path
+                .parent()
+                .map(|dir| self.config.service.workspace_dir(dir))
+                .unwrap_or_default();
+            CommandError::new(
+                format!(
+                    "`service.package` is not set, and `{}` has no cargo workspace to find it in",
+                    workspace.display()
+                ),
+                "set `service.package` (and `service.binary`) in deploy-kit.yaml, or `service.workspace` to the cargo workspace root",
+                2,
+            )
+        })
+    }
+
+    /// Every cargo feature a build for this target turns on.
+    pub fn features(&self) -> Vec<String> {
+        crate::artifact::required_features(
+            &self.config.service,
+            self.target.platform,
+            self.config.storage.as_ref(),
+        )
+        .into_iter()
+        .map(|feature| feature.name)
+        .collect()
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -108,6 +150,7 @@ impl Deployment {
             today: None,
             list_checks: false,
             explain: None,
+            prebuilt_binary: self.prebuilt_binary.clone(),
         };
         crate::doctor::report(
             &self.config,
@@ -188,28 +231,63 @@ impl Deployment {
     }
 }
 
-/// The `kit-service` binary for a function package: the flag (or
-/// `DEPLOY_KIT_KIT_SERVICE`), else next to `deploy-kit`, else on `PATH`.
-pub fn find_kit_service(flag: Option<&Path>) -> Result<PathBuf, CommandError> {
+/// The service binary for a package built elsewhere (Lambda, Azure): the
+/// flag (or `DEPLOY_KIT_KIT_SERVICE`), else `<binary>` next to `deploy-kit`,
+/// else on `PATH`. `build` is the command that makes one, for the hint.
+pub fn find_service_binary(
+    flag: Option<&Path>,
+    artifact: &Artifact,
+    build: &str,
+) -> Result<PathBuf, CommandError> {
+    let hint = format!(
+        "build it with `{build}` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)"
+    );
+    if let Some(path) = flag {
+        return if path.is_file() {
+            Ok(path.to_path_buf())
+        } else {
+            Err(CommandError::new(
+                format!("service binary `{}` does not exist", path.display()),
+                hint,
+                2,
+            ))
+        };
+    }
     let current_exe = std::env::current_exe().ok();
     let path_var = std::env::var_os("PATH");
-    crate::up_local::find_kit_service(flag, current_exe.as_deref(), path_var.as_deref()).map_err(
-        |error| {
-            CommandError::new(
-                error.to_string(),
-                "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
-                2,
-            )
-        },
+    crate::artifact::find_prebuilt(
+        &artifact.binary,
+        current_exe.as_deref(),
+        path_var.as_deref(),
     )
+    .ok_or_else(|| {
+        CommandError::new(
+            format!(
+                "no `{}` binary found (looked at `--kit-service`, `DEPLOY_KIT_KIT_SERVICE`, next to `deploy-kit` and on `PATH`)",
+                artifact.binary
+            ),
+            hint,
+            2,
+        )
+    })
 }
 
-/// The Lambda package: `bootstrap` (runs `kit-service lambda`) and the
-/// binary. A binary that runs here but has no `lambda` subcommand is refused;
-/// one that cannot run here (another architecture) is packed as it is.
-pub fn lambda_package(kit_service: &Path) -> Result<Vec<u8>, CommandError> {
-    let rebuild = "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH`";
-    if let Ok(output) = std::process::Command::new(kit_service)
+/// The build command of a Lambda package's binary.
+pub fn lambda_build_command(artifact: &Artifact, features: &[String]) -> String {
+    artifact.build_command(features, "--target x86_64-unknown-linux-musl")
+}
+
+/// The Lambda package: `bootstrap` (runs `<binary> lambda`) and the binary
+/// under its own name. A binary that runs here but has no `lambda`
+/// subcommand is refused; one that cannot run here (another architecture)
+/// is packed as it is. `build` is the command that makes it, for hints.
+pub fn lambda_package(
+    service_binary: &Path,
+    artifact: &Artifact,
+    build: &str,
+) -> Result<Vec<u8>, CommandError> {
+    let rebuild = format!("build it with `{build}` and pass `--kit-service PATH`");
+    if let Ok(output) = std::process::Command::new(service_binary)
         .args(["lambda", "--help"])
         .stdin(std::process::Stdio::null())
         .output()
@@ -218,34 +296,35 @@ pub fn lambda_package(kit_service: &Path) -> Result<Vec<u8>, CommandError> {
         return Err(CommandError::new(
             format!(
                 "`{}` has no `lambda` subcommand (built without the `lambda` feature)",
-                kit_service.display()
+                service_binary.display()
             ),
             rebuild,
             2,
         ));
     }
-    let binary = std::fs::read(kit_service).map_err(|error| {
+    let binary = std::fs::read(service_binary).map_err(|error| {
         CommandError::new(
-            format!("failed to read `{}`: {error}", kit_service.display()),
-            rebuild,
+            format!("failed to read `{}`: {error}", service_binary.display()),
+            rebuild.clone(),
             2,
         )
     })?;
+    let bootstrap = engine::aws::bootstrap(&artifact.binary);
     engine::zip::write(&[
         engine::zip::ZipEntry {
             name: "bootstrap",
-            contents: engine::aws::BOOTSTRAP.as_bytes(),
+            contents: bootstrap.as_bytes(),
             mode: 0o755,
         },
         engine::zip::ZipEntry {
-            name: "kit-service",
+            name: &artifact.binary,
             contents: &binary,
             mode: 0o755,
         },
     ])
     .map_err(|error| {
         CommandError::new(
-            format!("failed to package `{}`: {error}", kit_service.display()),
+            format!("failed to package `{}`: {error}", service_binary.display()),
             "Lambda packages are limited to 50 MB zipped; build with `--release`",
             2,
         )

@@ -46,6 +46,9 @@ pub struct DoctorRequest {
     pub today: Option<String>,
     pub list_checks: bool,
     pub explain: Option<String>,
+    /// A prebuilt service binary (`up --kit-service`): nothing is built, so
+    /// ART001 (the cargo package exists) skips.
+    pub prebuilt_binary: Option<PathBuf>,
 }
 
 /// What to print and how to exit.
@@ -307,6 +310,10 @@ pub fn facts(
         },
         manifests,
         replicas,
+        artifact: request
+            .prebuilt_binary
+            .is_none()
+            .then(|| crate::artifact::facts(config, base, target.platform)),
         waivers: config
             .waivers
             .iter()

@@ -37,6 +37,10 @@ pub struct Args {
     /// `service.name`: names every resource deploy-kit creates.
     #[arg(long, default_value = "kit-service")]
     pub name: String,
+    /// `service.package`: the cargo package that builds the service; left
+    /// out, it is the workspace's only package with one bin target.
+    #[arg(long)]
+    pub package: Option<String>,
 }
 
 /// What the init template sees.
@@ -45,6 +49,7 @@ struct InitSettings {
     platform: &'static str,
     platform_summary: String,
     name: String,
+    package: Option<String>,
     target: &'static str,
     instances: u32,
     bind: Option<String>,
@@ -73,7 +78,7 @@ fn body_limit(limit: Option<u64>) -> u64 {
     }
 }
 
-fn settings(platform: Platform, name: &str) -> InitSettings {
+fn settings(platform: Platform, name: &str, package: Option<&str>) -> InitSettings {
     let limits = platform.limits();
     let request = body_limit(limits.request_bytes);
     let response = body_limit(limits.response_bytes);
@@ -148,6 +153,7 @@ fn settings(platform: Platform, name: &str) -> InitSettings {
             summary.join(", ")
         },
         name: name.to_string(),
+        package: package.map(str::to_string),
         target: "production",
         instances: match platform {
             Platform::Kubernetes => 3,
@@ -174,12 +180,22 @@ fn settings(platform: Platform, name: &str) -> InitSettings {
     }
 }
 
-/// The commented `deploy-kit.yaml` for `platform`.
+/// The commented `deploy-kit.yaml` for `platform`, leaving `service.package`
+/// to its default (the workspace's only package with one bin target).
 pub fn init_text(platform: Platform, name: &str) -> Result<String, CommandError> {
+    init_text_for(platform, name, None)
+}
+
+/// [`init_text`] with `service.package` written out when given.
+pub fn init_text_for(
+    platform: Platform,
+    name: &str,
+    package: Option<&str>,
+) -> Result<String, CommandError> {
     render_template(
         &environment(TEMPLATES),
         "init/deploy-kit.yaml.j2",
-        minijinja::Value::from(minijinja::value::Serde(settings(platform, name))),
+        minijinja::Value::from(minijinja::value::Serde(settings(platform, name, package))),
     )
 }
 
@@ -198,7 +214,7 @@ fn init(args: &Args) -> Result<(), CommandError> {
             2,
         )
     })?;
-    let text = init_text(platform, &args.name)?;
+    let text = init_text_for(platform, &args.name, args.package.as_deref())?;
     // The file must load as the docs promise; a failure here is our bug.
     crate::config::DeployConfig::parse(&text, &args.output).map_err(|error| {
         CommandError::new(

@@ -1,7 +1,8 @@
 //! deploy-kit: the deploy tool's library. `main.rs` parses and dispatches;
 //! commands live here so tests call them directly.
 //!
-//! [`config`] is the `deploy-kit.yaml` model, [`doctor`] turns it into
+//! [`config`] is the `deploy-kit.yaml` model, [`artifact`] resolves the
+//! cargo package and binary it deploys, [`doctor`] turns it into
 //! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
 //! for `doctor --online`, [`up_local`] is `deploy-kit up local`, [`render`]
 //! fills in `templates/` (and gives `plan` its files), [`init`] writes a
@@ -9,6 +10,7 @@
 //! methods from the shell. Each command module owns its
 //! clap `Args` and a `run` that returns the exit code.
 
+pub mod artifact;
 pub mod call;
 pub mod config;
 pub mod deployment;
@@ -81,7 +83,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "DEPLOY_KIT_KIT_SERVICE",
-        "The `kit-service` binary `up local` starts (`--kit-service`); default next to `deploy-kit`, then on `PATH`.",
+        "A prebuilt service binary (`--kit-service`) that `up` runs or packages instead of building `service.package` with cargo; without a cargo workspace the default is `service.binary` next to `deploy-kit`, then on `PATH`.",
     ),
     (
         "DEPLOY_KIT_RUNTIME",

@@ -25,7 +25,7 @@ enum Command {
     Init(deploy_kit::init::Args),
     /// Render a target and show what `up` would create, change or delete.
     Plan(deploy_kit::plan::Args),
-    /// Provision and deploy a target (`local`: run kit-service here).
+    /// Provision and deploy a target (`local`: build and run the service here).
     Up(deploy_kit::up::Args),
     /// Remove what `up` made.
     Down(deploy_kit::down::Args),
@@ -140,6 +140,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
             .filter(|v| !v.is_empty()),
         list_checks: args.list_checks,
         explain: args.explain,
+        prebuilt_binary: None,
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let output = match deploy_kit::doctor::doctor(&request, &cwd, &|name| std::env::var(name).ok())

@@ -14,7 +14,7 @@ use kit_checks::Mode;
 use serde::Serialize;
 
 use crate::CommandError;
-use crate::deployment::{Deployment, find_kit_service, lambda_package};
+use crate::deployment::{Deployment, find_service_binary, lambda_build_command, lambda_package};
 use crate::engine::{self, Action, Plan, State};
 
 /// Schema id of `plan --json`.
@@ -36,7 +36,8 @@ pub struct Args {
     /// Plan even when the offline doctor reports errors.
     #[arg(long)]
     pub force: bool,
-    /// The kit-service binary whose package the plan compares (default: next to `deploy-kit`, then `PATH`).
+    /// The prebuilt service binary whose Lambda package the plan compares
+    /// (default: `service.binary` next to `deploy-kit`, then on `PATH`).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
 }
@@ -212,17 +213,21 @@ pub fn run(args: Args) -> ExitCode {
 
 fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
+    let mut deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
+    deployment.prebuilt_binary = args.kit_service.clone();
     doctor_gate(&deployment, args.force, env)?;
     // Only Lambda targets ship a package; the other engines deploy an image.
     let package = if !engine::aws::handles(deployment.target.platform) {
         None
     } else {
-        match find_kit_service(args.kit_service.as_deref()) {
-            Ok(binary) => Some(lambda_package(&binary)?),
+        let artifact = deployment.artifact()?;
+        let build = lambda_build_command(artifact, &deployment.features());
+        match find_service_binary(args.kit_service.as_deref(), artifact, &build) {
+            Ok(binary) => Some(lambda_package(&binary, artifact, &build)?),
             Err(_) => {
                 eprintln!(
-                    "note: no kit-service binary found, so the function's code is not compared (pass `--kit-service PATH`)"
+                    "note: no `{}` binary found, so the function's code is not compared (build it with `{build}` and pass `--kit-service PATH`)",
+                    artifact.binary
                 );
                 None
             }

@@ -23,8 +23,9 @@ use kit_checks::platform::Platform;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
 pub use settings::{
-    CONTAINER_PORT, Delivery, NginxOptions, PROXY_BODY_HEADROOM_BYTES, RenderOptions,
-    SecretSettings, Settings, SettingsError, TERMINATION_MARGIN_SECONDS, secret_name_of,
+    ArtifactSettings, CONTAINER_PORT, Delivery, NginxOptions, PROXY_BODY_HEADROOM_BYTES,
+    RenderOptions, SecretSettings, Settings, SettingsError, TERMINATION_MARGIN_SECONDS,
+    secret_name_of,
 };
 
 use crate::CommandError;
@@ -47,6 +48,7 @@ macro_rules! templates {
 /// Every template, by its path under `templates/`.
 pub const TEMPLATES: &[(&str, &str)] = templates![
     "docker/Dockerfile.j2",
+    "docker/Dockerfile.dockerignore.j2",
     "pulumi/stack.yaml.j2",
     "pulumi/_aws-bucket.yaml.j2",
     "pulumi/_gcs-bucket.yaml.j2",
@@ -80,7 +82,8 @@ pub enum What {
     /// Everything the target deploys from (what `plan` writes): Dockerfile,
     /// Pulumi program and stack config, platform manifests.
     Target,
-    /// The target's Dockerfile (build from the repository root).
+    /// The target's Dockerfile and its Dockerfile.dockerignore (build from
+    /// the cargo workspace root, `service.workspace`).
     Dockerfile,
     /// Pulumi.yaml and Pulumi.<environment>.yaml (lambda, cloud-run, azure, kubernetes).
     Pulumi,
@@ -164,7 +167,16 @@ fn planned(path: impl Into<String>, template: &'static str, part: Part) -> Plann
 /// The files `platform` renders; an error for platforms without templates.
 fn plan_files(platform: Platform, settings: &Settings) -> Result<Vec<Planned>, CommandError> {
     let stack = format!("Pulumi.{}.yaml", settings.service.environment);
-    let dockerfile = || planned("Dockerfile", "docker/Dockerfile.j2", Part::Dockerfile);
+    let dockerfile = || {
+        [
+            planned("Dockerfile", "docker/Dockerfile.j2", Part::Dockerfile),
+            planned(
+                "Dockerfile.dockerignore",
+                "docker/Dockerfile.dockerignore.j2",
+                Part::Dockerfile,
+            ),
+        ]
+    };
     let pulumi = |program: &'static str| {
         [
             planned("Pulumi.yaml", program, Part::Pulumi),
@@ -174,11 +186,11 @@ fn plan_files(platform: Platform, settings: &Settings) -> Result<Vec<Planned>, C
     let mut files = Vec::new();
     match platform {
         Platform::AwsLambdaApiGateway | Platform::AwsLambdaFunctionUrl => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             files.extend(pulumi("pulumi/aws-lambda.yaml.j2"));
         }
         Platform::CloudRun => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             files.extend(pulumi("pulumi/cloud-run.yaml.j2"));
         }
         Platform::AzureFunctions => {
@@ -191,11 +203,11 @@ fn plan_files(platform: Platform, settings: &Settings) -> Result<Vec<Planned>, C
             files.extend(pulumi("pulumi/azure-functions.yaml.j2"));
         }
         Platform::Fly => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             files.push(planned("fly.toml", "fly/fly.toml.j2", Part::Fly));
         }
         Platform::Railway => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             files.push(planned(
                 "railway.json",
                 "railway/railway.json.j2",
@@ -208,7 +220,7 @@ fn plan_files(platform: Platform, settings: &Settings) -> Result<Vec<Planned>, C
             ));
         }
         Platform::Kubernetes => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             for name in ["deployment", "service"] {
                 files.push(kubernetes_file(name));
             }
@@ -221,7 +233,7 @@ fn plan_files(platform: Platform, settings: &Settings) -> Result<Vec<Planned>, C
             files.extend(pulumi("pulumi/kubernetes.yaml.j2"));
         }
         Platform::Compose => {
-            files.push(dockerfile());
+            files.extend(dockerfile());
             files.push(planned(
                 "compose.yaml",
                 "compose/compose.yaml.j2",
@@ -525,8 +537,8 @@ pub fn write_files(files: &[RenderedFile], dir: &Path) -> Result<(), CommandErro
 #[command(after_long_help = "\
 Output goes to .deploy-kit/<environment>/<target>/ next to the config (all: \
 .deploy-kit/<environment>/<target>/ for each target; workflow: the config's directory), \
-or to --output-dir. Dockerfiles build from the repository root: \
-docker build -f <dir>/Dockerfile .
+or to --output-dir. Dockerfiles build from the cargo workspace root (`service.workspace`): \
+docker build -f <dir>/Dockerfile <workspace>
 
 Examples:
   deploy-kit render target --target production
@@ -620,13 +632,18 @@ pub fn load_config(path: Option<&Path>) -> Result<(DeployConfig, PathBuf), Comma
             2,
         ));
     }
-    let config = DeployConfig::load(&path).map_err(|error| {
+    let mut config = DeployConfig::load(&path).map_err(|error| {
         CommandError::new(
             error.to_string(),
             "fix the file; every key is described in the example `deploy-kit.yaml`",
             2,
         )
     })?;
+    let dir = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::artifact::fill_defaults(&mut config, dir)?;
     Ok((config, path))
 }
 

@@ -1,4 +1,4 @@
-//! `deploy-kit up <target>`: `local` runs kit-service here ([`crate::up_local`]);
+//! `deploy-kit up <target>`: `local` builds and runs the service here ([`crate::up_local`]);
 //! a `compose` target runs nginx and its replicas here or in containers
 //! ([`crate::engine::compose`]); every other target is provisioned by its engine: the offline doctor, the
 //! plan (on stderr), create-or-update of every resource with one progress
@@ -10,16 +10,18 @@ use std::process::ExitCode;
 
 use crate::CommandError;
 use crate::config::Engine as EngineKind;
-use crate::deployment::{Deployment, find_kit_service, lambda_package};
+use crate::deployment::{Deployment, find_service_binary, lambda_build_command, lambda_package};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Target to bring up: `local`, or a name under `targets:` in deploy-kit.yaml.
     pub target: String,
-    /// The `kit-service` binary (`local`); default: next to `deploy-kit`, then on `PATH`.
+    /// A prebuilt service binary to run or package instead of building
+    /// `service.package` (`local`: default `cargo build` in `service.workspace`;
+    /// Lambda, Azure: default `service.binary` next to `deploy-kit`, then on `PATH`).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
-    /// Loopback port to serve on (`local`: kit-service; compose: nginx; 0 picks a free one).
+    /// Loopback port to serve on (`local`: the service; compose: nginx; 0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Return after the doctor with its exit code (`local` stops the service
@@ -63,7 +65,8 @@ fn cwd() -> PathBuf {
 
 fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
     let cwd = cwd();
-    let deployment = Deployment::load(args.config.as_deref(), Some(&args.target), &cwd)?;
+    let mut deployment = Deployment::load(args.config.as_deref(), Some(&args.target), &cwd)?;
+    deployment.prebuilt_binary = args.kit_service.clone();
     if deployment.target.engine == EngineKind::Pulumi {
         crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
         crate::plan::doctor_gate(&deployment, args.force, env)?;
@@ -97,8 +100,10 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     }
     // Fails early, with the hint, for platforms no native engine handles.
     deployment.desired(None, env)?;
-    let binary = find_kit_service(args.kit_service.as_deref())?;
-    let package = lambda_package(&binary)?;
+    let artifact = deployment.artifact()?;
+    let build = lambda_build_command(artifact, &deployment.features());
+    let binary = find_service_binary(args.kit_service.as_deref(), artifact, &build)?;
+    let package = lambda_package(&binary, artifact, &build)?;
     let (document, desired) = crate::plan::compute(&deployment, Some(&package), &cwd, env)?;
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed; the native engine does not need the files: {error}");

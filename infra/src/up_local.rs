@@ -1,8 +1,11 @@
 //! `deploy-kit up local`: the embedded default, with no cloud account and no
 //! other service. It keeps its state in `.deploy-kit/local/` (a signing key
-//! made once and reused, and the `local` storage directory), starts
-//! `kit-service serve` on loopback, and judges it with the same doctor as
-//! `deploy-kit doctor --online`.
+//! made once and reused, and the `local` storage directory), builds the
+//! configured service (`service.package`, `service.binary`) with cargo in
+//! `service.workspace`, starts `<binary> serve` on loopback, and judges it
+//! with the same doctor as `deploy-kit doctor --online`. `--kit-service PATH`
+//! runs a prebuilt binary instead; without a cargo workspace, `<binary>` next
+//! to `deploy-kit` or on `PATH` is run.
 //!
 //! The key is written as `hex:` text because the service refuses a key file
 //! that is not UTF-8; it holds 32 random bytes and is never printed.
@@ -16,8 +19,10 @@ use std::time::Duration;
 use kit_checks::render::Format;
 use kit_checks::{Date, Mode, Severity};
 
+use crate::artifact::{Artifact, ArtifactError};
 use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, KeySourceKind};
 use crate::doctor::{DoctorError, DoctorOutput, DoctorRequest, OutputFormat};
+use kit_checks::facts::RequiredFeature;
 
 /// Where `up local` keeps its state, relative to the working directory.
 pub const STATE_DIR: &str = ".deploy-kit/local";
@@ -37,16 +42,11 @@ pub const LOCAL_TARGET: &str = "local";
 /// supervisor allows (OPS002).
 pub const LOCAL_SHUTDOWN_GRACE_SECONDS: u64 = 8;
 
-const BUILD_HINT: &str = "run `cargo build -p kit-service`, or pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)";
-
 #[derive(Debug, thiserror::Error)]
 pub enum UpLocalError {
-    #[error(
-        "no `kit-service` binary found (looked at `--kit-service`, `DEPLOY_KIT_KIT_SERVICE`, next to `deploy-kit` and on `PATH`)"
-    )]
-    BinaryNotFound,
-    #[error("`kit-service` binary `{0}` does not exist")]
-    BinaryMissing(PathBuf),
+    /// Resolving, checking, building or finding the service binary.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
     #[error("failed to prepare `{path}`: {source}")]
     State {
         path: PathBuf,
@@ -56,14 +56,14 @@ pub enum UpLocalError {
     BadKey(PathBuf),
     #[error("failed to generate the signing key: {0}")]
     Random(getrandom::Error),
-    #[error("failed to start `{path}`: {source}")]
+    #[error("failed to start the service binary `{path}`: {source}")]
     Spawn {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("`kit-service` exited before listening ({0})")]
+    #[error("the service exited before listening ({0})")]
     ExitedEarly(String),
-    #[error("`kit-service` did not print `LISTENING` within {0} s")]
+    #[error("the service did not print `LISTENING` within {0} s")]
     StartTimeout(u64),
     #[error("{0}")]
     Doctor(DoctorError),
@@ -73,7 +73,7 @@ impl UpLocalError {
     /// The `hint:` line: the command that fixes it.
     pub fn hint(&self) -> String {
         match self {
-            UpLocalError::BinaryNotFound | UpLocalError::BinaryMissing(_) => BUILD_HINT.to_string(),
+            UpLocalError::Artifact(error) => error.hint(),
             UpLocalError::State { .. } => {
                 "check that the working directory is writable".to_string()
             }
@@ -82,7 +82,9 @@ impl UpLocalError {
                 path.display()
             ),
             UpLocalError::Random(_) => "the system's random source failed; try again".to_string(),
-            UpLocalError::Spawn { .. } => BUILD_HINT.to_string(),
+            UpLocalError::Spawn { .. } => {
+                "check that the binary runs on this machine, or leave `--kit-service` out to build it with cargo".to_string()
+            }
             UpLocalError::ExitedEarly(_) | UpLocalError::StartTimeout(_) => {
                 "read the service's log above; `--port 0` picks a free port if 8080 is taken"
                     .to_string()
@@ -95,6 +97,7 @@ impl UpLocalError {
     pub fn exit_code(&self) -> u8 {
         match self {
             UpLocalError::ExitedEarly(_) | UpLocalError::StartTimeout(_) => 1,
+            UpLocalError::Artifact(error) => error.exit_code(),
             _ => 2,
         }
     }
@@ -188,37 +191,7 @@ fn decode_hex_key(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Finds `kit-service`: the flag (or `DEPLOY_KIT_KIT_SERVICE`, which clap
-/// merges into it), else next to `current_exe`, else on `path_var`.
-pub fn find_kit_service(
-    flag: Option<&Path>,
-    current_exe: Option<&Path>,
-    path_var: Option<&std::ffi::OsStr>,
-) -> Result<PathBuf, UpLocalError> {
-    let name = format!("kit-service{}", std::env::consts::EXE_SUFFIX);
-    if let Some(path) = flag {
-        return if path.is_file() {
-            Ok(path.to_path_buf())
-        } else {
-            Err(UpLocalError::BinaryMissing(path.to_path_buf()))
-        };
-    }
-    if let Some(sibling) = current_exe
-        .and_then(Path::parent)
-        .map(|dir| dir.join(&name))
-        .filter(|p| p.is_file())
-    {
-        return Ok(sibling);
-    }
-    path_var
-        .into_iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(&name))
-        .find(|p| p.is_file())
-        .ok_or(UpLocalError::BinaryNotFound)
-}
-
-/// A started `kit-service`; SIGTERM and wait with [`LocalService::stop`].
+/// A started service process; SIGTERM and wait with [`LocalService::stop`].
 /// Dropping it without stopping kills it, so a failed `up` leaves nothing behind.
 pub struct LocalService {
     child: Option<Child>,
@@ -372,14 +345,27 @@ pub fn send_sigterm(pid: u32) -> std::io::Result<()> {
 }
 
 /// The config `up local` judges: `deploy-kit.yaml` in `cwd` when it has a
-/// `local` target, else built-in defaults (a `compose`-like loopback target).
-/// Either way the signing key is the generated file, since that is what the
-/// started service uses.
+/// `local` target, else built-in defaults (a `compose`-like loopback target,
+/// with the file's `service:` when there is a file, so its package is what
+/// runs). Either way the signing key is the generated file, since that is
+/// what the started service uses.
 pub fn local_config(
     cwd: &Path,
     port: u16,
     key_file: &Path,
 ) -> Result<(DeployConfig, String), DoctorError> {
+    let (mut config, display) = base_config(cwd, port)?;
+    let key = &mut config.signing_key;
+    key.source = KeySourceKind::File;
+    key.path = Some(key_file.display().to_string());
+    key.env = None;
+    key.secret = None;
+    key.value = None;
+    Ok((config, display))
+}
+
+/// [`local_config`] before the signing key is set.
+fn base_config(cwd: &Path, port: u16) -> Result<(DeployConfig, String), DoctorError> {
     let path = cwd.join(DEFAULT_CONFIG_FILE);
     let from_file = match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -390,15 +376,16 @@ pub fn local_config(
                         "fix the file; every key is described in the example `deploy-kit.yaml`",
                     )
                 })?;
-            config
-                .targets
-                .contains_key(LOCAL_TARGET)
-                .then(|| (config, DEFAULT_CONFIG_FILE.to_string()))
+            Some(config)
         }
         Err(_) => None,
     };
-    let (mut config, display) = match from_file {
-        Some(found) => found,
+    let service = from_file.as_ref().map(|config| config.service.clone());
+    let from_file = from_file
+        .filter(|config| config.targets.contains_key(LOCAL_TARGET))
+        .map(|config| (config, DEFAULT_CONFIG_FILE.to_string()));
+    match from_file {
+        Some(found) => Ok(found),
         None => {
             let text = format!(
                 "version: 1\n\
@@ -406,18 +393,42 @@ pub fn local_config(
                  targets:\n  {LOCAL_TARGET}:\n    platform: compose\n    bind: 127.0.0.1:{port}\n\
                  limits:\n  shutdown_grace_seconds: {LOCAL_SHUTDOWN_GRACE_SECONDS}\n"
             );
-            let config = DeployConfig::parse(&text, Path::new("built-in defaults"))
+            let mut config = DeployConfig::parse(&text, Path::new("built-in defaults"))
                 .map_err(|e| DoctorError::new(e.to_string(), "report this as a bug"))?;
-            (config, "built-in defaults".to_string())
+            if let Some(service) = service {
+                config.service = service;
+            }
+            Ok((config, "built-in defaults".to_string()))
         }
-    };
-    let key = &mut config.signing_key;
-    key.source = KeySourceKind::File;
-    key.path = Some(key_file.display().to_string());
-    key.env = None;
-    key.secret = None;
-    key.value = None;
-    Ok((config, display))
+    }
+}
+
+/// The binary `up local` runs: the flag's, else the configured package
+/// built with cargo ([`crate::artifact::local_binary`]).
+pub fn service_binary(
+    flag: Option<&Path>,
+    config: &DeployConfig,
+    cwd: &Path,
+) -> Result<PathBuf, UpLocalError> {
+    if let Some(path) = flag {
+        return Ok(crate::artifact::given_binary(path)?);
+    }
+    let service = &config.service;
+    let artifact = Artifact::resolve(service, cwd)?;
+    // `up local` serves the embedded `local` storage: only `service.features`.
+    let features: Vec<RequiredFeature> = service
+        .features
+        .iter()
+        .map(|name| RequiredFeature {
+            name: name.clone(),
+            wanted_by: "`service.features`".into(),
+        })
+        .collect();
+    Ok(crate::artifact::local_binary(
+        &artifact,
+        &features,
+        &service.workspace,
+    )?)
 }
 
 /// Runs the online doctor against the one local replica at `url`.
@@ -427,6 +438,7 @@ pub fn doctor_local(
     url: &str,
     key_file: &Path,
     today: Date,
+    prebuilt_binary: Option<&Path>,
 ) -> Result<DoctorOutput, DoctorError> {
     let (config, display) = local_config(cwd, port, key_file)?;
     let request = DoctorRequest {
@@ -440,6 +452,7 @@ pub fn doctor_local(
         today: None,
         list_checks: false,
         explain: None,
+        prebuilt_binary: prebuilt_binary.map(Path::to_path_buf),
     };
     crate::doctor::report(
         &config,
@@ -455,7 +468,8 @@ pub fn doctor_local(
 /// A resolved `deploy-kit up local` invocation.
 #[derive(Debug, Clone)]
 pub struct UpLocalRequest {
-    /// `--kit-service` / `DEPLOY_KIT_KIT_SERVICE`.
+    /// `--kit-service` / `DEPLOY_KIT_KIT_SERVICE`: a prebuilt binary to run
+    /// instead of building `service.package`.
     pub kit_service: Option<PathBuf>,
     pub port: u16,
     /// Serve in the foreground until a signal (false: `--no-wait`).
@@ -478,13 +492,10 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
         })?,
         _ => Date::today_utc(),
     };
-    let binary = find_kit_service(
-        request.kit_service.as_deref(),
-        std::env::current_exe().ok().as_deref(),
-        std::env::var_os("PATH").as_deref(),
-    )?;
-    // Judge the config before starting anything: a typo is exit 2, not a
-    // service that starts and is then torn down.
+    // Judge the config and build before starting anything: a typo is exit
+    // 2, not a service that starts and is then torn down.
+    let (config, _) = base_config(&cwd, request.port).map_err(UpLocalError::Doctor)?;
+    let binary = service_binary(request.kit_service.as_deref(), &config, &cwd)?;
     let state = prepare_state(&cwd)?;
     let shown_key = state
         .key_file
@@ -502,15 +513,26 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
     if let Some(pid) = service.pid() {
         forward_signals(pid);
     }
-    println!("kit-service is serving at {}", service.url);
+    let name = binary
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("{name} is serving at {}", service.url);
     let port = service
         .url
         .rsplit_once(':')
         .and_then(|(_, rest)| rest.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or(request.port);
-    let output = doctor_local(&cwd, port, &service.url, &state.key_file, today)
-        .map_err(UpLocalError::Doctor)?;
+    let output = doctor_local(
+        &cwd,
+        port,
+        &service.url,
+        &state.key_file,
+        today,
+        request.kit_service.as_deref(),
+    )
+    .map_err(UpLocalError::Doctor)?;
     print!("{}", output.text);
     let _ = std::io::stdout().flush();
     if !request.wait || output.exit_code != 0 {
@@ -595,14 +617,25 @@ mod tests {
 
     #[test]
     fn an_explicit_binary_must_exist() {
-        let missing = Path::new("/nonexistent/kit-service");
+        let config = DeployConfig::parse(
+            "version: 1\ntargets:\n  local: {platform: compose}\n",
+            Path::new("deploy-kit.yaml"),
+        )
+        .unwrap();
+        let missing = Path::new("/nonexistent/acme");
+        let error = service_binary(Some(missing), &config, Path::new("/nonexistent")).unwrap_err();
         assert!(matches!(
-            find_kit_service(Some(missing), None, None),
-            Err(UpLocalError::BinaryMissing(_))
+            error,
+            UpLocalError::Artifact(ArtifactError::BinaryMissing(_))
         ));
-        assert!(matches!(
-            find_kit_service(None, None, Some(std::ffi::OsStr::new("/nonexistent"))),
-            Err(UpLocalError::BinaryNotFound)
-        ));
+        assert_eq!(error.exit_code(), 2);
+        // No flag, no package and no `Cargo.toml`: nothing names a binary.
+        let error = service_binary(None, &config, Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("no `Cargo.toml` in `/nonexistent`"),
+            "{error}"
+        );
     }
 }

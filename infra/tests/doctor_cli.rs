@@ -368,6 +368,57 @@ fn key004_against_two_real_replicas() {
     assert_eq!(code, 1);
 }
 
+/// A one-binary cargo package in `dir` with the platform features, so the
+/// default `service.package` resolves and ART001 passes.
+fn user_crate(dir: &Path) {
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"acme-rpc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [features]\nlambda = []\ns3 = []\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+}
+
+/// ART001 names an unknown package and lists the workspace's; a workspace
+/// without `Cargo.toml` is "could not run" (exit 3), not a pass.
+#[test]
+fn art001_names_a_missing_package_and_cannot_run_without_a_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = run_in(
+        dir.path(),
+        &["init", "--target", "compose", "--package", "acme"],
+        &[],
+    );
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run_in(dir.path(), &["doctor"], &[]);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains(
+            "ERROR   ART001 service-artifact-missing: could not run: no `Cargo.toml` in `"
+        ),
+        "{text}"
+    );
+    user_crate(dir.path());
+    let (code, text) = run_in(dir.path(), &["doctor"], &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("FAIL    ART001 service-artifact-missing [error]: no package `acme` in the cargo workspace `.`; its packages: `acme-rpc`"),
+        "{text}"
+    );
+    let config = std::fs::read_to_string(dir.path().join("deploy-kit.yaml"))
+        .unwrap()
+        .replace("package: acme ", "package: acme-rpc ");
+    std::fs::write(dir.path().join("deploy-kit.yaml"), config).unwrap();
+    let (code, text) = run_in(dir.path(), &["doctor"], &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("pass    ART001 service-artifact-missing"),
+        "{text}"
+    );
+}
+
 /// KEY005 reads the state `deploy-kit secrets rotate` leaves: a promoted
 /// rotation that was never retired keeps the old key on the replicas, and
 /// after one token lifetime (plus a day of slack) the doctor says to retire it,
@@ -375,6 +426,7 @@ fn key004_against_two_real_replicas() {
 #[test]
 fn key005_flags_a_promoted_rotation_left_unretired() {
     let dir = tempfile::tempdir().unwrap();
+    user_crate(dir.path());
     let (code, text) = run_in(dir.path(), &["init", "--target", "kubernetes"], &[]);
     assert_eq!(code, 0, "{text}");
     let state_dir = dir.path().join(".deploy-kit/dev/production");

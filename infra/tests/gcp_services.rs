@@ -225,11 +225,18 @@ impl Workspace {
     }
 
     fn config(&self, image: &str) -> DeployConfig {
+        // ART001 checks this repository's kit-service.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .display()
+            .to_string();
         let yaml = format!(
             r#"version: 1
 service:
   name: svc
   image: {image}
+  package: kit-service
+  workspace: "{root}"
 targets:
   run:
     platform: cloud-run

@@ -68,10 +68,17 @@ impl Fixture {
     /// A `cloud-functions` target (storage and key only: no Cloud Run calls)
     /// whose storage is the emulator.
     fn write_config(&self, expiry_days: u32) -> DeployConfig {
+        // ART001 checks this repository's kit-service.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .display()
+            .to_string();
         let yaml = format!(
             r#"version: 1
 service:
   name: gcp-test
+  package: kit-service
+  workspace: "{root}"
 targets:
   fn:
     platform: cloud-functions

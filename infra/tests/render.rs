@@ -76,6 +76,7 @@ fn render_target_files_are_what_plan_writes() {
         paths,
         [
             "Dockerfile",
+            "Dockerfile.dockerignore",
             "k8s/deployment.yaml",
             "k8s/service.yaml",
             "k8s/ingress.yaml",
@@ -94,7 +95,7 @@ const LITERAL_API_KEY_REFERENCE: &str = "k8s:vgi-api-keys";
 /// A config with a literal key for `platform`.
 fn literal_key_config(platform: Platform) -> DeployConfig {
     let text = format!(
-        "version: 1\nservice:\n  name: vgi-demo\ntargets:\n  t:\n    platform: {}\n    instances: 3\n    public: true\n\
+        "version: 1\nservice:\n  name: vgi-demo\n  package: kit-service\ntargets:\n  t:\n    platform: {}\n    instances: 3\n    public: true\n\
          storage:\n  provider: s3\n  bucket: b\n  prefix: vgi-rpc/\n  credential: instance-role\n\
          auth:\n  required: true\n  api_keys: {LITERAL_API_KEY_REFERENCE}\n\
          signing_key:\n  source: literal\n  value: \"{LITERAL_KEY}\"\n",
@@ -325,6 +326,17 @@ fn cli_render_help_lists_every_kind_and_the_exit_codes() {
 #[test]
 fn init_writes_a_file_per_platform_that_parses_and_passes_the_doctor() {
     let dir = tempfile::tempdir().unwrap();
+    // A user's crate: `service.package` is left out, so ART001 finds it with
+    // `cargo metadata` (the only package with one bin target).
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"acme-rpc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [[bin]]\nname = \"acme\"\npath = \"src/main.rs\"\n\n\
+         [features]\nlambda = []\ns3 = []\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
     for platform in Platform::ALL {
         let file = format!("{}.yaml", platform.name());
         let (code, _, stderr) = run_in(
@@ -370,4 +382,116 @@ fn init_snapshot_cloud_run() {
     );
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("init_cloud_run", stdout);
+}
+
+/// Every platform as one target of a crate that is not kit-service.
+fn renamed_crate_config() -> String {
+    let mut text = String::from(
+        "version: 1\n\
+         service:\n  name: acme\n  package: acme-rpc\n  binary: acme\n  features: [fast]\n\
+         targets:\n",
+    );
+    for platform in Platform::ALL {
+        text.push_str(&format!(
+            "  {name}:\n    platform: {name}\n    instances: 3\n    public: true\n    region: eu-west-1\n    project: acme-project\n",
+            name = platform.name()
+        ));
+    }
+    text.push_str(
+        "storage:\n  provider: s3\n  bucket: acme-data\n  prefix: acme/\n  credential: instance-role\n\
+         auth:\n  required: true\n  api_keys: aws:acme-api-keys\n\
+         signing_key:\n  source: secret\n  secret: aws:acme-signing-key\n",
+    );
+    text
+}
+
+/// Every file under `dir`, relative, with its text.
+fn rendered_tree(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap().display().to_string();
+                files.push((relative, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn a_renamed_crate_renders_every_platform_without_kit_service() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("deploy-kit.yaml"), renamed_crate_config()).unwrap();
+    let out = dir.path().join("out");
+    let (code, _, stderr) = run_in(
+        dir.path(),
+        &["render", "all", "--output-dir", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let files = rendered_tree(&out);
+    let file = |path: &str| -> &str {
+        &files
+            .iter()
+            .find(|(have, _)| have == path)
+            .unwrap_or_else(|| panic!("`{path}` was not rendered"))
+            .1
+    };
+    // Every platform with templates rendered, none names kit-service.
+    for platform in Platform::ALL {
+        let name = platform.name();
+        let rendered = files
+            .iter()
+            .any(|(path, _)| path.starts_with(&format!("{name}/")));
+        let templated = !matches!(
+            platform,
+            Platform::CloudFunctions | Platform::CloudflareWorkers
+        );
+        assert_eq!(rendered, templated, "{name}: rendered {rendered}");
+    }
+    for (path, text) in &files {
+        for word in ["kit-service", "kit_service"] {
+            assert!(!path.contains(word), "`{path}` names `{word}`");
+            if let Some(line) = text.lines().find(|line| line.contains(word)) {
+                panic!("`{path}` names `{word}`: {line}");
+            }
+        }
+    }
+    // ... and each runs and builds the configured artifact.
+    let dockerfile = file("compose/Dockerfile");
+    assert!(
+        dockerfile
+            .contains("cargo build --locked --release -p acme-rpc --bin acme --features fast,s3"),
+        "{dockerfile}"
+    );
+    assert!(dockerfile.contains("COPY --from=build /service-binary /usr/local/bin/acme"));
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["/usr/local/bin/acme"]"#));
+    assert!(file("compose/Dockerfile.dockerignore").contains("\ntarget\n"));
+    let lambda = file("aws-lambda-function-url/Dockerfile");
+    assert!(lambda.contains("--features fast,lambda,s3"), "{lambda}");
+    assert!(lambda.contains(r#"CMD ["lambda"]"#), "{lambda}");
+    assert!(file("azure-functions/host.json").contains(r#""defaultExecutablePath": "acme""#));
+    assert!(
+        file("railway/railway.json")
+            .contains(r#""startCommand": "/usr/local/bin/acme serve --listen 0.0.0.0:8080""#)
+    );
+    assert!(file("kubernetes/k8s/deployment.yaml").contains("        - name: acme\n"));
+}
+
+#[test]
+fn an_unset_package_outside_a_cargo_workspace_is_a_clear_render_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = renamed_crate_config().replace("  package: acme-rpc\n  binary: acme\n", "");
+    std::fs::write(dir.path().join("deploy-kit.yaml"), config).unwrap();
+    let (code, _, stderr) = run_in(dir.path(), &["render", "target", "--target", "fly"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("error: `service.package` is not set, and `cargo metadata` could not find it (no `Cargo.toml` at `service.workspace: .`, or no cargo)"),
+        "{stderr}"
+    );
 }

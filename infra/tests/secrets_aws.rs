@@ -124,11 +124,16 @@ fn rotation_moves_secret_stages_and_the_function_environment() {
     let secret = format!("{name}/ci/signing-key");
     let first = format!("hex:{}", "5a".repeat(32));
     let dir = tempfile::tempdir().unwrap();
+    // ART001 checks this repository's kit-service.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .display()
+        .to_string();
     std::fs::write(
         dir.path().join("deploy-kit.yaml"),
         format!(
             "version: 1
-service: {{name: {name}, environment: ci}}
+service: {{name: {name}, environment: ci, package: kit-service, workspace: \"{root}\"}}
 targets:
   lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
 signing_key:

@@ -87,7 +87,7 @@ impl Project {
     fn write_config(&self, expiry_days: &str) {
         let config = format!(
             "version: 1
-service: {{name: {name}, environment: ci}}
+service: {{name: {name}, environment: ci, package: kit-service}}
 targets:
   lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
 limits:

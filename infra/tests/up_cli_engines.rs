@@ -54,7 +54,18 @@ impl Project {
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
+        // The project is a cargo package called kit-service (with the
+        // platform features), so ART001 finds it with `cargo metadata`.
+        let config = config.replacen("service: {", "service: {package: kit-service, ", 1);
         std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"kit-service\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [features]\nlambda = []\ns3 = []\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
         for program in programs {
             let path = bin.join(program);
             std::fs::write(&path, FAKE_CLI).unwrap();

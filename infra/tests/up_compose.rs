@@ -78,7 +78,14 @@ impl Project {
         .unwrap();
         let config = fixture
             .replace("http://127.0.0.1:8333", &servers.s3)
-            .replace("bucket: kit-compose-data", &format!("bucket: {bucket}"));
+            .replace("bucket: kit-compose-data", &format!("bucket: {bucket}"))
+            .replace(
+                "workspace: ../../..",
+                &format!(
+                    "workspace: {}",
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").display()
+                ),
+            );
         std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
         Project {
             dir,

@@ -12,7 +12,7 @@ fn project(engine: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.join("deploy-kit.yaml"),
         format!(
-            "version: 1\nservice: {{name: vgi, environment: ci}}\ntargets:\n  lambda: {{platform: aws-lambda-function-url, region: us-east-1, engine: {engine}}}\n"
+            "version: 1\nservice: {{name: vgi, environment: ci, package: kit-service}}\ntargets:\n  lambda: {{platform: aws-lambda-function-url, region: us-east-1, engine: {engine}}}\n"
         ),
     )
     .unwrap();

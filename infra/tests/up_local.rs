@@ -1,6 +1,7 @@
 //! `deploy-kit up local --no-wait` as a user runs it: the real binary starts
 //! the real `kit-service` (build it first: `cargo build -p kit-service`) in a
-//! fresh working directory, and the doctor judges it.
+//! fresh working directory, and the doctor judges it; in a cargo workspace of
+//! another name it builds and starts the configured binary.
 
 use std::path::{Path, PathBuf};
 
@@ -152,11 +153,11 @@ fn a_missing_binary_exits_2_with_a_hint() {
     let (code, stdout, stderr) = up_local(&dir.0, &["--kit-service", "/nonexistent/kit-service"]);
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stderr.contains("error: `kit-service` binary `/nonexistent/kit-service` does not exist"),
+        stderr.contains("error: service binary `/nonexistent/kit-service` does not exist"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("hint: run `cargo build -p kit-service`"),
+        stderr.contains("hint: pass the path of a built service binary to `--kit-service`"),
         "{stderr}"
     );
     assert!(
@@ -175,4 +176,134 @@ fn other_targets_are_not_implemented_yet() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// A one-file crate whose binary `acme` prints `LISTENING` like the service
+/// and holds the port; std only, so it builds in a second.
+fn acme_crate(dir: &Path) {
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"acme-rpc\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [[bin]]\nname = \"acme\"\npath = \"src/main.rs\"\n\n[features]\nfast = []\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        r#"fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    assert_eq!(args[1], "serve", "{args:?}");
+    if cfg!(feature = "fast") {
+        std::fs::write("built-with-fast", "").unwrap();
+    }
+    let listener = std::net::TcpListener::bind(&args[3]).unwrap();
+    println!("LISTENING http://{}", listener.local_addr().unwrap());
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+"#,
+    )
+    .unwrap();
+}
+
+/// Runs `up local` in `dir` with the crate's own target directory.
+fn up_local_in_crate(dir: &Path) -> (i32, String, String) {
+    let mut command = std::process::Command::cargo_bin("deploy-kit").unwrap();
+    command
+        .current_dir(dir)
+        .args(["up", "local", "--no-wait", "--port", "0"])
+        .env("CARGO_TARGET_DIR", dir.join("target"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DEPLOY_KIT_") || name.starts_with("VGI_") || name.starts_with("KIT_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn up_local_builds_and_runs_the_configured_binary() {
+    let dir = WorkDir::new("acme");
+    acme_crate(&dir.0);
+    std::fs::write(
+        dir.0.join("deploy-kit.yaml"),
+        "version: 1\nservice:\n  package: acme-rpc\n  binary: acme\n  features: [fast]\n\
+         targets:\n  local:\n    platform: compose\n    bind: 127.0.0.1:8080\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = up_local_in_crate(&dir.0);
+    assert!(
+        stderr.contains("building `acme`: cargo build -p acme-rpc --bin acme --features fast"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("acme is serving at http://127.0.0.1:"),
+        "exit {code}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(dir.0.join("target/debug/acme").is_file());
+    assert!(
+        dir.0.join("built-with-fast").is_file(),
+        "built without `fast`"
+    );
+    // The doctor judged the built package, which exists.
+    assert!(
+        stdout.contains("pass    ART001 service-artifact-missing"),
+        "{stdout}"
+    );
+    // The fake answers no probe, so the online doctor cannot pass; it ran.
+    assert_ne!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+#[test]
+fn up_local_without_a_package_key_builds_the_only_binary_package() {
+    let dir = WorkDir::new("default");
+    acme_crate(&dir.0);
+    // No deploy-kit.yaml: the built-in defaults, and the package from `cargo metadata`.
+    let (_, stdout, stderr) = up_local_in_crate(&dir.0);
+    assert!(
+        stderr.contains("building `acme`: cargo build -p acme-rpc --bin acme\n"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("acme is serving at"), "{stdout}\n{stderr}");
+    assert!(!dir.0.join("built-with-fast").exists());
+}
+
+#[test]
+fn up_local_names_an_unknown_package_and_lists_the_workspace() {
+    let dir = WorkDir::new("unknown");
+    acme_crate(&dir.0);
+    std::fs::write(
+        dir.0.join("deploy-kit.yaml"),
+        "version: 1\nservice:\n  package: acme-server\n  features: [turbo]\n\
+         targets:\n  local:\n    platform: compose\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = up_local_in_crate(&dir.0);
+    assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains(
+            "error: no package `acme-server` in the cargo workspace `.`; its packages: `acme-rpc`"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: set `service.package`"), "{stderr}");
+    std::fs::write(
+        dir.0.join("deploy-kit.yaml"),
+        "version: 1\nservice:\n  package: acme-rpc\n  binary: acme\n  features: [turbo]\n\
+         targets:\n  local:\n    platform: compose\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = up_local_in_crate(&dir.0);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("error: package `acme-rpc` has no feature `turbo` (wanted by `service.features`); its features: `fast`"),
+        "{stderr}"
+    );
+    assert!(!dir.0.join("target").exists(), "built before checking");
 }

@@ -126,6 +126,7 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
         manifests: Vec::new(),
         replicas: Vec::new(),
         waivers: Vec::new(),
+        artifact: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The checks themselves: one function per registered id, facts in, outcome out.
 
+mod artifact;
 mod keys;
 mod limits;
 mod operations;
@@ -51,6 +52,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "OPS001" => operations::probes(facts),
         "OPS002" => operations::shutdown_grace(facts),
         "OPS003" => operations::synthetic(facts, context),
+        "ART001" => artifact::in_workspace(facts),
         other => Verdict::Skip(format!("`{other}` has no implementation")),
     };
     match verdict {

@@ -45,7 +45,7 @@ pub mod kind {
     pub const SECRET: &str = "secret";
     /// IAM role / service account the service runs as.
     pub const ROLE: &str = "role";
-    /// The function or service that runs kit-service (Lambda, Cloud Run).
+    /// The function or service that runs the service binary (Lambda, Cloud Run).
     pub const FUNCTION: &str = "function";
     /// Its public endpoint (Lambda Function URL).
     pub const ENDPOINT: &str = "endpoint";

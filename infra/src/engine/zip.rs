@@ -1,5 +1,5 @@
 //! A minimal, deterministic zip writer for function packages (Lambda's
-//! `bootstrap` plus the kit-service binary).
+//! `bootstrap` plus the service binary).
 //!
 //! Hand-written rather than a crate because it needs three things only:
 //! deflate (flate2, already a dependency), Unix modes (`bootstrap` must be

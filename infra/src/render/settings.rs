@@ -13,12 +13,12 @@ use serde::Serialize;
 
 use crate::config::{CredentialKind, DeployConfig, KeySourceKind, TargetConfig};
 
-/// The port kit-service listens on inside every container we render.
+/// The port the service listens on inside every container we render.
 pub const CONTAINER_PORT: u16 = 8080;
 /// Extra bytes nginx accepts above `max_request_bytes`, so the service (not
 /// the proxy) answers an oversized body with its Arrow error batch.
 pub const PROXY_BODY_HEADROOM_BYTES: u64 = 64 * 1024;
-/// Seconds kit-service keeps serving with `/readyz` at 503 on Kubernetes, so
+/// Seconds the service keeps serving with `/readyz` at 503 on Kubernetes, so
 /// endpoints controllers and ingresses stop routing before connections close.
 pub const KUBERNETES_DRAIN_DELAY_SECONDS: u64 = 5;
 /// Seconds added to shutdown grace + drain delay for the pod's termination grace.
@@ -66,7 +66,7 @@ pub struct Settings {
     pub service: ServiceSettings,
     pub target: TargetSettings,
     pub limits: LimitSettings,
-    /// Plain (non-secret) environment of kit-service, in a stable order.
+    /// Plain (non-secret) environment of the service, in a stable order.
     pub env: Vec<EnvVar>,
     /// Secrets the process needs, as references only.
     pub secrets: Vec<SecretSettings>,
@@ -74,6 +74,8 @@ pub struct Settings {
     pub signing_key: Option<SecretSettings>,
     pub storage: Option<StorageSettings>,
     pub image: ImageSettings,
+    /// What is built and run: package, bin target, features.
+    pub artifact: ArtifactSettings,
     pub nginx: NginxSettings,
     /// Every target of the config (the workflow's matrix).
     pub all_targets: Vec<String>,
@@ -130,7 +132,7 @@ pub struct EnvVar {
     pub value: String,
 }
 
-/// How a secret reaches kit-service.
+/// How a secret reaches the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
@@ -150,7 +152,7 @@ pub struct SecretSettings {
     pub key: String,
     /// The Pulumi config key holding the value (`signingKey`), always `secret: true`.
     pub config_key: String,
-    /// The variable kit-service reads (`VGI_SIGNING_KEY_FILE` or `VGI_SIGNING_KEY`).
+    /// The variable the service reads (`VGI_SIGNING_KEY_FILE` or `VGI_SIGNING_KEY`).
     pub variable: String,
     pub delivery: Delivery,
     /// With file delivery: the directory the secret is mounted at and the file in it.
@@ -181,10 +183,25 @@ pub struct StorageSettings {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageSettings {
-    /// Cargo features of kit-service the platform needs (`lambda`, `s3`).
-    pub cargo_features: Vec<&'static str>,
     /// The container's arguments after the binary (`serve --listen 0.0.0.0:8080`).
     pub command: Vec<String>,
+}
+
+/// The service's cargo artifact (`service.package`, `service.binary`,
+/// `service.features`, `service.workspace`), resolved once.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactSettings {
+    /// `cargo build -p <package>`.
+    pub package: String,
+    /// `cargo build --bin <binary>`: the executable every platform runs.
+    pub binary: String,
+    /// Every feature the build turns on: `service.features`, then the
+    /// platform's (`lambda` on Lambda, `s3` with S3-protocol storage).
+    pub features: Vec<String>,
+    /// Where images install it: `/usr/local/bin/<binary>`.
+    pub path: String,
+    /// The cargo workspace root as configured (the Docker build context).
+    pub workspace: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -352,17 +369,11 @@ impl Settings {
         let signing_key = secrets.iter().find(|s| s.id == "signing-key").cloned();
         let env = resolve_env(config, target, drain_delay_seconds);
 
-        let mut cargo_features = Vec::new();
+        let artifact = resolve_artifact(config, platform)?;
         let lambda = matches!(
             platform,
             Platform::AwsLambdaApiGateway | Platform::AwsLambdaFunctionUrl
         );
-        if lambda {
-            cargo_features.push("lambda");
-        }
-        if storage.as_ref().is_some_and(|s| s.backend == "s3") {
-            cargo_features.push("s3");
-        }
         let command = if lambda {
             vec!["lambda".to_string()]
         } else {
@@ -417,15 +428,41 @@ impl Settings {
             secrets,
             signing_key,
             storage,
-            image: ImageSettings {
-                cargo_features,
-                command,
-            },
+            image: ImageSettings { command },
+            artifact,
             nginx,
             all_targets: config.targets.keys().cloned().collect(),
             kubernetes_files: Vec::new(),
         })
     }
+}
+
+/// The artifact from `service:`; `package` is set by now when the config was
+/// loaded from a cargo workspace ([`crate::artifact::fill_defaults`]).
+fn resolve_artifact(
+    config: &DeployConfig,
+    platform: Platform,
+) -> Result<ArtifactSettings, SettingsError> {
+    let service = &config.service;
+    let (Some(package), Some(binary)) = (&service.package, service.binary()) else {
+        return Err(SettingsError {
+            message: format!(
+                "`service.package` is not set, and `cargo metadata` could not find it (no `Cargo.toml` at `service.workspace: {}`, or no cargo)",
+                service.workspace
+            ),
+            hint: "set `service.package` (and `service.binary` when the bin target has another name) in deploy-kit.yaml, or `service.workspace` to the cargo workspace root".into(),
+        });
+    };
+    Ok(ArtifactSettings {
+        package: package.clone(),
+        binary: binary.to_string(),
+        features: crate::artifact::required_features(service, platform, config.storage.as_ref())
+            .into_iter()
+            .map(|feature| feature.name)
+            .collect(),
+        path: format!("/usr/local/bin/{binary}"),
+        workspace: service.workspace.clone(),
+    })
 }
 
 fn resolve_secrets(
@@ -639,6 +676,38 @@ fn resolve_nginx(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(text: &str) -> Result<Settings, SettingsError> {
+        let config = DeployConfig::parse(text, std::path::Path::new("deploy-kit.yaml")).unwrap();
+        Settings::resolve(&config, "t", &RenderOptions::default())
+    }
+
+    #[test]
+    fn the_artifact_takes_the_users_features_then_the_platforms() {
+        let settings = settings(
+            "version: 1\nservice:\n  package: acme-rpc\n  binary: acme\n  features: [fast, s3]\n\
+             targets:\n  t:\n    platform: aws-lambda-function-url\n\
+             storage:\n  provider: s3\n  bucket: b\n  prefix: p/\n  credential: instance-role\n",
+        )
+        .unwrap();
+        let artifact = &settings.artifact;
+        assert_eq!(artifact.package, "acme-rpc");
+        assert_eq!(artifact.binary, "acme");
+        assert_eq!(artifact.features, ["fast", "s3", "lambda"]);
+        assert_eq!(artifact.path, "/usr/local/bin/acme");
+        assert_eq!(settings.image.command, ["lambda"]);
+    }
+
+    #[test]
+    fn an_unresolved_package_is_a_settings_error() {
+        let error = settings("version: 1\ntargets:\n  t:\n    platform: fly\n").unwrap_err();
+        assert!(
+            error.message.contains("`service.package` is not set"),
+            "{}",
+            error.message
+        );
+        assert!(error.hint.contains("service.workspace"), "{}", error.hint);
+    }
 
     #[test]
     fn secret_names_come_from_the_reference() {

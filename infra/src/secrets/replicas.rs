@@ -2,7 +2,7 @@
 //! (any replica continues any stream from its token alone).
 //!
 //! [`ReplicaSet`] is what a platform's roll implements: [`ProcessReplicas`]
-//! restarts local `kit-service` processes (SIGTERM, drain, start again on the
+//! restarts local service processes (SIGTERM, drain, start again on the
 //! same port with the new environment, wait for `LISTENING` and `/readyz`),
 //! Lambda updates the function's environment (`aws` module), and
 //! [`PrintedRoll`] prints the exact commands for platforms deploy-kit does
@@ -28,7 +28,7 @@ pub enum RollOutcome {
 
 /// The replicas of one target.
 pub trait ReplicaSet {
-    /// How messages name them: `2 local kit-service processes`.
+    /// How messages name them: `2 local `acme` processes`.
     fn describe(&self) -> String;
     /// Restarts every replica with `keys`, one at a time; `progress` gets one
     /// line per replica. Never prints a key value.
@@ -63,7 +63,7 @@ impl ReplicaSet for PrintedRoll {
 /// How long a replica may take to print `LISTENING` and answer `/readyz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Local `kit-service serve` processes on loopback, each restarted on its
+/// Local `<binary> serve` processes on loopback, each restarted on its
 /// own port. Dropping the set kills every process it started.
 pub struct ProcessReplicas {
     binary: PathBuf,
@@ -175,7 +175,7 @@ impl ProcessReplicas {
         let mut child = command.stderr(stderr).spawn().map_err(|error| {
             CommandError::new(
                 format!("failed to start `{}`: {error}", self.binary.display()),
-                "build it with `cargo build -p kit-service`",
+                "build the service (`deploy-kit up local` builds `service.package`), or pass the path of a built binary",
                 1,
             )
         })?;
@@ -262,7 +262,12 @@ impl ProcessReplicas {
 
 impl ReplicaSet for ProcessReplicas {
     fn describe(&self) -> String {
-        format!("{} local kit-service processes", self.replicas.len())
+        let name = self
+            .binary
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{} local `{name}` processes", self.replicas.len())
     }
 
     fn roll(

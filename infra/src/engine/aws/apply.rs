@@ -298,7 +298,7 @@ impl AwsEngine {
                             .or(configuration.last_update_status_reason())
                             .unwrap_or("no reason given")
                     ),
-                    "check that the package's `kit-service` was built for Lambda (`--features lambda`, Linux)",
+                    "check that the package's service binary was built for Lambda (`--features lambda`, Linux)",
                     1,
                 ));
             }
@@ -332,8 +332,8 @@ impl AwsEngine {
         let name = &self.settings.function_name;
         let package = self.package.as_deref().ok_or_else(|| {
             CommandError::new(
-                "no function package: `up` needs the kit-service binary built for Lambda",
-                "build it with `cargo build --release -p kit-service --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
+                "no function package: `up` needs the service binary built for Lambda",
+                "build it with `cargo build --release -p <service.package> --bin <service.binary> --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
                 2,
             )
         })?;

@@ -1,12 +1,12 @@
 //! The AWS native engine for `aws-lambda-function-url` targets: an S3 bucket
 //! with lifecycle and CORS, the signing key in Secrets Manager, an IAM role,
-//! the Lambda function running kit-service, and its Function URL.
+//! the Lambda function running the service binary, and its Function URL.
 //!
 //! What a target needs ([`desired`]) is computed here from the config alone
 //! and compiles without the SDKs, so `plan` works in any build; making it
 //! ([`apply::AwsEngine`]) needs the cargo feature `aws`.
 //!
-//! kit-service reads its key from `VGI_SIGNING_KEY`, not from Secrets
+//! The service reads its key from `VGI_SIGNING_KEY`, not from Secrets
 //! Manager, so `up` reads the secret at deploy time and sets that variable on
 //! the function (Lambda encrypts environment variables at rest). The state
 //! and the plan name the secret, never its value.
@@ -45,9 +45,11 @@ pub const ABORT_MULTIPART_RULE_ID: &str = "deploy-kit-abort-multipart";
 /// The variable the function's key goes in (a setting shows the secret's name).
 pub const KEY_VARIABLE: &str = "VGI_SIGNING_KEY";
 
-/// Lambda's `bootstrap`: the custom runtime runs it without arguments, and
-/// kit-service needs its `lambda` subcommand.
-pub const BOOTSTRAP: &str = "#!/bin/sh\nexec \"${LAMBDA_TASK_ROOT:-.}/kit-service\" lambda\n";
+/// Lambda's `bootstrap` for the service binary `binary`: the custom runtime
+/// runs it without arguments, and the binary needs its `lambda` subcommand.
+pub fn bootstrap(binary: &str) -> String {
+    format!("#!/bin/sh\nexec \"${{LAMBDA_TASK_ROOT:-.}}/{binary}\" lambda\n")
+}
 
 /// Names and settings `up` works from, resolved once from the config.
 #[derive(Debug, Clone)]
@@ -61,7 +63,7 @@ pub struct AwsSettings {
     pub bucket: Option<BucketSettings>,
     pub public: bool,
     pub timeout_seconds: u64,
-    /// kit-service's environment except the key.
+    /// The service's environment except the key.
     pub environment: BTreeMap<String, String>,
 }
 
@@ -237,7 +239,7 @@ fn provider_name(provider: StorageProvider) -> &'static str {
     }
 }
 
-/// kit-service's variables (docs/configuration.md) from the config, except
+/// The service's variables (docs/configuration.md) from the config, except
 /// the signing key.
 pub fn service_environment(config: &DeployConfig, region: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
@@ -295,6 +297,14 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn the_bootstrap_runs_the_configured_binary() {
+        assert_eq!(
+            bootstrap("acme"),
+            "#!/bin/sh\nexec \"${LAMBDA_TASK_ROOT:-.}/acme\" lambda\n"
+        );
+    }
 
     const CONFIG: &str = "version: 1
 service: {name: vgi, environment: test}

@@ -3,7 +3,7 @@
 //! Why the Functions custom handler and not Container Apps: the platform is
 //! `azure-functions`, whose limits (230 s HTTP timeout, 210 MiB bodies) the
 //! doctor judges, and the rendered `host.json` and `rpc/function.json` are a
-//! custom handler running `kit-service serve`. Container Apps would be
+//! custom handler running `<service.binary> serve`. Container Apps would be
 //! another platform with other limits and templates.
 //!
 //! `up`, each step reading first (`show`) and creating only what is missing:
@@ -20,7 +20,7 @@
 //!    Functions 4, system identity), the `Key Vault Secrets User` role for
 //!    that identity, app settings (the `KIT_*` env and
 //!    `VGI_SIGNING_KEY=@Microsoft.KeyVault(SecretUri=...)`), and the package
-//!    (`host.json`, `rpc/function.json`, `kit-service`) by zip deploy.
+//!    (`host.json`, `rpc/function.json`, the service binary) by zip deploy.
 //!
 //! `down`: newest first; the storage account (and so the group) is kept
 //! unless `--delete-data`; the group is deleted only when `up` created it.
@@ -261,17 +261,20 @@ impl AzureEngine {
         )
     }
 
-    /// The package zip: `host.json`, `rpc/function.json`, `kit-service`.
+    /// The package zip: `host.json`, `rpc/function.json` and the service
+    /// binary under its own name (host.json's `defaultExecutablePath`).
     fn package(&self) -> Result<PathBuf, CommandError> {
-        let binary_path = self
-            .kit_service
-            .clone()
-            .map(Ok)
-            .unwrap_or_else(|| crate::deployment::find_kit_service(None))?;
+        let artifact = self.deployment.artifact()?;
+        let build = artifact.build_command(
+            &self.deployment.features(),
+            "--target x86_64-unknown-linux-gnu",
+        );
+        let binary_path =
+            crate::deployment::find_service_binary(self.kit_service.as_deref(), artifact, &build)?;
         let binary = std::fs::read(&binary_path).map_err(|error| {
             CommandError::new(
                 format!("failed to read `{}`: {error}", binary_path.display()),
-                "build it for Linux x86_64 (`cargo build --release -p kit-service`) and pass `--kit-service PATH`",
+                format!("build it for Linux x86_64 (`{build}`) and pass `--kit-service PATH`"),
                 2,
             )
         })?;
@@ -287,7 +290,7 @@ impl AzureEngine {
                 mode: 0o644,
             },
             crate::engine::zip::ZipEntry {
-                name: "kit-service",
+                name: &artifact.binary,
                 contents: &binary,
                 mode: 0o755,
             },
@@ -295,7 +298,7 @@ impl AzureEngine {
         .map_err(|error| {
             CommandError::new(
                 format!("failed to build the function package: {error}"),
-                "build kit-service with `--release`",
+                format!("build it with `{build}`"),
                 2,
             )
         })?;

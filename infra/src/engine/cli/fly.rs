@@ -4,10 +4,11 @@
 //! `up`: the app (`fly apps create` only when `fly apps list --json` lacks
 //! it); the signing key as the Fly secret `VGI_SIGNING_KEY`, set once with
 //! `fly secrets import --stage` reading `NAME=VALUE` from stdin (Fly never
-//! returns secret values, and kit-service does not need it back, so it is
+//! returns secret values, and the service does not need it back, so it is
 //! never read back or stored locally); a check that the API-keys secret is
-//! set; `fly deploy` with the rendered `fly.toml` (the repository is the
-//! build context, or `--image` when `service.image` is set); `fly scale
+//! set; `fly deploy` with the rendered `fly.toml` (the cargo workspace,
+//! `service.workspace`, is the build context, or `--image` when
+//! `service.image` is set); `fly scale
 //! count` to `instances`.
 //!
 //! `down`: `fly apps destroy` when `up` created the app (secrets and
@@ -236,7 +237,13 @@ impl Engine for FlyEngine {
                     let fly_toml = self.output_dir.join("fly.toml");
                     progress.step(&format!("{} deploy", want.address()), || {
                         let mut argv: Vec<OsString> = args(["deploy"]);
-                        argv.push(self.cli.working_dir.clone().into_os_string());
+                        // The Dockerfile copies the whole cargo workspace.
+                        let context = self
+                            .deployment
+                            .config
+                            .service
+                            .workspace_dir(&self.cli.working_dir);
+                        argv.push(context.into_os_string());
                         argv.push("--config".into());
                         argv.push(fly_toml.clone().into_os_string());
                         argv.extend(args(["--app", app.as_str()]));

@@ -1,5 +1,5 @@
 //! The compose engine for `platform: compose` targets: nginx in front of
-//! `instances` kit-service replicas, with the bucket on an S3-compatible
+//! `instances` replicas of the service binary, with the bucket on an S3-compatible
 //! store (SeaweedFS, MinIO) and one signing key shared by every replica.
 //!
 //! Two runtimes, chosen with `up --runtime`:
@@ -52,7 +52,7 @@ pub const DEFAULT_REGION: &str = "us-east-1";
 /// How `up` runs a compose target: the default is `processes`, in docs and CI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
-    /// kit-service replicas and nginx as processes on 127.0.0.1.
+    /// The service's replicas and nginx as processes on 127.0.0.1.
     Processes,
     /// The rendered compose.yaml with `docker compose` or `podman compose`.
     Container,
@@ -87,6 +87,8 @@ pub struct ComposeSettings {
     pub key_generated: bool,
     pub storage: Option<StorageConfig>,
     pub shutdown_grace: Duration,
+    /// The bin target the replicas run (`service.binary`), for the plan.
+    pub binary: String,
 }
 
 impl ComposeSettings {
@@ -124,6 +126,11 @@ impl ComposeSettings {
             key_generated,
             storage: config.storage.clone(),
             shutdown_grace: Duration::from_secs(config.limits.shutdown_grace_seconds),
+            binary: deployment
+                .artifact
+                .as_ref()
+                .map(|artifact| artifact.binary.clone())
+                .unwrap_or_else(|| "<service.binary>".into()),
         })
     }
 
@@ -167,7 +174,10 @@ impl ComposeSettings {
             resources.push(
                 Resource::new(PROCESS, replica_name(index))
                     .with("role", "replica")
-                    .with("command", "kit-service serve --listen 127.0.0.1:PORT"),
+                    .with(
+                        "command",
+                        format!("{} serve --listen 127.0.0.1:PORT", self.binary),
+                    ),
             );
         }
         resources.push(
@@ -557,7 +567,7 @@ fn stop_process(resource: &Resource, settings: &ComposeSettings) -> String {
         return "not recorded as running".to_string();
     };
     // nginx stops gracefully on SIGQUIT (SIGTERM is its fast shutdown);
-    // kit-service drains on SIGTERM within its shutdown grace.
+    // The service drains on SIGTERM within its shutdown grace.
     let signal = if resource.name == "nginx" {
         rustix::process::Signal::QUIT
     } else {
@@ -597,14 +607,7 @@ impl Supervisor<'_> {
         progress: &mut Progress,
         settings_of: &dyn Fn(&str, &str) -> BTreeMap<String, String>,
     ) -> Result<String, CommandError> {
-        let kit_service = crate::deployment::find_kit_service(self.options.kit_service.as_deref())
-            .map_err(|error| {
-                CommandError::new(
-                    error.message,
-                    "build it with `cargo build -p kit-service --features s3` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
-                    2,
-                )
-            })?;
+        let service_binary = self.service_binary()?;
         let nginx = match &self.options.nginx {
             Some(path) if path.is_file() => path.clone(),
             Some(path) => {
@@ -628,7 +631,7 @@ impl Supervisor<'_> {
         for index in 1..=self.settings.instances {
             let name = replica_name(index);
             let url = progress.step(&name, || {
-                self.ensure_replica(state, &name, &kit_service, &environment)
+                self.ensure_replica(state, &name, &service_binary, &environment)
             })?;
             let mut resource = state.find(PROCESS, &name).cloned().expect("recorded");
             resource.settings = settings_of(PROCESS, &name);
@@ -665,7 +668,28 @@ impl Supervisor<'_> {
         Ok(url)
     }
 
-    /// kit-service's variables: the ones the rendered compose.yaml gives its
+    /// The replicas' binary: `--kit-service`, else `service.package` built
+    /// with cargo (with the target's features) in `service.workspace`.
+    fn service_binary(&self) -> Result<PathBuf, CommandError> {
+        let deployment = self.deployment;
+        let config = &deployment.config;
+        let features = crate::artifact::required_features(
+            &config.service,
+            deployment.target.platform,
+            config.storage.as_ref(),
+        );
+        let binary = match &self.options.kit_service {
+            Some(path) => crate::artifact::given_binary(path)?,
+            None => crate::artifact::local_binary(
+                deployment.artifact()?,
+                &features,
+                &config.service.workspace,
+            )?,
+        };
+        Ok(binary)
+    }
+
+    /// The service's variables: the ones the rendered compose.yaml gives its
     /// containers (`render::Settings::env`), adjusted for loopback processes.
     fn replica_environment(&self) -> Result<Vec<(String, String)>, CommandError> {
         let config = &self.deployment.config;
@@ -736,7 +760,7 @@ impl Supervisor<'_> {
         &mut self,
         state: &mut State,
         name: &str,
-        kit_service: &Path,
+        service_binary: &Path,
         environment: &[(String, String)],
     ) -> Result<(String, String), CommandError> {
         let recorded = state.find(PROCESS, name).cloned();
@@ -756,7 +780,7 @@ impl Supervisor<'_> {
             .and_then(|r| r.outputs.get("port"))
             .cloned()
             .unwrap_or_else(|| "0".into());
-        let mut command = Command::new(kit_service);
+        let mut command = Command::new(service_binary);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .current_dir(&self.settings.output_dir);
@@ -784,11 +808,11 @@ impl Supervisor<'_> {
                 return Err(CommandError::new(
                     format!(
                         "`{}` ({name}) {reason}; the end of `{}`:\n{}",
-                        kit_service.display(),
+                        service_binary.display(),
                         log.display(),
                         processes::log_tail(&log, 15)
                     ),
-                    "kit-service needs the `s3` feature for S3 storage: `cargo build -p kit-service --features s3`, then `--kit-service PATH`; a taken recorded port frees up after `deploy-kit down`",
+                    "S3 storage needs the service built with its `s3` feature (deploy-kit adds it when it builds; a `--kit-service` binary must have it too); a taken recorded port frees up after `deploy-kit down`",
                     1,
                 ));
             }

@@ -1,4 +1,4 @@
-//! The `processes` runtime's supervisor: kit-service replicas and nginx as
+//! The `processes` runtime's supervisor: the service's replicas and nginx as
 //! plain processes on 127.0.0.1, each in its own process group (a Ctrl-C in
 //! the terminal reaches `deploy-kit`, which stops them in order), with its
 //! output in a log file so it outlives `up --no-wait`.
@@ -138,7 +138,7 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Waits for kit-service's `LISTENING <url>` line in its log; the URL.
+/// Waits for the service's `LISTENING <url>` line in its log; the URL.
 pub fn wait_listening(
     child: &mut Child,
     running: &Running,

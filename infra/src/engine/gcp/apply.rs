@@ -702,6 +702,7 @@ fn online_doctor(
         today: None,
         list_checks: false,
         explain: None,
+        prebuilt_binary: None,
     };
     crate::doctor::report(
         config,
