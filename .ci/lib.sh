@@ -10,7 +10,11 @@ VENV=${VGI_VENV:-$CI_CACHE/venv-py313-vgi-$VGI_RPC_VERSION}
 PY=$VENV/bin/python
 export VGI_VENV=$VENV
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+# Every stage line carries the time since the CI run (or this script) began,
+# so a slow stage shows in the log; scripts called by .ci/test inherit the start.
+export KIT_CI_STARTED=${KIT_CI_STARTED:-$(date +%s)}
+log() { printf '\n==> [%s] %s\n' "$(elapsed)" "$*" >&2; }
+elapsed() { local s=$(( $(date +%s) - KIT_CI_STARTED )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # The Python 3.13 venv with the vgi-rpc client and its conformance suites.
