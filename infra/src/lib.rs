@@ -5,9 +5,11 @@
 //! `kit_checks::Facts` and renders the report, [`replica`] is the HTTP probe
 //! for `doctor --online`, [`up_local`] is `deploy-kit up local`, [`render`]
 //! fills in `templates/` (and gives `plan` its files), [`init`] writes a
-//! commented config for a platform. Each command module owns its
+//! commented config for a platform, [`call`] calls a running service's
+//! methods from the shell. Each command module owns its
 //! clap `Args` and a `run` that returns the exit code.
 
+pub mod call;
 pub mod config;
 pub mod deployment;
 pub mod doctor;
@@ -53,6 +55,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "render",
         "render Dockerfiles, manifests and workflows from templates",
     ),
+    (
+        "call",
+        "list a service's methods, call one and print the result",
+    ),
 ];
 
 /// Every environment variable deploy-kit reads; each overrides the
@@ -92,7 +98,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     (
         "DEPLOY_KIT_API_KEY",
-        "API key `doctor --online` sends (Bearer) to replicas that require auth, for the OPS003 probe calls.",
+        "API key (Bearer) `doctor --online` sends to replicas that require auth for the OPS003 probe calls, and `call` sends with every call (`--api-key`).",
     ),
     (
         "GOOGLE_APPLICATION_CREDENTIALS",

@@ -37,6 +37,8 @@ enum Command {
     Secrets(deploy_kit::secrets::Args),
     /// Render templates: Dockerfiles, nginx, compose, Kubernetes, Pulumi, CI workflow.
     Render(deploy_kit::render::Args),
+    /// List a service's protocols and methods, or call one (`PROTOCOL.METHOD name=value ...`).
+    Call(deploy_kit::call::Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Down(args) => deploy_kit::down::run(args),
         Command::Secrets(args) => deploy_kit::secrets::run(args),
         Command::Render(args) => deploy_kit::render::run(args),
+        Command::Call(args) => deploy_kit::call::run(args),
     }
 }
 

@@ -51,6 +51,7 @@ fn check(name: &str, args: &[&str], env: &[(&str, &str)], expect_exit: i32) {
     insta::with_settings!({filters => vec![
         (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
         (r#""version": "\d+\.\d+\.\d+""#, r#""version": "[VERSION]""#),
+        (r"\(os error \d+\)", "(os error [N])"),
         (r"/\S*/tests/fixtures", "[FIXTURES]"),
     ]}, {
         insta::assert_snapshot!(name, text);

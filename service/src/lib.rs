@@ -3,12 +3,20 @@
 //! Arrow IPC in -> method -> Arrow IPC out. [`rpc`] defines services, [`wire`]
 //! speaks the Arrow framing, [`http`] is the transport, [`token`] signs stream
 //! state, [`conformance`] and [`demo`] are the protocols the binary serves.
+//! [`host`] is a service binary's whole `main`, [`client`] calls any vgi-rpc
+//! server over HTTP, and [`testing`] runs a user's protocols in-process for
+//! their tests.
+
+// The macros name this crate `::kit_service`, also when used inside it (the demo).
+extern crate self as kit_service;
 
 pub mod alloc;
+pub mod client;
 pub mod config;
 pub mod conformance;
 pub mod demo;
 pub mod doctor;
+pub mod host;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
@@ -20,6 +28,7 @@ pub mod rpc;
 pub mod serve;
 pub mod storage;
 pub mod telemetry;
+pub mod testing;
 pub mod token;
 pub mod wire;
 
@@ -28,5 +37,9 @@ pub mod wire;
 pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
 
 pub use http::{HttpConfig, Server, app};
-pub use rpc::{Args, Ctx, Exchanger, Output, Producer, Protocol, StreamInit};
+pub use kit_macros::{ArrowRecord, service};
+pub use rpc::{
+    Args, ArrowRecord, ArrowValue, Ctx, Exchange, Exchanger, Output, Produce, Producer, Protocol,
+    RowExchanger, RowProducer, Rows, StreamInit,
+};
 pub use wire::{ErrorCode, LogLevel, RpcError};

@@ -126,26 +126,26 @@ mod tests {
 }
 
 /// The caller side of `kit.Probe.v1`, for `deploy-kit doctor --online` and
-/// `kit-service doctor`: plain HTTP, no Python, no storage credentials (the
-/// presigned URL is all a client gets).
+/// the tests that prove streams move between replicas: calls through
+/// [`crate::client::Client`], with no storage credentials (the pointer URL
+/// is all a client gets).
 pub mod client {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch};
+    use arrow_array::{Array, ArrayRef, BinaryArray, Int64Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
-    use bytes::Bytes;
-    use sha2::Digest;
 
-    use crate::wire::ipc::{StreamWriter, read_streams};
-    use crate::wire::{self, Metadata};
+    use crate::client::{Client, ClientError, ProducerStream};
 
     /// Why a probe call did not prove what it set out to: the replica could not
     /// be reached (the check could not run), or it answered wrongly (a finding).
     #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
     pub enum ProbeError {
+        /// Nothing answered: connection refused, timeout.
         #[error("{0}")]
         Unreachable(String),
+        /// The replica answered, wrongly.
         #[error("{0}")]
         Failed(String),
     }
@@ -165,18 +165,19 @@ pub mod client {
     /// What one probe call saw, for the check's message.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct StreamProof {
-        /// `server_id` that served the first turn, and the continuations.
+        /// `server_id` that served the first turn.
         pub first_server: Option<String>,
+        /// `server_id`s that served the continuations, in order.
         pub continued_by: Vec<String>,
+        /// Every tick received, in order.
         pub ticks: Vec<i64>,
     }
 
-    /// An open `ticks` stream on the client side: the tokens of the next
-    /// turn, and what the turns so far carried.
-    #[derive(Debug, Clone)]
+    /// An open `ticks` stream on the client side, and what its turns so far
+    /// carried.
+    #[derive(Debug)]
     pub struct TickStream {
-        state: Option<String>,
-        call: Option<String>,
+        stream: ProducerStream,
         /// Every tick received so far, in order.
         pub ticks: Vec<i64>,
         /// `server_id` that served the latest turn.
@@ -186,30 +187,23 @@ pub mod client {
     impl TickStream {
         /// True once the server sent a turn without a next state token.
         pub fn finished(&self) -> bool {
-            self.state.is_none()
+            self.stream.is_finished()
         }
 
-        fn absorb(&mut self, response: &Bytes) -> Result<(), String> {
-            self.served_by = None;
-            for batch in batches(response)? {
-                if let Some(token) = batch.get(wire::STATE_KEY) {
-                    self.state = Some(token.to_string());
-                }
-                if let Some(token) = batch.get(wire::CALL_STATE_KEY) {
-                    self.call = Some(token.to_string());
-                }
-                if batch.get(wire::LOG_LEVEL_KEY).is_some()
-                    && let Some(server) = batch.get(wire::SERVER_ID_KEY)
-                {
-                    self.served_by = Some(server.to_string());
-                }
-                if batch.batch.num_rows() > 0
-                    && let Some(ticks) = batch.batch.column(0).as_any().downcast_ref::<Int64Array>()
-                {
-                    self.ticks.extend(ticks.values().iter().copied());
-                }
-            }
-            Ok(())
+        fn absorb(&mut self, batch: Option<RecordBatch>) -> Result<Vec<i64>, ProbeError> {
+            self.served_by = self.stream.server_id().map(str::to_string);
+            let Some(batch) = batch else {
+                return Ok(Vec::new());
+            };
+            let ticks = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or("the ticks are not int64")?
+                .values()
+                .to_vec();
+            self.ticks.extend(&ticks);
+            Ok(ticks)
         }
     }
 
@@ -217,18 +211,49 @@ pub mod client {
     /// plus the service's path prefix, if any).
     #[derive(Debug, Clone)]
     pub struct ProbeCaller {
-        http: reqwest::Client,
-        api_key: Option<String>,
+        /// Fetches pointers on https and public addresses only.
+        remote: Client,
+        /// For replicas on loopback: their store is on loopback too.
+        local: Client,
     }
+
+    /// Pointer URL prefixes allowed when the replica itself is on loopback
+    /// (`up local`, compose, CI), where the store is too.
+    const LOOPBACK: [&str; 3] = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
 
     impl ProbeCaller {
         /// `api_key` is sent as `Authorization: Bearer` when the service requires auth.
         pub fn new(timeout: Duration, api_key: Option<String>) -> Result<ProbeCaller, String> {
-            let http = reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| format!("failed to build the HTTP client: {e}"))?;
-            Ok(ProbeCaller { http, api_key })
+            let build = || -> Result<Client, ClientError> {
+                let mut client = Client::new("http://127.0.0.1")?
+                    .with_timeout(timeout)?
+                    .with_protocol_version(super::NAME, super::VERSION);
+                if let Some(key) = &api_key {
+                    client = client.with_api_key(key.clone());
+                }
+                Ok(client)
+            };
+            let failed = |e: ClientError| format!("failed to build the probe client: {e}");
+            let remote = build().map_err(failed)?;
+            let local = build()
+                .and_then(|c| c.with_fetch_allowlist(LOOPBACK))
+                .map_err(failed)?;
+            Ok(ProbeCaller { remote, local })
+        }
+
+        fn client(&self, base_url: &str) -> Result<Client, ProbeError> {
+            let loopback = url::Url::parse(base_url)
+                .ok()
+                .is_some_and(|url| match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                    None => false,
+                });
+            let client = if loopback { &self.local } else { &self.remote };
+            client
+                .at(base_url)
+                .map_err(|e| ProbeError::Failed(e.to_string()))
         }
 
         /// `external(bytes, seed)`: the result must come back as a pointer whose
@@ -239,70 +264,26 @@ pub mod client {
             bytes: i64,
             seed: i64,
         ) -> Result<(), ProbeError> {
-            let body = request(
-                "external",
-                vec![
-                    Field::new("bytes", DataType::Int64, false),
-                    Field::new("seed", DataType::Int64, false),
-                ],
-                vec![
-                    Arc::new(Int64Array::from(vec![bytes])),
-                    Arc::new(Int64Array::from(vec![seed])),
-                ],
-            )?;
-            let response = self.post(base_url, "external", body).await?;
-            let mut pointer = None;
-            for batch in batches(&response)? {
-                if let Some(location) = batch.get(wire::LOCATION_KEY) {
-                    pointer = Some((
-                        location.to_string(),
-                        batch.get(wire::LOCATION_SHA256_KEY).map(str::to_string),
-                    ));
-                }
-            }
-            let Some((location, sha256)) = pointer else {
+            let params = params(&[("bytes", bytes), ("seed", seed)])?;
+            let response = self
+                .client(base_url)?
+                .unary(super::NAME, "external", params)
+                .await
+                .map_err(|e| failure(base_url, "external", e))?;
+            if response.location.is_none() {
                 return Err(
                     "the result came back inline, not as a pointer to external storage".into(),
                 );
-            };
-            let object = self
-                .http
-                .get(&location)
-                .send()
-                .await
-                .map_err(|e| format!("GET of the presigned URL failed: {e}"))?;
-            let status = object.status();
-            if !status.is_success() {
-                return Err(format!("GET of the presigned URL answered {status}").into());
             }
-            let raw = object
-                .bytes()
-                .await
-                .map_err(|e| format!("reading the stored object failed: {e}"))?;
-            let ipc = decompress(&raw)?;
-            if let Some(expected) = sha256 {
-                let actual = hex::encode(sha2::Sha256::digest(&ipc));
-                if actual != expected {
-                    return Err(format!(
-                        "the stored object's sha256 is {actual}, the pointer promised {expected}"
-                    )
-                    .into());
-                }
-            }
-            let streams = read_streams(&Bytes::from(ipc))
-                .map_err(|e| format!("the stored object is not Arrow IPC: {e}"))?;
-            let result = streams
-                .iter()
-                .flat_map(|s| &s.batches)
-                .find(|b| b.batch.num_rows() == 1)
-                .ok_or("the stored object holds no result row")?;
-            let column = result
+            let column = response
                 .batch
                 .column(0)
                 .as_any()
                 .downcast_ref::<BinaryArray>()
                 .ok_or("the stored result is not binary")?;
-            if column.value(0) != super::pattern(bytes as usize, seed as u64).as_slice() {
+            if column.is_empty()
+                || column.value(0) != super::pattern(bytes as usize, seed as u64).as_slice()
+            {
                 return Err("the stored bytes differ from what was asked for".into());
             }
             Ok(())
@@ -354,19 +335,22 @@ pub mod client {
             base_url: &str,
             turns: i64,
         ) -> Result<TickStream, ProbeError> {
-            let body = request(
-                "ticks",
-                vec![Field::new("n", DataType::Int64, false)],
-                vec![Arc::new(Int64Array::from(vec![turns]))],
-            )?;
-            let response = self.post(base_url, "ticks/init", body).await?;
+            let mut producer = self
+                .client(base_url)?
+                .producer(super::NAME, "ticks", params(&[("n", turns)])?)
+                .await
+                .map_err(|e| failure(base_url, "ticks/init", e))?;
+            // The first turn came with `/init`: reading it sends nothing.
+            let first = producer
+                .next_batch()
+                .await
+                .map_err(|e| failure(base_url, "ticks/init", e))?;
             let mut stream = TickStream {
-                state: None,
-                call: None,
+                stream: producer,
                 ticks: Vec::new(),
                 served_by: None,
             };
-            stream.absorb(&response)?;
+            stream.absorb(first)?;
             Ok(stream)
         }
 
@@ -377,131 +361,49 @@ pub mod client {
             stream: &mut TickStream,
             base_url: &str,
         ) -> Result<Vec<i64>, ProbeError> {
-            let Some(state) = stream.state.take() else {
+            if stream.finished() {
                 return Err("the stream has already ended".into());
-            };
-            // The call token comes once (with the first state) and rides along
-            // on every later turn; the state token changes every turn.
-            let mut metadata: Metadata = vec![(wire::STATE_KEY.into(), state)];
-            if let Some(call) = &stream.call {
-                metadata.push((wire::CALL_STATE_KEY.into(), call.clone()));
             }
-            let mut next = Vec::new();
-            let schema = Arc::new(Schema::empty());
-            let mut writer = StreamWriter::new(&mut next, &schema).map_err(|e| e.to_string())?;
-            writer
-                .write_metadata_only(&metadata)
-                .map_err(|e| e.to_string())?;
-            writer.finish();
-            let response = self.post(base_url, "ticks/exchange", next).await?;
-            let before = stream.ticks.len();
-            stream.absorb(&response)?;
-            Ok(stream.ticks[before..].to_vec())
-        }
-
-        async fn post(
-            &self,
-            base_url: &str,
-            path: &str,
-            body: Vec<u8>,
-        ) -> Result<Bytes, ProbeError> {
-            let url = format!("{}/{}/{path}", base_url.trim_end_matches('/'), super::NAME);
-            let mut request = self
-                .http
-                .post(&url)
-                .header("content-type", wire::CONTENT_TYPE)
-                .body(body);
-            if let Some(key) = &self.api_key {
-                request = request.bearer_auth(key);
-            }
-            let response = request.send().await.map_err(|e| {
-                let message = format!("POST {url} failed: {e}");
-                if e.is_connect() || e.is_timeout() {
-                    ProbeError::Unreachable(message)
-                } else {
-                    ProbeError::Failed(message)
-                }
-            })?;
-            let status = response.status();
-            let body = response
-                .bytes()
+            stream.stream.move_to(&self.client(base_url)?);
+            let batch = stream
+                .stream
+                .next_batch()
                 .await
-                .map_err(|e| format!("reading the answer of POST {url} failed: {e}"))?;
-            if !status.is_success() {
-                let reason = error_message(&body).unwrap_or_else(|| {
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
-                });
-                let hint = if status == reqwest::StatusCode::NOT_FOUND {
+                .map_err(|e| failure(base_url, "ticks/exchange", e))?;
+            stream.absorb(batch)
+        }
+    }
+
+    /// One row of int64 parameters, non-nullable, in order.
+    fn params(values: &[(&str, i64)]) -> Result<RecordBatch, ProbeError> {
+        let fields: Vec<Field> = values
+            .iter()
+            .map(|(name, _)| Field::new(*name, DataType::Int64, false))
+            .collect();
+        let columns: Vec<ArrayRef> = values
+            .iter()
+            .map(|(_, value)| Arc::new(Int64Array::from(vec![*value])) as ArrayRef)
+            .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| ProbeError::Failed(e.to_string()))
+    }
+
+    /// A client error as the check reports it: the call, the status, the
+    /// server's reason, and a hint when the probe protocol is switched off.
+    fn failure(base_url: &str, path: &str, error: ClientError) -> ProbeError {
+        let url = format!("{}/{}/{path}", base_url.trim_end_matches('/'), super::NAME);
+        match &error {
+            ClientError::Rpc(rpc) if rpc.status != http::StatusCode::OK => {
+                let hint = if rpc.status == http::StatusCode::NOT_FOUND {
                     " (is `KIT_PROBE=false` set on this replica?)"
                 } else {
                     ""
                 };
-                return Err(format!("POST {url} answered {status}: {reason}{hint}").into());
+                ProbeError::Failed(format!("POST {url} answered {}: {rpc}{hint}", rpc.status))
             }
-            if let Some(reason) = error_message(&body) {
-                return Err(format!("POST {url}: {reason}").into());
-            }
-            Ok(body)
+            ClientError::Rpc(rpc) => ProbeError::Failed(format!("POST {url}: {rpc}")),
+            _ if error.is_unreachable() => ProbeError::Unreachable(error.to_string()),
+            _ => ProbeError::Failed(error.to_string()),
         }
-    }
-
-    fn request(
-        method: &str,
-        fields: Vec<Field>,
-        columns: Vec<arrow_array::ArrayRef>,
-    ) -> Result<Vec<u8>, String> {
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-        let metadata: Metadata = vec![
-            (wire::METHOD_KEY.into(), method.into()),
-            (
-                wire::REQUEST_VERSION_KEY.into(),
-                wire::REQUEST_VERSION.into(),
-            ),
-            (wire::PROTOCOL_KEY.into(), super::NAME.into()),
-            (wire::PROTOCOL_VERSION_KEY.into(), super::VERSION.into()),
-        ];
-        let mut out = Vec::new();
-        let mut writer = StreamWriter::new(&mut out, &schema).map_err(|e| e.to_string())?;
-        writer.write(&batch, &metadata).map_err(|e| e.to_string())?;
-        writer.finish();
-        Ok(out)
-    }
-
-    fn batches(body: &Bytes) -> Result<Vec<crate::wire::ipc::Batch>, String> {
-        Ok(read_streams(body)
-            .map_err(|e| format!("the answer is not Arrow IPC: {e}"))?
-            .into_iter()
-            .flat_map(|s| s.batches)
-            .collect())
-    }
-
-    /// The message of the first EXCEPTION batch, if the body carries one.
-    fn error_message(body: &Bytes) -> Option<String> {
-        let streams = read_streams(body).ok()?;
-        streams
-            .iter()
-            .flat_map(|s| &s.batches)
-            .find(|b| b.get(wire::LOG_LEVEL_KEY) == Some("EXCEPTION"))
-            .map(|b| b.get(wire::LOG_MESSAGE_KEY).unwrap_or("error").to_string())
-    }
-
-    /// Stored objects may be zstd or gzip compressed (`KIT_EXTERNALIZE_COMPRESSION`).
-    fn decompress(raw: &[u8]) -> Result<Vec<u8>, String> {
-        const LIMIT: usize = (super::MAX_EXTERNAL_BYTES as usize) * 2;
-        if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            return zstd::bulk::decompress(raw, LIMIT)
-                .map_err(|e| format!("the stored object is corrupt zstd: {e}"));
-        }
-        if raw.starts_with(&[0x1f, 0x8b]) {
-            use std::io::Read;
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(raw)
-                .take(LIMIT as u64)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("the stored object is corrupt gzip: {e}"))?;
-            return Ok(out);
-        }
-        Ok(raw.to_vec())
     }
 }

@@ -198,9 +198,10 @@ fn validate_params(
     let bad = |message: String| RpcError::bad_request("TypeError", message);
     if schema.fields().len() != declared.fields().len() {
         return Err(bad(format!(
-            "{method}() parameter schema expected {} fields, got {}",
+            "{method}() parameter schema expected {} fields, got {}{}",
             declared.fields().len(),
-            schema.fields().len()
+            schema.fields().len(),
+            parameter_difference(declared, schema)
         )));
     }
     for (index, (field, want)) in schema
@@ -218,10 +219,11 @@ fn validate_params(
         }
         if type_token(field.data_type()) != type_token(want.data_type()) {
             return Err(bad(format!(
-                "{method}() parameter '{}' expected Arrow type {} but the request batch carried {}",
+                "{method}() parameter '{}' expected Arrow type {} but the request batch carried {}{}",
                 field.name(),
                 type_token(want.data_type()),
-                type_token(field.data_type())
+                type_token(field.data_type()),
+                struct_difference(want.data_type(), field.data_type())
             )));
         }
         if field.is_nullable() != want.is_nullable() {
@@ -248,13 +250,70 @@ fn validate_params(
         for (field, column) in declared.fields().iter().zip(batch.columns()) {
             if !field.is_nullable() && column.is_null(0) {
                 return Err(bad(format!(
-                    "{method}() parameter '{}' is not optional but got None",
-                    field.name()
+                    "{method}() parameter '{}' is not optional but got None (expected Arrow type {})",
+                    field.name(),
+                    type_token(field.data_type())
                 )));
             }
         }
     }
     Ok(())
+}
+
+/// `: missing parameter 'b' (int64)` / `: unexpected parameter 'c' (utf8)`,
+/// so a wrong argument count names the arguments.
+fn parameter_difference(declared: &SchemaRef, received: &SchemaRef) -> String {
+    let mut parts = Vec::new();
+    for want in declared.fields() {
+        if received.field_with_name(want.name()).is_err() {
+            parts.push(format!(
+                "missing parameter '{}' ({})",
+                want.name(),
+                type_token(want.data_type())
+            ));
+        }
+    }
+    for got in received.fields() {
+        if declared.field_with_name(got.name()).is_err() {
+            parts.push(format!(
+                "unexpected parameter '{}' ({})",
+                got.name(),
+                type_token(got.data_type())
+            ));
+        }
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
+/// For two struct types, `; missing field 'x'` / `; unexpected field 'y'`.
+fn struct_difference(want: &arrow_schema::DataType, got: &arrow_schema::DataType) -> String {
+    use arrow_schema::DataType::Struct;
+    let (Struct(want), Struct(got)) = (want, got) else {
+        return String::new();
+    };
+    let names = |fields: &arrow_schema::Fields| -> Vec<String> {
+        fields.iter().map(|f| f.name().clone()).collect()
+    };
+    let (want, got) = (names(want), names(got));
+    let mut parts: Vec<String> = want
+        .iter()
+        .filter(|name| !got.contains(name))
+        .map(|name| format!("missing field '{name}'"))
+        .collect();
+    parts.extend(
+        got.iter()
+            .filter(|name| !want.contains(name))
+            .map(|name| format!("unexpected field '{name}'")),
+    );
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", parts.join(", "))
+    }
 }
 
 /// Validates the request and builds the handler's context and arguments.

@@ -18,11 +18,13 @@ use crate::wire::RpcError;
 
 /// A value that can be read from one cell of an Arrow column.
 pub trait FromArrow: Sized {
+    /// The value in `row` of `array`, or why it cannot be read as `Self`.
     fn from_arrow(array: &dyn Array, row: usize) -> Result<Self, String>;
 }
 
 /// A value that can become a one-element Arrow array of a declared type.
 pub trait ToArrow {
+    /// A one-element array of `data_type` holding this value.
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError>;
 }
 

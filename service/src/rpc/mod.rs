@@ -1,24 +1,136 @@
 //! Defining vgi-rpc services in Rust.
 //!
-//! A [`Protocol`] is a named set of methods with Arrow schemas written in the
-//! canonical type-token grammar (`"a: int64, b?: utf8"`). Handlers are async
-//! closures that take a [`Ctx`] and typed [`Args`] and return plain Rust values
-//! (converted to the declared Arrow type) or raw Arrow columns. Streams are
-//! state machines ([`Producer`], [`Exchanger`]) whose state is serialized into
-//! the signed cursor token between turns, so any replica can serve any turn.
+//! A [`Protocol`] is a named set of methods with Arrow schemas. The usual way
+//! to write one is a trait of `async fn`s under [`crate::service`]: the
+//! parameter, result, header and row schemas are generated from the Rust
+//! types ([`value`]), the server decodes the parameters, and a typed client
+//! (`{Trait}Client`) comes with it. A method's return type picks its kind
+//! ([`MethodOutput`]): a value ([`ArrowValue`]) or `()` for a unary method,
+//! [`Produce`] for a producer stream, [`Exchange`] for an exchange stream.
 //!
-//! ```ignore
+//! ```
+//! use kit_service::{ArrowRecord, Ctx, Produce, RowProducer, Rows, RpcError};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// A point; `label` is nullable because it is an `Option`.
+//! #[derive(ArrowRecord, Debug, Clone, PartialEq)]
+//! pub struct Point {
+//!     pub x: f64,
+//!     pub y: f64,
+//!     pub label: Option<String>,
+//! }
+//!
+//! #[kit_service::service(name = "demo.Geometry.v1", version = "1.0.0")]
+//! pub trait Geometry {
+//!     /// Moves a point by `dx`, `dy`.
+//!     async fn shift(&self, ctx: &Ctx, point: Point, dx: f64, dy: f64) -> Result<Point, RpcError>;
+//!     /// Streams `n` points on the diagonal.
+//!     async fn diagonal(&self, n: u32) -> Result<Produce<Diagonal>, RpcError>;
+//! }
+//!
+//! /// The state of `diagonal` between turns, serialized into the stream token.
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Diagonal {
+//!     next: u32,
+//!     n: u32,
+//! }
+//!
+//! impl RowProducer for Diagonal {
+//!     type Row = Point;
+//!     async fn produce(&mut self, out: &mut Rows<'_, Point>, _ctx: &Ctx) -> Result<(), RpcError> {
+//!         if self.next == self.n {
+//!             out.finish();
+//!             return Ok(());
+//!         }
+//!         let v = f64::from(self.next);
+//!         out.emit(vec![Point { x: v, y: v, label: None }])?;
+//!         self.next += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! struct Plane;
+//!
+//! impl Geometry for Plane {
+//!     async fn shift(&self, _ctx: &Ctx, point: Point, dx: f64, dy: f64) -> Result<Point, RpcError> {
+//!         Ok(Point { x: point.x + dx, y: point.y + dy, ..point })
+//!     }
+//!     async fn diagonal(&self, n: u32) -> Result<Produce<Diagonal>, RpcError> {
+//!         Ok(Produce::new(Diagonal { next: 0, n }))
+//!     }
+//! }
+//!
+//! let protocol = Plane.into_protocol();
+//! let shift = protocol.method("shift").unwrap();
+//! assert_eq!(
+//!     kit_service::wire::tokens::schema_text(shift.params()),
+//!     "point: struct<x:float64,y:float64,label?:utf8>, dx: float64, dy: float64"
+//! );
+//! assert_eq!(shift.doc(), "Moves a point by `dx`, `dy`.");
+//!
+//! // Over the wire, with the generated client:
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let server = kit_service::testing::TestServer::start([protocol]).await;
+//! let geometry = GeometryClient::new(server.client().clone());
+//! let moved = geometry.shift(Point { x: 1.0, y: 2.0, label: None }, 0.5, -2.0).await.unwrap();
+//! assert_eq!((moved.x, moved.y), (1.5, 0.0));
+//! let points = geometry.diagonal(3).await.unwrap().collect().await.unwrap();
+//! assert_eq!(points.len(), 3);
+//! # });
+//! ```
+//!
+//! A parameter whose type has no Arrow mapping is a compile error in the
+//! crate that declares the protocol:
+//!
+//! ```compile_fail
+//! use kit_service::{Ctx, RpcError};
+//!
+//! #[kit_service::service(name = "demo.Clock.v1")]
+//! pub trait Clock {
+//!     // `Duration` is not an `ArrowValue`.
+//!     async fn wait(&self, ctx: &Ctx, duration: std::time::Duration) -> Result<(), RpcError>;
+//! }
+//! ```
+//!
+//! and so is calling the generated client with a wrong type:
+//!
+//! ```compile_fail
+//! # use kit_service::{Ctx, RpcError};
+//! # #[kit_service::service(name = "demo.Math.v1")]
+//! # pub trait Math {
+//! #     async fn add(&self, ctx: &Ctx, a: i64, b: i64) -> Result<i64, RpcError>;
+//! # }
+//! async fn call(math: MathClient) {
+//!     let _ = math.add("1", 2).await;
+//! }
+//! ```
+//!
+//! The dynamic form declares schemas as type-token text (`"a: int64, b?: utf8"`)
+//! and reads arguments by name; the conformance protocols use it, because
+//! they must spell types no Rust type maps to:
+//!
+//! ```
+//! use kit_service::rpc::Protocol;
+//!
 //! let protocol = Protocol::builder("demo.Calculator.v1")
 //!     .unary("add", "a: int64, b: int64", "result: int64", |_ctx, args| async move {
 //!         Ok(args.get::<i64>("a")? + args.get::<i64>("b")?)
 //!     })
-//!     .build()?;
+//!     .build()
+//!     .expect("a well-formed declaration");
+//! assert_eq!(protocol.method("add").unwrap().params().fields().len(), 2);
 //! ```
+//!
+//! Streams are state machines ([`RowProducer`], [`RowExchanger`], or the
+//! batch-level [`Producer`], [`Exchanger`]) whose state is serialized into
+//! the signed cursor token between turns, so any replica can serve any turn.
 //!
 //! Invariant: handlers run on the tokio runtime and must not block it; CPU-heavy
 //! work belongs in `tokio::task::spawn_blocking` inside the handler.
 
 pub mod convert;
+pub mod typed;
+pub mod value;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -32,10 +144,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub use convert::{Bytes, FromArrow, List, ToArrow};
+pub use typed::{Exchange, MethodOutput, Produce, RowExchanger, RowProducer, Rows, StreamHeader};
+pub use value::{ArrowRecord, ArrowValue, ValueError};
 
 use crate::wire::tokens::{TokenError, parse_schema};
 use crate::wire::{LogLevel, LogRecord, Metadata, RpcError, metadata_get_owned};
 
+/// A boxed, sendable future: what erased handlers return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Per-call context: logs for the client, caller identity, request metadata.
@@ -138,6 +253,7 @@ impl Ctx {
         &self.inner.identity
     }
 
+    /// The id of this request (`X-Request-Id`), also stamped on logs and errors.
     pub fn request_id(&self) -> &str {
         &self.inner.request_id
     }
@@ -147,6 +263,7 @@ impl Ctx {
         &self.inner.metadata
     }
 
+    /// One application metadata value of the request batch, by key.
     pub fn metadata_value(&self, key: &str) -> Option<String> {
         metadata_get_owned(&self.inner.metadata, key)
     }
@@ -187,6 +304,7 @@ impl Args {
             .ok_or_else(|| RpcError::new("TypeError", format!("missing parameter '{name}'")))
     }
 
+    /// The whole one-row parameter batch.
     pub fn batch(&self) -> &RecordBatch {
         &self.batch
     }
@@ -205,7 +323,9 @@ pub enum Reply {
 /// A batch published to external storage: what a pointer batch carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalRef {
+    /// The URL the client fetches the batch from.
     pub location: String,
+    /// The batch's SHA-256, hex, when the pointer carries one.
     pub sha256: Option<String>,
 }
 
@@ -215,7 +335,9 @@ impl IntoReply for ExternalRef {
     }
 }
 
+/// Converts what a dynamic unary handler returns into its [`Reply`].
 pub trait IntoReply {
+    /// The reply for a method whose result schema is `result` (`None` or empty: void).
     fn into_reply(self, result: Option<&Schema>) -> Result<Reply, RpcError>;
 }
 
@@ -256,6 +378,7 @@ impl Output {
         &self.schema
     }
 
+    /// Emits a batch of the output schema.
     pub fn emit(&mut self, batch: RecordBatch) -> Result<(), RpcError> {
         self.emit_with_metadata(batch, Vec::new())
     }
@@ -276,6 +399,7 @@ impl Output {
         self.finished = true;
     }
 
+    /// Whether [`Output::finish`] was called in this turn.
     pub fn is_finished(&self) -> bool {
         self.finished
     }
@@ -315,6 +439,7 @@ fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, RpcErr
 
 /// A producer stream: each turn emits at most one batch or finishes.
 pub trait Producer: Serialize + DeserializeOwned + Send + 'static {
+    /// One turn: emit at most one batch, or finish.
     fn produce(
         &mut self,
         out: &mut Output,
@@ -327,6 +452,7 @@ pub trait Producer: Serialize + DeserializeOwned + Send + 'static {
 
 /// An exchange stream: each turn takes one input batch and emits one batch.
 pub trait Exchanger: Serialize + DeserializeOwned + Send + 'static {
+    /// One turn: read `input`, emit one batch.
     fn exchange(
         &mut self,
         input: RecordBatch,
@@ -334,12 +460,15 @@ pub trait Exchanger: Serialize + DeserializeOwned + Send + 'static {
         ctx: &Ctx,
     ) -> impl Future<Output = Result<(), RpcError>> + Send;
 
+    /// Called when the client cancels; errors are ignored, as upstream does.
     fn on_cancel(&mut self, _ctx: &Ctx) {}
 }
 
 /// What a stream method's init handler returns.
 pub struct StreamInit<S> {
+    /// The first turn's state.
     pub state: S,
+    /// The schema of every output batch.
     pub output_schema: SchemaRef,
     /// Exchange streams only: the schema each input batch must have.
     pub input_schema: Option<SchemaRef>,
@@ -348,6 +477,7 @@ pub struct StreamInit<S> {
 }
 
 impl<S> StreamInit<S> {
+    /// A stream with output schema `output_schema`, starting from `state`.
     pub fn new(output_schema: SchemaRef, state: S) -> Self {
         StreamInit {
             state,
@@ -357,11 +487,13 @@ impl<S> StreamInit<S> {
         }
     }
 
+    /// Sets the input schema (exchange streams).
     pub fn with_input(mut self, input_schema: SchemaRef) -> Self {
         self.input_schema = Some(input_schema);
         self
     }
 
+    /// Sends `header` (one row of the declared header schema) before the first batch.
     pub fn with_header(mut self, header: RecordBatch) -> Self {
         self.header = Some(header);
         self
@@ -371,11 +503,14 @@ impl<S> StreamInit<S> {
 /// Whether a stream method is a producer or an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
+    /// Emits batches until it finishes; the client sends no input.
     Producer,
+    /// One output batch per input batch.
     Exchange,
 }
 
 impl StreamKind {
+    /// The wire name: `producer` or `exchange`.
     pub fn as_str(self) -> &'static str {
         match self {
             StreamKind::Producer => "producer",
@@ -482,6 +617,7 @@ pub(crate) enum MethodKind {
     },
 }
 
+/// One method of a [`Protocol`]: its name, schemas and handler.
 pub struct Method {
     pub(crate) name: String,
     pub(crate) params: SchemaRef,
@@ -490,14 +626,17 @@ pub struct Method {
 }
 
 impl Method {
+    /// The wire name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The parameter schema: one field per parameter, in order.
     pub fn params(&self) -> &SchemaRef {
         &self.params
     }
 
+    /// Whether this is a stream method.
     pub fn is_stream(&self) -> bool {
         matches!(self.kind, MethodKind::Stream { .. })
     }
@@ -510,6 +649,7 @@ impl Method {
         }
     }
 
+    /// The header schema of a stream that declares one.
     pub fn header(&self) -> Option<&SchemaRef> {
         match &self.kind {
             MethodKind::Stream { header, .. } => header.as_ref(),
@@ -517,6 +657,12 @@ impl Method {
         }
     }
 
+    /// The method's description (from its doc comment, for typed methods).
+    pub fn doc(&self) -> &str {
+        &self.doc
+    }
+
+    /// Producer or exchange, for stream methods.
     pub fn stream_kind(&self) -> Option<StreamKind> {
         match &self.kind {
             MethodKind::Stream { kind, .. } => Some(*kind),
@@ -537,6 +683,7 @@ pub struct Protocol {
 }
 
 impl Protocol {
+    /// Starts declaring the protocol `name` (e.g. `acme.Orders.v1`).
     pub fn builder(name: impl Into<String>) -> ProtocolBuilder {
         ProtocolBuilder {
             name: name.into(),
@@ -548,34 +695,49 @@ impl Protocol {
         }
     }
 
+    /// The protocol name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The declared `MAJOR.MINOR.PATCH` version, if any.
     pub fn version(&self) -> Option<&str> {
         self.version.as_deref()
     }
 
+    /// Every method, by name.
     pub fn methods(&self) -> impl Iterator<Item = &Method> {
         self.methods.values()
     }
 
+    /// The method called `name`.
     pub fn method(&self, name: &str) -> Option<&Method> {
         self.methods.get(name)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
+/// A mistake in a protocol declaration, found by [`ProtocolBuilder::build`].
 pub enum DefinitionError {
     #[error("protocol name `{0}` must match ^[A-Za-z_][A-Za-z0-9_.]*$ and be at most 255 bytes")]
+    /// The protocol name breaks the charset or length rule.
     ProtocolName(String),
     #[error("protocol version `{0}` is not MAJOR.MINOR.PATCH")]
+    /// The version is not canonical semver.
     Version(String),
     #[error("method `{method}`: {source}")]
-    Schema { method: String, source: TokenError },
+    /// A schema declaration does not parse.
+    Schema {
+        /// The method whose declaration is wrong.
+        method: String,
+        /// Why it does not parse.
+        source: TokenError,
+    },
     #[error("method `{0}` is declared twice")]
+    /// Two methods share a name.
     Duplicate(String),
     #[error("method name `{0}` must not be empty or start with `_`")]
+    /// A method name is empty or reserved.
     MethodName(String),
 }
 
@@ -621,6 +783,23 @@ impl ProtocolBuilder {
     }
 
     fn add(&mut self, name: &str, params: &str, kind: impl FnOnce(&mut Self) -> MethodKind) {
+        let params = self.schema(name, params);
+        let kind = kind(self);
+        self.insert(name, params, kind);
+    }
+
+    /// Adds a method whose schemas were built from Rust types (see [`typed`]).
+    pub(crate) fn method_with_schema(
+        mut self,
+        name: &str,
+        params: SchemaRef,
+        kind: MethodKind,
+    ) -> Self {
+        self.insert(name, params, kind);
+        self
+    }
+
+    fn insert(&mut self, name: &str, params: SchemaRef, kind: MethodKind) {
         if name.is_empty() || name.starts_with('_') {
             self.errors
                 .push(DefinitionError::MethodName(name.to_string()));
@@ -629,8 +808,6 @@ impl ProtocolBuilder {
             self.errors
                 .push(DefinitionError::Duplicate(name.to_string()));
         }
-        let params = self.schema(name, params);
-        let kind = kind(self);
         self.methods.insert(
             name.to_string(),
             Method {
@@ -745,6 +922,7 @@ impl ProtocolBuilder {
         self
     }
 
+    /// The protocol, or every mistake found in its declaration.
     pub fn build(mut self) -> Result<Protocol, Vec<DefinitionError>> {
         if !valid_protocol_name(&self.name) {
             self.errors

@@ -50,6 +50,11 @@ pub enum IpcError {
     UnexpectedMessage(String),
     #[error("Arrow error: {0}")]
     Arrow(#[from] ArrowError),
+    /// A record batch that does not hold to its schema (a null in a
+    /// non-nullable column or struct field, ...); the schema names the columns
+    /// and their declared types.
+    #[error("Arrow error: {source} (batch schema `{schema}`)")]
+    InvalidBatch { schema: String, source: ArrowError },
 }
 
 /// One record batch with the custom metadata of its message.
@@ -142,7 +147,11 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
                             None,
                             &version,
                         )
-                    })??
+                    })?
+                    .map_err(|source| IpcError::InvalidBatch {
+                        schema: crate::wire::tokens::schema_text(&schema),
+                        source,
+                    })?
                 };
                 batches.push(Batch { batch, metadata });
             }

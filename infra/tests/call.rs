@@ -1,0 +1,260 @@
+//! `deploy-kit call` as a user runs it: the real binary against a real
+//! `kit-service` serving the demo protocol (build it first: `cargo build -p
+//! kit-service`), exit code, stdout and stderr snapshotted with insta.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+/// `kit-service` next to the `deploy-kit` under test, as `cargo build` leaves it.
+fn kit_service() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_deploy-kit"))
+        .parent()
+        .unwrap()
+        .join("kit-service");
+    assert!(
+        binary.exists(),
+        "`{}` is missing: run `cargo build -p kit-service` first",
+        binary.display()
+    );
+    binary
+}
+
+/// A kit-service process on a free loopback port, killed on drop.
+struct Service {
+    child: Child,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kit-service serve` (demo protocol) with `settings` as its environment.
+fn service(settings: &[(&str, &str)]) -> Service {
+    let mut command = Command::new(kit_service());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VGI_") || name.starts_with("KIT_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(settings.iter().copied());
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .unwrap_or_else(|| panic!("kit-service did not report its address: {line:?}"))
+        .to_string();
+    Service {
+        child,
+        url,
+        _dir: None,
+    }
+}
+
+/// Runs `deploy-kit call ARGS` with a clean `DEPLOY_KIT_*` environment plus
+/// `env`; returns the exit code and the whole output as one text.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::cargo_bin("deploy-kit").unwrap();
+    command.arg("call").args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("DEPLOY_KIT_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().unwrap();
+    let code = output.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let text = format!(
+        "exit: {code}\n--- stdout\n{stdout}--- stderr\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (code, stdout, text)
+}
+
+/// One helper for every case: the exit code must match, and the whole
+/// output must match its snapshot.
+fn check(name: &str, args: &[&str], env: &[(&str, &str)], expect_exit: i32) {
+    let (code, _, text) = run(args, env);
+    assert_eq!(code, expect_exit, "{text}");
+    insta::with_settings!({filters => vec![
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"\(os error \d+\)", "(os error [N])"),
+    ]}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn lists_protocols_and_methods() {
+    let demo = service(&[]);
+    check("list", &[&demo.url], &[], 0);
+}
+
+#[test]
+fn calls_a_unary_method_with_arguments_by_name_or_json() {
+    let demo = service(&[]);
+    check("add", &[&demo.url, "kit.Demo.v1.add", "a=1", "b=2"], &[], 0);
+    check(
+        "greet_table",
+        &[
+            &demo.url,
+            "kit.Demo.v1.greet",
+            "--json",
+            r#"{"name": "ada"}"#,
+            "--format",
+            "table",
+        ],
+        &[],
+        0,
+    );
+}
+
+#[test]
+fn follows_a_producer_stream() {
+    let demo = service(&[]);
+    check(
+        "count",
+        &[&demo.url, "kit.Demo.v1.count", "n=5", "batch_rows=2"],
+        &[],
+        0,
+    );
+    check(
+        "count_max_batches",
+        &[
+            &demo.url,
+            "kit.Demo.v1.count",
+            "n=5",
+            "batch_rows=2",
+            "--max-batches",
+            "1",
+            "--format",
+            "table",
+        ],
+        &[],
+        0,
+    );
+}
+
+#[test]
+fn mistakes_name_what_is_wrong() {
+    let demo = service(&[]);
+    check(
+        "wrong_type",
+        &[&demo.url, "kit.Demo.v1.add", "a=one", "b=2"],
+        &[],
+        2,
+    );
+    check(
+        "missing_argument",
+        &[&demo.url, "kit.Demo.v1.add", "a=1"],
+        &[],
+        2,
+    );
+    check(
+        "extra_argument",
+        &[&demo.url, "kit.Demo.v1.add", "a=1", "b=2", "c=3"],
+        &[],
+        2,
+    );
+    check(
+        "unknown_method",
+        &[&demo.url, "kit.Demo.v1.ad", "a=1"],
+        &[],
+        2,
+    );
+    check("unknown_protocol", &[&demo.url, "acme.Calc.v1.add"], &[], 2);
+    check(
+        "method_error",
+        &[&demo.url, "kit.Demo.v1.add", "a=9223372036854775807", "b=1"],
+        &[],
+        1,
+    );
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    check("unreachable", &[&closed], &[], 3);
+}
+
+#[test]
+fn sends_the_api_key_from_the_flag_or_the_environment() {
+    let secured = service(&[
+        ("KIT_API_KEYS", "shell=s3cret-shell-key"),
+        ("KIT_REQUIRE_AUTH", "true"),
+    ]);
+    check(
+        "no_api_key",
+        &[&secured.url, "kit.Demo.v1.add", "a=1", "b=2"],
+        &[],
+        1,
+    );
+    let (code, stdout, text) = run(
+        &[
+            &secured.url,
+            "kit.Demo.v1.add",
+            "a=1",
+            "b=2",
+            "--api-key",
+            "s3cret-shell-key",
+        ],
+        &[],
+    );
+    assert_eq!((code, stdout.as_str()), (0, "{\"result\":3}\n"), "{text}");
+    let (code, stdout, text) = run(
+        &[&secured.url, "kit.Demo.v1.add", "a=2", "b=2"],
+        &[("DEPLOY_KIT_API_KEY", "s3cret-shell-key")],
+    );
+    assert_eq!((code, stdout.as_str()), (0, "{\"result\":4}\n"), "{text}");
+}
+
+#[test]
+fn fetches_a_batch_from_the_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = service(&[
+        ("KIT_STORAGE", "local"),
+        ("KIT_STORAGE_DIR", dir.path().to_str().unwrap()),
+        ("KIT_EXTERNALIZE_THRESHOLD_BYTES", "1024"),
+    ]);
+    demo._dir = Some(dir);
+    let (code, stdout, text) = run(
+        &[&demo.url, "kit.Demo.v1.count", "n=500", "batch_rows=500"],
+        &[],
+    );
+    assert_eq!(code, 0, "{text}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 500, "{text}");
+    assert_eq!(lines[499], r#"{"value":499}"#);
+    let objects = walk(demo._dir.as_ref().unwrap().path());
+    assert!(objects > 0, "the batch did not go through the store");
+}
+
+/// Files below `dir`.
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() { walk(&path) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
