@@ -5,6 +5,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Caches live outside the clone so a fresh clone reuses them; absent, they are built.
 CI_CACHE=${KIT_CI_CACHE:-$HOME/.cache/deploy-kit}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CI_CACHE/target}
+# A fresh clone never reuses incremental state (paths differ); it only costs disk.
+export CARGO_INCREMENTAL=0
 VGI_RPC_VERSION=0.52.2
 VENV=${VGI_VENV:-$CI_CACHE/venv-py313-vgi-$VGI_RPC_VERSION}
 PY=$VENV/bin/python
