@@ -56,13 +56,76 @@ const TEMPLATES: &[(&str, &str)] = &[
 
 /// Names cargo refuses as package names (keywords and reserved names).
 const RESERVED_NAMES: &[&str] = &[
-    "abstract", "alignof", "as", "async", "await", "become", "box", "break", "const", "continue",
-    "crate", "do", "dyn", "else", "enum", "extern", "false", "final", "fn", "for", "gen", "if",
-    "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut", "offsetof", "override",
-    "priv", "proc", "pub", "pure", "ref", "return", "self", "sizeof", "static", "struct", "super",
-    "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use", "virtual", "where",
-    "while", "yield", "test", "std", "core", "alloc", "proc_macro", "proc-macro", "build",
-    "deps", "examples", "incremental", "kit-service", "kit_service", "deploy-kit", "kit-checks",
+    "abstract",
+    "alignof",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "offsetof",
+    "override",
+    "priv",
+    "proc",
+    "pub",
+    "pure",
+    "ref",
+    "return",
+    "self",
+    "sizeof",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+    "test",
+    "std",
+    "core",
+    "alloc",
+    "proc_macro",
+    "proc-macro",
+    "build",
+    "deps",
+    "examples",
+    "incremental",
+    "kit-service",
+    "kit_service",
+    "deploy-kit",
+    "kit-checks",
     "kit-macros",
 ];
 
@@ -97,7 +160,9 @@ pub enum NewError {
     NotEmpty(PathBuf),
     #[error("`{0}` exists and is not a directory")]
     NotADirectory(PathBuf),
-    #[error("`{0}` is not a deploy-kit checkout (no `service/Cargo.toml` of package `kit-service`)")]
+    #[error(
+        "`{0}` is not a deploy-kit checkout (no `service/Cargo.toml` of package `kit-service`)"
+    )]
     NotAKit(PathBuf),
     #[error("failed to write `{path}`: {source}")]
     Write {
@@ -187,8 +252,7 @@ pub fn validate_name(name: &str) -> Result<(), NewError> {
             "`{bad}` is not allowed (only ASCII letters, digits, `-` and `_`)"
         )));
     }
-    if RESERVED_NAMES.contains(&name) || RESERVED_NAMES.contains(&name.replace('-', "_").as_str())
-    {
+    if RESERVED_NAMES.contains(&name) || RESERVED_NAMES.contains(&name.replace('-', "_").as_str()) {
         return Err(invalid("it is a Rust keyword or a reserved name"));
     }
     Ok(())
@@ -263,7 +327,8 @@ pub fn scaffold(name: &str, kit: &KitSource) -> Result<Vec<(PathBuf, String)>, N
 /// Checks that `root` is a deploy-kit checkout and returns it absolute.
 pub fn kit_root(root: &Path) -> Result<PathBuf, NewError> {
     let not_a_kit = || NewError::NotAKit(root.to_path_buf());
-    let manifest = std::fs::read_to_string(root.join("service/Cargo.toml")).map_err(|_| not_a_kit())?;
+    let manifest =
+        std::fs::read_to_string(root.join("service/Cargo.toml")).map_err(|_| not_a_kit())?;
     if !manifest
         .lines()
         .any(|line| line.trim().replace(' ', "") == "name=\"kit-service\"")
@@ -324,7 +389,10 @@ pub fn create(name: &str, dir: &Path, kit: &KitSource) -> Result<Vec<PathBuf>, N
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     let result = (|| {
         validate_name(&args.name)?;
         let kit = match &args.kit_path {
@@ -393,7 +461,10 @@ mod tests {
     #[test]
     fn path_dependencies_are_quoted() {
         let settings = settings("a", &KitSource::Path(PathBuf::from("/x/\"y\"")));
-        assert_eq!(settings.kit_dependency, "{ path = \"/x/\\\"y\\\"/service\" }");
+        assert_eq!(
+            settings.kit_dependency,
+            "{ path = \"/x/\\\"y\\\"/service\" }"
+        );
     }
 
     #[test]
@@ -404,7 +475,10 @@ mod tests {
         assert!(matches!(error, NewError::NotEmpty(_)), "{error}");
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
-        assert_eq!(std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(), "mine");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keep.txt")).unwrap(),
+            "mine"
+        );
     }
 
     #[test]
