@@ -5,12 +5,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Caches live outside the clone so a fresh clone reuses them; absent, they are built.
 CI_CACHE=${KIT_CI_CACHE:-$HOME/.cache/deploy-kit}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CI_CACHE/target}
+# A fresh clone never reuses incremental state (paths differ); it only costs disk.
+export CARGO_INCREMENTAL=0
 VGI_RPC_VERSION=0.52.2
 VENV=${VGI_VENV:-$CI_CACHE/venv-py313-vgi-$VGI_RPC_VERSION}
 PY=$VENV/bin/python
 export VGI_VENV=$VENV
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+# Every stage line carries the time since the CI run (or this script) began,
+# so a slow stage shows in the log; scripts called by .ci/test inherit the start.
+export KIT_CI_STARTED=${KIT_CI_STARTED:-$(date +%s)}
+log() { printf '\n==> [%s] %s\n' "$(elapsed)" "$*" >&2; }
+elapsed() { local s=$(( $(date +%s) - KIT_CI_STARTED )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # The Python 3.13 venv with the vgi-rpc client and its conformance suites.

@@ -20,6 +20,7 @@ pub mod engine;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 pub mod init;
+pub mod new;
 pub mod plan;
 pub mod render;
 pub mod replica;
@@ -33,6 +34,10 @@ pub mod up_local;
 
 /// The commands of `deploy-kit`, in the order the docs present them.
 pub const COMMANDS: &[(&str, &str)] = &[
+    (
+        "new",
+        "create a crate for your own service: typed methods, a test, deploy-kit.yaml",
+    ),
     ("init", "write a commented deploy-kit.yaml"),
     ("plan", "render and show what `up` would change"),
     (
@@ -112,6 +117,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "DEPLOY_KIT_CLOUD_RUN_ENDPOINT",
         "Cloud Run Admin API endpoint override (tests point it at a fake); default `https://run.googleapis.com`.",
+    ),
+    (
+        "DEPLOY_KIT_KIT_PATH",
+        "A deploy-kit checkout `new` makes the crate depend on by path (`--kit-path`); default the published `kit-service`.",
     ),
     (
         "DEPLOY_KIT_TODAY",

@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a crate for your own vgi-rpc service (typed methods, a test, deploy-kit.yaml).
+    New(deploy_kit::new::Args),
     /// Write a commented deploy-kit.yaml.
     Init(deploy_kit::init::Args),
     /// Render a target and show what `up` would create, change or delete.
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => doctor(args),
+        Command::New(args) => deploy_kit::new::run(args),
         Command::Init(args) => deploy_kit::init::run(args),
         Command::Plan(args) => deploy_kit::plan::run(args),
         Command::Up(args) => deploy_kit::up::run(args),
