@@ -215,7 +215,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_URL_ALLOWLIST",
         default: "",
-        doc: "Comma-separated URL prefixes exempt from the https-only and public-address rules when fetching pointers (e.g. `http://127.0.0.1`).",
+        doc: "Comma-separated origins exempt from the https-only and public-address rules when fetching pointers, as `scheme://host[:port][/path]` (e.g. `http://127.0.0.1`: any port of 127.0.0.1 over http). Compared on the parsed URL (scheme, host, port, path at a `/` boundary), never as a string prefix; pointer URLs with userinfo are always refused.",
+    },
+    Variable {
+        name: "KIT_FETCH_PROXY",
+        default: "",
+        doc: "HTTP proxy for pointer fetches (`http://host:port`). Unset: fetches connect directly and ignore `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`, whose proxy would resolve names past the public-address check. Set: each URL and its DNS answers are checked before the proxy sees it.",
     },
     Variable {
         name: "KIT_FETCH_PARALLEL_THRESHOLD_BYTES",
@@ -595,8 +600,22 @@ fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
             .map(|n| n as usize)
             .unwrap_or(defaults.max_retries),
         allowlist: list(env, "KIT_URL_ALLOWLIST"),
+        proxy: env
+            .var("KIT_FETCH_PROXY")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
         ..defaults
     };
+    for entry in &settings.allowlist {
+        if let Err(reason) = crate::storage::fetch::AllowedOrigin::parse(entry) {
+            problems.push(format!("`KIT_URL_ALLOWLIST`: {reason}"));
+        }
+    }
+    if let Some(proxy) = &settings.proxy
+        && let Err(reason) = crate::storage::fetch::parse_proxy(proxy)
+    {
+        problems.push(format!("`KIT_FETCH_PROXY`: {reason}"));
+    }
     if settings.max_retries > 2 {
         problems.push("`KIT_FETCH_MAX_RETRIES` is at most 2".into());
     }
