@@ -90,7 +90,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_REQUEST_BYTES",
         default: "",
-        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`.",
+        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised.",
+    },
+    Variable {
+        name: "KIT_MAX_INFLIGHT_BYTES",
+        default: "134217728, or 2 x KIT_MAX_REQUEST_BYTES if larger",
+        doc: "Bytes all requests in flight may hold together: bodies as received and decoded, and pointer fetches as downloaded and decoded. A request that would pass it gets 503 with `Retry-After` instead of waiting. Must be at least `KIT_MAX_REQUEST_BYTES` and `KIT_FETCH_MAX_DECOMPRESSED_BYTES`.",
+    },
+    Variable {
+        name: "KIT_CODEC_THREADS",
+        default: "number of CPUs (at least 2)",
+        doc: "Decompression of request bodies and compression of large responses run on the blocking pool, at most this many at once, so the async workers (and `/readyz`) never wait on them.",
     },
     Variable {
         name: "KIT_MAX_RESPONSE_BYTES",
@@ -249,8 +259,8 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "KIT_FETCH_MAX_DECOMPRESSED_BYTES",
-        default: "4294967296",
-        doc: "Largest decoded object (guards against compression bombs).",
+        default: "the smaller of KIT_FETCH_MAX_BYTES and half of KIT_MAX_INFLIGHT_BYTES",
+        doc: "Largest decoded object (guards against compression bombs); decoding stops at this size before allocating more.",
     },
     Variable {
         name: "KIT_FETCH_HEDGE_MULTIPLIER",
@@ -360,6 +370,10 @@ pub struct Config {
     pub compress_min_bytes: u64,
     pub storage: Option<StorageSettings>,
     pub fetch: FetchSettings,
+    /// Bytes all requests in flight may hold together (`KIT_MAX_INFLIGHT_BYTES`).
+    pub max_inflight_bytes: u64,
+    /// Concurrent decode/compress jobs on the blocking pool (`KIT_CODEC_THREADS`).
+    pub codec_threads: usize,
 }
 
 /// Every problem found, one line each.
@@ -441,9 +455,31 @@ impl Config {
             response_compression: true,
             compress_min_bytes: 1024,
             storage: None,
-            fetch: fetch_settings(env, &mut problems),
+            fetch: FetchSettings::default(),
+            max_inflight_bytes: 0,
+            codec_threads: crate::limits::default_heavy_threads(),
         };
         let mut config = config;
+        let request_cap = config
+            .max_request_bytes
+            .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
+        config.max_inflight_bytes = number(env, "KIT_MAX_INFLIGHT_BYTES", &mut problems)
+            .unwrap_or_else(|| {
+                crate::limits::DEFAULT_INFLIGHT_BYTES.max(request_cap.saturating_mul(2))
+            });
+        config.fetch = fetch_settings(env, config.max_inflight_bytes, &mut problems);
+        if request_cap > config.max_inflight_bytes {
+            problems.push(format!("`KIT_MAX_INFLIGHT_BYTES` ({}) is below the request cap ({request_cap}): no request that large could ever be admitted", config.max_inflight_bytes));
+        }
+        if config.fetch.max_decompressed_bytes > config.max_inflight_bytes {
+            problems.push(format!("`KIT_FETCH_MAX_DECOMPRESSED_BYTES` ({}) is above `KIT_MAX_INFLIGHT_BYTES` ({}): no pointer that large could ever be fetched", config.fetch.max_decompressed_bytes, config.max_inflight_bytes));
+        }
+        if let Some(threads) = number(env, "KIT_CODEC_THREADS", &mut problems) {
+            if threads == 0 {
+                problems.push("`KIT_CODEC_THREADS` must be at least 1".into());
+            }
+            config.codec_threads = threads.max(1) as usize;
+        }
         config.storage = storage_settings(env, config.max_upload_bytes, &mut problems);
         config.drain_delay =
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
@@ -557,7 +593,7 @@ fn storage_settings(
     })
 }
 
-fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
+fn fetch_settings(env: &dyn Env, inflight_bytes: u64, problems: &mut Vec<String>) -> FetchSettings {
     let defaults = FetchSettings::default();
     let max_fetch_bytes =
         number(env, "KIT_FETCH_MAX_BYTES", problems).unwrap_or(defaults.max_fetch_bytes);
@@ -591,7 +627,7 @@ fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
             .unwrap_or(defaults.timeout),
         max_fetch_bytes,
         max_decompressed_bytes: number(env, "KIT_FETCH_MAX_DECOMPRESSED_BYTES", problems)
-            .unwrap_or(16 * max_fetch_bytes),
+            .unwrap_or(max_fetch_bytes.min(inflight_bytes / 2)),
         speculative_retry_multiplier: multiplier,
         max_speculative_hedges: number(env, "KIT_FETCH_MAX_HEDGES", problems)
             .map(|n| n as usize)
@@ -874,6 +910,30 @@ mod tests {
         assert_eq!(error.0.len(), 3, "{error}");
         let error = Config::from_env(&env(&[("KIT_REQUIRE_AUTH", "true")]), listen()).unwrap_err();
         assert!(error.to_string().contains("no keys are configured"));
+    }
+
+    #[test]
+    fn memory_limits_default_far_below_the_bombs_and_stay_consistent() {
+        let config = Config::from_env(&env(&[]), listen()).unwrap();
+        assert_eq!(config.max_inflight_bytes, 128 << 20);
+        assert_eq!(config.fetch.max_decompressed_bytes, 64 << 20, "was 4 GiB");
+        let config =
+            Config::from_env(&env(&[("KIT_MAX_REQUEST_BYTES", "209715200")]), listen()).unwrap();
+        assert_eq!(
+            config.max_inflight_bytes,
+            400 << 20,
+            "tied to the request cap"
+        );
+        let error = Config::from_env(
+            &env(&[
+                ("KIT_MAX_INFLIGHT_BYTES", "1048576"),
+                ("KIT_FETCH_MAX_DECOMPRESSED_BYTES", "2097152"),
+                ("KIT_CODEC_THREADS", "0"),
+            ]),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(error.0.len(), 3, "{error}");
     }
 
     #[test]

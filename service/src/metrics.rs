@@ -45,6 +45,8 @@ pub struct Metrics {
     pub externalized_bytes: Counter<u64, AtomicU64>,
     pub rate_limited: Counter,
     pub auth_failures: Counter,
+    /// Requests refused with 503 because the in-flight byte budget was spent.
+    pub budget_refusals: Counter,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,12 @@ impl Metrics {
             "Requests refused with 401",
             auth_failures.clone(),
         );
+        let budget_refusals = Counter::default();
+        registry.register(
+            "budget_refusals",
+            "Requests refused with 503: the in-flight byte budget (KIT_MAX_INFLIGHT_BYTES) was spent",
+            budget_refusals.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information; always 1", build.clone());
         build
@@ -137,6 +145,7 @@ impl Metrics {
             externalized_bytes,
             rate_limited,
             auth_failures,
+            budget_refusals,
         }
     }
 
@@ -171,6 +180,7 @@ mod tests {
             "kit_build_info{version=",
             "kit_rate_limited_total",
             "kit_auth_failures_total",
+            "kit_budget_refusals_total",
             "kit_externalized_bytes_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -47,6 +47,10 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         readiness: Arc::new(Readiness::default()),
         key_fingerprint: config.keys.primary().fingerprint(),
         key_ephemeral: config.keys.is_ephemeral(),
+        limits: crate::limits::Limits {
+            budget: crate::limits::Budget::new(config.max_inflight_bytes),
+            heavy: crate::limits::HeavyPool::new(config.codec_threads),
+        },
     };
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }

@@ -186,6 +186,21 @@ pub(crate) struct RequestInfo {
     /// Request body bytes as received, for metrics and the access log.
     pub request_bytes: u64,
     pub stream_turn: bool,
+    /// In-flight budget held by this request's body; released when the
+    /// request ends, however it ends.
+    pub reservation: crate::limits::Reservation,
+    /// Budget held by pointer fetches made while preparing the call.
+    pub fetched: std::sync::Mutex<Vec<crate::limits::Reservation>>,
+}
+
+impl RequestInfo {
+    /// Keeps `reservation` until this request ends.
+    pub(crate) fn hold(&self, reservation: crate::limits::Reservation) {
+        self.fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(reservation);
+    }
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
@@ -210,6 +225,8 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         identity: String::new(),
         request_bytes: 0,
         stream_turn: false,
+        reservation: hosting.limits.budget.reservation(),
+        fetched: Default::default(),
     };
     if let Some(key) = path
         .strip_prefix(&server.config.prefix)
@@ -347,13 +364,21 @@ fn finish(
     rate: Option<ratelimit::Decision>,
     origin: Option<&str>,
 ) {
+    let busy = status_is_busy(response.status());
     let headers = response.headers_mut();
     stamp_capabilities(server, headers, &info.request_id);
+    if busy && !headers.contains_key(header::RETRY_AFTER) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     if let Some(rate) = rate {
         headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
         headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
     }
     hosting::stamp_cors(&server.hosting, origin, headers);
+}
+
+fn status_is_busy(status: StatusCode) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Metrics and the access log line for one routed request.
@@ -582,22 +607,45 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
     })
 }
 
-/// Reads and decodes the request body, enforcing `max_request_bytes` before and after decoding.
+/// The request cap in force: `max_request_bytes`, else
+/// [`crate::MAX_DECODED_REQUEST_BYTES`] (enforced, not advertised).
+pub(crate) fn request_limit(server: &Server) -> usize {
+    server
+        .config
+        .max_request_bytes
+        .map(|l| l.min(usize::MAX as u64) as usize)
+        .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES)
+}
+
+/// zstd bodies that declare at most this much decode on the async worker:
+/// a blocking-pool hop costs more than they do.
+const INLINE_DECODE_BYTES: usize = 256 * 1024;
+
+/// Reads and decodes the request body, enforcing the request cap before and
+/// after decoding and holding every byte against the in-flight budget.
 async fn read_body(
     server: &Server,
     request: Request,
     info: &mut RequestInfo,
 ) -> Result<Bytes, Response> {
-    let limit = server
-        .config
-        .max_request_bytes
-        .map(|l| l as usize)
-        .unwrap_or(usize::MAX);
+    let limit = request_limit(server);
     let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
-    let read = read_limited_body(request.into_body(), limit);
-    let raw = match tokio::time::timeout(server.hosting.read_timeout, read).await {
-        Ok(Ok(Some(raw))) => raw,
-        Ok(Ok(None)) => return Err(payload_too_large(server)),
+    let declared =
+        header_str(request.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length <= limit as u64
+        && !info.reservation.grow_to(length)
+    {
+        return Err(over_budget(server, info));
+    }
+    let mut reservation = std::mem::take(&mut info.reservation);
+    let read = read_limited_body(request.into_body(), limit, &mut reservation);
+    let outcome = tokio::time::timeout(server.hosting.read_timeout, read).await;
+    info.reservation = reservation;
+    let raw = match outcome {
+        Ok(Ok(BodyRead::Complete(raw))) => raw,
+        Ok(Ok(BodyRead::TooLarge)) => return Err(payload_too_large(server)),
+        Ok(Ok(BodyRead::OverBudget)) => return Err(over_budget(server, info)),
         Ok(Err(_)) => {
             let error =
                 RpcError::bad_request("ProtocolError", "the request body could not be read");
@@ -628,16 +676,34 @@ async fn read_body(
             serde_json::json!({"title": "415 Unsupported Media Type", "description": format!("Unsupported Content-Encoding '{encoding}'. Supported: {}", codec::SUPPORTED)}),
         ));
     };
-    let decode_limit = limit.min(crate::MAX_DECODED_REQUEST_BYTES);
-    // Small bodies decode inline: a blocking-pool hop costs more than they do.
-    let decoded = if raw.len() < 64 * 1024 {
-        Ok(codec::decode(codec, &raw, decode_limit))
+    let held = raw.len() as u64;
+    let decoded = if codec == Codec::Zstd && codec::is_small_zstd(&raw, INLINE_DECODE_BYTES) {
+        let reservation = &mut info.reservation;
+        Ok(codec::decode_bounded(codec, &raw, limit, &mut |bytes| {
+            reservation.grow_to(held + bytes as u64)
+        }))
     } else {
-        tokio::task::spawn_blocking(move || codec::decode(codec, &raw, decode_limit)).await
+        // Any other body may be a bomb: decode it off the async workers,
+        // a bounded number at a time, growing the reservation as it decodes.
+        let mut reservation = std::mem::take(&mut info.reservation);
+        let job = server.hosting.limits.heavy.run(move || {
+            let result = codec::decode_bounded(codec, &raw, limit, &mut |bytes| {
+                reservation.grow_to(held + bytes as u64)
+            });
+            (result, reservation)
+        });
+        match job.await {
+            Ok((result, reservation)) => {
+                info.reservation = reservation;
+                Ok(result)
+            }
+            Err(error) => Err(error),
+        }
     };
     match decoded {
         Ok(Ok(body)) => Ok(Bytes::from(body)),
         Ok(Err(codec::DecodeError::TooLarge { .. })) => Err(payload_too_large(server)),
+        Ok(Err(codec::DecodeError::OverBudget)) => Err(over_budget(server, info)),
         Ok(Err(error @ codec::DecodeError::Corrupt { .. })) => Err(json_response(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"title": "400 Bad Request", "description": error.to_string()}),
@@ -652,47 +718,82 @@ async fn read_body(
 /// How much of an over-limit body is read and thrown away before the 413.
 const MAX_DRAIN_BYTES: usize = 512 * 1024 * 1024;
 
-/// Reads a body up to `limit` bytes; `None` when it is larger.
+/// What reading a body came to.
+enum BodyRead {
+    Complete(Bytes),
+    /// Larger than the request cap (drained, not held).
+    TooLarge,
+    /// The in-flight budget could not hold it (drained, not held).
+    OverBudget,
+}
+
+/// Reads a body up to `limit` bytes, each byte reserved in `reservation`
+/// before it is kept.
 ///
 /// An over-limit body is drained (up to [`MAX_DRAIN_BYTES`], within the read
 /// timeout) before the 413 goes out: a client still sending when the server
 /// answers and closes sees a broken connection instead of the 413 that tells
-/// the vgi-rpc client to retry through an upload URL.
-async fn read_limited_body(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+/// the vgi-rpc client to retry through an upload URL. Drained bytes are
+/// dropped as they arrive, so they cost no memory.
+async fn read_limited_body(
+    body: Body,
+    limit: usize,
+    reservation: &mut crate::limits::Reservation,
+) -> Result<BodyRead, axum::Error> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut collected = bytes::BytesMut::new();
-    let mut over_limit = false;
+    let mut refused = None;
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        if over_limit {
+        if refused.is_some() {
             drained += data.len();
             if drained > MAX_DRAIN_BYTES {
                 break;
             }
         } else if collected.len() + data.len() > limit {
-            over_limit = true;
+            refused = Some(BodyRead::TooLarge);
+            drained = collected.len() + data.len();
+            collected = bytes::BytesMut::new();
+        } else if !reservation.grow_to((collected.len() + data.len()) as u64) {
+            refused = Some(BodyRead::OverBudget);
             drained = collected.len() + data.len();
             collected = bytes::BytesMut::new();
         } else {
             collected.extend_from_slice(&data);
         }
     }
-    Ok((!over_limit).then(|| collected.freeze()))
+    Ok(refused.unwrap_or_else(|| BodyRead::Complete(collected.freeze())))
 }
 
 fn payload_too_large(server: &Server) -> Response {
-    let limit = server
-        .config
-        .max_request_bytes
-        .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
+    let limit = request_limit(server);
     json_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         serde_json::json!({"title": "413 Payload Too Large", "description": format!("Request body exceeds max_request_bytes ({limit})")}),
     )
+}
+
+/// 503 + `Retry-After`: the server-wide in-flight budget is spent; retrying
+/// later (or elsewhere) will work.
+pub(crate) fn over_budget(server: &Server, info: &RequestInfo) -> Response {
+    server.hosting.metrics.budget_refusals.inc();
+    let error = RpcError::new(
+        "ServerBusyError",
+        "the server is holding as many request bytes as its in-flight budget (`KIT_MAX_INFLIGHT_BYTES`) allows; retry shortly",
+    )
+    .with_code(ErrorCode::Unavailable)
+    .with_kind("server_busy")
+    .with_details(vec![serde_json::json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 1})])
+    .with_status(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error_response(server, info, &error, &wire::empty_schema());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Canonical positive decimal between 65536 and 2^53-1.

@@ -39,6 +39,7 @@ use tokio::sync::Semaphore;
 
 use super::settings::FetchSettings;
 use crate::http::codec::{self, Codec};
+use crate::limits::Reservation;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -66,6 +67,8 @@ pub enum FetchError {
     Timeout { url: String, seconds: u64 },
     #[error("invalid fetch setting `{name}`: {reason}")]
     Setting { name: &'static str, reason: String },
+    #[error("fetching `{url}` would pass the server's in-flight memory budget")]
+    OverBudget { url: String },
 }
 
 impl FetchError {
@@ -164,8 +167,22 @@ impl Fetcher {
 
     /// Fetches `url`, decodes its content encoding, and checks `sha256` (hex) when given.
     pub async fn fetch(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+        self.fetch_within(url, sha256, &mut Reservation::untracked())
+            .await
+    }
+
+    /// [`Fetcher::fetch`] holding every downloaded and decoded byte in
+    /// `reservation` before keeping it; [`FetchError::OverBudget`] when the
+    /// budget behind it is spent.
+    pub async fn fetch_within(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, FetchError> {
         let deadline = self.settings.timeout;
-        match tokio::time::timeout(deadline, self.fetch_with_retries(url, sha256)).await {
+        let attempt = self.fetch_with_retries(url, sha256, reservation);
+        match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout {
                 url: url.to_string(),
@@ -178,6 +195,7 @@ impl Fetcher {
         &self,
         url: &str,
         sha256: Option<&str>,
+        reservation: &mut Reservation,
     ) -> Result<Bytes, FetchError> {
         let attempts = self.settings.max_retries.min(2) + 1;
         let mut last = None;
@@ -186,7 +204,7 @@ impl Fetcher {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(self.settings.retry_delay).await;
             }
-            match self.fetch_once(url, sha256).await {
+            match self.fetch_once(url, sha256, reservation).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) if error.retryable() => last = Some(error),
                 Err(error) => return Err(error),
@@ -195,7 +213,12 @@ impl Fetcher {
         Err(last.expect("at least one attempt ran"))
     }
 
-    async fn fetch_once(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+    async fn fetch_once(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, FetchError> {
         let url = self.validate(url)?;
         let probe = self.probe(url).await?;
         if let Some(length) = probe.length
@@ -209,11 +232,18 @@ impl Fetcher {
         }
         let (body, encoding) = match probe.length {
             Some(length) if probe.ranges && length >= self.settings.parallel_threshold_bytes => {
+                if !reservation.grow_to(length) {
+                    return Err(FetchError::OverBudget {
+                        url: probe.url.to_string(),
+                    });
+                }
                 self.parallel_get(&probe.url, length).await?
             }
-            _ => self.single_get(&probe.url).await?,
+            _ => self.single_get(&probe.url, reservation).await?,
         };
-        let decoded = self.decode(&probe.url, body, encoding.as_deref()).await?;
+        let decoded = self
+            .decode(&probe.url, body, encoding.as_deref(), reservation)
+            .await?;
         if let Some(expected) = sha256 {
             let actual = hex::encode(Sha256::digest(&decoded));
             if !actual.eq_ignore_ascii_case(expected.trim()) {
@@ -235,7 +265,9 @@ impl Fetcher {
         };
         let parsed = Url::parse(url).map_err(|e| refused(&format!("not a URL ({e})")))?;
         if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(refused("URLs with userinfo (`user:password@`) are not fetched"));
+            return Err(refused(
+                "URLs with userinfo (`user:password@`) are not fetched",
+            ));
         }
         if self.allowlist.iter().any(|entry| entry.matches(&parsed)) {
             return Ok(parsed);
@@ -380,10 +412,14 @@ impl Fetcher {
         })
     }
 
-    async fn single_get(&self, url: &Url) -> Result<(Bytes, Option<String>), FetchError> {
+    async fn single_get(
+        &self,
+        url: &Url,
+        reservation: &mut Reservation,
+    ) -> Result<(Bytes, Option<String>), FetchError> {
         let response = self.send(Method::GET, url, None).await?;
         let encoding = content_encoding(&response);
-        let body = read_limited(response, self.settings.max_fetch_bytes, url).await?;
+        let body = read_limited(response, self.settings.max_fetch_bytes, url, reservation).await?;
         Ok((body, encoding))
     }
 
@@ -508,7 +544,14 @@ impl Fetcher {
             });
         }
         let encoding = content_encoding(&response);
-        let bytes = read_limited(response, end - start + 1, url).await?;
+        // The whole object was reserved before the ranges started.
+        let bytes = read_limited(
+            response,
+            end - start + 1,
+            url,
+            &mut Reservation::untracked(),
+        )
+        .await?;
         Ok((bytes, encoding))
     }
 
@@ -517,6 +560,7 @@ impl Fetcher {
         url: &Url,
         body: Bytes,
         encoding: Option<&str>,
+        reservation: &mut Reservation,
     ) -> Result<Bytes, FetchError> {
         let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case("identity")) else {
             if body.len() as u64 > self.settings.max_decompressed_bytes {
@@ -532,17 +576,31 @@ impl Fetcher {
             message: format!("unsupported Content-Encoding `{encoding}`"),
         })?;
         let limit = self.settings.max_decompressed_bytes.min(usize::MAX as u64) as usize;
-        let decoded = tokio::task::spawn_blocking(move || codec::decode(codec, &body, limit))
-            .await
-            .map_err(|e| FetchError::Decode {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?;
+        let held = body.len() as u64;
+        // Decoding runs off the async workers and grows the reservation as the
+        // output grows, so a bomb stops at the cap or the budget, whichever is first.
+        let mut owned = std::mem::take(reservation);
+        let decoded = tokio::task::spawn_blocking(move || {
+            let result = codec::decode_bounded(codec, &body, limit, &mut |bytes| {
+                owned.grow_to(held + bytes as u64)
+            });
+            (result, owned)
+        })
+        .await
+        .map_err(|e| FetchError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        let (decoded, owned) = decoded;
+        *reservation = owned;
         match decoded {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(codec::DecodeError::TooLarge { .. }) => Err(FetchError::DecodedTooLarge {
                 url: url.to_string(),
                 limit: self.settings.max_decompressed_bytes,
+            }),
+            Err(codec::DecodeError::OverBudget) => Err(FetchError::OverBudget {
+                url: url.to_string(),
             }),
             Err(error) => Err(FetchError::Decode {
                 url: url.to_string(),
@@ -564,6 +622,7 @@ async fn read_limited(
     mut response: reqwest::Response,
     limit: u64,
     url: &Url,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, FetchError> {
     if let Some(length) = response.content_length()
         && length > limit
@@ -574,8 +633,13 @@ async fn read_limited(
             limit,
         });
     }
-    let mut body =
-        BytesMut::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
+    let expected = response.content_length().unwrap_or(0).min(limit);
+    if !reservation.grow_to(expected) {
+        return Err(FetchError::OverBudget {
+            url: url.to_string(),
+        });
+    }
+    let mut body = BytesMut::with_capacity(expected as usize);
     while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport {
         url: url.to_string(),
         message: error_chain(&e),
@@ -585,6 +649,11 @@ async fn read_limited(
                 url: url.to_string(),
                 size: (body.len() + chunk.len()) as u64,
                 limit,
+            });
+        }
+        if !reservation.grow_to((body.len() + chunk.len()) as u64) {
+            return Err(FetchError::OverBudget {
+                url: url.to_string(),
             });
         }
         body.extend_from_slice(&chunk);
@@ -640,8 +709,7 @@ impl AllowedOrigin {
     /// query or fragment.
     pub fn parse(entry: &str) -> Result<AllowedOrigin, String> {
         let entry = entry.trim();
-        let parsed =
-            Url::parse(entry).map_err(|e| format!("`{entry}` is not a URL ({e})"))?;
+        let parsed = Url::parse(entry).map_err(|e| format!("`{entry}` is not a URL ({e})"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("`{entry}` must be an http or https URL"));
         }
@@ -851,7 +919,10 @@ mod tests {
         assert!(fetcher.validate("http://127.0.0.1:8333/b/k").is_ok());
         assert!(refused(&fetcher, "http://127.0.0.1.evil.example/x"));
         assert!(refused(&fetcher, "http://10.0.0.1/x"));
-        assert!(refused(&fetcher, "https://127.0.0.1/x"), "the scheme is part of the entry");
+        assert!(
+            refused(&fetcher, "https://127.0.0.1/x"),
+            "the scheme is part of the entry"
+        );
     }
 
     #[test]
@@ -882,7 +953,13 @@ mod tests {
         let pinned = AllowedOrigin::parse("http://127.0.0.1:80").unwrap();
         assert!(pinned.matches(&Url::parse("http://127.0.0.1/x").unwrap()));
         assert!(!pinned.matches(&Url::parse("http://127.0.0.1:81/x").unwrap()));
-        for bad in ["127.0.0.1", "ftp://h", "http://u:p@h", "http://h/?q", "not a url"] {
+        for bad in [
+            "127.0.0.1",
+            "ftp://h",
+            "http://u:p@h",
+            "http://h/?q",
+            "not a url",
+        ] {
             assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
         }
     }

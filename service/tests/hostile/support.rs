@@ -225,9 +225,11 @@ pub fn echo_metadata() -> Metadata {
 /// An IPC stream of one `echo_bytes` batch holding `data` (no metadata).
 pub fn echo_object(data: &[u8]) -> Vec<u8> {
     let schema = echo_schema();
-    let batch =
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(BinaryArray::from(vec![data]))])
-            .unwrap();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(BinaryArray::from(vec![data]))],
+    )
+    .unwrap();
     let mut out = Vec::new();
     let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
     writer.write(&batch, &Vec::new()).unwrap();
@@ -238,9 +240,11 @@ pub fn echo_object(data: &[u8]) -> Vec<u8> {
 /// A full `echo_bytes` request carrying `data`.
 pub fn echo_request(data: &[u8]) -> Vec<u8> {
     let schema = echo_schema();
-    let batch =
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(BinaryArray::from(vec![data]))])
-            .unwrap();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(BinaryArray::from(vec![data]))],
+    )
+    .unwrap();
     let mut out = Vec::new();
     let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
     writer.write(&batch, &echo_metadata()).unwrap();
@@ -398,4 +402,140 @@ pub async fn recording_listener() -> CountingServer {
         }
     });
     CountingServer { address, hits }
+}
+
+/// `decoded` bytes of zeros as concatenated zstd frames of 1 MiB each: a few
+/// dozen bytes per MiB, built without compressing `decoded` bytes.
+pub fn zstd_bomb(decoded: u64) -> Vec<u8> {
+    let frame = zstd::bulk::compress(&vec![0u8; 1 << 20], 19).unwrap();
+    frame.repeat((decoded >> 20) as usize)
+}
+
+/// `decoded` bytes of zeros as concatenated gzip members of 1 MiB each.
+pub fn gzip_bomb(decoded: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(&vec![0u8; 1 << 20]).unwrap();
+    let member = encoder.finish().unwrap();
+    member.repeat((decoded >> 20) as usize)
+}
+
+/// Samples a child's RSS every 10 ms and kills it past `kill_above` bytes,
+/// so a test against a regressed server fails instead of exhausting the host.
+pub struct RssGuard {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    killed: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssGuard {
+    pub fn new(pid: u32, kill_above: u64) -> RssGuard {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop_flag, killed_flag) = (stop.clone(), killed.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop_flag.load(Ordering::SeqCst) {
+                if proc_status_kib(pid, "VmRSS:") * 1024 > kill_above {
+                    // Our own child, by pid.
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                    killed_flag.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        RssGuard {
+            stop,
+            killed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether the guard had to kill the service.
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RssGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Polls `GET {base}/readyz` every 10 ms until stopped; returns the latencies.
+pub struct ReadyzProbe {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl ReadyzProbe {
+    pub fn start(base: &str) -> ReadyzProbe {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let url = format!("{base}/readyz");
+        let task = tokio::spawn(async move {
+            let client = client();
+            let mut latencies = Vec::new();
+            loop {
+                let started = std::time::Instant::now();
+                let ok = tokio::time::timeout(Duration::from_secs(10), client.get(&url).send())
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|r| r.status().is_success()));
+                latencies.push(if ok {
+                    started.elapsed()
+                } else {
+                    Duration::from_secs(10)
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+            latencies
+        });
+        ReadyzProbe { stop, task }
+    }
+
+    /// Stops polling; returns (samples, p99, max).
+    pub async fn finish(self) -> (usize, Duration, Duration) {
+        let _ = self.stop.send(true);
+        let mut latencies = self.task.await.unwrap();
+        latencies.sort();
+        let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
+        (latencies.len(), p99, *latencies.last().unwrap())
+    }
+}
+
+/// Sends `POST path` with `Content-Length: length` and `length` zero bytes
+/// over a raw socket (stopping early if the server closes), then reads the
+/// status line. `None`: the connection was closed without a status.
+pub async fn post_zeros(address: SocketAddr, path: &str, length: u64) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: {}\r\ncontent-length: {length}\r\n\r\n",
+        wire::CONTENT_TYPE
+    );
+    socket.write_all(head.as_bytes()).await.ok()?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < length {
+        let n = chunk.len().min((length - sent) as usize);
+        if socket.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        sent += n as u64;
+    }
+    let mut response = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&response[..read]);
+    text.split_whitespace().nth(1)?.parse().ok()
 }
