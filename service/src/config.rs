@@ -259,7 +259,7 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "KIT_FETCH_MAX_DECOMPRESSED_BYTES",
-        default: "the smaller of KIT_FETCH_MAX_BYTES and half of KIT_MAX_INFLIGHT_BYTES",
+        default: "the smaller of KIT_FETCH_MAX_BYTES and KIT_MAX_INFLIGHT_BYTES",
         doc: "Largest decoded object (guards against compression bombs); decoding stops at this size before allocating more.",
     },
     Variable {
@@ -627,7 +627,7 @@ fn fetch_settings(env: &dyn Env, inflight_bytes: u64, problems: &mut Vec<String>
             .unwrap_or(defaults.timeout),
         max_fetch_bytes,
         max_decompressed_bytes: number(env, "KIT_FETCH_MAX_DECOMPRESSED_BYTES", problems)
-            .unwrap_or(max_fetch_bytes.min(inflight_bytes / 2)),
+            .unwrap_or(max_fetch_bytes.min(inflight_bytes)),
         speculative_retry_multiplier: multiplier,
         max_speculative_hedges: number(env, "KIT_FETCH_MAX_HEDGES", problems)
             .map(|n| n as usize)
@@ -916,7 +916,7 @@ mod tests {
     fn memory_limits_default_far_below_the_bombs_and_stay_consistent() {
         let config = Config::from_env(&env(&[]), listen()).unwrap();
         assert_eq!(config.max_inflight_bytes, 128 << 20);
-        assert_eq!(config.fetch.max_decompressed_bytes, 64 << 20, "was 4 GiB");
+        assert_eq!(config.fetch.max_decompressed_bytes, 128 << 20, "was 4 GiB");
         let config =
             Config::from_env(&env(&[("KIT_MAX_REQUEST_BYTES", "209715200")]), listen()).unwrap();
         assert_eq!(
