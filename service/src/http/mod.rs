@@ -391,7 +391,12 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         .and_then(|o| o.split_once('/'))
         .unwrap_or(("-", "-"));
     let status = response.status().as_u16();
-    let response_bytes = response.body().size_hint().exact().unwrap_or(0);
+    let response_bytes = response.body().size_hint().exact().unwrap_or_else(|| {
+        response
+            .extensions()
+            .get::<UncompressedBytes>()
+            .map_or(0, |size| size.0)
+    });
     let metrics = &server.hosting.metrics;
     let call = CallLabels {
         protocol: protocol.to_string(),
@@ -639,7 +644,10 @@ async fn read_body(
         return Err(over_budget(server, info));
     }
     let mut reservation = std::mem::take(&mut info.reservation);
-    let read = read_limited_body(request.into_body(), limit, &mut reservation);
+    // A declared length within the cap is already reserved: allocate it once
+    // instead of doubling (each doubling copies the body on an async worker).
+    let capacity = declared.filter(|l| *l <= limit as u64).unwrap_or(0) as usize;
+    let read = read_limited_body(request.into_body(), limit, capacity, &mut reservation);
     let outcome = tokio::time::timeout(server.hosting.read_timeout, read).await;
     info.reservation = reservation;
     let raw = match outcome {
@@ -738,11 +746,12 @@ enum BodyRead {
 async fn read_limited_body(
     body: Body,
     limit: usize,
+    capacity: usize,
     reservation: &mut crate::limits::Reservation,
 ) -> Result<BodyRead, axum::Error> {
     use http_body_util::BodyExt;
     let mut body = body;
-    let mut collected = bytes::BytesMut::new();
+    let mut collected = bytes::BytesMut::with_capacity(capacity);
     let mut refused = None;
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
@@ -939,6 +948,23 @@ pub(crate) fn arrow_response(
             headers.insert(name, HeaderValue::from_static(codec.as_str()));
             let chunks = body.into_chunks();
             let level = server.config.zstd_level;
+            let total: usize = chunks.iter().map(Bytes::len).sum();
+            if total >= INLINE_COMPRESS_BYTES {
+                // O(size) work: on the bounded pool, so the async workers
+                // (and `/readyz`) never wait behind a 100 MB response.
+                let pool = server.hosting.limits.heavy.clone();
+                let job = async move {
+                    pool.run(move || codec::encode_chunks(codec, &chunks, level))
+                        .await
+                };
+                let mut response = Response::new(Body::new(OffloadedBody::new(job)));
+                response
+                    .extensions_mut()
+                    .insert(UncompressedBytes(total as u64));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                return response;
+            }
             Body::from(match chunks.as_slice() {
                 [one] if one.len() < server.config.compress_min_bytes => codec::store(codec, one),
                 [one] => codec::encode(codec, one, level),
@@ -951,6 +977,60 @@ pub(crate) fn arrow_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// Responses at least this large are compressed on the bounded pool; below
+/// it the hop costs more than the compression.
+const INLINE_COMPRESS_BYTES: usize = 256 * 1024;
+
+/// The size of a response body compressed off the async workers, whose
+/// compressed size is known only once it is sent (for metrics).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UncompressedBytes(pub u64);
+
+type Compression = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send>,
+>;
+
+/// A body whose bytes come from a job on the bounded pool: polled, it waits
+/// for the job, then yields its output as one frame.
+struct OffloadedBody {
+    job: Option<Compression>,
+}
+
+impl OffloadedBody {
+    fn new(
+        job: impl std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send + 'static,
+    ) -> OffloadedBody {
+        OffloadedBody {
+            job: Some(Box::pin(job)),
+        }
+    }
+}
+
+impl http_body::Body for OffloadedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let Some(job) = self.job.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let output = std::task::ready!(job.as_mut().poll(cx));
+        self.job = None;
+        std::task::Poll::Ready(Some(
+            output
+                .map(|bytes| http_body::Frame::data(Bytes::from(bytes)))
+                .map_err(std::io::Error::other),
+        ))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.job.is_none()
+    }
 }
 
 /// A response body that hands hyper each chunk as it is (no concatenation),

@@ -7,3 +7,4 @@ mod support;
 
 mod memory;
 mod ssrf;
+mod workers;

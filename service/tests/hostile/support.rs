@@ -539,3 +539,24 @@ pub async fn post_zeros(address: SocketAddr, path: &str, length: u64) -> Option<
     let text = String::from_utf8_lossy(&response[..read]);
     text.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// A full `oversized_unary` request for `target_bytes` zero bytes.
+pub fn oversized_request(target_bytes: i64) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "target_bytes",
+        DataType::Int64,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow_array::Int64Array::from(vec![target_bytes]))],
+    )
+    .unwrap();
+    let mut metadata = echo_metadata();
+    metadata[0].1 = "oversized_unary".into();
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
+    writer.write(&batch, &metadata).unwrap();
+    writer.finish();
+    out
+}
