@@ -312,19 +312,39 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         }
     }
     let span = crate::telemetry::server_span(request.headers(), &request_id);
-    hosting.metrics.in_flight.inc();
+    // Released on every path, including the client going away mid-call
+    // (hyper drops this future) and a panic, which is then still counted.
+    let mut in_flight = InFlight::start(&server, &path, &request_id, started);
     let routed = tokio::time::timeout(
         hosting.request_timeout,
         tracing::Instrument::instrument(
-            crate::reflection::CURRENT_SERVER
-                .scope(server.clone(), route(&server, request, &mut info)),
+            crate::reflection::CURRENT_SERVER.scope(
+                server.clone(),
+                CatchPanic(Box::pin(route(&server, request, &mut info))),
+            ),
             span.clone(),
         ),
     )
     .await;
-    hosting.metrics.in_flight.dec();
+    in_flight.finished();
     let mut response = match routed {
-        Ok(response) => response,
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!(request_id = %request_id, path = %path, panic = %text, "a handler panicked");
+            // The panic text names internals: it stays in the log.
+            let error = RpcError::new(
+                "InternalError",
+                format!("the method failed unexpectedly; the server logged it under request id {request_id}"),
+            )
+            .with_code(ErrorCode::Internal)
+            .with_status(StatusCode::OK);
+            error_response(&server, &info, &error, &wire::empty_schema())
+        }
         Err(_) => {
             let error = RpcError::new(
                 "TimeoutError",
@@ -354,6 +374,118 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         response.headers().contains_key("x-vgi-rpc-error"),
     );
     response
+}
+
+/// Runs a future, turning a panic while polling it into an `Err`, so a
+/// panicking handler costs its request, not the connection or the worker.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// One request in `kit_in_flight_requests`, released on drop. A request
+/// dropped before it finished (the client disconnected) is still counted in
+/// `kit_requests_total`, with nginx's status 499 (client closed request).
+struct InFlight<'a> {
+    server: &'a Server,
+    call: CallLabels,
+    request_id: &'a str,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(server: &'a Server, path: &str, request_id: &'a str, started: Instant) -> Self {
+        server.hosting.metrics.in_flight.inc();
+        InFlight {
+            server,
+            call: call_labels(server, path),
+            request_id,
+            started,
+            finished: false,
+        }
+    }
+
+    /// The request produced a response; `record` counts it.
+    fn finished(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.server.hosting.metrics.in_flight.dec();
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let metrics = &self.server.hosting.metrics;
+        metrics.in_flight.dec();
+        metrics
+            .requests
+            .get_or_create(&StatusLabels {
+                protocol: self.call.protocol.clone(),
+                method: self.call.method.clone(),
+                status: CLIENT_CLOSED_REQUEST,
+            })
+            .inc();
+        metrics
+            .duration
+            .get_or_create(&self.call)
+            .observe(self.started.elapsed().as_secs_f64());
+        tracing::info!(
+            target: "kit_service::access",
+            request_id = %self.request_id,
+            protocol = %self.call.protocol,
+            method = %self.call.method,
+            status = CLIENT_CLOSED_REQUEST,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "client closed the connection before the response"
+        );
+    }
+}
+
+/// nginx's status for a request whose client went away first.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Metric labels of a path: hosted protocol and method names only, so
+/// arbitrary paths cannot grow the label set.
+fn call_labels(server: &Server, path: &str) -> CallLabels {
+    let rest = path
+        .strip_prefix(server.config.prefix.as_str())
+        .unwrap_or("");
+    let mut segments = rest.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some(protocol), Some(method))
+            if server
+                .protocols
+                .get(protocol)
+                .is_some_and(|p| p.method(method).is_some()) =>
+        {
+            CallLabels {
+                protocol: protocol.to_string(),
+                method: method.to_string(),
+            }
+        }
+        _ => CallLabels {
+            protocol: "-".to_string(),
+            method: "-".to_string(),
+        },
+    }
 }
 
 /// Headers every routed response carries.

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod lifecycle;
 mod memory;
 mod ssrf;
 mod workers;

@@ -560,3 +560,70 @@ pub fn oversized_request(target_bytes: i64) -> Vec<u8> {
     writer.finish();
     out
 }
+
+/// A server of `protocols` (open hosting) on 127.0.0.1; stops when dropped.
+pub async fn serve_protocols(protocols: Vec<kit_service::Protocol>) -> InProcess {
+    let server = kit_service::Server::new(
+        protocols,
+        kit_service::HttpConfig::default(),
+        kit_service::token::KeyRing::ephemeral(3600),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    let (stop, signal) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain {
+        delay: Duration::ZERO,
+        grace: Duration::from_secs(2),
+    };
+    tokio::spawn(serve_until(listener, server, drain, async move {
+        let _ = signal.await;
+    }));
+    InProcess {
+        url: format!("http://{bound}"),
+        stop: Some(stop),
+        dir: scratch_dir("unused"),
+    }
+}
+
+/// A one-row request with one `int64` parameter.
+pub fn int64_request(
+    protocol: &str,
+    version: &str,
+    method: &str,
+    param: &str,
+    value: i64,
+) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new(param, DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow_array::Int64Array::from(vec![value]))],
+    )
+    .unwrap();
+    let metadata: Metadata = vec![
+        (wire::METHOD_KEY.into(), method.into()),
+        (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+        (wire::PROTOCOL_KEY.into(), protocol.into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), version.into()),
+    ];
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
+    writer.write(&batch, &metadata).unwrap();
+    writer.finish();
+    out
+}
+
+/// The value of a metric line starting with `prefix` in `/metrics`, summed.
+pub async fn metric(base: &str, prefix: &str) -> f64 {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
