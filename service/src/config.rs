@@ -123,6 +123,26 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Seconds to receive a whole request body before 408 (slowloris guard).",
     },
     Variable {
+        name: "KIT_HEADER_TIMEOUT",
+        default: "10",
+        doc: "Seconds a client has to send a request's headers before the connection is closed (slow-header guard).",
+    },
+    Variable {
+        name: "KIT_IDLE_TIMEOUT",
+        default: "75",
+        doc: "Seconds a connection may stay open with no request in flight (keep-alive and not-yet-sent requests). Longer than the 60 s idle timeout of common load balancers, so they close first.",
+    },
+    Variable {
+        name: "KIT_MAX_CONNECTIONS",
+        default: "open-file limit - 64 (16..=16384)",
+        doc: "Open client connections at most. At the cap a new connection closes the longest-idle one without a request in flight; only when every connection is busy is it refused.",
+    },
+    Variable {
+        name: "KIT_MAX_CONNECTIONS_PER_IP",
+        default: "KIT_MAX_CONNECTIONS",
+        doc: "Open connections of one client IP (the peer address, not `X-Forwarded-For`) at most, with the same eviction. Behind a load balancer every connection comes from its addresses: leave it at the default there.",
+    },
+    Variable {
         name: "KIT_CORS_ORIGINS",
         default: "",
         doc: "Comma-separated origins allowed by CORS, or `*`. Unset: no CORS headers. `*` together with API keys is refused.",
@@ -374,6 +394,8 @@ pub struct Config {
     pub max_inflight_bytes: u64,
     /// Concurrent decode/compress jobs on the blocking pool (`KIT_CODEC_THREADS`).
     pub codec_threads: usize,
+    /// Header and idle timeouts and connection caps.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 /// Every problem found, one line each.
@@ -458,7 +480,33 @@ impl Config {
             fetch: FetchSettings::default(),
             max_inflight_bytes: 0,
             codec_threads: crate::limits::default_heavy_threads(),
+            connections: crate::connections::ConnectionLimits::default(),
         };
+        let mut config = config;
+        let defaults = config.connections;
+        let seconds = |name: &str, default: Duration, problems: &mut Vec<String>| match number(
+            env, name, problems,
+        ) {
+            Some(0) => {
+                problems.push(format!("`{name}` must be positive"));
+                default
+            }
+            Some(value) => Duration::from_secs(value),
+            None => default,
+        };
+        config.connections.header_timeout =
+            seconds("KIT_HEADER_TIMEOUT", defaults.header_timeout, &mut problems);
+        config.connections.idle_timeout =
+            seconds("KIT_IDLE_TIMEOUT", defaults.idle_timeout, &mut problems);
+        config.connections.max_connections = number(env, "KIT_MAX_CONNECTIONS", &mut problems)
+            .map_or(defaults.max_connections, |n| n as usize);
+        config.connections.max_per_ip = number(env, "KIT_MAX_CONNECTIONS_PER_IP", &mut problems)
+            .map_or(config.connections.max_connections, |n| n as usize);
+        if config.connections.max_connections == 0 || config.connections.max_per_ip == 0 {
+            problems.push(
+                "`KIT_MAX_CONNECTIONS` and `KIT_MAX_CONNECTIONS_PER_IP` must be positive".into(),
+            );
+        }
         let mut config = config;
         let request_cap = config
             .max_request_bytes

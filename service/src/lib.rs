@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod config;
 pub mod conformance;
+pub mod connections;
 pub mod demo;
 pub mod doctor;
 pub mod http;

@@ -174,6 +174,8 @@ pub fn default_heavy_threads() -> usize {
 pub struct Limits {
     pub budget: Budget,
     pub heavy: HeavyPool,
+    /// Timeouts and caps of client connections (used by `serve`).
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 #[cfg(test)]

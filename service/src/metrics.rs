@@ -47,6 +47,11 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Requests refused with 503 because the in-flight byte budget was spent.
     pub budget_refusals: Counter,
+    pub open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Idle connections closed to make room for a new one.
+    pub connections_evicted: Counter,
+    /// Connections closed at accept: every open one was busy.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -126,6 +131,24 @@ impl Metrics {
             "Requests refused with 503: the in-flight byte budget (KIT_MAX_INFLIGHT_BYTES) was spent",
             budget_refusals.clone(),
         );
+        let open_connections = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to admit a new one (KIT_MAX_CONNECTIONS, KIT_MAX_CONNECTIONS_PER_IP)",
+            connections_evicted.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because every open one had a request in flight",
+            connections_refused.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information; always 1", build.clone());
         build
@@ -146,6 +169,9 @@ impl Metrics {
             rate_limited,
             auth_failures,
             budget_refusals,
+            open_connections,
+            connections_evicted,
+            connections_refused,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod connections;
 mod lifecycle;
 mod memory;
 mod ssrf;
