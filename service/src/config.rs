@@ -507,7 +507,6 @@ impl Config {
                 "`KIT_MAX_CONNECTIONS` and `KIT_MAX_CONNECTIONS_PER_IP` must be positive".into(),
             );
         }
-        let mut config = config;
         let request_cap = config
             .max_request_bytes
             .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
