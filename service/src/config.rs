@@ -90,7 +90,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_REQUEST_BYTES",
         default: "",
-        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`.",
+        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised.",
+    },
+    Variable {
+        name: "KIT_MAX_INFLIGHT_BYTES",
+        default: "134217728, or 2 x KIT_MAX_REQUEST_BYTES if larger",
+        doc: "Bytes all requests in flight may hold together: bodies as received and decoded, and pointer fetches as downloaded and decoded. A request that would pass it gets 503 with `Retry-After` instead of waiting. Must be at least `KIT_MAX_REQUEST_BYTES` and `KIT_FETCH_MAX_DECOMPRESSED_BYTES`.",
+    },
+    Variable {
+        name: "KIT_CODEC_THREADS",
+        default: "number of CPUs (at least 2)",
+        doc: "Decompression of request bodies and compression of large responses run on the blocking pool, at most this many at once, so the async workers (and `/readyz`) never wait on them.",
     },
     Variable {
         name: "KIT_MAX_RESPONSE_BYTES",
@@ -111,6 +121,26 @@ pub const VARIABLES: &[Variable] = &[
         name: "KIT_READ_TIMEOUT",
         default: "30",
         doc: "Seconds to receive a whole request body before 408 (slowloris guard).",
+    },
+    Variable {
+        name: "KIT_HEADER_TIMEOUT",
+        default: "10",
+        doc: "Seconds a client has to send a request's headers before the connection is closed (slow-header guard).",
+    },
+    Variable {
+        name: "KIT_IDLE_TIMEOUT",
+        default: "75",
+        doc: "Seconds a connection may stay open with no request in flight (keep-alive and not-yet-sent requests). Longer than the 60 s idle timeout of common load balancers, so they close first.",
+    },
+    Variable {
+        name: "KIT_MAX_CONNECTIONS",
+        default: "open-file limit - 64 (16..=16384)",
+        doc: "Open client connections at most. At the cap a new connection closes the longest-idle one without a request in flight; only when every connection is busy is it refused.",
+    },
+    Variable {
+        name: "KIT_MAX_CONNECTIONS_PER_IP",
+        default: "KIT_MAX_CONNECTIONS",
+        doc: "Open connections of one client IP (the peer address, not `X-Forwarded-For`) at most, with the same eviction. Behind a load balancer every connection comes from its addresses: leave it at the default there.",
     },
     Variable {
         name: "KIT_CORS_ORIGINS",
@@ -215,7 +245,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_URL_ALLOWLIST",
         default: "",
-        doc: "Comma-separated URL prefixes exempt from the https-only and public-address rules when fetching pointers (e.g. `http://127.0.0.1`).",
+        doc: "Comma-separated origins exempt from the https-only and public-address rules when fetching pointers, as `scheme://host[:port][/path]` (e.g. `http://127.0.0.1`: any port of 127.0.0.1 over http). Compared on the parsed URL (scheme, host, port, path at a `/` boundary), never as a string prefix; pointer URLs with userinfo are always refused.",
+    },
+    Variable {
+        name: "KIT_FETCH_PROXY",
+        default: "",
+        doc: "HTTP proxy for pointer fetches (`http://host:port`). Unset: fetches connect directly and ignore `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY`, whose proxy would resolve names past the public-address check. Set: each URL and its DNS answers are checked before the proxy sees it.",
     },
     Variable {
         name: "KIT_FETCH_PARALLEL_THRESHOLD_BYTES",
@@ -244,8 +279,8 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "KIT_FETCH_MAX_DECOMPRESSED_BYTES",
-        default: "4294967296",
-        doc: "Largest decoded object (guards against compression bombs).",
+        default: "the smaller of KIT_FETCH_MAX_BYTES and KIT_MAX_INFLIGHT_BYTES",
+        doc: "Largest decoded object (guards against compression bombs); decoding stops at this size before allocating more.",
     },
     Variable {
         name: "KIT_FETCH_HEDGE_MULTIPLIER",
@@ -355,6 +390,12 @@ pub struct Config {
     pub compress_min_bytes: u64,
     pub storage: Option<StorageSettings>,
     pub fetch: FetchSettings,
+    /// Bytes all requests in flight may hold together (`KIT_MAX_INFLIGHT_BYTES`).
+    pub max_inflight_bytes: u64,
+    /// Concurrent decode/compress jobs on the blocking pool (`KIT_CODEC_THREADS`).
+    pub codec_threads: usize,
+    /// Header and idle timeouts and connection caps.
+    pub connections: crate::connections::ConnectionLimits,
 }
 
 /// Every problem found, one line each.
@@ -436,9 +477,56 @@ impl Config {
             response_compression: true,
             compress_min_bytes: 1024,
             storage: None,
-            fetch: fetch_settings(env, &mut problems),
+            fetch: FetchSettings::default(),
+            max_inflight_bytes: 0,
+            codec_threads: crate::limits::default_heavy_threads(),
+            connections: crate::connections::ConnectionLimits::default(),
         };
         let mut config = config;
+        let defaults = config.connections;
+        let seconds = |name: &str, default: Duration, problems: &mut Vec<String>| match number(
+            env, name, problems,
+        ) {
+            Some(0) => {
+                problems.push(format!("`{name}` must be positive"));
+                default
+            }
+            Some(value) => Duration::from_secs(value),
+            None => default,
+        };
+        config.connections.header_timeout =
+            seconds("KIT_HEADER_TIMEOUT", defaults.header_timeout, &mut problems);
+        config.connections.idle_timeout =
+            seconds("KIT_IDLE_TIMEOUT", defaults.idle_timeout, &mut problems);
+        config.connections.max_connections = number(env, "KIT_MAX_CONNECTIONS", &mut problems)
+            .map_or(defaults.max_connections, |n| n as usize);
+        config.connections.max_per_ip = number(env, "KIT_MAX_CONNECTIONS_PER_IP", &mut problems)
+            .map_or(config.connections.max_connections, |n| n as usize);
+        if config.connections.max_connections == 0 || config.connections.max_per_ip == 0 {
+            problems.push(
+                "`KIT_MAX_CONNECTIONS` and `KIT_MAX_CONNECTIONS_PER_IP` must be positive".into(),
+            );
+        }
+        let request_cap = config
+            .max_request_bytes
+            .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
+        config.max_inflight_bytes = number(env, "KIT_MAX_INFLIGHT_BYTES", &mut problems)
+            .unwrap_or_else(|| {
+                crate::limits::DEFAULT_INFLIGHT_BYTES.max(request_cap.saturating_mul(2))
+            });
+        config.fetch = fetch_settings(env, config.max_inflight_bytes, &mut problems);
+        if request_cap > config.max_inflight_bytes {
+            problems.push(format!("`KIT_MAX_INFLIGHT_BYTES` ({}) is below the request cap ({request_cap}): no request that large could ever be admitted", config.max_inflight_bytes));
+        }
+        if config.fetch.max_decompressed_bytes > config.max_inflight_bytes {
+            problems.push(format!("`KIT_FETCH_MAX_DECOMPRESSED_BYTES` ({}) is above `KIT_MAX_INFLIGHT_BYTES` ({}): no pointer that large could ever be fetched", config.fetch.max_decompressed_bytes, config.max_inflight_bytes));
+        }
+        if let Some(threads) = number(env, "KIT_CODEC_THREADS", &mut problems) {
+            if threads == 0 {
+                problems.push("`KIT_CODEC_THREADS` must be at least 1".into());
+            }
+            config.codec_threads = threads.max(1) as usize;
+        }
         config.storage = storage_settings(env, config.max_upload_bytes, &mut problems);
         config.drain_delay =
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
@@ -552,7 +640,7 @@ fn storage_settings(
     })
 }
 
-fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
+fn fetch_settings(env: &dyn Env, inflight_bytes: u64, problems: &mut Vec<String>) -> FetchSettings {
     let defaults = FetchSettings::default();
     let max_fetch_bytes =
         number(env, "KIT_FETCH_MAX_BYTES", problems).unwrap_or(defaults.max_fetch_bytes);
@@ -586,7 +674,7 @@ fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
             .unwrap_or(defaults.timeout),
         max_fetch_bytes,
         max_decompressed_bytes: number(env, "KIT_FETCH_MAX_DECOMPRESSED_BYTES", problems)
-            .unwrap_or(16 * max_fetch_bytes),
+            .unwrap_or(max_fetch_bytes.min(inflight_bytes)),
         speculative_retry_multiplier: multiplier,
         max_speculative_hedges: number(env, "KIT_FETCH_MAX_HEDGES", problems)
             .map(|n| n as usize)
@@ -595,8 +683,22 @@ fn fetch_settings(env: &dyn Env, problems: &mut Vec<String>) -> FetchSettings {
             .map(|n| n as usize)
             .unwrap_or(defaults.max_retries),
         allowlist: list(env, "KIT_URL_ALLOWLIST"),
+        proxy: env
+            .var("KIT_FETCH_PROXY")
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty()),
         ..defaults
     };
+    for entry in &settings.allowlist {
+        if let Err(reason) = crate::storage::fetch::AllowedOrigin::parse(entry) {
+            problems.push(format!("`KIT_URL_ALLOWLIST`: {reason}"));
+        }
+    }
+    if let Some(proxy) = &settings.proxy
+        && let Err(reason) = crate::storage::fetch::parse_proxy(proxy)
+    {
+        problems.push(format!("`KIT_FETCH_PROXY`: {reason}"));
+    }
     if settings.max_retries > 2 {
         problems.push("`KIT_FETCH_MAX_RETRIES` is at most 2".into());
     }
@@ -855,6 +957,30 @@ mod tests {
         assert_eq!(error.0.len(), 3, "{error}");
         let error = Config::from_env(&env(&[("KIT_REQUIRE_AUTH", "true")]), listen()).unwrap_err();
         assert!(error.to_string().contains("no keys are configured"));
+    }
+
+    #[test]
+    fn memory_limits_default_far_below_the_bombs_and_stay_consistent() {
+        let config = Config::from_env(&env(&[]), listen()).unwrap();
+        assert_eq!(config.max_inflight_bytes, 128 << 20);
+        assert_eq!(config.fetch.max_decompressed_bytes, 128 << 20, "was 4 GiB");
+        let config =
+            Config::from_env(&env(&[("KIT_MAX_REQUEST_BYTES", "209715200")]), listen()).unwrap();
+        assert_eq!(
+            config.max_inflight_bytes,
+            400 << 20,
+            "tied to the request cap"
+        );
+        let error = Config::from_env(
+            &env(&[
+                ("KIT_MAX_INFLIGHT_BYTES", "1048576"),
+                ("KIT_FETCH_MAX_DECOMPRESSED_BYTES", "2097152"),
+                ("KIT_CODEC_THREADS", "0"),
+            ]),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(error.0.len(), 3, "{error}");
     }
 
     #[test]

@@ -14,12 +14,14 @@ pub mod alloc;
 pub mod client;
 pub mod config;
 pub mod conformance;
+pub mod connections;
 pub mod demo;
 pub mod doctor;
 pub mod host;
 pub mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod limits;
 pub mod logline;
 pub mod metrics;
 pub mod probe;
@@ -32,9 +34,12 @@ pub mod testing;
 pub mod token;
 pub mod wire;
 
-/// Hard ceiling on a decoded request body when no `max_request_bytes` is set,
-/// so a zstd bomb cannot exhaust memory.
-pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
+/// The request cap when `KIT_MAX_REQUEST_BYTES` is not set: enforced on the
+/// body as received and as decoded (so neither a zstd bomb nor a plain 1 GiB
+/// body is held), but not advertised, so clients see the same capability
+/// headers as before. Platforms cap requests far lower (Cloud Run 32 MiB,
+/// Lambda 6 MB); larger payloads go through upload URLs.
+pub const MAX_DECODED_REQUEST_BYTES: usize = 64 << 20;
 
 pub use http::{HttpConfig, Server, app};
 pub use kit_macros::{ArrowRecord, service};

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub externalized_bytes: Counter<u64, AtomicU64>,
     pub rate_limited: Counter,
     pub auth_failures: Counter,
+    /// Requests refused with 503 because the in-flight byte budget was spent.
+    pub budget_refusals: Counter,
+    pub open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Idle connections closed to make room for a new one.
+    pub connections_evicted: Counter,
+    /// Connections closed at accept: every open one was busy.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -118,6 +125,30 @@ impl Metrics {
             "Requests refused with 401",
             auth_failures.clone(),
         );
+        let budget_refusals = Counter::default();
+        registry.register(
+            "budget_refusals",
+            "Requests refused with 503: the in-flight byte budget (KIT_MAX_INFLIGHT_BYTES) was spent",
+            budget_refusals.clone(),
+        );
+        let open_connections = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        let connections_evicted = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to admit a new one (KIT_MAX_CONNECTIONS, KIT_MAX_CONNECTIONS_PER_IP)",
+            connections_evicted.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because every open one had a request in flight",
+            connections_refused.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         registry.register("build_info", "Build information; always 1", build.clone());
         build
@@ -137,6 +168,10 @@ impl Metrics {
             externalized_bytes,
             rate_limited,
             auth_failures,
+            budget_refusals,
+            open_connections,
+            connections_evicted,
+            connections_refused,
         }
     }
 
@@ -171,6 +206,7 @@ mod tests {
             "kit_build_info{version=",
             "kit_rate_limited_total",
             "kit_auth_failures_total",
+            "kit_budget_refusals_total",
             "kit_externalized_bytes_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

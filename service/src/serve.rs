@@ -47,6 +47,11 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         readiness: Arc::new(Readiness::default()),
         key_fingerprint: config.keys.primary().fingerprint(),
         key_ephemeral: config.keys.is_ephemeral(),
+        limits: crate::limits::Limits {
+            budget: crate::limits::Budget::new(config.max_inflight_bytes),
+            heavy: crate::limits::HeavyPool::new(config.codec_threads),
+            connections: config.connections,
+        },
     };
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }
@@ -134,8 +139,9 @@ pub async fn serve_until(
         tokio::time::sleep(drain.grace.saturating_sub(drain.delay)).await;
         let _ = grace_tx.send(());
     });
-    let service = app(server).into_make_service_with_connect_info::<SocketAddr>();
-    let serving = axum::serve(listener, service).with_graceful_shutdown(async move {
+    let limits = server.hosting().limits.connections;
+    let metrics = server.hosting().metrics.clone();
+    let serving = crate::connections::serve(listener, app(server), limits, metrics, async move {
         let _ = stop_rx.await;
     });
     tokio::select! {

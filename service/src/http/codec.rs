@@ -41,29 +41,95 @@ pub enum DecodeError {
         codec: &'static str,
         message: String,
     },
+    #[error("the server's in-flight memory budget cannot hold the decoded body")]
+    OverBudget,
 }
+
+/// Largest zstd window the streaming decoder accepts (2^24 = 16 MiB). zstd's
+/// own default is 128 MiB per decoder, which a 100-byte frame can demand.
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
 
 /// Decodes `body`, failing once the output would pass `limit` bytes.
 pub fn decode(codec: Codec, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    decode_bounded(codec, body, limit, &mut |_| true)
+}
+
+/// Whether `body` is one zstd frame that declares a content size of at most
+/// `small` bytes: cheap enough to decode without leaving the async worker.
+pub fn is_small_zstd(body: &[u8], small: usize) -> bool {
+    zstd::zstd_safe::get_frame_content_size(body)
+        .ok()
+        .flatten()
+        .is_some_and(|size| size <= small as u64)
+        && zstd::zstd_safe::find_frame_compressed_size(body).ok() == Some(body.len())
+}
+
+/// [`decode`] that asks `reserve(n)` before holding `n` decoded bytes (the
+/// output buffer's capacity) and stops with [`DecodeError::OverBudget`] when
+/// it says no. The output grows as data is decoded, never past `limit + 1`
+/// bytes of capacity, so a bomb costs at most the cap, not its claimed size.
+pub fn decode_bounded(
+    codec: Codec,
+    body: &[u8],
+    limit: usize,
+    reserve: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
     let corrupt = |e: std::io::Error| DecodeError::Corrupt {
         codec: codec.as_str(),
         message: e.to_string(),
     };
     if codec == Codec::Zstd
-        && let Some(decoded) = decode_zstd_frame(body, limit)
+        && let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(body)
     {
-        return Ok(decoded);
+        if size > limit as u64 {
+            return Err(DecodeError::TooLarge { limit });
+        }
+        if zstd::zstd_safe::find_frame_compressed_size(body).ok() == Some(body.len()) {
+            if !reserve(size as usize) {
+                return Err(DecodeError::OverBudget);
+            }
+            if let Some(decoded) = decode_zstd_frame(body, size as usize) {
+                return Ok(decoded);
+            }
+        }
     }
-    let reader: Box<dyn Read + '_> = match codec {
-        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt)?),
+    let mut reader: Box<dyn Read + '_> = match codec {
+        Codec::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(body).map_err(corrupt)?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(corrupt)?;
+            Box::new(decoder)
+        }
         Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(body)),
     };
-    let mut out = Vec::with_capacity(body.len().saturating_mul(3).min(limit.saturating_add(1)));
-    let read = reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(corrupt)?;
-    if read > limit {
+    let mut out: Vec<u8> = Vec::new();
+    let ceiling = limit.saturating_add(1);
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= ceiling {
+                return Err(DecodeError::TooLarge { limit });
+            }
+            let grown = (out.capacity().max(32 * 1024) * 2).min(ceiling);
+            if !reserve(grown) {
+                return Err(DecodeError::OverBudget);
+            }
+            out.reserve_exact(grown - out.len());
+        }
+        let filled = out.len();
+        let room = out.capacity().min(ceiling) - filled;
+        out.resize(filled + room, 0);
+        match reader.read(&mut out[filled..]) {
+            Ok(0) => {
+                out.truncate(filled);
+                break;
+            }
+            Ok(read) => out.truncate(filled + read),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => out.truncate(filled),
+            Err(error) => return Err(corrupt(error)),
+        }
+    }
+    if out.len() > limit {
         return Err(DecodeError::TooLarge { limit });
     }
     Ok(out)
@@ -78,23 +144,17 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Fast path: a single frame that declares its content size within `limit`
-/// decodes in one call on a reused context. `None` sends the caller to the
-/// streaming decoder (no declared size, several frames, or an error to report).
-fn decode_zstd_frame(body: &[u8], limit: usize) -> Option<Vec<u8>> {
-    let size = zstd::zstd_safe::get_frame_content_size(body)
-        .ok()
-        .flatten()?;
-    if size > limit as u64 {
-        return None;
-    }
+/// Fast path: a single frame that declares its content size (`size`, checked
+/// against the limit by the caller) decodes in one call on a reused context.
+/// `None` sends the caller to the streaming decoder, which reports the error.
+fn decode_zstd_frame(body: &[u8], size: usize) -> Option<Vec<u8>> {
     ZSTD_DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = zstd::bulk::Decompressor::new().ok();
         }
-        let decoded = slot.as_mut()?.decompress(body, size as usize).ok()?;
-        (decoded.len() as u64 == size).then_some(decoded)
+        let decoded = slot.as_mut()?.decompress(body, size).ok()?;
+        (decoded.len() == size).then_some(decoded)
     })
 }
 
@@ -329,6 +389,35 @@ mod tests {
             decode(Codec::Zstd, &body, 15),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn bombs_stop_at_the_cap_and_the_budget() {
+        // 64 MiB of zeros: a few KiB compressed, streamed (no declared size) and framed.
+        let zeros = vec![0u8; 64 * 1024 * 1024];
+        let mut streamed = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut streamed, &zeros).unwrap();
+        let streamed = streamed.finish().unwrap();
+        let framed = encode(Codec::Zstd, &zeros, 3);
+        let gzipped = encode(Codec::Gzip, &zeros, 1);
+        for (name, codec, body) in [
+            ("streamed zstd", Codec::Zstd, &streamed),
+            ("framed zstd", Codec::Zstd, &framed),
+            ("gzip", Codec::Gzip, &gzipped),
+        ] {
+            let mut asked = 0usize;
+            let result = decode_bounded(codec, body, 1024 * 1024, &mut |bytes| {
+                asked = asked.max(bytes);
+                true
+            });
+            assert!(
+                matches!(result, Err(DecodeError::TooLarge { .. })),
+                "{name}"
+            );
+            assert!(asked <= 1024 * 1024 + 1, "{name} held {asked} bytes");
+            let result = decode_bounded(codec, body, usize::MAX / 2, &mut |bytes| bytes < 100_000);
+            assert!(matches!(result, Err(DecodeError::OverBudget)), "{name}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{Endpoint, RequestInfo, Resolved, Server, arrow_response, error_response};
 use crate::rpc::{Args, Ctx, MethodKind, Output, Reply, StreamKind, parse_version};
 use crate::storage::External;
+use crate::storage::fetch::FetchError;
 use crate::token::{Binding, TokenKind};
 use crate::wire::ipc::Chunks;
 use crate::wire::ipc::{read_schema_message, read_stream, schema_message};
@@ -327,7 +328,7 @@ async fn prepare(
     let method = resolved.method();
     let (schema, mut batch) = read_request(resolved, body)?;
     if batch.get(wire::LOCATION_KEY).is_some() && batch.batch.num_rows() == 0 {
-        batch.batch = resolve_pointer(server, &schema, &batch).await?;
+        batch.batch = resolve_pointer(server, info, &schema, &batch).await?;
     }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
     let ctx = Ctx::new(
@@ -909,7 +910,7 @@ async fn exchange(
             let input_schema = call.input_schema.clone().unwrap_or_else(wire::empty_schema);
             let mut input_batch = batch.batch.clone();
             if batch.get(wire::LOCATION_KEY).is_some() && input_batch.num_rows() == 0 {
-                match resolve_pointer(server, &stream.schema, &batch).await {
+                match resolve_pointer(server, info, &stream.schema, &batch).await {
                     Ok(resolved_input) => input_batch = resolved_input,
                     Err(error) => {
                         return Ok(turn_error(
@@ -1016,6 +1017,9 @@ async fn exchange(
     }
 }
 
+/// Rows of a `null` input column cast to its declared type at most.
+const MAX_NULL_CAST_ROWS: usize = 64 * 1024;
+
 /// Exchange input: the field set must match; order is fixed up and types cast.
 fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, RpcError> {
     if batch.schema() == *target {
@@ -1048,6 +1052,11 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
         let column = batch.column_by_name(field.name()).ok_or_else(mismatch)?;
         let column = if column.data_type() == field.data_type() {
             column.clone()
+        } else if column.data_type() == &arrow_schema::DataType::Null
+            && column.len() > MAX_NULL_CAST_ROWS
+        {
+            // A `null` column is free on the wire and costs per row once cast.
+            return Err(mismatch());
         } else {
             arrow_cast::cast(column, field.data_type()).map_err(|_| mismatch())?
         };
@@ -1063,6 +1072,7 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
 /// hold exactly one data batch on the pointer's own schema.
 async fn resolve_pointer(
     server: &Server,
+    info: &RequestInfo,
     schema: &SchemaRef,
     pointer: &Batch,
 ) -> Result<RecordBatch, RpcError> {
@@ -1073,11 +1083,27 @@ async fn resolve_pointer(
             "this server has no external storage configured, so it does not resolve `vgi_rpc.location` pointers",
         ));
     };
+    let mut reservation = server.hosting.limits.budget.reservation();
     let fetched = external
         .fetcher
-        .fetch(location, pointer.get(wire::LOCATION_SHA256_KEY))
-        .await
-        .map_err(|e| RpcError::new("ExternalFetchError", e.to_string()))?;
+        .fetch_within(
+            location,
+            pointer.get(wire::LOCATION_SHA256_KEY),
+            &mut reservation,
+        )
+        .await;
+    // Held until the request ends, like the body's own bytes.
+    info.hold(reservation);
+    let fetched = fetched.map_err(|error| match error {
+        FetchError::OverBudget { .. } => {
+            server.hosting.metrics.budget_refusals.inc();
+            RpcError::new("ServerBusyError", error.to_string())
+                .with_code(ErrorCode::Unavailable)
+                .with_kind("server_busy")
+                .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        }
+        error => RpcError::new("ExternalFetchError", error.to_string()),
+    })?;
     let (stream, _) = read_stream(&fetched, 0).map_err(|e| {
         RpcError::new(
             "ArrowInvalid",

@@ -57,6 +57,8 @@ pub struct Hosting {
     /// Fingerprint of the primary signing key, and whether it is per-process.
     pub key_fingerprint: String,
     pub key_ephemeral: bool,
+    /// The in-flight memory budget and the pool for CPU-heavy work.
+    pub limits: crate::limits::Limits,
 }
 
 impl Hosting {
@@ -76,6 +78,7 @@ impl Hosting {
             readiness,
             key_fingerprint: keys.primary().fingerprint(),
             key_ephemeral: keys.is_ephemeral(),
+            limits: crate::limits::Limits::default(),
         }
     }
 

@@ -186,6 +186,21 @@ pub(crate) struct RequestInfo {
     /// Request body bytes as received, for metrics and the access log.
     pub request_bytes: u64,
     pub stream_turn: bool,
+    /// In-flight budget held by this request's body; released when the
+    /// request ends, however it ends.
+    pub reservation: crate::limits::Reservation,
+    /// Budget held by pointer fetches made while preparing the call.
+    pub fetched: std::sync::Mutex<Vec<crate::limits::Reservation>>,
+}
+
+impl RequestInfo {
+    /// Keeps `reservation` until this request ends.
+    pub(crate) fn hold(&self, reservation: crate::limits::Reservation) {
+        self.fetched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(reservation);
+    }
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
@@ -210,6 +225,8 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         identity: String::new(),
         request_bytes: 0,
         stream_turn: false,
+        reservation: hosting.limits.budget.reservation(),
+        fetched: Default::default(),
     };
     if let Some(key) = path
         .strip_prefix(&server.config.prefix)
@@ -295,19 +312,39 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         }
     }
     let span = crate::telemetry::server_span(request.headers(), &request_id);
-    hosting.metrics.in_flight.inc();
+    // Released on every path, including the client going away mid-call
+    // (hyper drops this future) and a panic, which is then still counted.
+    let mut in_flight = InFlight::start(&server, &path, &request_id, started);
     let routed = tokio::time::timeout(
         hosting.request_timeout,
         tracing::Instrument::instrument(
-            crate::reflection::CURRENT_SERVER
-                .scope(server.clone(), route(&server, request, &mut info)),
+            crate::reflection::CURRENT_SERVER.scope(
+                server.clone(),
+                CatchPanic(Box::pin(route(&server, request, &mut info))),
+            ),
             span.clone(),
         ),
     )
     .await;
-    hosting.metrics.in_flight.dec();
+    in_flight.finished();
     let mut response = match routed {
-        Ok(response) => response,
+        Ok(Ok(response)) => response,
+        Ok(Err(panic)) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            tracing::error!(request_id = %request_id, path = %path, panic = %text, "a handler panicked");
+            // The panic text names internals: it stays in the log.
+            let error = RpcError::new(
+                "InternalError",
+                format!("the method failed unexpectedly; the server logged it under request id {request_id}"),
+            )
+            .with_code(ErrorCode::Internal)
+            .with_status(StatusCode::OK);
+            error_response(&server, &info, &error, &wire::empty_schema())
+        }
         Err(_) => {
             let error = RpcError::new(
                 "TimeoutError",
@@ -339,6 +376,118 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
     response
 }
 
+/// Runs a future, turning a panic while polling it into an `Err`, so a
+/// panicking handler costs its request, not the connection or the worker.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// One request in `kit_in_flight_requests`, released on drop. A request
+/// dropped before it finished (the client disconnected) is still counted in
+/// `kit_requests_total`, with nginx's status 499 (client closed request).
+struct InFlight<'a> {
+    server: &'a Server,
+    call: CallLabels,
+    request_id: &'a str,
+    started: Instant,
+    finished: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(server: &'a Server, path: &str, request_id: &'a str, started: Instant) -> Self {
+        server.hosting.metrics.in_flight.inc();
+        InFlight {
+            server,
+            call: call_labels(server, path),
+            request_id,
+            started,
+            finished: false,
+        }
+    }
+
+    /// The request produced a response; `record` counts it.
+    fn finished(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.server.hosting.metrics.in_flight.dec();
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let metrics = &self.server.hosting.metrics;
+        metrics.in_flight.dec();
+        metrics
+            .requests
+            .get_or_create(&StatusLabels {
+                protocol: self.call.protocol.clone(),
+                method: self.call.method.clone(),
+                status: CLIENT_CLOSED_REQUEST,
+            })
+            .inc();
+        metrics
+            .duration
+            .get_or_create(&self.call)
+            .observe(self.started.elapsed().as_secs_f64());
+        tracing::info!(
+            target: "kit_service::access",
+            request_id = %self.request_id,
+            protocol = %self.call.protocol,
+            method = %self.call.method,
+            status = CLIENT_CLOSED_REQUEST,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            "client closed the connection before the response"
+        );
+    }
+}
+
+/// nginx's status for a request whose client went away first.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Metric labels of a path: hosted protocol and method names only, so
+/// arbitrary paths cannot grow the label set.
+fn call_labels(server: &Server, path: &str) -> CallLabels {
+    let rest = path
+        .strip_prefix(server.config.prefix.as_str())
+        .unwrap_or("");
+    let mut segments = rest.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some(protocol), Some(method))
+            if server
+                .protocols
+                .get(protocol)
+                .is_some_and(|p| p.method(method).is_some()) =>
+        {
+            CallLabels {
+                protocol: protocol.to_string(),
+                method: method.to_string(),
+            }
+        }
+        _ => CallLabels {
+            protocol: "-".to_string(),
+            method: "-".to_string(),
+        },
+    }
+}
+
 /// Headers every routed response carries.
 fn finish(
     server: &Server,
@@ -347,13 +496,21 @@ fn finish(
     rate: Option<ratelimit::Decision>,
     origin: Option<&str>,
 ) {
+    let busy = status_is_busy(response.status());
     let headers = response.headers_mut();
     stamp_capabilities(server, headers, &info.request_id);
+    if busy && !headers.contains_key(header::RETRY_AFTER) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     if let Some(rate) = rate {
         headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
         headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
     }
     hosting::stamp_cors(&server.hosting, origin, headers);
+}
+
+fn status_is_busy(status: StatusCode) -> bool {
+    status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Metrics and the access log line for one routed request.
@@ -366,7 +523,12 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         .and_then(|o| o.split_once('/'))
         .unwrap_or(("-", "-"));
     let status = response.status().as_u16();
-    let response_bytes = response.body().size_hint().exact().unwrap_or(0);
+    let response_bytes = response.body().size_hint().exact().unwrap_or_else(|| {
+        response
+            .extensions()
+            .get::<UncompressedBytes>()
+            .map_or(0, |size| size.0)
+    });
     let metrics = &server.hosting.metrics;
     let call = CallLabels {
         protocol: protocol.to_string(),
@@ -582,22 +744,48 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
     })
 }
 
-/// Reads and decodes the request body, enforcing `max_request_bytes` before and after decoding.
+/// The request cap in force: `max_request_bytes`, else
+/// [`crate::MAX_DECODED_REQUEST_BYTES`] (enforced, not advertised).
+pub(crate) fn request_limit(server: &Server) -> usize {
+    server
+        .config
+        .max_request_bytes
+        .map(|l| l.min(usize::MAX as u64) as usize)
+        .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES)
+}
+
+/// zstd bodies that declare at most this much decode on the async worker:
+/// a blocking-pool hop costs more than they do.
+const INLINE_DECODE_BYTES: usize = 256 * 1024;
+
+/// Reads and decodes the request body, enforcing the request cap before and
+/// after decoding and holding every byte against the in-flight budget.
 async fn read_body(
     server: &Server,
     request: Request,
     info: &mut RequestInfo,
 ) -> Result<Bytes, Response> {
-    let limit = server
-        .config
-        .max_request_bytes
-        .map(|l| l as usize)
-        .unwrap_or(usize::MAX);
+    let limit = request_limit(server);
     let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
-    let read = read_limited_body(request.into_body(), limit);
-    let raw = match tokio::time::timeout(server.hosting.read_timeout, read).await {
-        Ok(Ok(Some(raw))) => raw,
-        Ok(Ok(None)) => return Err(payload_too_large(server)),
+    let declared =
+        header_str(request.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length <= limit as u64
+        && !info.reservation.grow_to(length)
+    {
+        return Err(over_budget(server, info));
+    }
+    let mut reservation = std::mem::take(&mut info.reservation);
+    // A declared length within the cap is already reserved: allocate it once
+    // instead of doubling (each doubling copies the body on an async worker).
+    let capacity = declared.filter(|l| *l <= limit as u64).unwrap_or(0) as usize;
+    let read = read_limited_body(request.into_body(), limit, capacity, &mut reservation);
+    let outcome = tokio::time::timeout(server.hosting.read_timeout, read).await;
+    info.reservation = reservation;
+    let raw = match outcome {
+        Ok(Ok(BodyRead::Complete(raw))) => raw,
+        Ok(Ok(BodyRead::TooLarge)) => return Err(payload_too_large(server)),
+        Ok(Ok(BodyRead::OverBudget)) => return Err(over_budget(server, info)),
         Ok(Err(_)) => {
             let error =
                 RpcError::bad_request("ProtocolError", "the request body could not be read");
@@ -628,16 +816,34 @@ async fn read_body(
             serde_json::json!({"title": "415 Unsupported Media Type", "description": format!("Unsupported Content-Encoding '{encoding}'. Supported: {}", codec::SUPPORTED)}),
         ));
     };
-    let decode_limit = limit.min(crate::MAX_DECODED_REQUEST_BYTES);
-    // Small bodies decode inline: a blocking-pool hop costs more than they do.
-    let decoded = if raw.len() < 64 * 1024 {
-        Ok(codec::decode(codec, &raw, decode_limit))
+    let held = raw.len() as u64;
+    let decoded = if codec == Codec::Zstd && codec::is_small_zstd(&raw, INLINE_DECODE_BYTES) {
+        let reservation = &mut info.reservation;
+        Ok(codec::decode_bounded(codec, &raw, limit, &mut |bytes| {
+            reservation.grow_to(held + bytes as u64)
+        }))
     } else {
-        tokio::task::spawn_blocking(move || codec::decode(codec, &raw, decode_limit)).await
+        // Any other body may be a bomb: decode it off the async workers,
+        // a bounded number at a time, growing the reservation as it decodes.
+        let mut reservation = std::mem::take(&mut info.reservation);
+        let job = server.hosting.limits.heavy.run(move || {
+            let result = codec::decode_bounded(codec, &raw, limit, &mut |bytes| {
+                reservation.grow_to(held + bytes as u64)
+            });
+            (result, reservation)
+        });
+        match job.await {
+            Ok((result, reservation)) => {
+                info.reservation = reservation;
+                Ok(result)
+            }
+            Err(error) => Err(error),
+        }
     };
     match decoded {
         Ok(Ok(body)) => Ok(Bytes::from(body)),
         Ok(Err(codec::DecodeError::TooLarge { .. })) => Err(payload_too_large(server)),
+        Ok(Err(codec::DecodeError::OverBudget)) => Err(over_budget(server, info)),
         Ok(Err(error @ codec::DecodeError::Corrupt { .. })) => Err(json_response(
             StatusCode::BAD_REQUEST,
             serde_json::json!({"title": "400 Bad Request", "description": error.to_string()}),
@@ -652,47 +858,83 @@ async fn read_body(
 /// How much of an over-limit body is read and thrown away before the 413.
 const MAX_DRAIN_BYTES: usize = 512 * 1024 * 1024;
 
-/// Reads a body up to `limit` bytes; `None` when it is larger.
+/// What reading a body came to.
+enum BodyRead {
+    Complete(Bytes),
+    /// Larger than the request cap (drained, not held).
+    TooLarge,
+    /// The in-flight budget could not hold it (drained, not held).
+    OverBudget,
+}
+
+/// Reads a body up to `limit` bytes, each byte reserved in `reservation`
+/// before it is kept.
 ///
 /// An over-limit body is drained (up to [`MAX_DRAIN_BYTES`], within the read
 /// timeout) before the 413 goes out: a client still sending when the server
 /// answers and closes sees a broken connection instead of the 413 that tells
-/// the vgi-rpc client to retry through an upload URL.
-async fn read_limited_body(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+/// the vgi-rpc client to retry through an upload URL. Drained bytes are
+/// dropped as they arrive, so they cost no memory.
+async fn read_limited_body(
+    body: Body,
+    limit: usize,
+    capacity: usize,
+    reservation: &mut crate::limits::Reservation,
+) -> Result<BodyRead, axum::Error> {
     use http_body_util::BodyExt;
     let mut body = body;
-    let mut collected = bytes::BytesMut::new();
-    let mut over_limit = false;
+    let mut collected = bytes::BytesMut::with_capacity(capacity);
+    let mut refused = None;
     let mut drained = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        if over_limit {
+        if refused.is_some() {
             drained += data.len();
             if drained > MAX_DRAIN_BYTES {
                 break;
             }
         } else if collected.len() + data.len() > limit {
-            over_limit = true;
+            refused = Some(BodyRead::TooLarge);
+            drained = collected.len() + data.len();
+            collected = bytes::BytesMut::new();
+        } else if !reservation.grow_to((collected.len() + data.len()) as u64) {
+            refused = Some(BodyRead::OverBudget);
             drained = collected.len() + data.len();
             collected = bytes::BytesMut::new();
         } else {
             collected.extend_from_slice(&data);
         }
     }
-    Ok((!over_limit).then(|| collected.freeze()))
+    Ok(refused.unwrap_or_else(|| BodyRead::Complete(collected.freeze())))
 }
 
 fn payload_too_large(server: &Server) -> Response {
-    let limit = server
-        .config
-        .max_request_bytes
-        .unwrap_or(crate::MAX_DECODED_REQUEST_BYTES as u64);
+    let limit = request_limit(server);
     json_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         serde_json::json!({"title": "413 Payload Too Large", "description": format!("Request body exceeds max_request_bytes ({limit})")}),
     )
+}
+
+/// 503 + `Retry-After`: the server-wide in-flight budget is spent; retrying
+/// later (or elsewhere) will work.
+pub(crate) fn over_budget(server: &Server, info: &RequestInfo) -> Response {
+    server.hosting.metrics.budget_refusals.inc();
+    let error = RpcError::new(
+        "ServerBusyError",
+        "the server is holding as many request bytes as its in-flight budget (`KIT_MAX_INFLIGHT_BYTES`) allows; retry shortly",
+    )
+    .with_code(ErrorCode::Unavailable)
+    .with_kind("server_busy")
+    .with_details(vec![serde_json::json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 1})])
+    .with_status(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error_response(server, info, &error, &wire::empty_schema());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// Canonical positive decimal between 65536 and 2^53-1.
@@ -838,6 +1080,23 @@ pub(crate) fn arrow_response(
             headers.insert(name, HeaderValue::from_static(codec.as_str()));
             let chunks = body.into_chunks();
             let level = server.config.zstd_level;
+            let total: usize = chunks.iter().map(Bytes::len).sum();
+            if total >= INLINE_COMPRESS_BYTES {
+                // O(size) work: on the bounded pool, so the async workers
+                // (and `/readyz`) never wait behind a 100 MB response.
+                let pool = server.hosting.limits.heavy.clone();
+                let job = async move {
+                    pool.run(move || codec::encode_chunks(codec, &chunks, level))
+                        .await
+                };
+                let mut response = Response::new(Body::new(OffloadedBody::new(job)));
+                response
+                    .extensions_mut()
+                    .insert(UncompressedBytes(total as u64));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                return response;
+            }
             Body::from(match chunks.as_slice() {
                 [one] if one.len() < server.config.compress_min_bytes => codec::store(codec, one),
                 [one] => codec::encode(codec, one, level),
@@ -850,6 +1109,60 @@ pub(crate) fn arrow_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// Responses at least this large are compressed on the bounded pool; below
+/// it the hop costs more than the compression.
+const INLINE_COMPRESS_BYTES: usize = 256 * 1024;
+
+/// The size of a response body compressed off the async workers, whose
+/// compressed size is known only once it is sent (for metrics).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UncompressedBytes(pub u64);
+
+type Compression = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send>,
+>;
+
+/// A body whose bytes come from a job on the bounded pool: polled, it waits
+/// for the job, then yields its output as one frame.
+struct OffloadedBody {
+    job: Option<Compression>,
+}
+
+impl OffloadedBody {
+    fn new(
+        job: impl std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send + 'static,
+    ) -> OffloadedBody {
+        OffloadedBody {
+            job: Some(Box::pin(job)),
+        }
+    }
+}
+
+impl http_body::Body for OffloadedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let Some(job) = self.job.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let output = std::task::ready!(job.as_mut().poll(cx));
+        self.job = None;
+        std::task::Poll::Ready(Some(
+            output
+                .map(|bytes| http_body::Frame::data(Bytes::from(bytes)))
+                .map_err(std::io::Error::other),
+        ))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.job.is_none()
+    }
 }
 
 /// A response body that hands hyper each chunk as it is (no concatenation),

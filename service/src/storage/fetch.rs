@@ -12,8 +12,17 @@
 //! any connection, and so is every redirect target. Only https is allowed, and
 //! no loopback, private, link-local or unspecified address, by URL literal or
 //! by DNS answer (the resolver itself filters, so a rebinding answer after
-//! validation cannot slip through) — unless the URL starts with an entry of
-//! the allowlist.
+//! validation cannot slip through) — unless the URL's scheme, host and port
+//! match an entry of the allowlist. The allowlist is compared on the parsed
+//! URL, never as a string prefix, and a URL carrying userinfo
+//! (`http://a:b@host/`) is refused outright: it has no place in a pointer and
+//! is the classic way to make a prefix match lie about the host.
+//!
+//! Pointer fetches never use the process's `HTTP(S)_PROXY`/`ALL_PROXY`: a
+//! proxy resolves names itself, so the resolver's address check would never
+//! run. A proxy is used only when configured for fetches
+//! (`KIT_FETCH_PROXY`), and then each host is resolved and checked here
+//! before the proxy sees the URL.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +39,7 @@ use tokio::sync::Semaphore;
 
 use super::settings::FetchSettings;
 use crate::http::codec::{self, Codec};
+use crate::limits::Reservation;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -55,6 +65,10 @@ pub enum FetchError {
     },
     #[error("fetching `{url}` did not finish within {seconds} s")]
     Timeout { url: String, seconds: u64 },
+    #[error("invalid fetch setting `{name}`: {reason}")]
+    Setting { name: &'static str, reason: String },
+    #[error("fetching `{url}` would pass the server's in-flight memory budget")]
+    OverBudget { url: String },
 }
 
 impl FetchError {
@@ -81,6 +95,7 @@ pub struct FetchStats {
 pub struct Fetcher {
     client: reqwest::Client,
     settings: Arc<FetchSettings>,
+    allowlist: Arc<[AllowedOrigin]>,
     stats: Arc<FetchStats>,
 }
 
@@ -93,24 +108,51 @@ struct Probe {
 }
 
 impl Fetcher {
+    /// A fetcher with `settings`; fails on an allowlist entry or proxy URL
+    /// that does not parse (the config parser reports those first).
     pub fn new(settings: FetchSettings) -> Result<Fetcher, FetchError> {
+        let allowlist: Arc<[AllowedOrigin]> = settings
+            .allowlist
+            .iter()
+            .map(|entry| AllowedOrigin::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| FetchError::Setting {
+                name: "KIT_URL_ALLOWLIST",
+                reason,
+            })?
+            .into();
         let resolver = SafeResolver {
-            allowlist: settings.allowlist.clone(),
+            allowlist: allowlist.clone(),
         };
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(resolver))
             // Content-Encoding is decoded here, under our limits, not by the client.
             .no_gzip()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| FetchError::Transport {
-                url: String::new(),
-                message: e.to_string(),
-            })?;
+            // The environment's proxy would resolve names past the resolver's check.
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10));
+        let builder = match &settings.proxy {
+            None => builder,
+            Some(proxy) => {
+                let proxy = parse_proxy(proxy).map_err(|reason| FetchError::Setting {
+                    name: "KIT_FETCH_PROXY",
+                    reason,
+                })?;
+                builder.proxy(reqwest::Proxy::all(proxy).map_err(|e| FetchError::Setting {
+                    name: "KIT_FETCH_PROXY",
+                    reason: e.to_string(),
+                })?)
+            }
+        };
+        let client = builder.build().map_err(|e| FetchError::Transport {
+            url: String::new(),
+            message: e.to_string(),
+        })?;
         Ok(Fetcher {
             client,
             settings: Arc::new(settings),
+            allowlist,
             stats: Arc::new(FetchStats::default()),
         })
     }
@@ -125,8 +167,22 @@ impl Fetcher {
 
     /// Fetches `url`, decodes its content encoding, and checks `sha256` (hex) when given.
     pub async fn fetch(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+        self.fetch_within(url, sha256, &mut Reservation::untracked())
+            .await
+    }
+
+    /// [`Fetcher::fetch`] holding every downloaded and decoded byte in
+    /// `reservation` before keeping it; [`FetchError::OverBudget`] when the
+    /// budget behind it is spent.
+    pub async fn fetch_within(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, FetchError> {
         let deadline = self.settings.timeout;
-        match tokio::time::timeout(deadline, self.fetch_with_retries(url, sha256)).await {
+        let attempt = self.fetch_with_retries(url, sha256, reservation);
+        match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout {
                 url: url.to_string(),
@@ -139,6 +195,7 @@ impl Fetcher {
         &self,
         url: &str,
         sha256: Option<&str>,
+        reservation: &mut Reservation,
     ) -> Result<Bytes, FetchError> {
         let attempts = self.settings.max_retries.min(2) + 1;
         let mut last = None;
@@ -147,7 +204,7 @@ impl Fetcher {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(self.settings.retry_delay).await;
             }
-            match self.fetch_once(url, sha256).await {
+            match self.fetch_once(url, sha256, reservation).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(error) if error.retryable() => last = Some(error),
                 Err(error) => return Err(error),
@@ -156,7 +213,12 @@ impl Fetcher {
         Err(last.expect("at least one attempt ran"))
     }
 
-    async fn fetch_once(&self, url: &str, sha256: Option<&str>) -> Result<Bytes, FetchError> {
+    async fn fetch_once(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        reservation: &mut Reservation,
+    ) -> Result<Bytes, FetchError> {
         let url = self.validate(url)?;
         let probe = self.probe(url).await?;
         if let Some(length) = probe.length
@@ -170,11 +232,18 @@ impl Fetcher {
         }
         let (body, encoding) = match probe.length {
             Some(length) if probe.ranges && length >= self.settings.parallel_threshold_bytes => {
+                if !reservation.grow_to(length) {
+                    return Err(FetchError::OverBudget {
+                        url: probe.url.to_string(),
+                    });
+                }
                 self.parallel_get(&probe.url, length).await?
             }
-            _ => self.single_get(&probe.url).await?,
+            _ => self.single_get(&probe.url, reservation).await?,
         };
-        let decoded = self.decode(&probe.url, body, encoding.as_deref()).await?;
+        let decoded = self
+            .decode(&probe.url, body, encoding.as_deref(), reservation)
+            .await?;
         if let Some(expected) = sha256 {
             let actual = hex::encode(Sha256::digest(&decoded));
             if !actual.eq_ignore_ascii_case(expected.trim()) {
@@ -195,12 +264,17 @@ impl Fetcher {
             reason: reason.to_string(),
         };
         let parsed = Url::parse(url).map_err(|e| refused(&format!("not a URL ({e})")))?;
-        if allowlisted(&self.settings.allowlist, parsed.as_str()) {
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(refused(
+                "URLs with userinfo (`user:password@`) are not fetched",
+            ));
+        }
+        if self.allowlist.iter().any(|entry| entry.matches(&parsed)) {
             return Ok(parsed);
         }
         if parsed.scheme() != "https" {
             return Err(refused(
-                "only https URLs are fetched (add the URL prefix to KIT_URL_ALLOWLIST to allow it)",
+                "only https URLs are fetched (add its scheme, host and port to KIT_URL_ALLOWLIST to allow it)",
             ));
         }
         match parsed.host() {
@@ -234,6 +308,10 @@ impl Fetcher {
     ) -> Result<reqwest::Response, FetchError> {
         let mut current = url.clone();
         for _ in 0..=self.settings.max_redirects {
+            if self.settings.proxy.is_some() {
+                // The proxy resolves the name, so check its answers here first.
+                self.check_proxied_host(&current).await?;
+            }
             let mut request = self.client.request(method.clone(), current.clone());
             if let Some((start, end)) = range {
                 request = request.header(RANGE, format!("bytes={start}-{end}"));
@@ -334,10 +412,14 @@ impl Fetcher {
         })
     }
 
-    async fn single_get(&self, url: &Url) -> Result<(Bytes, Option<String>), FetchError> {
+    async fn single_get(
+        &self,
+        url: &Url,
+        reservation: &mut Reservation,
+    ) -> Result<(Bytes, Option<String>), FetchError> {
         let response = self.send(Method::GET, url, None).await?;
         let encoding = content_encoding(&response);
-        let body = read_limited(response, self.settings.max_fetch_bytes, url).await?;
+        let body = read_limited(response, self.settings.max_fetch_bytes, url, reservation).await?;
         Ok((body, encoding))
     }
 
@@ -462,7 +544,14 @@ impl Fetcher {
             });
         }
         let encoding = content_encoding(&response);
-        let bytes = read_limited(response, end - start + 1, url).await?;
+        // The whole object was reserved before the ranges started.
+        let bytes = read_limited(
+            response,
+            end - start + 1,
+            url,
+            &mut Reservation::untracked(),
+        )
+        .await?;
         Ok((bytes, encoding))
     }
 
@@ -471,6 +560,7 @@ impl Fetcher {
         url: &Url,
         body: Bytes,
         encoding: Option<&str>,
+        reservation: &mut Reservation,
     ) -> Result<Bytes, FetchError> {
         let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case("identity")) else {
             if body.len() as u64 > self.settings.max_decompressed_bytes {
@@ -486,17 +576,31 @@ impl Fetcher {
             message: format!("unsupported Content-Encoding `{encoding}`"),
         })?;
         let limit = self.settings.max_decompressed_bytes.min(usize::MAX as u64) as usize;
-        let decoded = tokio::task::spawn_blocking(move || codec::decode(codec, &body, limit))
-            .await
-            .map_err(|e| FetchError::Decode {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?;
+        let held = body.len() as u64;
+        // Decoding runs off the async workers and grows the reservation as the
+        // output grows, so a bomb stops at the cap or the budget, whichever is first.
+        let mut owned = std::mem::take(reservation);
+        let decoded = tokio::task::spawn_blocking(move || {
+            let result = codec::decode_bounded(codec, &body, limit, &mut |bytes| {
+                owned.grow_to(held + bytes as u64)
+            });
+            (result, owned)
+        })
+        .await
+        .map_err(|e| FetchError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        let (decoded, owned) = decoded;
+        *reservation = owned;
         match decoded {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(codec::DecodeError::TooLarge { .. }) => Err(FetchError::DecodedTooLarge {
                 url: url.to_string(),
                 limit: self.settings.max_decompressed_bytes,
+            }),
+            Err(codec::DecodeError::OverBudget) => Err(FetchError::OverBudget {
+                url: url.to_string(),
             }),
             Err(error) => Err(FetchError::Decode {
                 url: url.to_string(),
@@ -518,6 +622,7 @@ async fn read_limited(
     mut response: reqwest::Response,
     limit: u64,
     url: &Url,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, FetchError> {
     if let Some(length) = response.content_length()
         && length > limit
@@ -528,8 +633,13 @@ async fn read_limited(
             limit,
         });
     }
-    let mut body =
-        BytesMut::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
+    let expected = response.content_length().unwrap_or(0).min(limit);
+    if !reservation.grow_to(expected) {
+        return Err(FetchError::OverBudget {
+            url: url.to_string(),
+        });
+    }
+    let mut body = BytesMut::with_capacity(expected as usize);
     while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport {
         url: url.to_string(),
         message: error_chain(&e),
@@ -539,6 +649,11 @@ async fn read_limited(
                 url: url.to_string(),
                 size: (body.len() + chunk.len()) as u64,
                 limit,
+            });
+        }
+        if !reservation.grow_to((body.len() + chunk.len()) as u64) {
+            return Err(FetchError::OverBudget {
+                url: url.to_string(),
             });
         }
         body.extend_from_slice(&chunk);
@@ -566,20 +681,107 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// True when `url` starts with an allowlist entry at a boundary (so
-/// `http://127.0.0.1` does not allow `http://127.0.0.1.evil.example`).
-pub fn allowlisted(allowlist: &[String], url: &str) -> bool {
-    allowlist.iter().any(|prefix| {
-        let prefix = prefix.trim();
-        !prefix.is_empty()
-            && url.len() >= prefix.len()
-            && url[..prefix.len()].eq_ignore_ascii_case(prefix)
-            && (prefix.ends_with('/')
-                || matches!(
-                    url[prefix.len()..].chars().next(),
-                    None | Some(':' | '/' | '?' | '#')
-                ))
-    })
+/// One `KIT_URL_ALLOWLIST` entry, parsed: a URL matches it when scheme and
+/// host are equal, the port is equal (any port when the entry names none),
+/// and the path lies under the entry's path at a `/` boundary.
+///
+/// ```
+/// use kit_service::storage::fetch::AllowedOrigin;
+/// let entry = AllowedOrigin::parse("http://127.0.0.1").unwrap();
+/// let url = |text: &str| reqwest::Url::parse(text).unwrap();
+/// assert!(entry.matches(&url("http://127.0.0.1:8333/bucket/key")));
+/// assert!(!entry.matches(&url("http://127.0.0.1.evil.example/x")));
+/// assert!(!entry.matches(&url("http://127.0.0.1:x@127.0.0.2/x")));
+/// assert!(AllowedOrigin::parse("http://user@127.0.0.1").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    scheme: String,
+    host: url::Host<String>,
+    /// `None`: any port.
+    port: Option<u16>,
+    /// Always ends with `/`; `/` allows every path.
+    path: String,
+}
+
+impl AllowedOrigin {
+    /// Parses `scheme://host[:port][/path]`; http and https only, no userinfo,
+    /// query or fragment.
+    pub fn parse(entry: &str) -> Result<AllowedOrigin, String> {
+        let entry = entry.trim();
+        let parsed = Url::parse(entry).map_err(|e| format!("`{entry}` is not a URL ({e})"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("`{entry}` must be an http or https URL"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!("`{entry}` must not carry userinfo"));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("`{entry}` must not carry a query or fragment"));
+        }
+        let host = parsed
+            .host()
+            .ok_or_else(|| format!("`{entry}` has no host"))?
+            .to_owned();
+        // `Url` hides a default port (`:80` on http), so look at the text:
+        // `http://h:80` pins port 80, `http://h` allows any port.
+        let authority = entry
+            .split_once("://")
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .unwrap_or("");
+        let explicit_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, tail)| !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()));
+        let port = if explicit_port {
+            parsed.port_or_known_default()
+        } else {
+            None
+        };
+        let mut path = parsed.path().to_string();
+        if !path.ends_with('/') {
+            path.push('/');
+        }
+        Ok(AllowedOrigin {
+            scheme: parsed.scheme().to_string(),
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// Whether `url` lies inside this entry (a URL with userinfo never does).
+    pub fn matches(&self, url: &Url) -> bool {
+        let Some(host) = url.host() else {
+            return false;
+        };
+        url.username().is_empty()
+            && url.password().is_none()
+            && url.scheme() == self.scheme
+            && host.to_owned() == self.host
+            && self
+                .port
+                .is_none_or(|port| url.port_or_known_default() == Some(port))
+            && (self.path == "/"
+                || url.path() == self.path.trim_end_matches('/')
+                || url.path().starts_with(&self.path))
+    }
+
+    /// Whether DNS answers for `name` are trusted (the entry names that domain).
+    fn trusts_name(&self, name: &str) -> bool {
+        match &self.host {
+            url::Host::Domain(domain) => domain.eq_ignore_ascii_case(name),
+            _ => false,
+        }
+    }
+}
+
+/// Validates `KIT_FETCH_PROXY`: an http or https URL with a host.
+pub fn parse_proxy(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!("`{text}` must be an http:// or https:// proxy URL"));
+    }
+    Ok(url)
 }
 
 /// Public unicast only: not loopback, private, link-local, CGNAT, unspecified,
@@ -614,30 +816,61 @@ pub fn is_public(ip: IpAddr) -> bool {
 
 /// DNS answers pass the same public-address rule, unless the host is allowlisted.
 struct SafeResolver {
-    allowlist: Vec<String>,
+    allowlist: Arc<[AllowedOrigin]>,
+}
+
+/// Resolves `host` and keeps the answers a fetch may connect to.
+async fn safe_addresses(
+    host: &str,
+    allowlist: &[AllowedOrigin],
+) -> Result<Vec<SocketAddr>, String> {
+    let trusted = allowlist.iter().any(|entry| entry.trusts_name(host));
+    let answers: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| format!("`{host}` did not resolve ({e})"))?
+        .collect();
+    let allowed: Vec<SocketAddr> = answers
+        .into_iter()
+        .filter(|a| trusted || is_public(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!(
+            "`{host}` resolves only to non-public addresses; refusing to connect"
+        ));
+    }
+    Ok(allowed)
 }
 
 impl reqwest::dns::Resolve for SafeResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
-        let trusted = ["http://", "https://"]
-            .iter()
-            .any(|scheme| allowlisted(&self.allowlist, &format!("{scheme}{host}")));
+        let allowlist = self.allowlist.clone();
         Box::pin(async move {
-            let answers: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = answers
-                .into_iter()
-                .filter(|a| trusted || is_public(a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                let error: Box<dyn std::error::Error + Send + Sync> =
-                    format!("`{host}` resolves only to non-public addresses; refusing to connect")
-                        .into();
-                return Err(error);
-            }
+            let allowed = safe_addresses(&host, &allowlist)
+                .await
+                .map_err(|reason| -> Box<dyn std::error::Error + Send + Sync> { reason.into() })?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
+    }
+}
+
+impl Fetcher {
+    /// With a configured proxy the resolver never runs (the proxy resolves),
+    /// so a named host is resolved and checked here before the request.
+    async fn check_proxied_host(&self, url: &Url) -> Result<(), FetchError> {
+        let Some(url::Host::Domain(host)) = url.host() else {
+            return Ok(()); // literals were checked by `validate`
+        };
+        if self.allowlist.iter().any(|entry| entry.matches(url)) {
+            return Ok(());
+        }
+        safe_addresses(host, &self.allowlist)
+            .await
+            .map(|_| ())
+            .map_err(|reason| FetchError::Refused {
+                url: url.to_string(),
+                reason,
+            })
     }
 }
 
@@ -686,6 +919,49 @@ mod tests {
         assert!(fetcher.validate("http://127.0.0.1:8333/b/k").is_ok());
         assert!(refused(&fetcher, "http://127.0.0.1.evil.example/x"));
         assert!(refused(&fetcher, "http://10.0.0.1/x"));
+        assert!(
+            refused(&fetcher, "https://127.0.0.1/x"),
+            "the scheme is part of the entry"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_refused_even_when_the_prefix_matches() {
+        // Regression: `http://127.0.0.1:x@127.0.0.2:PORT/obj` passed a string-prefix
+        // allowlist of `http://127.0.0.1` and was fetched from 127.0.0.2.
+        let fetcher = fetcher(&["http://127.0.0.1"]);
+        for url in [
+            "http://127.0.0.1:x@127.0.0.2:8333/obj",
+            "http://127.0.0.1@127.0.0.2/obj",
+            "http://user:pw@127.0.0.1/obj",
+            "https://user@bucket.s3.amazonaws.com/x",
+        ] {
+            assert!(refused(&fetcher, url), "{url} should be refused");
+        }
+    }
+
+    #[test]
+    fn allowlist_entries_pin_port_and_path() {
+        let fetcher = fetcher(&["http://127.0.0.1:8333/objects", "https://store.internal"]);
+        assert!(fetcher.validate("http://127.0.0.1:8333/objects/a").is_ok());
+        assert!(fetcher.validate("http://127.0.0.1:8333/objects").is_ok());
+        assert!(refused(&fetcher, "http://127.0.0.1:8334/objects/a"));
+        assert!(refused(&fetcher, "http://127.0.0.1:8333/objectsx/a"));
+        assert!(refused(&fetcher, "http://127.0.0.1:8333/other"));
+        assert!(fetcher.validate("https://STORE.internal:9000/x").is_ok());
+        assert!(refused(&fetcher, "http://store.internal/x"));
+        let pinned = AllowedOrigin::parse("http://127.0.0.1:80").unwrap();
+        assert!(pinned.matches(&Url::parse("http://127.0.0.1/x").unwrap()));
+        assert!(!pinned.matches(&Url::parse("http://127.0.0.1:81/x").unwrap()));
+        for bad in [
+            "127.0.0.1",
+            "ftp://h",
+            "http://u:p@h",
+            "http://h/?q",
+            "not a url",
+        ] {
+            assert!(AllowedOrigin::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

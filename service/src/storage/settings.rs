@@ -93,8 +93,12 @@ pub struct FetchSettings {
     pub max_retries: usize,
     pub retry_delay: Duration,
     pub max_redirects: usize,
-    /// URL prefixes exempt from the https-only and public-address rules.
+    /// Origins (`scheme://host[:port][/path]`) exempt from the https-only and
+    /// public-address rules, compared parsed (see `fetch::AllowedOrigin`).
     pub allowlist: Vec<String>,
+    /// The only proxy pointer fetches use (`KIT_FETCH_PROXY`); the process's
+    /// `HTTP(S)_PROXY`/`ALL_PROXY` are ignored.
+    pub proxy: Option<String>,
 }
 
 impl Default for FetchSettings {
@@ -113,6 +117,7 @@ impl Default for FetchSettings {
             retry_delay: Duration::from_millis(500),
             max_redirects: 5,
             allowlist: Vec::new(),
+            proxy: None,
         }
     }
 }

@@ -27,8 +27,22 @@ use flatbuffers::FlatBufferBuilder;
 pub type Metadata = Vec<(String, String)>;
 
 const CONTINUATION: [u8; 4] = [0xff, 0xff, 0xff, 0xff];
-/// Upper bound on one flatbuffer message header; real ones are a few KiB.
+/// Upper bound on one flatbuffer message header; real ones are a few KiB
+/// (batch headers carry state tokens in their metadata, so they get room).
 const MAX_MESSAGE_HEADER: usize = 64 * 1024 * 1024;
+/// Upper bound on a schema message header: a schema of thousands of fields
+/// is a few hundred KiB, and nothing a schema declares may cost more than
+/// the bytes that describe it.
+const MAX_SCHEMA_HEADER: usize = 1024 * 1024;
+/// Dictionary batches one stream may carry (each may replace or extend one).
+const MAX_DICTIONARY_BATCHES: usize = 1024;
+/// Rows a field node may claim beyond what its buffers could hold: a node
+/// of a type without buffers (`null`, empty structs) costs nothing to send
+/// but a cast or a null-filled copy of it costs per row.
+const MAX_FREE_ROWS: u64 = 64 * 1024;
+/// What a caller sees when arrow-ipc panics on a message: the panic text
+/// names library internals and goes to the log, not to the client.
+const ARROW_PANIC: &str = "malformed IPC message (rejected by the Arrow decoder)";
 
 /// Why an IPC body could not be read. The text mirrors pyarrow's wording where
 /// the reference server surfaces it (`ArrowInvalid: ...`).
@@ -105,6 +119,12 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
             if fb.header_type() != MessageHeader::Schema {
                 return Err(IpcError::NotSchema(format!("{:?}", fb.header_type())));
             }
+            if message.header.len() > MAX_SCHEMA_HEADER {
+                return Err(IpcError::Flatbuffer(format!(
+                    "schema message of {} bytes is larger than {MAX_SCHEMA_HEADER}",
+                    message.header.len()
+                )));
+            }
             let ipc_schema = fb
                 .header_as_schema()
                 .ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
@@ -113,6 +133,7 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
         }
     };
     let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
+    let mut dictionary_batches = 0usize;
     let mut batches = Vec::new();
     loop {
         let Some(message) = read_message(body, &mut cursor)? else {
@@ -156,6 +177,12 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
                 batches.push(Batch { batch, metadata });
             }
             MessageHeader::DictionaryBatch => {
+                dictionary_batches += 1;
+                if dictionary_batches > MAX_DICTIONARY_BATCHES {
+                    return Err(IpcError::Flatbuffer(format!(
+                        "more than {MAX_DICTIONARY_BATCHES} dictionary batches in one stream"
+                    )));
+                }
                 let header = fb
                     .header_as_dictionary_batch()
                     .ok_or_else(|| IpcError::Flatbuffer("dictionary header missing".into()))?;
@@ -212,8 +239,9 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, IpcError> {
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "malformed IPC message".to_string());
-        IpcError::Flatbuffer(text)
+            .unwrap_or_default();
+        tracing::warn!(panic = %text, "arrow-ipc panicked on a malformed message");
+        IpcError::Flatbuffer(ARROW_PANIC.to_string())
     })
 }
 
@@ -305,7 +333,14 @@ fn check_layout(header: &arrow_ipc::RecordBatch<'_>, body_len: usize) -> Result<
             )));
         }
     }
+    let free_rows = (body_len as u64).saturating_mul(8).max(MAX_FREE_ROWS);
     for node in header.nodes().iter().flatten() {
+        if node.length() as u64 > free_rows && node.length() > 0 {
+            return Err(IpcError::Flatbuffer(format!(
+                "a field node claims {} rows, more than a {body_len}-byte message body can describe",
+                node.length()
+            )));
+        }
         if node.length() < 0 || node.null_count() < 0 || node.null_count() > node.length() {
             return Err(IpcError::Flatbuffer(format!(
                 "invalid field node (length {}, null count {})",
@@ -908,6 +943,47 @@ mod tests {
         let crash = include_bytes!("../../../fuzz/regressions/buffer-offset-past-body.bin");
         let error = read_streams(&Bytes::copy_from_slice(&crash[1..])).unwrap_err();
         assert!(error.to_string().contains("outside"), "{error}");
+    }
+
+    #[test]
+    fn arrow_panics_reach_the_log_not_the_caller() {
+        let error =
+            guard(|| -> () { panic!("index out of bounds in arrow_ipc::reader internals") })
+                .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("invalid flatbuffer message: {ARROW_PANIC}")
+        );
+    }
+
+    #[test]
+    fn null_columns_cannot_claim_rows_for_free() {
+        // A `null` column costs no bytes per row on the wire, but a cast or a
+        // null-filled copy of it costs per row: its row count is bounded.
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Null, true)]));
+        let small = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow_array::NullArray::new(1000))],
+        )
+        .unwrap();
+        let body = stream_bytes(&schema, std::slice::from_ref(&small)).unwrap();
+        assert_eq!(
+            read_streams(&Bytes::from(body)).unwrap()[0].batches[0]
+                .batch
+                .num_rows(),
+            1000
+        );
+        let huge = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow_array::NullArray::new(1 << 28))],
+        )
+        .unwrap();
+        let body = stream_bytes(&schema, std::slice::from_ref(&huge)).unwrap();
+        let error = read_streams(&Bytes::from(body)).unwrap_err();
+        assert!(
+            error.to_string().contains("claims 268435456 rows"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,0 +1,12 @@
+//! Adversarial tests: what an attacker or a careless operator does to a
+//! running kit-service, on loopback only. Each test names the finding it
+//! guards (see `docs/reliability.md`), is bounded in time and size, and stops
+//! everything it starts.
+
+mod support;
+
+mod connections;
+mod lifecycle;
+mod memory;
+mod ssrf;
+mod workers;
