@@ -765,7 +765,12 @@ impl Row {
         let (_, values) = self.samples.iter().find(|(k, _)| *k == kind)?;
         let mut sorted = values.clone();
         sorted.sort_by(f64::total_cmp);
-        Some(sorted[sorted.len() / 2])
+        let middle = sorted.len() / 2;
+        Some(if sorted.len() % 2 == 0 {
+            (sorted[middle - 1] + sorted[middle]) / 2.0
+        } else {
+            sorted[middle]
+        })
     }
 
     fn cell(&self, kind: Kind) -> String {
