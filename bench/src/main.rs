@@ -778,6 +778,14 @@ impl Row {
             return "-".into();
         };
         let median = self.median(kind).unwrap_or(0.0);
+        // Ratios are compared to a few percent: one more digit.
+        let number = |value: f64| {
+            if self.unit == "x" {
+                format!("{value:.3}")
+            } else {
+                number(value)
+            }
+        };
         let (min, max) = values
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
@@ -1161,8 +1169,44 @@ async fn demo(args: &Args) -> Result<()> {
     }
     for rows in &rows {
         rows.print(&mut table);
+        table.print(
+            &paired_ratio(&rows.calls, Kind::TypedDemo, Kind::DynamicDemo)
+                .target(Target::AtLeast(0.97)),
+        );
+        // CPU per call: the server's own work, steadier than calls/s when
+        // other processes take the cores.
+        table.print(&paired_ratio(&rows.cpu, Kind::TypedDemo, Kind::DynamicDemo));
     }
     Ok(())
+}
+
+/// `row`'s per-round ratio `ours / other`, as a row of `ours` (unit `x`): the
+/// two servers of one round ran seconds apart, so their ratio drifts less with
+/// the machine's background load than either number alone.
+fn paired_ratio(row: &Row, ours: Kind, other: Kind) -> Row {
+    let samples = |kind: Kind| {
+        row.samples
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, values)| values.clone())
+            .unwrap_or_default()
+    };
+    let mut ratio = Row::new(
+        format!(
+            "{}: {} / {} per round",
+            row.metric,
+            ours.short(),
+            other.short()
+        ),
+        "x",
+        row.higher_is_better,
+    );
+    for (a, b) in samples(ours).into_iter().zip(samples(other)) {
+        if b > 0.0 {
+            ratio.push(ours, a / b);
+        }
+    }
+    ratio
 }
 
 /// `specs` in order on even rounds, reversed on odd ones.
