@@ -1177,6 +1177,13 @@ async fn demo(args: &Args) -> Result<()> {
         // other processes take the cores.
         table.print(&paired_ratio(&rows.cpu, Kind::TypedDemo, Kind::DynamicDemo));
     }
+    let in_process = in_process(args.repeat, args.seconds).await?;
+    table.print(&in_process);
+    table.print(&paired_ratio(
+        &in_process,
+        Kind::TypedDemo,
+        Kind::DynamicDemo,
+    ));
     Ok(())
 }
 
@@ -1207,6 +1214,70 @@ fn paired_ratio(row: &Row, ours: Kind, other: Kind) -> Row {
         }
     }
     ratio
+}
+
+/// Server time of one `kit.Demo.v1.add` through the whole router (decode,
+/// dispatch, encode, access log; `tower::ServiceExt::oneshot`, no socket),
+/// `rounds` alternating rounds of `seconds` each: the typed and the
+/// string-declared dispatch without the kernel and the scheduler, whose noise
+/// dominates the socket rows on a shared machine.
+async fn in_process(rounds: usize, seconds: u64) -> Result<Row> {
+    use tower::ServiceExt;
+    let env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let config = kit_service::config::Config::from_env(&env, "127.0.0.1:0".parse()?)?;
+    let routers = [
+        (Kind::TypedDemo, kit_service::demo::protocol()),
+        (Kind::DynamicDemo, kit_service::demo::dynamic_protocol()),
+    ]
+    .map(|(kind, protocol)| {
+        let server = kit_service::serve::build_server(&config, vec![protocol], "");
+        server.hosting().readiness.set_ready();
+        (kind, kit_service::app(server))
+    });
+    let add = SmallCall::demo_add();
+    let mut row = Row::new(
+        "in-process `add` through the router (oneshot, no socket)",
+        "ns",
+        false,
+    )
+    .target(Target::Times {
+        of: Kind::DynamicDemo,
+        times: 1.03,
+    });
+    for round in 0..rounds {
+        let mut order: Vec<_> = routers.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (kind, router) in order {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let started = Instant::now();
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                for _ in 0..64 {
+                    let request = http::Request::post(add.path)
+                        .header("content-type", wire::CONTENT_TYPE)
+                        .header("content-encoding", "zstd")
+                        .body(axum::body::Body::from(add.body.clone()))?;
+                    let response = router.clone().oneshot(request).await?;
+                    if !response.status().is_success() {
+                        bail!(
+                            "{}: in-process `add` answered {}",
+                            kind.title(),
+                            response.status()
+                        );
+                    }
+                    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+                    if calls == 0 {
+                        check_no_error(&read_streams(&body).context("answer is Arrow IPC")?)?;
+                    }
+                    calls += 1;
+                }
+            }
+            row.push(*kind, started.elapsed().as_nanos() as f64 / calls as f64);
+        }
+    }
+    Ok(row)
 }
 
 /// `specs` in order on even rounds, reversed on odd ones.
