@@ -43,3 +43,9 @@ pub use rpc::{
     RowExchanger, RowProducer, Rows, StreamInit,
 };
 pub use wire::{ErrorCode, LogLevel, RpcError};
+
+/// The README's example, compiled as a doctest so the published front page
+/// stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
