@@ -37,7 +37,7 @@ pub mod wire;
 pub const MAX_DECODED_REQUEST_BYTES: usize = 1 << 30;
 
 pub use http::{HttpConfig, Server, app};
-pub use kit_macros::{ArrowRecord, service};
+pub use kit_service_macros::{ArrowRecord, service};
 pub use rpc::{
     Args, ArrowRecord, ArrowValue, Ctx, Exchange, Exchanger, Output, Produce, Producer, Protocol,
     RowExchanger, RowProducer, Rows, StreamInit,
