@@ -1142,6 +1142,7 @@ async fn demo(args: &Args) -> Result<()> {
         }
     }
     table.print(&ready);
+    table.print(&protocol_build(args.repeat));
 
     let add = SmallCall::demo_add();
     let mut rows = [1usize, 8].map(|connections| {
@@ -1278,6 +1279,36 @@ async fn in_process(rounds: usize, seconds: u64) -> Result<Row> {
         }
     }
     Ok(row)
+}
+
+/// Microseconds to build each demo `Protocol` (what start to ready spends on
+/// the protocol itself: the typed one from Rust types, the other by parsing
+/// schema strings), `rounds` alternating rounds of a quarter second each.
+fn protocol_build(rounds: usize) -> Row {
+    let builders: [(Kind, fn() -> kit_service::Protocol); 2] = [
+        (Kind::TypedDemo, kit_service::demo::protocol),
+        (Kind::DynamicDemo, kit_service::demo::dynamic_protocol),
+    ];
+    let mut row = Row::new("build the `Protocol` (in-process)", "µs", false);
+    for round in 0..rounds {
+        let mut order: Vec<_> = builders.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (kind, build) in order {
+            let started = Instant::now();
+            let mut builds = 0u32;
+            while started.elapsed() < Duration::from_millis(250) {
+                std::hint::black_box(build());
+                builds += 1;
+            }
+            row.push(
+                *kind,
+                started.elapsed().as_secs_f64() * 1e6 / f64::from(builds),
+            );
+        }
+    }
+    row
 }
 
 /// `specs` in order on even rounds, reversed on odd ones.
