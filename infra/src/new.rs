@@ -126,7 +126,7 @@ const RESERVED_NAMES: &[&str] = &[
     "kit_service",
     "deploy-kit",
     "kit-checks",
-    "kit-macros",
+    "kit-service-macros",
 ];
 
 #[derive(Debug, clap::Args)]

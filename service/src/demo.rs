@@ -16,10 +16,19 @@
 //! );
 //! assert_eq!(add.doc(), "Adds two integers; an overflow is a `ValueError`.");
 //! ```
+//!
+//! [`dynamic_protocol`] is the same protocol declared the older way, with
+//! schema strings and arguments looked up by name: the same wire (a test pins
+//! the typed schemas to it), kept so that `kit-bench --phases demo` can compare
+//! the two dispatch paths in one run (`kit-service serve --dynamic-demo`).
 
+use std::sync::Arc;
+
+use arrow_array::{Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::rpc::{Ctx, Produce, Protocol, RowProducer, Rows};
+use crate::rpc::{Ctx, Output, Produce, Producer, Protocol, RowProducer, Rows, StreamInit};
 use crate::wire::{LogLevel, RpcError};
 
 /// The demo protocol's name.
@@ -119,60 +128,120 @@ pub fn protocol() -> Protocol {
     DemoService.into_protocol()
 }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+/// `count`'s state in [`dynamic_protocol`]: builds its batches by hand, as
+/// the demo did before it was typed.
+#[derive(Debug, Serialize, Deserialize)]
+struct DynamicCount(Count);
 
-    use arrow_schema::{DataType, Field, Schema};
-
-    use super::*;
-    use crate::reflection::protocol_hash;
-    use crate::rpc::{ArrowRecord, Output, Producer, StreamInit};
-    use crate::wire::ipc::schema_message;
-
-    /// The string declarations the demo had before it was typed, kept to pin the
-    /// wire: the handlers do nothing, only the schemas matter.
-    fn string_declared() -> Protocol {
-        #[derive(Serialize, Deserialize)]
-        struct Done;
-        impl Producer for Done {
-            async fn produce(&mut self, out: &mut Output, _ctx: &Ctx) -> Result<(), RpcError> {
-                out.finish();
-                Ok(())
-            }
+impl Producer for DynamicCount {
+    async fn produce(&mut self, out: &mut Output, _ctx: &Ctx) -> Result<(), RpcError> {
+        let count = &mut self.0;
+        let stop = (count.next + count.step).min(count.end);
+        let values: Vec<i64> = (count.next..stop).collect();
+        let batch = RecordBatch::try_new(
+            out.schema().clone(),
+            vec![Arc::new(Int64Array::from(values))],
+        )?;
+        out.emit(batch)?;
+        count.next = stop;
+        if count.next >= count.end {
+            out.finish();
         }
-        Protocol::builder(NAME)
-            .version("1.0.0")
-            .unary(
-                "sleep",
-                "milliseconds: int64",
-                "result: int64",
-                |_c, _a| async { Ok(0i64) },
-            )
-            .unary(
-                "add",
-                "a: int64, b: int64",
-                "result: int64",
-                |_c, _a| async { Ok(0i64) },
-            )
-            .unary("greet", "name: utf8", "result: utf8", |_c, _a| async {
-                Ok(String::new())
-            })
-            .producer("count", "n: int64, batch_rows: int64", "", |_c, _a| async {
+        Ok(())
+    }
+}
+
+/// The demo protocol declared with schema strings, arguments looked up by
+/// name (the demo as it was before [`Demo`]): the same name, version, methods
+/// and wire schemas as [`protocol`], and the same answers.
+///
+/// Kept as the baseline `kit-bench --phases demo` measures the typed dispatch
+/// against (`kit-service serve --dynamic-demo` hosts it), and as the string
+/// declarations the typed schemas are tested to match.
+///
+/// ```
+/// use kit_service::reflection::protocol_hash;
+///
+/// let (typed, strings) = (kit_service::demo::protocol(), kit_service::demo::dynamic_protocol());
+/// assert_eq!(protocol_hash(&typed), protocol_hash(&strings));
+/// ```
+pub fn dynamic_protocol() -> Protocol {
+    Protocol::builder(NAME)
+        .version("1.0.0")
+        .unary(
+            "sleep",
+            "milliseconds: int64",
+            "result: int64",
+            |_ctx, args| async move {
+                let milliseconds: i64 = args.get("milliseconds")?;
+                if !(0..=60_000).contains(&milliseconds) {
+                    return Err(RpcError::value("milliseconds must be within 0..=60000"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(milliseconds as u64)).await;
+                Ok(milliseconds)
+            },
+        )
+        .unary(
+            "add",
+            "a: int64, b: int64",
+            "result: int64",
+            |_ctx, args| async move {
+                let (a, b): (i64, i64) = (args.get("a")?, args.get("b")?);
+                a.checked_add(b)
+                    .ok_or_else(|| RpcError::value(format!("{a} + {b} overflows int64")))
+            },
+        )
+        .unary(
+            "greet",
+            "name: utf8",
+            "result: utf8",
+            |ctx, args| async move {
+                let name: String = args.get("name")?;
+                ctx.log(LogLevel::Info, format!("greeting {name}"));
+                Ok(format!("hello, {name}"))
+            },
+        )
+        .producer(
+            "count",
+            "n: int64, batch_rows: int64",
+            "",
+            |_ctx, args| async move {
+                let (n, step): (i64, i64) = (args.get("n")?, args.get("batch_rows")?);
+                // A caller must not be able to make one turn allocate without bound.
+                if n < 0 || !(1..=MAX_BATCH_ROWS).contains(&step) {
+                    return Err(RpcError::value(format!(
+                        "n must be >= 0 and batch_rows within 1..={MAX_BATCH_ROWS}"
+                    )));
+                }
                 let schema = Arc::new(Schema::new(vec![Field::new(
                     "value",
                     DataType::Int64,
                     false,
                 )]));
-                Ok(StreamInit::new(schema, Done))
-            })
-            .build()
-            .unwrap()
-    }
+                Ok(StreamInit::new(
+                    schema,
+                    DynamicCount(Count {
+                        next: 0,
+                        end: n,
+                        step,
+                    }),
+                ))
+            },
+        )
+        .build()
+        .expect("the string-declared demo protocol is well-formed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reflection::protocol_hash;
+    use crate::rpc::ArrowRecord;
+    use crate::wire::ipc::schema_message;
 
     #[test]
     fn typed_demo_keeps_the_string_declared_wire() {
-        let (typed, strings) = (protocol(), string_declared());
+        let (typed, strings) = (protocol(), dynamic_protocol());
         assert_eq!(typed.version(), strings.version());
         assert_eq!(protocol_hash(&typed), protocol_hash(&strings));
         let names = |p: &Protocol| {

@@ -66,6 +66,8 @@ type Factory = Box<dyn FnOnce() -> Vec<Protocol>>;
 struct Alternative {
     flag: String,
     help: String,
+    /// Left out of `--help`: for flags that exist for benchmarks and tests.
+    hidden: bool,
     protocols: Factory,
 }
 
@@ -144,9 +146,40 @@ impl Host {
         self.alternatives.push(Alternative {
             flag: flag.into(),
             help: help.into(),
+            hidden: false,
             protocols: Box::new(protocols),
         });
         self
+    }
+
+    /// [`Host::alternative`], but left out of `--help`: a flag kept for
+    /// benchmarks and tests rather than for users (`kit-service serve
+    /// --dynamic-demo` hosts the string-declared demo, which `kit-bench`
+    /// compares with the typed one).
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    /// use kit_service::host::Host;
+    ///
+    /// let host = Host::new([kit_service::demo::protocol()])
+    ///     .name("acme")
+    ///     .hidden_alternative("dynamic-demo", "the string-declared demo", || {
+    ///         vec![kit_service::demo::dynamic_protocol()]
+    ///     });
+    /// // Hidden from `--help`, still accepted.
+    /// assert_eq!(host.run(["acme", "serve", "--dynamic-demo", "--help"]), ExitCode::SUCCESS);
+    /// ```
+    pub fn hidden_alternative(
+        self,
+        flag: impl Into<String>,
+        help: impl Into<String>,
+        protocols: impl FnOnce() -> Vec<Protocol> + 'static,
+    ) -> Self {
+        let mut host = self.alternative(flag, help, protocols);
+        if let Some(added) = host.alternatives.last_mut() {
+            added.hidden = true;
+        }
+        host
     }
 
     /// Parses `std::env::args_os` and runs the command.
@@ -242,6 +275,7 @@ impl Host {
                     .long(alternative.flag.clone())
                     .help(alternative.help.clone())
                     .action(ArgAction::SetTrue)
+                    .hide(alternative.hidden)
                     .conflicts_with_all(others);
                 command = command.mut_subcommand(subcommand, |sub| sub.arg(arg));
             }
@@ -493,7 +527,9 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host::new(Vec::new()).alternative("conformance", "other protocols", Vec::new)
+        Host::new(Vec::new())
+            .alternative("conformance", "other protocols", Vec::new)
+            .hidden_alternative("dynamic-demo", "for benchmarks", Vec::new)
     }
 
     #[test]
@@ -516,6 +552,26 @@ mod tests {
         }
         let plain = command.try_get_matches_from(["acme", "serve"]).unwrap();
         assert_eq!(host().chosen(plain.subcommand().unwrap().1), None);
+    }
+
+    #[test]
+    fn hidden_alternatives_are_accepted_but_not_listed() {
+        let mut command = host().command("acme");
+        let matches = command
+            .clone()
+            .try_get_matches_from(["acme", "serve", "--dynamic-demo"])
+            .unwrap();
+        assert_eq!(host().chosen(matches.subcommand().unwrap().1), Some(1));
+        let help = command
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--conformance"), "{help}");
+        assert!(!help.contains("--dynamic-demo"), "{help}");
+        let both =
+            command.try_get_matches_from(["acme", "serve", "--conformance", "--dynamic-demo"]);
+        assert!(both.is_err(), "alternatives exclude each other");
     }
 
     #[test]

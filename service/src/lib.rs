@@ -42,9 +42,15 @@ pub mod wire;
 pub const MAX_DECODED_REQUEST_BYTES: usize = 64 << 20;
 
 pub use http::{HttpConfig, Server, app};
-pub use kit_macros::{ArrowRecord, service};
+pub use kit_service_macros::{ArrowRecord, service};
 pub use rpc::{
     Args, ArrowRecord, ArrowValue, Ctx, Exchange, Exchanger, Output, Produce, Producer, Protocol,
     RowExchanger, RowProducer, Rows, StreamInit,
 };
 pub use wire::{ErrorCode, LogLevel, RpcError};
+
+/// The README's example, compiled as a doctest so the published front page
+/// stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

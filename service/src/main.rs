@@ -1,5 +1,7 @@
 //! `kit-service`: the demo protocol, or the conformance protocols with
 //! `--conformance`, on the same host entry point a user's service uses.
+//! The hidden `--dynamic-demo` hosts the string-declared demo instead, the
+//! baseline `kit-bench --phases demo` compares the typed demo with.
 
 #[global_allocator]
 static GLOBAL: kit_service::alloc::HugePageAlloc = kit_service::alloc::HugePageAlloc;
@@ -12,6 +14,11 @@ fn main() -> std::process::ExitCode {
             "conformance",
             "Host ConformanceService and conformance.Secondary.v1 instead of the demo protocol",
             kit_service::conformance::protocols,
+        )
+        .hidden_alternative(
+            "dynamic-demo",
+            "Host the string-declared kit.Demo.v1 (the typed demo's benchmark baseline)",
+            || vec![kit_service::demo::dynamic_protocol()],
         )
         .main()
 }

@@ -292,3 +292,48 @@ async fn a_stream_moves_to_a_replica_sharing_the_key() {
     }
     assert_eq!(rest, [1, 2, 3]);
 }
+
+/// Everything one demo protocol answers to a fixed set of calls, as text.
+async fn demo_answers(protocol: kit_service::rpc::Protocol) -> Vec<String> {
+    let server = TestServer::start([protocol]).await;
+    let client = server.client();
+    let mut answers = vec![
+        format!("{:?}", add(client, 40, 2).await.map_err(|e| e.to_string())),
+        format!(
+            "{:?}",
+            add(client, i64::MAX, 1).await.map_err(|e| e.to_string())
+        ),
+    ];
+    let name: ArrayRef = Arc::new(StringArray::from(vec!["ada"]));
+    let reply = client
+        .unary(DEMO, "greet", batch(&[("name", name)]))
+        .await
+        .unwrap();
+    answers.push(format!("{:?} {:?}", reply.batch, reply.logs));
+    let sleep = client
+        .unary(DEMO, "sleep", batch(&[("milliseconds", int(-1))]))
+        .await
+        .unwrap_err();
+    answers.push(sleep.to_string());
+    let mut stream = client
+        .producer(
+            DEMO,
+            "count",
+            batch(&[("n", int(5)), ("batch_rows", int(2))]),
+        )
+        .await
+        .unwrap();
+    while let Some(rows) = stream.next_batch().await.unwrap() {
+        answers.push(format!("{:?}", ints(&rows)));
+    }
+    answers
+}
+
+#[tokio::test]
+async fn typed_and_string_declared_demos_answer_alike() {
+    let typed = demo_answers(kit_service::demo::protocol()).await;
+    let strings = demo_answers(kit_service::demo::dynamic_protocol()).await;
+    assert_eq!(typed, strings);
+    assert_eq!(typed[0], "Ok(42)");
+    assert_eq!(&typed[4..], ["[0, 1]", "[2, 3]", "[4]"]);
+}
