@@ -125,6 +125,31 @@ pub fn expand(item: &ItemStruct) -> syn::Result<TokenStream> {
                     &#value::Columns::of_struct::<Self>(array)?,
                 )
             }
+
+            fn top_level_data_type() -> ::kit_service::rpc::value::DataType {
+                ::kit_service::rpc::value::DataType::Binary
+            }
+
+            fn top_level_to_column(
+                values: ::std::vec::Vec<Self>,
+            ) -> ::std::result::Result<#value::ArrayRef, #value::ValueError> {
+                #value::record_ipc_column::<Self>(
+                    values.into_iter().map(::std::option::Option::Some).collect(),
+                )
+            }
+
+            fn top_level_to_nullable_column(
+                values: ::std::vec::Vec<::std::option::Option<Self>>,
+            ) -> ::std::result::Result<#value::ArrayRef, #value::ValueError> {
+                #value::record_ipc_column::<Self>(values)
+            }
+
+            fn top_level_from_cell(
+                array: &dyn #value::Array,
+                row: usize,
+            ) -> ::std::result::Result<::std::option::Option<Self>, #value::ValueError> {
+                #value::record_from_ipc_cell::<Self>(array, row)
+            }
         }
 
         impl #value::ArrowRecord for #name {

@@ -299,14 +299,14 @@ fn desugar(function: &mut TraitItemFn) {
     }
 }
 
-/// `<T as ArrowValue>::field("name")` for each parameter, spanned at its type.
+/// `<T as ArrowValue>::top_level_field("name")` for each parameter, spanned at its type.
 fn param_fields(method: &Method) -> Vec<TokenStream> {
     method
         .params
         .iter()
         .map(|(_, name, ty)| {
             quote_spanned! {ty.span()=>
-                <#ty as ::kit_service::rpc::value::ArrowValue>::field(#name)
+                <#ty as ::kit_service::rpc::value::ArrowValue>::top_level_field(#name)
             }
         })
         .collect()
@@ -418,7 +418,7 @@ fn client(args: &Args, item: &ItemTrait, methods: &[Method]) -> TokenStream {
         let arguments = params.iter().map(|(ident, _, ty)| quote!(#ident: #ty));
         let columns = params.iter().map(|(ident, _, ty)| {
             quote_spanned! {ty.span()=>
-                <#ty as ::kit_service::rpc::value::ArrowValue>::to_column(::std::vec![#ident])
+                <#ty as ::kit_service::rpc::value::ArrowValue>::top_level_to_column(::std::vec![#ident])
             }
         });
         let client_output = quote_spanned! {output.span()=>

@@ -2,12 +2,14 @@
 //! structs): every method kind round-trips through the generated client over
 //! real HTTP, and bad input sent to the router (`oneshot`, no socket) gets a
 //! vgi-rpc error naming the parameter, the expected and the received type,
-//! never a panic or a 500.
+//! never a panic or a 500. A record as a whole parameter or result travels
+//! as vgi-rpc's Python client sends a dataclass: `binary` holding an IPC
+//! stream of one row; nested in a list or a record, it is a `struct`.
 
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -232,10 +234,11 @@ fn schemas_are_generated_from_the_signatures() {
             .map(|s| schema_text(s))
     };
     let order = "struct<item:utf8,quantity:int64,note?:utf8,tags:list<item?:utf8>>";
-    assert_eq!(params("place"), format!("order: {order}, priority?: int32"));
+    assert_eq!(params("place"), "order: binary, priority?: int32");
+    assert_eq!(result("place").unwrap(), "result: binary");
     assert_eq!(
-        result("place").unwrap(),
-        format!("result: struct<order:{order},priority?:int32,total:float64>")
+        type_token(&Receipt::data_type()),
+        format!("struct<order:{order},priority?:int32,total:float64>")
     );
     assert_eq!(params("total"), format!("orders: list<item?:{order}>"));
     assert_eq!(params("echo"), "data: binary, more: binary");
@@ -369,6 +372,10 @@ fn router_server() -> Arc<Server> {
 }
 
 fn request(method: &str, columns: Vec<(Field, ArrayRef)>) -> Request<Body> {
+    request_to(method, columns)
+}
+
+fn request_to(method: &str, columns: Vec<(Field, ArrayRef)>) -> Request<Body> {
     let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
     let schema = Arc::new(Schema::new(fields));
     let batch = batch_with_unchecked_nulls(schema.clone(), arrays);
@@ -390,9 +397,26 @@ fn request(method: &str, columns: Vec<(Field, ArrayRef)>) -> Request<Body> {
 
 fn order_column(order: Order) -> (Field, ArrayRef) {
     (
-        Order::field("order"),
-        Order::to_column(vec![order]).unwrap(),
+        Order::top_level_field("order"),
+        Order::top_level_to_column(vec![order]).unwrap(),
     )
+}
+
+/// The `order` parameter as the IPC stream of `batch` (any schema, any rows),
+/// the way a client serializes a record.
+fn order_bytes(bytes: Vec<u8>) -> (Field, ArrayRef) {
+    (
+        Field::new("order", DataType::Binary, false),
+        Arc::new(BinaryArray::from(vec![bytes.as_slice()])),
+    )
+}
+
+fn stream_of(batch: &RecordBatch) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut writer = StreamWriter::new(&mut body, &batch.schema()).unwrap();
+    writer.write(batch, &Vec::new()).unwrap();
+    writer.finish();
+    body
 }
 
 fn priority_column(priority: Option<i32>) -> (Field, ArrayRef) {
@@ -455,7 +479,7 @@ async fn a_wrong_arrow_type_names_parameter_and_both_types() {
             ],
         ),
         StatusCode::BAD_REQUEST,
-        &["'order'", ORDER_TYPE, "carried utf8"],
+        &["'order'", "binary", "carried utf8"],
     )
     .await;
     let wide: ArrayRef = Arc::new(Int64Array::from(vec![Some(1)]));
@@ -505,17 +529,20 @@ async fn a_missing_or_extra_argument_is_named() {
 
 #[tokio::test]
 async fn a_null_for_a_non_nullable_parameter_is_refused() {
-    let null_order = Order::to_nullable_column(vec![None]).unwrap();
+    let null_order = Order::top_level_to_nullable_column(vec![None]).unwrap();
     check_with_type(
         request(
             "place",
-            vec![(Order::field("order"), null_order), priority_column(None)],
+            vec![
+                (Order::top_level_field("order"), null_order),
+                priority_column(None),
+            ],
         ),
         StatusCode::BAD_REQUEST,
         "ArrowInvalid",
         &[
             "Column 'order' is declared as non-nullable but contains null values",
-            &format!("batch schema `order: {ORDER_TYPE}, priority?: int32`"),
+            "batch schema `order: binary, priority?: int32`",
         ],
     )
     .await;
@@ -539,18 +566,36 @@ async fn a_null_inside_a_struct_names_the_field() {
             None,
         )),
     ];
-    let column = struct_with_unmasked_nulls(fields, children);
+    // Nested: `total` takes a list of orders, each a struct.
+    let column = struct_with_unmasked_nulls(fields.clone(), children.clone());
+    let orders: ArrayRef = Arc::new(ListArray::new(
+        Arc::new(Field::new("item", Order::data_type(), true)),
+        OffsetBuffer::from_lengths([1]),
+        column,
+        None,
+    ));
     check_with_type(
-        request(
-            "place",
-            vec![(Order::field("order"), column), priority_column(None)],
+        request_to(
+            "total",
+            vec![(<Vec<Order>>::field("orders"), orders)],
         ),
         StatusCode::BAD_REQUEST,
         "ArrowInvalid",
         &[
-            "unmasked nulls for non-nullable StructArray field \"quantity\"",
-            &format!("batch schema `order: {ORDER_TYPE}, priority?: int32`"),
+            "quantity",
+            &format!("batch schema `orders: list<item?:{ORDER_TYPE}>`"),
         ],
+    )
+    .await;
+    // Whole: the record's own one-row stream carries the null.
+    let record = batch_with_unchecked_nulls(Arc::new(Schema::new(fields)), children);
+    check(
+        request(
+            "place",
+            vec![order_bytes(stream_of(&record)), priority_column(None)],
+        ),
+        StatusCode::OK,
+        &["place() parameter `order`", ORDER_TYPE, "quantity"],
     )
     .await;
 }
@@ -578,29 +623,56 @@ async fn a_struct_missing_a_field_names_it() {
         Field::new("quantity", DataType::Int64, false),
         Field::new("tags", <Vec<String>>::data_type(), false),
     ]);
-    let partial = StructArray::new(
-        fields,
+    let partial = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
         vec![
             Arc::new(StringArray::from(vec!["bolt"])),
             Arc::new(Int64Array::from(vec![1])),
             <Vec<String>>::to_column(vec![vec![]]).unwrap(),
         ],
-        None,
-    );
-    let received = type_token(partial.data_type());
+    )
+    .unwrap();
     check(
         request(
             "place",
-            vec![
-                (
-                    Field::new("order", partial.data_type().clone(), false),
-                    Arc::new(partial),
-                ),
-                priority_column(None),
-            ],
+            vec![order_bytes(stream_of(&partial)), priority_column(None)],
         ),
-        StatusCode::BAD_REQUEST,
-        &["'order'", ORDER_TYPE, &received, "missing field 'note'"],
+        StatusCode::OK,
+        &["place() parameter `order`", "missing field `note`", "utf8"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_record_that_is_not_one_row_of_ipc_is_refused() {
+    check(
+        request(
+            "place",
+            vec![order_bytes(b"not arrow".to_vec()), priority_column(None)],
+        ),
+        StatusCode::OK,
+        &["place() parameter `order`", ORDER_TYPE, "not an Arrow IPC stream"],
+    )
+    .await;
+    let two = Order::to_batch(vec![order(), order()]).unwrap();
+    check(
+        request(
+            "place",
+            vec![order_bytes(stream_of(&two)), priority_column(None)],
+        ),
+        StatusCode::OK,
+        &["place() parameter `order`", "2 rows in 1 batches"],
+    )
+    .await;
+    let mut trailing = stream_of(&Order::to_batch(vec![order()]).unwrap());
+    trailing.extend_from_slice(b"junk");
+    check(
+        request(
+            "place",
+            vec![order_bytes(trailing), priority_column(None)],
+        ),
+        StatusCode::OK,
+        &["place() parameter `order`", "4 bytes after the stream"],
     )
     .await;
 }
@@ -613,23 +685,23 @@ async fn a_null_list_item_for_a_non_optional_rust_type_names_the_path() {
         unreachable!()
     };
     let tags = <Vec<Option<String>>>::to_column(vec![vec![Some("a".into()), None]]).unwrap();
-    let column: ArrayRef = Arc::new(StructArray::new(
-        fields,
+    let record = RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
         vec![
             Arc::new(StringArray::from(vec!["bolt"])),
             Arc::new(Int64Array::from(vec![1])),
             Arc::new(StringArray::from(vec![None::<&str>])),
             tags,
         ],
-        None,
-    ));
+    )
+    .unwrap();
     check(
         request(
             "place",
-            vec![(Order::field("order"), column), priority_column(None)],
+            vec![order_bytes(stream_of(&record)), priority_column(None)],
         ),
         StatusCode::OK,
-        &["place() parameter `order`: field `tags`: item 1: null value for non-nullable `utf8`"],
+        &["place() parameter `order`: field `tags`: row 0: item 1: null value for non-nullable `utf8`"],
     )
     .await;
 }

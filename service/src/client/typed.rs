@@ -64,7 +64,7 @@ impl<T: ArrowValue> ClientOutput for T {
     ) -> Result<T, ClientError> {
         let response = client.unary(protocol, method, params).await?;
         let decoded = match response.batch.columns().first() {
-            Some(column) if !column.is_empty() => T::from_cell(column.as_ref(), 0)
+            Some(column) if !column.is_empty() => T::top_level_from_cell(column.as_ref(), 0)
                 .and_then(|value| value.ok_or_else(ValueError::null::<T>)),
             _ => Err(ValueError::MissingField {
                 field: "result".into(),

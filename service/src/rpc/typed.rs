@@ -54,14 +54,14 @@ impl Args {
             _ => batch.column_by_name(name).ok_or_else(|| {
                 bad(format!(
                     "missing, expected `{}`",
-                    crate::wire::tokens::field_text(&T::field(name))
+                    crate::wire::tokens::field_text(&T::top_level_field(name))
                 ))
             })?,
         };
         if column.is_empty() {
             return Err(bad("the request batch has no rows".into()));
         }
-        match T::from_cell(column.as_ref(), 0) {
+        match T::top_level_from_cell(column.as_ref(), 0) {
             Ok(Some(value)) => Ok(value),
             Ok(None) => Err(bad(ValueError::null::<T>().to_string())),
             Err(error) => Err(bad(error.to_string())),
@@ -98,11 +98,11 @@ impl<T: ArrowValue> MethodOutput for T {
         F: Fn(Ctx, Args) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Self, RpcError>> + Send + 'static,
     {
-        let result = schema_of(vec![T::field("result")]);
+        let result = schema_of(vec![T::top_level_field("result")]);
         let handler = Arc::new(
             move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<Reply, RpcError>> {
                 let future = handler(ctx, args);
-                Box::pin(async move { Ok(Reply::Value(T::to_column(vec![future.await?])?)) })
+                Box::pin(async move { Ok(Reply::Value(T::top_level_to_column(vec![future.await?])?)) })
             },
         );
         builder.method_with_schema(

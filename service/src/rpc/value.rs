@@ -128,6 +128,15 @@ pub enum ValueError {
     /// Arrow refused to build a column (for example, an offset overflow).
     #[error("cannot build an Arrow column: {0}")]
     Arrow(String),
+    /// A record sent whole as a parameter or result (`binary` holding an IPC
+    /// stream of one row) whose bytes are not such a stream.
+    #[error("`{expected}` sent as `binary` is not an Arrow IPC stream of one row: {reason}")]
+    Record {
+        /// The record's struct type token.
+        expected: String,
+        /// What is wrong with the bytes.
+        reason: String,
+    },
 }
 
 impl ValueError {
@@ -188,7 +197,9 @@ impl From<ValueError> for RpcError {
 ///
 /// Implemented for `i8`..`i64`, `u8`..`u64`, `f32`, `f64`, `bool`, `String`,
 /// `Vec<u8>` and [`Bytes`] (`binary`), `Option<T>` (the same type, nullable),
-/// `Vec<T>` (`list<item?: T>`) and every `#[derive(ArrowRecord)]` struct.
+/// `Vec<T>` (`list<item?: T>`) and every `#[derive(ArrowRecord)]` struct
+/// (`struct<...>`; `binary` as a whole parameter or result, see
+/// [`ArrowValue::top_level_data_type`]).
 /// The `list_*` methods are how `Vec<T>` asks its item type to build the
 /// list, so `Vec<u8>` can be `binary`; implementors keep the defaults.
 ///
@@ -234,6 +245,37 @@ pub trait ArrowValue: Sized + Send + 'static {
         (0..array.len())
             .map(|row| Self::from_cell(array, row).map_err(|e| e.in_row(row)))
             .collect()
+    }
+
+    /// The Arrow type of this type as a whole parameter or unary result.
+    ///
+    /// The same as [`ArrowValue::data_type`], except for records: vgi-rpc
+    /// sends a record (Python's `ArrowSerializableDataclass`) in that place as
+    /// `binary` holding an IPC stream of one row, and as `struct<...>` only
+    /// when nested in a list or another record.
+    fn top_level_data_type() -> DataType {
+        Self::data_type()
+    }
+
+    /// The parameter or `result` field named `name` of this type.
+    fn top_level_field(name: &str) -> Field {
+        Field::new(name, Self::top_level_data_type(), Self::NULLABLE)
+    }
+
+    /// A parameter or result column, of [`ArrowValue::top_level_data_type`].
+    fn top_level_to_column(values: Vec<Self>) -> Result<ArrayRef, ValueError> {
+        Self::to_column(values)
+    }
+
+    /// [`ArrowValue::top_level_to_column`] with a null cell for each `None`.
+    fn top_level_to_nullable_column(values: Vec<Option<Self>>) -> Result<ArrayRef, ValueError> {
+        Self::to_nullable_column(values)
+    }
+
+    /// Reads a parameter or result cell written by
+    /// [`ArrowValue::top_level_to_column`].
+    fn top_level_from_cell(array: &dyn Array, row: usize) -> Result<Option<Self>, ValueError> {
+        Self::from_cell(array, row)
     }
 
     /// The Arrow type of `Vec<Self>`: `list<item?: Self>` unless overridden.
@@ -480,6 +522,22 @@ impl<T: ArrowValue> ArrowValue for Option<T> {
 
     fn from_column(array: &dyn Array) -> Result<Vec<Option<Self>>, ValueError> {
         Ok(T::from_column(array)?.into_iter().map(Some).collect())
+    }
+
+    fn top_level_data_type() -> DataType {
+        T::top_level_data_type()
+    }
+
+    fn top_level_to_column(values: Vec<Self>) -> Result<ArrayRef, ValueError> {
+        T::top_level_to_nullable_column(values)
+    }
+
+    fn top_level_to_nullable_column(values: Vec<Option<Self>>) -> Result<ArrayRef, ValueError> {
+        T::top_level_to_nullable_column(values.into_iter().map(Option::flatten).collect())
+    }
+
+    fn top_level_from_cell(array: &dyn Array, row: usize) -> Result<Option<Self>, ValueError> {
+        T::top_level_from_cell(array, row).map(Some)
     }
 }
 
@@ -746,4 +804,63 @@ mod tests {
         assert_eq!(nested.data_type(), &DataType::Binary);
         assert!(nested.is_null(0));
     }
+}
+
+/// Records sent whole as parameters or results: a `binary` column whose cells
+/// are IPC streams of one row each (what the Python client's
+/// `ArrowSerializableDataclass.serialize_to_bytes` writes). Used by
+/// `#[derive(ArrowRecord)]`.
+pub fn record_ipc_column<T: ArrowRecord>(values: Vec<Option<T>>) -> Result<ArrayRef, ValueError> {
+    let schema = T::schema();
+    let mut builder = arrow_array::builder::BinaryBuilder::with_capacity(values.len(), 0);
+    for value in values {
+        match value {
+            None => builder.append_null(),
+            Some(value) => {
+                let batch = T::to_batch_in(Arc::clone(&schema), vec![value])?;
+                let bytes = crate::wire::ipc::stream_bytes(&schema, &[batch])
+                    .map_err(|e| ValueError::Arrow(e.to_string()))?;
+                builder.append_value(bytes);
+            }
+        }
+    }
+    Ok(Arc::new(builder.finish()))
+}
+
+/// Reads the record in `binary` cell `row` written by [`record_ipc_column`]
+/// (or by the Python client). The stream goes through the service's own IPC
+/// reader, with its limits; it must hold exactly one row.
+pub fn record_from_ipc_cell<T: ArrowRecord>(
+    array: &dyn Array,
+    row: usize,
+) -> Result<Option<T>, ValueError> {
+    let bad = |reason: String| ValueError::Record {
+        expected: type_token(&T::data_type()),
+        reason,
+    };
+    let binary = match array.as_any().downcast_ref::<arrow_array::BinaryArray>() {
+        Some(binary) => binary,
+        None => {
+            return Err(ValueError::Type {
+                expected: "binary".into(),
+                received: type_token(array.data_type()),
+            });
+        }
+    };
+    if binary.is_null(row) {
+        return Ok(None);
+    }
+    let bytes = bytes::Bytes::copy_from_slice(binary.value(row));
+    let (stream, end) =
+        crate::wire::ipc::read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
+    if end != bytes.len() {
+        return Err(bad(format!("{} bytes after the stream", bytes.len() - end)));
+    }
+    let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
+    let batch = match stream.batches.as_slice() {
+        [only] if rows == 1 => &only.batch,
+        _ => return Err(bad(format!("{rows} rows in {} batches", stream.batches.len()))),
+    };
+    let mut records = T::from_batch(batch)?;
+    Ok(records.pop())
 }
