@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BinaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StructArray,
 };
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -575,10 +576,7 @@ async fn a_null_inside_a_struct_names_the_field() {
         None,
     ));
     check_with_type(
-        request_to(
-            "total",
-            vec![(<Vec<Order>>::field("orders"), orders)],
-        ),
+        request_to("total", vec![(<Vec<Order>>::field("orders"), orders)]),
         StatusCode::BAD_REQUEST,
         "ArrowInvalid",
         &[
@@ -651,7 +649,11 @@ async fn a_record_that_is_not_one_row_of_ipc_is_refused() {
             vec![order_bytes(b"not arrow".to_vec()), priority_column(None)],
         ),
         StatusCode::OK,
-        &["place() parameter `order`", ORDER_TYPE, "not an Arrow IPC stream"],
+        &[
+            "place() parameter `order`",
+            ORDER_TYPE,
+            "not an Arrow IPC stream",
+        ],
     )
     .await;
     let two = Order::to_batch(vec![order(), order()]).unwrap();
@@ -667,10 +669,7 @@ async fn a_record_that_is_not_one_row_of_ipc_is_refused() {
     let mut trailing = stream_of(&Order::to_batch(vec![order()]).unwrap());
     trailing.extend_from_slice(b"junk");
     check(
-        request(
-            "place",
-            vec![order_bytes(trailing), priority_column(None)],
-        ),
+        request("place", vec![order_bytes(trailing), priority_column(None)]),
         StatusCode::OK,
         &["place() parameter `order`", "4 bytes after the stream"],
     )

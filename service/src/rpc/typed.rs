@@ -102,7 +102,9 @@ impl<T: ArrowValue> MethodOutput for T {
         let handler = Arc::new(
             move |ctx: Ctx, args: Args| -> BoxFuture<'static, Result<Reply, RpcError>> {
                 let future = handler(ctx, args);
-                Box::pin(async move { Ok(Reply::Value(T::top_level_to_column(vec![future.await?])?)) })
+                Box::pin(
+                    async move { Ok(Reply::Value(T::top_level_to_column(vec![future.await?])?)) },
+                )
             },
         );
         builder.method_with_schema(

@@ -723,6 +723,69 @@ pub fn fields_of(fields: Vec<Field>) -> Fields {
     Fields::from(fields.into_iter().map(Arc::new).collect::<Vec<FieldRef>>())
 }
 
+/// Records sent whole as parameters or results: a `binary` column whose cells
+/// are IPC streams of one row each (what the Python client's
+/// `ArrowSerializableDataclass.serialize_to_bytes` writes). Used by
+/// `#[derive(ArrowRecord)]`.
+pub fn record_ipc_column<T: ArrowRecord>(values: Vec<Option<T>>) -> Result<ArrayRef, ValueError> {
+    let schema = T::schema();
+    let mut builder = arrow_array::builder::BinaryBuilder::with_capacity(values.len(), 0);
+    for value in values {
+        match value {
+            None => builder.append_null(),
+            Some(value) => {
+                let batch = T::to_batch_in(Arc::clone(&schema), vec![value])?;
+                let bytes = crate::wire::ipc::stream_bytes(&schema, &[batch])
+                    .map_err(|e| ValueError::Arrow(e.to_string()))?;
+                builder.append_value(bytes);
+            }
+        }
+    }
+    Ok(Arc::new(builder.finish()))
+}
+
+/// Reads the record in `binary` cell `row` written by [`record_ipc_column`]
+/// (or by the Python client). The stream goes through the service's own IPC
+/// reader, with its limits; it must hold exactly one row.
+pub fn record_from_ipc_cell<T: ArrowRecord>(
+    array: &dyn Array,
+    row: usize,
+) -> Result<Option<T>, ValueError> {
+    let bad = |reason: String| ValueError::Record {
+        expected: type_token(&T::data_type()),
+        reason,
+    };
+    let binary = match array.as_any().downcast_ref::<arrow_array::BinaryArray>() {
+        Some(binary) => binary,
+        None => {
+            return Err(ValueError::Type {
+                expected: "binary".into(),
+                received: type_token(array.data_type()),
+            });
+        }
+    };
+    if binary.is_null(row) {
+        return Ok(None);
+    }
+    let bytes = bytes::Bytes::copy_from_slice(binary.value(row));
+    let (stream, end) = crate::wire::ipc::read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
+    if end != bytes.len() {
+        return Err(bad(format!("{} bytes after the stream", bytes.len() - end)));
+    }
+    let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
+    let batch = match stream.batches.as_slice() {
+        [only] if rows == 1 => &only.batch,
+        _ => {
+            return Err(bad(format!(
+                "{rows} rows in {} batches",
+                stream.batches.len()
+            )));
+        }
+    };
+    let mut records = T::from_batch(batch)?;
+    Ok(records.pop())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,63 +867,4 @@ mod tests {
         assert_eq!(nested.data_type(), &DataType::Binary);
         assert!(nested.is_null(0));
     }
-}
-
-/// Records sent whole as parameters or results: a `binary` column whose cells
-/// are IPC streams of one row each (what the Python client's
-/// `ArrowSerializableDataclass.serialize_to_bytes` writes). Used by
-/// `#[derive(ArrowRecord)]`.
-pub fn record_ipc_column<T: ArrowRecord>(values: Vec<Option<T>>) -> Result<ArrayRef, ValueError> {
-    let schema = T::schema();
-    let mut builder = arrow_array::builder::BinaryBuilder::with_capacity(values.len(), 0);
-    for value in values {
-        match value {
-            None => builder.append_null(),
-            Some(value) => {
-                let batch = T::to_batch_in(Arc::clone(&schema), vec![value])?;
-                let bytes = crate::wire::ipc::stream_bytes(&schema, &[batch])
-                    .map_err(|e| ValueError::Arrow(e.to_string()))?;
-                builder.append_value(bytes);
-            }
-        }
-    }
-    Ok(Arc::new(builder.finish()))
-}
-
-/// Reads the record in `binary` cell `row` written by [`record_ipc_column`]
-/// (or by the Python client). The stream goes through the service's own IPC
-/// reader, with its limits; it must hold exactly one row.
-pub fn record_from_ipc_cell<T: ArrowRecord>(
-    array: &dyn Array,
-    row: usize,
-) -> Result<Option<T>, ValueError> {
-    let bad = |reason: String| ValueError::Record {
-        expected: type_token(&T::data_type()),
-        reason,
-    };
-    let binary = match array.as_any().downcast_ref::<arrow_array::BinaryArray>() {
-        Some(binary) => binary,
-        None => {
-            return Err(ValueError::Type {
-                expected: "binary".into(),
-                received: type_token(array.data_type()),
-            });
-        }
-    };
-    if binary.is_null(row) {
-        return Ok(None);
-    }
-    let bytes = bytes::Bytes::copy_from_slice(binary.value(row));
-    let (stream, end) =
-        crate::wire::ipc::read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
-    if end != bytes.len() {
-        return Err(bad(format!("{} bytes after the stream", bytes.len() - end)));
-    }
-    let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
-    let batch = match stream.batches.as_slice() {
-        [only] if rows == 1 => &only.batch,
-        _ => return Err(bad(format!("{rows} rows in {} batches", stream.batches.len()))),
-    };
-    let mut records = T::from_batch(batch)?;
-    Ok(records.pop())
 }
