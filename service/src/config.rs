@@ -180,7 +180,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_RATE_LIMIT_MAX_KEYS",
         default: "1048576",
-        doc: "Callers each in-process limiter tracks (about 16 bytes each). Idle callers expire; past the cap, new callers share one bucket per shard, so a flood of addresses limits itself, not the callers already tracked.",
+        doc: "Callers each in-process limiter tracks (16 bytes each plus table slack: 35 MiB at 1M). Idle callers expire; past the cap, new callers share one bucket per shard, so a flood of addresses limits itself, not the callers already tracked.",
     },
     Variable {
         name: "KIT_AUTH_FAILURE_LIMIT",
