@@ -757,6 +757,49 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_is_a_string_or_a_map_with_a_store() {
+        let rate = |text: &str| {
+            parse(&format!(
+                "version: 1\ntargets:\n  t:\n    platform: compose\n{text}"
+            ))
+            .map(|config| config.rate_limit.unwrap())
+        };
+        assert_eq!(rate("rate_limit: 100/60\n").unwrap().limit(), Some("100/60"));
+        assert_eq!(rate("rate_limit: off\n").unwrap().limit(), None);
+        let shared = rate(
+            "rate_limit:\n  limit: 10/1\n  store: redis\n  on_store_failure: closed\n",
+        )
+        .unwrap();
+        assert_eq!(shared.limit(), Some("10/1"));
+        assert_eq!(
+            shared.store(Platform::Compose).unwrap(),
+            Some(RateLimitStore {
+                url: COMPOSE_REDIS_URL.into(),
+                on_failure: StoreFailureMode::Closed,
+                provisioned: true,
+            })
+        );
+        let error = shared.store(Platform::CloudRun).unwrap_err();
+        assert!(error.0.contains("`rate_limit.redis_url`"), "{error:?}");
+        let external = rate(
+            "rate_limit:\n  store: redis\n  redis_url: redis://10.0.0.5:6379/0\n",
+        )
+        .unwrap();
+        let store = external.store(Platform::CloudRun).unwrap().unwrap();
+        assert_eq!(store.url, "redis://10.0.0.5:6379/0");
+        assert!(!store.provisioned);
+        assert_eq!(store.on_failure, StoreFailureMode::Open);
+        let secret = rate("rate_limit:\n  store: redis\n  redis_url: redis://:pw@10.0.0.5:6379\n")
+            .unwrap()
+            .store(Platform::Kubernetes)
+            .unwrap_err();
+        assert!(secret.0.contains("password"), "{secret:?}");
+        let error = rate("rate_limit:\n  limit: 10/1\n  stroe: redis\n").unwrap_err();
+        assert!(error.contains("stroe"), "{error}");
+        assert!(rate("rate_limit:\n  store: memcached\n").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_line_and_column() {
         let error =
             parse("version: 1\ntargets:\n  local:\n    platform: compose\n    replicaz: []\n")
