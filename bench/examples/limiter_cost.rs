@@ -250,12 +250,19 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let program = std::env::current_exe().expect("this program's path");
     for population in [1_000, 100_000, 1_000_000] {
-        for (name, limiter) in [("sharded GCRA (now)", "now"), ("one mutex (before)", "before")] {
+        for (name, limiter) in [
+            ("sharded GCRA (now)", "now"),
+            ("one mutex (before)", "before"),
+        ] {
             let output = std::process::Command::new(&program)
                 .args([limiter, &population.to_string()])
                 .output()
                 .expect("the measurement runs");
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             let row = String::from_utf8_lossy(&output.stdout);
             println!("| {name} | {population} | {} |", row.trim());
         }

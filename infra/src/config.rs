@@ -150,13 +150,19 @@ impl<'de> Deserialize<'de> for RateLimitConfig {
             // YAML 1.1 readers take a bare `off` for false.
             fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
                 if value {
-                    return Err(E::custom("`rate_limit: true` names no limit: use `N/SECONDS`"));
+                    return Err(E::custom(
+                        "`rate_limit: true` names no limit: use `N/SECONDS`",
+                    ));
                 }
                 self.visit_str("off")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                let map = RateLimitMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let map =
+                    RateLimitMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 Ok(RateLimitConfig {
                     limit: map.limit,
                     store: map.store,
@@ -198,7 +204,8 @@ impl RateLimitConfig {
             if self.redis_url.is_some() {
                 return Err((
                     "`rate_limit.redis_url` is set but `rate_limit.store` is `local`".into(),
-                    "set `rate_limit.store: redis` to share the limit, or remove `redis_url`".into(),
+                    "set `rate_limit.store: redis` to share the limit, or remove `redis_url`"
+                        .into(),
                 ));
             }
             return Ok(None);
@@ -764,12 +771,14 @@ mod tests {
             ))
             .map(|config| config.rate_limit.unwrap())
         };
-        assert_eq!(rate("rate_limit: 100/60\n").unwrap().limit(), Some("100/60"));
+        assert_eq!(
+            rate("rate_limit: 100/60\n").unwrap().limit(),
+            Some("100/60")
+        );
         assert_eq!(rate("rate_limit: off\n").unwrap().limit(), None);
-        let shared = rate(
-            "rate_limit:\n  limit: 10/1\n  store: redis\n  on_store_failure: closed\n",
-        )
-        .unwrap();
+        let shared =
+            rate("rate_limit:\n  limit: 10/1\n  store: redis\n  on_store_failure: closed\n")
+                .unwrap();
         assert_eq!(shared.limit(), Some("10/1"));
         assert_eq!(
             shared.store(Platform::Compose).unwrap(),
@@ -781,10 +790,8 @@ mod tests {
         );
         let error = shared.store(Platform::CloudRun).unwrap_err();
         assert!(error.0.contains("`rate_limit.redis_url`"), "{error:?}");
-        let external = rate(
-            "rate_limit:\n  store: redis\n  redis_url: redis://10.0.0.5:6379/0\n",
-        )
-        .unwrap();
+        let external =
+            rate("rate_limit:\n  store: redis\n  redis_url: redis://10.0.0.5:6379/0\n").unwrap();
         let store = external.store(Platform::CloudRun).unwrap().unwrap();
         assert_eq!(store.url, "redis://10.0.0.5:6379/0");
         assert!(!store.provisioned);

@@ -185,7 +185,8 @@ fn compose_processes_share_one_rate_limit_through_a_provisioned_redis() {
                 .unwrap(),
         );
         let body = response.body_mut().read_to_vec().unwrap();
-        let streams = kit_service::wire::ipc::read_streams(&body.into()).expect("an Arrow error stream");
+        let streams =
+            kit_service::wire::ipc::read_streams(&body.into()).expect("an Arrow error stream");
         servers.insert(
             streams[0].batches[0]
                 .get(kit_service::wire::SERVER_ID_KEY)

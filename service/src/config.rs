@@ -1074,7 +1074,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.0.len(), 4, "{error}");
-        assert!(error.to_string().contains("`KIT_RATE_LIMIT_STORE`"), "{error}");
+        assert!(
+            error.to_string().contains("`KIT_RATE_LIMIT_STORE`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -844,11 +844,7 @@ async fn transport_errors_are_arrow_error_streams() {
         "method_not_implemented",
     )
     .await;
-    let reply = send(
-        &server,
-        Request::get(&add).body(Body::empty()).unwrap(),
-    )
-    .await;
+    let reply = send(&server, Request::get(&add).body(Body::empty()).unwrap()).await;
     assert_eq!(reply.headers.get("allow").unwrap(), "POST");
     assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "UNIMPLEMENTED");
     assert_eq!(

@@ -365,7 +365,7 @@ async fn admit(
     if let Some(throttle) = throttle {
         let verdict = throttle.peek(&address).await;
         match decided(server, info, verdict) {
-            Err(response) => return Err((response, None)),
+            Err(response) => return Err((*response, None)),
             Ok(decision) if !decision.allowed => {
                 hosting.metrics.auth_throttled.inc();
                 tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 429, "refused: too many failed API keys");
@@ -416,7 +416,7 @@ async fn admit(
         Caller::key(&info.identity)
     };
     let verdict = limiter.check(&caller).await;
-    let decision = decided(server, info, verdict).map_err(|response| (response, None))?;
+    let decision = decided(server, info, verdict).map_err(|response| (*response, None))?;
     if decision.allowed {
         return Ok(Some(decision));
     }
@@ -445,7 +445,7 @@ fn decided(
     server: &Server,
     info: &RequestInfo,
     verdict: ratelimit::Verdict,
-) -> Result<ratelimit::Decision, Response> {
+) -> Result<ratelimit::Decision, Box<Response>> {
     match verdict {
         ratelimit::Verdict::Decided(decision) => Ok(decision),
         ratelimit::Verdict::Fallback(decision, _) => {
@@ -464,7 +464,12 @@ fn decided(
             .with_kind("rate_limit_store_unavailable")
             .with_details(vec![retry_info(1)])
             .with_status(StatusCode::SERVICE_UNAVAILABLE);
-            Err(error_response(server, info, &error, &wire::empty_schema()))
+            Err(Box::new(error_response(
+                server,
+                info,
+                &error,
+                &wire::empty_schema(),
+            )))
         }
     }
 }

@@ -227,7 +227,11 @@ async fn failed_keys_are_throttled_per_address_before_the_key_is_compared() {
         "{unauthorized} keys compared, configured {ALLOWED_FAILURES}"
     );
     for answer in &throttled {
-        let retry_after: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry_after: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
         assert_eq!(answer.headers["content-type"], wire::CONTENT_TYPE);
     }
@@ -253,7 +257,12 @@ async fn failed_keys_are_throttled_per_address_before_the_key_is_compared() {
 
 /// Sends `total` calls with `key` over `replicas` in turn, `concurrency` at
 /// a time; returns how many were allowed (200) and refused (429).
-async fn spread(replicas: &[String], key: &str, total: usize, concurrency: usize) -> (usize, usize) {
+async fn spread(
+    replicas: &[String],
+    key: &str,
+    total: usize,
+    concurrency: usize,
+) -> (usize, usize) {
     let client = support::client();
     let (replicas, key) = (replicas.to_vec(), key.to_string());
     let statuses = concurrently(total, concurrency, move |n| {
@@ -321,8 +330,15 @@ async fn two_replicas_sharing_redis_enforce_one_limit() {
         8,
     )
     .await;
-    println!("the same without KIT_RATE_LIMIT_STORE: {allowed} allowed of {}", 4 * LIMIT);
-    assert_eq!(allowed, 2 * LIMIT, "in process, each replica allows the limit");
+    println!(
+        "the same without KIT_RATE_LIMIT_STORE: {allowed} allowed of {}",
+        4 * LIMIT
+    );
+    assert_eq!(
+        allowed,
+        2 * LIMIT,
+        "in process, each replica allows the limit"
+    );
 }
 
 /// What a failing store means is configuration: `open` keeps serving under
@@ -366,7 +382,12 @@ async fn a_failed_store_fails_open_or_closed_as_configured() {
 
     for _ in 0..5 {
         let served = call(&client, &open.url, key).await;
-        assert_eq!(served.status, 200, "fail-open serves: {:?}", served.error_message());
+        assert_eq!(
+            served.status,
+            200,
+            "fail-open serves: {:?}",
+            served.error_message()
+        );
     }
     let refused = call(&client, &closed.url, key).await;
     assert_eq!(refused.status, 503);
@@ -385,8 +406,18 @@ async fn a_failed_store_fails_open_or_closed_as_configured() {
         !message.contains("127.0.0.1"),
         "the store address stays in the log: {message}"
     );
-    assert!(metric(&metrics(&open.url).await, "kit_rate_limit_store_errors_total") >= 5);
-    assert!(metric(&metrics(&closed.url).await, "kit_rate_limit_store_errors_total") >= 1);
+    assert!(
+        metric(
+            &metrics(&open.url).await,
+            "kit_rate_limit_store_errors_total"
+        ) >= 5
+    );
+    assert!(
+        metric(
+            &metrics(&closed.url).await,
+            "kit_rate_limit_store_errors_total"
+        ) >= 1
+    );
 
     // Back on the same port (empty: no persistence): after the 1 s pause
     // both decide in redis again. The open replica's own limiter counted 5

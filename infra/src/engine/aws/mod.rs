@@ -288,7 +288,10 @@ pub fn service_environment(config: &DeployConfig, region: &str) -> BTreeMap<Stri
         // `AwsSettings::resolve` refused a store it cannot use.
         if let Ok(Some(store)) = rate.store(kit_checks::platform::Platform::AwsLambdaFunctionUrl) {
             set("KIT_RATE_LIMIT_STORE", store.url);
-            set("KIT_RATE_LIMIT_STORE_FAILURE", store.on_failure.as_str().into());
+            set(
+                "KIT_RATE_LIMIT_STORE_FAILURE",
+                store.on_failure.as_str().into(),
+            );
         }
     }
     if let Some(storage) = &config.storage {

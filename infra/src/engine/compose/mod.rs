@@ -192,7 +192,10 @@ impl ComposeSettings {
             resources.push(
                 Resource::new(PROCESS, REDIS)
                     .with("role", "rate-limit-store")
-                    .with("command", "redis-server --bind 127.0.0.1 --port PORT --save ''")
+                    .with(
+                        "command",
+                        "redis-server --bind 127.0.0.1 --port PORT --save ''",
+                    )
                     .with("on_store_failure", store.on_failure.as_str()),
             );
         }
@@ -887,7 +890,10 @@ impl Supervisor<'_> {
             && processes::redis_answers(port)
         {
             let url = format!("redis://127.0.0.1:{port}/0");
-            return Ok((url, format!("unchanged at 127.0.0.1:{port}, pid {}", running.pid)));
+            return Ok((
+                url,
+                format!("unchanged at 127.0.0.1:{port}, pid {}", running.pid),
+            ));
         }
         if let Some(resource) = &recorded {
             stop_process(resource, self.settings);
@@ -938,7 +944,10 @@ impl Supervisor<'_> {
         } else {
             "started"
         };
-        Ok((url, format!("{outcome} at 127.0.0.1:{port}, pid {}", running.pid)))
+        Ok((
+            url,
+            format!("{outcome} at 127.0.0.1:{port}, pid {}", running.pid),
+        ))
     }
 
     fn ensure_nginx(

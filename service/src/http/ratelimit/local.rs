@@ -212,9 +212,7 @@ impl LocalLimiter {
         // Bits 32..38 pick the shard: hashbrown uses the low bits for the
         // bucket and the top 7 for its tags, so both keep their entropy.
         let index = (hash >> 32) as usize & (SHARDS - 1);
-        let mut shard = self.shards[index]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shards[index].lock().unwrap_or_else(|p| p.into_inner());
         if now.saturating_sub(shard.swept_at) >= self.sweep_every {
             shard.sweep(now);
         }
@@ -293,7 +291,7 @@ mod tests {
 
     #[test]
     fn idle_callers_expire_and_memory_stays_bounded() {
-        let limiter = limiter(10, 1, 64 * 100);
+        let limiter = limiter(10, 1, 64 * 1000);
         for n in 0..5_000 {
             limiter.decide(&Caller::key(&format!("c{n}")), SECOND, true);
         }
@@ -307,6 +305,7 @@ mod tests {
         assert_eq!(limiter.len(), 1);
         // A flood of new callers past the cap shares the overflow buckets:
         // the table never holds more than the cap.
+        let limiter = self::limiter(10, 1, 64 * 100);
         for n in 0..20_000 {
             limiter.decide(&Caller::key(&format!("flood{n}")), now, true);
         }

@@ -361,7 +361,10 @@ mod tests {
         ));
         let open = RateLimiter::new(limit).with_store(store, StoreFailure::Open);
         let first = open.check(&Caller::key("a")).await;
-        assert!(matches!(first, Verdict::Fallback(d, _) if d.allowed), "{first:?}");
+        assert!(
+            matches!(first, Verdict::Fallback(d, _) if d.allowed),
+            "{first:?}"
+        );
         let second = open.check(&Caller::key("a")).await;
         assert!(
             matches!(second, Verdict::Fallback(d, _) if !d.allowed),
