@@ -38,9 +38,11 @@ pub struct DeployConfig {
     pub auth: AuthConfig,
     #[serde(default)]
     pub cors: CorsConfig,
-    /// `N/SECONDS` per API key, or `off`.
+    /// `N/SECONDS` per API key, or `off`; or a map with `limit`, `store`
+    /// (`local` or `redis`), `redis_url` and `on_store_failure` (see
+    /// [`RateLimitConfig`]).
     #[serde(default)]
-    pub rate_limit: Option<String>,
+    pub rate_limit: Option<RateLimitConfig>,
     /// Host `vgi_rpc.Reflection.v1` (describe).
     #[serde(default = "yes")]
     pub reflection: bool,
@@ -62,6 +64,192 @@ pub struct DeployConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// `rate_limit:` as `100/60` (or `off`), or as a map when replicas must
+/// share one limit:
+///
+/// ```yaml
+/// rate_limit:
+///   limit: 100/60            # KIT_RATE_LIMIT
+///   store: redis             # local (default): each replica counts alone
+///   redis_url: redis://10.0.0.5:6379/0   # not on compose: deploy-kit runs one
+///   on_store_failure: open   # open (default) | closed: KIT_RATE_LIMIT_STORE_FAILURE
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// `N/SECONDS` or `off`; `None` leaves the service's default (off).
+    pub limit: Option<String>,
+    pub store: RateLimitStoreKind,
+    /// The Redis every replica uses; deploy-kit provisions one on compose.
+    pub redis_url: Option<String>,
+    pub on_store_failure: StoreFailureMode,
+}
+
+/// Where the rate limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimitStoreKind {
+    /// In each replica's memory: N replicas allow N times the limit.
+    #[default]
+    Local,
+    /// In one Redis shared by every replica (`KIT_RATE_LIMIT_STORE`).
+    Redis,
+}
+
+/// What a failing shared store means (`KIT_RATE_LIMIT_STORE_FAILURE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreFailureMode {
+    /// Each replica decides alone until the store answers again.
+    #[default]
+    Open,
+    /// Refuse with 503 until the store answers again.
+    Closed,
+}
+
+impl StoreFailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreFailureMode::Open => "open",
+            StoreFailureMode::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitMap {
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    store: RateLimitStoreKind,
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default)]
+    on_store_failure: StoreFailureMode,
+}
+
+impl<'de> Deserialize<'de> for RateLimitConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RateLimitConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`N/SECONDS`, `off`, or a map with `limit`, `store`, `redis_url` and `on_store_failure`")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(RateLimitConfig {
+                    limit: Some(text.to_string()),
+                    ..RateLimitConfig::default()
+                })
+            }
+
+            // YAML 1.1 readers take a bare `off` for false.
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                if value {
+                    return Err(E::custom(
+                        "`rate_limit: true` names no limit: use `N/SECONDS`",
+                    ));
+                }
+                self.visit_str("off")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let map =
+                    RateLimitMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RateLimitConfig {
+                    limit: map.limit,
+                    store: map.store,
+                    redis_url: map.redis_url,
+                    on_store_failure: map.on_store_failure,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The shared store a target's replicas use, resolved from `rate_limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitStore {
+    /// `KIT_RATE_LIMIT_STORE`.
+    pub url: String,
+    pub on_failure: StoreFailureMode,
+    /// deploy-kit runs this Redis itself (compose: a `redis` service, or a
+    /// `redis-server` process with `--runtime processes`).
+    pub provisioned: bool,
+}
+
+/// The host name of the Redis the compose engine provisions.
+pub const COMPOSE_REDIS_URL: &str = "redis://redis:6379/0";
+
+impl RateLimitConfig {
+    /// `N/SECONDS` unless `off` or unset.
+    pub fn limit(&self) -> Option<&str> {
+        self.limit
+            .as_deref()
+            .filter(|limit| !limit.eq_ignore_ascii_case("off"))
+    }
+
+    /// The shared store on `platform`: `None` for `store: local`; an error
+    /// (message, hint) when `store: redis` has no Redis to use.
+    pub fn store(&self, platform: Platform) -> Result<Option<RateLimitStore>, (String, String)> {
+        if self.store == RateLimitStoreKind::Local {
+            if self.redis_url.is_some() {
+                return Err((
+                    "`rate_limit.redis_url` is set but `rate_limit.store` is `local`".into(),
+                    "set `rate_limit.store: redis` to share the limit, or remove `redis_url`"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(url) = &self.redis_url {
+            let parsed = url::Url::parse(url).map_err(|error| {
+                (
+                    format!("`rate_limit.redis_url` is not a URL: {error}"),
+                    "write it as `redis://HOST:PORT/DB`".to_string(),
+                )
+            })?;
+            if parsed.scheme() != "redis" || parsed.host_str().is_none() {
+                return Err((
+                    format!("`rate_limit.redis_url` `{url}` is not a `redis://HOST:PORT` URL"),
+                    "write it as `redis://HOST:PORT/DB` (TLS `rediss://` is not supported)".into(),
+                ));
+            }
+            if parsed.password().is_some() {
+                return Err((
+                    "`rate_limit.redis_url` holds a password, and `deploy-kit.yaml` holds no secrets".into(),
+                    "use a Redis reachable only from the service's network without a password, or set `KIT_RATE_LIMIT_STORE` as a secret on the platform".into(),
+                ));
+            }
+            return Ok(Some(RateLimitStore {
+                url: url.clone(),
+                on_failure: self.on_store_failure,
+                provisioned: false,
+            }));
+        }
+        if platform == Platform::Compose {
+            return Ok(Some(RateLimitStore {
+                url: COMPOSE_REDIS_URL.to_string(),
+                on_failure: self.on_store_failure,
+                provisioned: true,
+            }));
+        }
+        Err((
+            format!(
+                "`rate_limit.store: redis` needs `rate_limit.redis_url` on platform `{}`: deploy-kit provisions a Redis only for compose",
+                platform.name()
+            ),
+            "set `rate_limit.redis_url: redis://HOST:PORT/DB` to your Redis (Memorystore, ElastiCache, Upstash), or `store: local`".into(),
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -573,6 +761,49 @@ mod tests {
         assert_eq!(config.limits.request_timeout_seconds, 300);
         assert!(config.reflection);
         assert_eq!(config.target(None).unwrap().0, "local");
+    }
+
+    #[test]
+    fn rate_limit_is_a_string_or_a_map_with_a_store() {
+        let rate = |text: &str| {
+            parse(&format!(
+                "version: 1\ntargets:\n  t:\n    platform: compose\n{text}"
+            ))
+            .map(|config| config.rate_limit.unwrap())
+        };
+        assert_eq!(
+            rate("rate_limit: 100/60\n").unwrap().limit(),
+            Some("100/60")
+        );
+        assert_eq!(rate("rate_limit: off\n").unwrap().limit(), None);
+        let shared =
+            rate("rate_limit:\n  limit: 10/1\n  store: redis\n  on_store_failure: closed\n")
+                .unwrap();
+        assert_eq!(shared.limit(), Some("10/1"));
+        assert_eq!(
+            shared.store(Platform::Compose).unwrap(),
+            Some(RateLimitStore {
+                url: COMPOSE_REDIS_URL.into(),
+                on_failure: StoreFailureMode::Closed,
+                provisioned: true,
+            })
+        );
+        let error = shared.store(Platform::CloudRun).unwrap_err();
+        assert!(error.0.contains("`rate_limit.redis_url`"), "{error:?}");
+        let external =
+            rate("rate_limit:\n  store: redis\n  redis_url: redis://10.0.0.5:6379/0\n").unwrap();
+        let store = external.store(Platform::CloudRun).unwrap().unwrap();
+        assert_eq!(store.url, "redis://10.0.0.5:6379/0");
+        assert!(!store.provisioned);
+        assert_eq!(store.on_failure, StoreFailureMode::Open);
+        let secret = rate("rate_limit:\n  store: redis\n  redis_url: redis://:pw@10.0.0.5:6379\n")
+            .unwrap()
+            .store(Platform::Kubernetes)
+            .unwrap_err();
+        assert!(secret.0.contains("password"), "{secret:?}");
+        let error = rate("rate_limit:\n  limit: 10/1\n  stroe: redis\n").unwrap_err();
+        assert!(error.contains("stroe"), "{error}");
+        assert!(rate("rate_limit:\n  store: memcached\n").is_err());
     }
 
     #[test]

@@ -302,8 +302,9 @@ pub fn facts(
             cors_origins: config.cors.origins.clone(),
             rate_limit: config
                 .rate_limit
-                .clone()
-                .filter(|r| !r.eq_ignore_ascii_case("off")),
+                .as_ref()
+                .and_then(|r| r.limit())
+                .map(str::to_string),
             reflection: config.reflection,
             debug: config.debug,
             tracebacks: config.tracebacks,

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::http::auth::ApiKeys;
-use crate::http::ratelimit::{Cidr, RateLimit};
+use crate::http::ratelimit::{Cidr, DEFAULT_MAX_KEYS, RateLimit, SharedStore, StoreFailure};
 use crate::storage::settings::{Compression, FetchSettings, Provider, StorageSettings};
 use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
 
@@ -165,7 +165,27 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_RATE_LIMIT",
         default: "off",
-        doc: "`N/SECONDS` per API key (per client IP without one), or `off`. In-memory per process: N replicas allow N times this.",
+        doc: "`N/SECONDS` per API key (per client IP, IPv6 per /64, without one), or `off`. Without `KIT_RATE_LIMIT_STORE` each process limits on its own, so N replicas allow N times this.",
+    },
+    Variable {
+        name: "KIT_RATE_LIMIT_STORE",
+        default: "",
+        doc: "`redis://[user:password@]host:port[/db]`: keep the rate limit and the failed-auth throttle in this Redis, so one limit holds across every replica (GCRA in one Lua script on Redis's clock). Unset: each process limits on its own.",
+    },
+    Variable {
+        name: "KIT_RATE_LIMIT_STORE_FAILURE",
+        default: "open",
+        doc: "When `KIT_RATE_LIMIT_STORE` fails or takes over 250 ms: `open` decides with this replica's own limiter (the limit then holds per replica), `closed` answers 503 + `Retry-After` (an Arrow error stream, kind `rate_limit_store_unavailable`). Redis is not retried for 1 s after a failure.",
+    },
+    Variable {
+        name: "KIT_RATE_LIMIT_MAX_KEYS",
+        default: "1048576",
+        doc: "Callers each in-process limiter tracks (16 bytes each plus table slack: 35 MiB at 1M). Idle callers expire; past the cap, new callers share one bucket per shard, so a flood of addresses limits itself, not the callers already tracked.",
+    },
+    Variable {
+        name: "KIT_AUTH_FAILURE_LIMIT",
+        default: "20/60",
+        doc: "`N/SECONDS` failed API keys per client IP (IPv6 per /64), or `off`. Checked before the key comparison: once spent, requests presenting a key from that address get 429 + `Retry-After` without their key being compared. Shared like the rate limit when `KIT_RATE_LIMIT_STORE` is set.",
     },
     Variable {
         name: "KIT_TRUSTED_PROXIES",
@@ -384,6 +404,12 @@ pub struct Config {
     pub api_keys: ApiKeys,
     pub require_auth: bool,
     pub rate_limit: Option<RateLimit>,
+    /// Failed API keys allowed per client IP (`KIT_AUTH_FAILURE_LIMIT`).
+    pub auth_failure_limit: Option<RateLimit>,
+    /// The shared store's URL (`KIT_RATE_LIMIT_STORE`), validated.
+    pub rate_limit_store: Option<String>,
+    pub rate_limit_store_failure: StoreFailure,
+    pub rate_limit_max_keys: usize,
     pub trusted_proxies: Vec<Cidr>,
     pub drain_delay: Duration,
     pub response_compression: bool,
@@ -450,20 +476,41 @@ impl Config {
             cors_origins: list(env, "KIT_CORS_ORIGINS"),
             api_keys: api_keys(env, &mut problems),
             require_auth: false,
-            rate_limit: match env
-                .var("KIT_RATE_LIMIT")
+            rate_limit: rate_limit(env, "KIT_RATE_LIMIT", None, &mut problems),
+            auth_failure_limit: rate_limit(
+                env,
+                "KIT_AUTH_FAILURE_LIMIT",
+                Some(DEFAULT_AUTH_FAILURE_LIMIT),
+                &mut problems,
+            ),
+            rate_limit_store: env
+                .var("KIT_RATE_LIMIT_STORE")
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
-            {
-                None => None,
-                Some(v) if v.eq_ignore_ascii_case("off") => None,
-                Some(v) => match RateLimit::parse(&v) {
-                    Ok(limit) => Some(limit),
-                    Err(reason) => {
-                        problems.push(format!("`KIT_RATE_LIMIT`: {reason}"));
-                        None
+                .filter(|url| match SharedStore::open(url) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        problems.push(error.to_string());
+                        false
                     }
-                },
+                }),
+            rate_limit_store_failure: match env
+                .var("KIT_RATE_LIMIT_STORE_FAILURE")
+                .filter(|v| !v.trim().is_empty())
+            {
+                None => StoreFailure::Open,
+                Some(text) => StoreFailure::parse(&text).unwrap_or_else(|reason| {
+                    problems.push(format!("`KIT_RATE_LIMIT_STORE_FAILURE`: {reason}"));
+                    StoreFailure::Open
+                }),
+            },
+            rate_limit_max_keys: match number(env, "KIT_RATE_LIMIT_MAX_KEYS", &mut problems) {
+                Some(0) => {
+                    problems.push("`KIT_RATE_LIMIT_MAX_KEYS` must be positive".into());
+                    DEFAULT_MAX_KEYS
+                }
+                Some(n) => n.min(usize::MAX as u64) as usize,
+                None => DEFAULT_MAX_KEYS,
             },
             trusted_proxies: list(env, "KIT_TRUSTED_PROXIES")
                 .iter()
@@ -709,6 +756,36 @@ fn fetch_settings(env: &dyn Env, inflight_bytes: u64, problems: &mut Vec<String>
         );
     }
     settings
+}
+
+/// `KIT_AUTH_FAILURE_LIMIT` when unset: 20 wrong keys a minute per address.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: RateLimit = RateLimit {
+    requests: 20,
+    per: Duration::from_secs(60),
+};
+
+/// `N/SECONDS`, `off`, or unset (`default`).
+fn rate_limit(
+    env: &dyn Env,
+    name: &str,
+    default: Option<RateLimit>,
+    problems: &mut Vec<String>,
+) -> Option<RateLimit> {
+    match env
+        .var(name)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    {
+        None => default,
+        Some(v) if v.eq_ignore_ascii_case("off") => None,
+        Some(v) => match RateLimit::parse(&v) {
+            Ok(limit) => Some(limit),
+            Err(reason) => {
+                problems.push(format!("`{name}`: {reason}"));
+                None
+            }
+        },
+    }
 }
 
 fn list(env: &dyn Env, name: &str) -> Vec<String> {
@@ -957,6 +1034,50 @@ mod tests {
         assert_eq!(error.0.len(), 3, "{error}");
         let error = Config::from_env(&env(&[("KIT_REQUIRE_AUTH", "true")]), listen()).unwrap_err();
         assert!(error.to_string().contains("no keys are configured"));
+    }
+
+    #[test]
+    fn failed_auth_is_throttled_by_default_and_the_store_is_checked() {
+        let config = Config::from_env(&env(&[]), listen()).unwrap();
+        assert_eq!(
+            config.auth_failure_limit,
+            Some(DEFAULT_AUTH_FAILURE_LIMIT),
+            "on unless turned off"
+        );
+        assert_eq!(config.rate_limit_store, None);
+        assert_eq!(config.rate_limit_store_failure, StoreFailure::Open);
+        let config = Config::from_env(
+            &env(&[
+                ("KIT_AUTH_FAILURE_LIMIT", "off"),
+                ("KIT_RATE_LIMIT_STORE", "redis://10.0.0.5:6379/1"),
+                ("KIT_RATE_LIMIT_STORE_FAILURE", "closed"),
+                ("KIT_RATE_LIMIT_MAX_KEYS", "5000"),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        assert_eq!(config.auth_failure_limit, None);
+        assert_eq!(
+            config.rate_limit_store.as_deref(),
+            Some("redis://10.0.0.5:6379/1")
+        );
+        assert_eq!(config.rate_limit_store_failure, StoreFailure::Closed);
+        assert_eq!(config.rate_limit_max_keys, 5000);
+        let error = Config::from_env(
+            &env(&[
+                ("KIT_AUTH_FAILURE_LIMIT", "5"),
+                ("KIT_RATE_LIMIT_STORE", "memcached://10.0.0.5"),
+                ("KIT_RATE_LIMIT_STORE_FAILURE", "sometimes"),
+                ("KIT_RATE_LIMIT_MAX_KEYS", "0"),
+            ]),
+            listen(),
+        )
+        .unwrap_err();
+        assert_eq!(error.0.len(), 4, "{error}");
+        assert!(
+            error.to_string().contains("`KIT_RATE_LIMIT_STORE`"),
+            "{error}"
+        );
     }
 
     #[test]

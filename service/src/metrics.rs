@@ -45,6 +45,10 @@ pub struct Metrics {
     pub externalized_bytes: Counter<u64, AtomicU64>,
     pub rate_limited: Counter,
     pub auth_failures: Counter,
+    /// Requests refused with 429 before their key was compared.
+    pub auth_throttled: Counter,
+    /// Limiter decisions the shared store failed (`KIT_RATE_LIMIT_STORE`).
+    pub rate_limit_store_errors: Counter,
     /// Requests refused with 503 because the in-flight byte budget was spent.
     pub budget_refusals: Counter,
     pub open_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -125,6 +129,18 @@ impl Metrics {
             "Requests refused with 401",
             auth_failures.clone(),
         );
+        let auth_throttled = Counter::default();
+        registry.register(
+            "auth_throttled",
+            "Requests refused with 429 before the key comparison: too many failed keys from the client address (KIT_AUTH_FAILURE_LIMIT)",
+            auth_throttled.clone(),
+        );
+        let rate_limit_store_errors = Counter::default();
+        registry.register(
+            "rate_limit_store_errors",
+            "Limiter decisions the shared store (KIT_RATE_LIMIT_STORE) failed to make; KIT_RATE_LIMIT_STORE_FAILURE decided them",
+            rate_limit_store_errors.clone(),
+        );
         let budget_refusals = Counter::default();
         registry.register(
             "budget_refusals",
@@ -168,6 +184,8 @@ impl Metrics {
             externalized_bytes,
             rate_limited,
             auth_failures,
+            auth_throttled,
+            rate_limit_store_errors,
             budget_refusals,
             open_connections,
             connections_evicted,
@@ -206,6 +224,8 @@ mod tests {
             "kit_build_info{version=",
             "kit_rate_limited_total",
             "kit_auth_failures_total",
+            "kit_auth_throttled_total",
+            "kit_rate_limit_store_errors_total",
             "kit_budget_refusals_total",
             "kit_externalized_bytes_total",
         ] {

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::http::hosting::{Hosting, Readiness};
-use crate::http::ratelimit::RateLimiter;
+use crate::http::ratelimit::{RateLimit, RateLimiter, SharedStore};
 use crate::http::{HttpConfig, Server, app};
 use crate::metrics::Metrics;
 use crate::rpc::Protocol;
@@ -35,10 +35,23 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
     if let Some(id) = &config.server_id {
         http.server_id = id.clone();
     }
+    let store = config.rate_limit_store.as_deref().map(|url| {
+        Arc::new(SharedStore::open(url).expect("`Config::from_env` validated the store URL"))
+    });
+    let limiter = |namespace: &'static str, limit: RateLimit| {
+        let limiter = RateLimiter::in_process(namespace, limit, config.rate_limit_max_keys);
+        match &store {
+            Some(store) => limiter.with_store(store.clone(), config.rate_limit_store_failure),
+            None => limiter,
+        }
+    };
     let hosting = Hosting {
         api_keys: config.api_keys.clone(),
         require_auth: config.require_auth,
-        rate_limiter: config.rate_limit.map(RateLimiter::new),
+        rate_limiter: config.rate_limit.map(|limit| limiter("requests", limit)),
+        auth_throttle: config
+            .auth_failure_limit
+            .map(|limit| limiter("auth-failures", limit)),
         trusted_proxies: config.trusted_proxies.clone(),
         cors_origins: config.cors_origins.clone(),
         request_timeout: config.request_timeout,

@@ -155,7 +155,12 @@ async fn check(
     kind: &str,
 ) {
     let reply = send(server, request).await;
-    assert_eq!(reply.status, status, "body: {:?}", reply.error());
+    assert_eq!(reply.status, status, "body: {:?}", reply.body);
+    assert_eq!(
+        reply.headers.get("content-type").unwrap(),
+        wire::CONTENT_TYPE,
+        "a {status} is an Arrow error stream"
+    );
     let message = reply.error_field(wire::LOG_MESSAGE_KEY);
     assert!(
         message.starts_with(&format!("{error_type}: ")),
@@ -747,4 +752,151 @@ async fn huge_batch_requests_are_refused_not_allocated() {
             .error_field(wire::LOG_MESSAGE_KEY)
             .contains("batch_rows within")
     );
+}
+
+/// Regression (issue 13, item 7): 413, the bad-encoding 415, codec 400s,
+/// 405 and unrouted 404s were Falcon-style JSON or HTML, which the vgi-rpc
+/// client reports as "response is not a valid Arrow IPC stream" instead of
+/// the error. Every client mistake is now an Arrow error stream.
+#[tokio::test]
+async fn transport_errors_are_arrow_error_streams() {
+    let server = server_with(
+        KeyRing::ephemeral(3600),
+        HttpConfig {
+            max_request_bytes: Some(4096),
+            ..HttpConfig::default()
+        },
+    );
+    let add = format!("/{PROTOCOL}/add");
+    let ct = wire::CONTENT_TYPE;
+    let encoded = |encoding: &str, body: Vec<u8>| {
+        Request::post(&add)
+            .header("content-type", ct)
+            .header("content-encoding", encoding)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    check(
+        &server,
+        raw(&add, ct, vec![0u8; 8192]),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLargeError",
+        "payload_too_large",
+    )
+    .await;
+    let bomb = zstd::encode_all(&vec![0u8; 1 << 20][..], 3).unwrap();
+    assert!(bomb.len() < 4096);
+    check(
+        &server,
+        encoded("zstd", bomb),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PayloadTooLargeError",
+        "payload_too_large",
+    )
+    .await;
+    check(
+        &server,
+        encoded("br", add_body(1, 2, request_metadata("add"))),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "UnsupportedEncodingError",
+        "unsupported_encoding",
+    )
+    .await;
+    for encoding in ["zstd", "gzip"] {
+        check(
+            &server,
+            encoded(encoding, b"definitely not compressed".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "ProtocolError",
+            "invalid_content_encoding",
+        )
+        .await;
+    }
+    check(
+        &server,
+        Request::get(&add).body(Body::empty()).unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowedError",
+        "method_not_allowed",
+    )
+    .await;
+    check(
+        &server,
+        Request::delete("/health").body(Body::empty()).unwrap(),
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowedError",
+        "method_not_allowed",
+    )
+    .await;
+    check(
+        &server,
+        raw(&format!("/{PROTOCOL}/add/init/extra"), ct, ""),
+        StatusCode::NOT_FOUND,
+        "NotFoundError",
+        "not_found",
+    )
+    .await;
+    check(
+        &server,
+        raw(&format!("/{PROTOCOL}/nope"), ct, ""),
+        StatusCode::NOT_FOUND,
+        "MethodNotImplementedError",
+        "method_not_implemented",
+    )
+    .await;
+    let reply = send(&server, Request::get(&add).body(Body::empty()).unwrap()).await;
+    assert_eq!(reply.headers.get("allow").unwrap(), "POST");
+    assert_eq!(reply.error_field(wire::ERROR_CODE_KEY), "UNIMPLEMENTED");
+    assert_eq!(
+        reply.error_field(wire::REQUEST_ID_KEY),
+        reply.headers.get("x-request-id").unwrap().to_str().unwrap(),
+        "the error names the request id the header carries"
+    );
+}
+
+/// Regression (issue 13, item 7): the embedded store's `__objects__` route
+/// answered without the capability headers every other route carries.
+#[tokio::test]
+async fn objects_route_carries_the_capability_headers() {
+    let dir = std::env::temp_dir().join(format!(
+        "kit-objects-caps-{}",
+        kit_service::http::random_hex(6)
+    ));
+    let env: std::collections::HashMap<String, String> = [
+        ("KIT_STORAGE", "local"),
+        ("KIT_STORAGE_DIR", dir.to_str().unwrap()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config =
+        kit_service::config::Config::from_env(&env, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server = kit_service::serve::build_server_at(
+        &config,
+        vec![kit_service::demo::protocol()],
+        "",
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .unwrap();
+    for request in [
+        Request::get("/__objects__/vgi-rpc/nothing-here?sig=bad")
+            .body(Body::empty())
+            .unwrap(),
+        Request::put("/__objects__/vgi-rpc/nothing-here")
+            .body(Body::from("x"))
+            .unwrap(),
+    ] {
+        // `send` asserts exactly one `VGI-Accept-Max-Response-Bytes-Support`.
+        let reply = send(&server, request).await;
+        assert!(reply.status.is_client_error(), "{}", reply.status);
+        for name in [
+            "vgi-externalization-enabled",
+            "vgi-supported-encodings",
+            "vgi-upload-url-support",
+            "x-request-id",
+        ] {
+            assert!(reply.headers.contains_key(name), "missing {name}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

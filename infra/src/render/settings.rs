@@ -11,7 +11,7 @@ use kit_checks::facts::StorageProvider;
 use kit_checks::platform::Platform;
 use serde::Serialize;
 
-use crate::config::{CredentialKind, DeployConfig, KeySourceKind, TargetConfig};
+use crate::config::{CredentialKind, DeployConfig, KeySourceKind, RateLimitStore, TargetConfig};
 
 /// The port the service listens on inside every container we render.
 pub const CONTAINER_PORT: u16 = 8080;
@@ -81,6 +81,17 @@ pub struct Settings {
     pub all_targets: Vec<String>,
     /// The Kubernetes manifests rendered beside the Pulumi program.
     pub kubernetes_files: Vec<String>,
+    /// The Redis every replica counts the rate limit in (`rate_limit.store:
+    /// redis`); `provisioned` when the compose file runs it.
+    pub rate_limit_store: Option<RateLimitStoreSettings>,
+}
+
+/// The shared rate-limit store as templates see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitStoreSettings {
+    pub url: String,
+    pub on_failure: &'static str,
+    pub provisioned: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -367,7 +378,18 @@ impl Settings {
 
         let secrets = resolve_secrets(config, target, name);
         let signing_key = secrets.iter().find(|s| s.id == "signing-key").cloned();
-        let env = resolve_env(config, target, drain_delay_seconds);
+        let rate_limit_store = match &config.rate_limit {
+            Some(rate) => rate
+                .store(platform)
+                .map_err(|(message, hint)| SettingsError { message, hint })?,
+            None => None,
+        };
+        let env = resolve_env(
+            config,
+            target,
+            drain_delay_seconds,
+            rate_limit_store.as_ref(),
+        );
 
         let artifact = resolve_artifact(config, platform)?;
         let lambda = matches!(
@@ -433,6 +455,11 @@ impl Settings {
             nginx,
             all_targets: config.targets.keys().cloned().collect(),
             kubernetes_files: Vec::new(),
+            rate_limit_store: rate_limit_store.map(|store| RateLimitStoreSettings {
+                url: store.url,
+                on_failure: store.on_failure.as_str(),
+                provisioned: store.provisioned,
+            }),
         })
     }
 }
@@ -558,7 +585,12 @@ fn resolve_secrets(
     secrets
 }
 
-fn resolve_env(config: &DeployConfig, target: &TargetConfig, drain_delay: u64) -> Vec<EnvVar> {
+fn resolve_env(
+    config: &DeployConfig,
+    target: &TargetConfig,
+    drain_delay: u64,
+    rate_limit_store: Option<&RateLimitStore>,
+) -> Vec<EnvVar> {
     let mut env = Vec::new();
     let mut push = |name: &str, value: String| {
         env.push(EnvVar {
@@ -600,8 +632,19 @@ fn resolve_env(config: &DeployConfig, target: &TargetConfig, drain_delay: u64) -
     }
     push(
         "KIT_RATE_LIMIT",
-        config.rate_limit.clone().unwrap_or_else(|| "off".into()),
+        config
+            .rate_limit
+            .as_ref()
+            .and_then(|rate| rate.limit.clone())
+            .unwrap_or_else(|| "off".into()),
     );
+    if let Some(store) = rate_limit_store {
+        push("KIT_RATE_LIMIT_STORE", store.url.clone());
+        push(
+            "KIT_RATE_LIMIT_STORE_FAILURE",
+            store.on_failure.as_str().into(),
+        );
+    }
     push("KIT_REFLECTION", config.reflection.to_string());
     if target.platform == Platform::Compose {
         // Only nginx reaches the replicas on the compose network.

@@ -48,6 +48,8 @@ pub struct Hosting {
     pub api_keys: ApiKeys,
     pub require_auth: bool,
     pub rate_limiter: Option<RateLimiter>,
+    /// Failed API keys per client IP, checked before the key comparison.
+    pub auth_throttle: Option<RateLimiter>,
     pub trusted_proxies: Vec<Cidr>,
     pub cors_origins: Vec<String>,
     pub request_timeout: Duration,
@@ -70,6 +72,7 @@ impl Hosting {
             api_keys: ApiKeys::default(),
             require_auth: false,
             rate_limiter: None,
+            auth_throttle: None,
             trusted_proxies: Vec::new(),
             cors_origins: Vec::new(),
             request_timeout: Duration::from_secs(300),

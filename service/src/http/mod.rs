@@ -36,6 +36,7 @@ use crate::wire::{self, ErrorCode, RpcError, StreamWriter};
 
 use codec::Codec;
 use hosting::Hosting;
+use ratelimit::Caller;
 
 /// Resolved settings of the transport.
 #[derive(Debug, Clone)]
@@ -242,10 +243,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         let mut response = local
             .serve(&method, &key, &query, &headers, request.into_body())
             .await;
-        response.headers_mut().insert(
-            REQUEST_ID,
-            HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("-")),
-        );
+        stamp_capabilities(&server, response.headers_mut(), &request_id);
         return response;
     }
     if let Some(mut response) = hosting::probe(hosting, &server.config.server_id, &path, &method) {
@@ -259,52 +257,18 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
     let exempt = method == Method::OPTIONS || path == format!("{}/health", server.config.prefix);
     let mut rate_headers = None;
     if !exempt {
-        match auth::authenticate(&hosting.api_keys, hosting.require_auth, request.headers()) {
-            Ok(identity) => info.identity = identity,
-            Err(refusal) => {
-                hosting.metrics.auth_failures.inc();
-                tracing::info!(target: "kit_service::access", request_id = %request_id, path = %path, status = 401, reason = refusal.reason(), "refused");
-                let mut response = auth::unauthorized(refusal, &server.primary);
-                stamp_capabilities(&server, response.headers_mut(), &request_id);
-                hosting::stamp_cors(hosting, origin_header.as_deref(), response.headers_mut());
-                return response;
-            }
-        }
-        if let Some(limiter) = &hosting.rate_limiter {
-            let caller = if info.identity.is_empty() {
-                let peer = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0.ip());
-                let forwarded = header_str(request.headers(), "x-forwarded-for");
-                match ratelimit::client_ip(peer, forwarded, &hosting.trusted_proxies) {
-                    Some(ip) => format!("ip:{ip}"),
-                    None => "ip:unknown".to_string(),
-                }
-            } else {
-                format!("key:{}", info.identity)
-            };
-            let decision = limiter.check(&caller);
-            rate_headers = Some(decision);
-            if !decision.allowed {
-                hosting.metrics.rate_limited.inc();
-                let error = RpcError::new(
-                    "RateLimitError",
-                    format!("rate limit of {} requests exceeded; retry in {} s", decision.limit, decision.retry_after),
-                )
-                .with_code(ErrorCode::ResourceExhausted)
-                .with_kind("rate_limited")
-                .with_details(vec![serde_json::json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": decision.retry_after})])
-                .with_status(StatusCode::TOO_MANY_REQUESTS);
-                let mut response = error_response(&server, &info, &error, &wire::empty_schema());
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        match admit(&server, request.headers(), peer, &mut info).await {
+            Ok(decision) => rate_headers = decision,
+            Err((mut response, decision)) => {
                 finish(
                     &server,
                     &mut response,
                     &info,
-                    rate_headers,
+                    decision,
                     origin_header.as_deref(),
                 );
                 return response;
@@ -374,6 +338,144 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         response.headers().contains_key("x-vgi-rpc-error"),
     );
     response
+}
+
+/// A refusal before routing, with the rate decision whose headers it carries.
+type Refused = (Response, Option<ratelimit::Decision>);
+
+/// Authentication and rate limits, in this order: the failed-auth throttle
+/// for the client address (before any key is compared), the key itself,
+/// then the caller's rate limit. `Ok` carries the rate decision for the
+/// `X-RateLimit-*` headers.
+async fn admit(
+    server: &Server,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    info: &mut RequestInfo,
+) -> Result<Option<ratelimit::Decision>, Refused> {
+    let hosting = &server.hosting;
+    let forwarded = header_str(headers, "x-forwarded-for");
+    let address = Caller::ip(ratelimit::client_ip(
+        peer,
+        forwarded,
+        &hosting.trusted_proxies,
+    ));
+    let presented = !matches!(auth::credential(headers), auth::Credential::None);
+    let throttle = hosting.auth_throttle.as_ref().filter(|_| presented);
+    if let Some(throttle) = throttle {
+        let verdict = throttle.peek(&address).await;
+        match decided(server, info, verdict) {
+            Err(response) => return Err((*response, None)),
+            Ok(decision) if !decision.allowed => {
+                hosting.metrics.auth_throttled.inc();
+                tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 429, "refused: too many failed API keys");
+                let error = RpcError::new(
+                    "RateLimitError",
+                    format!(
+                        "too many failed API keys from this address ({} per {} s); retry in {} s",
+                        decision.limit,
+                        throttle.limit().per.as_secs(),
+                        decision.retry_after
+                    ),
+                )
+                .with_code(ErrorCode::ResourceExhausted)
+                .with_kind("auth_throttled")
+                .with_details(vec![retry_info(decision.retry_after)])
+                .with_status(StatusCode::TOO_MANY_REQUESTS);
+                let mut response = error_response(server, info, &error, &wire::empty_schema());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
+                return Err((response, None));
+            }
+            Ok(_) => {}
+        }
+    }
+    match auth::authenticate(&hosting.api_keys, hosting.require_auth, headers) {
+        Ok(identity) => info.identity = identity,
+        Err(refusal) => {
+            hosting.metrics.auth_failures.inc();
+            if let Some(throttle) = throttle {
+                let verdict = throttle.check(&address).await;
+                if let ratelimit::Verdict::Fallback(_, _) | ratelimit::Verdict::Unavailable(_) =
+                    verdict
+                {
+                    hosting.metrics.rate_limit_store_errors.inc();
+                }
+            }
+            tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 401, reason = refusal.reason(), "refused");
+            return Err((auth::unauthorized(refusal, &server.primary), None));
+        }
+    }
+    let Some(limiter) = &hosting.rate_limiter else {
+        return Ok(None);
+    };
+    let caller = if info.identity.is_empty() {
+        address
+    } else {
+        Caller::key(&info.identity)
+    };
+    let verdict = limiter.check(&caller).await;
+    let decision = decided(server, info, verdict).map_err(|response| (*response, None))?;
+    if decision.allowed {
+        return Ok(Some(decision));
+    }
+    hosting.metrics.rate_limited.inc();
+    let error = RpcError::new(
+        "RateLimitError",
+        format!(
+            "rate limit of {} requests exceeded; retry in {} s",
+            decision.limit, decision.retry_after
+        ),
+    )
+    .with_code(ErrorCode::ResourceExhausted)
+    .with_kind("rate_limited")
+    .with_details(vec![retry_info(decision.retry_after)])
+    .with_status(StatusCode::TOO_MANY_REQUESTS);
+    let mut response = error_response(server, info, &error, &wire::empty_schema());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
+    Err((response, Some(decision)))
+}
+
+/// The decision of a limiter's verdict, counting store failures; a store
+/// that failed closed becomes the 503 to send.
+fn decided(
+    server: &Server,
+    info: &RequestInfo,
+    verdict: ratelimit::Verdict,
+) -> Result<ratelimit::Decision, Box<Response>> {
+    match verdict {
+        ratelimit::Verdict::Decided(decision) => Ok(decision),
+        ratelimit::Verdict::Fallback(decision, _) => {
+            server.hosting.metrics.rate_limit_store_errors.inc();
+            Ok(decision)
+        }
+        ratelimit::Verdict::Unavailable(store_error) => {
+            server.hosting.metrics.rate_limit_store_errors.inc();
+            tracing::warn!(request_id = %info.request_id, error = %store_error, "refused: the rate-limit store failed and KIT_RATE_LIMIT_STORE_FAILURE=closed");
+            // The store's address is internal: it stays in the log.
+            let error = RpcError::new(
+                "ServiceUnavailableError",
+                "the rate-limit store is unavailable and this server refuses requests it cannot count (`KIT_RATE_LIMIT_STORE_FAILURE=closed`); retry shortly",
+            )
+            .with_code(ErrorCode::Unavailable)
+            .with_kind("rate_limit_store_unavailable")
+            .with_details(vec![retry_info(1)])
+            .with_status(StatusCode::SERVICE_UNAVAILABLE);
+            Err(Box::new(error_response(
+                server,
+                info,
+                &error,
+                &wire::empty_schema(),
+            )))
+        }
+    }
+}
+
+fn retry_info(seconds: u64) -> serde_json::Value {
+    serde_json::json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": seconds})
 }
 
 /// Runs a future, turning a panic while polling it into an `Err`, so a
@@ -579,13 +681,13 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         .strip_prefix(prefix)
         .filter(|r| r.starts_with('/') || r.is_empty())
     else {
-        return not_found_page();
+        return not_found(server, info, &path);
     };
     let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();
 
     if segments == ["health"] {
-        return health(server, &method);
+        return health(server, info, &method);
     }
     if segments == ["__upload_url__", "init"] && server.external.is_some() && method == Method::POST
     {
@@ -602,7 +704,7 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         && segments[0].len() > 4
     {
         if method != Method::POST {
-            return method_not_allowed();
+            return method_not_allowed(server, info, &method, "POST");
         }
         let error = RpcError::new(
             "MethodNotImplementedError",
@@ -620,16 +722,16 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         [protocol, method_name] => (*protocol, *method_name, Endpoint::Unary),
         [protocol, method_name, "init"] => (*protocol, *method_name, Endpoint::Init),
         [protocol, method_name, "exchange"] => (*protocol, *method_name, Endpoint::Exchange),
-        _ => return not_found_page(),
+        _ => return not_found(server, info, &path),
     };
     if method == Method::OPTIONS {
         return options_response();
     }
     if method != Method::POST {
         return if server.protocols.contains_key(protocol) {
-            method_not_allowed()
+            method_not_allowed(server, info, &method, "POST")
         } else {
-            not_found_page()
+            not_found(server, info, &path)
         };
     }
     match header_str(request.headers(), "vgi-accept-max-response-bytes").map(parse_accept_max) {
@@ -784,7 +886,7 @@ async fn read_body(
     info.reservation = reservation;
     let raw = match outcome {
         Ok(Ok(BodyRead::Complete(raw))) => raw,
-        Ok(Ok(BodyRead::TooLarge)) => return Err(payload_too_large(server)),
+        Ok(Ok(BodyRead::TooLarge)) => return Err(payload_too_large(server, info)),
         Ok(Ok(BodyRead::OverBudget)) => return Err(over_budget(server, info)),
         Ok(Err(_)) => {
             let error =
@@ -811,10 +913,17 @@ async fn read_body(
         return Ok(raw);
     };
     let Some(codec) = Codec::parse(&encoding) else {
-        return Err(json_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            serde_json::json!({"title": "415 Unsupported Media Type", "description": format!("Unsupported Content-Encoding '{encoding}'. Supported: {}", codec::SUPPORTED)}),
-        ));
+        let error = RpcError::new(
+            "UnsupportedEncodingError",
+            format!(
+                "Unsupported Content-Encoding '{encoding}'. Supported: {}",
+                codec::SUPPORTED
+            ),
+        )
+        .with_code(ErrorCode::InvalidArgument)
+        .with_kind("unsupported_encoding")
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        return Err(error_response(server, info, &error, &wire::empty_schema()));
     };
     let held = raw.len() as u64;
     let decoded = if codec == Codec::Zstd && codec::is_small_zstd(&raw, INLINE_DECODE_BYTES) {
@@ -842,16 +951,27 @@ async fn read_body(
     };
     match decoded {
         Ok(Ok(body)) => Ok(Bytes::from(body)),
-        Ok(Err(codec::DecodeError::TooLarge { .. })) => Err(payload_too_large(server)),
+        Ok(Err(codec::DecodeError::TooLarge { .. })) => Err(payload_too_large(server, info)),
         Ok(Err(codec::DecodeError::OverBudget)) => Err(over_budget(server, info)),
-        Ok(Err(error @ codec::DecodeError::Corrupt { .. })) => Err(json_response(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"title": "400 Bad Request", "description": error.to_string()}),
-        )),
-        Err(_) => Err(json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"title": "500 Internal Server Error"}),
-        )),
+        Ok(Err(error @ codec::DecodeError::Corrupt { .. })) => {
+            let error = RpcError::bad_request("ProtocolError", error.to_string())
+                .with_code(ErrorCode::InvalidArgument)
+                .with_kind("invalid_content_encoding");
+            Err(error_response(server, info, &error, &wire::empty_schema()))
+        }
+        Err(join) => {
+            tracing::error!(request_id = %info.request_id, error = %join, "decoding a request body failed on the codec pool");
+            let error = RpcError::new(
+                "InternalError",
+                format!(
+                    "the request body could not be decoded; the server logged it under request id {}",
+                    info.request_id
+                ),
+            )
+            .with_code(ErrorCode::Internal)
+            .with_status(StatusCode::INTERNAL_SERVER_ERROR);
+            Err(error_response(server, info, &error, &wire::empty_schema()))
+        }
     }
 }
 
@@ -910,12 +1030,18 @@ async fn read_limited_body(
     Ok(refused.unwrap_or_else(|| BodyRead::Complete(collected.freeze())))
 }
 
-fn payload_too_large(server: &Server) -> Response {
+/// 413: the body is over the request cap, as received or as decoded. The
+/// vgi-rpc client retries through an upload URL on the status alone.
+fn payload_too_large(server: &Server, info: &RequestInfo) -> Response {
     let limit = request_limit(server);
-    json_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        serde_json::json!({"title": "413 Payload Too Large", "description": format!("Request body exceeds max_request_bytes ({limit})")}),
+    let error = RpcError::new(
+        "PayloadTooLargeError",
+        format!("Request body exceeds max_request_bytes ({limit}); send larger requests through an upload URL"),
     )
+    .with_code(ErrorCode::ResourceExhausted)
+    .with_kind("payload_too_large")
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE);
+    error_response(server, info, &error, &wire::empty_schema())
 }
 
 /// 503 + `Retry-After`: the server-wide in-flight budget is spent; retrying
@@ -947,7 +1073,7 @@ fn parse_accept_max(text: &str) -> Result<u64, String> {
     }
 }
 
-fn health(server: &Server, method: &Method) -> Response {
+fn health(server: &Server, info: &RequestInfo, method: &Method) -> Response {
     match *method {
         Method::OPTIONS => {
             let mut response = Response::new(Body::empty());
@@ -971,7 +1097,7 @@ fn health(server: &Server, method: &Method) -> Response {
             }
             response
         }
-        _ => method_not_allowed(),
+        _ => method_not_allowed(server, info, method, "GET, HEAD, OPTIONS"),
     }
 }
 
@@ -987,27 +1113,41 @@ fn options_response() -> Response {
     response
 }
 
-fn method_not_allowed() -> Response {
-    let mut response = json_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        serde_json::json!({"title": "405 Method Not Allowed"}),
-    );
+/// 405 with `Allow`: a route that exists, asked with the wrong HTTP method.
+fn method_not_allowed(
+    server: &Server,
+    info: &RequestInfo,
+    method: &Method,
+    allow: &'static str,
+) -> Response {
+    let error = RpcError::new(
+        "MethodNotAllowedError",
+        format!("HTTP {method} is not allowed here; allowed: {allow}"),
+    )
+    .with_code(ErrorCode::Unimplemented)
+    .with_kind("method_not_allowed")
+    .with_status(StatusCode::METHOD_NOT_ALLOWED);
+    let mut response = error_response(server, info, &error, &wire::empty_schema());
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
-fn not_found_page() -> Response {
-    let mut response = Response::new(Body::from(
-        "<!doctype html><title>404 Not Found</title><h1>404 Not Found</h1>",
-    ));
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
+/// 404 for a path that is no route at all (wrong prefix or shape).
+fn not_found(server: &Server, info: &RequestInfo, path: &str) -> Response {
+    let shown: String = path.chars().take(200).collect();
+    let error = RpcError::new(
+        "NotFoundError",
+        format!(
+            "No route for '{shown}': vgi-rpc calls are POST {}/{{protocol}}/{{method}}[/init|/exchange]",
+            server.config.prefix
+        ),
+    )
+    .with_code(ErrorCode::NotFound)
+    .with_kind("not_found")
+    .with_status(StatusCode::NOT_FOUND);
+    error_response(server, info, &error, &wire::empty_schema())
 }
 
 pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response {

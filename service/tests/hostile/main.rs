@@ -8,5 +8,6 @@ mod support;
 mod connections;
 mod lifecycle;
 mod memory;
+mod ratelimit;
 mod ssrf;
 mod workers;

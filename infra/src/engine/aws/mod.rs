@@ -116,6 +116,11 @@ impl AwsSettings {
                     2,
                 )
             })?;
+        if let Some(rate) = &config.rate_limit {
+            rate.store(target.platform).map_err(|(message, hint)| {
+                CommandError::new(format!("target `{target_name}`: {message}"), hint, 2)
+            })?;
+        }
         let function_name = format!("{}-{}", config.service.name, config.service.environment);
         let secret_name = match (&config.signing_key.source, &config.signing_key.secret) {
             (KeySourceKind::Secret, Some(reference)) => match reference.strip_prefix("aws:") {
@@ -277,7 +282,17 @@ pub fn service_environment(config: &DeployConfig, region: &str) -> BTreeMap<Stri
         set("KIT_CORS_ORIGINS", config.cors.origins.join(","));
     }
     if let Some(rate) = &config.rate_limit {
-        set("KIT_RATE_LIMIT", rate.clone());
+        if let Some(limit) = &rate.limit {
+            set("KIT_RATE_LIMIT", limit.clone());
+        }
+        // `AwsSettings::resolve` refused a store it cannot use.
+        if let Ok(Some(store)) = rate.store(kit_checks::platform::Platform::AwsLambdaFunctionUrl) {
+            set("KIT_RATE_LIMIT_STORE", store.url);
+            set(
+                "KIT_RATE_LIMIT_STORE_FAILURE",
+                store.on_failure.as_str().into(),
+            );
+        }
     }
     if let Some(storage) = &config.storage {
         set("KIT_STORAGE", "s3".to_string());

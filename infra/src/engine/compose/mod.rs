@@ -47,6 +47,8 @@ pub const PROCESS: &str = "process";
 pub const PROJECT: &str = "compose-project";
 /// The generated key file inside the target's output directory.
 pub const KEY_FILE: &str = "signing-key";
+/// The process (and compose service) holding the shared rate limit.
+pub const REDIS: &str = "redis";
 /// Region of S3-compatible stores, which ignore it.
 pub const DEFAULT_REGION: &str = "us-east-1";
 /// How `up` runs a compose target: the default is `processes`, in docs and CI.
@@ -89,6 +91,8 @@ pub struct ComposeSettings {
     pub shutdown_grace: Duration,
     /// The bin target the replicas run (`service.binary`), for the plan.
     pub binary: String,
+    /// `rate_limit.store: redis` with the Redis this engine runs.
+    pub redis: Option<crate::config::RateLimitStore>,
 }
 
 impl ComposeSettings {
@@ -118,7 +122,21 @@ impl ComposeSettings {
             ),
             _ => (deployment.output_dir.join(KEY_FILE), true),
         };
+        let redis = match &config.rate_limit {
+            Some(rate) => rate
+                .store(Platform::Compose)
+                .map_err(|(message, hint)| {
+                    CommandError::new(
+                        format!("target `{}`: {message}", deployment.target_name),
+                        hint,
+                        2,
+                    )
+                })?
+                .filter(|store| store.provisioned),
+            None => None,
+        };
         Ok(ComposeSettings {
+            redis,
             target: deployment.target_name.clone(),
             instances: deployment.target.instances.max(1),
             output_dir: deployment.output_dir.clone(),
@@ -170,6 +188,17 @@ impl ComposeSettings {
                     },
                 ),
         );
+        if let Some(store) = &self.redis {
+            resources.push(
+                Resource::new(PROCESS, REDIS)
+                    .with("role", "rate-limit-store")
+                    .with(
+                        "command",
+                        "redis-server --bind 127.0.0.1 --port PORT --save ''",
+                    )
+                    .with("on_store_failure", store.on_failure.as_str()),
+            );
+        }
         for index in 1..=self.instances {
             resources.push(
                 Resource::new(PROCESS, replica_name(index))
@@ -626,7 +655,18 @@ impl Supervisor<'_> {
                     )
                 })?,
         };
-        let environment = self.replica_environment()?;
+        let mut environment = self.replica_environment()?;
+        if self.settings.redis.is_some() {
+            let url = progress.step(REDIS, || self.ensure_redis(state))?;
+            let mut resource = state.find(PROCESS, REDIS).cloned().expect("recorded");
+            resource.settings = settings_of(PROCESS, REDIS);
+            state.record(resource);
+            state.save(self.state_path)?;
+            // The replicas are processes: the compose host name `redis` is
+            // this loopback port.
+            environment.retain(|(name, _)| name != "KIT_RATE_LIMIT_STORE");
+            environment.push(("KIT_RATE_LIMIT_STORE".into(), url));
+        }
         let mut upstreams = Vec::new();
         for index in 1..=self.settings.instances {
             let name = replica_name(index);
@@ -833,6 +873,80 @@ impl Supervisor<'_> {
         Ok((
             url.clone(),
             format!("{outcome} at {url}, pid {}", running.pid),
+        ))
+    }
+
+    /// A `redis-server` on loopback holding every replica's rate limit;
+    /// nothing is persisted (a restart forgets the counts, never the limit).
+    fn ensure_redis(&mut self, state: &mut State) -> Result<(String, String), CommandError> {
+        let recorded = state.find(PROCESS, REDIS).cloned();
+        let recorded_port = recorded
+            .as_ref()
+            .and_then(|r| r.outputs.get("port"))
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(resource) = &recorded
+            && let (Some(running), Some(port)) = (running_of(resource), recorded_port)
+            && running.alive()
+            && processes::redis_answers(port)
+        {
+            let url = format!("redis://127.0.0.1:{port}/0");
+            return Ok((
+                url,
+                format!("unchanged at 127.0.0.1:{port}, pid {}", running.pid),
+            ));
+        }
+        if let Some(resource) = &recorded {
+            stop_process(resource, self.settings);
+        }
+        let program = processes::find_program("redis-server", std::env::var_os("PATH").as_deref())
+            .ok_or_else(|| {
+                CommandError::new(
+                    "`rate_limit.store: redis` needs `redis-server`, and none was found (looked at `PATH` and `/usr/sbin`)",
+                    "install it (`apt-get install redis-server`, `brew install redis`), or set `rate_limit.store: local`",
+                    2,
+                )
+            })?;
+        // Keep a recorded port, so running replicas keep their store.
+        let port = match recorded_port {
+            Some(port) => port,
+            None => processes::free_port()?,
+        };
+        let mut command = Command::new(&program);
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--maxmemory", "64mb", "--maxmemory-policy", "volatile-ttl"])
+            .current_dir(&self.settings.output_dir);
+        let log = self.settings.output_dir.join("logs").join("redis.log");
+        let (mut child, running) = processes::spawn(command, &log)?;
+        if let Err(reason) = processes::wait_redis(&mut child, port, processes::START_TIMEOUT) {
+            return Err(CommandError::new(
+                format!(
+                    "`{}` {reason}; the end of `{}`:\n{}",
+                    program.display(),
+                    log.display(),
+                    processes::log_tail(&log, 15)
+                ),
+                format!("a taken recorded port ({port}) frees up after `deploy-kit down`"),
+                1,
+            ));
+        }
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let mut resource = Resource::new(PROCESS, REDIS);
+        record_running(&mut resource, &running);
+        resource.outputs.insert("url".into(), url.clone());
+        resource.outputs.insert("port".into(), port.to_string());
+        state.record(resource);
+        state.save(self.state_path)?;
+        self.children.push((REDIS.to_string(), child));
+        let outcome = if recorded.is_some() {
+            "restarted"
+        } else {
+            "started"
+        };
+        Ok((
+            url,
+            format!("{outcome} at 127.0.0.1:{port}, pid {}", running.pid),
         ))
     }
 

@@ -203,6 +203,44 @@ pub fn answers(url: &str) -> bool {
     agent.get(url).call().is_ok()
 }
 
+/// True when a Redis on `127.0.0.1:port` answers `PING` within a second.
+pub fn redis_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1))
+    else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// Polls a Redis on `127.0.0.1:port` until it answers, the child exits, or
+/// `timeout` passes.
+pub fn wait_redis(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if redis_answers(port) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status})"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "did not answer PING on 127.0.0.1:{port} within {} s",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A free loopback port (the OS picks; a race with another binder is unlikely).
 pub fn free_port() -> Result<u16, CommandError> {
     std::net::TcpListener::bind("127.0.0.1:0")

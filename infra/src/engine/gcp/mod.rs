@@ -202,7 +202,19 @@ impl GcpSettings {
             service_env.push(("KIT_CORS_ORIGINS".into(), config.cors.origins.join(",")));
         }
         if let Some(rate) = &config.rate_limit {
-            service_env.push(("KIT_RATE_LIMIT".into(), rate.clone()));
+            if let Some(limit) = &rate.limit {
+                service_env.push(("KIT_RATE_LIMIT".into(), limit.clone()));
+            }
+            let store = rate
+                .store(target.platform)
+                .map_err(|(message, hint)| invalid(target_name, message, hint))?;
+            if let Some(store) = store {
+                service_env.push(("KIT_RATE_LIMIT_STORE".into(), store.url));
+                service_env.push((
+                    "KIT_RATE_LIMIT_STORE_FAILURE".into(),
+                    store.on_failure.as_str().into(),
+                ));
+            }
         }
         service_env.push(("KIT_REFLECTION".into(), config.reflection.to_string()));
         if let Some(bucket) = &bucket {
