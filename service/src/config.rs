@@ -85,7 +85,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_TOKEN_TTL",
         default: "3600",
-        doc: "Lifetime of stream state tokens in seconds (0 = no expiry).",
+        doc: "Seconds a stream may stay idle between turns (0 = no expiry): each turn mints a fresh cursor token valid this long, so a stream that keeps turning outlives it.",
     },
     Variable {
         name: "KIT_MAX_REQUEST_BYTES",
@@ -110,7 +110,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_UPLOAD_BYTES",
         default: "",
-        doc: "Largest upload through a vended upload URL; advertised as `VGI-Max-Upload-Bytes`.",
+        doc: "Largest upload through a vended upload URL; advertised as `VGI-Max-Upload-Bytes`. Unset: the `local` backend still refuses one upload past 5 GiB (S3's single-PUT limit); it streams uploads to disk either way.",
     },
     Variable {
         name: "KIT_REQUEST_TIMEOUT",
@@ -120,7 +120,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_READ_TIMEOUT",
         default: "30",
-        doc: "Seconds to receive a whole request body before 408 (slowloris guard).",
+        doc: "Seconds to receive a whole request body before 408 (slowloris guard). Uploads to the `local` backend, which may be large, get 408 when nothing arrives for this long.",
     },
     Variable {
         name: "KIT_HEADER_TIMEOUT",
@@ -216,6 +216,16 @@ pub const VARIABLES: &[Variable] = &[
         name: "KIT_STORAGE_DIR",
         default: "./.kit-storage",
         doc: "Directory of the `local` backend.",
+    },
+    Variable {
+        name: "KIT_STORAGE_EXPIRY_DAYS",
+        default: "1",
+        doc: "`local` backend: objects older than this many days are deleted, as a bucket lifecycle rule would (0 = kept). Keep it longer than `KIT_PRESIGN_TTL`.",
+    },
+    Variable {
+        name: "KIT_STORAGE_SWEEP_INTERVAL",
+        default: "3600",
+        doc: "`local` backend: seconds between expiry sweeps of `KIT_STORAGE_DIR`; each sweep deletes at most 10000 objects.",
     },
     Variable {
         name: "KIT_PUBLIC_URL",
@@ -527,7 +537,12 @@ impl Config {
             }
             config.codec_threads = threads.max(1) as usize;
         }
-        config.storage = storage_settings(env, config.max_upload_bytes, &mut problems);
+        config.storage = storage_settings(
+            env,
+            config.max_upload_bytes,
+            config.read_timeout,
+            &mut problems,
+        );
         config.drain_delay =
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
         config.response_compression =
@@ -579,6 +594,7 @@ fn number(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<u64> 
 fn storage_settings(
     env: &dyn Env,
     max_upload_bytes: Option<u64>,
+    read_timeout: Duration,
     problems: &mut Vec<String>,
 ) -> Option<StorageSettings> {
     let provider_text = env.var("KIT_STORAGE").filter(|v| !v.trim().is_empty())?;
@@ -619,6 +635,11 @@ fn storage_settings(
     if presign_ttl == 0 || presign_ttl > 7 * 24 * 3600 {
         problems.push(format!("`KIT_PRESIGN_TTL` must be within 1..=604800 seconds (7 days, the longest any store signs), got `{presign_ttl}`"));
     }
+    let expiry_days = number(env, "KIT_STORAGE_EXPIRY_DAYS", problems).unwrap_or(1);
+    let sweep_interval = number(env, "KIT_STORAGE_SWEEP_INTERVAL", problems).unwrap_or(3600);
+    if sweep_interval == 0 {
+        problems.push("`KIT_STORAGE_SWEEP_INTERVAL` must be positive".into());
+    }
     Some(StorageSettings {
         provider,
         bucket,
@@ -637,6 +658,10 @@ fn storage_settings(
             "KIT_MAX_EXTERNALIZED_RESPONSE_BYTES",
             problems,
         ),
+        expiry: (expiry_days > 0)
+            .then(|| Duration::from_secs(expiry_days.saturating_mul(24 * 3600))),
+        sweep_interval: Duration::from_secs(sweep_interval.max(1)),
+        upload_read_timeout: read_timeout,
     })
 }
 

@@ -9,4 +9,6 @@ mod connections;
 mod lifecycle;
 mod memory;
 mod ssrf;
+mod store;
+mod streams;
 mod workers;
