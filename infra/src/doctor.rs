@@ -323,6 +323,7 @@ pub fn facts(
                 expires: w.expires,
             })
             .collect(),
+        service_config_problems: Some(crate::service_config::problems(config, name)),
     })
 }
 

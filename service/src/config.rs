@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-
 use std::time::Duration;
 
 use crate::http::auth::ApiKeys;
 use crate::http::ratelimit::{Cidr, RateLimit};
 use crate::storage::settings::{Compression, FetchSettings, Provider, StorageSettings};
 use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
+use kit_checks::naming::{BucketRules, bucket_name_problem};
 
 /// Where configuration values come from.
 pub trait Env {
@@ -616,6 +616,19 @@ fn storage_settings(
             provider.as_str()
         ));
     }
+    // GCS and Azure refuse a bad name for every request; `s3` also serves
+    // S3-compatible stores and legacy AWS buckets with looser rules, which
+    // the deploy-time check (STO008) judges per provider instead.
+    let naming = match provider {
+        Provider::Gcs => Some(BucketRules::Gcs),
+        Provider::Azure => Some(BucketRules::Azure),
+        Provider::S3 | Provider::Local => None,
+    };
+    if let (Some(rules), Some(bucket)) = (naming, &bucket)
+        && let Some(problem) = bucket_name_problem(rules, bucket)
+    {
+        problems.push(format!("`KIT_STORAGE_BUCKET`: {problem}"));
+    }
     let prefix = env
         .var("KIT_STORAGE_PREFIX")
         .unwrap_or_else(|| "vgi-rpc/".into());
@@ -1095,5 +1108,36 @@ mod tests {
             docs.contains(&variables_markdown()),
             "docs/configuration.md is stale: run `kit-service env-docs`"
         );
+    }
+
+    #[test]
+    fn local_store_expiry_and_bucket_names_per_provider() {
+        let config = Config::from_env(&env(&[("KIT_STORAGE", "local")]), listen()).unwrap();
+        let storage = config.storage.unwrap();
+        assert_eq!(storage.expiry, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(storage.sweep_interval, Duration::from_secs(3600));
+        assert_eq!(storage.upload_read_timeout, Duration::from_secs(30));
+        let kept = Config::from_env(
+            &env(&[("KIT_STORAGE", "local"), ("KIT_STORAGE_EXPIRY_DAYS", "0")]),
+            listen(),
+        )
+        .unwrap();
+        assert_eq!(kept.storage.unwrap().expiry, None);
+
+        let refused = |provider: &str, bucket: &str| {
+            Config::from_env(
+                &env(&[("KIT_STORAGE", provider), ("KIT_STORAGE_BUCKET", bucket)]),
+                listen(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        let azure = refused("azure", "vgi--data").unwrap();
+        assert!(azure.contains("not a valid Azure container"), "{azure}");
+        let gcs = refused("gcs", "goog-data").unwrap();
+        assert!(gcs.contains("not a valid GCS bucket"), "{gcs}");
+        // `s3` also fronts S3-compatible stores; STO008 judges those names.
+        assert_eq!(refused("s3", "Legacy_Bucket"), None);
+        assert_eq!(refused("azure", "vgi-data"), None);
     }
 }
