@@ -369,7 +369,11 @@ fn rolling_restarts_behind_nginx_lose_no_call() {
     for _ in 0..ROUNDS {
         for replica in replicas.iter_mut() {
             assert!(started.elapsed() < DEADLINE, "over {DEADLINE:?}");
-            eprintln!("at {:.2?}: SIGTERM to port {}", started.elapsed(), replica.port);
+            eprintln!(
+                "at {:.2?}: SIGTERM to port {}",
+                started.elapsed(),
+                replica.port
+            );
             drains.push(replica.stop());
             let port = replica.port;
             *replica = Replica::start(port);
@@ -390,7 +394,11 @@ fn rolling_restarts_behind_nginx_lose_no_call() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             back.push(ready.elapsed());
-            eprintln!("at {:.2?}: port {} has traffic again", started.elapsed(), replica.port);
+            eprintln!(
+                "at {:.2?}: port {} has traffic again",
+                started.elapsed(),
+                replica.port
+            );
         }
     }
     std::thread::sleep(Duration::from_millis(500));

@@ -339,7 +339,9 @@ enum Upload {
 /// than `idle` between two chunks.
 async fn receive(body: Body, temp: &Path, limit: u64, idle: Duration) -> Result<(), Upload> {
     if let Some(parent) = temp.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(Upload::Io)?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(Upload::Io)?;
     }
     let mut file = tokio::fs::File::create(temp).await.map_err(Upload::Io)?;
     let mut body = body;
@@ -428,7 +430,10 @@ async fn get(path: &Path, headers: &HeaderMap, head_only: bool) -> Response {
         Body::empty()
     } else {
         if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-            return plain(StatusCode::INTERNAL_SERVER_ERROR, "failed to read the object");
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed to read the object",
+            );
         }
         Body::new(FileBody {
             file,
@@ -483,12 +488,12 @@ impl http_body::Body for FileBody {
         match Pin::new(&mut this.file).poll_read(context, &mut read) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
-            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Some(Err(
-                std::io::Error::new(
+            Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                Poll::Ready(Some(Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "object shorter than when the response started",
-                ),
-            ))),
+                ))))
+            }
             Poll::Ready(Ok(())) => {
                 let chunk = Bytes::copy_from_slice(read.filled());
                 this.remaining -= chunk.len() as u64;
@@ -748,8 +753,14 @@ mod tests {
         let dir = scratch();
         let day = Duration::from_secs(24 * 3600);
         let local = storage(&dir, KeyRing::ephemeral(60)).with_expiry(Some(day));
-        let old = local.upload(Bytes::from_static(b"old"), None).await.unwrap();
-        let fresh = local.upload(Bytes::from_static(b"new"), None).await.unwrap();
+        let old = local
+            .upload(Bytes::from_static(b"old"), None)
+            .await
+            .unwrap();
+        let fresh = local
+            .upload(Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
         let path_of = |url: &str| -> PathBuf {
             let key = url.split_once("/__objects__/").unwrap().1;
             let key = key.split_once('?').unwrap().0;

@@ -439,7 +439,10 @@ mod tests {
         assert_eq!(storage.uploads.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(250)).await;
         let renewed = external.publish_cached("k", false, batch).await.unwrap();
-        assert_ne!(renewed.location, first.location, "the URL would expire soon");
+        assert_ne!(
+            renewed.location, first.location,
+            "the URL would expire soon"
+        );
         assert_eq!(storage.uploads.load(Ordering::SeqCst), 2);
     }
 

@@ -19,7 +19,11 @@ pub struct RsaSigningKey {
 
 impl std::fmt::Debug for RsaSigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RsaSigningKey({} bits)", self.key_pair.public().modulus_len() * 8)
+        write!(
+            f,
+            "RsaSigningKey({} bits)",
+            self.key_pair.public().modulus_len() * 8
+        )
     }
 }
 
@@ -97,7 +101,11 @@ mod tests {
         let key = key();
         let signature = key.sign(b"message");
         assert_eq!(signature.len(), 256);
-        assert_eq!(signature, key.sign(b"message"), "PKCS#1 v1.5 is deterministic");
+        assert_eq!(
+            signature,
+            key.sign(b"message"),
+            "PKCS#1 v1.5 is deterministic"
+        );
         let public = ring::signature::UnparsedPublicKey::new(
             &ring::signature::RSA_PKCS1_2048_8192_SHA256,
             key.public_key_der(),

@@ -7,9 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    RssGuard, Spawn, client, path_and_query, send_zeros, spawn, vend_upload_url,
-};
+use crate::support::{RssGuard, Spawn, client, path_and_query, send_zeros, spawn, vend_upload_url};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -100,7 +98,10 @@ async fn a_stalled_upload_gets_408_and_a_capped_one_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let service = spawn(Spawn {
         storage: true,
-        env: &[("KIT_READ_TIMEOUT", "1"), ("KIT_MAX_UPLOAD_BYTES", "1048576")],
+        env: &[
+            ("KIT_READ_TIMEOUT", "1"),
+            ("KIT_MAX_UPLOAD_BYTES", "1048576"),
+        ],
         ..Spawn::default()
     });
     let (upload, _) = vend_upload_url(&service.url).await;
@@ -129,7 +130,10 @@ async fn a_stalled_upload_gets_408_and_a_capped_one_413() {
     let status = send_zeros(service.address, "PUT", &path, 8 * MIB).await;
     assert_eq!(status, Some(413));
     let leftovers = walk(&service.dir);
-    assert!(leftovers.is_empty(), "nothing is left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "nothing is left behind: {leftovers:?}"
+    );
 }
 
 #[tokio::test]

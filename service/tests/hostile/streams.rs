@@ -115,7 +115,9 @@ async fn an_idle_stream_still_expires_with_a_clear_error() {
         .next_batch()
         .await
         .expect_err("a turn after an idle TTL is refused");
-    let rpc = error.rpc().unwrap_or_else(|| panic!("an error batch: {error}"));
+    let rpc = error
+        .rpc()
+        .unwrap_or_else(|| panic!("an error batch: {error}"));
     assert_eq!(rpc.message, "State token expired", "{error}");
 }
 
@@ -189,7 +191,11 @@ async fn every_stream_turn_has_the_storage_the_first_had() {
         .await
         .unwrap_or_else(|error| panic!("turn {} failed: {error}", locations.len() + 1))
     {
-        let column = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let column = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         locations.push(column.value(0).to_string());
     }
     assert_eq!(locations.len(), 3, "{locations:?}");

@@ -644,7 +644,11 @@ pub async fn metric(base: &str, prefix: &str) -> f64 {
 
 /// One upload/download URL pair from `POST {base}/__upload_url__/init`.
 pub async fn vend_upload_url(base: &str) -> (String, String) {
-    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, true)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::Int64,
+        true,
+    )]));
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![Arc::new(arrow_array::Int64Array::from(vec![1]))],
