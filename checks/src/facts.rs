@@ -33,6 +33,11 @@ pub struct Facts {
     /// build is part of it (`None`: the service judging its own environment,
     /// or a prebuilt binary).
     pub artifact: Option<ArtifactFacts>,
+    /// What the service's own configuration parser says about the
+    /// environment rendered for it, one problem per line (`None`: not judged
+    /// here, e.g. the service judging its own environment, which it already
+    /// parsed to start).
+    pub service_config_problems: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,6 +435,7 @@ impl Facts {
             replicas: Vec::new(),
             waivers: Vec::new(),
             artifact: None,
+            service_config_problems: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod date;
 pub mod facts;
+pub mod naming;
 pub mod platform;
 pub mod probe;
 pub mod registry;

@@ -324,6 +324,7 @@ pub fn facts(
                 expires: w.expires,
             })
             .collect(),
+        service_config_problems: Some(crate::service_config::problems(config, name)),
     })
 }
 

@@ -27,6 +27,7 @@ pub mod replica;
 #[cfg(feature = "aws")]
 pub mod s3_probe;
 pub mod secrets;
+pub mod service_config;
 pub mod storage_probe;
 pub mod synthetic;
 pub mod up;

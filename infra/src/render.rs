@@ -25,7 +25,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 pub use settings::{
     ArtifactSettings, CONTAINER_PORT, Delivery, NginxOptions, PROXY_BODY_HEADROOM_BYTES,
     RenderOptions, SecretSettings, Settings, SettingsError, TERMINATION_MARGIN_SECONDS,
-    secret_name_of,
+    secret_name_of, service_environment,
 };
 
 use crate::CommandError;

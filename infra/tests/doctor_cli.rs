@@ -507,3 +507,47 @@ fn key005_flags_a_promoted_rotation_left_unretired() {
         "{finding}"
     );
 }
+
+/// Settings the service would refuse at start, or the provider at create
+/// time, fail the doctor (and so `plan`) with their own check ids, before
+/// anything is deployed.
+#[test]
+fn config_errors_are_caught_before_deploy() {
+    let (code, text) = run(&[
+        "doctor",
+        "--config",
+        "config-errors.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    let json = &text[text.find('{').unwrap()..text.find("--- stderr").unwrap()];
+    let report: serde_json::Value = serde_json::from_str(json).unwrap();
+    let finding = |id: &str| -> (String, String) {
+        let finding = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {json}"));
+        (
+            finding["outcome"].as_str().unwrap().to_string(),
+            finding["message"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    for (id, expect) in [
+        ("CFG001", "`KIT_RATE_LIMIT`"),
+        ("STO008", "`VGI_Data` is not a valid S3 bucket"),
+        ("STO009", "expires the whole bucket"),
+        ("KEY006", "`token_ttl_seconds: 0`"),
+    ] {
+        let (outcome, message) = finding(id);
+        assert_eq!(outcome, "fail", "{id}: {message}");
+        assert!(message.contains(expect), "{id}: {message}");
+    }
+
+    let (code, text) = run(&["plan", "--config", "config-errors.yaml"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("found errors in target `prod`"), "{text}");
+    assert!(text.contains("CFG001 service-rejects-setting"), "{text}");
+}

@@ -8,7 +8,9 @@
 //! default), so blocks of [`HUGE_PAGE_MIN`] bytes and more are marked
 //! `MADV_HUGEPAGE` right after allocation: the kernel then faults them 2 MiB at
 //! a time. Nothing else changes: the memory is still returned on free, and
-//! where huge pages are off (`never`) the advice is ignored.
+//! where huge pages are off (`never`) the advice is ignored. On other
+//! systems (macOS, the BSDs) there is no such advice and this is the system
+//! allocator unchanged.
 //!
 //! This is the workspace's one `unsafe` module: `GlobalAlloc` is an unsafe
 //! trait. The workspace lint is `deny`, not `forbid`, so that this file alone
@@ -56,23 +58,54 @@ unsafe impl GlobalAlloc for HugePageAlloc {
 
 /// Marks the whole 2 MiB-aligned part of `[ptr, ptr + size)` for huge pages.
 fn advise(ptr: *mut u8, size: usize) {
+    if let Some((start, length)) = huge_page_range(ptr, size) {
+        madvise_huge_pages(start, length);
+    }
+}
+
+/// The 2 MiB-aligned start and length inside `[ptr, ptr + size)`, if the
+/// block is large enough to get the advice at all.
+fn huge_page_range(ptr: *mut u8, size: usize) -> Option<(usize, usize)> {
     if ptr.is_null() || size < HUGE_PAGE_MIN {
-        return;
+        return None;
     }
     let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
     let end = (ptr as usize + size) & !(HUGE_PAGE - 1);
-    if end > start {
-        // SAFETY: the range lies inside a live allocation; MADV_HUGEPAGE does
-        // not change its contents. A failure (e.g. no THP support) is harmless.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
+    (end > start).then(|| (start, end - start))
+}
+
+/// `MADV_HUGEPAGE` is Linux's (transparent huge pages); `libc` defines it
+/// only there, so every other OS gets the plain system allocator.
+#[cfg(target_os = "linux")]
+fn madvise_huge_pages(start: usize, length: usize) {
+    // SAFETY: the range lies inside a live allocation; MADV_HUGEPAGE does
+    // not change its contents. A failure (e.g. no THP support) is harmless.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
     }
 }
+
+#[cfg(not(target_os = "linux"))]
+fn madvise_huge_pages(_start: usize, _length: usize) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_aligned_middle_of_large_blocks_is_advised() {
+        let at = |address: usize| address as *mut u8;
+        assert_eq!(huge_page_range(std::ptr::null_mut(), HUGE_PAGE_MIN), None);
+        assert_eq!(huge_page_range(at(HUGE_PAGE), HUGE_PAGE_MIN - 1), None);
+        assert_eq!(
+            huge_page_range(at(HUGE_PAGE), HUGE_PAGE_MIN),
+            Some((HUGE_PAGE, HUGE_PAGE_MIN))
+        );
+        assert_eq!(
+            huge_page_range(at(HUGE_PAGE + 1), HUGE_PAGE_MIN),
+            Some((2 * HUGE_PAGE, HUGE_PAGE_MIN - HUGE_PAGE))
+        );
+    }
 
     #[test]
     fn large_and_small_blocks_round_trip() {

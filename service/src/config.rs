@@ -11,13 +11,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-
 use std::time::Duration;
 
 use crate::http::auth::ApiKeys;
 use crate::http::ratelimit::{Cidr, DEFAULT_MAX_KEYS, RateLimit, SharedStore, StoreFailure};
 use crate::storage::settings::{Compression, FetchSettings, Provider, StorageSettings};
 use crate::token::{KeyRing, MIN_KEY_BYTES, SigningKey};
+use kit_checks::naming::{BucketRules, bucket_name_problem};
 
 /// Where configuration values come from.
 pub trait Env {
@@ -85,7 +85,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_TOKEN_TTL",
         default: "3600",
-        doc: "Lifetime of stream state tokens in seconds (0 = no expiry).",
+        doc: "Seconds a stream may stay idle between turns (0 = no expiry): each turn mints a fresh cursor token valid this long, so a stream that keeps turning outlives it.",
     },
     Variable {
         name: "KIT_MAX_REQUEST_BYTES",
@@ -110,7 +110,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_UPLOAD_BYTES",
         default: "",
-        doc: "Largest upload through a vended upload URL; advertised as `VGI-Max-Upload-Bytes`.",
+        doc: "Largest upload through a vended upload URL; advertised as `VGI-Max-Upload-Bytes`. Unset: the `local` backend still refuses one upload past 5 GiB (S3's single-PUT limit); it streams uploads to disk either way.",
     },
     Variable {
         name: "KIT_REQUEST_TIMEOUT",
@@ -120,7 +120,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_READ_TIMEOUT",
         default: "30",
-        doc: "Seconds to receive a whole request body before 408 (slowloris guard).",
+        doc: "Seconds to receive a whole request body before 408 (slowloris guard). Uploads to the `local` backend, which may be large, get 408 when nothing arrives for this long.",
     },
     Variable {
         name: "KIT_HEADER_TIMEOUT",
@@ -236,6 +236,16 @@ pub const VARIABLES: &[Variable] = &[
         name: "KIT_STORAGE_DIR",
         default: "./.kit-storage",
         doc: "Directory of the `local` backend.",
+    },
+    Variable {
+        name: "KIT_STORAGE_EXPIRY_DAYS",
+        default: "1",
+        doc: "`local` backend: objects older than this many days are deleted, as a bucket lifecycle rule would (0 = kept). Keep it longer than `KIT_PRESIGN_TTL`.",
+    },
+    Variable {
+        name: "KIT_STORAGE_SWEEP_INTERVAL",
+        default: "3600",
+        doc: "`local` backend: seconds between expiry sweeps of `KIT_STORAGE_DIR`; each sweep deletes at most 10000 objects.",
     },
     Variable {
         name: "KIT_PUBLIC_URL",
@@ -574,7 +584,12 @@ impl Config {
             }
             config.codec_threads = threads.max(1) as usize;
         }
-        config.storage = storage_settings(env, config.max_upload_bytes, &mut problems);
+        config.storage = storage_settings(
+            env,
+            config.max_upload_bytes,
+            config.read_timeout,
+            &mut problems,
+        );
         config.drain_delay =
             Duration::from_secs(number(env, "KIT_DRAIN_DELAY", &mut problems).unwrap_or(0));
         config.response_compression =
@@ -626,6 +641,7 @@ fn number(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<u64> 
 fn storage_settings(
     env: &dyn Env,
     max_upload_bytes: Option<u64>,
+    read_timeout: Duration,
     problems: &mut Vec<String>,
 ) -> Option<StorageSettings> {
     let provider_text = env.var("KIT_STORAGE").filter(|v| !v.trim().is_empty())?;
@@ -647,6 +663,19 @@ fn storage_settings(
             provider.as_str()
         ));
     }
+    // GCS and Azure refuse a bad name for every request; `s3` also serves
+    // S3-compatible stores and legacy AWS buckets with looser rules, which
+    // the deploy-time check (STO008) judges per provider instead.
+    let naming = match provider {
+        Provider::Gcs => Some(BucketRules::Gcs),
+        Provider::Azure => Some(BucketRules::Azure),
+        Provider::S3 | Provider::Local => None,
+    };
+    if let (Some(rules), Some(bucket)) = (naming, &bucket)
+        && let Some(problem) = bucket_name_problem(rules, bucket)
+    {
+        problems.push(format!("`KIT_STORAGE_BUCKET`: {problem}"));
+    }
     let prefix = env
         .var("KIT_STORAGE_PREFIX")
         .unwrap_or_else(|| "vgi-rpc/".into());
@@ -666,6 +695,11 @@ fn storage_settings(
     if presign_ttl == 0 || presign_ttl > 7 * 24 * 3600 {
         problems.push(format!("`KIT_PRESIGN_TTL` must be within 1..=604800 seconds (7 days, the longest any store signs), got `{presign_ttl}`"));
     }
+    let expiry_days = number(env, "KIT_STORAGE_EXPIRY_DAYS", problems).unwrap_or(1);
+    let sweep_interval = number(env, "KIT_STORAGE_SWEEP_INTERVAL", problems).unwrap_or(3600);
+    if sweep_interval == 0 {
+        problems.push("`KIT_STORAGE_SWEEP_INTERVAL` must be positive".into());
+    }
     Some(StorageSettings {
         provider,
         bucket,
@@ -684,6 +718,10 @@ fn storage_settings(
             "KIT_MAX_EXTERNALIZED_RESPONSE_BYTES",
             problems,
         ),
+        expiry: (expiry_days > 0)
+            .then(|| Duration::from_secs(expiry_days.saturating_mul(24 * 3600))),
+        sweep_interval: Duration::from_secs(sweep_interval.max(1)),
+        upload_read_timeout: read_timeout,
     })
 }
 
@@ -1191,5 +1229,36 @@ mod tests {
             docs.contains(&variables_markdown()),
             "docs/configuration.md is stale: run `kit-service env-docs`"
         );
+    }
+
+    #[test]
+    fn local_store_expiry_and_bucket_names_per_provider() {
+        let config = Config::from_env(&env(&[("KIT_STORAGE", "local")]), listen()).unwrap();
+        let storage = config.storage.unwrap();
+        assert_eq!(storage.expiry, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(storage.sweep_interval, Duration::from_secs(3600));
+        assert_eq!(storage.upload_read_timeout, Duration::from_secs(30));
+        let kept = Config::from_env(
+            &env(&[("KIT_STORAGE", "local"), ("KIT_STORAGE_EXPIRY_DAYS", "0")]),
+            listen(),
+        )
+        .unwrap();
+        assert_eq!(kept.storage.unwrap().expiry, None);
+
+        let refused = |provider: &str, bucket: &str| {
+            Config::from_env(
+                &env(&[("KIT_STORAGE", provider), ("KIT_STORAGE_BUCKET", bucket)]),
+                listen(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        let azure = refused("azure", "vgi--data").unwrap();
+        assert!(azure.contains("not a valid Azure container"), "{azure}");
+        let gcs = refused("gcs", "goog-data").unwrap();
+        assert!(gcs.contains("not a valid GCS bucket"), "{gcs}");
+        // `s3` also fronts S3-compatible stores; STO008 judges those names.
+        assert_eq!(refused("s3", "Legacy_Bucket"), None);
+        assert_eq!(refused("azure", "vgi-data"), None);
     }
 }

@@ -127,6 +127,8 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
         replicas: Vec::new(),
         waivers: Vec::new(),
         artifact: None,
+        // This process parsed its environment to get here.
+        service_config_problems: None,
     }
 }
 

@@ -215,6 +215,25 @@ impl KeyRing {
         self.open_at(kind, binding, token, now())
     }
 
+    /// Verifies a token's signature and binding and returns its payload,
+    /// whatever its expiry.
+    ///
+    /// Only for the call token of a stream: it is minted once at `/init` and
+    /// the protocol never re-issues it (clients echo the first one), so its
+    /// own expiry would end every stream at the TTL however busy it is. The
+    /// stream's liveness is carried by the cursor token instead, which is
+    /// minted fresh on every turn, checked with [`KeyRing::open`], and names
+    /// the call id that the caller must match against this payload. An idle
+    /// stream therefore still expires one TTL after its last turn.
+    pub fn open_ignoring_expiry(
+        &self,
+        kind: TokenKind,
+        binding: Binding<'_>,
+        token: &str,
+    ) -> Result<Vec<u8>, TokenError> {
+        self.open_at(kind, binding, token, 0)
+    }
+
     fn open_at(
         &self,
         kind: TokenKind,
@@ -350,6 +369,32 @@ mod tests {
         check(
             keys.open_at(TokenKind::Cursor, BINDING, &token, 1000 + 3601),
             Err(TokenError::Expired),
+        );
+    }
+
+    #[test]
+    fn call_tokens_can_be_opened_past_their_expiry_but_not_forged() {
+        let keys = ring(&[3u8; 32]);
+        let token = keys.seal_at(TokenKind::Call, BINDING, b"call", 1000);
+        check(
+            keys.open_at(TokenKind::Call, BINDING, &token, 1000 + 7200),
+            Err(TokenError::Expired),
+        );
+        check(
+            keys.open_ignoring_expiry(TokenKind::Call, BINDING, &token),
+            Ok(b"call"),
+        );
+        let other_caller = Binding {
+            identity: "mallory",
+            ..BINDING
+        };
+        check(
+            keys.open_ignoring_expiry(TokenKind::Call, other_caller, &token),
+            Err(TokenError::BadSignature),
+        );
+        check(
+            ring(&[4u8; 32]).open_ignoring_expiry(TokenKind::Call, BINDING, &token),
+            Err(TokenError::BadSignature),
         );
     }
 

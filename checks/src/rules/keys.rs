@@ -237,6 +237,19 @@ pub(super) fn unfinished_rotation(facts: &Facts) -> Verdict {
     Verdict::Pass
 }
 
+pub(super) fn tokens_never_expire(facts: &Facts) -> Verdict {
+    if facts.signing_key.token_ttl_seconds != 0 || facts.processes() <= 1 {
+        return Verdict::Pass;
+    }
+    Verdict::Fail(format!(
+        "`token_ttl_seconds: 0` on `{}`, where up to {} processes ({} instances x {} workers) accept the same tokens forever",
+        facts.target.name,
+        facts.processes(),
+        facts.target.instances,
+        facts.target.workers
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -393,5 +406,17 @@ mod tests {
         check("KEY005", &f, "skip");
         f.signing_key.token_ttl_seconds = 0;
         check("KEY005", &f, "fail");
+    }
+
+    #[test]
+    fn key006_tokens_never_expire() {
+        let mut f = facts();
+        f.signing_key.token_ttl_seconds = 0;
+        check("KEY006", &f, "pass");
+        f.target.instances = 3;
+        let message = check("KEY006", &f, "fail");
+        assert!(message.contains("up to 3 processes"), "{message}");
+        f.signing_key.token_ttl_seconds = 3600;
+        check("KEY006", &f, "pass");
     }
 }

@@ -135,7 +135,7 @@ pub(crate) mod tests {
     pub(crate) fn storage() -> StorageFacts {
         StorageFacts {
             provider: StorageProvider::S3,
-            bucket: "b".into(),
+            bucket: "vgi-data".into(),
             prefix: "vgi/".into(),
             url_base: "https://b.s3.amazonaws.com".into(),
             expiry_days: Some(1),

@@ -1,6 +1,7 @@
 //! The checks themselves: one function per registered id, facts in, outcome out.
 
 mod artifact;
+mod config;
 mod keys;
 mod limits;
 mod operations;
@@ -32,6 +33,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "KEY003" => keys::literal_key(facts),
         "KEY004" => keys::replica_mismatch(facts, context),
         "KEY005" => keys::unfinished_rotation(facts),
+        "KEY006" => keys::tokens_never_expire(facts),
         "LIM001" => limits::request_limit(facts),
         "LIM002" => limits::response_limit(facts),
         "LIM003" => limits::timeouts(facts),
@@ -44,6 +46,8 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "STO005" => storage::abort_multipart(facts, context),
         "STO006" => storage::presign_ttl(facts),
         "STO007" => storage::bucket_cors(facts, context),
+        "STO008" => storage::bucket_name(facts),
+        "STO009" => storage::prefix_not_empty(facts),
         "SEC001" => security::auth_required(facts),
         "SEC002" => security::cors_wildcard(facts),
         "SEC003" => security::reflection(facts),
@@ -52,6 +56,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "OPS001" => operations::probes(facts),
         "OPS002" => operations::shutdown_grace(facts),
         "OPS003" => operations::synthetic(facts, context),
+        "CFG001" => config::service_accepts_settings(facts),
         "ART001" => artifact::in_workspace(facts),
         other => Verdict::Skip(format!("`{other}` has no implementation")),
     };

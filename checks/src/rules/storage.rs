@@ -1,7 +1,8 @@
-//! STO001-STO007: external object storage.
+//! STO001-STO009: external object storage.
 
 use super::{Context, Verdict, errored};
-use crate::facts::{Facts, StorageFacts};
+use crate::facts::{Facts, StorageFacts, StorageProvider};
+use crate::naming::{BucketRules, bucket_name_problem};
 use crate::probe::{StorageError, StorageProbe};
 
 const NO_STORAGE: &str = "no `storage:` configured";
@@ -245,6 +246,35 @@ pub(super) fn bucket_cors(facts: &Facts, context: &Context<'_>) -> Verdict {
     }
 }
 
+pub(super) fn bucket_name(facts: &Facts) -> Verdict {
+    let Some(storage) = &facts.storage else {
+        return Verdict::Skip(NO_STORAGE.into());
+    };
+    let rules = match storage.provider {
+        StorageProvider::S3 | StorageProvider::S3Compatible => BucketRules::S3,
+        StorageProvider::R2 => BucketRules::R2,
+        StorageProvider::Gcs => BucketRules::Gcs,
+    };
+    match bucket_name_problem(rules, &storage.bucket) {
+        None => Verdict::Pass,
+        Some(problem) => Verdict::Fail(format!("`storage.bucket`: {problem}")),
+    }
+}
+
+pub(super) fn prefix_not_empty(facts: &Facts) -> Verdict {
+    let Some(storage) = &facts.storage else {
+        return Verdict::Skip(NO_STORAGE.into());
+    };
+    if storage.prefix.trim_matches('/').trim().is_empty() {
+        Verdict::Fail(format!(
+            "`storage.prefix` is `{}`: every object in bucket `{}` is under it, so its lifecycle rule expires the whole bucket",
+            storage.prefix, storage.bucket
+        ))
+    } else {
+        Verdict::Pass
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -470,5 +500,37 @@ mod tests {
             ..Bucket::default()
         };
         check_with("STO007", &f, Mode::Online, online(&put), "pass");
+    }
+
+    #[test]
+    fn sto008_bucket_name() {
+        use crate::facts::StorageProvider;
+        check("STO008", &facts(), "skip");
+        let mut f = with_storage();
+        check("STO008", &f, "pass");
+        f.storage.as_mut().unwrap().bucket = "VGI_Data".into();
+        let message = check("STO008", &f, "fail");
+        assert!(message.contains("not a valid S3 bucket"), "{message}");
+        let storage = f.storage.as_mut().unwrap();
+        storage.bucket = "vgi.data".into();
+        check("STO008", &f, "pass");
+        f.storage.as_mut().unwrap().provider = StorageProvider::R2;
+        assert!(check("STO008", &f, "fail").contains("R2 bucket"));
+        let storage = f.storage.as_mut().unwrap();
+        storage.provider = StorageProvider::Gcs;
+        storage.bucket = "google-data".into();
+        assert!(check("STO008", &f, "fail").contains("GCS bucket"));
+    }
+
+    #[test]
+    fn sto009_prefix_not_empty() {
+        check("STO009", &facts(), "skip");
+        let mut f = with_storage();
+        check("STO009", &f, "pass");
+        for empty in ["", "/", " "] {
+            f.storage.as_mut().unwrap().prefix = empty.into();
+            let message = check("STO009", &f, "fail");
+            assert!(message.contains("whole bucket"), "{message}");
+        }
     }
 }

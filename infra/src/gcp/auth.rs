@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use rsa::pkcs1v15::SigningKey;
-use rsa::signature::{SignatureEncoding, Signer};
-use sha2::Sha256;
+use kit_service::storage::rsa_key::RsaSigningKey;
 
 use super::GcpError;
 
@@ -26,7 +24,7 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 enum Grant {
     ServiceAccount {
         client_email: String,
-        signer: Box<SigningKey<Sha256>>,
+        signer: Box<RsaSigningKey>,
     },
     AuthorizedUser {
         client_id: String,
@@ -85,9 +83,7 @@ impl Credentials {
                 };
                 Grant::ServiceAccount {
                     client_email,
-                    signer: Box::new(SigningKey::new(
-                        parse_private_key(&private_key).map_err(invalid)?,
-                    )),
+                    signer: Box::new(RsaSigningKey::from_pem(&private_key).map_err(invalid)?),
                 }
             }
             Some("authorized_user") => {
@@ -230,18 +226,10 @@ impl Credentials {
     }
 }
 
-fn parse_private_key(pem: &str) -> Result<rsa::RsaPrivateKey, String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    rsa::RsaPrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|e| format!("`private_key` is not an RSA PEM key: {e}"))
-}
-
 /// A signed JWT for the OAuth 2.0 JWT bearer grant, valid one hour.
 fn jwt_assertion(
     client_email: &str,
-    signer: &SigningKey<Sha256>,
+    signer: &RsaSigningKey,
     audience: &str,
     now: SystemTime,
 ) -> String {
@@ -263,7 +251,7 @@ fn jwt_assertion(
         .to_string(),
     );
     let signing_input = format!("{header}.{claims}");
-    let signature = base64url.encode(signer.sign(signing_input.as_bytes()).to_vec());
+    let signature = base64url.encode(signer.sign(signing_input.as_bytes()));
     format!("{signing_input}.{signature}")
 }
 
@@ -276,7 +264,6 @@ mod tests {
     #[test]
     fn service_account_jwt_carries_the_claims_and_verifies() {
         use base64::Engine;
-        use rsa::signature::{Keypair, Verifier};
         let credentials = Credentials::from_json(KEY.as_bytes(), "key.json").unwrap();
         let Grant::ServiceAccount { signer, .. } = &credentials.grant else {
             panic!("a service account");
@@ -292,13 +279,13 @@ mod tests {
         assert_eq!(claims["scope"], SCOPE);
         assert_eq!(claims["aud"], credentials.token_uri);
         assert_eq!(claims["exp"], 1_700_003_600);
-        let signature =
-            rsa::pkcs1v15::Signature::try_from(base64url.decode(parts[2]).unwrap().as_slice())
-                .unwrap();
-        signer
-            .verifying_key()
-            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
-            .unwrap();
+        let signature = base64url.decode(parts[2]).unwrap();
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            signer.public_key_der(),
+        )
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .unwrap();
     }
 
     #[test]

@@ -344,12 +344,7 @@ impl Settings {
         let platform = target.platform;
         let name = &config.service.name;
         let limits = &config.limits;
-        let drain_delay_seconds = match platform {
-            Platform::Kubernetes => {
-                KUBERNETES_DRAIN_DELAY_SECONDS.min(limits.shutdown_grace_seconds / 2)
-            }
-            _ => 0,
-        };
+        let drain_delay_seconds = drain_delay(config, platform);
         let storage = config.storage.as_ref().map(|storage| StorageSettings {
             provider: match storage.provider {
                 StorageProvider::S3 => "s3",
@@ -583,6 +578,41 @@ fn resolve_secrets(
         ));
     }
     secrets
+}
+
+/// `KIT_DRAIN_DELAY`: only where traffic follows readiness (Kubernetes).
+fn drain_delay(config: &DeployConfig, platform: Platform) -> u64 {
+    match platform {
+        Platform::Kubernetes => {
+            KUBERNETES_DRAIN_DELAY_SECONDS.min(config.limits.shutdown_grace_seconds / 2)
+        }
+        _ => 0,
+    }
+}
+
+/// The environment the service gets on `target_name`, and the secrets
+/// delivered beside it: the parts of [`Settings::resolve`] the service's own
+/// configuration parser judges (the doctor's CFG001), without the artifact,
+/// which needs cargo. `None` for an unknown target.
+pub fn service_environment(
+    config: &DeployConfig,
+    target_name: &str,
+) -> Option<(Vec<EnvVar>, Vec<SecretSettings>)> {
+    let target = config.targets.get(target_name)?;
+    // A rate-limit store the platform cannot have is the settings' own error
+    // (`plan` reports it); here it only drops the store's variables.
+    let store = config
+        .rate_limit
+        .as_ref()
+        .and_then(|rate| rate.store(target.platform).ok().flatten());
+    let env = resolve_env(
+        config,
+        target,
+        drain_delay(config, target.platform),
+        store.as_ref(),
+    );
+    let secrets = resolve_secrets(config, target, &config.service.name);
+    Some((env, secrets))
 }
 
 fn resolve_env(

@@ -833,10 +833,13 @@ async fn exchange(
     let call = batch.get(wire::CALL_STATE_KEY).ok_or_else(|| {
         RpcError::bad_request("RuntimeError", "Missing call token in exchange request")
     })?;
+    // The cursor (opened above, expiry checked) is minted every turn and
+    // carries the stream's liveness; the call token is never re-issued, so
+    // only its signature and binding are checked, and the call ids must match.
     let call = CallToken::decode(
         &server
             .keys
-            .open(TokenKind::Call, bound, call)
+            .open_ignoring_expiry(TokenKind::Call, bound, call)
             .map_err(token_error)?,
     )?;
     if cursor.len() < 16 || cursor[..16] != call.call_id {
@@ -850,12 +853,14 @@ async fn exchange(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Later turns publish to storage exactly as the first one did.
     let ctx = Ctx::new(
         identity.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
         limit,
-    );
+    )
+    .with_external(server.external.clone());
     let output_schema = call.output_schema.clone();
 
     if batch.get(wire::CANCEL_KEY).is_some() {

@@ -14,18 +14,16 @@
 //! (JWT bearer grant); with `KIT_STORAGE_ENDPOINT` set (an emulator) uploads
 //! are anonymous and URLs point at the emulator.
 //!
-//! The `rsa` crate is not behind a cargo feature: it is pure Rust and small
-//! next to the SDKs the style guide puts behind features, and a GCS-less build
-//! would save seconds, not minutes.
+//! Signing is RSASSA-PKCS1-v1_5 on ring ([`super::rsa_key`]), not the `rsa`
+//! crate (RUSTSEC-2023-0071).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use rsa::pkcs1v15::SigningKey;
-use rsa::signature::{SignatureEncoding, Signer};
 use sha2::{Digest, Sha256};
 
+use super::rsa_key::RsaSigningKey;
 use super::signing::{Utc, percent_encode, refused, unreachable};
 use super::{ExternalStorage, StorageError, StorageSettings, UploadUrl, new_key};
 use crate::rpc::BoxFuture;
@@ -42,7 +40,7 @@ pub const MAX_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
 pub struct ServiceAccount {
     pub client_email: String,
     pub token_uri: String,
-    signer: SigningKey<Sha256>,
+    signer: RsaSigningKey,
 }
 
 impl std::fmt::Debug for ServiceAccount {
@@ -72,22 +70,14 @@ impl ServiceAccount {
             token_uri: file
                 .token_uri
                 .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string()),
-            signer: SigningKey::new(parse_private_key(&private_key)?),
+            signer: RsaSigningKey::from_pem(&private_key)?,
         })
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.signer.sign(message).to_vec()
+        self.signer.sign(message)
     }
-}
-
-fn parse_private_key(pem: &str) -> Result<rsa::RsaPrivateKey, String> {
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-    rsa::RsaPrivateKey::from_pkcs8_pem(pem)
-        .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
-        .map_err(|e| format!("`private_key` is not an RSA PEM key: {e}"))
 }
 
 /// One URL to sign. `path` is the decoded resource path (`/bucket/object`).
@@ -454,7 +444,6 @@ mod tests {
 
     #[test]
     fn jwt_assertion_verifies_with_the_public_key() {
-        use rsa::signature::Verifier;
         let account = account();
         let jwt = jwt_assertion(&account, std::time::UNIX_EPOCH + Duration::from_secs(100));
         let (input, signature) = jwt.rsplit_once('.').unwrap();
@@ -462,13 +451,12 @@ mod tests {
         let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(signature)
             .unwrap();
-        let verifying = rsa::signature::Keypair::verifying_key(&account.signer);
-        verifying
-            .verify(
-                input.as_bytes(),
-                &rsa::pkcs1v15::Signature::try_from(signature.as_slice()).unwrap(),
-            )
-            .unwrap();
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            account.signer.public_key_der(),
+        )
+        .verify(input.as_bytes(), &signature)
+        .unwrap();
         let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(input.split_once('.').unwrap().1)
             .unwrap();

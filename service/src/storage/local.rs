@@ -6,14 +6,25 @@
 //! URLs are signed with a key derived from the stream-token key ring, so
 //! every replica sharing the key (and the directory) accepts them, and a key
 //! rotation keeps URLs minted under the previous key valid for their TTL.
+//!
+//! It behaves like a real object store where memory and disk are concerned:
+//! uploads stream to a temporary file chunk by chunk (never held whole, with
+//! an idle read timeout and a size cap even when `KIT_MAX_UPLOAD_BYTES` is
+//! unset), downloads and ranges seek and stream from the file, and objects
+//! older than `KIT_STORAGE_EXPIRY_DAYS` are deleted by a background sweep, as
+//! a bucket lifecycle rule would.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 
 use super::{ExternalStorage, StorageError, UploadUrl, new_key};
 use crate::rpc::BoxFuture;
@@ -22,6 +33,13 @@ use crate::token::KeyRing;
 /// Route segment under the vgi-rpc prefix where objects are served.
 pub const OBJECTS_SEGMENT: &str = "__objects__";
 const SIGNING_LABEL: &str = "kit-local-storage";
+/// The cap on one upload when `KIT_MAX_UPLOAD_BYTES` is unset: S3's limit
+/// for a single PUT.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 5 << 30;
+/// Most objects one expiry sweep deletes; the next sweep goes on from there.
+pub const MAX_SWEEP_DELETIONS: usize = 10_000;
+/// Bytes read from disk per body chunk when serving an object.
+const READ_CHUNK: usize = 64 * 1024;
 
 pub struct LocalStorage {
     dir: PathBuf,
@@ -31,9 +49,23 @@ pub struct LocalStorage {
     ttl: Duration,
     keys: KeyRing,
     max_upload_bytes: Option<u64>,
+    upload_read_timeout: Duration,
+    expiry: Option<Duration>,
+}
+
+/// What one expiry sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Objects (and leftover temporary files) deleted.
+    pub deleted: usize,
+    /// Objects younger than the expiry, left in place.
+    pub kept: usize,
+    /// True when the sweep stopped at [`MAX_SWEEP_DELETIONS`].
+    pub truncated: bool,
 }
 
 impl LocalStorage {
+    /// A store in `dir` (created if missing) whose URLs start at `base_url`.
     pub fn new(
         dir: impl Into<PathBuf>,
         base_url: &str,
@@ -53,7 +85,103 @@ impl LocalStorage {
             ttl,
             keys,
             max_upload_bytes,
+            upload_read_timeout: Duration::from_secs(30),
+            expiry: None,
         })
+    }
+
+    /// An upload that sends nothing for `timeout` is answered 408.
+    pub fn with_upload_read_timeout(mut self, timeout: Duration) -> Self {
+        self.upload_read_timeout = timeout;
+        self
+    }
+
+    /// Objects older than `expiry` are deleted by [`LocalStorage::sweep`].
+    pub fn with_expiry(mut self, expiry: Option<Duration>) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// Deletes objects (with their `.meta`) and leftover temporary files
+    /// whose modification time is older than the expiry, at most
+    /// [`MAX_SWEEP_DELETIONS`] per call. Blocking: run it off the async workers.
+    pub fn sweep(&self, now: SystemTime) -> Sweep {
+        let mut sweep = Sweep::default();
+        let Some(expiry) = self.expiry else {
+            return sweep;
+        };
+        let Some(cutoff) = now.checked_sub(expiry) else {
+            return sweep;
+        };
+        let mut pending = vec![self.dir.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                if metadata.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                if path.extension().is_some_and(|e| e == "meta") {
+                    // Deleted with its object; an orphan goes when it is old.
+                    if path.with_extension("").exists() {
+                        continue;
+                    }
+                }
+                let expired = metadata.modified().is_ok_and(|modified| modified < cutoff);
+                if !expired {
+                    sweep.kept += 1;
+                    continue;
+                }
+                if sweep.deleted == MAX_SWEEP_DELETIONS {
+                    sweep.truncated = true;
+                    return sweep;
+                }
+                if std::fs::remove_file(&path).is_ok() {
+                    let _ = std::fs::remove_file(meta_path(&path));
+                    sweep.deleted += 1;
+                }
+            }
+        }
+        sweep
+    }
+
+    /// Runs [`LocalStorage::sweep`] every `interval` on the blocking pool
+    /// until the store is dropped. Needs a tokio runtime.
+    pub fn spawn_sweeper(self: &std::sync::Arc<Self>, interval: Duration) {
+        if self.expiry.is_none() {
+            return;
+        }
+        let store = std::sync::Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                let swept =
+                    tokio::task::spawn_blocking(move || store.sweep(SystemTime::now())).await;
+                match swept {
+                    Ok(sweep) if sweep.deleted > 0 => {
+                        tracing::info!(
+                            deleted = sweep.deleted,
+                            kept = sweep.kept,
+                            truncated = sweep.truncated,
+                            "expired objects deleted from local storage"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "local storage sweep failed"),
+                }
+            }
+        });
     }
 
     fn url(&self, key: &str, operation: &str) -> (String, SystemTime) {
@@ -147,24 +275,47 @@ impl LocalStorage {
         }
     }
 
+    /// Streams the body to a temporary file, then renames it into place.
     async fn put(&self, path: &Path, headers: &HeaderMap, body: Body) -> Response {
-        let limit = self
-            .max_upload_bytes
-            .unwrap_or(u64::MAX)
-            .min(usize::MAX as u64) as usize;
-        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        let limit = self.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES);
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "upload exceeds max upload bytes",
             );
-        };
+        }
         let encoding = headers
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match write_object(path, bytes, encoding.as_deref()).await {
+        let temp = temp_path(path);
+        let written = receive(body, &temp, limit, self.upload_read_timeout).await;
+        let stored = match written {
+            Ok(()) => publish_object(&temp, path, encoding.as_deref()).await,
+            Err(Upload::Io(error)) => Err(error),
+            Err(refused) => {
+                let _ = tokio::fs::remove_file(&temp).await;
+                return match refused {
+                    Upload::TooLarge => plain(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "upload exceeds max upload bytes",
+                    ),
+                    Upload::TimedOut => plain(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "upload sent nothing within the read timeout",
+                    ),
+                    _ => plain(StatusCode::BAD_REQUEST, "upload body ended early"),
+                };
+            }
+        };
+        match stored {
             Ok(()) => plain(StatusCode::NO_CONTENT, ""),
             Err(error) => {
+                let _ = tokio::fs::remove_file(&temp).await;
                 tracing::error!(path = %path.display(), %error, "failed to store an uploaded object");
                 plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -173,6 +324,46 @@ impl LocalStorage {
             }
         }
     }
+}
+
+/// Why an upload did not reach its temporary file whole.
+#[derive(Debug)]
+enum Upload {
+    TooLarge,
+    TimedOut,
+    Broken,
+    Io(std::io::Error),
+}
+
+/// Writes `body` to `temp` as it arrives: at most `limit` bytes, and no more
+/// than `idle` between two chunks.
+async fn receive(body: Body, temp: &Path, limit: u64, idle: Duration) -> Result<(), Upload> {
+    if let Some(parent) = temp.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(Upload::Io)?;
+    }
+    let mut file = tokio::fs::File::create(temp).await.map_err(Upload::Io)?;
+    let mut body = body;
+    let mut received = 0u64;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(Upload::TimedOut),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(Upload::Broken),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > limit {
+            return Err(Upload::TooLarge);
+        }
+        file.write_all(&data).await.map_err(Upload::Io)?;
+    }
+    file.flush().await.map_err(Upload::Io)?;
+    Ok(())
 }
 
 fn signed_text(operation: &str, key: &str, expires: u64) -> String {
@@ -185,20 +376,32 @@ fn meta_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension(format!("tmp-{}", crate::http::random_hex(4)))
+}
+
 /// Writes atomically (temp file, then rename) so readers never see half an object.
 async fn write_object(path: &Path, bytes: Bytes, encoding: Option<&str>) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
-    let temp = path.with_extension(format!("tmp-{}", crate::http::random_hex(4)));
+    let temp = temp_path(path);
     tokio::fs::write(&temp, &bytes).await?;
+    publish_object(&temp, path, encoding).await
+}
+
+/// Records the object's encoding, then moves the finished `temp` into place.
+async fn publish_object(temp: &Path, path: &Path, encoding: Option<&str>) -> std::io::Result<()> {
     let meta = serde_json::json!({ "content_encoding": encoding }).to_string();
     tokio::fs::write(meta_path(path), meta).await?;
-    tokio::fs::rename(&temp, path).await
+    tokio::fs::rename(temp, path).await
 }
 
 async fn get(path: &Path, headers: &HeaderMap, head_only: bool) -> Response {
-    let Ok(data) = tokio::fs::read(path).await else {
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return plain(StatusCode::NOT_FOUND, "no such object");
+    };
+    let Ok(total) = file.metadata().await.map(|m| m.len()) else {
         return plain(StatusCode::NOT_FOUND, "no such object");
     };
     let encoding = tokio::fs::read_to_string(meta_path(path))
@@ -206,7 +409,6 @@ async fn get(path: &Path, headers: &HeaderMap, head_only: bool) -> Response {
         .ok()
         .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
         .and_then(|m| m["content_encoding"].as_str().map(str::to_string));
-    let total = data.len() as u64;
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -223,17 +425,23 @@ async fn get(path: &Path, headers: &HeaderMap, head_only: bool) -> Response {
             return response;
         }
     };
-    let slice = if total == 0 {
-        Bytes::new()
-    } else {
-        Bytes::from(data).slice(start as usize..=end as usize)
-    };
-    let length = slice.len();
-    let mut response = Response::new(if head_only {
+    let length = if total == 0 { 0 } else { end - start + 1 };
+    let body = if head_only || length == 0 {
         Body::empty()
     } else {
-        Body::from(slice)
-    });
+        if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+            return plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed to read the object",
+            );
+        }
+        Body::new(FileBody {
+            file,
+            remaining: length,
+            buffer: vec![0u8; READ_CHUNK.min(length as usize)],
+        })
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let out = response.headers_mut();
     out.insert(
@@ -252,6 +460,55 @@ async fn get(path: &Path, headers: &HeaderMap, head_only: bool) -> Response {
         out.insert(header::CONTENT_ENCODING, encoding);
     }
     response
+}
+
+/// `remaining` bytes of an open file from its current position, read
+/// [`READ_CHUNK`] at a time as hyper polls: a range costs one chunk of memory
+/// per connection, whatever the object's size.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buffer: Vec<u8>,
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = (this.remaining as usize).min(this.buffer.len());
+        let mut read = ReadBuf::new(&mut this.buffer[..want]);
+        match Pin::new(&mut this.file).poll_read(context, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "object shorter than when the response started",
+                ))))
+            }
+            Poll::Ready(Ok(())) => {
+                let chunk = Bytes::copy_from_slice(read.filled());
+                this.remaining -= chunk.len() as u64;
+                Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` (one range); `None` when unsatisfiable.
@@ -346,6 +603,187 @@ mod tests {
             Some(1024),
         )
         .unwrap()
+    }
+
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("kit-local-{}", crate::http::random_hex(4)))
+    }
+
+    /// `count` chunks of `size` bytes, then the end, or a stall when `stall`.
+    struct TestBody {
+        count: usize,
+        size: usize,
+        stall: bool,
+    }
+
+    impl http_body::Body for TestBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _context: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            let this = self.get_mut();
+            if this.count == 0 {
+                return if this.stall {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(None)
+                };
+            }
+            this.count -= 1;
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(vec![
+                7u8;
+                this.size
+            ])))))
+        }
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.path().is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
+    async fn put_url(local: &LocalStorage) -> (String, String) {
+        let url = local.upload_urls(1).await.unwrap().remove(0).upload_url;
+        let (path, query) = url.split_once('?').unwrap();
+        let key = path.split_once("/__objects__/").unwrap().1;
+        (key.to_string(), query.to_string())
+    }
+
+    #[tokio::test]
+    async fn uploads_stream_to_disk_and_stop_at_the_cap() {
+        let dir = scratch();
+        let local = storage(&dir, KeyRing::ephemeral(60));
+        let (key, query) = put_url(&local).await;
+        let no_headers = HeaderMap::new();
+        let put = |count, stall| {
+            local.serve(
+                &Method::PUT,
+                &key,
+                &query,
+                &no_headers,
+                Body::new(TestBody {
+                    count,
+                    size: 256,
+                    stall,
+                }),
+            )
+        };
+        // 4 x 256 = the 1024-byte cap: accepted.
+        assert_eq!(put(4, false).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(std::fs::read(dir.join(&key)).unwrap().len(), 1024);
+        // One chunk more: refused, and nothing half-written is left behind.
+        assert_eq!(put(5, false).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(std::fs::read(dir.join(&key)).unwrap().len(), 1024);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(2048));
+        let declared = local
+            .serve(&Method::PUT, &key, &query, &headers, Body::empty())
+            .await;
+        assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(files_under(&dir).len(), 2, "the object and its .meta");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_upload_times_out_and_leaves_nothing() {
+        let dir = scratch();
+        let local = storage(&dir, KeyRing::ephemeral(60))
+            .with_upload_read_timeout(Duration::from_millis(200));
+        let (key, query) = put_url(&local).await;
+        let body = Body::new(TestBody {
+            count: 1,
+            size: 100,
+            stall: true,
+        });
+        let started = std::time::Instant::now();
+        let response = local
+            .serve(&Method::PUT, &key, &query, &HeaderMap::new(), body)
+            .await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(files_under(&dir).is_empty(), "{:?}", files_under(&dir));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn ranges_are_read_from_their_offset() {
+        let dir = scratch();
+        let local = storage(&dir, KeyRing::ephemeral(60));
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let url = local.upload(Bytes::from(data.clone()), None).await.unwrap();
+        let (path, query) = url.split_once('?').unwrap();
+        let key = path.split_once("/__objects__/").unwrap().1;
+        for (range, expect) in [
+            (None, &data[..]),
+            (Some("bytes=70000-150000"), &data[70_000..=150_000]),
+            (Some("bytes=-10"), &data[199_990..]),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(range) = range {
+                headers.insert(header::RANGE, HeaderValue::from_static(range));
+            }
+            let response = local
+                .serve(&Method::GET, key, query, &headers, Body::empty())
+                .await;
+            assert_eq!(
+                response.headers()[header::CONTENT_LENGTH],
+                expect.len().to_string()
+            );
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], expect, "{range:?}");
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn objects_past_their_expiry_are_swept_with_their_metadata() {
+        let dir = scratch();
+        let day = Duration::from_secs(24 * 3600);
+        let local = storage(&dir, KeyRing::ephemeral(60)).with_expiry(Some(day));
+        let old = local
+            .upload(Bytes::from_static(b"old"), None)
+            .await
+            .unwrap();
+        let fresh = local
+            .upload(Bytes::from_static(b"new"), None)
+            .await
+            .unwrap();
+        let path_of = |url: &str| -> PathBuf {
+            let key = url.split_once("/__objects__/").unwrap().1;
+            let key = key.split_once('?').unwrap().0;
+            dir.join(key)
+        };
+        let (old, fresh) = (path_of(&old), path_of(&fresh));
+        let two_days_ago = SystemTime::now() - 2 * day;
+        for path in [&old, &meta_path(&old)] {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+        }
+        let sweep = local.sweep(SystemTime::now());
+        assert_eq!((sweep.deleted, sweep.truncated), (1, false), "{sweep:?}");
+        assert!(!old.exists() && !meta_path(&old).exists());
+        assert!(fresh.exists() && meta_path(&fresh).exists());
+        // Without an expiry nothing is ever deleted.
+        let keep = storage(&dir, KeyRing::ephemeral(60));
+        assert_eq!(keep.sweep(SystemTime::now() + 100 * day), Sweep::default());
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[tokio::test]

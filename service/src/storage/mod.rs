@@ -16,6 +16,7 @@ pub mod azure;
 pub mod fetch;
 pub mod gcs;
 pub mod local;
+pub mod rsa_key;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod settings;
@@ -95,8 +96,63 @@ pub struct External {
     pub max_upload_bytes: Option<u64>,
     pub fetcher: fetch::Fetcher,
     /// References published once and reused (`Ctx::publish_cached`).
-    pub published:
-        tokio::sync::Mutex<std::collections::HashMap<(String, bool), crate::rpc::ExternalRef>>,
+    pub published: PublishedCache,
+}
+
+/// The references [`External::publish_cached`] hands out again, each until
+/// shortly before its URL expires.
+///
+/// One slot per key, each with its own lock: a first publication of a key
+/// holds only that key's slot while it uploads, so other keys publish (and
+/// hits are answered) meanwhile.
+pub struct PublishedCache {
+    /// How long an entry is handed out: the URL's lifetime less a margin
+    /// the caller needs to fetch it.
+    lifetime: std::time::Duration,
+    slots: std::sync::Mutex<std::collections::HashMap<(String, bool), std::sync::Arc<Slot>>>,
+}
+
+type Slot = tokio::sync::Mutex<Option<(crate::rpc::ExternalRef, std::time::Instant)>>;
+
+/// Slots kept before expired ones are dropped from the map.
+const PUBLISHED_SLOTS_BEFORE_PRUNING: usize = 1024;
+
+impl PublishedCache {
+    /// A cache for URLs valid `url_ttl`: entries live `url_ttl` less a
+    /// margin of half of it, at most five minutes, so a caller always has
+    /// that long to fetch a reference it was given.
+    pub fn new(url_ttl: std::time::Duration) -> PublishedCache {
+        let margin = (url_ttl / 2).min(std::time::Duration::from_secs(300));
+        PublishedCache {
+            lifetime: url_ttl.saturating_sub(margin),
+            slots: Default::default(),
+        }
+    }
+
+    /// How long a published reference is handed out again.
+    pub fn lifetime(&self) -> std::time::Duration {
+        self.lifetime
+    }
+
+    fn slot(&self, key: &str, include_sha256: bool) -> std::sync::Arc<Slot> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slots.len() >= PUBLISHED_SLOTS_BEFORE_PRUNING {
+            let lifetime = self.lifetime;
+            slots.retain(|_, slot| match slot.try_lock() {
+                Ok(entry) => entry
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() < lifetime),
+                Err(_) => true,
+            });
+        }
+        slots
+            .entry((key.to_string(), include_sha256))
+            .or_default()
+            .clone()
+    }
 }
 
 /// The pointer metadata of an uploaded object.
@@ -183,10 +239,15 @@ impl External {
         include_sha256: bool,
         batch: impl FnOnce() -> Result<arrow_array::RecordBatch, crate::wire::RpcError>,
     ) -> Result<crate::rpc::ExternalRef, crate::wire::RpcError> {
-        let mut published = self.published.lock().await;
-        if let Some(found) = published.get(&(key.to_string(), include_sha256)) {
+        let slot = self.published.slot(key, include_sha256);
+        let mut entry = slot.lock().await;
+        if let Some((found, at)) = entry.as_ref()
+            && at.elapsed() < self.published.lifetime
+        {
             return Ok(found.clone());
         }
+        // Timed before the upload, so the entry ends before the URL does.
+        let started = std::time::Instant::now();
         let batch = batch()?;
         let ipc = crate::wire::ipc::stream_bytes(&batch.schema(), std::slice::from_ref(&batch))?;
         let pointer = self.externalize(ipc).await?;
@@ -194,7 +255,7 @@ impl External {
             location: pointer.location,
             sha256: include_sha256.then_some(pointer.sha256),
         };
-        published.insert((key.to_string(), include_sha256), reference.clone());
+        *entry = Some((reference.clone(), started));
         Ok(reference)
     }
 
@@ -235,14 +296,23 @@ pub fn open(
                 .dir
                 .clone()
                 .unwrap_or_else(|| "./.kit-storage".into());
-            let local = std::sync::Arc::new(local::LocalStorage::new(
-                dir,
-                &base,
-                &settings.prefix,
-                settings.presign_ttl,
-                keys.clone(),
-                settings.max_upload_bytes,
-            )?);
+            let local = std::sync::Arc::new(
+                local::LocalStorage::new(
+                    dir,
+                    &base,
+                    &settings.prefix,
+                    settings.presign_ttl,
+                    keys.clone(),
+                    settings.max_upload_bytes,
+                )?
+                .with_upload_read_timeout(settings.upload_read_timeout)
+                .with_expiry(settings.expiry),
+            );
+            // Opened outside a runtime (a one-off tool), there is nothing to
+            // sweep for: the sweep belongs to a serving process.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                local.spawn_sweeper(settings.sweep_interval);
+            }
             (local.clone(), Some(local))
         }
         settings::Provider::Gcs => (
@@ -277,6 +347,120 @@ pub fn open(
         max_externalized_response_bytes: settings.max_externalized_response_bytes,
         max_upload_bytes: settings.max_upload_bytes,
         fetcher,
-        published: Default::default(),
+        published: PublishedCache::new(settings.presign_ttl),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Counts uploads; each waits at `barrier` when one is set.
+    struct Counting {
+        uploads: AtomicUsize,
+        barrier: Option<tokio::sync::Barrier>,
+    }
+
+    impl ExternalStorage for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        fn upload(
+            &self,
+            _bytes: Bytes,
+            _content_encoding: Option<&'static str>,
+        ) -> BoxFuture<'_, Result<String, StorageError>> {
+            Box::pin(async move {
+                if let Some(barrier) = &self.barrier {
+                    barrier.wait().await;
+                }
+                let n = self.uploads.fetch_add(1, Ordering::SeqCst);
+                Ok(format!("https://store.example/{n}"))
+            })
+        }
+
+        fn upload_urls(
+            &self,
+            _count: usize,
+        ) -> BoxFuture<'_, Result<Vec<UploadUrl>, StorageError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn external(url_ttl: Duration, barrier: Option<usize>) -> (External, Arc<Counting>) {
+        let storage = Arc::new(Counting {
+            uploads: AtomicUsize::new(0),
+            barrier: barrier.map(tokio::sync::Barrier::new),
+        });
+        let external = External {
+            storage: storage.clone(),
+            local: None,
+            threshold_bytes: 1,
+            compression: Compression::Off,
+            max_externalized_response_bytes: None,
+            max_upload_bytes: None,
+            fetcher: fetch::Fetcher::new(settings::FetchSettings::default()).unwrap(),
+            published: PublishedCache::new(url_ttl),
+        };
+        (external, storage)
+    }
+
+    fn batch() -> Result<arrow_array::RecordBatch, crate::wire::RpcError> {
+        let column: arrow_array::ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1]));
+        Ok(arrow_array::RecordBatch::try_from_iter([("x", column)])?)
+    }
+
+    #[test]
+    fn entries_end_before_their_urls_with_a_margin_to_fetch() {
+        let check = |ttl: u64, lifetime_ms: u64| {
+            assert_eq!(
+                PublishedCache::new(Duration::from_secs(ttl)).lifetime(),
+                Duration::from_millis(lifetime_ms),
+                "URL TTL {ttl} s"
+            );
+        };
+        check(3600, 3_300_000);
+        check(600, 300_000);
+        check(60, 30_000);
+        check(1, 500);
+    }
+
+    #[tokio::test]
+    async fn a_cached_reference_is_published_again_once_its_entry_expires() {
+        let (external, storage) = external(Duration::from_millis(400), None);
+        let first = external.publish_cached("k", false, batch).await.unwrap();
+        let again = external.publish_cached("k", false, batch).await.unwrap();
+        assert_eq!(first.location, again.location);
+        assert_eq!(storage.uploads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let renewed = external.publish_cached("k", false, batch).await.unwrap();
+        assert_ne!(
+            renewed.location, first.location,
+            "the URL would expire soon"
+        );
+        assert_eq!(storage.uploads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn uploads_of_different_keys_do_not_wait_for_each_other() {
+        // Each upload waits until both are uploading: under one lock across
+        // uploads, the second could never start and this would time out.
+        let (external, storage) = external(Duration::from_secs(3600), Some(2));
+        let both = async {
+            tokio::join!(
+                external.publish_cached("a", false, batch),
+                external.publish_cached("b", true, batch),
+            )
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .expect("two keys publish concurrently");
+        assert_ne!(a.unwrap().location, b.unwrap().location);
+        assert_eq!(storage.uploads.load(Ordering::SeqCst), 2);
+    }
 }

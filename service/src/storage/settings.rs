@@ -140,6 +140,13 @@ pub struct StorageSettings {
     pub presign_ttl: Duration,
     pub max_upload_bytes: Option<u64>,
     pub max_externalized_response_bytes: Option<u64>,
+    /// Local backend: objects older than this are deleted, as a bucket's
+    /// lifecycle rule would (`None`: kept).
+    pub expiry: Option<Duration>,
+    /// Local backend: how often the expiry sweep runs.
+    pub sweep_interval: Duration,
+    /// Local backend: an upload that sends nothing for this long gets 408.
+    pub upload_read_timeout: Duration,
 }
 
 impl StorageSettings {
@@ -157,6 +164,9 @@ impl StorageSettings {
             presign_ttl: Duration::from_secs(3600),
             max_upload_bytes: None,
             max_externalized_response_bytes: None,
+            expiry: Some(Duration::from_secs(24 * 3600)),
+            sweep_interval: Duration::from_secs(3600),
+            upload_read_timeout: Duration::from_secs(30),
         }
     }
 }

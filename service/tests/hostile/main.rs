@@ -10,4 +10,6 @@ mod lifecycle;
 mod memory;
 mod ratelimit;
 mod ssrf;
+mod store;
+mod streams;
 mod workers;

@@ -24,7 +24,8 @@ use kit_service::wire::{self, Metadata};
 pub struct InProcess {
     pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    dir: std::path::PathBuf,
+    /// The `local` storage directory.
+    pub dir: std::path::PathBuf,
 }
 
 impl Drop for InProcess {
@@ -45,6 +46,14 @@ fn scratch_dir(label: &str) -> std::path::PathBuf {
 
 /// The conformance protocols with `local` storage (so pointers resolve) and `extra` env.
 pub async fn in_process(extra: &[(&str, &str)]) -> InProcess {
+    in_process_serving(kit_service::conformance::protocols(), extra).await
+}
+
+/// `protocols` with `local` storage and `extra` env.
+pub async fn in_process_serving(
+    protocols: Vec<kit_service::Protocol>,
+    extra: &[(&str, &str)],
+) -> InProcess {
     let dir = scratch_dir("inproc");
     let mut env: HashMap<String, String> = HashMap::from([
         ("KIT_STORAGE".into(), "local".into()),
@@ -54,8 +63,7 @@ pub async fn in_process(extra: &[(&str, &str)]) -> InProcess {
     let config = Config::from_env(&env, "127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = listener.local_addr().unwrap();
-    let server =
-        build_server_at(&config, kit_service::conformance::protocols(), "", bound).unwrap();
+    let server = build_server_at(&config, protocols, "", bound).unwrap();
     let (stop, signal) = tokio::sync::oneshot::channel::<()>();
     let drain = Drain {
         delay: Duration::ZERO,
@@ -76,7 +84,8 @@ pub struct ChildService {
     pub url: String,
     pub address: SocketAddr,
     child: Child,
-    dir: std::path::PathBuf,
+    /// The `local` storage directory (with `Spawn::storage`).
+    pub dir: std::path::PathBuf,
 }
 
 impl ChildService {
@@ -515,10 +524,15 @@ impl ReadyzProbe {
 /// over a raw socket (stopping early if the server closes), then reads the
 /// status line. `None`: the connection was closed without a status.
 pub async fn post_zeros(address: SocketAddr, path: &str, length: u64) -> Option<u16> {
+    send_zeros(address, "POST", path, length).await
+}
+
+/// [`post_zeros`] with any method (`PUT` for uploads).
+pub async fn send_zeros(address: SocketAddr, method: &str, path: &str, length: u64) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(address).await.ok()?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: {}\r\ncontent-length: {length}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: {}\r\ncontent-length: {length}\r\n\r\n",
         wire::CONTENT_TYPE
     );
     socket.write_all(head.as_bytes()).await.ok()?;
@@ -626,4 +640,59 @@ pub async fn metric(base: &str, prefix: &str) -> f64 {
         .filter(|line| line.starts_with(prefix))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// One upload/download URL pair from `POST {base}/__upload_url__/init`.
+pub async fn vend_upload_url(base: &str) -> (String, String) {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::Int64,
+        true,
+    )]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow_array::Int64Array::from(vec![1]))],
+    )
+    .unwrap();
+    let mut body = Vec::new();
+    let mut writer = StreamWriter::new(&mut body, &schema).unwrap();
+    writer
+        .write(
+            &batch,
+            &vec![
+                (wire::METHOD_KEY.into(), "__upload_url__".into()),
+                (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+            ],
+        )
+        .unwrap();
+    writer.finish();
+    let answer = client()
+        .post(format!("{base}/__upload_url__/init"))
+        .header("content-type", wire::CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "upload URLs are vended");
+    let urls = read_streams(&answer.bytes().await.unwrap())
+        .unwrap()
+        .remove(0)
+        .batches
+        .remove(0)
+        .batch;
+    let column = |i: usize| {
+        urls.column(i)
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    };
+    (column(0), column(1))
+}
+
+/// The path and query of a URL on the service (`/__objects__/...?expires=..`).
+pub fn path_and_query(url: &str) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme[after_scheme.find('/').unwrap()..].to_string()
 }
