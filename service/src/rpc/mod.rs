@@ -64,7 +64,12 @@
 //! let shift = protocol.method("shift").unwrap();
 //! assert_eq!(
 //!     kit_service::wire::tokens::schema_text(shift.params()),
-//!     "point: struct<x:float64,y:float64,label?:utf8>, dx: float64, dy: float64"
+//!     // A record parameter travels as Python's dataclasses do: one row of IPC.
+//!     "point: binary, dx: float64, dy: float64"
+//! );
+//! assert_eq!(
+//!     kit_service::wire::tokens::type_token(&<Point as kit_service::rpc::value::ArrowValue>::data_type()),
+//!     "struct<x:float64,y:float64,label?:utf8>"
 //! );
 //! assert_eq!(shift.doc(), "Moves a point by `dx`, `dy`.");
 //!
