@@ -328,7 +328,7 @@ async fn prepare(
     let method = resolved.method();
     let (schema, mut batch) = read_request(resolved, body)?;
     if batch.get(wire::LOCATION_KEY).is_some() && batch.batch.num_rows() == 0 {
-        batch.batch = resolve_pointer(server, info, &schema, &batch).await?;
+        (batch.batch, batch.metadata) = resolve_pointer(server, info, &schema, &batch).await?;
     }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
     let ctx = Ctx::new(
@@ -850,7 +850,7 @@ async fn exchange(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         identity.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
@@ -911,7 +911,17 @@ async fn exchange(
             let mut input_batch = batch.batch.clone();
             if batch.get(wire::LOCATION_KEY).is_some() && input_batch.num_rows() == 0 {
                 match resolve_pointer(server, info, &stream.schema, &batch).await {
-                    Ok(resolved_input) => input_batch = resolved_input,
+                    Ok((resolved_input, metadata)) => {
+                        // The method reads the stored batch's metadata, never the pointer's.
+                        input_batch = resolved_input;
+                        // Nothing has run on `ctx` yet, so a fresh one loses no logs.
+                        ctx = Ctx::new(
+                            identity.clone(),
+                            info.request_id.clone(),
+                            wire::user_metadata(&metadata),
+                            limit,
+                        );
+                    }
                     Err(error) => {
                         return Ok(turn_error(
                             server,
@@ -1066,16 +1076,19 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
     RecordBatch::try_new_with_options(target.clone(), columns, &options).map_err(|_| mismatch())
 }
 
-/// Replaces an uploaded-request pointer with the batch it names.
+/// Replaces an uploaded-request pointer with the batch it names, and its
+/// metadata: the stored batch's, stamped with where it came from
+/// (`vgi_rpc.location.source`) and how long the fetch took, as upstream's
+/// reader does. The pointer's own keys never reach the method.
 ///
-/// Dispatch metadata stays that of the outer batch; the fetched stream must
-/// hold exactly one data batch on the pointer's own schema.
+/// Dispatch (method, protocol, tokens) stays that of the outer batch; the
+/// fetched stream must hold exactly one data batch on the pointer's own schema.
 async fn resolve_pointer(
     server: &Server,
     info: &RequestInfo,
     schema: &SchemaRef,
     pointer: &Batch,
-) -> Result<RecordBatch, RpcError> {
+) -> Result<(RecordBatch, wire::ipc::Metadata), RpcError> {
     let location = pointer.get(wire::LOCATION_KEY).unwrap_or_default();
     let Some(external) = server.external.as_ref() else {
         return Err(RpcError::bad_request(
@@ -1084,6 +1097,7 @@ async fn resolve_pointer(
         ));
     };
     let mut reservation = server.hosting.limits.budget.reservation();
+    let started = std::time::Instant::now();
     let fetched = external
         .fetcher
         .fetch_within(
@@ -1102,8 +1116,11 @@ async fn resolve_pointer(
                 .with_kind("server_busy")
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
         }
-        error => RpcError::new("ExternalFetchError", error.to_string()),
+        // As upstream's fetcher raises them: a refused URL is a ValueError.
+        FetchError::Refused { .. } => RpcError::new("ValueError", error.to_string()),
+        error => RpcError::new("RuntimeError", error.to_string()),
     })?;
+    let fetch_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (stream, _) = read_stream(&fetched, 0).map_err(|e| {
         RpcError::new(
             "ArrowInvalid",
@@ -1136,7 +1153,14 @@ async fn resolve_pointer(
             ),
         ));
     }
-    Ok(first.batch)
+    let mut metadata = first.metadata;
+    metadata.retain(|(key, _)| key != wire::LOCATION_SHA256_KEY);
+    metadata.push((
+        wire::LOCATION_FETCH_MS_KEY.to_string(),
+        format!("{fetch_ms:.1}"),
+    ));
+    metadata.push((wire::LOCATION_SOURCE_KEY.to_string(), location.to_string()));
+    Ok((first.batch, metadata))
 }
 
 /// `__upload_url__/init`: vends upload/download URL pairs (count clamped to 1..=100).
