@@ -175,7 +175,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_STORAGE",
         default: "",
-        doc: "External storage for large batches: `local`, `s3`, `gcs` or `azure`. Unset: no externalization.",
+        doc: "External storage for large batches: `local`, `s3`, `gcs` or `azure` (`fake`: the vgi-rpc conformance suite's fake store at `KIT_STORAGE_ENDPOINT`, for conformance runs only). Unset: no externalization.",
     },
     Variable {
         name: "KIT_STORAGE_BUCKET",
@@ -584,7 +584,7 @@ fn storage_settings(
     let provider_text = env.var("KIT_STORAGE").filter(|v| !v.trim().is_empty())?;
     let Some(provider) = Provider::parse(&provider_text) else {
         problems.push(format!(
-            "`KIT_STORAGE` must be `local`, `s3`, `gcs` or `azure`, got `{provider_text}`"
+            "`KIT_STORAGE` must be `local`, `s3`, `gcs`, `azure` or `fake`, got `{provider_text}`"
         ));
         return None;
     };
@@ -594,7 +594,7 @@ fn storage_settings(
             .filter(|v| !v.is_empty())
     };
     let bucket = text("KIT_STORAGE_BUCKET");
-    if provider != Provider::Local && bucket.is_none() {
+    if !matches!(provider, Provider::Local | Provider::Fake) && bucket.is_none() {
         problems.push(format!(
             "`KIT_STORAGE={}` needs `KIT_STORAGE_BUCKET`",
             provider.as_str()
