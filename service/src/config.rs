@@ -308,6 +308,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Host `kit.Probe.v1`, the operational protocol the doctor's end-to-end check (OPS003) calls: one result forced through external storage, one stream continued across replicas. Not listed by reflection; behind auth and rate limits like any call (true/false).",
     },
     Variable {
+        name: "KIT_ACCESS_LOG",
+        default: "",
+        doc: "File to append vgi-rpc access records to, one JSON line per call (and per stream turn) in the shape of upstream's `access_log.schema.json`. Unset: none (the service log on stderr still has its `kit_service::access` line).",
+    },
+    Variable {
         name: "KIT_LOG_FORMAT",
         default: "json",
         doc: "Log format: `json` or `text`.",
@@ -375,6 +380,8 @@ pub struct Config {
     /// Host `kit.Probe.v1` (`KIT_PROBE`).
     pub probe: bool,
     pub log_json: bool,
+    /// Where access records go (`KIT_ACCESS_LOG`).
+    pub access_log: Option<std::path::PathBuf>,
     pub shutdown_grace_seconds: u64,
     pub server_id: Option<String>,
     pub max_upload_bytes: Option<u64>,
@@ -438,6 +445,10 @@ impl Config {
                     true
                 }
             },
+            access_log: env
+                .var("KIT_ACCESS_LOG")
+                .filter(|v| !v.trim().is_empty())
+                .map(std::path::PathBuf::from),
             shutdown_grace_seconds: number(env, "KIT_SHUTDOWN_GRACE", &mut problems).unwrap_or(30),
             server_id: env.var("KIT_SERVER_ID").filter(|v| !v.is_empty()),
             max_upload_bytes: number(env, "KIT_MAX_UPLOAD_BYTES", &mut problems),

@@ -368,6 +368,7 @@ fn method_error(
     if let Some(ctx) = ctx {
         let _ = write_logs(&mut writer, ctx, server, info);
     }
+    info.note_error(error);
     let _ = writer.write_metadata_only(&error.to_metadata_from(
         &server.config.server_id,
         &info.request_id,
@@ -622,6 +623,7 @@ async fn init(
     };
     let mut call_id = [0u8; 16];
     getrandom::fill(&mut call_id).expect("random source");
+    let _ = info.stream_id.set(hex::encode(call_id));
     let call = CallToken {
         call_id,
         output_schema: started.output_schema.clone(),
@@ -793,6 +795,7 @@ fn turn_error(
 ) -> Response {
     let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
     let _ = write_logs(&mut writer, ctx, server, info);
+    info.note_error(&error);
     let _ = writer.write_metadata_only(&error.to_metadata_from(
         &server.config.server_id,
         &info.request_id,
@@ -839,6 +842,7 @@ async fn exchange(
             .open(TokenKind::Call, bound, call)
             .map_err(token_error)?,
     )?;
+    let _ = info.stream_id.set(hex::encode(call.call_id));
     if cursor.len() < 16 || cursor[..16] != call.call_id {
         return Err(RpcError::bad_request(
             "RuntimeError",

@@ -20,7 +20,7 @@ pub mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod settings;
-mod signing;
+pub(crate) mod signing;
 
 use std::time::SystemTime;
 
