@@ -75,8 +75,17 @@ fn response_limit(server: &Server, info: &RequestInfo) -> Option<u64> {
 
 /// Reads the first batch of the request stream and checks the dispatch metadata.
 fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch), RpcError> {
-    let (stream, _) =
-        read_stream(body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
+    let (stream, _) = read_stream(body, 0).map_err(|e| match e.null_in_required_column() {
+        // The reference's words for `None` passed to a required parameter.
+        Some(column) => RpcError::bad_request(
+            "TypeError",
+            format!(
+                "{}() parameter '{column}' is not optional but got None",
+                resolved.method
+            ),
+        ),
+        None => RpcError::bad_request("ArrowInvalid", e.to_string()),
+    })?;
     let batch = stream.batches.into_iter().next().ok_or_else(|| {
         RpcError::bad_request("ArrowInvalid", "request stream carries no record batch")
     })?;
@@ -263,6 +272,54 @@ fn validate_params(
 
 /// `: missing parameter 'b' (int64)` / `: unexpected parameter 'c' (utf8)`,
 /// so a wrong argument count names the arguments.
+/// Record parameters ([`crate::rpc::ProtocolBuilder::record_param`]): each
+/// cell must be an IPC stream of exactly one row on the declared schema, and
+/// nothing after it. Refused as the reference refuses a dataclass it cannot
+/// deserialize: 400 `TypeError`, the IPC reader's own words.
+fn validate_records(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<(), RpcError> {
+    use arrow_array::Array as _;
+    let bad = |message: String| RpcError::bad_request("TypeError", message);
+    for (param, declared) in &method.records {
+        let Some(column) = batch
+            .column_by_name(param)
+            .and_then(|c| c.as_any().downcast_ref::<arrow_array::BinaryArray>())
+        else {
+            continue;
+        };
+        for row in 0..column.len() {
+            if column.is_null(row) {
+                continue;
+            }
+            let bytes = Bytes::copy_from_slice(column.value(row));
+            let (stream, end) = read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
+            if end != bytes.len() {
+                return Err(bad(format!(
+                    "{}() parameter '{param}': {} bytes after the record's IPC stream",
+                    method.name,
+                    bytes.len() - end
+                )));
+            }
+            let received = wire::tokens::schema_text(&stream.schema);
+            let expected = wire::tokens::schema_text(declared);
+            if received != expected {
+                return Err(bad(format!(
+                    "{}() parameter '{param}' expected a record with schema {expected}, got {received}",
+                    method.name
+                )));
+            }
+            let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
+            if stream.batches.len() != 1 || rows != 1 {
+                return Err(bad(format!(
+                    "{}() parameter '{param}' expected a single-row record batch, got {rows} rows in {} batches",
+                    method.name,
+                    stream.batches.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parameter_difference(declared: &SchemaRef, received: &SchemaRef) -> String {
     let mut parts = Vec::new();
     for want in declared.fields() {
@@ -331,6 +388,7 @@ async fn prepare(
         (batch.batch, batch.metadata) = resolve_pointer(server, info, &schema, &batch).await?;
     }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
+    validate_records(method, &batch.batch)?;
     let ctx = Ctx::new(
         info.identity.clone(),
         info.request_id.clone(),
