@@ -113,6 +113,7 @@ pub fn conformance_service() -> Protocol {
         })
         // The dataclass parameters: strict, as the reference deserializes them.
         .record_param("echo_point", "point", dataclasses::POINT_SCHEMA)
+        .record_param("echo_optional_point", "point", dataclasses::POINT_SCHEMA)
         .record_param("inspect_point", "point", dataclasses::POINT_SCHEMA)
         .record_param("echo_bounding_box", "box", dataclasses::BOUNDING_BOX_SCHEMA)
         .record_param("echo_all_types", "data", dataclasses::ALL_TYPES_SCHEMA)
