@@ -146,7 +146,11 @@ impl AccessRecord<'_> {
         put("authenticated", json!(!self.principal.is_empty()));
         put(
             "remote_addr",
-            json!(self.remote_addr.map(|a| a.ip().to_string()).unwrap_or_default()),
+            json!(
+                self.remote_addr
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default()
+            ),
         );
         put(
             "duration_ms",

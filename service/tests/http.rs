@@ -768,7 +768,8 @@ fn point_bytes(rows: usize) -> Vec<u8> {
         Field::new("x", DataType::Float64, false),
         Field::new("y", DataType::Float64, false),
     ]));
-    let column = || Arc::new(arrow_array::Float64Array::from(vec![1.5; rows])) as arrow_array::ArrayRef;
+    let column =
+        || Arc::new(arrow_array::Float64Array::from(vec![1.5; rows])) as arrow_array::ArrayRef;
     let batch = RecordBatch::try_new(schema.clone(), vec![column(), column()]).unwrap();
     ipc(schema, batch, Vec::new())
 }
@@ -789,12 +790,23 @@ async fn record_parameters_are_decoded_strictly_before_the_method_runs() {
             Arc::new(arrow_array::BinaryArray::from(vec![bytes])),
         )
     };
-    let ok = post(&server, "/ConformanceService/echo_point", point(&point_bytes(1))).await;
+    let ok = post(
+        &server,
+        "/ConformanceService/echo_point",
+        point(&point_bytes(1)),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.error());
     for (bytes, says) in [
         (b"junk".to_vec(), "TypeError: Expected to read"),
-        (point_bytes(2), "TypeError: echo_point() parameter 'point' expected a single-row"),
-        ([point_bytes(1), b"tail".to_vec()].concat(), "bytes after the record's IPC stream"),
+        (
+            point_bytes(2),
+            "TypeError: echo_point() parameter 'point' expected a single-row",
+        ),
+        (
+            [point_bytes(1), b"tail".to_vec()].concat(),
+            "bytes after the record's IPC stream",
+        ),
     ] {
         let reply = post(&server, "/ConformanceService/echo_point", point(&bytes)).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST);
@@ -820,7 +832,11 @@ async fn record_parameters_are_decoded_strictly_before_the_method_runs() {
     );
     let reply = post(&server, "/ConformanceService/echo_point", other).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).contains("expected a record with schema"));
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .contains("expected a record with schema")
+    );
 }
 
 #[tokio::test]
@@ -831,16 +847,33 @@ async fn a_null_in_a_required_parameter_is_a_type_error() {
         KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600),
     );
     // The field says required, the column holds a null: what pyarrow sends for `None`.
-    let nullable = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, true)]));
-    let batch = RecordBatch::try_new(nullable, vec![Arc::new(Int64Array::from(vec![None::<i64>]))]).unwrap();
-    let required = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
+    let nullable = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Int64,
+        true,
+    )]));
+    let batch = RecordBatch::try_new(
+        nullable,
+        vec![Arc::new(Int64Array::from(vec![None::<i64>]))],
+    )
+    .unwrap();
+    let required = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Int64,
+        false,
+    )]));
     let metadata = vec![
         (wire::METHOD_KEY.into(), "echo_int".into()),
         (wire::REQUEST_VERSION_KEY.into(), "1".into()),
         (wire::PROTOCOL_KEY.into(), "ConformanceService".into()),
         (wire::PROTOCOL_VERSION_KEY.into(), "2.0.0".into()),
     ];
-    let reply = post(&server, "/ConformanceService/echo_int", ipc(required, batch, metadata)).await;
+    let reply = post(
+        &server,
+        "/ConformanceService/echo_int",
+        ipc(required, batch, metadata),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(
         reply.error_field(wire::LOG_MESSAGE_KEY),

@@ -21,8 +21,16 @@ const SECRET: &str = "kit-redaction-secret-7f3a";
 
 /// A pointer request for `echo_int` whose data lives at `location`.
 fn pointer(location: &str) -> Vec<u8> {
-    let schema = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
-    let empty = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(Vec::<i64>::new()))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Int64,
+        false,
+    )]));
+    let empty = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from(Vec::<i64>::new()))],
+    )
+    .unwrap();
     let metadata: Metadata = vec![
         (wire::METHOD_KEY.into(), "echo_int".into()),
         (wire::REQUEST_VERSION_KEY.into(), "1".into()),
@@ -44,7 +52,9 @@ async fn storage() -> std::net::SocketAddr {
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut request = vec![0u8; 8192];
                 let read = socket.read(&mut request).await.unwrap_or(0);
@@ -54,7 +64,8 @@ async fn storage() -> std::net::SocketAddr {
                         "HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/x?X-Amz-Signature={SECRET}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     )
                 } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string()
                 };
                 let _ = socket.write_all(response.as_bytes()).await;
             });
@@ -85,7 +96,11 @@ async fn a_failed_fetch_of_a_signed_url_leaks_its_signature_nowhere() {
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let url = line.trim().strip_prefix("LISTENING ").expect("LISTENING line").to_string();
+    let url = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING line")
+        .to_string();
 
     let signed = format!("X-Amz-Credential=AKIA%2F{SECRET}&X-Amz-Signature={SECRET}");
     let locations = [
@@ -107,13 +122,29 @@ async fn a_failed_fetch_of_a_signed_url_leaks_its_signature_nowhere() {
         let headers = format!("{:?}", response.headers());
         let body = response.bytes().await.unwrap();
         let text = String::from_utf8_lossy(&body);
-        assert!(text.contains("ExternalLocation"), "no fetch error for {location}: {text}");
+        assert!(
+            text.contains("ExternalLocation"),
+            "no fetch error for {location}: {text}"
+        );
         for leaked in [SECRET, "X-Amz-"] {
-            assert!(!text.contains(leaked), "the response for {location} carries {leaked}: {text}");
-            assert!(!headers.contains(leaked), "a header for {location} carries {leaked}: {headers}");
+            assert!(
+                !text.contains(leaked),
+                "the response for {location} carries {leaked}: {text}"
+            );
+            assert!(
+                !headers.contains(leaked),
+                "a header for {location} carries {leaked}: {headers}"
+            );
         }
     }
-    let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("kit_requests_total"), "{metrics}");
 
     let _ = std::process::Command::new("kill")
@@ -123,11 +154,18 @@ async fn a_failed_fetch_of_a_signed_url_leaks_its_signature_nowhere() {
     let service_log = std::fs::read_to_string(&stderr_path).unwrap();
     let access = std::fs::read_to_string(&access_log).unwrap();
     assert_eq!(
-        access.lines().filter(|l| l.contains("\"status\":\"error\"")).count(),
+        access
+            .lines()
+            .filter(|l| l.contains("\"status\":\"error\""))
+            .count(),
         locations.len(),
         "one error record per failed call: {access}"
     );
-    for (name, text) in [("the service log", &service_log), ("the access log", &access), ("/metrics", &metrics)] {
+    for (name, text) in [
+        ("the service log", &service_log),
+        ("the access log", &access),
+        ("/metrics", &metrics),
+    ] {
         for leaked in [SECRET, "X-Amz-"] {
             assert!(!text.contains(leaked), "{name} carries {leaked}:\n{text}");
         }

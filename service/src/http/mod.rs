@@ -224,8 +224,11 @@ impl RequestInfo {
         *self
             .error
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((error.error_type.clone(), error.message.clone(), error.code.as_str()));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
+            error.error_type.clone(),
+            error.message.clone(),
+            error.code.as_str(),
+        ));
     }
 
     /// Keeps `reservation` until this request ends.
@@ -619,7 +622,8 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if error.is_none() && (status >= 400 || response.headers().contains_key("x-vgi-rpc-error")) {
+        if error.is_none() && (status >= 400 || response.headers().contains_key("x-vgi-rpc-error"))
+        {
             // Refused by the transport before any error batch was written.
             error = Some(("HTTPError".into(), format!("HTTP {status}"), "UNKNOWN"));
         }

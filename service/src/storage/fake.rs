@@ -75,9 +75,9 @@ impl FakeStorage {
             .await
             .map_err(|e| unreachable(BACKEND, e))?;
         serde_json::from_slice::<Allocation>(&text).map_err(|e| StorageError::Failed {
-                backend: BACKEND,
-                message: format!("`/alloc` answered something other than its JSON: {e}"),
-            })
+            backend: BACKEND,
+            message: format!("`/alloc` answered something other than its JSON: {e}"),
+        })
     }
 }
 

@@ -827,8 +827,16 @@ mod tests {
 
     #[test]
     fn a_null_in_a_required_column_is_named() {
-        let nullable = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, true)]));
-        let required = Arc::new(Schema::new(vec![Field::new("value", DataType::Int64, false)]));
+        let nullable = Arc::new(Schema::new(vec![Field::new(
+            "value",
+            DataType::Int64,
+            true,
+        )]));
+        let required = Arc::new(Schema::new(vec![Field::new(
+            "value",
+            DataType::Int64,
+            false,
+        )]));
         let batch = RecordBatch::try_new(
             nullable,
             vec![Arc::new(Int64Array::from(vec![None::<i64>]))],
