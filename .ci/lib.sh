@@ -21,7 +21,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # The Python 3.13 venv with the vgi-rpc client and its conformance suites.
 ensure_python() {
-    if [ -x "$PY" ] && "$PY" -c "import vgi_rpc, pytest, pytest_timeout" 2>/dev/null \
+    if [ -x "$PY" ] && "$PY" -c "import vgi_rpc, pytest, pytest_timeout, jsonschema, psutil" 2>/dev/null \
         && [ "$("$PY" -c 'import importlib.metadata as m; print(m.version("vgi-rpc"))')" = "$VGI_RPC_VERSION" ]; then
         return
     fi
@@ -41,7 +41,7 @@ ensure_python() {
     rm -rf "$VENV"
     "$python313" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "vgi-rpc[http,external,s3,conformance]==$VGI_RPC_VERSION" pytest pytest-timeout
+        "vgi-rpc[http,external,s3,conformance]==$VGI_RPC_VERSION" pytest pytest-timeout jsonschema psutil
 }
 
 # Starts kit-service on a free loopback port with extra `VAR=value` settings;

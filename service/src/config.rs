@@ -195,7 +195,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_STORAGE",
         default: "",
-        doc: "External storage for large batches: `local`, `s3`, `gcs` or `azure`. Unset: no externalization.",
+        doc: "External storage for large batches: `local`, `s3`, `gcs` or `azure` (`fake`: the vgi-rpc conformance suite's fake store at `KIT_STORAGE_ENDPOINT`, for conformance runs only). Unset: no externalization.",
     },
     Variable {
         name: "KIT_STORAGE_BUCKET",
@@ -338,6 +338,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Host `kit.Probe.v1`, the operational protocol the doctor's end-to-end check (OPS003) calls: one result forced through external storage, one stream continued across replicas. Not listed by reflection; behind auth and rate limits like any call (true/false).",
     },
     Variable {
+        name: "KIT_ACCESS_LOG",
+        default: "",
+        doc: "File to append vgi-rpc access records to, one JSON line per call (and per stream turn) in the shape of upstream's `access_log.schema.json`. Unset: none (the service log on stderr still has its `kit_service::access` line).",
+    },
+    Variable {
         name: "KIT_LOG_FORMAT",
         default: "json",
         doc: "Log format: `json` or `text`.",
@@ -405,6 +410,8 @@ pub struct Config {
     /// Host `kit.Probe.v1` (`KIT_PROBE`).
     pub probe: bool,
     pub log_json: bool,
+    /// Where access records go (`KIT_ACCESS_LOG`).
+    pub access_log: Option<std::path::PathBuf>,
     pub shutdown_grace_seconds: u64,
     pub server_id: Option<String>,
     pub max_upload_bytes: Option<u64>,
@@ -474,6 +481,10 @@ impl Config {
                     true
                 }
             },
+            access_log: env
+                .var("KIT_ACCESS_LOG")
+                .filter(|v| !v.trim().is_empty())
+                .map(std::path::PathBuf::from),
             shutdown_grace_seconds: number(env, "KIT_SHUTDOWN_GRACE", &mut problems).unwrap_or(30),
             server_id: env.var("KIT_SERVER_ID").filter(|v| !v.is_empty()),
             max_upload_bytes: number(env, "KIT_MAX_UPLOAD_BYTES", &mut problems),
@@ -647,7 +658,7 @@ fn storage_settings(
     let provider_text = env.var("KIT_STORAGE").filter(|v| !v.trim().is_empty())?;
     let Some(provider) = Provider::parse(&provider_text) else {
         problems.push(format!(
-            "`KIT_STORAGE` must be `local`, `s3`, `gcs` or `azure`, got `{provider_text}`"
+            "`KIT_STORAGE` must be `local`, `s3`, `gcs`, `azure` or `fake`, got `{provider_text}`"
         ));
         return None;
     };
@@ -657,7 +668,7 @@ fn storage_settings(
             .filter(|v| !v.is_empty())
     };
     let bucket = text("KIT_STORAGE_BUCKET");
-    if provider != Provider::Local && bucket.is_none() {
+    if !matches!(provider, Provider::Local | Provider::Fake) && bucket.is_none() {
         problems.push(format!(
             "`KIT_STORAGE={}` needs `KIT_STORAGE_BUCKET`",
             provider.as_str()
@@ -669,7 +680,7 @@ fn storage_settings(
     let naming = match provider {
         Provider::Gcs => Some(BucketRules::Gcs),
         Provider::Azure => Some(BucketRules::Azure),
-        Provider::S3 | Provider::Local => None,
+        Provider::S3 | Provider::Local | Provider::Fake => None,
     };
     if let (Some(rules), Some(bucket)) = (naming, &bucket)
         && let Some(problem) = bucket_name_problem(rules, bucket)

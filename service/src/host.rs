@@ -414,7 +414,17 @@ fn start(
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
-    let server = crate::serve::build_server(&config, protocols, prefix);
+    let mut server = crate::serve::build_server(&config, protocols, prefix);
+    if let Some(path) = &config.access_log {
+        match crate::access_log::AccessLog::open(path) {
+            Ok(log) => server = server.with_access_log(log),
+            Err(error) => {
+                eprintln!("error: {error}");
+                eprintln!("hint: point `KIT_ACCESS_LOG` at a writable file, or unset it");
+                return Err(ExitCode::from(64));
+            }
+        }
+    }
     Ok((config, telemetry, server))
 }
 

@@ -10,6 +10,7 @@
 // The macros name this crate `::kit_service`, also when used inside it (the demo).
 extern crate self as kit_service;
 
+pub mod access_log;
 pub mod alloc;
 pub mod client;
 pub mod config;

@@ -65,6 +65,7 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
             heavy: crate::limits::HeavyPool::new(config.codec_threads),
             connections: config.connections,
         },
+        access_log: None,
     };
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }

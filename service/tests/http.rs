@@ -900,3 +900,135 @@ async fn objects_route_carries_the_capability_headers() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One-column request for a `ConformanceService` method.
+fn conformance_request(method: &str, field: Field, column: arrow_array::ArrayRef) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![field]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![column]).unwrap();
+    let metadata = vec![
+        (wire::METHOD_KEY.into(), method.into()),
+        (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+        (wire::PROTOCOL_KEY.into(), "ConformanceService".into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), "2.0.0".into()),
+    ];
+    ipc(schema, batch, metadata)
+}
+
+/// A `Point` record as Python's dataclass sends it: an IPC stream of `rows` rows.
+fn point_bytes(rows: usize) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("x", DataType::Float64, false),
+        Field::new("y", DataType::Float64, false),
+    ]));
+    let column =
+        || Arc::new(arrow_array::Float64Array::from(vec![1.5; rows])) as arrow_array::ArrayRef;
+    let batch = RecordBatch::try_new(schema.clone(), vec![column(), column()]).unwrap();
+    ipc(schema, batch, Vec::new())
+}
+
+#[tokio::test]
+async fn record_parameters_are_decoded_strictly_before_the_method_runs() {
+    // Regression: `echo_point` echoed junk bytes with 200; the reference
+    // refuses a dataclass it cannot deserialize with 400 TypeError.
+    let server = Server::new(
+        kit_service::conformance::protocols(),
+        HttpConfig::default(),
+        KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600),
+    );
+    let point = |bytes: &[u8]| {
+        conformance_request(
+            "echo_point",
+            Field::new("point", DataType::Binary, false),
+            Arc::new(arrow_array::BinaryArray::from(vec![bytes])),
+        )
+    };
+    let ok = post(
+        &server,
+        "/ConformanceService/echo_point",
+        point(&point_bytes(1)),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.error());
+    for (bytes, says) in [
+        (b"junk".to_vec(), "TypeError: Expected to read"),
+        (
+            point_bytes(2),
+            "TypeError: echo_point() parameter 'point' expected a single-row",
+        ),
+        (
+            [point_bytes(1), b"tail".to_vec()].concat(),
+            "bytes after the record's IPC stream",
+        ),
+    ] {
+        let reply = post(&server, "/ConformanceService/echo_point", point(&bytes)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        let message = reply.error_field(wire::LOG_MESSAGE_KEY);
+        assert!(message.contains(says), "{message}");
+    }
+    // A record on another schema: a BoundingBox's fields are not a Point's.
+    let other = conformance_request(
+        "echo_point",
+        Field::new("point", DataType::Binary, false),
+        Arc::new(arrow_array::BinaryArray::from(vec![
+            ipc(
+                Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)])),
+                RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)])),
+                    vec![Arc::new(Int64Array::from(vec![1]))],
+                )
+                .unwrap(),
+                Vec::new(),
+            )
+            .as_slice(),
+        ])),
+    );
+    let reply = post(&server, "/ConformanceService/echo_point", other).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .contains("expected a record with schema")
+    );
+}
+
+#[tokio::test]
+async fn a_null_in_a_required_parameter_is_a_type_error() {
+    let server = Server::new(
+        kit_service::conformance::protocols(),
+        HttpConfig::default(),
+        KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600),
+    );
+    // The field says required, the column holds a null: what pyarrow sends for `None`.
+    let nullable = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Int64,
+        true,
+    )]));
+    let batch = RecordBatch::try_new(
+        nullable,
+        vec![Arc::new(Int64Array::from(vec![None::<i64>]))],
+    )
+    .unwrap();
+    let required = Arc::new(Schema::new(vec![Field::new(
+        "value",
+        DataType::Int64,
+        false,
+    )]));
+    let metadata = vec![
+        (wire::METHOD_KEY.into(), "echo_int".into()),
+        (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+        (wire::PROTOCOL_KEY.into(), "ConformanceService".into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), "2.0.0".into()),
+    ];
+    let reply = post(
+        &server,
+        "/ConformanceService/echo_int",
+        ipc(required, batch, metadata),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.error_field(wire::LOG_MESSAGE_KEY),
+        "TypeError: echo_int() parameter 'value' is not optional but got None"
+    );
+}

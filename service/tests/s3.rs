@@ -263,7 +263,10 @@ async fn corrupted_object_and_wrong_sha256_give_a_checksum_error() {
         .unwrap();
     let error = fetcher.fetch(&url, Some(&sha256(&raw))).await.unwrap_err();
     assert!(matches!(error, FetchError::Checksum { .. }), "{error}");
-    assert!(error.to_string().contains("sha256 mismatch"), "{error}");
+    assert!(
+        error.to_string().contains("SHA-256 checksum mismatch"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

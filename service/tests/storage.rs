@@ -206,7 +206,10 @@ async fn corrupted_objects_fail_their_checksum() {
         .fetch(&location, Some(&sha256))
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("sha256 mismatch"), "{error}");
+    assert!(
+        error.to_string().contains("SHA-256 checksum mismatch"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

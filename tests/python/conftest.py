@@ -66,21 +66,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Groups that cannot apply to a URL target
+# Skips: the one list in conformance.toml (applied by kit_skips)
 # ---------------------------------------------------------------------------
 
-#: Class name -> why it cannot run against an HTTP server named by URL.
-#: These are marked skipped (not deselected) so they stay visible in the summary.
-NOT_APPLICABLE_CLASSES: dict[str, str] = {
-    "TestAdversarialRawRequestContract": (
-        "raw byte-stream transports only (pipe/unix/tcp framing); the HTTP half of the same "
-        "contract is TestAdversarialHttpRequestContract, which runs"
-    ),
-    "TestExternalByteStream": (
-        "byte-stream (pipe/unix/tcp) externalization only; HTTP externalization is covered by "
-        "TestExternalLocation / TestExternal* when VGI_TEST_STORAGE_URL is given"
-    ),
-}
+pytest_plugins = ["kit_skips"]
 
 #: Fixtures that reach the server under test.  A collected test that requests
 #: none of them (and no ``request`` for a dynamic lookup) exercises only the
@@ -102,35 +91,26 @@ def _touches_target(item: pytest.Item) -> bool:
     return bool(names & _TARGET_FIXTURES) or any(n.startswith("conformance_http_") for n in names)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip groups that only exist for non-HTTP transports; deselect target-free tests."""
-    keep: list[pytest.Item] = []
-    dropped: list[pytest.Item] = []
-    for item in items:
-        cls = getattr(item, "cls", None)
-        reason = NOT_APPLICABLE_CLASSES.get(cls.__name__) if cls is not None else None
-        if reason is not None:
-            item.add_marker(pytest.mark.skip(reason=f"N/A over HTTP-by-URL: {reason}"))
-        if not _touches_target(item) and reason is None:
-            dropped.append(item)
-            continue
-        keep.append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
-        config._vgi_target_free = [i.nodeid for i in dropped]  # type: ignore[attr-defined]
+    """Refuse a test that never contacts the server unless conformance.toml lists it.
 
+    Such a test passes or fails on the Python library alone; counted as a pass
+    it would inflate what kit-service is said to pass.
+    """
+    import kit_skips
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """List what was deselected for not touching the target."""
-    dropped = getattr(config, "_vgi_target_free", [])
-    if dropped:
-        terminalreporter.write_line(
-            f"deselected {len(dropped)} test(s) that never contact the server under test "
-            "(they exercise only the in-process Python library):"
+    skips = kit_skips.load()
+    unlisted = [
+        item.nodeid
+        for item in items
+        if not _touches_target(item) and kit_skips.listed_reason(kit_skips.qualified_id(item), skips) is None
+    ]
+    if unlisted:
+        raise pytest.UsageError(
+            "these tests never contact the server under test; list them as not_applicable in "
+            f"tests/python/conformance.toml: {unlisted}"
         )
-        for nodeid in dropped:
-            terminalreporter.write_line(f"  {nodeid}")
 
 
 # ---------------------------------------------------------------------------
@@ -334,6 +314,7 @@ _AUX_OTHER_ENVS = (
     "VGI_TEST_FAKE_STORAGE_URL",
     "VGI_TEST_ACCESS_LOG",
     "VGI_TEST_STICKY_PEER_URLS",
+    "VGI_TEST_RESOURCE_SOAK_URL",
 )
 
 
@@ -383,3 +364,29 @@ if _STICKY_PEERS:
                 raise pytest.UsageError(f"VGI_TEST_STICKY_PEER_URLS: {reason}")
             ports.append(port)
         return ports[0], ports[1]
+
+
+_SOAK = _target.extra("VGI_TEST_RESOURCE_SOAK_URL")
+if _SOAK is not None:
+
+    @pytest.fixture
+    def conformance_resource_soak_target() -> Any:
+        """A dedicated worker (``VGI_TEST_RESOURCE_SOAK_URL``) and its pid (``VGI_TEST_RESOURCE_SOAK_PID``).
+
+        The soak group samples the process between epochs, so the worker must
+        serve nothing else, and the pid must be the server's own process.
+        """
+        from vgi_rpc.conformance import ConformanceService
+        from vgi_rpc.conformance._resource_soak_pytest import ResourceSoakTarget
+        from vgi_rpc.http import http_connect
+
+        assert _SOAK is not None
+        pid = os.environ.get("VGI_TEST_RESOURCE_SOAK_PID", "")
+        if not pid.isdigit():
+            raise pytest.UsageError("VGI_TEST_RESOURCE_SOAK_URL is set: set VGI_TEST_RESOURCE_SOAK_PID to its pid")
+        url, prefix = _SOAK.url, _SOAK.prefix
+        return ResourceSoakTarget(
+            name="kit-service-http",
+            pid=int(pid),
+            connect=lambda: http_connect(ConformanceService, url, prefix=prefix),
+        )

@@ -87,10 +87,11 @@ if [[ "${VGI_SKIP_HOSTED:-0}" != 1 ]]; then
     WORK="$(mktemp -d)"
     (
         cd "$WORK" &&
+            PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" \
             VGI_HOSTED_TRANSPORT=http VGI_HOSTED_TARGET="$URL" VGI_HOSTED_PREFIX="$VGI_TEST_PREFIX" \
                 VGI_HOSTED_EXPECT="ConformanceService,conformance.Secondary.v1" \
                 "$PY" -m pytest --pyargs vgi_rpc.conformance._hosted_pytest \
-                -p no:cacheprovider --rootdir "$WORK" -c /dev/null --timeout "$TIMEOUT" -q -rfEs "$@"
+                -p no:cacheprovider -p kit_skips --rootdir "$WORK" -c /dev/null --timeout "$TIMEOUT" -q -rfEs "$@"
     ) 2>&1 | tee "$LOG2"
     rc2=${PIPESTATUS[0]}
     rmdir "$WORK" 2>/dev/null

@@ -22,6 +22,21 @@ use super::values::{
 use crate::rpc::{FromArrow, List};
 use crate::wire::RpcError;
 
+/// Upstream's `Point` dataclass.
+pub const POINT_SCHEMA: &str = "x: float64, y: float64";
+/// Upstream's `BoundingBox` dataclass.
+pub const BOUNDING_BOX_SCHEMA: &str =
+    "top_left: struct<x:float64,y:float64>, bottom_right: struct<x:float64,y:float64>, label: utf8";
+/// Upstream's `AllTypes` dataclass.
+pub const ALL_TYPES_SCHEMA: &str = "str_field: utf8, bytes_field: binary, int_field: int64, \
+    float_field: float64, bool_field: bool, list_of_int: list<item?:int64>, \
+    list_of_str: list<item?:utf8>, dict_field: map<key:utf8,value?:int64>, \
+    enum_field: dictionary<index:int16,value:utf8>, nested_point: struct<x:float64,y:float64>, \
+    optional_str?: utf8, optional_int?: int64, optional_nested?: struct<x:float64,y:float64>, \
+    list_of_nested: list<item?:struct<x:float64,y:float64>>, annotated_int32: int32, \
+    annotated_float32: float32, nested_list: list<item?:list<item?:int64>>, \
+    dict_str_str: map<key:utf8,value?:utf8>";
+
 pub static CONFORMANCE_HEADER: LazyLock<SchemaRef> =
     LazyLock::new(|| declared_schema(CONFORMANCE_HEADER_SCHEMA));
 pub static RICH_HEADER: LazyLock<SchemaRef> = LazyLock::new(|| declared_schema(RICH_HEADER_SCHEMA));

@@ -111,6 +111,12 @@ pub fn conformance_service() -> Protocol {
             let point: Bytes = args.get("point")?;
             dataclasses::inspect_point(&point.0)
         })
+        // The dataclass parameters: strict, as the reference deserializes them.
+        .record_param("echo_point", "point", dataclasses::POINT_SCHEMA)
+        .record_param("echo_optional_point", "point", dataclasses::POINT_SCHEMA)
+        .record_param("inspect_point", "point", dataclasses::POINT_SCHEMA)
+        .record_param("echo_bounding_box", "box", dataclasses::BOUNDING_BOX_SCHEMA)
+        .record_param("echo_all_types", "data", dataclasses::ALL_TYPES_SCHEMA)
         // ------------------------------------------------------------------
         // Unary: annotated and wide Arrow types
         // ------------------------------------------------------------------

@@ -75,8 +75,17 @@ fn response_limit(server: &Server, info: &RequestInfo) -> Option<u64> {
 
 /// Reads the first batch of the request stream and checks the dispatch metadata.
 fn read_request(resolved: &Resolved, body: &Bytes) -> Result<(SchemaRef, Batch), RpcError> {
-    let (stream, _) =
-        read_stream(body, 0).map_err(|e| RpcError::bad_request("ArrowInvalid", e.to_string()))?;
+    let (stream, _) = read_stream(body, 0).map_err(|e| match e.null_in_required_column() {
+        // The reference's words for `None` passed to a required parameter.
+        Some(column) => RpcError::bad_request(
+            "TypeError",
+            format!(
+                "{}() parameter '{column}' is not optional but got None",
+                resolved.method
+            ),
+        ),
+        None => RpcError::bad_request("ArrowInvalid", e.to_string()),
+    })?;
     let batch = stream.batches.into_iter().next().ok_or_else(|| {
         RpcError::bad_request("ArrowInvalid", "request stream carries no record batch")
     })?;
@@ -263,6 +272,54 @@ fn validate_params(
 
 /// `: missing parameter 'b' (int64)` / `: unexpected parameter 'c' (utf8)`,
 /// so a wrong argument count names the arguments.
+/// Record parameters ([`crate::rpc::ProtocolBuilder::record_param`]): each
+/// cell must be an IPC stream of exactly one row on the declared schema, and
+/// nothing after it. Refused as the reference refuses a dataclass it cannot
+/// deserialize: 400 `TypeError`, the IPC reader's own words.
+fn validate_records(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<(), RpcError> {
+    use arrow_array::Array as _;
+    let bad = |message: String| RpcError::bad_request("TypeError", message);
+    for (param, declared) in &method.records {
+        let Some(column) = batch
+            .column_by_name(param)
+            .and_then(|c| c.as_any().downcast_ref::<arrow_array::BinaryArray>())
+        else {
+            continue;
+        };
+        for row in 0..column.len() {
+            if column.is_null(row) {
+                continue;
+            }
+            let bytes = Bytes::copy_from_slice(column.value(row));
+            let (stream, end) = read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
+            if end != bytes.len() {
+                return Err(bad(format!(
+                    "{}() parameter '{param}': {} bytes after the record's IPC stream",
+                    method.name,
+                    bytes.len() - end
+                )));
+            }
+            let received = wire::tokens::schema_text(&stream.schema);
+            let expected = wire::tokens::schema_text(declared);
+            if received != expected {
+                return Err(bad(format!(
+                    "{}() parameter '{param}' expected a record with schema {expected}, got {received}",
+                    method.name
+                )));
+            }
+            let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
+            if stream.batches.len() != 1 || rows != 1 {
+                return Err(bad(format!(
+                    "{}() parameter '{param}' expected a single-row record batch, got {rows} rows in {} batches",
+                    method.name,
+                    stream.batches.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parameter_difference(declared: &SchemaRef, received: &SchemaRef) -> String {
     let mut parts = Vec::new();
     for want in declared.fields() {
@@ -328,9 +385,10 @@ async fn prepare(
     let method = resolved.method();
     let (schema, mut batch) = read_request(resolved, body)?;
     if batch.get(wire::LOCATION_KEY).is_some() && batch.batch.num_rows() == 0 {
-        batch.batch = resolve_pointer(server, info, &schema, &batch).await?;
+        (batch.batch, batch.metadata) = resolve_pointer(server, info, &schema, &batch).await?;
     }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
+    validate_records(method, &batch.batch)?;
     let ctx = Ctx::new(
         info.identity.clone(),
         info.request_id.clone(),
@@ -368,6 +426,7 @@ fn method_error(
     if let Some(ctx) = ctx {
         let _ = write_logs(&mut writer, ctx, server, info);
     }
+    info.note_error(error);
     let _ = writer.write_metadata_only(&error.to_metadata_from(
         &server.config.server_id,
         &info.request_id,
@@ -622,6 +681,7 @@ async fn init(
     };
     let mut call_id = [0u8; 16];
     getrandom::fill(&mut call_id).expect("random source");
+    let _ = info.stream_id.set(hex::encode(call_id));
     let call = CallToken {
         call_id,
         output_schema: started.output_schema.clone(),
@@ -793,6 +853,7 @@ fn turn_error(
 ) -> Response {
     let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
     let _ = write_logs(&mut writer, ctx, server, info);
+    info.note_error(&error);
     let _ = writer.write_metadata_only(&error.to_metadata_from(
         &server.config.server_id,
         &info.request_id,
@@ -842,6 +903,7 @@ async fn exchange(
             .open_ignoring_expiry(TokenKind::Call, bound, call)
             .map_err(token_error)?,
     )?;
+    let _ = info.stream_id.set(hex::encode(call.call_id));
     if cursor.len() < 16 || cursor[..16] != call.call_id {
         return Err(RpcError::bad_request(
             "RuntimeError",
@@ -854,7 +916,7 @@ async fn exchange(
         (a, b) => a.or(b),
     };
     // Later turns publish to storage exactly as the first one did.
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         identity.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
@@ -916,7 +978,17 @@ async fn exchange(
             let mut input_batch = batch.batch.clone();
             if batch.get(wire::LOCATION_KEY).is_some() && input_batch.num_rows() == 0 {
                 match resolve_pointer(server, info, &stream.schema, &batch).await {
-                    Ok(resolved_input) => input_batch = resolved_input,
+                    Ok((resolved_input, metadata)) => {
+                        // The method reads the stored batch's metadata, never the pointer's.
+                        input_batch = resolved_input;
+                        // Nothing has run on `ctx` yet, so a fresh one loses no logs.
+                        ctx = Ctx::new(
+                            identity.clone(),
+                            info.request_id.clone(),
+                            wire::user_metadata(&metadata),
+                            limit,
+                        );
+                    }
                     Err(error) => {
                         return Ok(turn_error(
                             server,
@@ -1071,16 +1143,19 @@ fn coerce_input(batch: RecordBatch, target: &SchemaRef) -> Result<RecordBatch, R
     RecordBatch::try_new_with_options(target.clone(), columns, &options).map_err(|_| mismatch())
 }
 
-/// Replaces an uploaded-request pointer with the batch it names.
+/// Replaces an uploaded-request pointer with the batch it names, and its
+/// metadata: the stored batch's, stamped with where it came from
+/// (`vgi_rpc.location.source`) and how long the fetch took, as upstream's
+/// reader does. The pointer's own keys never reach the method.
 ///
-/// Dispatch metadata stays that of the outer batch; the fetched stream must
-/// hold exactly one data batch on the pointer's own schema.
+/// Dispatch (method, protocol, tokens) stays that of the outer batch; the
+/// fetched stream must hold exactly one data batch on the pointer's own schema.
 async fn resolve_pointer(
     server: &Server,
     info: &RequestInfo,
     schema: &SchemaRef,
     pointer: &Batch,
-) -> Result<RecordBatch, RpcError> {
+) -> Result<(RecordBatch, wire::ipc::Metadata), RpcError> {
     let location = pointer.get(wire::LOCATION_KEY).unwrap_or_default();
     let Some(external) = server.external.as_ref() else {
         return Err(RpcError::bad_request(
@@ -1089,6 +1164,7 @@ async fn resolve_pointer(
         ));
     };
     let mut reservation = server.hosting.limits.budget.reservation();
+    let started = std::time::Instant::now();
     let fetched = external
         .fetcher
         .fetch_within(
@@ -1107,8 +1183,11 @@ async fn resolve_pointer(
                 .with_kind("server_busy")
                 .with_status(StatusCode::SERVICE_UNAVAILABLE)
         }
-        error => RpcError::new("ExternalFetchError", error.to_string()),
+        // As upstream's fetcher raises them: a refused URL is a ValueError.
+        FetchError::Refused { .. } => RpcError::new("ValueError", error.to_string()),
+        error => RpcError::new("RuntimeError", error.to_string()),
     })?;
+    let fetch_ms = started.elapsed().as_secs_f64() * 1000.0;
     let (stream, _) = read_stream(&fetched, 0).map_err(|e| {
         RpcError::new(
             "ArrowInvalid",
@@ -1141,7 +1220,14 @@ async fn resolve_pointer(
             ),
         ));
     }
-    Ok(first.batch)
+    let mut metadata = first.metadata;
+    metadata.retain(|(key, _)| key != wire::LOCATION_SHA256_KEY);
+    metadata.push((
+        wire::LOCATION_FETCH_MS_KEY.to_string(),
+        format!("{fetch_ms:.1}"),
+    ));
+    metadata.push((wire::LOCATION_SOURCE_KEY.to_string(), location.to_string()));
+    Ok((first.batch, metadata))
 }
 
 /// `__upload_url__/init`: vends upload/download URL pairs (count clamped to 1..=100).

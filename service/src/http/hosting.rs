@@ -61,6 +61,8 @@ pub struct Hosting {
     pub key_ephemeral: bool,
     /// The in-flight memory budget and the pool for CPU-heavy work.
     pub limits: crate::limits::Limits,
+    /// Upstream-shaped access records (`KIT_ACCESS_LOG`).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Hosting {
@@ -82,6 +84,7 @@ impl Hosting {
             key_fingerprint: keys.primary().fingerprint(),
             key_ephemeral: keys.is_ephemeral(),
             limits: crate::limits::Limits::default(),
+            access_log: None,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct Server {
     pub(crate) keys: KeyRing,
     pub(crate) hosting: Hosting,
     pub(crate) external: Option<Arc<External>>,
+    /// `protocol_hash` of each hosted protocol, for access records.
+    pub(crate) protocol_hashes: BTreeMap<String, String>,
 }
 
 impl Server {
@@ -124,6 +126,10 @@ impl Server {
             let probe = crate::probe::protocol();
             hosted.insert(probe.name.clone(), Arc::new(probe));
         }
+        let protocol_hashes = hosted
+            .iter()
+            .map(|(name, protocol)| (name.clone(), crate::reflection::protocol_hash(protocol)))
+            .collect();
         Arc::new(Server {
             protocols: hosted,
             primary,
@@ -131,6 +137,7 @@ impl Server {
             keys,
             hosting,
             external: external.map(Arc::new),
+            protocol_hashes,
         })
     }
 
@@ -150,6 +157,18 @@ impl Server {
                 Arc::new(server)
             }
             Err(_) => panic!("with_external must be called before the server is shared"),
+        }
+    }
+
+    /// The same server writing access records to `log`; call before serving
+    /// (needs sole ownership).
+    pub fn with_access_log(self: Arc<Self>, log: crate::access_log::AccessLog) -> Arc<Server> {
+        match Arc::try_unwrap(self) {
+            Ok(mut server) => {
+                server.hosting.access_log = Some(Arc::new(log));
+                Arc::new(server)
+            }
+            Err(_) => panic!("with_access_log must be called before the server is shared"),
         }
     }
 
@@ -192,9 +211,27 @@ pub(crate) struct RequestInfo {
     pub reservation: crate::limits::Reservation,
     /// Budget held by pointer fetches made while preparing the call.
     pub fetched: std::sync::Mutex<Vec<crate::limits::Reservation>>,
+    /// The error the caller was sent, for the access log: type, message, code.
+    pub error: std::sync::Mutex<Option<(String, String, &'static str)>>,
+    /// The stream this turn belongs to (32 hex digits of its call id).
+    pub stream_id: std::sync::OnceLock<String>,
+    /// The peer address, when the listener knows it.
+    pub remote: Option<SocketAddr>,
 }
 
 impl RequestInfo {
+    /// Notes the error the response carries, for the access record.
+    pub(crate) fn note_error(&self, error: &RpcError) {
+        *self
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
+            error.error_type.clone(),
+            error.message.clone(),
+            error.code.as_str(),
+        ));
+    }
+
     /// Keeps `reservation` until this request ends.
     pub(crate) fn hold(&self, reservation: crate::limits::Reservation) {
         self.fetched
@@ -228,6 +265,12 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         stream_turn: false,
         reservation: hosting.limits.budget.reservation(),
         fetched: Default::default(),
+        error: Default::default(),
+        stream_id: Default::default(),
+        remote: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
     };
     if let Some(key) = path
         .strip_prefix(&server.config.prefix)
@@ -672,6 +715,48 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         error = response.headers().contains_key("x-vgi-rpc-error"),
         "rpc"
     );
+    if let Some(log) = &server.hosting.access_log
+        && let Some(hosted) = server.protocols.get(protocol)
+        && let Some(called) = hosted.method(method)
+    {
+        let mut error = info
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if error.is_none() && (status >= 400 || response.headers().contains_key("x-vgi-rpc-error"))
+        {
+            // Refused by the transport before any error batch was written.
+            error = Some(("HTTPError".into(), format!("HTTP {status}"), "UNKNOWN"));
+        }
+        // A turn refused before its tokens opened still belongs to some stream.
+        let stream_id = info
+            .stream_id
+            .get()
+            .cloned()
+            .or_else(|| called.is_stream().then(|| random_hex(16)));
+        log.write(&crate::access_log::AccessRecord {
+            server_id: &server.config.server_id,
+            protocol,
+            protocol_hash: server
+                .protocol_hashes
+                .get(protocol)
+                .map_or("", String::as_str),
+            method,
+            stream: called.is_stream(),
+            stream_id: stream_id.as_deref(),
+            principal: &info.identity,
+            remote_addr: info.remote,
+            duration: elapsed,
+            request_id: &info.request_id,
+            http_status: status,
+            error: error
+                .as_ref()
+                .map(|(kind, message, code)| (kind.as_str(), message.as_str(), *code)),
+            request_bytes: info.request_bytes,
+            response_bytes: response.body().size_hint().exact(),
+        });
+    }
 }
 
 async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -> Response {
@@ -1186,6 +1271,7 @@ pub(crate) fn write_error_stream(
     info: &RequestInfo,
 ) {
     let mut writer = StreamWriter::new(out, schema).expect("schemas of error streams are valid");
+    info.note_error(error);
     let metadata = error.to_metadata_from(server_id, &info.request_id, info.origin.as_deref());
     writer
         .write_metadata_only(&metadata)

@@ -628,6 +628,10 @@ pub struct Method {
     pub(crate) params: SchemaRef,
     pub(crate) kind: MethodKind,
     pub(crate) doc: String,
+    /// `binary` parameters that hold a record: an IPC stream of one row on
+    /// this schema, checked before the handler runs
+    /// ([`ProtocolBuilder::record_param`]).
+    pub(crate) records: Vec<(String, SchemaRef)>,
 }
 
 impl Method {
@@ -744,6 +748,14 @@ pub enum DefinitionError {
     #[error("method name `{0}` must not be empty or start with `_`")]
     /// A method name is empty or reserved.
     MethodName(String),
+    #[error("`record_param`: method `{method}` has no `binary` parameter `{param}`")]
+    /// [`ProtocolBuilder::record_param`] names no binary parameter of a declared method.
+    RecordParam {
+        /// The method named.
+        method: String,
+        /// The parameter named.
+        param: String,
+    },
 }
 
 /// Builds a [`Protocol`]; schema mistakes are reported together by [`ProtocolBuilder::build`].
@@ -820,8 +832,49 @@ impl ProtocolBuilder {
                 params,
                 kind,
                 doc: String::new(),
+                records: Vec::new(),
             },
         );
+    }
+
+    /// Declares that the `binary` parameter `param` of `method` carries a
+    /// record, as a Python `ArrowSerializableDataclass` travels: an IPC stream
+    /// of exactly one row on `schema` (type tokens). A call whose bytes are no
+    /// such stream is refused before the handler runs, with a 400 `TypeError`,
+    /// as the Python reference refuses a dataclass it cannot deserialize.
+    ///
+    /// ```
+    /// use kit_service::rpc::{Bytes, Protocol};
+    ///
+    /// let protocol = Protocol::builder("demo.Geometry.v1")
+    ///     .unary("echo_point", "point: binary", "result: binary", |_ctx, args| async move {
+    ///         args.get::<Bytes>("point")
+    ///     })
+    ///     .record_param("echo_point", "point", "x: float64, y: float64")
+    ///     .build()
+    ///     .expect("a well-formed declaration");
+    /// assert!(protocol.method("echo_point").is_some());
+    /// assert!(Protocol::builder("demo.Geometry.v1").record_param("missing", "p", "x: int64").build().is_err());
+    /// ```
+    pub fn record_param(mut self, method: &str, param: &str, schema: &str) -> Self {
+        let record = self.schema(method, schema);
+        let declared = self.methods.get(method).map(|m| {
+            m.params
+                .field_with_name(param)
+                .map(|f| f.data_type() == &arrow_schema::DataType::Binary)
+        });
+        match declared {
+            Some(Ok(true)) => {
+                if let Some(entry) = self.methods.get_mut(method) {
+                    entry.records.push((param.to_string(), record));
+                }
+            }
+            _ => self.errors.push(DefinitionError::RecordParam {
+                method: method.to_string(),
+                param: param.to_string(),
+            }),
+        }
+        self
     }
 
     /// A unary method. `result` is `"result: <type>"`, or `""` for a void method.

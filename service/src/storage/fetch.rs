@@ -41,34 +41,92 @@ use super::settings::FetchSettings;
 use crate::http::codec::{self, Codec};
 use crate::limits::Reservation;
 
+/// A URL as errors, logs and metrics may show it: scheme, host, port and path.
+///
+/// Pre-signed URLs carry their credentials in the query string
+/// (`X-Amz-Signature`, `X-Goog-Signature`, a SAS `sig`), and userinfo and
+/// fragments can carry them too, so all three are dropped, as vgi-rpc's
+/// `redact_url` does. Every URL a [`FetchError`] names is one of these, so an
+/// error cannot hand a signature back to a caller or into a log.
+///
+/// ```
+/// use kit_service::storage::fetch::RedactedUrl;
+/// let url = "https://user:pw@bucket.example:8443/key.arrow?X-Amz-Signature=secret#frag";
+/// assert_eq!(RedactedUrl::new(url).as_str(), "https://bucket.example:8443/key.arrow");
+/// assert_eq!(RedactedUrl::new("not a url").as_str(), "<invalid-url>");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedactedUrl(String);
+
+impl RedactedUrl {
+    /// Redacts `url`; text that is not an absolute URL becomes `<invalid-url>`.
+    pub fn new(url: &str) -> RedactedUrl {
+        match Url::parse(url) {
+            Ok(parsed) => RedactedUrl::from(&parsed),
+            Err(_) => RedactedUrl("<invalid-url>".to_string()),
+        }
+    }
+
+    /// The redacted text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&Url> for RedactedUrl {
+    fn from(url: &Url) -> RedactedUrl {
+        let Some(host) = url.host_str() else {
+            return RedactedUrl("<invalid-url>".to_string());
+        };
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        RedactedUrl(format!("{}://{host}{port}{}", url.scheme(), url.path()))
+    }
+}
+
+impl std::fmt::Display for RedactedUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a pointer could not be fetched. The texts keep the phrases vgi-rpc's
+/// own fetcher uses (`URL rejected`, `redirect limit`, `max_fetch_bytes`,
+/// `max_decompressed_bytes`, `checksum`), which the conformance suite and
+/// clients match on.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
-    #[error("refusing to fetch `{url}`: {reason}")]
-    Refused { url: String, reason: String },
-    #[error("fetching `{url}` failed: {message}")]
-    Transport { url: String, message: String },
-    #[error("fetching `{url}` returned HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("`{url}` is {size} bytes, above the fetch limit of {limit} bytes")]
-    TooLarge { url: String, size: u64, limit: u64 },
-    #[error("`{url}` decodes to more than {limit} bytes")]
-    DecodedTooLarge { url: String, limit: u64 },
-    #[error("`{url}` could not be decoded: {message}")]
-    Decode { url: String, message: String },
+    #[error("ExternalLocation URL rejected: `{url}`: {reason}")]
+    Refused { url: RedactedUrl, reason: String },
+    #[error("ExternalLocation redirect limit exceeded (max_redirects={max}) at `{url}`")]
+    RedirectLimit { url: RedactedUrl, max: usize },
+    #[error("ExternalLocation fetch of `{url}` failed: {message}")]
+    Transport { url: RedactedUrl, message: String },
+    #[error("ExternalLocation fetch of `{url}` returned HTTP {status}")]
+    Status { url: RedactedUrl, status: u16 },
     #[error(
-        "sha256 mismatch for `{url}`: the pointer says {expected}, the object hashes to {actual}"
+        "ExternalLocation fetch rejected: `{url}` is {size} bytes, above max_fetch_bytes ({limit})"
     )]
+    TooLarge {
+        url: RedactedUrl,
+        size: u64,
+        limit: u64,
+    },
+    #[error("ExternalLocation decoded body exceeded max_decompressed_bytes ({limit}) from `{url}`")]
+    DecodedTooLarge { url: RedactedUrl, limit: u64 },
+    #[error("ExternalLocation body from `{url}` could not be decoded: {message}")]
+    Decode { url: RedactedUrl, message: String },
+    #[error("SHA-256 checksum mismatch for `{url}`: expected {expected}, got {actual}")]
     Checksum {
-        url: String,
+        url: RedactedUrl,
         expected: String,
         actual: String,
     },
     #[error("fetching `{url}` did not finish within {seconds} s")]
-    Timeout { url: String, seconds: u64 },
+    Timeout { url: RedactedUrl, seconds: u64 },
     #[error("invalid fetch setting `{name}`: {reason}")]
     Setting { name: &'static str, reason: String },
     #[error("fetching `{url}` would pass the server's in-flight memory budget")]
-    OverBudget { url: String },
+    OverBudget { url: RedactedUrl },
 }
 
 impl FetchError {
@@ -146,7 +204,7 @@ impl Fetcher {
             }
         };
         let client = builder.build().map_err(|e| FetchError::Transport {
-            url: String::new(),
+            url: RedactedUrl("<none>".to_string()),
             message: e.to_string(),
         })?;
         Ok(Fetcher {
@@ -185,7 +243,7 @@ impl Fetcher {
         match tokio::time::timeout(deadline, attempt).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout {
-                url: url.to_string(),
+                url: RedactedUrl::new(url),
                 seconds: deadline.as_secs(),
             }),
         }
@@ -225,7 +283,7 @@ impl Fetcher {
             && length > self.settings.max_fetch_bytes
         {
             return Err(FetchError::TooLarge {
-                url: probe.url.to_string(),
+                url: RedactedUrl::from(&probe.url),
                 size: length,
                 limit: self.settings.max_fetch_bytes,
             });
@@ -234,7 +292,7 @@ impl Fetcher {
             Some(length) if probe.ranges && length >= self.settings.parallel_threshold_bytes => {
                 if !reservation.grow_to(length) {
                     return Err(FetchError::OverBudget {
-                        url: probe.url.to_string(),
+                        url: RedactedUrl::from(&probe.url),
                     });
                 }
                 self.parallel_get(&probe.url, length).await?
@@ -248,7 +306,7 @@ impl Fetcher {
             let actual = hex::encode(Sha256::digest(&decoded));
             if !actual.eq_ignore_ascii_case(expected.trim()) {
                 return Err(FetchError::Checksum {
-                    url: probe.url.to_string(),
+                    url: RedactedUrl::from(&probe.url),
                     expected: expected.to_string(),
                     actual,
                 });
@@ -260,7 +318,7 @@ impl Fetcher {
     /// Applies the URL policy; returns the parsed URL.
     pub fn validate(&self, url: &str) -> Result<Url, FetchError> {
         let refused = |reason: &str| FetchError::Refused {
-            url: url.to_string(),
+            url: RedactedUrl::new(url),
             reason: reason.to_string(),
         };
         let parsed = Url::parse(url).map_err(|e| refused(&format!("not a URL ({e})")))?;
@@ -317,9 +375,10 @@ impl Fetcher {
                 request = request.header(RANGE, format!("bytes={start}-{end}"));
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            // reqwest names the whole URL in its text; the error keeps only the redacted one.
             let response = request.send().await.map_err(|e| FetchError::Transport {
-                url: current.to_string(),
-                message: error_chain(&e),
+                url: RedactedUrl::from(&current),
+                message: error_chain(&e.without_url()),
             })?;
             if response.status().is_redirection() {
                 let location = response
@@ -327,11 +386,11 @@ impl Fetcher {
                     .get(LOCATION)
                     .and_then(|l| l.to_str().ok())
                     .ok_or_else(|| FetchError::Transport {
-                        url: current.to_string(),
+                        url: RedactedUrl::from(&current),
                         message: "redirect without Location".into(),
                     })?;
                 let next = current.join(location).map_err(|e| FetchError::Refused {
-                    url: location.to_string(),
+                    url: RedactedUrl::new(location),
                     reason: format!("bad redirect target ({e})"),
                 })?;
                 current = self.validate(next.as_str())?;
@@ -339,15 +398,15 @@ impl Fetcher {
             }
             if !response.status().is_success() {
                 return Err(FetchError::Status {
-                    url: current.to_string(),
+                    url: RedactedUrl::from(&current),
                     status: response.status().as_u16(),
                 });
             }
             return Ok(response);
         }
-        Err(FetchError::Refused {
-            url: url.to_string(),
-            reason: format!("more than {} redirects", self.settings.max_redirects),
+        Err(FetchError::RedirectLimit {
+            url: RedactedUrl::from(url),
+            max: self.settings.max_redirects,
         })
     }
 
@@ -467,13 +526,13 @@ impl Fetcher {
         let mut parts: Vec<Option<Bytes>> = vec![None; ranges.len()];
         while let Some(joined) = tasks.join_next().await {
             let (index, bytes) = joined.map_err(|e| FetchError::Transport {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 message: e.to_string(),
             })??;
             let (start, end) = ranges[index];
             if bytes.len() as u64 != end - start + 1 {
                 return Err(FetchError::Transport {
-                    url: url.to_string(),
+                    url: RedactedUrl::from(url),
                     message: format!("range {start}-{end} returned {} bytes", bytes.len()),
                 });
             }
@@ -539,7 +598,7 @@ impl Fetcher {
         let response = self.send(Method::GET, url, Some((start, end))).await?;
         if response.status() != StatusCode::PARTIAL_CONTENT {
             return Err(FetchError::Transport {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 message: "server ignored the Range header".into(),
             });
         }
@@ -565,14 +624,14 @@ impl Fetcher {
         let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case("identity")) else {
             if body.len() as u64 > self.settings.max_decompressed_bytes {
                 return Err(FetchError::DecodedTooLarge {
-                    url: url.to_string(),
+                    url: RedactedUrl::from(url),
                     limit: self.settings.max_decompressed_bytes,
                 });
             }
             return Ok(body);
         };
         let codec = Codec::parse(encoding).ok_or_else(|| FetchError::Decode {
-            url: url.to_string(),
+            url: RedactedUrl::from(url),
             message: format!("unsupported Content-Encoding `{encoding}`"),
         })?;
         let limit = self.settings.max_decompressed_bytes.min(usize::MAX as u64) as usize;
@@ -588,7 +647,7 @@ impl Fetcher {
         })
         .await
         .map_err(|e| FetchError::Decode {
-            url: url.to_string(),
+            url: RedactedUrl::from(url),
             message: e.to_string(),
         })?;
         let (decoded, owned) = decoded;
@@ -596,14 +655,14 @@ impl Fetcher {
         match decoded {
             Ok(bytes) => Ok(Bytes::from(bytes)),
             Err(codec::DecodeError::TooLarge { .. }) => Err(FetchError::DecodedTooLarge {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 limit: self.settings.max_decompressed_bytes,
             }),
             Err(codec::DecodeError::OverBudget) => Err(FetchError::OverBudget {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
             }),
             Err(error) => Err(FetchError::Decode {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 message: error.to_string(),
             }),
         }
@@ -628,7 +687,7 @@ async fn read_limited(
         && length > limit
     {
         return Err(FetchError::TooLarge {
-            url: url.to_string(),
+            url: RedactedUrl::from(url),
             size: length,
             limit,
         });
@@ -636,24 +695,24 @@ async fn read_limited(
     let expected = response.content_length().unwrap_or(0).min(limit);
     if !reservation.grow_to(expected) {
         return Err(FetchError::OverBudget {
-            url: url.to_string(),
+            url: RedactedUrl::from(url),
         });
     }
     let mut body = BytesMut::with_capacity(expected as usize);
     while let Some(chunk) = response.chunk().await.map_err(|e| FetchError::Transport {
-        url: url.to_string(),
-        message: error_chain(&e),
+        url: RedactedUrl::from(url),
+        message: error_chain(&e.without_url()),
     })? {
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(FetchError::TooLarge {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 size: (body.len() + chunk.len()) as u64,
                 limit,
             });
         }
         if !reservation.grow_to((body.len() + chunk.len()) as u64) {
             return Err(FetchError::OverBudget {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
             });
         }
         body.extend_from_slice(&chunk);
@@ -868,7 +927,7 @@ impl Fetcher {
             .await
             .map(|_| ())
             .map_err(|reason| FetchError::Refused {
-                url: url.to_string(),
+                url: RedactedUrl::from(url),
                 reason,
             })
     }

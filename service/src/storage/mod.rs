@@ -10,9 +10,10 @@
 //!
 //! Backends: `local` (the embedded default: kit-service serves the objects
 //! itself under HMAC-signed URLs), `s3` (feature `s3`), `gcs` (V4 signed URLs),
-//! `azure` (SAS URLs).
+//! `azure` (SAS URLs), and `fake`, the conformance suite's fake store.
 
 pub mod azure;
+pub mod fake;
 pub mod fetch;
 pub mod gcs;
 pub mod local;
@@ -20,7 +21,7 @@ pub mod rsa_key;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod settings;
-mod signing;
+pub(crate) mod signing;
 
 use std::time::SystemTime;
 
@@ -329,6 +330,7 @@ pub fn open(
             )?),
             None,
         ),
+        settings::Provider::Fake => (std::sync::Arc::new(fake::FakeStorage::new(settings)?), None),
         #[cfg(feature = "s3")]
         settings::Provider::S3 => (std::sync::Arc::new(s3::S3Storage::new(settings)?), None),
         #[cfg(not(feature = "s3"))]

@@ -10,6 +10,8 @@ pub enum Provider {
     S3,
     Gcs,
     Azure,
+    /// The conformance suite's fake-storage service (tests only).
+    Fake,
 }
 
 impl Provider {
@@ -19,6 +21,7 @@ impl Provider {
             "s3" => Some(Provider::S3),
             "gcs" => Some(Provider::Gcs),
             "azure" => Some(Provider::Azure),
+            "fake" => Some(Provider::Fake),
             _ => None,
         }
     }
@@ -29,6 +32,7 @@ impl Provider {
             Provider::S3 => "s3",
             Provider::Gcs => "gcs",
             Provider::Azure => "azure",
+            Provider::Fake => "fake",
         }
     }
 }

@@ -94,9 +94,17 @@ pub fn percent_encode(text: &str, keep_slash: bool) -> String {
 
 /// Maps a transport error (no HTTP status) to `Unreachable`.
 pub fn unreachable(backend: &'static str, error: reqwest::Error) -> StorageError {
+    // reqwest's text names the whole URL, signature included: keep a redacted one.
+    let url = error
+        .url()
+        .map(|url| super::fetch::RedactedUrl::from(url).to_string());
+    let error = error.without_url();
     StorageError::Unreachable {
         backend,
-        message: error.to_string(),
+        message: match url {
+            Some(url) => format!("`{url}`: {error}"),
+            None => error.to_string(),
+        },
     }
 }
 

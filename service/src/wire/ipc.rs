@@ -71,6 +71,25 @@ pub enum IpcError {
     InvalidBatch { schema: String, source: ArrowError },
 }
 
+impl IpcError {
+    /// The top-level column that holds a null although its field is not
+    /// nullable, when that is why the batch was refused (a caller passing
+    /// `None` for a required parameter).
+    pub fn null_in_required_column(&self) -> Option<&str> {
+        let IpcError::InvalidBatch {
+            source: ArrowError::InvalidArgumentError(message),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        // arrow-rs's `RecordBatch` validation; a unit test pins the wording.
+        message
+            .strip_prefix("Column '")?
+            .strip_suffix("' is declared as non-nullable but contains null values")
+    }
+}
+
 /// One record batch with the custom metadata of its message.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -804,6 +823,31 @@ mod tests {
             assert_eq!(read.batch, written.batch);
             assert_eq!(read.metadata, written.metadata);
         }
+    }
+
+    #[test]
+    fn a_null_in_a_required_column_is_named() {
+        let nullable = Arc::new(Schema::new(vec![Field::new(
+            "value",
+            DataType::Int64,
+            true,
+        )]));
+        let required = Arc::new(Schema::new(vec![Field::new(
+            "value",
+            DataType::Int64,
+            false,
+        )]));
+        let batch = RecordBatch::try_new(
+            nullable,
+            vec![Arc::new(Int64Array::from(vec![None::<i64>]))],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut writer = StreamWriter::new(&mut out, &required).unwrap();
+        writer.write(&batch, &Vec::new()).unwrap();
+        writer.finish();
+        let error = read_stream(&Bytes::from(out), 0).unwrap_err();
+        assert_eq!(error.null_in_required_column(), Some("value"), "{error}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub const SERVER_ID_KEY: &str = "vgi_rpc.server_id";
 pub const REQUEST_ID_KEY: &str = "vgi_rpc.request_id";
 pub const LOCATION_KEY: &str = "vgi_rpc.location";
 pub const LOCATION_SHA256_KEY: &str = "vgi_rpc.location.sha256";
+/// Stamped on a resolved pointer's metadata: the URL it was fetched from.
+pub const LOCATION_SOURCE_KEY: &str = "vgi_rpc.location.source";
+/// Stamped on a resolved pointer's metadata: how long the fetch took, in ms.
+pub const LOCATION_FETCH_MS_KEY: &str = "vgi_rpc.location.fetch_ms";
 
 /// Framework keys that are never shown to application code as user metadata.
 pub const FRAMEWORK_KEYS: &[&str] = &[
