@@ -412,23 +412,14 @@ async fn admit(
             Ok(decision) if !decision.allowed => {
                 hosting.metrics.auth_throttled.inc();
                 tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 429, "refused: too many failed API keys");
-                let error = RpcError::new(
-                    "RateLimitError",
-                    format!(
-                        "too many failed API keys from this address ({} per {} s); retry in {} s",
-                        decision.limit,
-                        throttle.limit().per.as_secs(),
-                        decision.retry_after
-                    ),
-                )
-                .with_code(ErrorCode::ResourceExhausted)
-                .with_kind("auth_throttled")
-                .with_details(vec![retry_info(decision.retry_after)])
-                .with_status(StatusCode::TOO_MANY_REQUESTS);
-                let mut response = error_response(server, info, &error, &wire::empty_schema());
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
+                let message = format!(
+                    "too many failed API keys from this address ({} per {} s); retry in {} s",
+                    decision.limit,
+                    throttle.limit().per.as_secs(),
+                    decision.retry_after
+                );
+                let response =
+                    too_many_requests(server, info, message, "auth_throttled", &decision);
                 return Err((response, None));
             }
             Ok(_) => {}
@@ -464,22 +455,33 @@ async fn admit(
         return Ok(Some(decision));
     }
     hosting.metrics.rate_limited.inc();
-    let error = RpcError::new(
-        "RateLimitError",
-        format!(
-            "rate limit of {} requests exceeded; retry in {} s",
-            decision.limit, decision.retry_after
-        ),
-    )
-    .with_code(ErrorCode::ResourceExhausted)
-    .with_kind("rate_limited")
-    .with_details(vec![retry_info(decision.retry_after)])
-    .with_status(StatusCode::TOO_MANY_REQUESTS);
+    let message = format!(
+        "rate limit of {} requests exceeded; retry in {} s",
+        decision.limit, decision.retry_after
+    );
+    let response = too_many_requests(server, info, message, "rate_limited", &decision);
+    Err((response, Some(decision)))
+}
+
+/// A 429 `RateLimitError` of `kind` as an Arrow error stream, with
+/// `Retry-After` from `decision`.
+fn too_many_requests(
+    server: &Server,
+    info: &RequestInfo,
+    message: String,
+    kind: &'static str,
+    decision: &ratelimit::Decision,
+) -> Response {
+    let error = RpcError::new("RateLimitError", message)
+        .with_code(ErrorCode::ResourceExhausted)
+        .with_kind(kind)
+        .with_details(vec![retry_info(decision.retry_after)])
+        .with_status(StatusCode::TOO_MANY_REQUESTS);
     let mut response = error_response(server, info, &error, &wire::empty_schema());
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(decision.retry_after));
-    Err((response, Some(decision)))
+    response
 }
 
 /// The decision of a limiter's verdict, counting store failures; a store
