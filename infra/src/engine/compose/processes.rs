@@ -170,27 +170,57 @@ pub fn wait_listening(
 
 /// Polls `url` until it answers 200, the child exits, or `timeout` passes.
 pub fn wait_http(child: &mut Child, url: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
         .into();
+    wait_until(child, timeout, Duration::from_millis(100), || {
+        agent.get(url).call().is_ok()
+    })
+    .map_err(|not_ready| {
+        not_ready.describe(|| format!("`{url}` did not answer within {} s", timeout.as_secs()))
+    })
+}
+
+/// Why [`wait_until`] gave up.
+enum NotReady {
+    Exited(std::process::ExitStatus),
+    /// The child was killed and reaped.
+    TimedOut,
+}
+
+impl NotReady {
+    /// The error text; `timed_out` names what did not answer.
+    fn describe(self, timed_out: impl FnOnce() -> String) -> String {
+        match self {
+            NotReady::Exited(status) => format!("exited ({status})"),
+            NotReady::TimedOut => timed_out(),
+        }
+    }
+}
+
+/// Polls `ready` every `every` until it holds, the child exits, or `timeout`
+/// passes (then the child is killed and reaped).
+fn wait_until(
+    child: &mut Child,
+    timeout: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), NotReady> {
+    let deadline = Instant::now() + timeout;
     loop {
-        if agent.get(url).call().is_ok() {
+        if ready() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("exited ({status})"));
+            return Err(NotReady::Exited(status));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "`{url}` did not answer within {} s",
-                timeout.as_secs()
-            ));
+            return Err(NotReady::TimedOut);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(every);
     }
 }
 
@@ -221,24 +251,17 @@ pub fn redis_answers(port: u16) -> bool {
 /// Polls a Redis on `127.0.0.1:port` until it answers, the child exits, or
 /// `timeout` passes.
 pub fn wait_redis(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if redis_answers(port) {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("exited ({status})"));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
+    wait_until(child, timeout, Duration::from_millis(50), || {
+        redis_answers(port)
+    })
+    .map_err(|not_ready| {
+        not_ready.describe(|| {
+            format!(
                 "did not answer PING on 127.0.0.1:{port} within {} s",
                 timeout.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            )
+        })
+    })
 }
 
 /// A free loopback port (the OS picks; a race with another binder is unlikely).
