@@ -21,7 +21,9 @@ use crate::storage::External;
 use crate::storage::fetch::FetchError;
 use crate::token::{Binding, TokenKind};
 use crate::wire::ipc::Chunks;
-use crate::wire::ipc::{read_schema_message, read_stream, schema_message};
+use crate::wire::ipc::{
+    IpcError, read_schema_message, read_stream, read_whole_stream, schema_message,
+};
 use crate::wire::tokens::type_token;
 use crate::wire::{self, Batch, ErrorCode, Metadata, RpcError, StreamWriter};
 
@@ -270,8 +272,6 @@ fn validate_params(
     Ok(())
 }
 
-/// `: missing parameter 'b' (int64)` / `: unexpected parameter 'c' (utf8)`,
-/// so a wrong argument count names the arguments.
 /// Record parameters ([`crate::rpc::ProtocolBuilder::record_param`]): each
 /// cell must be an IPC stream of exactly one row on the declared schema, and
 /// nothing after it. Refused as the reference refuses a dataclass it cannot
@@ -290,15 +290,16 @@ fn validate_records(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<
             if column.is_null(row) {
                 continue;
             }
-            let bytes = Bytes::copy_from_slice(column.value(row));
-            let (stream, end) = read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
-            if end != bytes.len() {
-                return Err(bad(format!(
-                    "{}() parameter '{param}': {} bytes after the record's IPC stream",
-                    method.name,
-                    bytes.len() - end
-                )));
-            }
+            let stream = match read_whole_stream(column.value(row)) {
+                Ok(stream) => stream,
+                Err(IpcError::TrailingBytes(trailing)) => {
+                    return Err(bad(format!(
+                        "{}() parameter '{param}': {trailing} bytes after the record's IPC stream",
+                        method.name
+                    )));
+                }
+                Err(error) => return Err(bad(error.to_string())),
+            };
             let received = wire::tokens::schema_text(&stream.schema);
             let expected = wire::tokens::schema_text(declared);
             if received != expected {
@@ -307,11 +308,11 @@ fn validate_records(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<
                     method.name
                 )));
             }
-            let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
-            if stream.batches.len() != 1 || rows != 1 {
+            if stream.single_row().is_none() {
                 return Err(bad(format!(
-                    "{}() parameter '{param}' expected a single-row record batch, got {rows} rows in {} batches",
+                    "{}() parameter '{param}' expected a single-row record batch, got {} rows in {} batches",
                     method.name,
+                    stream.rows(),
                     stream.batches.len()
                 )));
             }
@@ -320,6 +321,8 @@ fn validate_records(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<
     Ok(())
 }
 
+/// `: missing parameter 'b' (int64)` / `: unexpected parameter 'c' (utf8)`,
+/// so a wrong argument count names the arguments.
 fn parameter_difference(declared: &SchemaRef, received: &SchemaRef) -> String {
     let mut parts = Vec::new();
     for want in declared.fields() {

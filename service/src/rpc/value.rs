@@ -767,20 +767,14 @@ pub fn record_from_ipc_cell<T: ArrowRecord>(
     if binary.is_null(row) {
         return Ok(None);
     }
-    let bytes = bytes::Bytes::copy_from_slice(binary.value(row));
-    let (stream, end) = crate::wire::ipc::read_stream(&bytes, 0).map_err(|e| bad(e.to_string()))?;
-    if end != bytes.len() {
-        return Err(bad(format!("{} bytes after the stream", bytes.len() - end)));
-    }
-    let rows: usize = stream.batches.iter().map(|b| b.batch.num_rows()).sum();
-    let batch = match stream.batches.as_slice() {
-        [only] if rows == 1 => &only.batch,
-        _ => {
-            return Err(bad(format!(
-                "{rows} rows in {} batches",
-                stream.batches.len()
-            )));
-        }
+    let stream =
+        crate::wire::ipc::read_whole_stream(binary.value(row)).map_err(|e| bad(e.to_string()))?;
+    let Some(batch) = stream.single_row() else {
+        return Err(bad(format!(
+            "{} rows in {} batches",
+            stream.rows(),
+            stream.batches.len()
+        )));
     };
     let mut records = T::from_batch(batch)?;
     Ok(records.pop())

@@ -58,6 +58,9 @@ pub enum IpcError {
     Flatbuffer(String),
     #[error("Tried reading schema message, was {0}")]
     NotSchema(String),
+    /// [`read_whole_stream`]: bytes left after the stream's end-of-stream marker.
+    #[error("{0} bytes after the stream")]
+    TrailingBytes(usize),
     #[error("IPC stream ended without an end-of-stream marker")]
     MissingEos,
     #[error("unsupported IPC message {0} inside a stream")]
@@ -126,6 +129,33 @@ pub fn metadata_get<'a>(metadata: &'a Metadata, key: &str) -> Option<&'a str> {
 pub struct IpcStream {
     pub schema: SchemaRef,
     pub batches: Vec<Batch>,
+}
+
+impl IpcStream {
+    /// Rows over every batch.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.batch.num_rows()).sum()
+    }
+
+    /// The batch, when the stream holds exactly one batch of exactly one row
+    /// (a record sent whole, as a dataclass travels in a `binary` cell).
+    pub fn single_row(&self) -> Option<&RecordBatch> {
+        match self.batches.as_slice() {
+            [only] if only.batch.num_rows() == 1 => Some(&only.batch),
+            _ => None,
+        }
+    }
+}
+
+/// The one IPC stream that fills `bytes` exactly (a `binary` cell holding a
+/// record); [`IpcError::TrailingBytes`] when anything follows its EOS.
+pub fn read_whole_stream(bytes: &[u8]) -> Result<IpcStream, IpcError> {
+    let bytes = Bytes::copy_from_slice(bytes);
+    let (stream, end) = read_stream(&bytes, 0)?;
+    match bytes.len() - end {
+        0 => Ok(stream),
+        trailing => Err(IpcError::TrailingBytes(trailing)),
+    }
 }
 
 /// Reads one IPC stream starting at `offset`; returns it and the offset just past its EOS.
