@@ -10,6 +10,15 @@
 //! longest-idle connection that has no request in flight, as nginx reuses
 //! keep-alive connections under pressure. Only when every connection is busy
 //! is the new one refused. A request in flight is never cut.
+//!
+//! Draining (after SIGTERM's `KIT_DRAIN_DELAY`) stops accepting but does not
+//! slam idle keep-alive connections shut: a proxy may be writing its next
+//! request onto one at that moment, and it cannot resend a POST it already
+//! sent, so it answers 502. Instead every response from then on carries
+//! `Connection: close` (the peer learns before it reuses the connection),
+//! and a connection is closed while idle only once it has been quiet for
+//! [`DRAIN_QUIET`], by which time a proxy under load has reused it (and got
+//! the close) or holds it as a spare far down its cache.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,6 +38,10 @@ use crate::metrics::Metrics;
 /// File descriptors kept free for everything that is not a client
 /// connection: the listener, storage files, outgoing fetches, logs.
 const RESERVED_FDS: u64 = 64;
+
+/// While draining, how long a connection must have had no request in flight
+/// (and no bytes of a next one) before it is closed.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// How connections are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +320,24 @@ impl Registry {
         }
     }
 
+    /// While draining: closes connections quiet for at least `quiet`.
+    fn sweep_draining(&self, quiet: Duration) {
+        let mut state = self.lock();
+        let quiet: Vec<u64> = state
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.in_flight == 0
+                    && e.receiving.for_how_long().is_none()
+                    && e.idle_since.elapsed() >= quiet
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in quiet {
+            self.close(&mut state, id);
+        }
+    }
+
     fn open(&self) -> usize {
         self.lock().entries.len()
     }
@@ -369,8 +400,9 @@ impl http_body::Body for TrackedBody {
 }
 
 /// Serves `router` on `listener` within `limits` until `stop` resolves, then
-/// stops accepting, lets every connection finish its requests in flight
-/// (hyper's graceful shutdown) and returns once all are closed.
+/// stops accepting and drains (module docs): requests keep being served on
+/// open connections with `Connection: close`, quiet ones are closed, and it
+/// returns once all are closed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -437,6 +469,7 @@ pub async fn serve(
     drop(listener);
     let _ = shutdown_tx.send(true);
     while registry.open() > 0 {
+        registry.sweep_draining(DRAIN_QUIET);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sweeper.abort();
@@ -449,12 +482,13 @@ async fn connection(
     router: Router,
     limits: ConnectionLimits,
     admission: Admission,
-    mut shutdown: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) {
     let registry = admission.registry.clone();
     let id = admission.id;
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let draining = draining.clone();
             registry.request_started(id);
             let tracked = InFlightRequest {
                 registry: registry.clone(),
@@ -464,9 +498,16 @@ async fn connection(
             request.extensions_mut().insert(ConnectInfo(peer));
             let router = router.clone();
             async move {
-                let response = tower::ServiceExt::oneshot(router, request)
+                let mut response = tower::ServiceExt::oneshot(router, request)
                     .await
                     .unwrap_or_else(|never: Infallible| match never {});
+                if *draining.borrow() {
+                    // hyper closes the connection once this response is out.
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(response.map(|inner| {
                     Body::new(TrackedBody {
                         inner,
@@ -488,20 +529,13 @@ async fn connection(
     let _ = limits;
     tokio::pin!(connection);
     let close = admission.close.clone();
-    if *shutdown.borrow() {
-        connection.as_mut().graceful_shutdown();
-    }
+    // Draining needs nothing here: responses say `Connection: close` and the
+    // registry closes quiet connections (module docs).
     tokio::select! {
         _ = connection.as_mut() => {}
-        // Evicted or idle too long: it has no request in flight, so just close.
+        // Evicted, idle too long, or quiet while draining: no request is in
+        // flight, so just close.
         _ = close.notified() => {}
-        _ = shutdown.changed() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = close.notified() => {}
-            }
-        }
     }
     drop(admission);
 }

@@ -386,6 +386,101 @@ async fn drain_finishes_in_flight_requests_and_flips_readiness() {
         .unwrap();
 }
 
+/// Reads one HTTP/1.1 response with a content-length body off `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .map(|v| v.trim().parse::<usize>().unwrap())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "connection closed mid-response: {text}");
+        out.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// The 502 a proxy gives when it writes a POST onto an idle keep-alive
+/// connection the draining server has just closed: the drain must serve
+/// that request (telling the peer to close) rather than slam the socket.
+#[tokio::test]
+async fn drain_serves_requests_on_idle_keep_alive_connections_then_closes_them() {
+    let server = server(&[]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (trigger, signal) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain {
+        delay: Duration::ZERO,
+        grace: Duration::from_secs(20),
+    };
+    let serving = tokio::spawn(serve_until(listener, server.clone(), drain, async move {
+        let _ = signal.await;
+    }));
+    let body = ipc(&[("milliseconds", 1)], metadata("sleep"));
+    let keep_alive_post = {
+        let mut request = format!(
+            "POST /{PROTOCOL}/sleep HTTP/1.1\r\nhost: x\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+            wire::CONTENT_TYPE,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        request
+    };
+    // Two keep-alive connections, each used once and now idle.
+    let mut reused = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut quiet = tokio::net::TcpStream::connect(address).await.unwrap();
+    for stream in [&mut reused, &mut quiet] {
+        stream.write_all(&keep_alive_post).await.unwrap();
+        let response = read_response(stream).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(!response.to_ascii_lowercase().contains("connection: close"));
+    }
+    trigger.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are refused: the listener is closed.
+    assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    // The idle connection still answers its next request, then closes.
+    reused.write_all(&keep_alive_post).await.unwrap();
+    let response = read_response(&mut reused).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    let mut rest = Vec::new();
+    reused.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    // The one nobody uses is closed once quiet; then the server exits.
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut rest))
+        .await
+        .expect("a quiet connection is closed during the drain")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        started.elapsed() + Duration::from_millis(300) >= kit_service::connections::DRAIN_QUIET
+    );
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("server exits after the drain")
+        .unwrap()
+        .unwrap();
+}
+
 #[test]
 fn bad_configuration_exits_64_before_binding() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kit-service"))
