@@ -60,6 +60,11 @@ pub struct DeployConfig {
     /// Temporary exceptions to named checks.
     #[serde(default)]
     pub waivers: Vec<WaiverConfig>,
+    /// Where targets' state (and its lock) is kept: `local` (default:
+    /// `.deploy-kit/` beside this file), `s3://bucket/prefix` or
+    /// `gs://bucket/prefix`; `--state` and `DEPLOY_KIT_STATE` override it.
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 fn yes() -> bool {
@@ -675,6 +680,13 @@ impl DeployConfig {
         }) {
             return Err(invalid(format!(
                 "`service.features` entry `{feature}` is not a cargo feature name"
+            )));
+        }
+        if let Some(state) = &config.state
+            && let Err(error) = crate::state::StateLocation::parse(state)
+        {
+            return Err(invalid(format!(
+                "`state: {state}`: {error}; use `local`, `s3://BUCKET/PREFIX` or `gs://BUCKET/PREFIX`"
             )));
         }
         if config.targets.is_empty() {

@@ -23,6 +23,8 @@ pub struct Args {
     /// Also empty and delete buckets that still hold objects.
     #[arg(long)]
     pub delete_data: bool,
+    #[command(flatten)]
+    pub state: crate::state::StateArgs,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -36,11 +38,26 @@ pub fn run(args: Args) -> ExitCode {
 fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
+    let operation = format!("down {}", deployment.target_name);
+    // Locked for the whole run; what is left is pushed back even on failure.
+    let session = args.state.begin(&deployment, &operation, env)?;
+    let result = down_locked(args, &deployment, env);
+    let finished = session.finish();
+    let code = result?;
+    finished?;
+    Ok(code)
+}
+
+fn down_locked(
+    args: &Args,
+    deployment: &Deployment,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
     if deployment.target.engine == EngineKind::Pulumi {
-        return crate::engine::pulumi::down(&deployment);
+        return crate::engine::pulumi::down(deployment);
     }
     if crate::engine::cli::handles(deployment.target.platform) {
-        return crate::engine::cli::down(&deployment, args.delete_data);
+        return crate::engine::cli::down(deployment, args.delete_data);
     }
     if crate::engine::gcp::handles(deployment.target.platform) {
         return crate::engine::gcp::down(
@@ -61,9 +78,9 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
         return Ok(0);
     };
     if state.engine == crate::engine::compose::ENGINE {
-        return crate::engine::compose::down(&deployment, state, args.delete_data);
+        return crate::engine::compose::down(deployment, state, args.delete_data);
     }
-    native_down(&deployment, state, args.delete_data, env)
+    native_down(deployment, state, args.delete_data, env)
 }
 
 #[cfg(not(feature = "aws"))]

@@ -28,6 +28,7 @@ pub mod replica;
 pub mod s3_probe;
 pub mod secrets;
 pub mod service_config;
+pub mod state;
 pub mod storage_probe;
 pub mod synthetic;
 pub mod up;
@@ -46,6 +47,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "provision storage, the signing key and the platform target",
     ),
     ("down", "remove what `up` made"),
+    (
+        "state",
+        "show, pull or push a target's state; break a stale lock",
+    ),
     (
         "doctor",
         "check config, limits, keys and storage before rollout",
@@ -98,6 +103,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "DEPLOY_KIT_NGINX",
         "The `nginx` binary a compose target's `processes` runtime starts (`--nginx`); default on `PATH`, then `/usr/sbin`.",
+    ),
+    (
+        "DEPLOY_KIT_STATE",
+        "Where targets' state and locks are kept (`--state`): `local`, `s3://BUCKET/PREFIX` or `gs://BUCKET/PREFIX`; default `state:` in deploy-kit.yaml, else `local`.",
+    ),
+    (
+        "DEPLOY_KIT_LOCK_TIMEOUT",
+        "Seconds `up`, `down` and `state push` wait for another run's lock (`--lock-timeout`); default 0: fail at once with exit 3.",
     ),
     (
         "DEPLOY_KIT_API_KEY",

@@ -33,6 +33,8 @@ enum Command {
     Down(deploy_kit::down::Args),
     /// Check config, limits, keys and storage.
     Doctor(DoctorArgs),
+    /// A target's state and its lock: `show`, `pull`, `push`, `unlock`.
+    State(deploy_kit::state::command::Args),
     /// Signing-key management (`secrets rotate`).
     Secrets(deploy_kit::secrets::Args),
     /// Render templates: Dockerfiles, nginx, compose, Kubernetes, Pulumi, CI workflow.
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => deploy_kit::plan::run(args),
         Command::Up(args) => deploy_kit::up::run(args),
         Command::Down(args) => deploy_kit::down::run(args),
+        Command::State(args) => deploy_kit::state::command::run(args),
         Command::Secrets(args) => deploy_kit::secrets::run(args),
         Command::Render(args) => deploy_kit::render::run(args),
         Command::Call(args) => deploy_kit::call::run(args),

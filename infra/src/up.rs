@@ -46,6 +46,8 @@ pub struct Args {
     /// Go on even when the offline doctor reports errors.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub state: crate::state::StateArgs,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -67,19 +69,37 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let cwd = cwd();
     let mut deployment = Deployment::load(args.config.as_deref(), Some(&args.target), &cwd)?;
     deployment.prebuilt_binary = args.kit_service.clone();
+    // Locked for the whole run; the state is pushed back even when it fails.
+    let session = args
+        .state
+        .begin(&deployment, &format!("up {}", args.target), env)?;
+    let result = up_locked(args, &deployment, &cwd, env);
+    let finished = session.finish();
+    let code = result?;
+    finished?;
+    Ok(code)
+}
+
+fn up_locked(
+    args: &Args,
+    deployment: &Deployment,
+    cwd: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<u8, CommandError> {
+    let cwd = cwd.to_path_buf();
     if deployment.target.engine == EngineKind::Pulumi {
         crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
-        crate::plan::doctor_gate(&deployment, args.force, env)?;
-        return crate::engine::pulumi::up(&deployment);
+        crate::plan::doctor_gate(deployment, args.force, env)?;
+        return crate::engine::pulumi::up(deployment);
     }
     if crate::engine::cli::handles(deployment.target.platform) {
         let kit_service = args.kit_service.as_deref();
-        return crate::engine::cli::up(&deployment, args.force, kit_service, &cwd, env);
+        return crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env);
     }
-    crate::plan::doctor_gate(&deployment, args.force, env)?;
+    crate::plan::doctor_gate(deployment, args.force, env)?;
     if crate::engine::compose::handles(deployment.target.platform) {
         return crate::engine::compose::up(
-            &deployment,
+            deployment,
             &crate::engine::compose::UpOptions {
                 runtime: args.runtime,
                 kit_service: args.kit_service.clone(),
@@ -104,12 +124,12 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let build = lambda_build_command(artifact, &deployment.features());
     let binary = find_service_binary(args.kit_service.as_deref(), artifact, &build)?;
     let package = lambda_package(&binary, artifact, &build)?;
-    let (document, desired) = crate::plan::compute(&deployment, Some(&package), &cwd, env)?;
+    let (document, desired) = crate::plan::compute(deployment, Some(&package), &cwd, env)?;
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed; the native engine does not need the files: {error}");
     }
     eprint!("{}", crate::plan::render_text(&document));
-    native_up(&deployment, desired, package, env)
+    native_up(deployment, desired, package, env)
 }
 
 #[cfg(not(feature = "aws"))]

@@ -31,6 +31,8 @@ struct Fake {
     secrets: HashMap<String, Vec<String>>,
     services: HashMap<String, Value>,
     policies: HashMap<String, Value>,
+    /// Cloud Storage objects by name (JSON bodies only: state and locks).
+    objects: HashMap<String, Value>,
 }
 
 struct Server {
@@ -441,4 +443,139 @@ fn service_account_keys_are_exchanged_with_a_signed_jwt_once() {
         error.contains("Invalid JWT Signature.") && error.contains("`key.json`"),
         "{error}"
     );
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Cloud Storage objects as the JSON API answers them, honouring
+/// `ifGenerationMatch=0` (gcp-storage-emulator ignores it, so it cannot
+/// test a lock).
+fn storage_objects(request: &Seen, fake: &mut Fake) -> (u16, Value) {
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+            .map(percent_decode)
+    };
+    let not_found = json!({"error": {"code": 404, "message": "No such object"}});
+    match request.method.as_str() {
+        "POST" if path.starts_with("/upload/storage/v1/b/") => {
+            let name = param("name").unwrap();
+            if param("ifGenerationMatch").as_deref() == Some("0")
+                && fake.objects.contains_key(&name)
+            {
+                return (
+                    412,
+                    json!({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not hold."}}),
+                );
+            }
+            fake.objects
+                .insert(name.clone(), serde_json::from_str(&request.body).unwrap());
+            (200, json!({"name": name, "generation": "1"}))
+        }
+        "GET" => {
+            let name = percent_decode(path.rsplit_once("/o/").unwrap().1);
+            match fake.objects.get(&name) {
+                Some(value) => (200, value.clone()),
+                None => (404, not_found),
+            }
+        }
+        "DELETE" => {
+            let name = percent_decode(path.rsplit_once("/o/").unwrap().1);
+            match fake.objects.remove(&name) {
+                Some(_) => (204, json!({})),
+                None => (404, not_found),
+            }
+        }
+        _ => (
+            400,
+            json!({"error": {"code": 400, "message": "unexpected"}}),
+        ),
+    }
+}
+
+#[test]
+fn the_gcs_state_lock_is_an_upload_with_if_generation_match_0() {
+    use deploy_kit::state::{StateError, StateLocation, Store};
+    use std::time::Duration;
+    let server = serve(Box::new(storage_objects));
+    let url = server.url.clone();
+    let env = move |name: &str| (name == "STORAGE_EMULATOR_HOST").then(|| url.clone());
+    let location = StateLocation::Gcs {
+        bucket: "team-state".into(),
+        prefix: "deploy".into(),
+    };
+    let open = || {
+        Store::open(
+            &location,
+            std::path::Path::new("/unused"),
+            "svc",
+            "production",
+            "run",
+            &env,
+        )
+        .unwrap()
+    };
+    let first = open();
+    let held = first.lock("up run", Duration::ZERO).unwrap();
+    match open().lock("down run", Duration::ZERO) {
+        Err(StateError::Locked { holder, .. }) => assert_eq!(*holder, held),
+        other => panic!("expected Locked, got {:?}", other.map(|l| l.id)),
+    }
+    let state = deploy_kit::engine::State::new("gcp", "production", "run");
+    first
+        .push(&serde_json::to_vec(&state).unwrap(), "test")
+        .unwrap();
+    let pulled: deploy_kit::engine::State =
+        serde_json::from_slice(&first.pull().unwrap().unwrap()).unwrap();
+    assert_eq!(pulled, state);
+    first.unlock(&held.id).unwrap();
+    open().lock("down run", Duration::ZERO).unwrap();
+
+    let seen = server.seen.lock().unwrap().clone();
+    let uploads: Vec<&Seen> = seen.iter().filter(|r| r.method == "POST").collect();
+    let lock_name = "name=deploy%2Fsvc%2Fproduction%2Frun%2Fstate.lock";
+    let lock_creates: Vec<_> = uploads
+        .iter()
+        .filter(|r| r.target.contains(lock_name))
+        .collect();
+    assert_eq!(lock_creates.len(), 3, "{seen:#?}");
+    for create in &lock_creates {
+        assert!(
+            create.target.contains("ifGenerationMatch=0"),
+            "a lock is created only if absent: {}",
+            create.target
+        );
+    }
+    let state_upload = uploads
+        .iter()
+        .find(|r| {
+            r.target
+                .contains("name=deploy%2Fsvc%2Fproduction%2Frun%2Fstate.json")
+        })
+        .expect("the state was uploaded");
+    assert!(!state_upload.target.contains("ifGenerationMatch"));
+    assert!(seen.iter().any(|r| {
+        r.method == "DELETE"
+            && r.target
+                .ends_with("/o/deploy%2Fsvc%2Fproduction%2Frun%2Fstate.lock")
+    }));
 }

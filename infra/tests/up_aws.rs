@@ -121,6 +121,26 @@ signing_key:
         self.dir.join(".deploy-kit/ci/lambda/state.json")
     }
 
+    /// Starts deploy-kit here with the endpoint overrides, output piped.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("deploy-kit"))
+            .current_dir(&self.dir)
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &self.servers.moto)
+            .env("AWS_ENDPOINT_URL_S3", &self.servers.s3)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("DEPLOY_KIT_KIT_SERVICE", self.dir.join("kit-service"))
+            .env("DEPLOY_KIT_TODAY", "2026-01-15")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .env_remove("DEPLOY_KIT_STATE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs deploy-kit here with the endpoint overrides; returns (exit, stdout, stderr).
     fn run(&self, args: &[&str]) -> (i32, String, String) {
         let output = Command::cargo_bin("deploy-kit")
@@ -135,6 +155,7 @@ signing_key:
             .env("DEPLOY_KIT_TODAY", "2026-01-15")
             .env_remove("DEPLOY_KIT_CONFIG")
             .env_remove("DEPLOY_KIT_TARGET")
+            .env_remove("DEPLOY_KIT_STATE")
             .output()
             .unwrap();
         (
@@ -548,4 +569,97 @@ fn missing_bucket_fails_storage_reach() {
     let reach = finding(&report, "STO001");
     assert_eq!(reach["outcome"], "fail", "{reach}");
     let _ = Path::new(&project.dir);
+}
+
+fn finish(child: std::process::Child) -> (i32, String) {
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// Two `up` runs started together against state in S3: without a lock
+/// timeout one fails with the lock message (exit 3), with one it waits; the
+/// state is whole after each, holds no secret, and `down` removes it.
+#[test]
+fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
+    let project = Project::new("dk-lock");
+    let cloud = Cloud::new(&project.servers);
+    let state_bucket = format!("{}-state", project.name);
+    cloud
+        .runtime
+        .block_on(cloud.s3.create_bucket().bucket(&state_bucket).send())
+        .unwrap();
+    let config = std::fs::read_to_string(project.dir.join("deploy-kit.yaml")).unwrap();
+    std::fs::write(
+        project.dir.join("deploy-kit.yaml"),
+        format!("{config}state: s3://{state_bucket}/teams\n"),
+    )
+    .unwrap();
+    let key = format!("teams/{}/ci/lambda/state.json", project.name);
+    let lock_key = format!("teams/{}/ci/lambda/state.lock", project.name);
+    let object = |key: &str| -> Option<String> {
+        let output = cloud
+            .runtime
+            .block_on(cloud.s3.get_object().bucket(&state_bucket).key(key).send())
+            .ok()?;
+        let bytes = cloud.runtime.block_on(output.body.collect()).unwrap();
+        Some(String::from_utf8(bytes.into_bytes().to_vec()).unwrap())
+    };
+
+    let first = project.spawn(&["up", "lambda"]);
+    let second = project.spawn(&["up", "lambda"]);
+    let mut results = [finish(first), finish(second)];
+    results.sort_by_key(|(code, _)| *code);
+    assert_eq!(results[0].0, 0, "one up succeeds:\n{}", results[0].1);
+    assert_eq!(results[1].0, 3, "the other is refused:\n{}", results[1].1);
+    assert!(results[1].1.contains("is locked by"), "{}", results[1].1);
+    assert!(
+        results[1].1.contains("deploy-kit state unlock"),
+        "{}",
+        results[1].1
+    );
+    let stored = object(&key).expect("the state is in the bucket");
+    let state: deploy_kit::engine::State = serde_json::from_str(&stored).unwrap();
+    assert!(state.resources.len() >= 4, "{stored}");
+    assert!(object(&lock_key).is_none(), "the lock is released");
+    let secret = cloud
+        .secret_value(&format!("{}/ci/signing-key", project.name))
+        .expect("up made the signing key");
+    assert_no_secret(&secret, "the remote state", &stored);
+
+    // With a lock timeout the second waits for the first; both succeed.
+    let first = project.spawn(&["up", "lambda", "--lock-timeout", "300"]);
+    let second = project.spawn(&["up", "lambda", "--lock-timeout", "300"]);
+    let results = [finish(first), finish(second)];
+    for (code, output) in &results {
+        assert_eq!(*code, 0, "{output}");
+    }
+    assert!(
+        results
+            .iter()
+            .any(|(_, output)| output.contains("waiting up to 300 s")),
+        "one of them waited:\n{}\n{}",
+        results[0].1,
+        results[1].1
+    );
+    let again: deploy_kit::engine::State = serde_json::from_str(&object(&key).unwrap()).unwrap();
+    assert_eq!(again.resources.len(), state.resources.len());
+
+    // Another checkout (no local copy) sees the state, and `down` removes it.
+    std::fs::remove_dir_all(project.dir.join(".deploy-kit")).unwrap();
+    let (code, stdout, stderr) = project.run(&["state", "show", "--target", "lambda"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("lock: free"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("function/{}-ci", project.name)),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!cloud.function_exists(&format!("{}-ci", project.name)));
+    assert!(object(&key).is_none(), "down removed the remote state");
+    assert!(object(&lock_key).is_none());
 }

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod probe;
 pub mod run;
 pub mod secrets;
+pub mod state;
 pub mod storage;
 
 use std::time::Duration;

@@ -267,6 +267,36 @@ impl StorageApi {
             .map(drop)
     }
 
+    /// Uploads one object only if no object has that name
+    /// (`ifGenerationMatch=0`); `false` when one exists (HTTP 412).
+    pub fn insert_object_if_absent(
+        &self,
+        bucket: &str,
+        name: &str,
+        bytes: &[u8],
+        content_type: &str,
+    ) -> Result<bool, GcpError> {
+        let sent = self.client.send(
+            "POST",
+            &format!(
+                "{}/upload/storage/v1/b/{}/o?uploadType=media&ifGenerationMatch=0&name={}",
+                self.endpoint,
+                encode(bucket),
+                encode(name)
+            ),
+            Some(Body {
+                content_type,
+                bytes,
+            }),
+            &format!("create `{name}` in bucket `{bucket}`"),
+        );
+        match sent {
+            Ok(_) => Ok(true),
+            Err(GcpError::Status { status: 412, .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// An object's bytes.
     pub fn get_object(&self, bucket: &str, name: &str) -> Result<Vec<u8>, GcpError> {
         self.client
