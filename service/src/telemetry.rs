@@ -81,7 +81,15 @@ impl Drop for Telemetry {
 pub fn init(env: &dyn Env, log_json: bool) -> Result<Telemetry, TelemetryError> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal, and never with `NO_COLOR` set (no-color.org):
+    // redirected logs (files, `up local`, journald) get plain text.
+    let colour = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && env.var("NO_COLOR").is_none_or(|v| v.is_empty())
+    };
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let logs = if log_json {
         logs.json()
             .event_format(crate::logline::JsonLines::default())

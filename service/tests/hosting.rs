@@ -527,6 +527,10 @@ fn sigterm_exits_zero() {
         stderr.contains("random per-process key"),
         "the ephemeral-key warning is loud: {stderr}"
     );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "text logs to a pipe carry no ANSI escapes: {stderr:?}"
+    );
 }
 
 #[tokio::test]
