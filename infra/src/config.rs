@@ -65,6 +65,12 @@ pub struct DeployConfig {
     /// `gs://bucket/prefix`; `--state` and `DEPLOY_KIT_STATE` override it.
     #[serde(default)]
     pub state: Option<String>,
+    /// Named environments (`staging`, `production`), each overlaying this
+    /// file: maps merge key by key, lists and values replace. `--env` (or
+    /// `DEPLOY_KIT_ENV`) picks one; it becomes `service.environment`. Kept
+    /// raw here; [`DeployConfig::parse`] returns the chosen one merged.
+    #[serde(default)]
+    pub environments: BTreeMap<String, serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -620,9 +626,23 @@ impl DeployConfig {
         DeployConfig::parse(&text, path)
     }
 
-    /// Parses and validates; `path` only names the file in errors.
+    /// Parses and validates, for the environment chosen by `--env` /
+    /// `DEPLOY_KIT_ENV` (see [`select_environment`]); `path` only names the
+    /// file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<DeployConfig, ConfigError> {
-        let config: DeployConfig =
+        DeployConfig::parse_in(text, path, selected_environment().as_deref())
+    }
+
+    /// Parses and validates the config of `environment` (default
+    /// `service.environment`): with `environments:`, every environment is
+    /// merged and validated, and two that would share a bucket prefix or a
+    /// secret are refused, whichever is chosen.
+    pub fn parse_in(
+        text: &str,
+        path: &Path,
+        environment: Option<&str>,
+    ) -> Result<DeployConfig, ConfigError> {
+        let base: DeployConfig =
             serde_saphyr::from_str(text).map_err(|error| ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: error
@@ -630,6 +650,94 @@ impl DeployConfig {
                     .trim_start_matches("error: ")
                     .replace("<input>", &path.display().to_string()),
             })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if base.environments.is_empty() {
+            base.validate(path)?;
+            return match environment {
+                Some(chosen) if chosen != base.service.environment => Err(invalid(format!(
+                    "no environment `{chosen}`: the file has no `environments:` and deploys `{}` only",
+                    base.service.environment
+                ))),
+                _ => Ok(base),
+            };
+        }
+        let mut all = BTreeMap::new();
+        for name in base.environments.keys() {
+            all.insert(name.clone(), base.overlay(text, path, name)?);
+        }
+        distinct_environments(&all).map_err(invalid)?;
+        let chosen = environment.unwrap_or(&base.service.environment);
+        all.remove(chosen).ok_or_else(|| {
+            invalid(format!(
+                "no environment `{chosen}`; known: {} (pick one with `--env` or `DEPLOY_KIT_ENV`)",
+                base.environments
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// The file with `environments.<name>` merged over it.
+    fn overlay(&self, text: &str, path: &Path, name: &str) -> Result<DeployConfig, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("environment `{name}`: {message}"),
+        };
+        if !valid_name(name) {
+            return Err(invalid(
+                "environment names are 1-20 lower-case letters, digits and `-` (they name resources)".into(),
+            ));
+        }
+        let mut value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        let root = value.as_object_mut().expect("a config is a map");
+        let overlay = root
+            .remove("environments")
+            .and_then(|mut all| all.get_mut(name).map(serde_json::Value::take))
+            .unwrap_or_default();
+        match &overlay {
+            serde_json::Value::Object(map) => {
+                for key in ["version", "environments", "state"] {
+                    if map.contains_key(key) {
+                        return Err(invalid(format!("`{key}` cannot differ per environment")));
+                    }
+                }
+                if map
+                    .get("service")
+                    .and_then(|s| s.get("environment"))
+                    .is_some()
+                {
+                    return Err(invalid(
+                        "`service.environment` is the environment's name; drop it from the overlay"
+                            .into(),
+                    ));
+                }
+            }
+            serde_json::Value::Null => {}
+            _ => return Err(invalid("must be a map of keys to override".into())),
+        }
+        merge(&mut value, overlay);
+        value["service"]["environment"] = serde_json::Value::String(name.to_string());
+        let config: DeployConfig =
+            serde_json::from_value(value).map_err(|error| invalid(error.to_string()))?;
+        config.validate(path).map_err(|error| match error {
+            ConfigError::Invalid { message, .. } => invalid(message),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// The checks every parsed (and merged) config must pass.
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let config = self;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -732,7 +840,7 @@ impl DeployConfig {
                 "`storage.credential: assumed-role` needs `storage.session_seconds`".into(),
             ));
         }
-        Ok(config)
+        Ok(())
     }
 
     /// The target to judge: the given name, else `default_target`, else the only one.
@@ -759,12 +867,203 @@ impl DeployConfig {
     }
 }
 
+static SELECTED_ENVIRONMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Chooses the environment every later [`DeployConfig::parse`] returns
+/// (`deploy-kit --env NAME`); the first call wins.
+pub fn select_environment(name: &str) {
+    let _ = SELECTED_ENVIRONMENT.set(name.to_string());
+}
+
+/// `--env` (through [`select_environment`]), else `DEPLOY_KIT_ENV`.
+pub fn selected_environment() -> Option<String> {
+    SELECTED_ENVIRONMENT.get().cloned().or_else(|| {
+        std::env::var("DEPLOY_KIT_ENV")
+            .ok()
+            .filter(|v| !v.is_empty())
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 20
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Merges `overlay` into `base`: maps key by key, anything else replaced.
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                merge(base.entry(key).or_insert(serde_json::Value::Null), value);
+            }
+        }
+        (_, serde_json::Value::Null) => {}
+        (base, overlay) => *base = overlay,
+    }
+}
+
+/// Two environments must not share what `up` makes or `down` deletes: a
+/// bucket prefix (one inside the other counts: lifecycle rules and
+/// `down --delete-data` would reach the other's objects) or a secret.
+fn distinct_environments(all: &BTreeMap<String, DeployConfig>) -> Result<(), String> {
+    let names: Vec<&String> = all.keys().collect();
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            let (x, y) = (&all[*a], &all[*b]);
+            if let (Some(s), Some(t)) = (&x.storage, &y.storage)
+                && s.bucket == t.bucket
+                && (s.prefix.starts_with(&t.prefix) || t.prefix.starts_with(&s.prefix))
+            {
+                return Err(format!(
+                    "environments `{a}` and `{b}` share storage: bucket `{}` with prefixes `{}` and `{}`; give each its own bucket or a prefix that does not contain the other",
+                    s.bucket, s.prefix, t.prefix
+                ));
+            }
+            let secrets = |c: &DeployConfig| {
+                let mut names = Vec::new();
+                if c.signing_key.source == KeySourceKind::Secret
+                    && let Some(secret) = &c.signing_key.secret
+                {
+                    names.push(("signing_key.secret", secret.clone()));
+                }
+                if let Some(keys) = &c.auth.api_keys {
+                    names.push(("auth.api_keys", keys.clone()));
+                }
+                names
+            };
+            for (key, secret) in secrets(x) {
+                if secrets(y).iter().any(|(_, other)| *other == secret) {
+                    return Err(format!(
+                        "environments `{a}` and `{b}` share the secret `{secret}` (`{key}`); rotating one would rotate both: give each its own"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<DeployConfig, String> {
         DeployConfig::parse(text, Path::new("deploy-kit.yaml")).map_err(|e| e.to_string())
+    }
+
+    const ENVIRONMENTS: &str = "version: 1
+service: {name: svc, environment: production}
+targets:
+  lambda: {platform: aws-lambda-function-url, region: us-east-1}
+limits: {max_request_bytes: 1000000, request_timeout_seconds: 60}
+storage: {provider: s3, bucket: svc-data, prefix: prod/, credential: instance-role}
+signing_key: {source: secret, secret: aws:svc/production/signing-key}
+environments:
+  production: {}
+  staging:
+    limits: {max_request_bytes: 2000000}
+    storage: {bucket: svc-staging-data}
+    signing_key: {secret: aws:svc/staging/signing-key}
+";
+
+    fn parse_in(text: &str, environment: Option<&str>) -> Result<DeployConfig, String> {
+        DeployConfig::parse_in(text, Path::new("deploy-kit.yaml"), environment)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_environment_overlays_the_base_map_by_map() {
+        let staging = parse_in(ENVIRONMENTS, Some("staging")).unwrap();
+        assert_eq!(staging.service.environment, "staging");
+        assert_eq!(staging.limits.max_request_bytes, Some(2_000_000));
+        // Untouched keys of an overlaid map stay.
+        assert_eq!(staging.limits.request_timeout_seconds, 60);
+        let storage = staging.storage.as_ref().unwrap();
+        assert_eq!(storage.bucket, "svc-staging-data");
+        assert_eq!(storage.prefix, "prod/");
+        assert_eq!(
+            staging.signing_key.secret.as_deref(),
+            Some("aws:svc/staging/signing-key")
+        );
+        let production = parse_in(ENVIRONMENTS, None).unwrap();
+        assert_eq!(production.service.environment, "production");
+        assert_eq!(production.limits.max_request_bytes, Some(1_000_000));
+        assert_eq!(production.storage.unwrap().bucket, "svc-data");
+        let error = parse_in(ENVIRONMENTS, Some("qa")).unwrap_err();
+        assert!(
+            error.contains("no environment `qa`; known: production, staging"),
+            "{error}"
+        );
+        let error = parse_in(
+            "version: 1\ntargets: {a: {platform: compose}}\n",
+            Some("qa"),
+        )
+        .unwrap_err();
+        assert!(error.contains("has no `environments:`"), "{error}");
+    }
+
+    #[test]
+    fn environments_that_would_share_a_bucket_prefix_or_a_secret_are_refused() {
+        let shared_prefix = ENVIRONMENTS.replace(
+            "storage: {bucket: svc-staging-data}",
+            "storage: {prefix: prod/staging/}",
+        );
+        let error = parse_in(&shared_prefix, Some("production")).unwrap_err();
+        assert!(
+            error.contains("share storage: bucket `svc-data`"),
+            "{error}"
+        );
+        let shared_secret = ENVIRONMENTS.replace(
+            "signing_key: {secret: aws:svc/staging/signing-key}",
+            "signing_key: {}",
+        );
+        let error = parse_in(&shared_secret, Some("staging")).unwrap_err();
+        assert!(
+            error.contains("share the secret `aws:svc/production/signing-key`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_overlay_is_checked_like_the_file() {
+        for (overlay, expected) in [
+            ("version: 2", "`version` cannot differ"),
+            (
+                "service: {environment: x}",
+                "`service.environment` is the environment's name",
+            ),
+            ("limits: {max_request_bytez: 1}", "max_request_bytez"),
+            (
+                "storage: {credential: assumed-role}",
+                "needs `storage.session_seconds`",
+            ),
+            ("[1, 2]", "must be a map"),
+        ] {
+            let text =
+                ENVIRONMENTS.replace("production: {}", &format!("production: {{{overlay}}}"));
+            let text = if overlay.starts_with('[') {
+                ENVIRONMENTS.replace("production: {}", "production: [1, 2]")
+            } else {
+                text
+            };
+            let error = parse_in(&text, Some("staging")).unwrap_err();
+            assert!(
+                error.contains("environment `production`"),
+                "{overlay}: {error}"
+            );
+            assert!(error.contains(expected), "{overlay}: {error}");
+        }
+        let bad_name = ENVIRONMENTS.replace("production: {}", "Prod: {}");
+        assert!(
+            parse_in(&bad_name, Some("staging"))
+                .unwrap_err()
+                .contains("environment names")
+        );
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "The `nginx` binary a compose target's `processes` runtime starts (`--nginx`); default on `PATH`, then `/usr/sbin`.",
     ),
     (
+        "DEPLOY_KIT_ENV",
+        "Environment under `environments:` in deploy-kit.yaml (`--env`); default `service.environment`.",
+    ),
+    (
         "DEPLOY_KIT_STATE",
         "Where targets' state and locks are kept (`--state`): `local`, `s3://BUCKET/PREFIX` or `gs://BUCKET/PREFIX`; default `state:` in deploy-kit.yaml, else `local`.",
     ),

@@ -17,6 +17,15 @@ use kit_checks::{Mode, Severity};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Environment under `environments:` in deploy-kit.yaml (`staging`,
+    /// `production`); default `service.environment`.
+    #[arg(
+        long = "env",
+        global = true,
+        env = "DEPLOY_KIT_ENV",
+        value_name = "NAME"
+    )]
+    environment: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +113,9 @@ struct DoctorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(environment) = &cli.environment {
+        deploy_kit::config::select_environment(environment);
+    }
     match cli.command {
         Command::Doctor(args) => doctor(args),
         Command::New(args) => deploy_kit::new::run(args),

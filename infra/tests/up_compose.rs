@@ -384,3 +384,111 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
         assert!(!text.contains(&other_hex), "the key leaked: {text}");
     }
 }
+
+/// Kills what the states of `dirs` record (a failing environments test).
+struct KillOnDrop(Vec<PathBuf>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+                continue;
+            };
+            let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            for resource in state["resources"].as_array().into_iter().flatten() {
+                if let Some(pid) = resource["outputs"]["pid"].as_str() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", pid])
+                        .status();
+                }
+            }
+        }
+    }
+}
+
+/// Staging and production from one config, side by side: distinct output
+/// dirs, states, buckets, keys and processes; `down --env` removes one only.
+#[test]
+fn staging_and_production_run_side_by_side() {
+    let mut project = Project::new("envs");
+    let config = std::fs::read_to_string(project.dir.join("deploy-kit.yaml")).unwrap();
+    let staging_bucket = format!("{}-stg", project.bucket);
+    std::fs::write(
+        project.dir.join("deploy-kit.yaml"),
+        config.replace("waivers: []", "")
+            + &format!(
+                "environments:\n  production: {{}}\n  staging:\n    storage: {{bucket: {staging_bucket}}}\n    signing_key: {{secret: compose:kit-compose-signing-key-staging}}\n"
+            ),
+    )
+    .unwrap();
+    let root = project.dir.clone();
+    let dir_of = |env: &str| root.join(format!(".deploy-kit/{env}/stack"));
+    let _guard = KillOnDrop(vec![dir_of("staging"), dir_of("production")]);
+    for env in ["staging", "production"] {
+        let (code, stdout, stderr) =
+            project.run(&["up", "stack", "--no-wait", "--port", "0", "--env", env]);
+        assert_eq!(code, 0, "up --env {env}:\n{stdout}\n{stderr}");
+    }
+    let state = |env: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir_of(env).join("state.json")).unwrap())
+            .unwrap()
+    };
+    let (staging, production) = (state("staging"), state("production"));
+    assert_eq!(staging["environment"], "staging");
+    assert_eq!(production["environment"], "production");
+    let names = |state: &serde_json::Value, kind: &str| -> Vec<String> {
+        state["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&staging, "bucket"), vec![staging_bucket.clone()]);
+    assert_eq!(names(&production, "bucket"), vec![project.bucket.clone()]);
+    assert!(bucket_exists(&project.servers.s3, &staging_bucket));
+    assert!(bucket_exists(&project.servers.s3, &project.bucket));
+    let pids = |state: &serde_json::Value| -> Vec<u32> {
+        state["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["outputs"]["pid"].as_str())
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let (staging_pids, production_pids) = (pids(&staging), pids(&production));
+    assert_eq!(staging_pids.len(), 3, "2 replicas and nginx");
+    assert!(staging_pids.iter().all(|p| !production_pids.contains(p)));
+    assert!(
+        staging_pids
+            .iter()
+            .chain(&production_pids)
+            .all(|p| alive(*p))
+    );
+    assert_ne!(
+        std::fs::read(dir_of("staging").join("signing-key")).unwrap(),
+        std::fs::read(dir_of("production").join("signing-key")).unwrap(),
+        "each environment has its own key"
+    );
+
+    // Down of staging leaves production running.
+    let (code, stdout, stderr) =
+        project.run(&["down", "stack", "--delete-data", "--env", "staging"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for pid in &staging_pids {
+        wait_dead(*pid);
+    }
+    assert!(production_pids.iter().all(|p| alive(*p)));
+    assert!(!bucket_exists(&project.servers.s3, &staging_bucket));
+    assert!(bucket_exists(&project.servers.s3, &project.bucket));
+    let (code, stdout, stderr) =
+        project.run(&["down", "stack", "--delete-data", "--env", "production"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for pid in &production_pids {
+        wait_dead(*pid);
+    }
+}
