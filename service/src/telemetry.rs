@@ -72,6 +72,7 @@ impl Telemetry {
 impl Drop for Telemetry {
     fn drop(&mut self) {
         self.stop();
+        log_buffer::flush();
     }
 }
 
@@ -88,7 +89,7 @@ pub fn init(env: &dyn Env, log_json: bool) -> Result<Telemetry, TelemetryError> 
         std::io::stderr().is_terminal() && env.var("NO_COLOR").is_none_or(|v| v.is_empty())
     };
     let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(log_buffer::writer)
         .with_ansi(colour);
     let logs = if log_json {
         logs.json()
@@ -172,8 +173,115 @@ pub fn continue_trace_from_batch_metadata(metadata: &Metadata) {
 /// Exports the spans buffered so far, for platforms that freeze the process
 /// between requests (AWS Lambda). Blocks; a no-op when nothing is exported.
 pub fn flush() {
+    log_buffer::flush();
     #[cfg(feature = "otel")]
     otlp::flush();
+}
+
+/// Log lines go to stderr in batches, not one `write(2)` per line: a line is
+/// appended to a buffer, and one thread writes what gathered every
+/// [`log_buffer::BATCH`] (woken once per batch, not per line), or the writer
+/// itself once [`log_buffer::MAX_BYTES`] have piled up. At one connection the
+/// per-request access line was a third of the service's syscalls per call.
+/// The buffer is flushed by [`flush`] (after each Lambda invocation, before
+/// the process is frozen), when [`Telemetry`] is dropped at exit, and before
+/// a panic message, so lines are late by at most `BATCH`, never reordered
+/// against a panic, and lost only if the process is killed outright.
+pub mod log_buffer {
+    use std::io::Write;
+    use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+    use std::time::Duration;
+
+    /// How long lines gather before the writer thread writes them.
+    pub const BATCH: Duration = Duration::from_millis(20);
+    /// Bytes at which the logging call writes the batch itself.
+    pub const MAX_BYTES: usize = 64 * 1024;
+
+    struct Buffer {
+        bytes: Mutex<Vec<u8>>,
+        pending: Condvar,
+    }
+
+    fn buffer() -> &'static Buffer {
+        static BUFFER: OnceLock<Buffer> = OnceLock::new();
+        BUFFER.get_or_init(|| {
+            let started = std::thread::Builder::new()
+                .name("kit-log-writer".into())
+                .spawn(|| {
+                    let buffer = buffer();
+                    loop {
+                        {
+                            let bytes = buffer.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+                            let _unused = buffer
+                                .pending
+                                .wait_while(bytes, |bytes| bytes.is_empty())
+                                .unwrap_or_else(PoisonError::into_inner);
+                        }
+                        std::thread::sleep(BATCH);
+                        flush();
+                    }
+                });
+            if started.is_err() {
+                eprintln!("warning: no log writer thread; log lines are written as they come");
+            }
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                flush();
+                previous(info);
+            }));
+            Buffer {
+                bytes: Mutex::new(Vec::with_capacity(MAX_BYTES)),
+                pending: Condvar::new(),
+            }
+        })
+    }
+
+    /// Writes every buffered line to stderr now.
+    pub fn flush() {
+        let Some(buffer) = BUFFER_READY.get() else {
+            return;
+        };
+        let taken = {
+            let mut bytes = buffer.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::replace(&mut *bytes, Vec::with_capacity(MAX_BYTES))
+        };
+        if !taken.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&taken);
+        }
+    }
+
+    static BUFFER_READY: OnceLock<&'static Buffer> = OnceLock::new();
+
+    /// The `MakeWriter` of the log layer: one [`Line`] per event.
+    pub fn writer() -> Line {
+        Line
+    }
+
+    /// Appends what the log layer writes to the batch.
+    pub struct Line;
+
+    impl Write for Line {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let buffer = *BUFFER_READY.get_or_init(buffer);
+            let full = {
+                let mut gathered = buffer.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+                let was_empty = gathered.is_empty();
+                gathered.extend_from_slice(bytes);
+                if was_empty {
+                    buffer.pending.notify_one();
+                }
+                gathered.len() >= MAX_BYTES
+            };
+            if full {
+                flush();
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }
 
 #[cfg(feature = "otel")]

@@ -464,16 +464,12 @@ async fn drain_serves_requests_on_idle_keep_alive_connections_then_closes_them()
     reused.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
     // The one nobody uses is closed once quiet; then the server exits.
-    let started = std::time::Instant::now();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), quiet.read_to_end(&mut rest))
         .await
         .expect("a quiet connection is closed during the drain")
         .unwrap();
     assert!(rest.is_empty());
-    assert!(
-        started.elapsed() + Duration::from_millis(300) >= kit_service::connections::DRAIN_QUIET
-    );
     tokio::time::timeout(Duration::from_secs(5), serving)
         .await
         .expect("server exits after the drain")
