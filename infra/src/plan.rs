@@ -40,6 +40,10 @@ pub struct Args {
     /// (default: `service.binary` next to `deploy-kit`, then on `PATH`).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
+    /// Read the live resources first: changes made outside deploy-kit are
+    /// shown as drift, and the plan restores the config against what is live.
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 /// The plan of one target, as printed.
@@ -54,6 +58,12 @@ pub struct PlanDocument {
     pub rendered: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub render_error: Option<String>,
+    /// With `--refresh`: what changed outside deploy-kit since the last `up`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<engine::Drift>,
+    /// With `--refresh`: recorded resources the engine cannot read back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_refreshed: Vec<String>,
     pub changes: Vec<engine::Change>,
     pub warnings: Vec<String>,
     pub summary: Summary,
@@ -102,10 +112,31 @@ pub fn render_text(document: &PlanDocument) -> String {
         "plan for target `{}` ({} engine, against `{}`)\n",
         document.target, document.engine, document.state
     );
+    let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".to_string());
+    for drift in &document.drift {
+        let address = format!("{}/{}", drift.kind, drift.name);
+        if drift.missing {
+            out.push_str(&format!("! drift {address}: deleted outside deploy-kit\n"));
+        } else {
+            let fields: Vec<String> = drift
+                .fields
+                .iter()
+                .map(|f| format!("{}: {} -> {}", f.field, show(&f.old), show(&f.new)))
+                .collect();
+            out.push_str(&format!(
+                "! drift {address}: changed outside deploy-kit ({})\n",
+                fields.join(", ")
+            ));
+        }
+    }
+    for address in &document.not_refreshed {
+        out.push_str(&format!(
+            "? {address}: not read back (the engine cannot read it)\n"
+        ));
+    }
     if document.changes.is_empty() {
         out.push_str("no changes: the target matches the last `up`\n");
     }
-    let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".to_string());
     for change in &document.changes {
         let address = format!("{}/{}", change.kind, change.name);
         match change.action {
@@ -139,10 +170,29 @@ pub fn compute(
     cwd: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(PlanDocument, Vec<engine::Resource>), CommandError> {
+    compute_with(deployment, package, cwd, env, None)
+}
+
+/// [`compute`], with `refresh` reading the live resources first: the plan
+/// is then made against the state as the cloud has it.
+pub fn compute_with(
+    deployment: &Deployment,
+    package: Option<&[u8]>,
+    cwd: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    refresh: Option<&dyn engine::Engine>,
+) -> Result<(PlanDocument, Vec<engine::Resource>), CommandError> {
     let hash = package.map(package_hash);
     let (engine_name, desired) = deployment.desired(hash.as_deref(), env)?;
     let state_path = deployment.state_path();
-    let state = State::load(&state_path)?;
+    let mut state = State::load(&state_path)?;
+    let (mut drift, mut not_refreshed) = (Vec::new(), Vec::new());
+    if let (Some(engine), Some(recorded)) = (refresh, &state) {
+        let (found, live, unread) = engine::refresh(engine, recorded)?;
+        drift = found;
+        not_refreshed = unread;
+        state = Some(live);
+    }
     let plan = plan_against(&desired, state.as_ref(), hash.is_some());
     let (rendered, render_error) = match deployment.render() {
         Ok(paths) => (paths.iter().map(|p| relative(p, cwd)).collect(), None),
@@ -157,6 +207,8 @@ pub fn compute(
         rendered,
         render_error,
         summary: Summary::of(&plan),
+        drift,
+        not_refreshed,
         changes: plan.changes,
         warnings: plan.warnings,
     };
@@ -233,7 +285,18 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
             }
         }
     };
-    let (document, _) = compute(&deployment, package.as_deref(), &cwd, env)?;
+    let refresher = if args.refresh {
+        Some(refresh_engine(&deployment, env)?)
+    } else {
+        None
+    };
+    let (document, _) = compute_with(
+        &deployment,
+        package.as_deref(),
+        &cwd,
+        env,
+        refresher.as_deref(),
+    )?;
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed, the resource plan below is still complete: {error}");
     }
@@ -245,7 +308,44 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     } else {
         print!("{}", render_text(&document));
     }
-    Ok(if document.changes.is_empty() { 0 } else { 2 })
+    // Like `terraform plan -detailed-exitcode`: 0 nothing to do, 2 changes
+    // (or drift), 1 error.
+    Ok(
+        if document.changes.is_empty() && document.drift.is_empty() {
+            0
+        } else {
+            2
+        },
+    )
+}
+
+/// The engine that reads a target's live resources for `plan --refresh`.
+fn refresh_engine(
+    deployment: &Deployment,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn engine::Engine>, CommandError> {
+    #[cfg(feature = "aws")]
+    if engine::aws::handles(deployment.target.platform) {
+        let settings = engine::aws::AwsSettings::resolve(
+            &deployment.config,
+            &deployment.target_name,
+            &deployment.target,
+            env,
+        )?;
+        return Ok(Box::new(engine::aws::apply::AwsEngine::new(
+            settings, None,
+        )?));
+    }
+    let _ = env;
+    Err(CommandError::new(
+        format!(
+            "`plan --refresh` reads live resources of AWS targets (built with the `aws` feature); target `{}` (`{}`) cannot be read back yet",
+            deployment.target_name,
+            deployment.target.platform.name()
+        ),
+        "run `plan` without `--refresh`; `doctor --online` checks the live bucket lifecycle and CORS (STO004, STO005, STO007)",
+        2,
+    ))
 }
 
 #[cfg(test)]
@@ -293,6 +393,8 @@ storage:
             rendered: Vec::new(),
             render_error: Some("rendering target `lambda` is not implemented yet".into()),
             summary: Summary::of(&plan),
+            drift: Vec::new(),
+            not_refreshed: Vec::new(),
             changes: plan.changes,
             warnings: plan.warnings,
         }

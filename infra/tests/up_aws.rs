@@ -663,3 +663,79 @@ fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
     assert!(object(&key).is_none(), "down removed the remote state");
     assert!(object(&lock_key).is_none());
 }
+
+/// `plan --refresh` reads the live resources: a lifecycle rule deleted and
+/// a function URL removed behind deploy-kit's back show as drift (exit 2),
+/// while the plain plan, which trusts the state, sees nothing; `up` then
+/// restores both and the refreshed plan is clean (exit 0).
+#[test]
+fn plan_refresh_shows_changes_made_outside_deploy_kit() {
+    let project = Project::new("dk-drift");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "up\n{stdout}\n{stderr}");
+    let (code, stdout, stderr) = project.run(&["plan", "lambda", "--refresh"]);
+    assert_eq!(code, 0, "nothing drifted yet\n{stdout}\n{stderr}");
+
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .s3
+                .delete_bucket_lifecycle()
+                .bucket(&project.bucket)
+                .send(),
+        )
+        .unwrap();
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .lambda
+                .delete_function_url_config()
+                .function_name(&function)
+                .send(),
+        )
+        .unwrap();
+
+    let (code, stdout, stderr) = project.run(&["plan", "lambda"]);
+    assert_eq!(
+        code, 0,
+        "the plain plan trusts the state\n{stdout}\n{stderr}"
+    );
+    let (code, stdout, stderr) = project.run(&["plan", "lambda", "--refresh"]);
+    assert_eq!(code, 2, "drift\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "! drift bucket/{}: changed outside deploy-kit (lifecycle.abort_multipart_days: 1 -> (none), lifecycle.expiration_days: 1 -> (none))",
+            project.bucket
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "! drift endpoint/{function}: deleted outside deploy-kit"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("+ create endpoint/{function}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("~ change bucket/{}", project.bucket)),
+        "{stdout}"
+    );
+    let (code, json, stderr) = project.run(&["plan", "lambda", "--refresh", "--json"]);
+    assert_eq!(code, 2, "{stderr}");
+    let document: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(document["drift"].as_array().unwrap().len(), 2, "{json}");
+
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "up restores\n{stdout}\n{stderr}");
+    let (code, stdout, stderr) = project.run(&["plan", "lambda", "--refresh"]);
+    assert_eq!(code, 0, "restored\n{stdout}\n{stderr}");
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}

@@ -473,6 +473,13 @@ pub trait Engine {
         progress: &mut Progress,
         made: &mut dyn FnMut(Resource) -> Result<(), CommandError>,
     ) -> Result<(), CommandError>;
+    /// What the cloud has now for a `recorded` resource (`plan --refresh`):
+    /// the settings it can read back, under the same keys as `desired`.
+    /// The default says it cannot tell, which `plan --refresh` reports.
+    fn refresh(&self, recorded: &Resource) -> Result<Live, CommandError> {
+        let _ = recorded;
+        Ok(Live::Unknown)
+    }
     /// Deletes what `state` records, newest first, calling `removed` after
     /// each; returns what it left on purpose (a bucket with data).
     fn destroy(
@@ -482,6 +489,87 @@ pub trait Engine {
         progress: &mut Progress,
         removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
     ) -> Result<Vec<Kept>, CommandError>;
+}
+
+/// A recorded resource as the cloud has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// It exists. The settings the engine read, under `desired`'s keys:
+    /// `Some` value, or `None` when read and found unset (a deleted
+    /// lifecycle rule). Keys it does not read are absent and keep their
+    /// recorded values.
+    Present(BTreeMap<String, Option<String>>),
+    /// It is gone.
+    Missing,
+    /// The engine cannot read it back.
+    Unknown,
+}
+
+/// A change made outside deploy-kit, found by `plan --refresh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub kind: String,
+    pub name: String,
+    /// `true` when the resource is gone.
+    pub missing: bool,
+    /// Settings whose live value differs from the recorded one (`old` recorded, `new` live).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+}
+
+/// Reads every recorded resource back through `engine`: the drift found,
+/// the state as the cloud has it (what the plan is then computed against),
+/// and the addresses the engine could not read.
+pub fn refresh(
+    engine: &dyn Engine,
+    state: &State,
+) -> Result<(Vec<Drift>, State, Vec<String>), CommandError> {
+    let mut drift = Vec::new();
+    let mut live_state = state.clone();
+    live_state.resources.clear();
+    let mut unknown = Vec::new();
+    for recorded in &state.resources {
+        match engine.refresh(recorded)? {
+            Live::Unknown => {
+                unknown.push(recorded.address());
+                live_state.resources.push(recorded.clone());
+            }
+            Live::Missing => drift.push(Drift {
+                kind: recorded.kind.clone(),
+                name: recorded.name.clone(),
+                missing: true,
+                fields: Vec::new(),
+            }),
+            Live::Present(read) => {
+                let mut live = recorded.clone();
+                let fields: Vec<FieldChange> = read
+                    .into_iter()
+                    .filter(|(key, now)| recorded.settings.get(key) != now.as_ref())
+                    .map(|(key, now)| FieldChange {
+                        old: recorded.settings.get(&key).cloned(),
+                        field: key,
+                        new: now,
+                    })
+                    .collect();
+                for field in &fields {
+                    match &field.new {
+                        Some(value) => live.settings.insert(field.field.clone(), value.clone()),
+                        None => live.settings.remove(&field.field),
+                    };
+                }
+                if !fields.is_empty() {
+                    drift.push(Drift {
+                        kind: recorded.kind.clone(),
+                        name: recorded.name.clone(),
+                        missing: false,
+                        fields,
+                    });
+                }
+                live_state.resources.push(live);
+            }
+        }
+    }
+    Ok((drift, live_state, unknown))
 }
 
 /// `up`'s shared step: creates or updates every `desired` resource, saving

@@ -769,6 +769,85 @@ impl Engine for AwsEngine {
         Ok(())
     }
 
+    fn refresh(&self, recorded: &Resource) -> Result<crate::engine::Live, CommandError> {
+        use crate::engine::{Live, setting};
+        let exists = |found: bool| {
+            if found {
+                Live::Present(Default::default())
+            } else {
+                Live::Missing
+            }
+        };
+        let not_found = |code: Option<&str>| {
+            matches!(
+                code,
+                Some("ResourceNotFoundException" | "NoSuchEntity" | "NotFound")
+            )
+        };
+        let name = recorded.name.as_str();
+        match recorded.kind.as_str() {
+            kind::BUCKET => {
+                let prefix = recorded
+                    .settings
+                    .get(setting::LIFECYCLE_PREFIX)
+                    .map(String::as_str)
+                    .unwrap_or("");
+                Ok(match self.buckets().live(name, prefix)? {
+                    Some(live) => Live::Present(live),
+                    None => Live::Missing,
+                })
+            }
+            kind::SECRET => {
+                let found = self.block(
+                    self.clients
+                        .secrets()
+                        .describe_secret()
+                        .secret_id(name)
+                        .send(),
+                );
+                match found {
+                    Ok(secret) => Ok(exists(secret.deleted_date().is_none())),
+                    Err(error) if not_found(code(&error)) => Ok(Live::Missing),
+                    Err(error) => Err(sdk_error(&format!("failed to read secret `{name}`"), error)),
+                }
+            }
+            kind::ROLE => match self.block(self.clients.iam().get_role().role_name(name).send()) {
+                Ok(_) => Ok(exists(true)),
+                Err(error) if not_found(code(&error)) => Ok(Live::Missing),
+                Err(error) => Err(sdk_error(&format!("failed to read role `{name}`"), error)),
+            },
+            kind::FUNCTION => match self.block(
+                self.clients
+                    .lambda()
+                    .get_function_configuration()
+                    .function_name(name)
+                    .send(),
+            ) {
+                Ok(_) => Ok(exists(true)),
+                Err(error) if not_found(code(&error)) => Ok(Live::Missing),
+                Err(error) => Err(sdk_error(
+                    &format!("failed to read function `{name}`"),
+                    error,
+                )),
+            },
+            kind::ENDPOINT => match self.block(
+                self.clients
+                    .lambda()
+                    .get_function_url_config()
+                    .function_name(name)
+                    .send(),
+            ) {
+                Ok(_) => Ok(exists(true)),
+                Err(error) if not_found(code(&error)) => Ok(Live::Missing),
+                Err(error) => Err(sdk_error(
+                    &format!("failed to read the URL of `{name}`"),
+                    error,
+                )),
+            },
+            _ => Ok(Live::Unknown),
+        }
+    }
+
     fn destroy(
         &self,
         state: &State,

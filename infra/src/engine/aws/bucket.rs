@@ -301,6 +301,56 @@ impl Buckets<'_> {
         Ok(true)
     }
 
+    /// The bucket's live lifecycle and CORS under the keys `desired` uses
+    /// (`plan --refresh`); `None` when the bucket is gone. The rules read
+    /// are the ones covering `prefix`, whichever id they carry.
+    pub fn live(
+        &self,
+        name: &str,
+        prefix: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, Option<String>>>, CommandError> {
+        use crate::engine::setting;
+        match self.block(self.clients.s3.head_bucket().bucket(name).send()) {
+            Ok(_) => {}
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                return Ok(None);
+            }
+            Err(error) => {
+                return Err(self.sdk_error(&format!("failed to look up bucket `{name}`"), error));
+            }
+        }
+        let probe = self.probe(name)?;
+        let rules = probe.lifecycle_rules().map_err(|e| {
+            self.storage_error(&format!("failed to read the lifecycle of `{name}`"), e)
+        })?;
+        let covering = |pick: fn(&kit_checks::probe::LifecycleRule) -> Option<u32>| {
+            rules
+                .iter()
+                .filter(|r| r.enabled && r.covers(prefix))
+                .filter_map(pick)
+                .min()
+                .map(|days| days.to_string())
+        };
+        let cors = probe
+            .cors_rules()
+            .map_err(|e| self.storage_error(&format!("failed to read the CORS of `{name}`"), e))?;
+        let origins: Vec<String> = cors.iter().flat_map(|r| r.origins.clone()).collect();
+        let mut live = std::collections::BTreeMap::new();
+        live.insert(
+            setting::LIFECYCLE_EXPIRATION_DAYS.to_string(),
+            covering(|r| r.expiration_days),
+        );
+        live.insert(
+            setting::LIFECYCLE_ABORT_MULTIPART_DAYS.to_string(),
+            covering(|r| r.abort_incomplete_multipart_days),
+        );
+        live.insert(
+            setting::CORS_ORIGINS.to_string(),
+            (!origins.is_empty()).then(|| origins.join(",")),
+        );
+        Ok(Some(live))
+    }
+
     /// Deletes bucket `name`; one that still holds objects is kept (and
     /// returned with the command that removes it) unless `delete_data`.
     pub fn delete(
