@@ -280,10 +280,33 @@ pub fn read_schema_message(bytes: &[u8]) -> Result<Schema, IpcError> {
     Ok(guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??)
 }
 
-/// arrow-ipc asserts on a few malformed inputs instead of returning errors; a
+thread_local! {
+    static GUARD_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True while this thread runs Arrow decoding under the panic guard: a panic
+/// there unwinds to the guard and becomes an [`IpcError`]. A panic hook that
+/// aborts the process (libFuzzer's does) checks this so contained panics
+/// still reach the guard, while any other panic stays fatal.
+pub fn panic_is_contained() -> bool {
+    GUARD_DEPTH.with(|depth| depth.get() > 0)
+}
+
+/// arrow-ipc asserts on a few malformed inputs instead of returning errors
+/// (for example an offsets buffer whose length is not a multiple of four); a
 /// request body must never take a worker thread down, so those become errors.
 fn guard<T>(f: impl FnOnce() -> T) -> Result<T, IpcError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            GUARD_DEPTH.with(|depth| depth.set(depth.get() - 1));
+        }
+    }
+    GUARD_DEPTH.with(|depth| depth.set(depth.get() + 1));
+    let depth = Depth;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    drop(depth);
+    outcome.map_err(|panic| {
         let text = panic
             .downcast_ref::<String>()
             .cloned()
@@ -1017,6 +1040,24 @@ mod tests {
         let crash = include_bytes!("../../../fuzz/regressions/buffer-offset-past-body.bin");
         let error = read_streams(&Bytes::copy_from_slice(&crash[1..])).unwrap_err();
         assert!(error.to_string().contains("outside"), "{error}");
+    }
+
+    #[test]
+    fn an_offsets_buffer_arrow_asserts_on_is_an_error() {
+        // Regression (found by fuzzing in CI): a string column whose offsets
+        // buffer length is not a multiple of four trips an assertion inside
+        // arrow-buffer; the guard turns it into an error, and the fuzz
+        // harness lets exactly these contained panics unwind.
+        let crash =
+            include_bytes!("../../../fuzz/regressions/offsets-buffer-not-a-multiple-of-four.bin");
+        assert!(!panic_is_contained());
+        let error = read_streams(&Bytes::copy_from_slice(&crash[1..])).unwrap_err();
+        assert!(error.to_string().contains(ARROW_PANIC), "{error}");
+        assert!(
+            !panic_is_contained(),
+            "the guard depth is restored after a panic"
+        );
+        assert!(guard(panic_is_contained).unwrap());
     }
 
     #[test]
