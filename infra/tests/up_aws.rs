@@ -580,9 +580,11 @@ fn finish(child: std::process::Child) -> (i32, String) {
     )
 }
 
-/// Two `up` runs started together against state in S3: without a lock
-/// timeout one fails with the lock message (exit 3), with one it waits; the
-/// state is whole after each, holds no secret, and `down` removes it.
+/// `up` against state in S3 while another run holds the lock: without a
+/// lock timeout it is refused (exit 3, holder and unlock command named,
+/// nothing provisioned), with one it waits and then runs; two runs started
+/// together both succeed; the state is whole, holds no secret, and `down`
+/// removes it.
 #[test]
 fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
     let project = Project::new("dk-lock");
@@ -609,18 +611,66 @@ fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
         Some(String::from_utf8(bytes.into_bytes().to_vec()).unwrap())
     };
 
-    let first = project.spawn(&["up", "lambda"]);
-    let second = project.spawn(&["up", "lambda"]);
-    let mut results = [finish(first), finish(second)];
-    results.sort_by_key(|(code, _)| *code);
-    assert_eq!(results[0].0, 0, "one up succeeds:\n{}", results[0].1);
-    assert_eq!(results[1].0, 3, "the other is refused:\n{}", results[1].1);
-    assert!(results[1].1.contains("is locked by"), "{}", results[1].1);
+    // Another run holds the lock (written as deploy-kit writes it): `up`
+    // is refused with exit 3 before it touches anything.
+    let held = serde_json::json!({
+        "id": "feedfacecafe0001", "who": "ci@elsewhere", "pid": 4242,
+        "operation": "up lambda", "created": 1_700_000_000u64, "version": "0.1.0",
+    });
+    let hold = || {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .s3
+                    .put_object()
+                    .bucket(&state_bucket)
+                    .key(&lock_key)
+                    .body(serde_json::to_vec(&held).unwrap().into())
+                    .send(),
+            )
+            .unwrap();
+    };
+    hold();
+    let (code, output) = finish(project.spawn(&["up", "lambda"]));
+    assert_eq!(code, 3, "a held lock refuses the run:\n{output}");
+    assert!(output.contains("is locked by `ci@elsewhere`"), "{output}");
     assert!(
-        results[1].1.contains("deploy-kit state unlock"),
-        "{}",
-        results[1].1
+        output.contains("deploy-kit state unlock feedfacecafe0001"),
+        "{output}"
     );
+    assert!(
+        !cloud.function_exists(&format!("{}-ci", project.name)),
+        "nothing was provisioned while locked"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&object(&lock_key).unwrap()).unwrap(),
+        held,
+        "the holder's lock is left alone"
+    );
+
+    // With a lock timeout, `up` waits for the holder and then runs.
+    let mut waiting = project.spawn(&["up", "lambda", "--lock-timeout", "300"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "up waits while the lock is held"
+    );
+    assert!(!cloud.function_exists(&format!("{}-ci", project.name)));
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .s3
+                .delete_object()
+                .bucket(&state_bucket)
+                .key(&lock_key)
+                .send(),
+        )
+        .unwrap();
+    let (code, output) = finish(waiting);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("waiting up to 300 s"), "{output}");
     let stored = object(&key).expect("the state is in the bucket");
     let state: deploy_kit::engine::State = serde_json::from_str(&stored).unwrap();
     assert!(state.resources.len() >= 4, "{stored}");
@@ -630,21 +680,14 @@ fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
         .expect("up made the signing key");
     assert_no_secret(&secret, "the remote state", &stored);
 
-    // With a lock timeout the second waits for the first; both succeed.
+    // Two runs started together: whichever order they take the lock in,
+    // both succeed and the state stays whole.
     let first = project.spawn(&["up", "lambda", "--lock-timeout", "300"]);
     let second = project.spawn(&["up", "lambda", "--lock-timeout", "300"]);
     let results = [finish(first), finish(second)];
     for (code, output) in &results {
         assert_eq!(*code, 0, "{output}");
     }
-    assert!(
-        results
-            .iter()
-            .any(|(_, output)| output.contains("waiting up to 300 s")),
-        "one of them waited:\n{}\n{}",
-        results[0].1,
-        results[1].1
-    );
     let again: deploy_kit::engine::State = serde_json::from_str(&object(&key).unwrap()).unwrap();
     assert_eq!(again.resources.len(), state.resources.len());
 
