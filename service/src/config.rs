@@ -150,12 +150,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_API_KEYS",
         default: "",
-        doc: "API keys as `name=key,name=key`. The name becomes the caller identity bound into stream tokens.",
+        doc: "API keys as `name=key,name=key`. The name becomes the caller identity bound into stream tokens. A key may carry `;expires=YYYY-MM-DD` (or `YYYY-MM-DDTHH:MM:SSZ`, UTC; refused from then on with `expired_credential`) and `;scopes=protocol/method protocol/* ...` (space-separated; any other call is refused with `insufficient_scope`): `ci=k1;expires=2027-01-01;scopes=kit.Demo.v1/*`. A malformed attribute, or a scope naming a protocol or method the service does not host, exits 64.",
     },
     Variable {
         name: "KIT_API_KEYS_FILE",
         default: "",
-        doc: "File with one `name=key` per line (`#` comments). Exclusive with `KIT_API_KEYS`.",
+        doc: "File with one `name=key[;expires=...][;scopes=...]` per line (`#` comments), the format of `KIT_API_KEYS`. Exclusive with `KIT_API_KEYS`.",
     },
     Variable {
         name: "KIT_REQUIRE_AUTH",

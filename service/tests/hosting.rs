@@ -154,6 +154,75 @@ async fn api_keys_gate_rpc_but_not_probes() {
 }
 
 #[tokio::test]
+async fn expired_and_out_of_scope_keys_get_their_own_reasons() {
+    let server = server(&[(
+        "KIT_API_KEYS",
+        "old=key-old-123;expires=2020-01-01,adder=key-add-456;scopes=kit.Demo.v1/add,\
+         counter=key-count-789;expires=2999-01-01T00:00:00Z;scopes=kit.Demo.v1/count",
+    )]);
+    let refused = |headers: &http::HeaderMap, body: &Bytes, reason: &str| {
+        assert_eq!(headers.get("vgi-auth-reason").unwrap(), reason);
+        assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(json["reason"], reason);
+        assert_eq!(json["error"], "unauthorized");
+    };
+    let (status, headers, body) = send(&server, add(&[("x-api-key", "key-old-123")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "expired_credential");
+
+    let (status, _, body) = send(&server, add(&[("x-api-key", "key-add-456")])).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let greet = rpc(
+        &format!("/{PROTOCOL}/greet"),
+        ipc(&[], metadata("greet")),
+        &[("x-api-key", "key-add-456")],
+    );
+    let (status, headers, body) = send(&server, greet).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+
+    // A stream's init and every exchange turn are checked against the scope.
+    let count = |key: &'static str| {
+        rpc(
+            &format!("/{PROTOCOL}/count/init"),
+            ipc(&[("n", 3), ("batch_rows", 1)], metadata("count")),
+            &[("x-api-key", key)],
+        )
+    };
+    let (status, headers, body) = send(&server, count("key-add-456")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+    let (status, _, body) = send(&server, count("key-count-789")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, headers, body) = send(&server, add(&[("x-api-key", "key-count-789")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+}
+
+#[test]
+fn bad_key_expiry_or_scope_exits_64_naming_the_variable() {
+    for (keys, expected) in [
+        ("ci=s3cret-key;expires=next-week", "`expires=next-week`"),
+        ("ci=s3cret-key;scopes=kit.Demo.v1", "scope `kit.Demo.v1`"),
+        ("ci=s3cret-key;scopes=kit.Demo.v1/adds", "scope `kit.Demo.v1/adds` names no hosted"),
+        ("ci=s3cret-key;scopes=kit.Dmeo.v1/*", "scope `kit.Dmeo.v1/*` names no hosted"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kit-service"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("KIT_API_KEYS", keys)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{keys}: {stderr}");
+        assert!(stderr.contains("KIT_API_KEYS"), "{stderr}");
+        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+        assert!(!stderr.contains("s3cret-key"), "the key leaked:\n{stderr}");
+        assert!(!stderr.contains("LISTENING"));
+    }
+}
+
+#[tokio::test]
 async fn stream_tokens_are_bound_to_the_caller() {
     let server = server(&[("KIT_API_KEYS", "ci=key-one-123,ops=key-two-456")]);
     let init = rpc(

@@ -12,6 +12,7 @@
 //! Dataclass parameters and results travel as `binary` cells holding a nested
 //! IPC stream; echo methods return those bytes untouched.
 
+mod auth_reason;
 mod dataclasses;
 mod secondary;
 mod states;
@@ -34,6 +35,7 @@ use values::{CONFORMANCE_HEADER_SCHEMA, RICH_HEADER_SCHEMA, python_float_repr};
 
 pub const NAME: &str = "ConformanceService";
 pub const PROTOCOL_VERSION: &str = "2.0.0";
+pub use auth_reason::{AuthReasonWorker, REASON_HEADER as AUTH_REASON_HEADER};
 pub use secondary::NAME as SECONDARY_NAME;
 
 /// Largest `oversized_unary` payload; the reference would try any size.

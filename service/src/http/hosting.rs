@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use super::auth::ApiKeys;
+use super::auth::{ApiKeys, Authenticator};
 use super::ratelimit::{Cidr, RateLimiter};
 use crate::metrics::Metrics;
 
@@ -46,6 +46,8 @@ impl Readiness {
 /// Hosting settings and shared state of one server.
 pub struct Hosting {
     pub api_keys: ApiKeys,
+    /// Replaces API-key authentication when set (upstream's `authenticate` hook).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
     pub require_auth: bool,
     pub rate_limiter: Option<RateLimiter>,
     /// Failed API keys per client IP, checked before the key comparison.
@@ -72,6 +74,7 @@ impl Hosting {
         readiness.set_ready();
         Hosting {
             api_keys: ApiKeys::default(),
+            authenticator: None,
             require_auth: false,
             rate_limiter: None,
             auth_throttle: None,

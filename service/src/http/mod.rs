@@ -172,12 +172,35 @@ impl Server {
         }
     }
 
+    /// The same server authenticating callers with `authenticator` instead
+    /// of its API keys; call before serving (needs sole ownership).
+    pub fn with_authenticator(
+        self: Arc<Self>,
+        authenticator: Arc<dyn auth::Authenticator>,
+    ) -> Arc<Server> {
+        match Arc::try_unwrap(self) {
+            Ok(mut server) => {
+                server.hosting.authenticator = Some(authenticator);
+                Arc::new(server)
+            }
+            Err(_) => panic!("with_authenticator must be called before the server is shared"),
+        }
+    }
+
     pub fn external(&self) -> Option<&External> {
         self.external.as_deref()
     }
 
     pub fn hosting(&self) -> &Hosting {
         &self.hosting
+    }
+
+    /// Whether `protocol` is served (listed or not) and, when `method` is
+    /// given, has that method.
+    pub fn hosts(&self, protocol: &str, method: Option<&str>) -> bool {
+        self.protocols
+            .get(protocol)
+            .is_some_and(|p| method.is_none_or(|m| p.method(m).is_some()))
     }
 
     /// The protocols reflection lists (operational ones like `kit.Probe.v1` are served, not listed).
@@ -304,7 +327,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        match admit(&server, request.headers(), peer, &mut info).await {
+        match admit(&server, request.headers(), &path, peer, &mut info).await {
             Ok(decision) => rate_headers = decision,
             Err((mut response, decision)) => {
                 finish(
@@ -393,6 +416,7 @@ type Refused = (Response, Option<ratelimit::Decision>);
 async fn admit(
     server: &Server,
     headers: &HeaderMap,
+    path: &str,
     peer: Option<std::net::IpAddr>,
     info: &mut RequestInfo,
 ) -> Result<Option<ratelimit::Decision>, Refused> {
@@ -425,11 +449,24 @@ async fn admit(
             Ok(_) => {}
         }
     }
-    match auth::authenticate(&hosting.api_keys, hosting.require_auth, headers) {
+    let target = auth::Target::of(&server.config.prefix, path);
+    let outcome = match &hosting.authenticator {
+        Some(authenticator) => authenticator.authenticate(headers, target),
+        None => auth::authenticate(
+            &hosting.api_keys,
+            hosting.require_auth,
+            headers,
+            target,
+            auth::now_unix_seconds(),
+        ),
+    };
+    match outcome {
         Ok(identity) => info.identity = identity,
         Err(refusal) => {
             hosting.metrics.auth_failures.inc();
-            if let Some(throttle) = throttle {
+            // Only a key that matches nothing is a guess; an expired or
+            // out-of-scope key was a real one.
+            if let Some(throttle) = throttle.filter(|_| refusal == auth::Refusal::Invalid) {
                 let verdict = throttle.check(&address).await;
                 if let ratelimit::Verdict::Fallback(_, _) | ratelimit::Verdict::Unavailable(_) =
                     verdict
