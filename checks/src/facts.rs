@@ -235,6 +235,10 @@ pub struct StorageFacts {
 pub struct SecurityFacts {
     pub require_auth: bool,
     pub api_keys_configured: bool,
+    /// Each API key's name, expiry and scopes, when the caller can read the
+    /// keys (the service from its env; deploy-kit only from a local secret
+    /// file). Never a key value.
+    pub api_keys: Vec<crate::api_keys::KeyFacts>,
     pub cors_origins: Vec<String>,
     /// `N/SECONDS`, or `None` when off.
     pub rate_limit: Option<String>,
@@ -425,6 +429,7 @@ impl Facts {
             security: SecurityFacts {
                 require_auth: false,
                 api_keys_configured: false,
+                api_keys: Vec::new(),
                 cors_origins: Vec::new(),
                 rate_limit: None,
                 reflection: true,

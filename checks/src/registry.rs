@@ -305,6 +305,15 @@ pub const CHECKS: &[Check] = &[
         "Debug output and tracebacks leak internals (paths, queries, sometimes secrets) to logs and clients.",
     ),
     check(
+        "SEC006",
+        "api-key-expiring",
+        Warn,
+        Offline,
+        "an API key has expired or expires within 14 days",
+        "issue a new key, add it to the API-keys secret (`name=key;expires=YYYY-MM-DD`), hand it to the caller, then remove the old entry and roll the replicas",
+        "An expired key is refused with `expired_credential`: its caller stops working on that date. Warning ahead of time leaves room to rotate without an outage; an expired entry left in the secret is dead weight.",
+    ),
+    check(
         "OPS001",
         "missing-health-probes",
         Warn,

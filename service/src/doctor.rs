@@ -114,6 +114,7 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
         security: SecurityFacts {
             require_auth: config.require_auth,
             api_keys_configured: !config.api_keys.is_empty(),
+            api_keys: config.api_keys.facts(),
             cors_origins: config.cors_origins.clone(),
             rate_limit: config
                 .rate_limit

@@ -53,6 +53,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "SEC003" => security::reflection(facts),
         "SEC004" => security::rate_limit(facts),
         "SEC005" => security::debug(facts),
+        "SEC006" => security::api_key_expiring(facts),
         "OPS001" => operations::probes(facts),
         "OPS002" => operations::shutdown_grace(facts),
         "OPS003" => operations::synthetic(facts, context),
