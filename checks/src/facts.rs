@@ -176,6 +176,13 @@ pub struct KeyFacts {
     pub previous: Vec<PreviousKey>,
     /// Lifetime of stream tokens; 0 means tokens never expire.
     pub token_ttl_seconds: u64,
+    /// `signed` or `sealed` (`KIT_TOKEN_MODE`), when known here.
+    pub token_mode: Option<String>,
+    /// `protocol/method` of every hosted stream whose author declared that
+    /// its state may hold secrets (`Protocol::with_confidential_state`).
+    /// Known only where the protocols are (`kit-service doctor`); `None`
+    /// elsewhere.
+    pub confidential_state: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,6 +431,8 @@ impl Facts {
                 fingerprint: None,
                 previous: Vec::new(),
                 token_ttl_seconds: 3600,
+                token_mode: None,
+                confidential_state: None,
             },
             storage: None,
             security: SecurityFacts {

@@ -134,6 +134,15 @@ pub const CHECKS: &[Check] = &[
         "A token that never expires can be replayed on any replica for as long as the key lives, and no key rotation can retire the previous key while such tokens may still be in use.",
     ),
     check(
+        "KEY007",
+        "readable-secret-state",
+        Warn,
+        Offline,
+        "a stream whose state may hold secrets sends it in signed (readable) tokens",
+        "set `KIT_TOKEN_MODE=sealed` on the service (same signing key and rotation; streams already open keep working)",
+        "Signed tokens stop a caller from changing a stream's state, not from reading it: the state travels to the client base64-encoded. A method that declared its state confidential (`Protocol::with_confidential_state`) needs sealed (XChaCha20-Poly1305) tokens.",
+    ),
+    check(
         "LIM001",
         "request-limit-over-platform",
         Error,

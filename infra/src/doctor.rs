@@ -420,6 +420,10 @@ fn key_facts(config: &DeployConfig, base: &Path, env: &dyn Fn(&str) -> Option<St
             })
             .collect(),
         token_ttl_seconds: key.token_ttl_seconds,
+        // deploy-kit.yaml does not set the mode, and only the service
+        // binary knows its protocols: KEY007 runs in `kit-service doctor`.
+        token_mode: None,
+        confidential_state: None,
     }
 }
 

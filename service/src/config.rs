@@ -88,6 +88,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Seconds a stream may stay idle between turns (0 = no expiry): each turn mints a fresh cursor token valid this long, so a stream that keeps turning outlives it.",
     },
     Variable {
+        name: "KIT_TOKEN_MODE",
+        default: "signed",
+        doc: "How stream-state tokens are minted: `signed` (HMAC-SHA256; the caller can read the state but not change it) or `sealed` (XChaCha20-Poly1305; the caller can do neither). Same key ring, key ids and rotation; either mode opens both kinds, so switching is a rolling change. Use `sealed` when a method's state may hold secrets (doctor KEY007).",
+    },
+    Variable {
         name: "KIT_MAX_REQUEST_BYTES",
         default: "",
         doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised.",
@@ -463,7 +468,7 @@ impl Config {
             }
         }
         let ttl = number(env, "KIT_TOKEN_TTL", &mut problems).unwrap_or(3600);
-        let keys = signing_keys(env, ttl, &mut problems);
+        let keys = signing_keys(env, ttl, &mut problems).with_mode(token_mode(env, &mut problems));
         let config = Config {
             listen,
             keys,
@@ -877,6 +882,23 @@ fn api_keys(env: &dyn Env, problems: &mut Vec<String>) -> ApiKeys {
         problems.push(format!("`{source}`: {error}"));
         ApiKeys::default()
     })
+}
+
+fn token_mode(env: &dyn Env, problems: &mut Vec<String>) -> crate::token::TokenMode {
+    use crate::token::TokenMode;
+    let Some(value) = env.var("KIT_TOKEN_MODE").filter(|v| !v.trim().is_empty()) else {
+        return TokenMode::Signed;
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "signed" => TokenMode::Signed,
+        "sealed" => TokenMode::Sealed,
+        _ => {
+            problems.push(format!(
+                "`KIT_TOKEN_MODE` must be `signed` or `sealed`, got `{value}`"
+            ));
+            TokenMode::Signed
+        }
+    }
 }
 
 fn boolean(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<bool> {

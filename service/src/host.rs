@@ -273,7 +273,7 @@ impl Host {
                 ExitCode::SUCCESS
             }
             Command::Serve(args) => serve(&name, args, protocols()),
-            Command::Doctor(args) => doctor(args),
+            Command::Doctor(args) => doctor(args, &protocols().0),
             #[cfg(feature = "lambda")]
             Command::Lambda(args) => lambda(&name, args, protocols),
             #[cfg(not(feature = "lambda"))]
@@ -400,7 +400,7 @@ struct DoctorArgs {
     listen: SocketAddr,
 }
 
-fn doctor(args: DoctorArgs) -> ExitCode {
+fn doctor(args: DoctorArgs, protocols: &[Protocol]) -> ExitCode {
     let format = match args.format.as_str() {
         "json" => kit_checks::render::Format::Json,
         _ => kit_checks::render::Format::Text,
@@ -409,7 +409,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
         "warn" => kit_checks::Severity::Warn,
         _ => kit_checks::Severity::Error,
     };
-    let (text, code) = crate::doctor::run(&ProcessEnv, args.listen, format, fail_on);
+    let (text, code) = crate::doctor::run(&ProcessEnv, args.listen, protocols, format, fail_on);
     if code == 2 {
         eprint!("{text}");
     } else {
@@ -449,6 +449,7 @@ fn start(
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
+    let confidential = crate::doctor::confidential_state(&protocols);
     let mut server = crate::serve::build_server(&config, protocols, prefix);
     let unknown = crate::serve::unknown_scopes(&config.api_keys, &server);
     if !unknown.is_empty() {
@@ -459,6 +460,12 @@ fn start(
             "hint: a scope is `protocol/method` or `protocol/*` of a hosted protocol; run `{name} serve` and `deploy-kit call URL` to list them"
         );
         return Err(ExitCode::from(64));
+    }
+    if !confidential.is_empty() && config.keys.mode() == crate::token::TokenMode::Signed {
+        tracing::warn!(
+            methods = %confidential.join(", "),
+            "these streams declare confidential state, and KIT_TOKEN_MODE is signed: callers can read their state (doctor KEY007); set KIT_TOKEN_MODE=sealed"
+        );
     }
     let now = crate::http::auth::now_unix_seconds();
     for key in config.api_keys.facts() {

@@ -270,6 +270,77 @@ async fn stream_tokens_are_bound_to_the_caller() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// Runs `count` (n=10, 2 rows a turn) to its end on `server`; returns every
+/// cursor token it was handed, base64-decoded.
+async fn count_to_the_end(server: &Arc<Server>) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let init = rpc(
+        &format!("/{PROTOCOL}/count/init"),
+        ipc(&[("n", 10), ("batch_rows", 2)], metadata("count")),
+        &[],
+    );
+    let (status, _, mut body) = send(server, init).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tokens = Vec::new();
+    let mut rows = 0;
+    let mut call_token = None;
+    loop {
+        let streams = read_streams(&body).unwrap();
+        let batches = &streams[0].batches;
+        rows += batches.iter().map(|b| b.batch.num_rows()).sum::<usize>();
+        let Some(cursor) = batches.iter().find_map(|b| b.get(wire::STATE_KEY)) else {
+            break;
+        };
+        if call_token.is_none() {
+            call_token = batches
+                .iter()
+                .find_map(|b| b.get(wire::CALL_STATE_KEY))
+                .map(str::to_string);
+        }
+        tokens.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(cursor)
+                .unwrap(),
+        );
+        let continuation = ipc(
+            &[],
+            vec![
+                (wire::STATE_KEY.into(), cursor.into()),
+                (
+                    wire::CALL_STATE_KEY.into(),
+                    call_token.clone().unwrap().into(),
+                ),
+            ],
+        );
+        let (status, _, next) = send(
+            server,
+            rpc(&format!("/{PROTOCOL}/count/exchange"), continuation, &[]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&next));
+        body = next;
+    }
+    assert_eq!(rows, 10, "every row arrives in either mode");
+    tokens
+}
+
+#[tokio::test]
+async fn sealed_tokens_hide_a_streams_state_from_the_caller() {
+    let key = ("VGI_SIGNING_KEY", "0123456789abcdef0123456789abcdef-state");
+    let readable = |tokens: &[Vec<u8>]| {
+        tokens
+            .iter()
+            .any(|t| t.windows(4).any(|w| w == b"next") || t.windows(3).any(|w| w == b"end"))
+    };
+    let signed = count_to_the_end(&server(&[key])).await;
+    assert!(!signed.is_empty());
+    assert!(readable(&signed), "the control: signed tokens show `count`'s state");
+    let sealed = count_to_the_end(&server(&[key, ("KIT_TOKEN_MODE", "sealed")])).await;
+    assert!(!sealed.is_empty());
+    assert!(!readable(&sealed), "a sealed token shows the state");
+    assert!(sealed.iter().all(|t| t[0] == 2), "sealed tokens carry version 2");
+}
+
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after() {
     let server = server(&[("KIT_RATE_LIMIT", "2/60")]);

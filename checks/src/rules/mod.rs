@@ -34,6 +34,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "KEY004" => keys::replica_mismatch(facts, context),
         "KEY005" => keys::unfinished_rotation(facts),
         "KEY006" => keys::tokens_never_expire(facts),
+        "KEY007" => keys::readable_secret_state(facts),
         "LIM001" => limits::request_limit(facts),
         "LIM002" => limits::response_limit(facts),
         "LIM003" => limits::timeouts(facts),

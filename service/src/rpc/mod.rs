@@ -632,9 +632,18 @@ pub struct Method {
     /// this schema, checked before the handler runs
     /// ([`ProtocolBuilder::record_param`]).
     pub(crate) records: Vec<(String, SchemaRef)>,
+    /// The author says this stream's state may hold secrets
+    /// ([`Protocol::with_confidential_state`]).
+    pub(crate) confidential_state: bool,
 }
 
 impl Method {
+    /// Whether the method's author declared that its stream state may hold
+    /// secrets, which signed (readable) tokens would show the caller.
+    pub fn confidential_state(&self) -> bool {
+        self.confidential_state
+    }
+
     /// The wire name.
     pub fn name(&self) -> &str {
         &self.name
@@ -692,6 +701,24 @@ pub struct Protocol {
 }
 
 impl Protocol {
+    /// Declares that the stream state of `method` may hold secrets (an
+    /// upstream credential, another tenant's cursor): a signed token would
+    /// show it to the caller. The doctor (KEY007) and the startup log then
+    /// ask for `KIT_TOKEN_MODE=sealed`. Works on typed and built protocols
+    /// alike; an unknown method is ignored.
+    ///
+    /// ```
+    /// let protocol = kit_service::demo::protocol().with_confidential_state("count");
+    /// assert!(protocol.method("count").unwrap().confidential_state());
+    /// assert!(!protocol.method("add").unwrap().confidential_state());
+    /// ```
+    pub fn with_confidential_state(mut self, method: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.confidential_state = true;
+        }
+        self
+    }
+
     /// Starts declaring the protocol `name` (e.g. `acme.Orders.v1`).
     pub fn builder(name: impl Into<String>) -> ProtocolBuilder {
         ProtocolBuilder {
@@ -833,6 +860,7 @@ impl ProtocolBuilder {
                 kind,
                 doc: String::new(),
                 records: Vec::new(),
+                confidential_state: false,
             },
         );
     }
