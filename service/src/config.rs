@@ -163,6 +163,36 @@ pub const VARIABLES: &[Variable] = &[
         doc: "File with one `name=key[;expires=...][;scopes=...]` per line (`#` comments), the format of `KIT_API_KEYS`. Exclusive with `KIT_API_KEYS`.",
     },
     Variable {
+        name: "KIT_PROXY_PROOF",
+        default: "off",
+        doc: "`VGI-Proxy-Proof` checking (upstream's proxy proof: an HMAC your own proxy adds to each request, checked before the API key): `off`, `allow` (verify and log, never refuse) or `require` (401 `proxy_required` without a valid proof; health and probes stay open). A platform's front proxy cannot mint proofs: this is for a proxy you run.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_ORIGIN",
+        default: "",
+        doc: "This worker's origin id, folded into every proof's MAC and never sent (1-255 of `A-Za-z0-9._:/-`). Required unless `KIT_PROXY_PROOF=off`.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SECRETS",
+        default: "",
+        doc: "The proxies' secrets as `kid:hex,kid:hex` (32 bytes each; two during a rotation). Required unless `KIT_PROXY_PROOF=off`.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SECRETS_FILE",
+        default: "",
+        doc: "File holding `KIT_PROXY_PROOF_SECRETS` (a mounted secret). Exclusive with it.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SKEW",
+        default: "30",
+        doc: "Seconds a proof's timestamp may be off either way.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_REPLAY_CACHE",
+        default: "true",
+        doc: "Refuse a proof whose nonce was seen within the window (per process; at most 100,000 nonces, the oldest evicted first).",
+    },
+    Variable {
         name: "KIT_REQUIRE_AUTH",
         default: "true if keys are set",
         doc: "Refuse requests without a valid key (true/false). Health, readiness and metrics stay open.",
@@ -424,6 +454,8 @@ pub struct Config {
     pub read_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub api_keys: ApiKeys,
+    /// `VGI-Proxy-Proof` checking, `None` when `KIT_PROXY_PROOF=off`.
+    pub proxy_proof: Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>>,
     pub require_auth: bool,
     pub rate_limit: Option<RateLimit>,
     /// Failed API keys allowed per client IP (`KIT_AUTH_FAILURE_LIMIT`).
@@ -501,6 +533,7 @@ impl Config {
             ),
             cors_origins: list(env, "KIT_CORS_ORIGINS"),
             api_keys: api_keys(env, &mut problems),
+            proxy_proof: proxy_proof(env, &mut problems),
             require_auth: false,
             rate_limit: rate_limit(env, "KIT_RATE_LIMIT", None, &mut problems),
             auth_failure_limit: rate_limit(
@@ -882,6 +915,77 @@ fn api_keys(env: &dyn Env, problems: &mut Vec<String>) -> ApiKeys {
         problems.push(format!("`{source}`: {error}"));
         ApiKeys::default()
     })
+}
+
+fn proxy_proof(
+    env: &dyn Env,
+    problems: &mut Vec<String>,
+) -> Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>> {
+    use crate::http::proxy_proof::{ProofMode, ProxyProof, parse_secrets};
+    let mode = env.var("KIT_PROXY_PROOF").filter(|v| !v.trim().is_empty())?;
+    let mode = match mode.trim().to_ascii_lowercase().as_str() {
+        "off" => return None,
+        "allow" => ProofMode::Allow,
+        "require" => ProofMode::Require,
+        _ => {
+            problems.push(format!(
+                "`KIT_PROXY_PROOF` must be `off`, `allow` or `require`, got `{mode}`"
+            ));
+            return None;
+        }
+    };
+    let origin = env.var("KIT_PROXY_PROOF_ORIGIN").unwrap_or_default();
+    let literal = env
+        .var("KIT_PROXY_PROOF_SECRETS")
+        .filter(|v| !v.trim().is_empty());
+    let file = env
+        .var("KIT_PROXY_PROOF_SECRETS_FILE")
+        .filter(|v| !v.trim().is_empty());
+    let (source, text) = match (literal, file) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "set only one of `KIT_PROXY_PROOF_SECRETS` and `KIT_PROXY_PROOF_SECRETS_FILE`"
+                    .into(),
+            );
+            return None;
+        }
+        (Some(text), None) => ("KIT_PROXY_PROOF_SECRETS", text),
+        (None, Some(path)) => match env.read_file(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => ("KIT_PROXY_PROOF_SECRETS_FILE", text),
+            _ => {
+                problems.push(format!(
+                    "failed to read `KIT_PROXY_PROOF_SECRETS_FILE` `{path}` as text"
+                ));
+                return None;
+            }
+        },
+        (None, None) => {
+            problems.push(
+                "`KIT_PROXY_PROOF` is on but `KIT_PROXY_PROOF_SECRETS` is not set".into(),
+            );
+            return None;
+        }
+    };
+    let secrets = match parse_secrets(&text) {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            problems.push(format!("`{source}`: {error}"));
+            return None;
+        }
+    };
+    let skew = number(env, "KIT_PROXY_PROOF_SKEW", problems).unwrap_or(30);
+    if skew == 0 {
+        problems.push("`KIT_PROXY_PROOF_SKEW` must be positive".into());
+        return None;
+    }
+    let replay = boolean(env, "KIT_PROXY_PROOF_REPLAY_CACHE", problems).unwrap_or(true);
+    match ProxyProof::new(mode, origin.trim(), secrets, skew, replay) {
+        Ok(proof) => Some(std::sync::Arc::new(proof)),
+        Err(error) => {
+            problems.push(format!("`KIT_PROXY_PROOF_ORIGIN`: {error}"));
+            None
+        }
+    }
 }
 
 fn token_mode(env: &dyn Env, problems: &mut Vec<String>) -> crate::token::TokenMode {

@@ -48,6 +48,7 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
     let hosting = Hosting {
         api_keys: config.api_keys.clone(),
         authenticator: None,
+        proxy_proof: config.proxy_proof.clone(),
         require_auth: config.require_auth,
         rate_limiter: config.rate_limit.map(|limit| limiter("requests", limit)),
         auth_throttle: config

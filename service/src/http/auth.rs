@@ -151,6 +151,8 @@ pub enum Refusal {
     InsufficientScope,
     /// Refused without a finer reason (upstream's fallback; custom authenticators).
     Unauthorized,
+    /// No valid `VGI-Proxy-Proof`: the same refusal whatever failed.
+    ProxyRequired,
 }
 
 impl Refusal {
@@ -162,6 +164,7 @@ impl Refusal {
             Refusal::Expired => "expired_credential",
             Refusal::InsufficientScope => "insufficient_scope",
             Refusal::Unauthorized => "unauthorized",
+            Refusal::ProxyRequired => "proxy_required",
         }
     }
 
@@ -174,6 +177,7 @@ impl Refusal {
             Refusal::Expired => "the API key presented has expired",
             Refusal::InsufficientScope => "the API key presented may not call this method",
             Refusal::Unauthorized => "authentication rejected",
+            Refusal::ProxyRequired => "proxy proof required",
         }
     }
 }
@@ -244,9 +248,15 @@ pub fn authenticate(
     }
 }
 
-/// 401 as upstream shapes it: JSON body, `VGI-Auth-Reason`, `WWW-Authenticate`, no caching.
-pub fn unauthorized(refusal: Refusal, realm: &str) -> Response {
-    let body = serde_json::json!({"error": "unauthorized", "reason": refusal.reason(), "detail": refusal.detail()});
+/// 401 as upstream shapes it: JSON body, `VGI-Auth-Reason`, `WWW-Authenticate`,
+/// no caching; on a worker that requires a proxy proof (`proxy_required`
+/// here is configuration, never the request), `VGI-Auth-Proxy-Required`
+/// and the operator note in `proxy_hint`, on every 401.
+pub fn unauthorized(refusal: Refusal, realm: &str, proxy_required: bool) -> Response {
+    let mut body = serde_json::json!({"error": "unauthorized", "reason": refusal.reason(), "detail": refusal.detail()});
+    if proxy_required {
+        body["proxy_hint"] = super::proxy_proof::proxy_hint().into();
+    }
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
     let headers = response.headers_mut();
@@ -259,6 +269,9 @@ pub fn unauthorized(refusal: Refusal, realm: &str) -> Response {
         "vgi-auth-reason",
         HeaderValue::from_static(refusal.reason()),
     );
+    if proxy_required {
+        headers.insert("vgi-auth-proxy-required", HeaderValue::from_static("true"));
+    }
     let challenge = format!("Bearer realm=\"{}\"", realm.replace('"', ""));
     headers.insert(
         header::WWW_AUTHENTICATE,
@@ -362,7 +375,7 @@ mod tests {
         ]
         .into_iter()
         .map(|refusal| {
-            let response = unauthorized(refusal, "kit.Demo.v1");
+            let response = unauthorized(refusal, "kit.Demo.v1", false);
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
             response.headers()["vgi-auth-reason"].to_str().unwrap().to_string()
         })

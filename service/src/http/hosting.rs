@@ -48,6 +48,8 @@ pub struct Hosting {
     pub api_keys: ApiKeys,
     /// Replaces API-key authentication when set (upstream's `authenticate` hook).
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// `VGI-Proxy-Proof` verification, checked before the API key (`KIT_PROXY_PROOF`).
+    pub proxy_proof: Option<Arc<super::proxy_proof::ProxyProof>>,
     pub require_auth: bool,
     pub rate_limiter: Option<RateLimiter>,
     /// Failed API keys per client IP, checked before the key comparison.
@@ -75,6 +77,7 @@ impl Hosting {
         Hosting {
             api_keys: ApiKeys::default(),
             authenticator: None,
+            proxy_proof: None,
             require_auth: false,
             rate_limiter: None,
             auth_throttle: None,
@@ -89,6 +92,14 @@ impl Hosting {
             limits: crate::limits::Limits::default(),
             access_log: None,
         }
+    }
+
+    /// Whether requests must carry a valid proxy proof (`require` mode),
+    /// which every 401 then says.
+    pub fn proxy_proof_required(&self) -> bool {
+        self.proxy_proof
+            .as_ref()
+            .is_some_and(|p| p.mode() == super::proxy_proof::ProofMode::Require)
     }
 
     /// The allowed origin to echo for `origin`, if CORS allows it.

@@ -10,6 +10,7 @@
 //!   200 + `X-VGI-RPC-Error: true`, internal details never reach the client.
 
 pub mod auth;
+pub mod proxy_proof;
 pub mod codec;
 mod dispatch;
 pub mod hosting;
@@ -427,6 +428,20 @@ async fn admit(
         forwarded,
         &hosting.trusted_proxies,
     ));
+    if let Some(proof) = &hosting.proxy_proof {
+        let header = headers
+            .get(proxy_proof::PROOF_HEADER)
+            .map(HeaderValue::as_bytes);
+        if let Err(failure) = proof.verify(header, auth::now_unix_seconds()) {
+            let required = proof.mode() == proxy_proof::ProofMode::Require;
+            tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, reason = failure.as_str(), required, "proxy proof failed");
+            if required {
+                hosting.metrics.auth_failures.inc();
+                let refusal = auth::Refusal::ProxyRequired;
+                return Err((auth::unauthorized(refusal, &server.primary, true), None));
+            }
+        }
+    }
     let presented = !matches!(auth::credential(headers), auth::Credential::None);
     let throttle = hosting.auth_throttle.as_ref().filter(|_| presented);
     if let Some(throttle) = throttle {
@@ -475,7 +490,10 @@ async fn admit(
                 }
             }
             tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 401, reason = refusal.reason(), "refused");
-            return Err((auth::unauthorized(refusal, &server.primary), None));
+            return Err((
+                auth::unauthorized(refusal, &server.primary, hosting.proxy_proof_required()),
+                None,
+            ));
         }
     }
     let Some(limiter) = &hosting.rate_limiter else {
@@ -1509,6 +1527,12 @@ fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str
     }
     if let Some(limit) = server.config.max_response_bytes {
         headers.insert("vgi-max-response-bytes", HeaderValue::from(limit));
+    }
+    if server.hosting.proxy_proof_required() {
+        headers.insert(
+            proxy_proof::PROOF_REQUIRED_HEADER,
+            HeaderValue::from_static("true"),
+        );
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
