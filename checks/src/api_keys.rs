@@ -107,7 +107,8 @@ impl Expiry {
                 if [h, m, s].iter().any(|p| p.len() != 2) {
                     return None;
                 }
-                let (h, m, s): (i64, i64, i64) = (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?);
+                let (h, m, s): (i64, i64, i64) =
+                    (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?);
                 if h > 23 || m > 59 || s > 59 {
                     return None;
                 }
@@ -297,14 +298,12 @@ pub fn parse(text: &str) -> Result<Vec<KeyEntry>, KeyEntryError> {
                     );
             } else {
                 for scope in value.split_whitespace() {
-                    entry
-                        .scopes
-                        .push(
-                            Scope::parse(scope).ok_or_else(|| KeyEntryError::BadScope {
-                                name: name.to_string(),
-                                value: scope.to_string(),
-                            })?,
-                        );
+                    entry.scopes.push(Scope::parse(scope).ok_or_else(|| {
+                        KeyEntryError::BadScope {
+                            name: name.to_string(),
+                            value: scope.to_string(),
+                        }
+                    })?);
                 }
                 if entry.scopes.is_empty() {
                     return Err(KeyEntryError::NoScopes {
@@ -355,8 +354,7 @@ mod tests {
 
     #[test]
     fn expiry_and_scopes_parse() {
-        let entry = &parse("r=k;expires=2026-12-31T18:30:05Z;scopes=a.B.v1/* c/d")
-            .unwrap()[0];
+        let entry = &parse("r=k;expires=2026-12-31T18:30:05Z;scopes=a.B.v1/* c/d").unwrap()[0];
         assert_eq!(entry.expires.unwrap().to_string(), "2026-12-31T18:30:05Z");
         assert!(entry.allows("a.B.v1", "anything"));
         assert!(entry.allows("c", "d"));
@@ -379,11 +377,17 @@ mod tests {
         );
         for (text, expected) in [
             ("a=s3cret;expires=2026-13-01", "`expires=2026-13-01`"),
-            ("a=s3cret;expires=2026-01-01T10:00:00", "`expires=2026-01-01T10:00:00`"),
+            (
+                "a=s3cret;expires=2026-01-01T10:00:00",
+                "`expires=2026-01-01T10:00:00`",
+            ),
             ("a=s3cret;scopes=kit.Demo.v1", "scope `kit.Demo.v1`"),
             ("a=s3cret;scopes=", "lists no scope"),
             ("a=s3cret;scope=x/y", "unknown attribute `scope`"),
-            ("a=s3cret;expires=2026-01-01;expires=2027-01-01", "appears twice"),
+            (
+                "a=s3cret;expires=2026-01-01;expires=2027-01-01",
+                "appears twice",
+            ),
         ] {
             let message = error(text).to_string();
             assert!(message.contains(expected), "{text}: {message}");

@@ -922,7 +922,9 @@ fn proxy_proof(
     problems: &mut Vec<String>,
 ) -> Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>> {
     use crate::http::proxy_proof::{ProofMode, ProxyProof, parse_secrets};
-    let mode = env.var("KIT_PROXY_PROOF").filter(|v| !v.trim().is_empty())?;
+    let mode = env
+        .var("KIT_PROXY_PROOF")
+        .filter(|v| !v.trim().is_empty())?;
     let mode = match mode.trim().to_ascii_lowercase().as_str() {
         "off" => return None,
         "allow" => ProofMode::Allow,
@@ -960,9 +962,8 @@ fn proxy_proof(
             }
         },
         (None, None) => {
-            problems.push(
-                "`KIT_PROXY_PROOF` is on but `KIT_PROXY_PROOF_SECRETS` is not set".into(),
-            );
+            problems
+                .push("`KIT_PROXY_PROOF` is on but `KIT_PROXY_PROOF_SECRETS` is not set".into());
             return None;
         }
     };

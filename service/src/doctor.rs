@@ -256,13 +256,28 @@ mod tests {
     #[test]
     fn key007_warns_until_confidential_state_is_sealed() {
         let protocols = [crate::demo::protocol().with_confidential_state("count")];
-        let (text, code) = run(&env(&[]), listen(), &protocols, Format::Text, Severity::Warn);
+        let (text, code) = run(
+            &env(&[]),
+            listen(),
+            &protocols,
+            Format::Text,
+            Severity::Warn,
+        );
         assert_eq!(code, 1, "{text}");
-        assert!(text.contains("KEY007") && text.contains("`kit.Demo.v1/count`"), "{text}");
+        assert!(
+            text.contains("KEY007") && text.contains("`kit.Demo.v1/count`"),
+            "{text}"
+        );
         let sealed = env(&[("KIT_TOKEN_MODE", "sealed")]);
         let (text, _) = run(&sealed, listen(), &protocols, Format::Text, Severity::Warn);
         assert!(text.contains("pass    KEY007"), "{text}");
-        let (text, _) = run(&env(&[]), listen(), &[crate::demo::protocol()], Format::Text, Severity::Warn);
+        let (text, _) = run(
+            &env(&[]),
+            listen(),
+            &[crate::demo::protocol()],
+            Format::Text,
+            Severity::Warn,
+        );
         assert!(text.contains("pass    KEY007"), "{text}");
     }
 

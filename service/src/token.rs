@@ -306,8 +306,9 @@ impl KeyRing {
         issued_at: u64,
         expires_at: u64,
     ) -> String {
-        let mut token =
-            Vec::with_capacity(SEALED_HEADER_LEN + 1 + NONCE_LEN + TIMES_LEN + payload.len() + AEAD_TAG_LEN);
+        let mut token = Vec::with_capacity(
+            SEALED_HEADER_LEN + 1 + NONCE_LEN + TIMES_LEN + payload.len() + AEAD_TAG_LEN,
+        );
         token.push(SEALED_VERSION);
         token.push(kind as u8);
         token.extend_from_slice(&self.primary.id);
@@ -597,22 +598,43 @@ mod tests {
             SEALED_HEADER_LEN + 1 + NONCE_LEN + TIMES_LEN + state.len() + AEAD_TAG_LEN
         );
         for needle in [&b"count"[..], b"current", b"{\""] {
-            assert!(!raw.windows(needle.len()).any(|w| w == needle), "state readable");
+            assert!(
+                !raw.windows(needle.len()).any(|w| w == needle),
+                "state readable"
+            );
         }
         let signed = ring(&[7u8; 32]).seal(TokenKind::Cursor, BINDING, state);
         let signed_raw = STANDARD.decode(&signed).unwrap();
-        assert!(signed_raw.windows(5).any(|w| w == b"count"), "the control: signed tokens show it");
+        assert!(
+            signed_raw.windows(5).any(|w| w == b"count"),
+            "the control: signed tokens show it"
+        );
         // Two seals of the same state differ (random nonce).
         assert_ne!(token, keys.seal(TokenKind::Cursor, BINDING, state));
         check(keys.open(TokenKind::Cursor, BINDING, &token), Ok(state));
         for other in [
-            Binding { method: "n", ..BINDING },
-            Binding { protocol: "Q", ..BINDING },
-            Binding { identity: "mallory", ..BINDING },
+            Binding {
+                method: "n",
+                ..BINDING
+            },
+            Binding {
+                protocol: "Q",
+                ..BINDING
+            },
+            Binding {
+                identity: "mallory",
+                ..BINDING
+            },
         ] {
-            check(keys.open(TokenKind::Cursor, other, &token), Err(TokenError::BadSignature));
+            check(
+                keys.open(TokenKind::Cursor, other, &token),
+                Err(TokenError::BadSignature),
+            );
         }
-        check(keys.open(TokenKind::Call, BINDING, &token), Err(TokenError::BadSignature));
+        check(
+            keys.open(TokenKind::Call, BINDING, &token),
+            Err(TokenError::BadSignature),
+        );
     }
 
     #[test]
@@ -626,14 +648,20 @@ mod tests {
             tampered[index] ^= 1;
             let result = keys.open(TokenKind::Cursor, BINDING, &STANDARD.encode(&tampered));
             assert!(
-                matches!(result, Err(TokenError::BadSignature | TokenError::Malformed)),
+                matches!(
+                    result,
+                    Err(TokenError::BadSignature | TokenError::Malformed)
+                ),
                 "byte {index}: {result:?}"
             );
         }
         for cut in [1, 5, SEALED_HEADER_LEN + 1 + NONCE_LEN, raw.len() - 1] {
             let result = keys.open(TokenKind::Cursor, BINDING, &STANDARD.encode(&raw[..cut]));
             assert!(
-                matches!(result, Err(TokenError::BadSignature | TokenError::Malformed)),
+                matches!(
+                    result,
+                    Err(TokenError::BadSignature | TokenError::Malformed)
+                ),
                 "cut at {cut}: {result:?}"
             );
         }
@@ -646,12 +674,18 @@ mod tests {
             Err(TokenError::BadSignature),
         );
         let old = keys.seal_at(TokenKind::Cursor, BINDING, b"x", 1000);
-        check(keys.open_at(TokenKind::Cursor, BINDING, &old, 1000 + 3600), Ok(b"x"));
+        check(
+            keys.open_at(TokenKind::Cursor, BINDING, &old, 1000 + 3600),
+            Ok(b"x"),
+        );
         check(
             keys.open_at(TokenKind::Cursor, BINDING, &old, 1000 + 3601),
             Err(TokenError::Expired),
         );
-        check(keys.open_ignoring_expiry(TokenKind::Cursor, BINDING, &old), Ok(b"x"));
+        check(
+            keys.open_ignoring_expiry(TokenKind::Cursor, BINDING, &old),
+            Ok(b"x"),
+        );
     }
 
     #[test]
@@ -668,17 +702,29 @@ mod tests {
             .with_mode(mode);
             check(rotated.open(TokenKind::Call, BINDING, &token), Ok(b"x"));
             let fresh = rotated.seal(TokenKind::Call, BINDING, b"y");
-            check(old.open(TokenKind::Call, BINDING, &fresh), Err(TokenError::BadSignature));
+            check(
+                old.open(TokenKind::Call, BINDING, &fresh),
+                Err(TokenError::BadSignature),
+            );
             // Retired: the old key's tokens stop opening.
             let retired = ring(&[2u8; 32]).with_mode(mode);
-            check(retired.open(TokenKind::Call, BINDING, &token), Err(TokenError::BadSignature));
+            check(
+                retired.open(TokenKind::Call, BINDING, &token),
+                Err(TokenError::BadSignature),
+            );
             check(retired.open(TokenKind::Call, BINDING, &fresh), Ok(b"y"));
         }
         // Either mode opens the other's tokens, so switching is a rolling change.
         let signed = ring(&[3u8; 32]).seal(TokenKind::Cursor, BINDING, b"s");
         let sealed_token = sealed(&[3u8; 32]).seal(TokenKind::Cursor, BINDING, b"e");
-        check(sealed(&[3u8; 32]).open(TokenKind::Cursor, BINDING, &signed), Ok(b"s"));
-        check(ring(&[3u8; 32]).open(TokenKind::Cursor, BINDING, &sealed_token), Ok(b"e"));
+        check(
+            sealed(&[3u8; 32]).open(TokenKind::Cursor, BINDING, &signed),
+            Ok(b"s"),
+        );
+        check(
+            ring(&[3u8; 32]).open(TokenKind::Cursor, BINDING, &sealed_token),
+            Ok(b"e"),
+        );
     }
 
     #[test]

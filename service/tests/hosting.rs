@@ -205,8 +205,14 @@ fn bad_key_expiry_or_scope_exits_64_naming_the_variable() {
     for (keys, expected) in [
         ("ci=s3cret-key;expires=next-week", "`expires=next-week`"),
         ("ci=s3cret-key;scopes=kit.Demo.v1", "scope `kit.Demo.v1`"),
-        ("ci=s3cret-key;scopes=kit.Demo.v1/adds", "scope `kit.Demo.v1/adds` names no hosted"),
-        ("ci=s3cret-key;scopes=kit.Dmeo.v1/*", "scope `kit.Dmeo.v1/*` names no hosted"),
+        (
+            "ci=s3cret-key;scopes=kit.Demo.v1/adds",
+            "scope `kit.Demo.v1/adds` names no hosted",
+        ),
+        (
+            "ci=s3cret-key;scopes=kit.Dmeo.v1/*",
+            "scope `kit.Dmeo.v1/*` names no hosted",
+        ),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_kit-service"))
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -216,7 +222,10 @@ fn bad_key_expiry_or_scope_exits_64_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{keys}: {stderr}");
         assert!(stderr.contains("KIT_API_KEYS"), "{stderr}");
-        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from:\n{stderr}"
+        );
         assert!(!stderr.contains("s3cret-key"), "the key leaked:\n{stderr}");
         assert!(!stderr.contains("LISTENING"));
     }
@@ -308,7 +317,7 @@ async fn count_to_the_end(server: &Arc<Server>) -> Vec<Vec<u8>> {
                 (wire::STATE_KEY.into(), cursor.into()),
                 (
                     wire::CALL_STATE_KEY.into(),
-                    call_token.clone().unwrap().into(),
+                    call_token.clone().unwrap(),
                 ),
             ],
         );
@@ -334,11 +343,17 @@ async fn sealed_tokens_hide_a_streams_state_from_the_caller() {
     };
     let signed = count_to_the_end(&server(&[key])).await;
     assert!(!signed.is_empty());
-    assert!(readable(&signed), "the control: signed tokens show `count`'s state");
+    assert!(
+        readable(&signed),
+        "the control: signed tokens show `count`'s state"
+    );
     let sealed = count_to_the_end(&server(&[key, ("KIT_TOKEN_MODE", "sealed")])).await;
     assert!(!sealed.is_empty());
     assert!(!readable(&sealed), "a sealed token shows the state");
-    assert!(sealed.iter().all(|t| t[0] == 2), "sealed tokens carry version 2");
+    assert!(
+        sealed.iter().all(|t| t[0] == 2),
+        "sealed tokens carry version 2"
+    );
 }
 
 #[tokio::test]

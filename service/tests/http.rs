@@ -1013,7 +1013,12 @@ async fn enum_parameters_refuse_non_members_before_the_method_runs() {
     };
     for member in ["ACTIVE", "active"] {
         let reply = post(&server, "/ConformanceService/echo_enum", single(member)).await;
-        assert_eq!(reply.status, StatusCode::OK, "{member}: {:?}", reply.error());
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{member}: {:?}",
+            reply.error()
+        );
     }
     let reply = post(&server, "/ConformanceService/echo_enum", single("bogus")).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
@@ -1035,7 +1040,11 @@ async fn enum_parameters_refuse_non_members_before_the_method_runs() {
     );
     let request = conformance_request(
         "echo_status_list",
-        Field::new("statuses", arrow_array::Array::data_type(&list).clone(), false),
+        Field::new(
+            "statuses",
+            arrow_array::Array::data_type(&list).clone(),
+            false,
+        ),
         Arc::new(list),
     );
     let reply = post(&server, "/ConformanceService/echo_status_list", request).await;

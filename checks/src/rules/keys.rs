@@ -278,7 +278,10 @@ mod tests {
         check("KEY007", &f, "pass");
         f.signing_key.confidential_state = Some(vec!["acme.Vault.v1/scan".into()]);
         let message = check("KEY007", &f, "fail");
-        assert!(message.contains("`acme.Vault.v1/scan`") && message.contains("signed"), "{message}");
+        assert!(
+            message.contains("`acme.Vault.v1/scan`") && message.contains("signed"),
+            "{message}"
+        );
         f.signing_key.token_mode = Some("sealed".into());
         check("KEY007", &f, "pass");
     }

@@ -55,7 +55,10 @@ pub(super) fn api_key_expiring(facts: &Facts) -> Verdict {
         if days <= 0 {
             findings.push(format!("`{}` expired at {expiry}", key.name));
         } else if days <= KEY_EXPIRY_WARNING_DAYS {
-            findings.push(format!("`{}` expires at {expiry} (in {days} days)", key.name));
+            findings.push(format!(
+                "`{}` expires at {expiry} (in {days} days)",
+                key.name
+            ));
         }
     }
     if findings.is_empty() {
@@ -133,7 +136,10 @@ mod tests {
         check("SEC006", &f, "pass");
         f.security.api_keys.push(key("soon", Some(&in_days(3))));
         let message = check("SEC006", &f, "fail");
-        assert!(message.contains("`soon` expires at") && message.contains("in 3 days"), "{message}");
+        assert!(
+            message.contains("`soon` expires at") && message.contains("in 3 days"),
+            "{message}"
+        );
         assert!(!message.contains("later"), "{message}");
         f.security.api_keys = vec![key("old", Some(&in_days(-1)))];
         assert!(check("SEC006", &f, "fail").contains("`old` expired at"));

@@ -6,7 +6,6 @@
 //! compared in constant time, against every configured key, so timing reveals
 //! neither a prefix nor which key matched.
 
-
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -297,11 +296,7 @@ mod tests {
         method: "add",
     };
 
-    fn authenticate(
-        keys: &ApiKeys,
-        require: bool,
-        headers: &HeaderMap,
-    ) -> Result<String, Refusal> {
+    fn authenticate(keys: &ApiKeys, require: bool, headers: &HeaderMap) -> Result<String, Refusal> {
         super::authenticate(keys, require, headers, ANY, now_unix_seconds())
     }
 
@@ -329,15 +324,20 @@ mod tests {
         assert_eq!(at(expiry - 1), Ok("old".into()));
         assert_eq!(at(expiry), Err(Refusal::Expired));
         assert_eq!(
-            super::authenticate(&keys, true, &headers(&[("x-api-key", "k-new")]), ANY, expiry),
+            super::authenticate(
+                &keys,
+                true,
+                &headers(&[("x-api-key", "k-new")]),
+                ANY,
+                expiry
+            ),
             Ok("new".into())
         );
     }
 
     #[test]
     fn scoped_keys_reach_only_their_methods() {
-        let keys =
-            ApiKeys::parse("adder=k1;scopes=kit.Demo.v1/add other.P/*,all=k2").unwrap();
+        let keys = ApiKeys::parse("adder=k1;scopes=kit.Demo.v1/add other.P/*,all=k2").unwrap();
         let check = |key: &str, path: &str| {
             super::authenticate(
                 &keys,
@@ -358,7 +358,11 @@ mod tests {
             "/elsewhere/kit.Demo.v1/add",
             "/vgi/__describe__",
         ] {
-            assert_eq!(check("k1", refused), Err(Refusal::InsufficientScope), "{refused}");
+            assert_eq!(
+                check("k1", refused),
+                Err(Refusal::InsufficientScope),
+                "{refused}"
+            );
         }
         assert_eq!(check("k2", "/vgi/kit.Demo.v1/greet"), Ok("all".into()));
         assert_eq!(check("k3", "/vgi/kit.Demo.v1/add"), Err(Refusal::Invalid));
@@ -377,7 +381,10 @@ mod tests {
         .map(|refusal| {
             let response = unauthorized(refusal, "kit.Demo.v1", false);
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-            response.headers()["vgi-auth-reason"].to_str().unwrap().to_string()
+            response.headers()["vgi-auth-reason"]
+                .to_str()
+                .unwrap()
+                .to_string()
         })
         .collect();
         assert_eq!(

@@ -283,7 +283,10 @@ fn validate_enums(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<()
         if let Some(value) = first_non_member(column.as_ref(), &declared.members) {
             return Err(RpcError::bad_request(
                 "TypeError",
-                format!("\"'{value}' is not a valid {} name or value\"", declared.enum_name),
+                format!(
+                    "\"'{value}' is not a valid {} name or value\"",
+                    declared.enum_name
+                ),
             ));
         }
     }
@@ -307,7 +310,9 @@ fn first_non_member(array: &dyn arrow_array::Array, members: &[String]) -> Optio
                 .map(str::to_string)
         }
         DataType::List(_) => first_non_member(array.as_list::<i32>().values().as_ref(), members),
-        DataType::LargeList(_) => first_non_member(array.as_list::<i64>().values().as_ref(), members),
+        DataType::LargeList(_) => {
+            first_non_member(array.as_list::<i64>().values().as_ref(), members)
+        }
         DataType::FixedSizeList(_, _) => {
             first_non_member(array.as_fixed_size_list().values().as_ref(), members)
         }

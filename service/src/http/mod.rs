@@ -10,10 +10,10 @@
 //!   200 + `X-VGI-RPC-Error: true`, internal details never reach the client.
 
 pub mod auth;
-pub mod proxy_proof;
 pub mod codec;
 mod dispatch;
 pub mod hosting;
+pub mod proxy_proof;
 pub mod ratelimit;
 
 use std::collections::BTreeMap;

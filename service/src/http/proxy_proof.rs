@@ -127,10 +127,21 @@ fn valid_origin(origin: &str) -> bool {
 /// Parses upstream's `kid:hex,kid:hex` secret list.
 pub fn parse_secrets(text: &str) -> Result<Vec<(String, [u8; SECRET_LEN])>, ProofConfigError> {
     let mut secrets = Vec::new();
-    for item in text.split([',', '\n']).map(str::trim).filter(|i| !i.is_empty()) {
-        let (kid, hex_secret) = item
-            .split_once(':')
-            .ok_or_else(|| ProofConfigError::Entry(item.split(':').next().unwrap_or("").chars().take(16).collect()))?;
+    for item in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let (kid, hex_secret) = item.split_once(':').ok_or_else(|| {
+            ProofConfigError::Entry(
+                item.split(':')
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(16)
+                    .collect(),
+            )
+        })?;
         if !valid_kid(kid) {
             return Err(ProofConfigError::Kid(kid.to_string()));
         }
@@ -178,7 +189,9 @@ impl ProxyProof {
     /// (Unix seconds): cheap shape checks first, then the window, the MAC
     /// (constant time) and last the replay cache.
     pub fn verify(&self, header: Option<&[u8]>, now: i64) -> Result<(), ProofFailure> {
-        let raw = header.filter(|h| !h.is_empty()).ok_or(ProofFailure::NoProof)?;
+        let raw = header
+            .filter(|h| !h.is_empty())
+            .ok_or(ProofFailure::NoProof)?;
         if raw.len() > MAX_HEADER_BYTES || raw.contains(&b',') {
             return Err(ProofFailure::Malformed);
         }
@@ -233,10 +246,17 @@ impl ProxyProof {
 }
 
 fn mint_mac(secret: &[u8], kid: &str, ts: &str, nonce: &str, origin_id: &str) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
-    for (index, part) in [DOMAIN, kid.as_bytes(), ts.as_bytes(), nonce.as_bytes(), origin_id.as_bytes()]
-        .into_iter()
-        .enumerate()
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("hmac accepts any key length");
+    for (index, part) in [
+        DOMAIN,
+        kid.as_bytes(),
+        ts.as_bytes(),
+        nonce.as_bytes(),
+        origin_id.as_bytes(),
+    ]
+    .into_iter()
+    .enumerate()
     {
         if index > 0 {
             mac.update(&[0]);
@@ -269,8 +289,11 @@ pub fn mint_proof(secret: &[u8], kid: &str, origin_id: &str, now: i64, nonce: &s
 /// process without limit.
 struct NonceCache {
     ttl: Duration,
-    entries: Mutex<(HashMap<String, Instant>, VecDeque<(String, Instant)>)>,
+    entries: Mutex<Seen>,
 }
+
+/// The nonces remembered, and their order of arrival (= of expiry).
+type Seen = (HashMap<String, Instant>, VecDeque<(String, Instant)>);
 
 impl NonceCache {
     fn new(ttl: Duration) -> NonceCache {
@@ -338,7 +361,13 @@ mod tests {
         // mint_proof(bytes.fromhex("11"*32), "conformance-proxy", "conformance-origin",
         //            now=1700000000, nonce="AAAAAAAAAAAAAAAAAAAAAA") from vgi-rpc 0.52.2.
         assert_eq!(
-            mint_proof(&SECRET, "conformance-proxy", "conformance-origin", 1_700_000_000, "AAAAAAAAAAAAAAAAAAAAAA"),
+            mint_proof(
+                &SECRET,
+                "conformance-proxy",
+                "conformance-origin",
+                1_700_000_000,
+                "AAAAAAAAAAAAAAAAAAAAAA"
+            ),
             "v1.conformance-proxy.1700000000.AAAAAAAAAAAAAAAAAAAAAA.pbkCqAOjBHRZQEdGllYzePRph5t7AfpPDYCuvS5JqL8"
         );
     }
@@ -347,21 +376,50 @@ mod tests {
     fn every_failure_has_its_code() {
         let p = proof(true);
         let now = 1_700_000_000;
-        let good = |ts: i64, nonce: &str| mint_proof(&SECRET, "conformance-proxy", "conformance-origin", ts, nonce);
+        let good = |ts: i64, nonce: &str| {
+            mint_proof(
+                &SECRET,
+                "conformance-proxy",
+                "conformance-origin",
+                ts,
+                nonce,
+            )
+        };
         let check = |token: Option<&str>, expect: Result<(), ProofFailure>| {
             assert_eq!(p.verify(token.map(str::as_bytes), now), expect, "{token:?}");
         };
         check(None, Err(ProofFailure::NoProof));
         check(Some("garbage"), Err(ProofFailure::Malformed));
-        check(Some(&format!("{},x", good(now, "BBBBBBBBBBBBBBBBBBBBBB"))), Err(ProofFailure::Malformed));
-        check(Some(&good(now - 31, "CCCCCCCCCCCCCCCCCCCCCC")), Err(ProofFailure::Expired));
-        check(Some(&good(now + 31, "CCCCCCCCCCCCCCCCCCCCCC")), Err(ProofFailure::NotYetValid));
         check(
-            Some(&mint_proof(&SECRET, "conformance-proxy", "elsewhere", now, "DDDDDDDDDDDDDDDDDDDDDD")),
+            Some(&format!("{},x", good(now, "BBBBBBBBBBBBBBBBBBBBBB"))),
+            Err(ProofFailure::Malformed),
+        );
+        check(
+            Some(&good(now - 31, "CCCCCCCCCCCCCCCCCCCCCC")),
+            Err(ProofFailure::Expired),
+        );
+        check(
+            Some(&good(now + 31, "CCCCCCCCCCCCCCCCCCCCCC")),
+            Err(ProofFailure::NotYetValid),
+        );
+        check(
+            Some(&mint_proof(
+                &SECRET,
+                "conformance-proxy",
+                "elsewhere",
+                now,
+                "DDDDDDDDDDDDDDDDDDDDDD",
+            )),
             Err(ProofFailure::BadMac),
         );
         check(
-            Some(&mint_proof(&SECRET, "other-kid", "conformance-origin", now, "DDDDDDDDDDDDDDDDDDDDDD")),
+            Some(&mint_proof(
+                &SECRET,
+                "other-kid",
+                "conformance-origin",
+                now,
+                "DDDDDDDDDDDDDDDDDDDDDD",
+            )),
             Err(ProofFailure::UnknownKid),
         );
         let token = good(now - 30, "EEEEEEEEEEEEEEEEEEEEEE");
@@ -375,10 +433,17 @@ mod tests {
 
     #[test]
     fn secrets_parse_like_upstream() {
-        let parsed = parse_secrets(&format!("a:{},b-2:{}", "11".repeat(32), "22".repeat(32))).unwrap();
+        let parsed =
+            parse_secrets(&format!("a:{},b-2:{}", "11".repeat(32), "22".repeat(32))).unwrap();
         assert_eq!(parsed.len(), 2);
-        assert_eq!(parse_secrets("a:1122"), Err(ProofConfigError::SecretLength("a".into())));
-        assert_eq!(parse_secrets("bad!:11"), Err(ProofConfigError::Kid("bad!".into())));
+        assert_eq!(
+            parse_secrets("a:1122"),
+            Err(ProofConfigError::SecretLength("a".into()))
+        );
+        assert_eq!(
+            parse_secrets("bad!:11"),
+            Err(ProofConfigError::Kid("bad!".into()))
+        );
         assert_eq!(parse_secrets(" "), Err(ProofConfigError::Empty));
     }
 }

@@ -635,10 +635,13 @@ fn holds_dictionary_strings(data_type: &arrow_schema::DataType) -> bool {
     use arrow_schema::DataType;
     match data_type {
         DataType::Dictionary(_, value) => matches!(**value, DataType::Utf8 | DataType::LargeUtf8),
-        DataType::List(child) | DataType::LargeList(child) | DataType::FixedSizeList(child, _) | DataType::Map(child, _) => {
-            holds_dictionary_strings(child.data_type())
-        }
-        DataType::Struct(fields) => fields.iter().any(|f| holds_dictionary_strings(f.data_type())),
+        DataType::List(child)
+        | DataType::LargeList(child)
+        | DataType::FixedSizeList(child, _)
+        | DataType::Map(child, _) => holds_dictionary_strings(child.data_type()),
+        DataType::Struct(fields) => fields
+            .iter()
+            .any(|f| holds_dictionary_strings(f.data_type())),
         _ => false,
     }
 }
@@ -807,7 +810,9 @@ pub enum DefinitionError {
         /// The parameter named.
         param: String,
     },
-    #[error("`enum_param`: method `{method}` has no parameter `{param}` holding dictionary-encoded strings")]
+    #[error(
+        "`enum_param`: method `{method}` has no parameter `{param}` holding dictionary-encoded strings"
+    )]
     /// [`ProtocolBuilder::enum_param`] names no parameter with a
     /// `dictionary<..., utf8>` inside.
     EnumParam {
@@ -918,7 +923,13 @@ impl ProtocolBuilder {
     /// assert!(protocol.method("echo_status").is_some());
     /// assert!(Protocol::builder("demo.Tickets.v1").enum_param("missing", "s", "S", &["A"]).build().is_err());
     /// ```
-    pub fn enum_param(mut self, method: &str, param: &str, enum_name: &str, members: &[&str]) -> Self {
+    pub fn enum_param(
+        mut self,
+        method: &str,
+        param: &str,
+        enum_name: &str,
+        members: &[&str],
+    ) -> Self {
         let holds_strings = self.methods.get(method).and_then(|m| {
             m.params
                 .field_with_name(param)
