@@ -315,10 +315,7 @@ async fn count_to_the_end(server: &Arc<Server>) -> Vec<Vec<u8>> {
             &[],
             vec![
                 (wire::STATE_KEY.into(), cursor.into()),
-                (
-                    wire::CALL_STATE_KEY.into(),
-                    call_token.clone().unwrap(),
-                ),
+                (wire::CALL_STATE_KEY.into(), call_token.clone().unwrap()),
             ],
         );
         let (status, _, next) = send(
