@@ -456,7 +456,8 @@ pub struct AuthConfig {
     /// Refuse calls without a valid API key.
     #[serde(default)]
     pub required: bool,
-    /// Secret reference holding `name=key` lines (becomes `KIT_API_KEYS_FILE`).
+    /// Secret reference holding `name=key[;expires=...][;scopes=...]` lines
+    /// (becomes `KIT_API_KEYS_FILE`; format in `kit_checks::api_keys`).
     #[serde(default)]
     pub api_keys: Option<String>,
 }
