@@ -550,9 +550,24 @@ pub struct SigningKeyConfig {
     /// `KIT_TOKEN_TTL`: lifetime of stream tokens, 0 = never expire.
     #[serde(default = "token_ttl")]
     pub token_ttl_seconds: u64,
+    /// `KIT_TOKEN_MODE`: `signed` (default; the caller can read the state) or
+    /// `sealed` (XChaCha20-Poly1305; it cannot). Same key, ids and rotation.
+    #[serde(default)]
+    pub token_mode: TokenModeConfig,
     /// Keys still accepted for verification after a rotation.
     #[serde(default)]
     pub previous: Vec<PreviousKeyConfig>,
+}
+
+/// How the service mints stream-state tokens (`signing_key.token_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenModeConfig {
+    /// HMAC-SHA256: tamper-proof, readable.
+    #[default]
+    Signed,
+    /// XChaCha20-Poly1305: tamper-proof and confidential.
+    Sealed,
 }
 
 fn token_ttl() -> u64 {
@@ -568,6 +583,7 @@ impl Default for SigningKeyConfig {
             secret: None,
             value: None,
             token_ttl_seconds: token_ttl(),
+            token_mode: TokenModeConfig::Signed,
             previous: Vec::new(),
         }
     }

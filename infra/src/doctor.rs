@@ -420,9 +420,15 @@ fn key_facts(config: &DeployConfig, base: &Path, env: &dyn Fn(&str) -> Option<St
             })
             .collect(),
         token_ttl_seconds: key.token_ttl_seconds,
-        // deploy-kit.yaml does not set the mode, and only the service
-        // binary knows its protocols: KEY007 runs in `kit-service doctor`.
-        token_mode: None,
+        token_mode: Some(
+            match config.signing_key.token_mode {
+                crate::config::TokenModeConfig::Signed => "signed",
+                crate::config::TokenModeConfig::Sealed => "sealed",
+            }
+            .to_string(),
+        ),
+        // Only the service binary knows its protocols: KEY007 runs in
+        // `kit-service doctor`.
         confidential_state: None,
     }
 }
