@@ -1167,6 +1167,61 @@ mod tests {
     }
 
     #[test]
+    fn token_mode_and_proxy_proof_settings_are_checked() {
+        let config = Config::from_env(&env(&[("KIT_TOKEN_MODE", "sealed")]), listen()).unwrap();
+        assert_eq!(config.keys.mode(), crate::token::TokenMode::Sealed);
+        assert!(config.proxy_proof.is_none());
+        let secrets = format!("edge:{}", "ab".repeat(32));
+        let config = Config::from_env(
+            &env(&[
+                ("KIT_PROXY_PROOF", "require"),
+                ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+                ("KIT_PROXY_PROOF_SECRETS", &secrets),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        assert!(config.proxy_proof.is_some());
+        for (pairs, expected) in [
+            (
+                vec![("KIT_TOKEN_MODE", "secret")],
+                "`KIT_TOKEN_MODE` must be `signed` or `sealed`",
+            ),
+            (
+                vec![("KIT_PROXY_PROOF", "on")],
+                "`KIT_PROXY_PROOF` must be `off`, `allow` or `require`",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "require"),
+                    ("KIT_PROXY_PROOF_ORIGIN", "a"),
+                ],
+                "`KIT_PROXY_PROOF_SECRETS` is not set",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "require"),
+                    ("KIT_PROXY_PROOF_ORIGIN", "a"),
+                    ("KIT_PROXY_PROOF_SECRETS", "edge:abcd"),
+                ],
+                "`KIT_PROXY_PROOF_SECRETS`: the secret of key id `edge` must be 32 bytes",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "allow"),
+                    ("KIT_PROXY_PROOF_SECRETS", &secrets),
+                ],
+                "`KIT_PROXY_PROOF_ORIGIN`: origin id `` must be",
+            ),
+        ] {
+            let error = Config::from_env(&env(&pairs), listen())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+        }
+    }
+
+    #[test]
     fn every_bad_variable_is_reported_at_once() {
         let error = Config::from_env(
             &env(&[

@@ -200,6 +200,87 @@ async fn expired_and_out_of_scope_keys_get_their_own_reasons() {
     refused(&headers, &body, "insufficient_scope");
 }
 
+#[tokio::test]
+async fn proxy_proof_gates_before_the_api_key_and_every_401_says_so() {
+    use kit_service::http::proxy_proof::mint_proof;
+    let secrets = format!("edge:{}", "11".repeat(32));
+    let require = server(&[
+        ("KIT_PROXY_PROOF", "require"),
+        ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+        ("KIT_PROXY_PROOF_SECRETS", &secrets),
+        ("KIT_API_KEYS", "ci=key-one-123"),
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let proof = |nonce: &str| mint_proof(&[0x11; 32], "edge", "worker-a", now, nonce);
+    // No proof: refused as proxy_required whatever the key.
+    let (status, headers, body) = send(&require, add(&[("x-api-key", "key-one-123")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers.get("vgi-auth-reason").unwrap(), "proxy_required");
+    assert_eq!(headers.get("vgi-auth-proxy-required").unwrap(), "true");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        json["proxy_hint"]
+            .as_str()
+            .unwrap()
+            .contains("VGI-Proxy-Proof")
+    );
+    // A proof for another worker is the same refusal, word for word.
+    let foreign = mint_proof(
+        &[0x11; 32],
+        "edge",
+        "worker-b",
+        now,
+        "BBBBBBBBBBBBBBBBBBBBBB",
+    );
+    let (_, _, other) = send(
+        &require,
+        add(&[("x-api-key", "key-one-123"), ("vgi-proxy-proof", &foreign)]),
+    )
+    .await;
+    assert_eq!(other, body);
+    // A valid proof, then the key is judged; the 401 still carries the note.
+    let (status, headers, _) = send(
+        &require,
+        add(&[("vgi-proxy-proof", &proof("AAAAAAAAAAAAAAAAAAAAAA"))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers.get("vgi-auth-reason").unwrap(),
+        "missing_credential"
+    );
+    assert_eq!(headers.get("vgi-auth-proxy-required").unwrap(), "true");
+    let valid = proof("CCCCCCCCCCCCCCCCCCCCCC");
+    let call = || {
+        add(&[
+            ("vgi-proxy-proof", valid.as_str()),
+            ("x-api-key", "key-one-123"),
+        ])
+    };
+    assert_eq!(send(&require, call()).await.0, StatusCode::OK);
+    // The same proof again is a replay.
+    assert_eq!(send(&require, call()).await.0, StatusCode::UNAUTHORIZED);
+    // Probes stay open and advertise the requirement.
+    let (status, headers, _) = send(&require, get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("vgi-proxy-proof-required").unwrap(), "true");
+
+    let allow = server(&[
+        ("KIT_PROXY_PROOF", "allow"),
+        ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+        ("KIT_PROXY_PROOF_SECRETS", &secrets),
+    ]);
+    let (status, headers, _) = send(&allow, add(&[])).await;
+    assert_eq!(status, StatusCode::OK, "allow mode never refuses");
+    assert!(headers.get("vgi-proxy-proof-required").is_none());
+    let off = server(&[]);
+    let (status, _, _) = send(&off, add(&[("vgi-proxy-proof", "garbage")])).await;
+    assert_eq!(status, StatusCode::OK, "off ignores the header");
+}
+
 #[test]
 fn bad_key_expiry_or_scope_exits_64_naming_the_variable() {
     for (keys, expected) in [

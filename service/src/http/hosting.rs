@@ -169,6 +169,17 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// Headers the browser may read: upstream's list.
 const EXPOSE: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Max-Externalized-Response-Bytes, VGI-Upload-URL-Support, VGI-Max-Upload-Bytes, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After";
+/// [`EXPOSE`] on a worker that requires a proxy proof: upstream adds the
+/// capability header and the 401 note's header.
+const EXPOSE_WITH_PROOF: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Max-Externalized-Response-Bytes, VGI-Upload-URL-Support, VGI-Max-Upload-Bytes, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, VGI-Proxy-Proof-Required, VGI-Auth-Proxy-Required";
+
+fn expose(hosting: &Hosting) -> HeaderValue {
+    HeaderValue::from_static(if hosting.proxy_proof_required() {
+        EXPOSE_WITH_PROOF
+    } else {
+        EXPOSE
+    })
+}
 
 /// A CORS preflight answer, when the request is one and the origin is allowed.
 pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Option<Response> {
@@ -193,10 +204,7 @@ pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Opt
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("7200"),
     );
-    out.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE),
-    );
+    out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose(hosting));
     out.insert(
         "cross-origin-resource-policy",
         HeaderValue::from_static("cross-origin"),
@@ -218,10 +226,7 @@ pub fn stamp_cors(hosting: &Hosting, request_origin: Option<&str>, headers: &mut
         && let Ok(value) = HeaderValue::from_str(&origin)
     {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(EXPOSE),
-        );
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose(hosting));
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
