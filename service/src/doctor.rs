@@ -215,6 +215,19 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_api_key_fails_sec006() {
+        assert!(failed(
+            &[("KIT_API_KEYS", "ci=k1;expires=2020-01-01")],
+            "SEC006"
+        ));
+        assert!(!failed(
+            &[("KIT_API_KEYS", "ci=k1;expires=2999-01-01")],
+            "SEC006"
+        ));
+        assert!(!failed(&[("KIT_API_KEYS", "ci=k1")], "SEC006"));
+    }
+
+    #[test]
     fn no_key_on_an_autoscaling_platform_fails_key001() {
         assert!(failed(&[("K_SERVICE", "svc")], "KEY001"));
         assert!(!failed(&[], "KEY001"), "compose: one instance");
