@@ -176,6 +176,13 @@ pub struct KeyFacts {
     pub previous: Vec<PreviousKey>,
     /// Lifetime of stream tokens; 0 means tokens never expire.
     pub token_ttl_seconds: u64,
+    /// `signed` or `sealed` (`KIT_TOKEN_MODE`), when known here.
+    pub token_mode: Option<String>,
+    /// `protocol/method` of every hosted stream whose author declared that
+    /// its state may hold secrets (`Protocol::with_confidential_state`).
+    /// Known only where the protocols are (`kit-service doctor`); `None`
+    /// elsewhere.
+    pub confidential_state: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +242,10 @@ pub struct StorageFacts {
 pub struct SecurityFacts {
     pub require_auth: bool,
     pub api_keys_configured: bool,
+    /// Each API key's name, expiry and scopes, when the caller can read the
+    /// keys (the service from its env; deploy-kit only from a local secret
+    /// file). Never a key value.
+    pub api_keys: Vec<crate::api_keys::KeyFacts>,
     pub cors_origins: Vec<String>,
     /// `N/SECONDS`, or `None` when off.
     pub rate_limit: Option<String>,
@@ -420,11 +431,14 @@ impl Facts {
                 fingerprint: None,
                 previous: Vec::new(),
                 token_ttl_seconds: 3600,
+                token_mode: None,
+                confidential_state: None,
             },
             storage: None,
             security: SecurityFacts {
                 require_auth: false,
                 api_keys_configured: false,
+                api_keys: Vec::new(),
                 cors_origins: Vec::new(),
                 rate_limit: None,
                 reflection: true,

@@ -7,6 +7,7 @@
 //! The renderers in [`render`] turn a report into text, JSON, SARIF, JUnit or
 //! GitHub annotations as pure functions, so both binaries print the same bytes.
 
+pub mod api_keys;
 pub mod date;
 pub mod facts;
 pub mod naming;

@@ -134,6 +134,15 @@ pub const CHECKS: &[Check] = &[
         "A token that never expires can be replayed on any replica for as long as the key lives, and no key rotation can retire the previous key while such tokens may still be in use.",
     ),
     check(
+        "KEY007",
+        "readable-secret-state",
+        Warn,
+        Offline,
+        "a stream whose state may hold secrets sends it in signed (readable) tokens",
+        "set `KIT_TOKEN_MODE=sealed` on the service (same signing key and rotation; streams already open keep working)",
+        "Signed tokens stop a caller from changing a stream's state, not from reading it: the state travels to the client base64-encoded. A method that declared its state confidential (`Protocol::with_confidential_state`) needs sealed (XChaCha20-Poly1305) tokens.",
+    ),
+    check(
         "LIM001",
         "request-limit-over-platform",
         Error,
@@ -303,6 +312,15 @@ pub const CHECKS: &[Check] = &[
         "tracebacks or debug output are on",
         "set `debug: false` and `tracebacks: false` (service: unset `RUST_LOG=debug`/`trace`)",
         "Debug output and tracebacks leak internals (paths, queries, sometimes secrets) to logs and clients.",
+    ),
+    check(
+        "SEC006",
+        "api-key-expiring",
+        Warn,
+        Offline,
+        "an API key has expired or expires within 14 days",
+        "issue a new key, add it to the API-keys secret (`name=key;expires=YYYY-MM-DD`), hand it to the caller, then remove the old entry and roll the replicas",
+        "An expired key is refused with `expired_credential`: its caller stops working on that date. Warning ahead of time leaves room to rotate without an outage; an expired entry left in the secret is dead weight.",
     ),
     check(
         "OPS001",

@@ -156,6 +156,24 @@ impl CallError {
                 format!("pass every parameter as `name=value` or with `--json`: {signature}")
             }
             CallError::Rpc(_) => "the method itself refused the call; check the arguments".into(),
+            CallError::Unauthorized(ClientError::Unauthorized { reason, .. })
+                if reason == "expired_credential" =>
+            {
+                "the key's `expires` has passed: ask for a new key (the service's `KIT_API_KEYS` entry) and pass it with `--api-key`".into()
+            }
+            CallError::Unauthorized(ClientError::Unauthorized { reason, url, .. })
+                if reason == "insufficient_scope" && url.contains(kit_service::reflection::NAME) =>
+            {
+                format!(
+                    "`call` describes the method first: add `{}/*` to the key's `scopes=`, or call it from a client that knows the schema",
+                    kit_service::reflection::NAME
+                )
+            }
+            CallError::Unauthorized(ClientError::Unauthorized { reason, .. })
+                if reason == "insufficient_scope" =>
+            {
+                "the key's `scopes` do not cover this method: use a key whose `scopes=` lists it (`protocol/method` or `protocol/*`)".into()
+            }
             CallError::Unauthorized(_) => {
                 "pass the key with `--api-key` or set `DEPLOY_KIT_API_KEY`".into()
             }

@@ -467,7 +467,8 @@ pub struct AuthConfig {
     /// Refuse calls without a valid API key.
     #[serde(default)]
     pub required: bool,
-    /// Secret reference holding `name=key` lines (becomes `KIT_API_KEYS_FILE`).
+    /// Secret reference holding `name=key[;expires=...][;scopes=...]` lines
+    /// (becomes `KIT_API_KEYS_FILE`; format in `kit_checks::api_keys`).
     #[serde(default)]
     pub api_keys: Option<String>,
 }
@@ -560,9 +561,24 @@ pub struct SigningKeyConfig {
     /// `KIT_TOKEN_TTL`: lifetime of stream tokens, 0 = never expire.
     #[serde(default = "token_ttl")]
     pub token_ttl_seconds: u64,
+    /// `KIT_TOKEN_MODE`: `signed` (default; the caller can read the state) or
+    /// `sealed` (XChaCha20-Poly1305; it cannot). Same key, ids and rotation.
+    #[serde(default)]
+    pub token_mode: TokenModeConfig,
     /// Keys still accepted for verification after a rotation.
     #[serde(default)]
     pub previous: Vec<PreviousKeyConfig>,
+}
+
+/// How the service mints stream-state tokens (`signing_key.token_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenModeConfig {
+    /// HMAC-SHA256: tamper-proof, readable.
+    #[default]
+    Signed,
+    /// XChaCha20-Poly1305: tamper-proof and confidential.
+    Sealed,
 }
 
 fn token_ttl() -> u64 {
@@ -578,6 +594,7 @@ impl Default for SigningKeyConfig {
             secret: None,
             value: None,
             token_ttl_seconds: token_ttl(),
+            token_mode: TokenModeConfig::Signed,
             previous: Vec::new(),
         }
     }

@@ -299,6 +299,7 @@ pub fn facts(
         security: SecurityFacts {
             require_auth: config.auth.required,
             api_keys_configured: config.auth.api_keys.is_some(),
+            api_keys: local_api_keys(&crate::engine::output_dir(base, config, name), config),
             cors_origins: config.cors.origins.clone(),
             rate_limit: config
                 .rate_limit
@@ -354,6 +355,24 @@ fn decode_key(text: &str) -> Vec<u8> {
 /// A `deploy-kit secrets rotate` that was promoted but not retired keeps the
 /// old key on the target's replicas: KEY005 judges it like a
 /// `signing_key.previous` entry retired on the promote date.
+/// The names, expiries and scopes of the API keys in the secret file a
+/// compose or local target mounts (`<output>/secrets/<name>`), for SEC006.
+/// Other platforms keep the secret out of deploy-kit's reach: no facts. A
+/// file that does not parse gives none either; `up` refuses it by name.
+fn local_api_keys(output_dir: &Path, config: &DeployConfig) -> Vec<kit_checks::api_keys::KeyFacts> {
+    let Some(reference) = &config.auth.api_keys else {
+        return Vec::new();
+    };
+    let file = output_dir
+        .join("secrets")
+        .join(crate::render::secret_name_of(reference));
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|text| kit_checks::api_keys::parse(&text).ok())
+        .map(|entries| entries.iter().map(Into::into).collect())
+        .unwrap_or_default()
+}
+
 fn rotation_previous(base: &Path, config: &DeployConfig, target: &str) -> Option<PreviousKey> {
     use crate::secrets::rotation::{Phase, ROTATION_FILE, RotationState};
     let path = crate::engine::output_dir(base, config, target).join(ROTATION_FILE);
@@ -401,6 +420,16 @@ fn key_facts(config: &DeployConfig, base: &Path, env: &dyn Fn(&str) -> Option<St
             })
             .collect(),
         token_ttl_seconds: key.token_ttl_seconds,
+        token_mode: Some(
+            match config.signing_key.token_mode {
+                crate::config::TokenModeConfig::Signed => "signed",
+                crate::config::TokenModeConfig::Sealed => "sealed",
+            }
+            .to_string(),
+        ),
+        // Only the service binary knows its protocols: KEY007 runs in
+        // `kit-service doctor`.
+        confidential_state: None,
     }
 }
 

@@ -224,6 +224,54 @@ fn sends_the_api_key_from_the_flag_or_the_environment() {
 }
 
 #[test]
+fn expired_and_out_of_scope_keys_get_hints_of_their_own() {
+    let secured = service(&[(
+        "KIT_API_KEYS",
+        "old=k-old-key;expires=2020-01-01,adder=k-add-key;scopes=kit.Demo.v1/add",
+    )]);
+    let call = |key: &str, method: &str| {
+        run(
+            &[&secured.url, method, "--json", "{}", "--api-key", key],
+            &[],
+        )
+    };
+    let (code, _, text) = call("k-old-key", "kit.Demo.v1.add");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("`expired_credential`"), "{text}");
+    assert!(
+        text.contains("hint: the key's `expires` has passed"),
+        "{text}"
+    );
+    // `call` describes first: a key scoped to `add` alone is told what to add.
+    let (code, _, text) = call("k-add-key", "kit.Demo.v1.add");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("`insufficient_scope`"), "{text}");
+    assert!(
+        text.contains("add `vgi_rpc.Reflection.v1/*` to the key's `scopes=`"),
+        "{text}"
+    );
+    assert!(!text.contains("k-add-key"), "{text}");
+    let reflecting = service(&[(
+        "KIT_API_KEYS",
+        "adder=k-add-key;scopes=kit.Demo.v1/add vgi_rpc.Reflection.v1/*",
+    )]);
+    let in_scope = |method: &str, args: &[&str]| {
+        let mut all = vec![reflecting.url.as_str(), method];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--api-key", "k-add-key"]);
+        run(&all, &[])
+    };
+    let (code, _, text) = in_scope("kit.Demo.v1.greet", &["name=x"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("hint: the key's `scopes` do not cover"),
+        "{text}"
+    );
+    let (code, stdout, text) = in_scope("kit.Demo.v1.add", &["a=1", "b=2"]);
+    assert_eq!((code, stdout.as_str()), (0, "{\"result\":3}\n"), "{text}");
+}
+
+#[test]
 fn fetches_a_batch_from_the_local_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut demo = service(&[

@@ -551,3 +551,44 @@ fn config_errors_are_caught_before_deploy() {
     assert!(text.contains("found errors in target `prod`"), "{text}");
     assert!(text.contains("CFG001 service-rejects-setting"), "{text}");
 }
+
+/// SEC006 reads a compose target's API-keys secret file: names and expiries,
+/// never a key.
+#[test]
+fn sec006_reads_the_expiry_of_a_compose_api_key_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    user_crate(dir.path());
+    let (code, text) = run_in(dir.path(), &["init", "--target", "compose"], &[]);
+    assert_eq!(code, 0, "{text}");
+    let secrets = dir.path().join(".deploy-kit/dev/production/secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(
+        secrets.join("kit-service-api-keys"),
+        "ci=key-ci-secret;expires=2026-01-15\nold=key-old-secret;expires=2025-12-01\nfine=key-fine-secret;scopes=kit.Demo.v1/*\n",
+    )
+    .unwrap();
+    let (_, text) = run_in(dir.path(), &["doctor", "--offline"], &[]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("SEC006"))
+        .unwrap_or_else(|| panic!("no SEC006 in:\n{text}"));
+    assert!(line.starts_with("fail"), "{line}");
+    assert!(
+        line.contains("`ci` expires at 2026-01-15T00:00:00Z (in 5 days)")
+            && line.contains("`old` expired at 2025-12-01T00:00:00Z"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("fine")
+            && !text.contains("key-ci-secret")
+            && !text.contains("key-old-secret"),
+        "{text}"
+    );
+    std::fs::write(
+        secrets.join("kit-service-api-keys"),
+        "ci=key-ci-secret;expires=2027-01-01\n",
+    )
+    .unwrap();
+    let (_, text) = run_in(dir.path(), &["doctor", "--offline"], &[]);
+    assert!(text.contains("pass    SEC006"), "{text}");
+}

@@ -88,6 +88,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Seconds a stream may stay idle between turns (0 = no expiry): each turn mints a fresh cursor token valid this long, so a stream that keeps turning outlives it.",
     },
     Variable {
+        name: "KIT_TOKEN_MODE",
+        default: "signed",
+        doc: "How stream-state tokens are minted: `signed` (HMAC-SHA256; the caller can read the state but not change it) or `sealed` (XChaCha20-Poly1305; the caller can do neither). Same key ring, key ids and rotation; either mode opens both kinds, so switching is a rolling change. Use `sealed` when a method's state may hold secrets (doctor KEY007).",
+    },
+    Variable {
         name: "KIT_MAX_REQUEST_BYTES",
         default: "",
         doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised.",
@@ -150,12 +155,42 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_API_KEYS",
         default: "",
-        doc: "API keys as `name=key,name=key`. The name becomes the caller identity bound into stream tokens.",
+        doc: "API keys as `name=key,name=key`. The name becomes the caller identity bound into stream tokens. A key may carry `;expires=YYYY-MM-DD` (or `YYYY-MM-DDTHH:MM:SSZ`, UTC; refused from then on with `expired_credential`) and `;scopes=protocol/method protocol/* ...` (space-separated; any other call is refused with `insufficient_scope`): `ci=k1;expires=2027-01-01;scopes=kit.Demo.v1/*`. A malformed attribute, or a scope naming a protocol or method the service does not host, exits 64.",
     },
     Variable {
         name: "KIT_API_KEYS_FILE",
         default: "",
-        doc: "File with one `name=key` per line (`#` comments). Exclusive with `KIT_API_KEYS`.",
+        doc: "File with one `name=key[;expires=...][;scopes=...]` per line (`#` comments), the format of `KIT_API_KEYS`. Exclusive with `KIT_API_KEYS`.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF",
+        default: "off",
+        doc: "`VGI-Proxy-Proof` checking (upstream's proxy proof: an HMAC your own proxy adds to each request, checked before the API key): `off`, `allow` (verify and log, never refuse) or `require` (401 `proxy_required` without a valid proof; health and probes stay open). A platform's front proxy cannot mint proofs: this is for a proxy you run.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_ORIGIN",
+        default: "",
+        doc: "This worker's origin id, folded into every proof's MAC and never sent (1-255 of `A-Za-z0-9._:/-`). Required unless `KIT_PROXY_PROOF=off`.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SECRETS",
+        default: "",
+        doc: "The proxies' secrets as `kid:hex,kid:hex` (32 bytes each; two during a rotation). Required unless `KIT_PROXY_PROOF=off`.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SECRETS_FILE",
+        default: "",
+        doc: "File holding `KIT_PROXY_PROOF_SECRETS` (a mounted secret). Exclusive with it.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_SKEW",
+        default: "30",
+        doc: "Seconds a proof's timestamp may be off either way.",
+    },
+    Variable {
+        name: "KIT_PROXY_PROOF_REPLAY_CACHE",
+        default: "true",
+        doc: "Refuse a proof whose nonce was seen within the window (per process; at most 100,000 nonces, the oldest evicted first).",
     },
     Variable {
         name: "KIT_REQUIRE_AUTH",
@@ -419,6 +454,8 @@ pub struct Config {
     pub read_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub api_keys: ApiKeys,
+    /// `VGI-Proxy-Proof` checking, `None` when `KIT_PROXY_PROOF=off`.
+    pub proxy_proof: Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>>,
     pub require_auth: bool,
     pub rate_limit: Option<RateLimit>,
     /// Failed API keys allowed per client IP (`KIT_AUTH_FAILURE_LIMIT`).
@@ -463,7 +500,7 @@ impl Config {
             }
         }
         let ttl = number(env, "KIT_TOKEN_TTL", &mut problems).unwrap_or(3600);
-        let keys = signing_keys(env, ttl, &mut problems);
+        let keys = signing_keys(env, ttl, &mut problems).with_mode(token_mode(env, &mut problems));
         let config = Config {
             listen,
             keys,
@@ -496,6 +533,7 @@ impl Config {
             ),
             cors_origins: list(env, "KIT_CORS_ORIGINS"),
             api_keys: api_keys(env, &mut problems),
+            proxy_proof: proxy_proof(env, &mut problems),
             require_auth: false,
             rate_limit: rate_limit(env, "KIT_RATE_LIMIT", None, &mut problems),
             auth_failure_limit: rate_limit(
@@ -879,6 +917,95 @@ fn api_keys(env: &dyn Env, problems: &mut Vec<String>) -> ApiKeys {
     })
 }
 
+fn proxy_proof(
+    env: &dyn Env,
+    problems: &mut Vec<String>,
+) -> Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>> {
+    use crate::http::proxy_proof::{ProofMode, ProxyProof, parse_secrets};
+    let mode = env
+        .var("KIT_PROXY_PROOF")
+        .filter(|v| !v.trim().is_empty())?;
+    let mode = match mode.trim().to_ascii_lowercase().as_str() {
+        "off" => return None,
+        "allow" => ProofMode::Allow,
+        "require" => ProofMode::Require,
+        _ => {
+            problems.push(format!(
+                "`KIT_PROXY_PROOF` must be `off`, `allow` or `require`, got `{mode}`"
+            ));
+            return None;
+        }
+    };
+    let origin = env.var("KIT_PROXY_PROOF_ORIGIN").unwrap_or_default();
+    let literal = env
+        .var("KIT_PROXY_PROOF_SECRETS")
+        .filter(|v| !v.trim().is_empty());
+    let file = env
+        .var("KIT_PROXY_PROOF_SECRETS_FILE")
+        .filter(|v| !v.trim().is_empty());
+    let (source, text) = match (literal, file) {
+        (Some(_), Some(_)) => {
+            problems.push(
+                "set only one of `KIT_PROXY_PROOF_SECRETS` and `KIT_PROXY_PROOF_SECRETS_FILE`"
+                    .into(),
+            );
+            return None;
+        }
+        (Some(text), None) => ("KIT_PROXY_PROOF_SECRETS", text),
+        (None, Some(path)) => match env.read_file(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => ("KIT_PROXY_PROOF_SECRETS_FILE", text),
+            _ => {
+                problems.push(format!(
+                    "failed to read `KIT_PROXY_PROOF_SECRETS_FILE` `{path}` as text"
+                ));
+                return None;
+            }
+        },
+        (None, None) => {
+            problems
+                .push("`KIT_PROXY_PROOF` is on but `KIT_PROXY_PROOF_SECRETS` is not set".into());
+            return None;
+        }
+    };
+    let secrets = match parse_secrets(&text) {
+        Ok(secrets) => secrets,
+        Err(error) => {
+            problems.push(format!("`{source}`: {error}"));
+            return None;
+        }
+    };
+    let skew = number(env, "KIT_PROXY_PROOF_SKEW", problems).unwrap_or(30);
+    if skew == 0 {
+        problems.push("`KIT_PROXY_PROOF_SKEW` must be positive".into());
+        return None;
+    }
+    let replay = boolean(env, "KIT_PROXY_PROOF_REPLAY_CACHE", problems).unwrap_or(true);
+    match ProxyProof::new(mode, origin.trim(), secrets, skew, replay) {
+        Ok(proof) => Some(std::sync::Arc::new(proof)),
+        Err(error) => {
+            problems.push(format!("`KIT_PROXY_PROOF_ORIGIN`: {error}"));
+            None
+        }
+    }
+}
+
+fn token_mode(env: &dyn Env, problems: &mut Vec<String>) -> crate::token::TokenMode {
+    use crate::token::TokenMode;
+    let Some(value) = env.var("KIT_TOKEN_MODE").filter(|v| !v.trim().is_empty()) else {
+        return TokenMode::Signed;
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "signed" => TokenMode::Signed,
+        "sealed" => TokenMode::Sealed,
+        _ => {
+            problems.push(format!(
+                "`KIT_TOKEN_MODE` must be `signed` or `sealed`, got `{value}`"
+            ));
+            TokenMode::Signed
+        }
+    }
+}
+
 fn boolean(env: &dyn Env, name: &str, problems: &mut Vec<String>) -> Option<bool> {
     let value = env.var(name).filter(|v| !v.trim().is_empty())?;
     match value.trim().to_ascii_lowercase().as_str() {
@@ -1037,6 +1164,61 @@ mod tests {
 
     fn listen() -> SocketAddr {
         "127.0.0.1:8080".parse().unwrap()
+    }
+
+    #[test]
+    fn token_mode_and_proxy_proof_settings_are_checked() {
+        let config = Config::from_env(&env(&[("KIT_TOKEN_MODE", "sealed")]), listen()).unwrap();
+        assert_eq!(config.keys.mode(), crate::token::TokenMode::Sealed);
+        assert!(config.proxy_proof.is_none());
+        let secrets = format!("edge:{}", "ab".repeat(32));
+        let config = Config::from_env(
+            &env(&[
+                ("KIT_PROXY_PROOF", "require"),
+                ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+                ("KIT_PROXY_PROOF_SECRETS", &secrets),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        assert!(config.proxy_proof.is_some());
+        for (pairs, expected) in [
+            (
+                vec![("KIT_TOKEN_MODE", "secret")],
+                "`KIT_TOKEN_MODE` must be `signed` or `sealed`",
+            ),
+            (
+                vec![("KIT_PROXY_PROOF", "on")],
+                "`KIT_PROXY_PROOF` must be `off`, `allow` or `require`",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "require"),
+                    ("KIT_PROXY_PROOF_ORIGIN", "a"),
+                ],
+                "`KIT_PROXY_PROOF_SECRETS` is not set",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "require"),
+                    ("KIT_PROXY_PROOF_ORIGIN", "a"),
+                    ("KIT_PROXY_PROOF_SECRETS", "edge:abcd"),
+                ],
+                "`KIT_PROXY_PROOF_SECRETS`: the secret of key id `edge` must be 32 bytes",
+            ),
+            (
+                vec![
+                    ("KIT_PROXY_PROOF", "allow"),
+                    ("KIT_PROXY_PROOF_SECRETS", &secrets),
+                ],
+                "`KIT_PROXY_PROOF_ORIGIN`: origin id `` must be",
+            ),
+        ] {
+            let error = Config::from_env(&env(&pairs), listen())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+        }
     }
 
     #[test]

@@ -109,11 +109,15 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
                 .map(|_| PreviousKey { retired_on: None })
                 .collect(),
             token_ttl_seconds: config.keys.ttl_seconds(),
+            token_mode: Some(config.keys.mode().as_str().to_string()),
+            // Filled by `run`, which has the protocols.
+            confidential_state: None,
         },
         storage: None,
         security: SecurityFacts {
             require_auth: config.require_auth,
             api_keys_configured: !config.api_keys.is_empty(),
+            api_keys: config.api_keys.facts(),
             cors_origins: config.cors_origins.clone(),
             rate_limit: config
                 .rate_limit
@@ -132,9 +136,30 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
     }
 }
 
-/// Runs the offline checks on this environment: the text to print and the
-/// exit code (0 clean, 1 findings, 2 bad environment, 3 could not run).
-pub fn run(env: &dyn Env, listen: SocketAddr, format: Format, fail_on: Severity) -> (String, u8) {
+/// `protocol/method` of every stream in `protocols` that declared
+/// confidential state ([`crate::rpc::Protocol::with_confidential_state`]).
+pub fn confidential_state(protocols: &[crate::rpc::Protocol]) -> Vec<String> {
+    protocols
+        .iter()
+        .flat_map(|protocol| {
+            protocol
+                .methods()
+                .filter(|method| method.confidential_state())
+                .map(|method| format!("{}/{}", protocol.name(), method.name()))
+        })
+        .collect()
+}
+
+/// Runs the offline checks on this environment for a service hosting
+/// `protocols`: the text to print and the exit code (0 clean, 1 findings,
+/// 2 bad environment, 3 could not run).
+pub fn run(
+    env: &dyn Env,
+    listen: SocketAddr,
+    protocols: &[crate::rpc::Protocol],
+    format: Format,
+    fail_on: Severity,
+) -> (String, u8) {
     let config = match Config::from_env(env, listen) {
         Ok(config) => config,
         Err(error) => {
@@ -146,7 +171,8 @@ pub fn run(env: &dyn Env, listen: SocketAddr, format: Format, fail_on: Severity)
             );
         }
     };
-    let facts = facts(&config, env, Date::today_utc());
+    let mut facts = facts(&config, env, Date::today_utc());
+    facts.signing_key.confidential_state = Some(confidential_state(protocols));
     let report = kit_checks::run(&facts, &Probes::default(), &Options::default());
     let rendering = Rendering {
         fail_on,
@@ -189,6 +215,19 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_api_key_fails_sec006() {
+        assert!(failed(
+            &[("KIT_API_KEYS", "ci=k1;expires=2020-01-01")],
+            "SEC006"
+        ));
+        assert!(!failed(
+            &[("KIT_API_KEYS", "ci=k1;expires=2999-01-01")],
+            "SEC006"
+        ));
+        assert!(!failed(&[("KIT_API_KEYS", "ci=k1")], "SEC006"));
+    }
+
+    #[test]
     fn no_key_on_an_autoscaling_platform_fails_key001() {
         assert!(failed(&[("K_SERVICE", "svc")], "KEY001"));
         assert!(!failed(&[], "KEY001"), "compose: one instance");
@@ -228,13 +267,42 @@ mod tests {
     }
 
     #[test]
+    fn key007_warns_until_confidential_state_is_sealed() {
+        let protocols = [crate::demo::protocol().with_confidential_state("count")];
+        let (text, code) = run(
+            &env(&[]),
+            listen(),
+            &protocols,
+            Format::Text,
+            Severity::Warn,
+        );
+        assert_eq!(code, 1, "{text}");
+        assert!(
+            text.contains("KEY007") && text.contains("`kit.Demo.v1/count`"),
+            "{text}"
+        );
+        let sealed = env(&[("KIT_TOKEN_MODE", "sealed")]);
+        let (text, _) = run(&sealed, listen(), &protocols, Format::Text, Severity::Warn);
+        assert!(text.contains("pass    KEY007"), "{text}");
+        let (text, _) = run(
+            &env(&[]),
+            listen(),
+            &[crate::demo::protocol()],
+            Format::Text,
+            Severity::Warn,
+        );
+        assert!(text.contains("pass    KEY007"), "{text}");
+    }
+
+    #[test]
     fn exit_codes() {
-        let (text, code) = run(&env(&[]), listen(), Format::Text, Severity::Error);
+        let (text, code) = run(&env(&[]), listen(), &[], Format::Text, Severity::Error);
         assert_eq!(code, 0, "{text}");
         assert!(text.lines().last().unwrap().starts_with("summary: "));
         let (_, code) = run(
             &env(&[("K_SERVICE", "svc")]),
             listen(),
+            &[],
             Format::Json,
             Severity::Error,
         );
@@ -242,6 +310,7 @@ mod tests {
         let (text, code) = run(
             &env(&[("KIT_REFLECTION", "maybe")]),
             listen(),
+            &[],
             Format::Text,
             Severity::Error,
         );

@@ -51,6 +51,7 @@ use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Par
 
 use crate::config::{Config, ProcessEnv};
 use crate::http::Server;
+use crate::http::auth::Authenticator;
 use crate::rpc::Protocol;
 
 /// Runs the service binary for `protocols` (`protocols[0]` is the primary
@@ -62,6 +63,9 @@ pub fn main(protocols: impl IntoIterator<Item = Protocol>) -> ExitCode {
 
 type Factory = Box<dyn FnOnce() -> Vec<Protocol>>;
 
+/// The protocols a run hosts and the authenticator replacing API keys, if any.
+type Hosted = (Vec<Protocol>, Option<Arc<dyn Authenticator>>);
+
 /// A set of protocols chosen by a flag of `serve` and `lambda`.
 struct Alternative {
     flag: String,
@@ -69,6 +73,8 @@ struct Alternative {
     /// Left out of `--help`: for flags that exist for benchmarks and tests.
     hidden: bool,
     protocols: Factory,
+    /// Replaces API-key authentication for this set (see [`Host::authenticator`]).
+    authenticator: Option<Arc<dyn Authenticator>>,
 }
 
 /// The service binary's command line, for hosts that need more than
@@ -148,6 +154,7 @@ impl Host {
             help: help.into(),
             hidden: false,
             protocols: Box::new(protocols),
+            authenticator: None,
         });
         self
     }
@@ -180,6 +187,34 @@ impl Host {
             added.hidden = true;
         }
         host
+    }
+
+    /// Makes the alternative added last authenticate callers with
+    /// `authenticator` instead of `KIT_API_KEYS` (upstream's `authenticate`
+    /// hook). `kit-service serve --conformance-auth-reason` uses it for the
+    /// conformance suite's auth-reason worker.
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    /// use std::sync::Arc;
+    /// use kit_service::host::Host;
+    ///
+    /// let host = Host::new([kit_service::demo::protocol()])
+    ///     .name("acme")
+    ///     .hidden_alternative("refuse-all", "refuse every call", || vec![kit_service::demo::protocol()])
+    ///     .authenticator(Arc::new(kit_service::conformance::AuthReasonWorker));
+    /// assert_eq!(host.run(["acme", "serve", "--refuse-all", "--help"]), ExitCode::SUCCESS);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When no alternative was added before.
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.alternatives
+            .last_mut()
+            .expect("Host::authenticator applies to the alternative added last: add one first")
+            .authenticator = Some(authenticator);
+        self
     }
 
     /// Parses `std::env::args_os` and runs the command.
@@ -229,8 +264,8 @@ impl Host {
             ..
         } = self;
         let protocols = move || match chosen.and_then(|index| alternatives.into_iter().nth(index)) {
-            Some(alternative) => (alternative.protocols)(),
-            None => protocols,
+            Some(alternative) => ((alternative.protocols)(), alternative.authenticator),
+            None => (protocols, None),
         };
         match cli.command {
             Command::EnvDocs => {
@@ -238,7 +273,7 @@ impl Host {
                 ExitCode::SUCCESS
             }
             Command::Serve(args) => serve(&name, args, protocols()),
-            Command::Doctor(args) => doctor(args),
+            Command::Doctor(args) => doctor(args, &protocols().0),
             #[cfg(feature = "lambda")]
             Command::Lambda(args) => lambda(&name, args, protocols),
             #[cfg(not(feature = "lambda"))]
@@ -365,7 +400,7 @@ struct DoctorArgs {
     listen: SocketAddr,
 }
 
-fn doctor(args: DoctorArgs) -> ExitCode {
+fn doctor(args: DoctorArgs, protocols: &[Protocol]) -> ExitCode {
     let format = match args.format.as_str() {
         "json" => kit_checks::render::Format::Json,
         _ => kit_checks::render::Format::Text,
@@ -374,7 +409,7 @@ fn doctor(args: DoctorArgs) -> ExitCode {
         "warn" => kit_checks::Severity::Warn,
         _ => kit_checks::Severity::Error,
     };
-    let (text, code) = crate::doctor::run(&ProcessEnv, args.listen, format, fail_on);
+    let (text, code) = crate::doctor::run(&ProcessEnv, args.listen, protocols, format, fail_on);
     if code == 2 {
         eprint!("{text}");
     } else {
@@ -388,7 +423,7 @@ fn start(
     name: &str,
     listen: SocketAddr,
     prefix: &str,
-    protocols: Vec<Protocol>,
+    (protocols, authenticator): Hosted,
 ) -> Result<(Config, crate::telemetry::Telemetry, Arc<Server>), ExitCode> {
     let config = match Config::from_env(&ProcessEnv, listen) {
         Ok(config) => config,
@@ -414,7 +449,35 @@ fn start(
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
+    let confidential = crate::doctor::confidential_state(&protocols);
     let mut server = crate::serve::build_server(&config, protocols, prefix);
+    let unknown = crate::serve::unknown_scopes(&config.api_keys, &server);
+    if !unknown.is_empty() {
+        for problem in &unknown {
+            eprintln!("error: {problem}");
+        }
+        eprintln!(
+            "hint: a scope is `protocol/method` or `protocol/*` of a hosted protocol; run `{name} serve` and `deploy-kit call URL` to list them"
+        );
+        return Err(ExitCode::from(64));
+    }
+    if !confidential.is_empty() && config.keys.mode() == crate::token::TokenMode::Signed {
+        tracing::warn!(
+            methods = %confidential.join(", "),
+            "these streams declare confidential state, and KIT_TOKEN_MODE is signed: callers can read their state (doctor KEY007); set KIT_TOKEN_MODE=sealed"
+        );
+    }
+    let now = crate::http::auth::now_unix_seconds();
+    for key in config.api_keys.facts() {
+        if let Some(expires) = &key.expires
+            && kit_checks::api_keys::Expiry::parse(expires).is_some_and(|e| e.unix_seconds() <= now)
+        {
+            tracing::warn!(key = %key.name, %expires, "API key has expired: calls with it are refused with expired_credential");
+        }
+    }
+    if let Some(authenticator) = authenticator {
+        server = server.with_authenticator(authenticator);
+    }
     if let Some(path) = &config.access_log {
         match crate::access_log::AccessLog::open(path) {
             Ok(log) => server = server.with_access_log(log),
@@ -438,7 +501,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn serve(name: &str, args: ServeArgs, protocols: Vec<Protocol>) -> ExitCode {
+fn serve(name: &str, args: ServeArgs, protocols: Hosted) -> ExitCode {
     let (config, telemetry, server) = match start(name, args.listen, &args.prefix, protocols) {
         Ok(started) => started,
         Err(code) => return code,
@@ -498,7 +561,7 @@ fn serve(name: &str, args: ServeArgs, protocols: Vec<Protocol>) -> ExitCode {
 }
 
 #[cfg(feature = "lambda")]
-fn lambda(name: &str, args: LambdaArgs, protocols: impl FnOnce() -> Vec<Protocol>) -> ExitCode {
+fn lambda(name: &str, args: LambdaArgs, protocols: impl FnOnce() -> Hosted) -> ExitCode {
     let missing = crate::lambda::missing_environment(&ProcessEnv);
     if !missing.is_empty() {
         eprintln!(

@@ -16,6 +16,14 @@ fn main() -> std::process::ExitCode {
             kit_service::conformance::protocols,
         )
         .hidden_alternative(
+            "conformance-auth-reason",
+            "The conformance protocols, refusing every call with the reason its X-Conformance-Auth-Reason header names",
+            kit_service::conformance::protocols,
+        )
+        .authenticator(std::sync::Arc::new(
+            kit_service::conformance::AuthReasonWorker,
+        ))
+        .hidden_alternative(
             "dynamic-demo",
             "Host the string-declared kit.Demo.v1 (the typed demo's benchmark baseline)",
             || vec![kit_service::demo::dynamic_protocol()],

@@ -47,6 +47,8 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
     };
     let hosting = Hosting {
         api_keys: config.api_keys.clone(),
+        authenticator: None,
+        proxy_proof: config.proxy_proof.clone(),
         require_auth: config.require_auth,
         rate_limiter: config.rate_limit.map(|limit| limiter("requests", limit)),
         auth_throttle: config
@@ -68,6 +70,30 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         access_log: None,
     };
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
+}
+
+/// Scopes of `keys` that name a protocol or method `server` does not host,
+/// as messages naming the variable and the key (a typo there would refuse
+/// every call of that key with `insufficient_scope`).
+pub fn unknown_scopes(keys: &crate::http::auth::ApiKeys, server: &Server) -> Vec<String> {
+    use kit_checks::api_keys::Scope;
+    let mut problems = Vec::new();
+    for key in keys.facts() {
+        for text in &key.scopes {
+            let known = match Scope::parse(text) {
+                Some(Scope::All) | None => true,
+                Some(Scope::Protocol(protocol)) => server.hosts(&protocol, None),
+                Some(Scope::Method(protocol, method)) => server.hosts(&protocol, Some(&method)),
+            };
+            if !known {
+                problems.push(format!(
+                    "`KIT_API_KEYS`: key `{}`: scope `{text}` names no hosted protocol or method",
+                    key.name
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// [`build_server`] plus external storage, once the listening address is known

@@ -154,6 +154,165 @@ async fn api_keys_gate_rpc_but_not_probes() {
 }
 
 #[tokio::test]
+async fn expired_and_out_of_scope_keys_get_their_own_reasons() {
+    let server = server(&[(
+        "KIT_API_KEYS",
+        "old=key-old-123;expires=2020-01-01,adder=key-add-456;scopes=kit.Demo.v1/add,\
+         counter=key-count-789;expires=2999-01-01T00:00:00Z;scopes=kit.Demo.v1/count",
+    )]);
+    let refused = |headers: &http::HeaderMap, body: &Bytes, reason: &str| {
+        assert_eq!(headers.get("vgi-auth-reason").unwrap(), reason);
+        assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(json["reason"], reason);
+        assert_eq!(json["error"], "unauthorized");
+    };
+    let (status, headers, body) = send(&server, add(&[("x-api-key", "key-old-123")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "expired_credential");
+
+    let (status, _, body) = send(&server, add(&[("x-api-key", "key-add-456")])).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let greet = rpc(
+        &format!("/{PROTOCOL}/greet"),
+        ipc(&[], metadata("greet")),
+        &[("x-api-key", "key-add-456")],
+    );
+    let (status, headers, body) = send(&server, greet).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+
+    // A stream's init and every exchange turn are checked against the scope.
+    let count = |key: &'static str| {
+        rpc(
+            &format!("/{PROTOCOL}/count/init"),
+            ipc(&[("n", 3), ("batch_rows", 1)], metadata("count")),
+            &[("x-api-key", key)],
+        )
+    };
+    let (status, headers, body) = send(&server, count("key-add-456")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+    let (status, _, body) = send(&server, count("key-count-789")).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (status, headers, body) = send(&server, add(&[("x-api-key", "key-count-789")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&headers, &body, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn proxy_proof_gates_before_the_api_key_and_every_401_says_so() {
+    use kit_service::http::proxy_proof::mint_proof;
+    let secrets = format!("edge:{}", "11".repeat(32));
+    let require = server(&[
+        ("KIT_PROXY_PROOF", "require"),
+        ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+        ("KIT_PROXY_PROOF_SECRETS", &secrets),
+        ("KIT_API_KEYS", "ci=key-one-123"),
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let proof = |nonce: &str| mint_proof(&[0x11; 32], "edge", "worker-a", now, nonce);
+    // No proof: refused as proxy_required whatever the key.
+    let (status, headers, body) = send(&require, add(&[("x-api-key", "key-one-123")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers.get("vgi-auth-reason").unwrap(), "proxy_required");
+    assert_eq!(headers.get("vgi-auth-proxy-required").unwrap(), "true");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        json["proxy_hint"]
+            .as_str()
+            .unwrap()
+            .contains("VGI-Proxy-Proof")
+    );
+    // A proof for another worker is the same refusal, word for word.
+    let foreign = mint_proof(
+        &[0x11; 32],
+        "edge",
+        "worker-b",
+        now,
+        "BBBBBBBBBBBBBBBBBBBBBB",
+    );
+    let (_, _, other) = send(
+        &require,
+        add(&[("x-api-key", "key-one-123"), ("vgi-proxy-proof", &foreign)]),
+    )
+    .await;
+    assert_eq!(other, body);
+    // A valid proof, then the key is judged; the 401 still carries the note.
+    let (status, headers, _) = send(
+        &require,
+        add(&[("vgi-proxy-proof", &proof("AAAAAAAAAAAAAAAAAAAAAA"))]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        headers.get("vgi-auth-reason").unwrap(),
+        "missing_credential"
+    );
+    assert_eq!(headers.get("vgi-auth-proxy-required").unwrap(), "true");
+    let valid = proof("CCCCCCCCCCCCCCCCCCCCCC");
+    let call = || {
+        add(&[
+            ("vgi-proxy-proof", valid.as_str()),
+            ("x-api-key", "key-one-123"),
+        ])
+    };
+    assert_eq!(send(&require, call()).await.0, StatusCode::OK);
+    // The same proof again is a replay.
+    assert_eq!(send(&require, call()).await.0, StatusCode::UNAUTHORIZED);
+    // Probes stay open and advertise the requirement.
+    let (status, headers, _) = send(&require, get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers.get("vgi-proxy-proof-required").unwrap(), "true");
+
+    let allow = server(&[
+        ("KIT_PROXY_PROOF", "allow"),
+        ("KIT_PROXY_PROOF_ORIGIN", "worker-a"),
+        ("KIT_PROXY_PROOF_SECRETS", &secrets),
+    ]);
+    let (status, headers, _) = send(&allow, add(&[])).await;
+    assert_eq!(status, StatusCode::OK, "allow mode never refuses");
+    assert!(headers.get("vgi-proxy-proof-required").is_none());
+    let off = server(&[]);
+    let (status, _, _) = send(&off, add(&[("vgi-proxy-proof", "garbage")])).await;
+    assert_eq!(status, StatusCode::OK, "off ignores the header");
+}
+
+#[test]
+fn bad_key_expiry_or_scope_exits_64_naming_the_variable() {
+    for (keys, expected) in [
+        ("ci=s3cret-key;expires=next-week", "`expires=next-week`"),
+        ("ci=s3cret-key;scopes=kit.Demo.v1", "scope `kit.Demo.v1`"),
+        (
+            "ci=s3cret-key;scopes=kit.Demo.v1/adds",
+            "scope `kit.Demo.v1/adds` names no hosted",
+        ),
+        (
+            "ci=s3cret-key;scopes=kit.Dmeo.v1/*",
+            "scope `kit.Dmeo.v1/*` names no hosted",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kit-service"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("KIT_API_KEYS", keys)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{keys}: {stderr}");
+        assert!(stderr.contains("KIT_API_KEYS"), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{expected} missing from:\n{stderr}"
+        );
+        assert!(!stderr.contains("s3cret-key"), "the key leaked:\n{stderr}");
+        assert!(!stderr.contains("LISTENING"));
+    }
+}
+
+#[tokio::test]
 async fn stream_tokens_are_bound_to_the_caller() {
     let server = server(&[("KIT_API_KEYS", "ci=key-one-123,ops=key-two-456")]);
     let init = rpc(
@@ -199,6 +358,80 @@ async fn stream_tokens_are_bound_to_the_caller() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Runs `count` (n=10, 2 rows a turn) to its end on `server`; returns every
+/// cursor token it was handed, base64-decoded.
+async fn count_to_the_end(server: &Arc<Server>) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let init = rpc(
+        &format!("/{PROTOCOL}/count/init"),
+        ipc(&[("n", 10), ("batch_rows", 2)], metadata("count")),
+        &[],
+    );
+    let (status, _, mut body) = send(server, init).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut tokens = Vec::new();
+    let mut rows = 0;
+    let mut call_token = None;
+    loop {
+        let streams = read_streams(&body).unwrap();
+        let batches = &streams[0].batches;
+        rows += batches.iter().map(|b| b.batch.num_rows()).sum::<usize>();
+        let Some(cursor) = batches.iter().find_map(|b| b.get(wire::STATE_KEY)) else {
+            break;
+        };
+        if call_token.is_none() {
+            call_token = batches
+                .iter()
+                .find_map(|b| b.get(wire::CALL_STATE_KEY))
+                .map(str::to_string);
+        }
+        tokens.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(cursor)
+                .unwrap(),
+        );
+        let continuation = ipc(
+            &[],
+            vec![
+                (wire::STATE_KEY.into(), cursor.into()),
+                (wire::CALL_STATE_KEY.into(), call_token.clone().unwrap()),
+            ],
+        );
+        let (status, _, next) = send(
+            server,
+            rpc(&format!("/{PROTOCOL}/count/exchange"), continuation, &[]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&next));
+        body = next;
+    }
+    assert_eq!(rows, 10, "every row arrives in either mode");
+    tokens
+}
+
+#[tokio::test]
+async fn sealed_tokens_hide_a_streams_state_from_the_caller() {
+    let key = ("VGI_SIGNING_KEY", "0123456789abcdef0123456789abcdef-state");
+    let readable = |tokens: &[Vec<u8>]| {
+        tokens
+            .iter()
+            .any(|t| t.windows(4).any(|w| w == b"next") || t.windows(3).any(|w| w == b"end"))
+    };
+    let signed = count_to_the_end(&server(&[key])).await;
+    assert!(!signed.is_empty());
+    assert!(
+        readable(&signed),
+        "the control: signed tokens show `count`'s state"
+    );
+    let sealed = count_to_the_end(&server(&[key, ("KIT_TOKEN_MODE", "sealed")])).await;
+    assert!(!sealed.is_empty());
+    assert!(!readable(&sealed), "a sealed token shows the state");
+    assert!(
+        sealed.iter().all(|t| t[0] == 2),
+        "sealed tokens carry version 2"
+    );
 }
 
 #[tokio::test]

@@ -992,6 +992,67 @@ async fn record_parameters_are_decoded_strictly_before_the_method_runs() {
 }
 
 #[tokio::test]
+async fn enum_parameters_refuse_non_members_before_the_method_runs() {
+    // Regression: `echo_enum` echoed a non-member with 200 and
+    // `echo_status_list` answered 200 with an error batch; the reference
+    // refuses a string that names no `Status` while decoding (400 TypeError).
+    let server = Server::new(
+        kit_service::conformance::protocols(),
+        HttpConfig::default(),
+        KeyRing::new(SigningKey::new(vec![9u8; 32]), vec![], 3600),
+    );
+    let status = DataType::Dictionary(Box::new(DataType::Int16), Box::new(DataType::Utf8));
+    let single = |value: &str| {
+        let array: arrow_array::DictionaryArray<arrow_array::types::Int16Type> =
+            vec![value].into_iter().collect();
+        conformance_request(
+            "echo_enum",
+            Field::new("status", status.clone(), false),
+            Arc::new(array),
+        )
+    };
+    for member in ["ACTIVE", "active"] {
+        let reply = post(&server, "/ConformanceService/echo_enum", single(member)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{member}: {:?}",
+            reply.error()
+        );
+    }
+    let reply = post(&server, "/ConformanceService/echo_enum", single("bogus")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply
+            .error_field(wire::LOG_MESSAGE_KEY)
+            .contains("'bogus' is not a valid Status name or value"),
+        "{}",
+        reply.error_field(wire::LOG_MESSAGE_KEY)
+    );
+    // Inside a list: one bad element refuses the call.
+    let values: arrow_array::DictionaryArray<arrow_array::types::Int16Type> =
+        vec!["PENDING", "nope"].into_iter().collect();
+    let list = arrow_array::ListArray::new(
+        Arc::new(Field::new("item", status.clone(), true)),
+        arrow_buffer::OffsetBuffer::from_lengths([2]),
+        Arc::new(values),
+        None,
+    );
+    let request = conformance_request(
+        "echo_status_list",
+        Field::new(
+            "statuses",
+            arrow_array::Array::data_type(&list).clone(),
+            false,
+        ),
+        Arc::new(list),
+    );
+    let reply = post(&server, "/ConformanceService/echo_status_list", request).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error_field(wire::LOG_MESSAGE_KEY).contains("'nope'"));
+}
+
+#[tokio::test]
 async fn a_null_in_a_required_parameter_is_a_type_error() {
     let server = Server::new(
         kit_service::conformance::protocols(),

@@ -390,3 +390,53 @@ if _SOAK is not None:
             pid=int(pid),
             connect=lambda: http_connect(ConformanceService, url, prefix=prefix),
         )
+
+
+_PROOF_BINARY = os.environ.get("VGI_TEST_PROOF_WORKER_BIN", "")
+if _PROOF_BINARY:
+
+    @pytest.fixture(scope="session")
+    def proof_worker_factory() -> Callable[..., contextlib.AbstractContextManager[Any]]:
+        """Spawns ``$VGI_TEST_PROOF_WORKER_BIN serve --conformance`` with the config's ``KIT_PROXY_PROOF_*``.
+
+        One process per worker config, stopped when the test leaves the
+        context, so replay caches never leak between tests.
+        """
+        import subprocess
+
+        from vgi_rpc.conformance.proof_harness import ProofWorker, ProofWorkerConfig
+
+        @contextlib.contextmanager
+        def factory(config: ProofWorkerConfig) -> Any:
+            env = {
+                **os.environ,
+                "KIT_PROXY_PROOF": config.mode,
+                "KIT_PROXY_PROOF_ORIGIN": config.origin_id,
+                "KIT_PROXY_PROOF_SECRETS": config.secrets,
+                "KIT_PROXY_PROOF_SKEW": str(config.skew_seconds),
+                "KIT_PROXY_PROOF_REPLAY_CACHE": "true" if config.replay_cache else "false",
+            }
+            process = subprocess.Popen(
+                [_PROOF_BINARY, "serve", "--conformance", "--listen", "127.0.0.1:0"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert process.stdout is not None
+                line = process.stdout.readline()
+                if not line.startswith("LISTENING "):
+                    _, stderr = process.communicate(timeout=10)
+                    raise RuntimeError(f"proof worker did not start ({config}): {stderr}")
+                port = int(line.split()[1].rsplit(":", 1)[1].split("/")[0])
+                yield ProofWorker(port=port, prefix="", config=config)
+            finally:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+        return factory

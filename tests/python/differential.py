@@ -44,24 +44,7 @@ VOLATILE_KEYS = {
 #: Method -> why kit-service answers differently today. Each is open work
 #: (found by this test), listed so that CI names it on every run; a method
 #: that starts to agree must be taken off (the script fails on a stale entry).
-_DATACLASS = (
-    "kit-service does not yet decode this dataclass parameter before the method runs "
-    "(no record_param schema declared), so junk bytes are echoed with 200 where the "
-    "reference refuses them with 400 TypeError"
-)
-_ENUM = (
-    "kit-service checks enum members inside the method (200 with an error batch) or not "
-    "at all, where the reference refuses a non-member while decoding parameters (400 TypeError)"
-)
-KNOWN_DIFFERENCES: dict[str, str] = {
-    "echo_container_wide_types": _DATACLASS,
-    "echo_deep_nested": _DATACLASS,
-    "echo_embedded_arrow": _DATACLASS,
-    "echo_wide_types": _DATACLASS,
-    "echo_enum": _ENUM,
-    "echo_status_list": _ENUM,
-    "pack_nested_containers": _ENUM,
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 #: Methods whose generated arguments would ask for a long or huge call.
 ARGUMENTS: dict[str, dict[str, object]] = {

@@ -1,4 +1,4 @@
-//! KEY001-KEY005: the stream-token signing key.
+//! KEY001-KEY007: the stream-token signing key.
 
 use super::{Context, Verdict, errored};
 use crate::facts::{Facts, KeySource, ManifestKind};
@@ -250,8 +250,42 @@ pub(super) fn tokens_never_expire(facts: &Facts) -> Verdict {
     ))
 }
 
+pub(super) fn readable_secret_state(facts: &Facts) -> Verdict {
+    let key = &facts.signing_key;
+    let Some(methods) = &key.confidential_state else {
+        return Verdict::Skip(
+            "which streams keep secrets in their state is known where the protocols are: run `kit-service doctor` in the service's environment".into(),
+        );
+    };
+    if methods.is_empty() || key.token_mode.as_deref() == Some("sealed") {
+        return Verdict::Pass;
+    }
+    Verdict::Fail(format!(
+        "`{}` declare(s) confidential stream state, and tokens are {} (readable by the caller)",
+        methods.join("`, `"),
+        key.token_mode.as_deref().unwrap_or("signed")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key007_readable_secret_state() {
+        let mut f = facts();
+        check("KEY007", &f, "skip");
+        f.signing_key.confidential_state = Some(Vec::new());
+        f.signing_key.token_mode = Some("signed".into());
+        check("KEY007", &f, "pass");
+        f.signing_key.confidential_state = Some(vec!["acme.Vault.v1/scan".into()]);
+        let message = check("KEY007", &f, "fail");
+        assert!(
+            message.contains("`acme.Vault.v1/scan`") && message.contains("signed"),
+            "{message}"
+        );
+        f.signing_key.token_mode = Some("sealed".into());
+        check("KEY007", &f, "pass");
+    }
+
     use std::collections::HashMap;
 
     use super::*;

@@ -1,4 +1,4 @@
-//! SEC001-SEC005: who may call the service and what it reveals.
+//! SEC001-SEC006: who may call the service and what it reveals.
 
 use super::Verdict;
 use crate::facts::Facts;
@@ -35,6 +35,36 @@ pub(super) fn cors_wildcard(facts: &Facts) -> Verdict {
         Verdict::Fail("CORS origins include `*` while API keys are in use".into())
     } else {
         Verdict::Pass
+    }
+}
+
+/// Days ahead SEC006 warns of an API key's expiry.
+const KEY_EXPIRY_WARNING_DAYS: i64 = 14;
+
+pub(super) fn api_key_expiring(facts: &Facts) -> Verdict {
+    let mut findings = Vec::new();
+    for key in &facts.security.api_keys {
+        let Some(expiry) = key
+            .expires
+            .as_deref()
+            .and_then(crate::api_keys::Expiry::parse)
+        else {
+            continue;
+        };
+        let days = facts.today.days_until(expiry.date());
+        if days <= 0 {
+            findings.push(format!("`{}` expired at {expiry}", key.name));
+        } else if days <= KEY_EXPIRY_WARNING_DAYS {
+            findings.push(format!(
+                "`{}` expires at {expiry} (in {days} days)",
+                key.name
+            ));
+        }
+    }
+    if findings.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Fail(format!("API key {}", findings.join(", ")))
     }
 }
 
@@ -90,6 +120,29 @@ mod tests {
         check("SEC001", &f, "fail");
         f.security.require_auth = true;
         check("SEC001", &f, "pass");
+    }
+
+    #[test]
+    fn sec006_api_key_expiring() {
+        let mut f = facts();
+        let key = |name: &str, expires: Option<&str>| crate::api_keys::KeyFacts {
+            name: name.into(),
+            expires: expires.map(str::to_string),
+            scopes: Vec::new(),
+        };
+        let today = f.today;
+        let in_days = |days: i64| format!("{}T00:00:00Z", today.add_days(days));
+        f.security.api_keys = vec![key("ci", None), key("later", Some(&in_days(60)))];
+        check("SEC006", &f, "pass");
+        f.security.api_keys.push(key("soon", Some(&in_days(3))));
+        let message = check("SEC006", &f, "fail");
+        assert!(
+            message.contains("`soon` expires at") && message.contains("in 3 days"),
+            "{message}"
+        );
+        assert!(!message.contains("later"), "{message}");
+        f.security.api_keys = vec![key("old", Some(&in_days(-1)))];
+        assert!(check("SEC006", &f, "fail").contains("`old` expired at"));
     }
 
     #[test]

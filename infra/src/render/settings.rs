@@ -656,6 +656,10 @@ fn resolve_env(
         "KIT_TOKEN_TTL",
         config.signing_key.token_ttl_seconds.to_string(),
     );
+    // Only when set: `signed` is the service's default.
+    if config.signing_key.token_mode == crate::config::TokenModeConfig::Sealed {
+        push("KIT_TOKEN_MODE", "sealed".into());
+    }
     push("KIT_REQUIRE_AUTH", config.auth.required.to_string());
     if !config.cors.origins.is_empty() {
         push("KIT_CORS_ORIGINS", config.cors.origins.join(","));
@@ -780,6 +784,41 @@ mod tests {
             error.message
         );
         assert!(error.hint.contains("service.workspace"), "{}", error.hint);
+    }
+
+    #[test]
+    fn sealed_tokens_render_kit_token_mode_and_signed_renders_nothing() {
+        let config = |mode: &str| {
+            format!(
+                "version: 1\nservice:\n  package: acme-rpc\ntargets:\n  t:\n    platform: fly\n{mode}"
+            )
+        };
+        let mode_of = |text: String| {
+            settings(&text)
+                .unwrap()
+                .env
+                .into_iter()
+                .find(|v| v.name == "KIT_TOKEN_MODE")
+                .map(|v| v.value)
+        };
+        assert_eq!(mode_of(config("")), None);
+        assert_eq!(
+            mode_of(config("signing_key:\n  token_mode: signed\n")),
+            None
+        );
+        assert_eq!(
+            mode_of(config("signing_key:\n  token_mode: sealed\n")).as_deref(),
+            Some("sealed")
+        );
+        let error = DeployConfig::parse(
+            &config("signing_key:\n  token_mode: secret\n"),
+            std::path::Path::new("deploy-kit.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:?}").contains("expected one of signed, sealed"),
+            "{error:?}"
+        );
     }
 
     #[test]

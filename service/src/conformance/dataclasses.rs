@@ -37,6 +37,26 @@ pub const ALL_TYPES_SCHEMA: &str = "str_field: utf8, bytes_field: binary, int_fi
     annotated_float32: float32, nested_list: list<item?:list<item?:int64>>, \
     dict_str_str: map<key:utf8,value?:utf8>";
 
+/// Upstream's `WideTypes` dataclass.
+pub const WIDE_TYPES_SCHEMA: &str = "int8_field: int8, int16_field: int16, int32_field: int32, \
+    uint8_field: uint8, uint16_field: uint16, uint32_field: uint32, uint64_field: uint64, \
+    float32_field: float32, date_field: date32, timestamp_field: timestamp(us), \
+    timestamp_utc_field: timestamp(us,tz=UTC), time_field: time64(us), duration_field: duration(us), \
+    decimal_field: decimal128(20,4), large_string_field: large_utf8, \
+    large_binary_field: large_binary, fixed_binary_field: fixed_size_binary(8)";
+/// Upstream's `ContainerWideTypes` dataclass.
+pub const CONTAINER_WIDE_TYPES_SCHEMA: &str = "list_decimal: list<item?:decimal128(20,4)>, \
+    list_date: list<item?:date32>, list_timestamp: list<item?:timestamp(us)>, \
+    optional_date?: date32, optional_decimal?: decimal128(20,4), optional_timestamp?: timestamp(us), \
+    dict_str_decimal: map<key:utf8,value?:decimal128(20,4)>, frozenset_int: list<item?:int64>, \
+    list_optional_int: list<item?:int64>";
+/// Upstream's `EmbeddedArrow` dataclass (both fields are nested IPC).
+pub const EMBEDDED_ARROW_SCHEMA: &str = "batch: binary, schema: binary";
+/// Upstream's `DeepNested` dataclass.
+pub const DEEP_NESTED_SCHEMA: &str = "list_of_lists_decimal: list<item?:list<item?:decimal128(20,4)>>, \
+    optional_list_date?: list<item?:date32>, dict_encoded_string: dictionary<index:int16,value:utf8>, \
+    list_of_dict_encoded: list<item?:dictionary<index:int16,value:utf8>>";
+
 pub static CONFORMANCE_HEADER: LazyLock<SchemaRef> =
     LazyLock::new(|| declared_schema(CONFORMANCE_HEADER_SCHEMA));
 pub static RICH_HEADER: LazyLock<SchemaRef> = LazyLock::new(|| declared_schema(RICH_HEADER_SCHEMA));

@@ -12,6 +12,7 @@
 //! Dataclass parameters and results travel as `binary` cells holding a nested
 //! IPC stream; echo methods return those bytes untouched.
 
+mod auth_reason;
 mod dataclasses;
 mod secondary;
 mod states;
@@ -34,6 +35,7 @@ use values::{CONFORMANCE_HEADER_SCHEMA, RICH_HEADER_SCHEMA, python_float_repr};
 
 pub const NAME: &str = "ConformanceService";
 pub const PROTOCOL_VERSION: &str = "2.0.0";
+pub use auth_reason::{AuthReasonWorker, REASON_HEADER as AUTH_REASON_HEADER};
 pub use secondary::NAME as SECONDARY_NAME;
 
 /// Largest `oversized_unary` payload; the reference would try any size.
@@ -141,6 +143,11 @@ pub fn conformance_service() -> Protocol {
         .unary("echo_container_wide_types", "data: binary", "result: binary", echo("data"))
         .unary("echo_embedded_arrow", "data: binary", "result: binary", echo("data"))
         .unary("echo_deep_nested", "data: binary", "result: binary", echo("data"))
+        .enum_param("echo_enum", "status", "Status", &values::STATUS_MEMBERS)
+        .record_param("echo_wide_types", "data", dataclasses::WIDE_TYPES_SCHEMA)
+        .record_param("echo_container_wide_types", "data", dataclasses::CONTAINER_WIDE_TYPES_SCHEMA)
+        .record_param("echo_embedded_arrow", "data", dataclasses::EMBEDDED_ARROW_SCHEMA)
+        .record_param("echo_deep_nested", "data", dataclasses::DEEP_NESTED_SCHEMA)
         .unary(
             "pack_nested_containers",
             "statuses: list<item?:dictionary<index:int16,value:utf8>>, points: list<item?:struct<x:float64,y:float64>>, \
@@ -165,6 +172,10 @@ pub fn conformance_service() -> Protocol {
                 Ok(statuses)
             },
         )
+        // Enum parameters: members checked while decoding, as the reference does.
+        .enum_param("echo_status_list", "statuses", "Status", &values::STATUS_MEMBERS)
+        .enum_param("pack_nested_containers", "statuses", "Status", &values::STATUS_MEMBERS)
+        .enum_param("pack_nested_containers", "status_by_name", "Status", &values::STATUS_MEMBERS)
         .unary("echo_dict_encoded_string", "value: dictionary<index:int16,value:utf8>", "result: dictionary<index:int16,value:utf8>", echo("value"))
         // ------------------------------------------------------------------
         // Unary: multi-param, errors, logging

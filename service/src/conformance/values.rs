@@ -46,6 +46,9 @@ pub const NESTED_CONTAINERS_SCHEMA: &str = "statuses: list<item?:dictionary<inde
 /// Member names of the reference `Status` enum, in declaration order.
 /// Enums travel by member name, dictionary-encoded.
 pub const STATUS_NAMES: [&str; 3] = ["PENDING", "ACTIVE", "CLOSED"];
+/// What decodes as a `Status`: each member's name and its value.
+pub const STATUS_MEMBERS: [&str; 6] =
+    ["PENDING", "ACTIVE", "CLOSED", "pending", "active", "closed"];
 
 /// Parses one of the schema constants above (a programming error if it fails).
 pub fn declared_schema(tokens: &str) -> SchemaRef {

@@ -6,65 +6,36 @@
 //! compared in constant time, against every configured key, so timing reveals
 //! neither a prefix nor which key matched.
 
-use std::collections::BTreeMap;
-
 use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use kit_checks::api_keys::{self, KeyEntry, KeyEntryError};
 use subtle::ConstantTimeEq;
 
-/// Named API keys.
+/// Named API keys, each with an optional expiry and scopes (the entry
+/// format of [`kit_checks::api_keys`]).
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    keys: Vec<(String, Vec<u8>)>,
+    keys: Vec<KeyEntry>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.keys.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
         write!(f, "ApiKeys({names:?})")
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiKeyError {
-    #[error("entry {0} is not `name=key`")]
-    Shape(usize),
-    #[error("entry {index} (`{name}`) has an empty name or key")]
-    Empty { index: usize, name: String },
-    #[error("key name `{0}` appears twice")]
-    DuplicateName(String),
-    #[error("keys `{0}` and `{1}` are identical")]
-    DuplicateKey(String, String),
-}
+/// Why `KIT_API_KEYS` (or its file) was refused.
+pub type ApiKeyError = KeyEntryError;
 
 impl ApiKeys {
-    /// Parses `name=key` entries separated by commas or newlines; `#` starts a comment line.
+    /// Parses `name=key[;expires=...][;scopes=...]` entries separated by
+    /// commas or newlines; `#` starts a comment line.
     pub fn parse(text: &str) -> Result<ApiKeys, ApiKeyError> {
-        let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut seen = BTreeMap::new();
-        let entries = text
-            .split([',', '\n'])
-            .map(str::trim)
-            .filter(|e| !e.is_empty() && !e.starts_with('#'));
-        for (index, entry) in entries.enumerate() {
-            let (name, key) = entry.split_once('=').ok_or(ApiKeyError::Shape(index + 1))?;
-            let (name, key) = (name.trim(), key.trim());
-            if name.is_empty() || key.is_empty() {
-                return Err(ApiKeyError::Empty {
-                    index: index + 1,
-                    name: name.to_string(),
-                });
-            }
-            if seen.insert(name.to_string(), ()).is_some() {
-                return Err(ApiKeyError::DuplicateName(name.to_string()));
-            }
-            if let Some((other, _)) = keys.iter().find(|(_, k)| k.as_slice() == key.as_bytes()) {
-                return Err(ApiKeyError::DuplicateKey(other.clone(), name.to_string()));
-            }
-            keys.push((name.to_string(), key.as_bytes().to_vec()));
-        }
-        Ok(ApiKeys { keys })
+        Ok(ApiKeys {
+            keys: api_keys::parse(text)?,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,15 +46,25 @@ impl ApiKeys {
         self.keys.len()
     }
 
-    /// The name of the key equal to `presented`, checking every key in constant time.
-    pub fn identify(&self, presented: &[u8]) -> Option<&str> {
+    /// Every key's name, expiry and scopes (never the key), for the doctor.
+    pub fn facts(&self) -> Vec<api_keys::KeyFacts> {
+        self.keys.iter().map(api_keys::KeyFacts::from).collect()
+    }
+
+    /// The entry whose key equals `presented`, checking every key in constant time.
+    pub fn entry(&self, presented: &[u8]) -> Option<&KeyEntry> {
         let mut found = None;
-        for (name, key) in &self.keys {
-            if bool::from(key.as_slice().ct_eq(presented)) {
-                found = Some(name.as_str());
+        for entry in &self.keys {
+            if bool::from(entry.key.as_bytes().ct_eq(presented)) {
+                found = Some(entry);
             }
         }
         found
+    }
+
+    /// The name of the key equal to `presented`, checking every key in constant time.
+    pub fn identify(&self, presented: &[u8]) -> Option<&str> {
+        self.entry(presented).map(|e| e.name.as_str())
     }
 }
 
@@ -125,45 +106,156 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// Why a request was refused, with upstream's `AuthReason` codes.
+/// What a request asks to call, read from its path, for scope checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Missing,
-    Invalid,
+pub enum Target<'a> {
+    /// `{prefix}/{protocol}/{method}[/init|/exchange]`.
+    Method { protocol: &'a str, method: &'a str },
+    /// `{prefix}/__upload_url__/init`: upload URLs for a large request, which
+    /// any valid key may ask for (the call that follows is scope-checked).
+    Upload,
+    /// Anything else (an unknown route); a scoped key may not reach it.
+    Other,
 }
 
-impl Refusal {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Refusal::Missing => "missing_credential",
-            Refusal::Invalid => "invalid_credential",
+impl<'a> Target<'a> {
+    /// The target of `path` under the route `prefix` (`""` or `/vgi`).
+    pub fn of(prefix: &str, path: &'a str) -> Target<'a> {
+        let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+            return Target::Other;
+        };
+        let segments: Vec<&'a str> = rest.split('/').collect();
+        match segments.as_slice() {
+            ["__upload_url__", "init"] => Target::Upload,
+            [protocol, method] | [protocol, method, "init" | "exchange"]
+                if !protocol.is_empty() && !method.is_empty() =>
+            {
+                Target::Method { protocol, method }
+            }
+            _ => Target::Other,
         }
     }
 }
 
+/// Why a request was refused, with upstream's `AuthReason` codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credential at all.
+    Missing,
+    /// A credential that matches no key (or is not a bearer token).
+    Invalid,
+    /// A known key past its `expires`.
+    Expired,
+    /// A known, unexpired key whose scopes do not cover the target.
+    InsufficientScope,
+    /// Refused without a finer reason (upstream's fallback; custom authenticators).
+    Unauthorized,
+    /// No valid `VGI-Proxy-Proof`: the same refusal whatever failed.
+    ProxyRequired,
+}
+
+impl Refusal {
+    /// The `VGI-Auth-Reason` code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing_credential",
+            Refusal::Invalid => "invalid_credential",
+            Refusal::Expired => "expired_credential",
+            Refusal::InsufficientScope => "insufficient_scope",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::ProxyRequired => "proxy_required",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Refusal::Missing => {
+                "this server requires an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            }
+            Refusal::Invalid => "the API key presented is not valid",
+            Refusal::Expired => "the API key presented has expired",
+            Refusal::InsufficientScope => "the API key presented may not call this method",
+            Refusal::Unauthorized => "authentication rejected",
+            Refusal::ProxyRequired => "proxy proof required",
+        }
+    }
+}
+
+/// A replacement for API-key authentication, as upstream's `authenticate`
+/// hook: it sees the request's headers and target and returns the caller
+/// identity (`""` anonymous, bound into stream tokens) or a refusal, which
+/// becomes the standard 401.
+///
+/// ```
+/// use http::HeaderMap;
+/// use kit_service::http::auth::{Authenticator, Refusal, Target};
+///
+/// struct OnlyHealthy;
+/// impl Authenticator for OnlyHealthy {
+///     fn authenticate(&self, headers: &HeaderMap, _target: Target<'_>) -> Result<String, Refusal> {
+///         match headers.get("x-team") {
+///             Some(team) => Ok(team.to_str().unwrap_or_default().to_string()),
+///             None => Err(Refusal::Missing),
+///         }
+///     }
+/// }
+/// assert_eq!(OnlyHealthy.authenticate(&HeaderMap::new(), Target::Other), Err(Refusal::Missing));
+/// ```
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller's identity, or why the request is refused.
+    fn authenticate(&self, headers: &HeaderMap, target: Target<'_>) -> Result<String, Refusal>;
+}
+
+/// Seconds since the Unix epoch, the clock key expiry is judged by.
+pub fn now_unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// The outcome for one request: an identity (`""` anonymous) or a refusal.
-pub fn authenticate(keys: &ApiKeys, require: bool, headers: &HeaderMap) -> Result<String, Refusal> {
+/// A known key is then judged by its expiry (at `now`, Unix seconds) and
+/// its scopes against `target`, in that order.
+pub fn authenticate(
+    keys: &ApiKeys,
+    require: bool,
+    headers: &HeaderMap,
+    target: Target<'_>,
+    now: i64,
+) -> Result<String, Refusal> {
     match credential(headers) {
-        Credential::Key(key) => keys
-            .identify(key)
-            .map(str::to_string)
-            .ok_or(Refusal::Invalid),
+        Credential::Key(key) => {
+            let entry = keys.entry(key).ok_or(Refusal::Invalid)?;
+            if entry.expired_at(now) {
+                return Err(Refusal::Expired);
+            }
+            let allowed = match target {
+                _ if entry.scopes.is_empty() => true,
+                Target::Upload => true,
+                Target::Method { protocol, method } => entry.allows(protocol, method),
+                Target::Other => false,
+            };
+            if !allowed {
+                return Err(Refusal::InsufficientScope);
+            }
+            Ok(entry.name.clone())
+        }
         Credential::Unsupported => Err(Refusal::Invalid),
         Credential::None if require => Err(Refusal::Missing),
         Credential::None => Ok(String::new()),
     }
 }
 
-/// 401 as upstream shapes it: JSON body, `VGI-Auth-Reason`, `WWW-Authenticate`, no caching.
-pub fn unauthorized(refusal: Refusal, realm: &str) -> Response {
-    let detail = match refusal {
-        Refusal::Missing => {
-            "this server requires an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-        }
-        Refusal::Invalid => "the API key presented is not valid",
-    };
-    let body =
-        serde_json::json!({"error": "unauthorized", "reason": refusal.reason(), "detail": detail});
+/// 401 as upstream shapes it: JSON body, `VGI-Auth-Reason`, `WWW-Authenticate`,
+/// no caching; on a worker that requires a proxy proof (`proxy_required`
+/// here is configuration, never the request), `VGI-Auth-Proxy-Required`
+/// and the operator note in `proxy_hint`, on every 401.
+pub fn unauthorized(refusal: Refusal, realm: &str, proxy_required: bool) -> Response {
+    let mut body = serde_json::json!({"error": "unauthorized", "reason": refusal.reason(), "detail": refusal.detail()});
+    if proxy_required {
+        body["proxy_hint"] = super::proxy_proof::proxy_hint().into();
+    }
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = StatusCode::UNAUTHORIZED;
     let headers = response.headers_mut();
@@ -176,6 +268,9 @@ pub fn unauthorized(refusal: Refusal, realm: &str) -> Response {
         "vgi-auth-reason",
         HeaderValue::from_static(refusal.reason()),
     );
+    if proxy_required {
+        headers.insert("vgi-auth-proxy-required", HeaderValue::from_static("true"));
+    }
     let challenge = format!("Bearer realm=\"{}\"", realm.replace('"', ""));
     headers.insert(
         header::WWW_AUTHENTICATE,
@@ -196,6 +291,15 @@ mod tests {
         map
     }
 
+    const ANY: Target<'static> = Target::Method {
+        protocol: "kit.Demo.v1",
+        method: "add",
+    };
+
+    fn authenticate(keys: &ApiKeys, require: bool, headers: &HeaderMap) -> Result<String, Refusal> {
+        super::authenticate(keys, require, headers, ANY, now_unix_seconds())
+    }
+
     #[test]
     fn parse_reports_the_bad_entry() {
         assert_eq!(
@@ -203,18 +307,95 @@ mod tests {
             ApiKeyError::Shape(2)
         );
         assert_eq!(
-            ApiKeys::parse("a=1,a=2").unwrap_err(),
-            ApiKeyError::DuplicateName("a".into())
-        );
-        assert_eq!(
-            ApiKeys::parse("a=1,b=1").unwrap_err(),
-            ApiKeyError::DuplicateKey("a".into(), "b".into())
-        );
-        assert_eq!(
             ApiKeys::parse("# comment\nci = k1\nops=k2\n")
                 .unwrap()
                 .len(),
             2
+        );
+    }
+
+    #[test]
+    fn expired_keys_are_refused_as_expired_from_their_first_second() {
+        let keys = ApiKeys::parse("old=k-old;expires=2026-01-01,new=k-new").unwrap();
+        let at = |now: i64| {
+            super::authenticate(&keys, true, &headers(&[("x-api-key", "k-old")]), ANY, now)
+        };
+        let expiry = 1_767_225_600; // 2026-01-01T00:00:00Z
+        assert_eq!(at(expiry - 1), Ok("old".into()));
+        assert_eq!(at(expiry), Err(Refusal::Expired));
+        assert_eq!(
+            super::authenticate(
+                &keys,
+                true,
+                &headers(&[("x-api-key", "k-new")]),
+                ANY,
+                expiry
+            ),
+            Ok("new".into())
+        );
+    }
+
+    #[test]
+    fn scoped_keys_reach_only_their_methods() {
+        let keys = ApiKeys::parse("adder=k1;scopes=kit.Demo.v1/add other.P/*,all=k2").unwrap();
+        let check = |key: &str, path: &str| {
+            super::authenticate(
+                &keys,
+                true,
+                &headers(&[("x-api-key", key)]),
+                Target::of("/vgi", path),
+                0,
+            )
+        };
+        assert_eq!(check("k1", "/vgi/kit.Demo.v1/add"), Ok("adder".into()));
+        assert_eq!(check("k1", "/vgi/other.P/x/init"), Ok("adder".into()));
+        assert_eq!(check("k1", "/vgi/other.P/x/exchange"), Ok("adder".into()));
+        assert_eq!(check("k1", "/vgi/__upload_url__/init"), Ok("adder".into()));
+        for refused in [
+            "/vgi/kit.Demo.v1/greet",
+            "/vgi/kit.Demo.v1/count/init",
+            "/vgi/kit.Demo.v1",
+            "/elsewhere/kit.Demo.v1/add",
+            "/vgi/__describe__",
+        ] {
+            assert_eq!(
+                check("k1", refused),
+                Err(Refusal::InsufficientScope),
+                "{refused}"
+            );
+        }
+        assert_eq!(check("k2", "/vgi/kit.Demo.v1/greet"), Ok("all".into()));
+        assert_eq!(check("k3", "/vgi/kit.Demo.v1/add"), Err(Refusal::Invalid));
+    }
+
+    #[test]
+    fn every_refusal_has_its_own_reason_header() {
+        let reasons: Vec<String> = [
+            Refusal::Missing,
+            Refusal::Invalid,
+            Refusal::Expired,
+            Refusal::InsufficientScope,
+            Refusal::Unauthorized,
+        ]
+        .into_iter()
+        .map(|refusal| {
+            let response = unauthorized(refusal, "kit.Demo.v1", false);
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            response.headers()["vgi-auth-reason"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                "missing_credential",
+                "invalid_credential",
+                "expired_credential",
+                "insufficient_scope",
+                "unauthorized"
+            ]
         );
     }
 

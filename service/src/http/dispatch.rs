@@ -272,6 +272,66 @@ fn validate_params(
     Ok(())
 }
 
+/// Enum parameters ([`crate::rpc::ProtocolBuilder::enum_param`]): every
+/// non-null dictionary-encoded string must be a member. Refused as the
+/// reference refuses it while decoding: 400 `TypeError`, in its words.
+fn validate_enums(method: &crate::rpc::Method, batch: &RecordBatch) -> Result<(), RpcError> {
+    for declared in &method.enums {
+        let Some(column) = batch.column_by_name(&declared.param) else {
+            continue;
+        };
+        if let Some(value) = first_non_member(column.as_ref(), &declared.members) {
+            return Err(RpcError::bad_request(
+                "TypeError",
+                format!(
+                    "\"'{value}' is not a valid {} name or value\"",
+                    declared.enum_name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first dictionary-encoded string in `array` (at any depth) that is
+/// not in `members`.
+fn first_non_member(array: &dyn arrow_array::Array, members: &[String]) -> Option<String> {
+    use arrow_array::Array as _;
+    use arrow_array::cast::AsArray;
+    use arrow_schema::DataType;
+    match array.data_type() {
+        DataType::Dictionary(_, _) => {
+            let strings = arrow_cast::cast(array, &DataType::Utf8).ok()?;
+            let strings = strings.as_string::<i32>();
+            (0..strings.len())
+                .filter(|&row| strings.is_valid(row))
+                .map(|row| strings.value(row))
+                .find(|value| !members.iter().any(|m| m == value))
+                .map(str::to_string)
+        }
+        DataType::List(_) => first_non_member(array.as_list::<i32>().values().as_ref(), members),
+        DataType::LargeList(_) => {
+            first_non_member(array.as_list::<i64>().values().as_ref(), members)
+        }
+        DataType::FixedSizeList(_, _) => {
+            first_non_member(array.as_fixed_size_list().values().as_ref(), members)
+        }
+        DataType::Map(_, _) => {
+            let entries = array.as_map().entries();
+            entries
+                .columns()
+                .iter()
+                .find_map(|child| first_non_member(child.as_ref(), members))
+        }
+        DataType::Struct(_) => array
+            .as_struct()
+            .columns()
+            .iter()
+            .find_map(|child| first_non_member(child.as_ref(), members)),
+        _ => None,
+    }
+}
+
 /// Record parameters ([`crate::rpc::ProtocolBuilder::record_param`]): each
 /// cell must be an IPC stream of exactly one row on the declared schema, and
 /// nothing after it. Refused as the reference refuses a dataclass it cannot
@@ -392,6 +452,7 @@ async fn prepare(
     }
     validate_params(&method.name, &method.params, &schema, &batch.batch)?;
     validate_records(method, &batch.batch)?;
+    validate_enums(method, &batch.batch)?;
     let ctx = Ctx::new(
         info.identity.clone(),
         info.request_id.clone(),

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
-use super::auth::ApiKeys;
+use super::auth::{ApiKeys, Authenticator};
 use super::ratelimit::{Cidr, RateLimiter};
 use crate::metrics::Metrics;
 
@@ -46,6 +46,10 @@ impl Readiness {
 /// Hosting settings and shared state of one server.
 pub struct Hosting {
     pub api_keys: ApiKeys,
+    /// Replaces API-key authentication when set (upstream's `authenticate` hook).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// `VGI-Proxy-Proof` verification, checked before the API key (`KIT_PROXY_PROOF`).
+    pub proxy_proof: Option<Arc<super::proxy_proof::ProxyProof>>,
     pub require_auth: bool,
     pub rate_limiter: Option<RateLimiter>,
     /// Failed API keys per client IP, checked before the key comparison.
@@ -72,6 +76,8 @@ impl Hosting {
         readiness.set_ready();
         Hosting {
             api_keys: ApiKeys::default(),
+            authenticator: None,
+            proxy_proof: None,
             require_auth: false,
             rate_limiter: None,
             auth_throttle: None,
@@ -86,6 +92,14 @@ impl Hosting {
             limits: crate::limits::Limits::default(),
             access_log: None,
         }
+    }
+
+    /// Whether requests must carry a valid proxy proof (`require` mode),
+    /// which every 401 then says.
+    pub fn proxy_proof_required(&self) -> bool {
+        self.proxy_proof
+            .as_ref()
+            .is_some_and(|p| p.mode() == super::proxy_proof::ProofMode::Require)
     }
 
     /// The allowed origin to echo for `origin`, if CORS allows it.
@@ -155,6 +169,17 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
 
 /// Headers the browser may read: upstream's list.
 const EXPOSE: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Max-Externalized-Response-Bytes, VGI-Upload-URL-Support, VGI-Max-Upload-Bytes, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After";
+/// [`EXPOSE`] on a worker that requires a proxy proof: upstream adds the
+/// capability header and the 401 note's header.
+const EXPOSE_WITH_PROOF: &str = "WWW-Authenticate, X-Request-ID, X-VGI-Content-Encoding, X-VGI-RPC-Error, VGI-Max-Request-Bytes, VGI-Max-Response-Bytes, VGI-Accept-Max-Response-Bytes-Support, VGI-Externalization-Enabled, VGI-Supported-Encodings, VGI-Max-Externalized-Response-Bytes, VGI-Upload-URL-Support, VGI-Max-Upload-Bytes, VGI-Auth-Reason, X-RateLimit-Limit, X-RateLimit-Remaining, Retry-After, VGI-Proxy-Proof-Required, VGI-Auth-Proxy-Required";
+
+fn expose(hosting: &Hosting) -> HeaderValue {
+    HeaderValue::from_static(if hosting.proxy_proof_required() {
+        EXPOSE_WITH_PROOF
+    } else {
+        EXPOSE
+    })
+}
 
 /// A CORS preflight answer, when the request is one and the origin is allowed.
 pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Option<Response> {
@@ -179,10 +204,7 @@ pub fn preflight(hosting: &Hosting, method: &Method, headers: &HeaderMap) -> Opt
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("7200"),
     );
-    out.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static(EXPOSE),
-    );
+    out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose(hosting));
     out.insert(
         "cross-origin-resource-policy",
         HeaderValue::from_static("cross-origin"),
@@ -204,10 +226,7 @@ pub fn stamp_cors(hosting: &Hosting, request_origin: Option<&str>, headers: &mut
         && let Ok(value) = HeaderValue::from_str(&origin)
     {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(EXPOSE),
-        );
+        headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose(hosting));
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod codec;
 mod dispatch;
 pub mod hosting;
+pub mod proxy_proof;
 pub mod ratelimit;
 
 use std::collections::BTreeMap;
@@ -172,12 +173,35 @@ impl Server {
         }
     }
 
+    /// The same server authenticating callers with `authenticator` instead
+    /// of its API keys; call before serving (needs sole ownership).
+    pub fn with_authenticator(
+        self: Arc<Self>,
+        authenticator: Arc<dyn auth::Authenticator>,
+    ) -> Arc<Server> {
+        match Arc::try_unwrap(self) {
+            Ok(mut server) => {
+                server.hosting.authenticator = Some(authenticator);
+                Arc::new(server)
+            }
+            Err(_) => panic!("with_authenticator must be called before the server is shared"),
+        }
+    }
+
     pub fn external(&self) -> Option<&External> {
         self.external.as_deref()
     }
 
     pub fn hosting(&self) -> &Hosting {
         &self.hosting
+    }
+
+    /// Whether `protocol` is served (listed or not) and, when `method` is
+    /// given, has that method.
+    pub fn hosts(&self, protocol: &str, method: Option<&str>) -> bool {
+        self.protocols
+            .get(protocol)
+            .is_some_and(|p| method.is_none_or(|m| p.method(m).is_some()))
     }
 
     /// The protocols reflection lists (operational ones like `kit.Probe.v1` are served, not listed).
@@ -304,7 +328,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        match admit(&server, request.headers(), peer, &mut info).await {
+        match admit(&server, request.headers(), &path, peer, &mut info).await {
             Ok(decision) => rate_headers = decision,
             Err((mut response, decision)) => {
                 finish(
@@ -393,6 +417,7 @@ type Refused = (Response, Option<ratelimit::Decision>);
 async fn admit(
     server: &Server,
     headers: &HeaderMap,
+    path: &str,
     peer: Option<std::net::IpAddr>,
     info: &mut RequestInfo,
 ) -> Result<Option<ratelimit::Decision>, Refused> {
@@ -403,6 +428,20 @@ async fn admit(
         forwarded,
         &hosting.trusted_proxies,
     ));
+    if let Some(proof) = &hosting.proxy_proof {
+        let header = headers
+            .get(proxy_proof::PROOF_HEADER)
+            .map(HeaderValue::as_bytes);
+        if let Err(failure) = proof.verify(header, auth::now_unix_seconds()) {
+            let required = proof.mode() == proxy_proof::ProofMode::Require;
+            tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, reason = failure.as_str(), required, "proxy proof failed");
+            if required {
+                hosting.metrics.auth_failures.inc();
+                let refusal = auth::Refusal::ProxyRequired;
+                return Err((auth::unauthorized(refusal, &server.primary, true), None));
+            }
+        }
+    }
     let presented = !matches!(auth::credential(headers), auth::Credential::None);
     let throttle = hosting.auth_throttle.as_ref().filter(|_| presented);
     if let Some(throttle) = throttle {
@@ -425,11 +464,24 @@ async fn admit(
             Ok(_) => {}
         }
     }
-    match auth::authenticate(&hosting.api_keys, hosting.require_auth, headers) {
+    let target = auth::Target::of(&server.config.prefix, path);
+    let outcome = match &hosting.authenticator {
+        Some(authenticator) => authenticator.authenticate(headers, target),
+        None => auth::authenticate(
+            &hosting.api_keys,
+            hosting.require_auth,
+            headers,
+            target,
+            auth::now_unix_seconds(),
+        ),
+    };
+    match outcome {
         Ok(identity) => info.identity = identity,
         Err(refusal) => {
             hosting.metrics.auth_failures.inc();
-            if let Some(throttle) = throttle {
+            // Only a key that matches nothing is a guess; an expired or
+            // out-of-scope key was a real one.
+            if let Some(throttle) = throttle.filter(|_| refusal == auth::Refusal::Invalid) {
                 let verdict = throttle.check(&address).await;
                 if let ratelimit::Verdict::Fallback(_, _) | ratelimit::Verdict::Unavailable(_) =
                     verdict
@@ -438,7 +490,10 @@ async fn admit(
                 }
             }
             tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 401, reason = refusal.reason(), "refused");
-            return Err((auth::unauthorized(refusal, &server.primary), None));
+            return Err((
+                auth::unauthorized(refusal, &server.primary, hosting.proxy_proof_required()),
+                None,
+            ));
         }
     }
     let Some(limiter) = &hosting.rate_limiter else {
@@ -1472,6 +1527,12 @@ fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str
     }
     if let Some(limit) = server.config.max_response_bytes {
         headers.insert("vgi-max-response-bytes", HeaderValue::from(limit));
+    }
+    if server.hosting.proxy_proof_required() {
+        headers.insert(
+            proxy_proof::PROOF_REQUIRED_HEADER,
+            HeaderValue::from_static("true"),
+        );
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);

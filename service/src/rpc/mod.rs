@@ -622,6 +622,30 @@ pub(crate) enum MethodKind {
     },
 }
 
+/// A parameter whose strings must name enum members ([`ProtocolBuilder::enum_param`]).
+#[derive(Debug, Clone)]
+pub(crate) struct EnumParam {
+    pub param: String,
+    pub enum_name: String,
+    pub members: Vec<String>,
+}
+
+/// Whether `data_type` has a dictionary of strings in it, at any depth.
+fn holds_dictionary_strings(data_type: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType;
+    match data_type {
+        DataType::Dictionary(_, value) => matches!(**value, DataType::Utf8 | DataType::LargeUtf8),
+        DataType::List(child)
+        | DataType::LargeList(child)
+        | DataType::FixedSizeList(child, _)
+        | DataType::Map(child, _) => holds_dictionary_strings(child.data_type()),
+        DataType::Struct(fields) => fields
+            .iter()
+            .any(|f| holds_dictionary_strings(f.data_type())),
+        _ => false,
+    }
+}
+
 /// One method of a [`Protocol`]: its name, schemas and handler.
 pub struct Method {
     pub(crate) name: String,
@@ -632,9 +656,21 @@ pub struct Method {
     /// this schema, checked before the handler runs
     /// ([`ProtocolBuilder::record_param`]).
     pub(crate) records: Vec<(String, SchemaRef)>,
+    /// Parameters whose dictionary-encoded strings must name an enum member
+    /// ([`ProtocolBuilder::enum_param`]).
+    pub(crate) enums: Vec<EnumParam>,
+    /// The author says this stream's state may hold secrets
+    /// ([`Protocol::with_confidential_state`]).
+    pub(crate) confidential_state: bool,
 }
 
 impl Method {
+    /// Whether the method's author declared that its stream state may hold
+    /// secrets, which signed (readable) tokens would show the caller.
+    pub fn confidential_state(&self) -> bool {
+        self.confidential_state
+    }
+
     /// The wire name.
     pub fn name(&self) -> &str {
         &self.name
@@ -692,6 +728,24 @@ pub struct Protocol {
 }
 
 impl Protocol {
+    /// Declares that the stream state of `method` may hold secrets (an
+    /// upstream credential, another tenant's cursor): a signed token would
+    /// show it to the caller. The doctor (KEY007) and the startup log then
+    /// ask for `KIT_TOKEN_MODE=sealed`. Works on typed and built protocols
+    /// alike; an unknown method is ignored.
+    ///
+    /// ```
+    /// let protocol = kit_service::demo::protocol().with_confidential_state("count");
+    /// assert!(protocol.method("count").unwrap().confidential_state());
+    /// assert!(!protocol.method("add").unwrap().confidential_state());
+    /// ```
+    pub fn with_confidential_state(mut self, method: &str) -> Self {
+        if let Some(m) = self.methods.get_mut(method) {
+            m.confidential_state = true;
+        }
+        self
+    }
+
     /// Starts declaring the protocol `name` (e.g. `acme.Orders.v1`).
     pub fn builder(name: impl Into<String>) -> ProtocolBuilder {
         ProtocolBuilder {
@@ -751,6 +805,17 @@ pub enum DefinitionError {
     #[error("`record_param`: method `{method}` has no `binary` parameter `{param}`")]
     /// [`ProtocolBuilder::record_param`] names no binary parameter of a declared method.
     RecordParam {
+        /// The method named.
+        method: String,
+        /// The parameter named.
+        param: String,
+    },
+    #[error(
+        "`enum_param`: method `{method}` has no parameter `{param}` holding dictionary-encoded strings"
+    )]
+    /// [`ProtocolBuilder::enum_param`] names no parameter with a
+    /// `dictionary<..., utf8>` inside.
+    EnumParam {
         /// The method named.
         method: String,
         /// The parameter named.
@@ -833,8 +898,56 @@ impl ProtocolBuilder {
                 kind,
                 doc: String::new(),
                 records: Vec::new(),
+                enums: Vec::new(),
+                confidential_state: false,
             },
         );
+    }
+
+    /// Declares that the dictionary-encoded strings in `param` of `method`
+    /// (the column itself, or inside its lists, maps and structs) name
+    /// members of the enum `enum_name`, as a Python `Enum` parameter
+    /// travels; `members` lists every accepted string (names and values). A
+    /// call with any other string is refused before the handler runs, with a
+    /// 400 `TypeError`, as the Python reference refuses it while decoding.
+    ///
+    /// ```
+    /// use kit_service::rpc::Protocol;
+    ///
+    /// let protocol = Protocol::builder("demo.Tickets.v1")
+    ///     .unary("echo_status", "status: dictionary<index:int16,value:utf8>", "result: dictionary<index:int16,value:utf8>",
+    ///         |_ctx, args| async move { args.column("status") })
+    ///     .enum_param("echo_status", "status", "Status", &["OPEN", "open", "CLOSED", "closed"])
+    ///     .build()
+    ///     .expect("a well-formed declaration");
+    /// assert!(protocol.method("echo_status").is_some());
+    /// assert!(Protocol::builder("demo.Tickets.v1").enum_param("missing", "s", "S", &["A"]).build().is_err());
+    /// ```
+    pub fn enum_param(
+        mut self,
+        method: &str,
+        param: &str,
+        enum_name: &str,
+        members: &[&str],
+    ) -> Self {
+        let holds_strings = self.methods.get(method).and_then(|m| {
+            m.params
+                .field_with_name(param)
+                .ok()
+                .map(|f| holds_dictionary_strings(f.data_type()))
+        });
+        match (holds_strings, self.methods.get_mut(method)) {
+            (Some(true), Some(entry)) => entry.enums.push(EnumParam {
+                param: param.to_string(),
+                enum_name: enum_name.to_string(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            }),
+            _ => self.errors.push(DefinitionError::EnumParam {
+                method: method.to_string(),
+                param: param.to_string(),
+            }),
+        }
+        self
     }
 
     /// Declares that the `binary` parameter `param` of `method` carries a

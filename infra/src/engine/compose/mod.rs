@@ -770,6 +770,21 @@ impl Supervisor<'_> {
                     2,
                 ));
             }
+            // The replicas would exit 64 on a malformed entry; say so before starting them.
+            let text = std::fs::read_to_string(&file).map_err(|error| {
+                CommandError::new(
+                    format!("failed to read `{}`: {error}", file.display()),
+                    format!("make `{}` readable (mode 0600)", file.display()),
+                    2,
+                )
+            })?;
+            if let Err(error) = kit_checks::api_keys::parse(&text) {
+                return Err(CommandError::new(
+                    format!("`{}` (`auth.api_keys`): {error}", file.display()),
+                    "write one `name=key[;expires=YYYY-MM-DD][;scopes=protocol/method ...]` per line (docs/configuration.md, `KIT_API_KEYS`)".to_string(),
+                    2,
+                ));
+            }
             set("KIT_API_KEYS_FILE", file.display().to_string());
         }
         if let Some(storage) = &self.settings.storage {
