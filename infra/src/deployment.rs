@@ -9,6 +9,7 @@ use kit_checks::{Date, Mode, Severity};
 
 use crate::CommandError;
 use crate::artifact::Artifact;
+use crate::build::{BuildRecord, ImageRecord};
 use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, TargetConfig};
 use crate::doctor::{DoctorOutput, DoctorRequest, OutputFormat};
 use crate::engine::{self, Resource, STATE_FILE};
@@ -32,6 +33,8 @@ pub struct Deployment {
     /// A prebuilt service binary (`--kit-service`): nothing is built, and
     /// the doctor's ART001 skips.
     pub prebuilt_binary: Option<PathBuf>,
+    /// What the last `deploy-kit build` of this target made (`build.json`).
+    pub built: Option<BuildRecord>,
 }
 
 impl Deployment {
@@ -65,8 +68,14 @@ impl Deployment {
         let (name, chosen) = (name.to_string(), chosen.clone());
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         crate::artifact::fill_defaults(&mut parsed, &base)?;
+        let output_dir = engine::output_dir(&base, &parsed, &name);
+        let built = BuildRecord::load(&output_dir);
+        if let Some(image) = built.as_ref().and_then(|record| record.image.as_ref()) {
+            deploy_by_digest(&mut parsed, image);
+        }
         Ok(Deployment {
-            output_dir: engine::output_dir(&base, &parsed, &name),
+            output_dir,
+            built,
             artifact: Artifact::configured(&parsed.service, &base),
             config: parsed,
             config_path: path,
@@ -228,6 +237,18 @@ impl Deployment {
             ),
             2,
         ))
+    }
+}
+
+/// Deploys refer to an image by digest, never by a moving tag: when the
+/// last build pushed `service.image`'s repository, `service.image` becomes
+/// `repository@sha256:...` for every template and engine after this.
+pub fn deploy_by_digest(config: &mut DeployConfig, image: &ImageRecord) {
+    let configured = config.service.image();
+    let same_repository = crate::build::registry::Reference::parse(&configured)
+        .is_ok_and(|reference| reference.name() == image.repository);
+    if same_repository {
+        config.service.image = Some(image.reference.clone());
     }
 }
 
