@@ -1,8 +1,8 @@
 //! `deploy-kit build` end to end on loopback: the example service
 //! (examples/sensor-rpc) cross-linked for glibc 2.34, its Lambda zip's
 //! `bootstrap` run under the fake Lambda Runtime API with a real Arrow
-//! request, its image pushed to Debian's docker-registry (open, and htpasswd
-//! + TLS), read back with skopeo, run with podman and called with the Python
+//! request, its image pushed to Debian's docker-registry (open, and with
+//! htpasswd and TLS), read back with skopeo, run with podman and called with the Python
 //! client; then each bad input and its error. `.ci/test-build` starts the
 //! registries, pushes the base image and exports `KIT_TEST_*`; without them
 //! these tests fail, they never skip.

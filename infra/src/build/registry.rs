@@ -308,7 +308,7 @@ impl Repository {
         credential: Option<Credential>,
         push: bool,
     ) -> Result<Repository, RegistryError> {
-        let plain = transport.insecure.iter().any(|r| *r == reference.registry);
+        let plain = transport.insecure.contains(&reference.registry);
         let agent = transport
             .agent()
             .map_err(|message| RegistryError::Protocol {
