@@ -138,11 +138,19 @@ pub fn artifact_line(deployment: &Deployment, package_given: bool) -> String {
     use crate::build::ArtifactKind;
     let build_command = format!("deploy-kit build --target {}", deployment.target_name);
     match crate::build::ArtifactKind::of(deployment.target.platform) {
-        Some(ArtifactKind::LambdaZip) if package_given => "the package given with `--package`".into(),
-        Some(ArtifactKind::LambdaZip) => match deployment.built.as_ref().and_then(|r| r.package.as_ref()) {
-            Some(package) => format!("package sha256 {} (the last build, `{}`)", package.sha256, package.path.display()),
-            None => format!("to build (`{build_command}`, or `up` builds it)"),
-        },
+        Some(ArtifactKind::LambdaZip) if package_given => {
+            "the package given with `--package`".into()
+        }
+        Some(ArtifactKind::LambdaZip) => {
+            match deployment.built.as_ref().and_then(|r| r.package.as_ref()) {
+                Some(package) => format!(
+                    "package sha256 {} (the last build, `{}`)",
+                    package.sha256,
+                    package.path.display()
+                ),
+                None => format!("to build (`{build_command}`, or `up` builds it)"),
+            }
+        }
         Some(ArtifactKind::Image) => {
             let image = deployment.config.service.image();
             if image.contains("@sha256:") {
@@ -254,7 +262,10 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     let package = match &args.package {
         Some(path) => Some(std::fs::read(path).map_err(|error| {
             CommandError::new(
-                format!("failed to read the Lambda package `{}`: {error}", path.display()),
+                format!(
+                    "failed to read the Lambda package `{}`: {error}",
+                    path.display()
+                ),
                 "pass an existing zip to `--package`, or leave it out",
                 1,
             )
@@ -266,7 +277,10 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
         .as_ref()
         .and_then(|record| record.package.as_ref())
         .map(|package| package.code_sha256.clone());
-    eprintln!("artifact: {}", artifact_line(&deployment, package.is_some()));
+    eprintln!(
+        "artifact: {}",
+        artifact_line(&deployment, package.is_some())
+    );
     let (document, _) = match (&package, &built_hash) {
         (Some(package), _) => compute(&deployment, Some(package), &cwd, env)?,
         (None, Some(hash)) => compute_with_hash(&deployment, Some(hash), &cwd, env)?,

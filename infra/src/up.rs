@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::CommandError;
-use crate::config::Engine as EngineKind;
 use crate::build::{ArtifactKind, BuildOptions};
+use crate::config::Engine as EngineKind;
 use crate::deployment::Deployment;
 
 #[derive(Debug, clap::Args)]
@@ -140,7 +140,10 @@ fn lambda_package(
     };
     std::fs::read(&path).map_err(|error| {
         CommandError::new(
-            format!("failed to read the Lambda package `{}`: {error}", path.display()),
+            format!(
+                "failed to read the Lambda package `{}`: {error}",
+                path.display()
+            ),
             "pass an existing zip to `--package`, or leave it out to build one",
             2,
         )
@@ -162,7 +165,9 @@ fn prepare_image(
     }
     if let Some(image) = &args.image {
         if !image.contains("@sha256:") {
-            eprintln!("warning: `--image {image}` is a tag, not a digest; the platform deploys whatever it points at when it pulls");
+            eprintln!(
+                "warning: `--image {image}` is a tag, not a digest; the platform deploys whatever it points at when it pulls"
+            );
         }
         deployment.config.service.image = Some(image.clone());
         return Ok(());

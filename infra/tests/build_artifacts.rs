@@ -145,7 +145,9 @@ fn run_tool(program: &str, args: &[&str]) -> Output {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|error| panic!("`{program}` could not run ({error}); .ci/test-build installs it"))
+        .unwrap_or_else(|error| {
+            panic!("`{program}` could not run ({error}); .ci/test-build installs it")
+        })
 }
 
 /// The `sensor.Sensors.v1` `export` request: `bytes` bytes for `sensor`.
@@ -199,7 +201,11 @@ fn lambda_zip_is_checked_reproducible_and_its_bootstrap_answers_an_arrow_request
     let second = project.build_json("fn", &[]);
     assert_eq!(first["package"]["sha256"], second["package"]["sha256"]);
     let zip = PathBuf::from(first["package"]["path"].as_str().unwrap());
-    assert!(zip.starts_with(project.dir.join(".deploy-kit/ci/fn")), "{}", zip.display());
+    assert!(
+        zip.starts_with(project.dir.join(".deploy-kit/ci/fn")),
+        "{}",
+        zip.display()
+    );
 
     // Unzip as Lambda does (modes kept) and run `bootstrap` against the fake Runtime API.
     let unpacked = project.dir.join("task");
@@ -213,7 +219,10 @@ fn lambda_zip_is_checked_reproducible_and_its_bootstrap_answers_an_arrow_request
         ],
     );
     assert!(unzip.status.success(), "{unzip:?}");
-    assert_eq!(String::from_utf8_lossy(&unzip.stdout).trim(), "bootstrap sensor-rpc");
+    assert_eq!(
+        String::from_utf8_lossy(&unzip.stdout).trim(),
+        "bootstrap sensor-rpc"
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -314,7 +323,10 @@ fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() 
     let first = project.build_json("web", &[]);
     let reference = first["image"]["reference"].as_str().unwrap().to_string();
     let digest = first["image"]["digest"].as_str().unwrap().to_string();
-    assert_eq!(reference, format!("{}/ci/sensor-rpc@{digest}", servers.open));
+    assert_eq!(
+        reference,
+        format!("{}/ci/sensor-rpc@{digest}", servers.open)
+    );
     assert!(first["image"]["pushed"]["bytes_pushed"].as_u64().unwrap() > 1_000_000);
     // The base layer is mounted from `base/debian-cc` in the same registry, never re-uploaded.
     assert_eq!(first["image"]["pushed"]["blobs_mounted"], 1, "{first}");
@@ -335,12 +347,21 @@ fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() 
         config["config"]["Entrypoint"],
         serde_json::json!(["/usr/local/bin/sensor-rpc"])
     );
-    assert_eq!(config["config"]["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
-    assert_eq!(config["config"]["Labels"]["org.opencontainers.image.title"], "sensor-rpc");
+    assert_eq!(
+        config["config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}})
+    );
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.title"],
+        "sensor-rpc"
+    );
 
     // Deploy by digest: the plan names what was pushed, not the tag.
     let (_, _, stderr) = project.run(&["plan", "web", "--force"], &[]);
-    assert!(stderr.contains(&format!("artifact: {reference}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("artifact: {reference}")),
+        "{stderr}"
+    );
 
     // Run it with podman (host network) and call it with the real Python client.
     let podman = std::env::var("KIT_TEST_PODMAN").unwrap_or_else(|_| "podman".into());
@@ -350,17 +371,36 @@ fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() 
     let run = run_tool(
         &podman,
         &[
-            "run", "-d", "--rm", "--name", &name, "--network", "host", "--tls-verify=false",
-            "-e", "KIT_STORAGE=local", "-e", "KIT_STORAGE_DIR=/tmp/objects",
-            "-e", "KIT_URL_ALLOWLIST=http://127.0.0.1", "-e", "KIT_EXTERNALIZE_THRESHOLD_BYTES=1048576",
-            &reference, "serve", "--listen", &listen,
+            "run",
+            "-d",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--tls-verify=false",
+            "-e",
+            "KIT_STORAGE=local",
+            "-e",
+            "KIT_STORAGE_DIR=/tmp/objects",
+            "-e",
+            "KIT_URL_ALLOWLIST=http://127.0.0.1",
+            "-e",
+            "KIT_EXTERNALIZE_THRESHOLD_BYTES=1048576",
+            &reference,
+            "serve",
+            "--listen",
+            &listen,
         ],
     );
     assert!(run.status.success(), "podman run: {run:?}");
     let _container = Container(name.clone());
     let url = format!("http://{listen}");
     wait_healthy(&url);
-    let user = run_tool(&podman, &["exec", &name, "/usr/local/bin/sensor-rpc", "--version"]);
+    let user = run_tool(
+        &podman,
+        &["exec", &name, "/usr/local/bin/sensor-rpc", "--version"],
+    );
     assert!(user.status.success(), "{user:?}");
     let python = format!(
         "{}/bin/python",
@@ -396,31 +436,45 @@ fn secure_registry_needs_credentials_and_takes_chunked_uploads() {
         )),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("hint: log in with `docker login {}`", servers.tls)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("hint: log in with `docker login {}`", servers.tls)),
+        "{stderr}"
+    );
 
     // A wrong password: 401 too.
     let wrong = BASE64.encode(format!("{}:wrong", servers.user));
-    project.docker_config(&format!(r#"{{"auths": {{"{}": {{"auth": "{wrong}"}}}}}}"#, servers.tls));
+    project.docker_config(&format!(
+        r#"{{"auths": {{"{}": {{"auth": "{wrong}"}}}}}}"#,
+        servers.tls
+    ));
     let (code, _, stderr) = project.run(&["build", "--target", "web"], &[ca]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("refused the credentials") && stderr.contains("(401)"), "{stderr}");
+    assert!(
+        stderr.contains("refused the credentials") && stderr.contains("(401)"),
+        "{stderr}"
+    );
 
     // Without the CA the TLS handshake fails: the registry is "unreachable", with the CA hint.
     let right = BASE64.encode(format!("{}:{}", servers.user, servers.password));
-    project.docker_config(&format!(r#"{{"auths": {{"https://{}": {{"auth": "{right}"}}}}}}"#, servers.tls));
+    project.docker_config(&format!(
+        r#"{{"auths": {{"https://{}": {{"auth": "{right}"}}}}}}"#,
+        servers.tls
+    ));
     let (code, _, stderr) = project.run(&["build", "--target", "web"], &[]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("DEPLOY_KIT_REGISTRY_CA"), "{stderr}");
 
     // The right credentials, the CA, and 1 MiB chunks: the binary layer goes up in PATCHes.
-    let record = project.build_json(
-        "web",
-        &[ca, ("DEPLOY_KIT_REGISTRY_CHUNK_BYTES", "1048576")],
-    );
+    let record = project.build_json("web", &[ca, ("DEPLOY_KIT_REGISTRY_CHUNK_BYTES", "1048576")]);
     let digest = record["image"]["digest"].as_str().unwrap();
     assert!(record["image"]["pushed"]["bytes_pushed"].as_u64().unwrap() > 1_048_576);
     // Another registry, the same content: the same digest as on the open registry.
-    let cert_dir = Path::new(&servers.ca).parent().unwrap().to_str().unwrap().to_string();
+    let cert_dir = Path::new(&servers.ca)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let creds = format!("{}:{}", servers.user, servers.password);
     let inspected = skopeo_inspect(
         record["image"]["reference"].as_str().unwrap(),
@@ -430,11 +484,15 @@ fn secure_registry_needs_credentials_and_takes_chunked_uploads() {
     assert_eq!(inspected["Digest"], digest);
 
     // An unknown credential helper is named before anything compiles.
-    project.docker_config(&format!(r#"{{"credHelpers": {{"{}": "kit-missing"}}}}"#, servers.tls));
+    project.docker_config(&format!(
+        r#"{{"credHelpers": {{"{}": "kit-missing"}}}}"#,
+        servers.tls
+    ));
     let (code, _, stderr) = project.run(&["build", "--target", "web"], &[ca]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("credential helper `docker-credential-kit-missing`") && stderr.contains("is not on `PATH`"),
+        stderr.contains("credential helper `docker-credential-kit-missing`")
+            && stderr.contains("is not on `PATH`"),
         "{stderr}"
     );
     assert!(!stderr.contains("build: cargo zigbuild"), "{stderr}");
@@ -445,7 +503,10 @@ fn c_binary(dir: &Path, name: &str, source: &str) -> PathBuf {
     let c = dir.join(format!("{name}.c"));
     std::fs::write(&c, source).unwrap();
     let out = dir.join(name);
-    let gcc = run_tool("gcc", &["-O1", "-o", out.to_str().unwrap(), c.to_str().unwrap()]);
+    let gcc = run_tool(
+        "gcc",
+        &["-O1", "-o", out.to_str().unwrap(), c.to_str().unwrap()],
+    );
     assert!(gcc.status.success(), "gcc: {gcc:?}");
     out
 }
@@ -461,10 +522,25 @@ fn bad_inputs_each_name_what_to_fix() {
 
     // A binary without the `lambda` feature (no marker), for a Lambda target.
     let hello = c_binary(&dir, "hello", "int main(void) { return 0; }\n");
-    let (code, _, stderr) = project.run(&["build", "--target", "fn", "--kit-service", hello.to_str().unwrap()], &[]);
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("was built without the `lambda` feature"), "{stderr}");
-    assert!(stderr.contains("hint: give the service package a `lambda"), "{stderr}");
+    assert!(
+        stderr.contains("was built without the `lambda` feature"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: give the service package a `lambda"),
+        "{stderr}"
+    );
 
     // glibc too new: arc4random is GLIBC_2.36 (Debian 12's glibc, this machine's).
     let new_glibc = c_binary(
@@ -472,7 +548,16 @@ fn bad_inputs_each_name_what_to_fix() {
         "new-glibc",
         "#include <stdlib.h>\nint main(void) { return (int)(arc4random() & 1); }\n",
     );
-    let (code, _, stderr) = project.run(&["build", "--target", "fn", "--kit-service", new_glibc.to_str().unwrap()], &[]);
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            new_glibc.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("needs glibc 2.36, newer than the 2.34 of Lambda's `provided.al2023`"),
@@ -484,7 +569,16 @@ fn bad_inputs_each_name_what_to_fix() {
     bytes[18..20].copy_from_slice(&183u16.to_le_bytes());
     let arm = dir.join("hello-arm64");
     std::fs::write(&arm, bytes).unwrap();
-    let (code, _, stderr) = project.run(&["build", "--target", "fn", "--kit-service", arm.to_str().unwrap()], &[]);
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            arm.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("is built for arm64 (aarch64), and the target runs on x86_64"),
@@ -498,7 +592,10 @@ fn bad_inputs_each_name_what_to_fix() {
         stderr.contains("the Rust target `aarch64-unknown-linux-gnu` is not installed, and target architecture `arm64` needs it"),
         "{stderr}"
     );
-    assert!(stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"), "{stderr}");
+    assert!(
+        stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"),
+        "{stderr}"
+    );
 
     // The registry is down: nothing listens on the port.
     let closed = free_port();
@@ -507,21 +604,48 @@ fn bad_inputs_each_name_what_to_fix() {
         &sensor_config(&format!("127.0.0.1:{closed}/ci/x"), &servers.base),
     );
     let (code, _, stderr) = down.run(
-        &["build", "--target", "web", "--kit-service", hello.to_str().unwrap()],
-        &[("DEPLOY_KIT_INSECURE_REGISTRIES", &format!("{},127.0.0.1:{closed}", servers.open))],
+        &[
+            "build",
+            "--target",
+            "web",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[(
+            "DEPLOY_KIT_INSECURE_REGISTRIES",
+            &format!("{},127.0.0.1:{closed}", servers.open),
+        )],
     );
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains(&format!("registry `127.0.0.1:{closed}` is unreachable")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("registry `127.0.0.1:{closed}` is unreachable")),
+        "{stderr}"
+    );
 
     // A base image that is not in its registry.
     let missing = Project::new(
         "missing-base",
-        &sensor_config(&format!("{}/ci/x", servers.open), &format!("{}/base/nope:1", servers.open)),
+        &sensor_config(
+            &format!("{}/ci/x", servers.open),
+            &format!("{}/base/nope:1", servers.open),
+        ),
     );
-    let (code, _, stderr) = missing.run(&["build", "--target", "web", "--kit-service", hello.to_str().unwrap()], &[]);
+    let (code, _, stderr) = missing.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains(&format!("`{}/base/nope:1` does not exist in its registry (404)", servers.open)),
+        stderr.contains(&format!(
+            "`{}/base/nope:1` does not exist in its registry (404)",
+            servers.open
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("hint: push the base image"), "{stderr}");
@@ -534,7 +658,11 @@ fn bad_inputs_each_name_what_to_fix() {
         "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[features]\nlambda = []\n\n[workspace]\n",
     )
     .unwrap();
-    std::fs::write(crate_dir.join("src/main.rs"), "fn main() {\n    let count: u32 = \"many\";\n}\n").unwrap();
+    std::fs::write(
+        crate_dir.join("src/main.rs"),
+        "fn main() {\n    let count: u32 = \"many\";\n}\n",
+    )
+    .unwrap();
     let broken = Project::new(
         "broken",
         &format!(
@@ -546,11 +674,18 @@ fn bad_inputs_each_name_what_to_fix() {
     );
     let (code, _, stderr) = broken.run(&["build", "--target", "web"], &[]);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("mismatched types"), "cargo's message: {stderr}");
+    assert!(
+        stderr.contains("mismatched types"),
+        "cargo's message: {stderr}"
+    );
     assert!(stderr.contains("nothing was pushed"), "{stderr}");
     let tags = run_tool(
         "skopeo",
-        &["inspect", "--tls-verify=false", &format!("docker://{}/ci/broken:0.1.0", servers.open)],
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/ci/broken:0.1.0", servers.open),
+        ],
     );
     assert!(!tags.status.success(), "a failed build pushed an image");
 }

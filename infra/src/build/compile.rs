@@ -20,15 +20,15 @@ fn cargo() -> std::ffi::OsString {
 
 /// `x86_64-unknown-linux-gnu.2.34`: the Rust target with zig's glibc suffix.
 pub fn zig_target(architecture: Architecture) -> String {
-    format!(
-        "{}.{}",
-        architecture.rust_target(),
-        GlibcVersion::LAMBDA
-    )
+    format!("{}.{}", architecture.rust_target(), GlibcVersion::LAMBDA)
 }
 
 /// The command line, for messages and hints.
-pub fn command_line(artifact: &Artifact, features: &[String], architecture: Architecture) -> String {
+pub fn command_line(
+    artifact: &Artifact,
+    features: &[String],
+    architecture: Architecture,
+) -> String {
     let mut args = artifact.build_args(features, true);
     args[0] = "zigbuild".into();
     args.extend(["--target".into(), zig_target(architecture)]);
@@ -52,7 +52,12 @@ pub fn check_rust_target(workspace: &Path, architecture: Architecture) -> Result
         })?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     let target = architecture.rust_target();
-    if !sysroot.join("lib/rustlib").join(target).join("lib").is_dir() {
+    if !sysroot
+        .join("lib/rustlib")
+        .join(target)
+        .join("lib")
+        .is_dir()
+    {
         return Err(BuildError::MissingRustTarget {
             target: target.to_string(),
             architecture: architecture.name().to_string(),
@@ -64,8 +69,9 @@ pub fn check_rust_target(workspace: &Path, architecture: Architecture) -> Result
 /// Fails with the install hint when `cargo zigbuild` (or zig) is missing.
 pub fn check_zigbuild(workspace: &Path) -> Result<(), BuildError> {
     let missing = |message: String| BuildError::NoZigbuild { message };
-    let output = Command::new(cargo())
-        .args(["zigbuild", "--version"])
+    // `cargo zigbuild --version` is cargo build's, so ask the binary itself.
+    let output = Command::new("cargo-zigbuild")
+        .arg("--version")
         .current_dir(workspace)
         .stdin(Stdio::null())
         .output()
@@ -76,7 +82,7 @@ pub fn check_zigbuild(workspace: &Path) -> Result<(), BuildError> {
             stderr
                 .lines()
                 .next()
-                .unwrap_or("`cargo zigbuild --version` failed")
+                .unwrap_or("`cargo-zigbuild --version` failed")
                 .to_string(),
         ));
     }

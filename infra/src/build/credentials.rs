@@ -39,7 +39,9 @@ impl Credential {
 /// Why credentials could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("credential helper `docker-credential-{helper}` for `{registry}` is not on `PATH` (named in `{file}`)")]
+    #[error(
+        "credential helper `docker-credential-{helper}` for `{registry}` is not on `PATH` (named in `{file}`)"
+    )]
     UnknownHelper {
         helper: String,
         registry: String,
@@ -138,7 +140,8 @@ fn from_config(
         file: file.to_path_buf(),
         message: format!("`auths.{registry}`: {message}"),
     };
-    if let (Some(username), Some(password)) = (entry["username"].as_str(), entry["password"].as_str())
+    if let (Some(username), Some(password)) =
+        (entry["username"].as_str(), entry["password"].as_str())
     {
         return Ok(Some(Credential {
             username: username.into(),
@@ -290,9 +293,9 @@ mod tests {
         assert_eq!(found.username, "u-registry.example");
         let error = lookup("ecr.example", &env).unwrap_err();
         assert!(
-            error
-                .to_string()
-                .starts_with("credential helper `docker-credential-ecr-login` for `ecr.example` is not on `PATH`"),
+            error.to_string().starts_with(
+                "credential helper `docker-credential-ecr-login` for `ecr.example` is not on `PATH`"
+            ),
             "{error}"
         );
         assert_eq!(lookup("anonymous.example", &env).unwrap(), None);

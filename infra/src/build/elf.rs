@@ -156,18 +156,27 @@ mod tests {
         let facts = inspect(&bytes).unwrap();
         #[cfg(target_arch = "x86_64")]
         assert_eq!(facts.machine, elf::EM_X86_64);
-        assert!(facts.glibc.is_some(), "a glibc test binary needs GLIBC_ versions");
+        assert!(
+            facts.glibc.is_some(),
+            "a glibc test binary needs GLIBC_ versions"
+        );
     }
 
     #[test]
     fn a_file_that_is_not_elf_is_an_error() {
         let error = inspect(b"#!/bin/sh\necho hi\n").unwrap_err();
-        assert!(error.to_string().contains("not a 64-bit ELF file"), "{error}");
+        assert!(
+            error.to_string().contains("not a 64-bit ELF file"),
+            "{error}"
+        );
     }
 
     #[test]
     fn the_marker_is_found_anywhere() {
-        assert!(contains(b"xxkit-service:lambda-runtime:v1yy", LAMBDA_MARKER));
+        assert!(contains(
+            b"xxkit-service:lambda-runtime:v1yy",
+            LAMBDA_MARKER
+        ));
         assert!(!contains(b"kit-service:lambda-runtime:v", LAMBDA_MARKER));
         assert!(contains(b"kkkit-service:lambda-runtime:v1", LAMBDA_MARKER));
     }

@@ -15,8 +15,10 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::{Value, json};
 
-use super::registry::{PushStats, Reference, RegistryError, Repository, Transport, digest_of, media};
 use super::credentials::Credential;
+use super::registry::{
+    PushStats, Reference, RegistryError, Repository, Transport, digest_of, media,
+};
 use crate::config::Architecture;
 
 /// Where the binary goes in the image.
@@ -98,7 +100,10 @@ pub fn config(base: &Value, settings: &ImageSettings, layer: &Layer) -> Vec<u8> 
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
     env.extend(settings.env.iter().map(|(k, v)| format!("{k}={v}")));
-    let mut labels = base_config["Labels"].as_object().cloned().unwrap_or_default();
+    let mut labels = base_config["Labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     for (key, value) in &settings.labels {
         labels.insert(key.clone(), Value::String(value.clone()));
     }
@@ -205,7 +210,10 @@ pub fn read_base(
         .to_string();
     let config: Value = serde_json::from_slice(&repository.blob(&config_digest)?)
         .map_err(|e| protocol(reference, e))?;
-    if config["architecture"].as_str().is_some_and(|a| a != architecture.oci()) {
+    if config["architecture"]
+        .as_str()
+        .is_some_and(|a| a != architecture.oci())
+    {
         return Err(RegistryError::Protocol {
             registry: reference.registry.clone(),
             message: format!(
@@ -284,14 +292,24 @@ pub fn push(
             &mut stats,
         )?;
     }
-    repository.ensure_blob(&layer.digest, &mut || Ok(layer.gzip.clone()), None, &mut stats)?;
+    repository.ensure_blob(
+        &layer.digest,
+        &mut || Ok(layer.gzip.clone()),
+        None,
+        &mut stats,
+    )?;
     layers.push((
         media::OCI_LAYER_GZIP.to_string(),
         layer.digest.clone(),
         layer.gzip.len() as u64,
     ));
     let config_digest = digest_of(config);
-    repository.ensure_blob(&config_digest, &mut || Ok(config.to_vec()), None, &mut stats)?;
+    repository.ensure_blob(
+        &config_digest,
+        &mut || Ok(config.to_vec()),
+        None,
+        &mut stats,
+    )?;
     let manifest = manifest(config, &layers);
     let manifest_digest = repository.put_manifest(tag, media::OCI_MANIFEST, &manifest)?;
     Ok(Pushed {
@@ -358,13 +376,25 @@ mod tests {
         let bytes = config(&base, &settings, &layer);
         assert_eq!(bytes, config(&base, &settings, &layer));
         let value: Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(value["config"]["Entrypoint"], json!(["/usr/local/bin/acme"]));
+        assert_eq!(
+            value["config"]["Entrypoint"],
+            json!(["/usr/local/bin/acme"])
+        );
         assert_eq!(value["config"]["User"], "65532:65532");
-        assert_eq!(value["config"]["Env"], json!(["PATH=/usr/bin:/bin", "PORT=8080"]));
+        assert_eq!(
+            value["config"]["Env"],
+            json!(["PATH=/usr/bin:/bin", "PORT=8080"])
+        );
         assert_eq!(value["config"]["ExposedPorts"], json!({"8080/tcp": {}}));
         assert_eq!(value["config"]["Labels"]["base"], "yes");
-        assert_eq!(value["config"]["Labels"]["org.opencontainers.image.title"], "acme");
-        assert_eq!(value["rootfs"]["diff_ids"], json!(["sha256:base", layer.diff_id]));
+        assert_eq!(
+            value["config"]["Labels"]["org.opencontainers.image.title"],
+            "acme"
+        );
+        assert_eq!(
+            value["rootfs"]["diff_ids"],
+            json!(["sha256:base", layer.diff_id])
+        );
         assert_eq!(value["history"].as_array().unwrap().len(), 2);
         let manifest: Value = serde_json::from_slice(&manifest(
             &bytes,

@@ -74,7 +74,9 @@ mod tests {
         let huge = vec![0u8; UNZIPPED_LIMIT_BYTES as usize];
         let error = package("acme", &huge).unwrap_err();
         assert!(
-            error.to_string().contains("over Lambda's limit of 250 MB unzipped"),
+            error
+                .to_string()
+                .contains("over Lambda's limit of 250 MB unzipped"),
             "{error}"
         );
     }

@@ -65,8 +65,13 @@ pub struct Args {
 pub enum BuildError {
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
-    #[error("the Rust target `{target}` is not installed, and target architecture `{architecture}` needs it")]
-    MissingRustTarget { target: String, architecture: String },
+    #[error(
+        "the Rust target `{target}` is not installed, and target architecture `{architecture}` needs it"
+    )]
+    MissingRustTarget {
+        target: String,
+        architecture: String,
+    },
     #[error("`cargo zigbuild` is not available: {message}")]
     NoZigbuild { message: String },
     #[error("failed to run `{tool}`: {message}")]
@@ -81,21 +86,29 @@ pub enum BuildError {
         found: String,
         wanted: String,
     },
-    #[error("`{binary}` needs glibc {needed}, newer than the {limit} of Lambda's `provided.al2023`")]
+    #[error(
+        "`{binary}` needs glibc {needed}, newer than the {limit} of Lambda's `provided.al2023`"
+    )]
     GlibcTooNew {
         binary: PathBuf,
         needed: GlibcVersion,
         limit: GlibcVersion,
     },
-    #[error("`{binary}` was built without the `lambda` feature (its `lambda` subcommand cannot serve invocations)")]
+    #[error(
+        "`{binary}` was built without the `lambda` feature (its `lambda` subcommand cannot serve invocations)"
+    )]
     NoLambdaFeature { binary: PathBuf },
-    #[error("the Lambda package is {unzipped} bytes unzipped, over Lambda's limit of 250 MB unzipped ({limit} bytes)")]
+    #[error(
+        "the Lambda package is {unzipped} bytes unzipped, over Lambda's limit of 250 MB unzipped ({limit} bytes)"
+    )]
     PackageTooLarge { unzipped: u64, limit: u64 },
     #[error("failed to write {what}: {message}")]
     Io { what: String, message: String },
     #[error("`service.image` `{image}` names no registry to push to")]
     NoRegistry { image: String },
-    #[error("target `{target}` runs on `{platform}`, and `deploy-kit build` does not build for it yet")]
+    #[error(
+        "target `{target}` runs on `{platform}`, and `deploy-kit build` does not build for it yet"
+    )]
     Unsupported { target: String, platform: String },
     #[error("{0}")]
     Transport(String),
@@ -225,10 +238,14 @@ impl ArtifactKind {
             Platform::AwsLambdaApiGateway | Platform::AwsLambdaFunctionUrl => {
                 Some(ArtifactKind::LambdaZip)
             }
-            Platform::CloudRun | Platform::Fly | Platform::Railway | Platform::Kubernetes | Platform::Compose => {
-                Some(ArtifactKind::Image)
+            Platform::CloudRun
+            | Platform::Fly
+            | Platform::Railway
+            | Platform::Kubernetes
+            | Platform::Compose => Some(ArtifactKind::Image),
+            Platform::CloudFunctions | Platform::CloudflareWorkers | Platform::AzureFunctions => {
+                None
             }
-            Platform::CloudFunctions | Platform::CloudflareWorkers | Platform::AzureFunctions => None,
         }
     }
 }
@@ -448,7 +465,13 @@ pub fn build(
         }
         Some(plan) => {
             let started = Instant::now();
-            let image = plan.run(deployment, &artifact.binary, &bytes, architecture, &mut record)?;
+            let image = plan.run(
+                deployment,
+                &artifact.binary,
+                &bytes,
+                architecture,
+                &mut record,
+            )?;
             record.seconds.push = started.elapsed().as_secs_f64() - record.seconds.package;
             eprintln!(
                 "build: image layer and config in {:.1} s; pushed in {:.1} s: {} blobs ({}) uploaded, {} mounted, {} already there; image {}",
@@ -591,9 +614,18 @@ impl PushPlan {
                 ("KIT_LOG_FORMAT".into(), "json".into()),
             ],
             labels: vec![
-                ("org.opencontainers.image.title".into(), service.name.clone()),
-                ("org.opencontainers.image.base.name".into(), self.base.to_string()),
-                ("org.opencontainers.image.base.digest".into(), base.digest.clone()),
+                (
+                    "org.opencontainers.image.title".into(),
+                    service.name.clone(),
+                ),
+                (
+                    "org.opencontainers.image.base.name".into(),
+                    self.base.to_string(),
+                ),
+                (
+                    "org.opencontainers.image.base.digest".into(),
+                    base.digest.clone(),
+                ),
                 (
                     "dev.deploy-kit.binary.sha256".into(),
                     record.binary.sha256.clone(),
@@ -706,7 +738,11 @@ mod tests {
             },
         });
         assert_eq!(down.exit_code, 1);
-        assert!(down.message.contains("connection refused"), "{}", down.message);
+        assert!(
+            down.message.contains("connection refused"),
+            "{}",
+            down.message
+        );
         assert!(down.hint.contains("DEPLOY_KIT_INSECURE_REGISTRIES"));
     }
 }

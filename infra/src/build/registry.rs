@@ -377,17 +377,19 @@ impl Repository {
         if let Some(authorization) = &self.authorization {
             builder = builder.header("authorization", authorization);
         }
-        let request = builder.body(body).map_err(|error| RegistryError::Protocol {
-            registry: self.registry.clone(),
-            message: error.to_string(),
-        })?;
-        let mut response =
-            self.agent
-                .run(request)
-                .map_err(|error| RegistryError::Unreachable {
-                    registry: self.registry.clone(),
-                    message: error.to_string(),
-                })?;
+        let request = builder
+            .body(body)
+            .map_err(|error| RegistryError::Protocol {
+                registry: self.registry.clone(),
+                message: error.to_string(),
+            })?;
+        let mut response = self
+            .agent
+            .run(request)
+            .map_err(|error| RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                message: error.to_string(),
+            })?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = if method == "HEAD" {
@@ -427,7 +429,10 @@ impl Repository {
     fn authorize(&mut self, challenge: &str) -> Result<(), RegistryError> {
         let (scheme, parameters) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            let credential = self.credential.as_ref().ok_or_else(|| self.unauthorized())?;
+            let credential = self
+                .credential
+                .as_ref()
+                .ok_or_else(|| self.unauthorized())?;
             self.authorization = Some(credential.basic_header());
             return Ok(());
         }
@@ -469,13 +474,13 @@ impl Repository {
             registry: self.registry.clone(),
             message: error.to_string(),
         })?;
-        let mut response =
-            self.agent
-                .run(request)
-                .map_err(|error| RegistryError::Unreachable {
-                    registry: self.registry.clone(),
-                    message: format!("token server `{realm}`: {error}"),
-                })?;
+        let mut response = self
+            .agent
+            .run(request)
+            .map_err(|error| RegistryError::Unreachable {
+                registry: self.registry.clone(),
+                message: format!("token server `{realm}`: {error}"),
+            })?;
         let status = response.status().as_u16();
         if status == 401 || status == 403 {
             return Err(self.unauthorized());
@@ -515,9 +520,13 @@ impl Repository {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|value| {
-                value["errors"][0]["message"]
-                    .as_str()
-                    .map(|m| format!("{} ({})", m, value["errors"][0]["code"].as_str().unwrap_or("")))
+                value["errors"][0]["message"].as_str().map(|m| {
+                    format!(
+                        "{} ({})",
+                        m,
+                        value["errors"][0]["code"].as_str().unwrap_or("")
+                    )
+                })
             })
             .unwrap_or_else(|| text.trim().chars().take(300).collect());
         RegistryError::Status {
@@ -670,7 +679,13 @@ impl Repository {
         if let Some(from) = mount_from {
             start = format!("{start}?mount={}&from={from}", digest.replace(':', "%3A"));
         }
-        let reply = self.send("POST", &start, &[("content-length", "0")], &[], MAX_SMALL_BODY)?;
+        let reply = self.send(
+            "POST",
+            &start,
+            &[("content-length", "0")],
+            &[],
+            MAX_SMALL_BODY,
+        )?;
         if reply.status == 201 && mount_from.is_some() {
             stats.blobs_mounted += 1;
             return Ok(());
@@ -723,13 +738,7 @@ impl Repository {
                 offset = end;
             }
             let url = Self::with_digest(&location, digest);
-            let reply = self.send(
-                "PUT",
-                &url,
-                &[("content-length", "0")],
-                &[],
-                MAX_SMALL_BODY,
-            )?;
+            let reply = self.send("PUT", &url, &[("content-length", "0")], &[], MAX_SMALL_BODY)?;
             if reply.status != 201 {
                 return Err(self.status_error(&format!("finish blob `{digest}`"), &reply));
             }
@@ -765,7 +774,9 @@ impl Repository {
         {
             return Err(RegistryError::Protocol {
                 registry: self.registry.clone(),
-                message: format!("the registry stored the manifest as `{reported}`, not `{digest}`"),
+                message: format!(
+                    "the registry stored the manifest as `{reported}`, not `{digest}`"
+                ),
             });
         }
         Ok(digest)
