@@ -302,8 +302,8 @@ impl Drop for Container {
     }
 }
 
-fn wait_healthy(url: &str) {
-    for _ in 0..150 {
+fn wait_healthy(url: &str, podman: &str, name: &str) {
+    for _ in 0..300 {
         if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
             let probe = run_tool("curl", &["-sf", &format!("{url}/healthz")]);
             if probe.status.success() {
@@ -312,7 +312,14 @@ fn wait_healthy(url: &str) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("the container at {url} did not answer /healthz within 30 s");
+    let state = run_tool(podman, &["ps", "-a", "--filter", &format!("name={name}")]);
+    let logs = run_tool(podman, &["logs", name]);
+    panic!(
+        "the container at {url} did not answer /healthz within 60 s\n{}\nlog:\n{}{}",
+        String::from_utf8_lossy(&state.stdout),
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
 }
 
 #[test]
@@ -368,17 +375,22 @@ fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() 
     let port = free_port();
     let name = format!("deploy-kit-build-{}", std::process::id());
     let listen = format!("127.0.0.1:{port}");
+    // The image sets `PORT=8080`, which the platforms override and which wins over `--listen`'s port.
+    let port_variable = format!("PORT={port}");
     let run = run_tool(
         &podman,
         &[
             "run",
             "-d",
-            "--rm",
             "--name",
             &name,
             "--network",
             "host",
             "--tls-verify=false",
+            "-e",
+            &port_variable,
+            "-e",
+            "VGI_SIGNING_KEY=kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
             "-e",
             "KIT_STORAGE=local",
             "-e",
@@ -396,7 +408,7 @@ fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() 
     assert!(run.status.success(), "podman run: {run:?}");
     let _container = Container(name.clone());
     let url = format!("http://{listen}");
-    wait_healthy(&url);
+    wait_healthy(&url, &podman, &name);
     let user = run_tool(
         &podman,
         &["exec", &name, "/usr/local/bin/sensor-rpc", "--version"],
