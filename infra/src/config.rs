@@ -295,7 +295,14 @@ pub struct ServiceConfig {
     /// context and where `cargo metadata` and `up local`'s build run.
     #[serde(default = "workspace")]
     pub workspace: String,
+    /// The image `deploy-kit build` puts the binary on (a glibc image with
+    /// `libgcc_s`); default [`DEFAULT_BASE_IMAGE`].
+    #[serde(default)]
+    pub base_image: Option<String>,
 }
+
+/// The default `service.base_image`: distroless with glibc and libgcc, nonroot.
+pub const DEFAULT_BASE_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
 
 fn service_name() -> String {
     "kit-service".to_string()
@@ -319,6 +326,7 @@ impl Default for ServiceConfig {
             binary: None,
             features: Vec::new(),
             workspace: workspace(),
+            base_image: None,
         }
     }
 }
@@ -403,6 +411,47 @@ pub struct TargetConfig {
     /// `native` (cloud SDKs, the default) or `pulumi`.
     #[serde(default)]
     pub engine: Engine,
+    /// The CPU the service runs on: `x86_64` (default) or `arm64`; what
+    /// `deploy-kit build` compiles for and checks the binary against.
+    #[serde(default)]
+    pub architecture: Architecture,
+}
+
+/// A target's CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    #[default]
+    #[serde(alias = "amd64")]
+    X86_64,
+    #[serde(alias = "aarch64")]
+    Arm64,
+}
+
+impl Architecture {
+    /// The name as AWS Lambda spells it (`x86_64`, `arm64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target a Linux (glibc) build uses.
+    pub fn rust_target(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64-unknown-linux-gnu",
+            Architecture::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// The name in an OCI image config and platform (`amd64`, `arm64`).
+    pub fn oci(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "amd64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
 }
 
 fn one() -> u32 {

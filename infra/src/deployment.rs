@@ -9,6 +9,7 @@ use kit_checks::{Date, Mode, Severity};
 
 use crate::CommandError;
 use crate::artifact::Artifact;
+use crate::build::{BuildRecord, ImageRecord};
 use crate::config::{DEFAULT_CONFIG_FILE, DeployConfig, TargetConfig};
 use crate::doctor::{DoctorOutput, DoctorRequest, OutputFormat};
 use crate::engine::{self, Resource, STATE_FILE};
@@ -32,6 +33,8 @@ pub struct Deployment {
     /// A prebuilt service binary (`--kit-service`): nothing is built, and
     /// the doctor's ART001 skips.
     pub prebuilt_binary: Option<PathBuf>,
+    /// What the last `deploy-kit build` of this target made (`build.json`).
+    pub built: Option<BuildRecord>,
 }
 
 impl Deployment {
@@ -65,8 +68,14 @@ impl Deployment {
         let (name, chosen) = (name.to_string(), chosen.clone());
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         crate::artifact::fill_defaults(&mut parsed, &base)?;
+        let output_dir = engine::output_dir(&base, &parsed, &name);
+        let built = BuildRecord::load(&output_dir);
+        if let Some(image) = built.as_ref().and_then(|record| record.image.as_ref()) {
+            deploy_by_digest(&mut parsed, image);
+        }
         Ok(Deployment {
-            output_dir: engine::output_dir(&base, &parsed, &name),
+            output_dir,
+            built,
             artifact: Artifact::configured(&parsed.service, &base),
             config: parsed,
             config_path: path,
@@ -231,6 +240,18 @@ impl Deployment {
     }
 }
 
+/// Deploys refer to an image by digest, never by a moving tag: when the
+/// last build pushed `service.image`'s repository, `service.image` becomes
+/// `repository@sha256:...` for every template and engine after this.
+pub fn deploy_by_digest(config: &mut DeployConfig, image: &ImageRecord) {
+    let configured = config.service.image();
+    let same_repository = crate::build::registry::Reference::parse(&configured)
+        .is_ok_and(|reference| reference.name() == image.repository);
+    if same_repository {
+        config.service.image = Some(image.reference.clone());
+    }
+}
+
 /// The service binary for a package built elsewhere (Lambda, Azure): the
 /// flag (or `DEPLOY_KIT_KIT_SERVICE`), else `<binary>` next to `deploy-kit`,
 /// else on `PATH`. `build` is the command that makes one, for the hint.
@@ -267,65 +288,6 @@ pub fn find_service_binary(
                 artifact.binary
             ),
             hint,
-            2,
-        )
-    })
-}
-
-/// The build command of a Lambda package's binary.
-pub fn lambda_build_command(artifact: &Artifact, features: &[String]) -> String {
-    artifact.build_command(features, "--target x86_64-unknown-linux-musl")
-}
-
-/// The Lambda package: `bootstrap` (runs `<binary> lambda`) and the binary
-/// under its own name. A binary that runs here but has no `lambda`
-/// subcommand is refused; one that cannot run here (another architecture)
-/// is packed as it is. `build` is the command that makes it, for hints.
-pub fn lambda_package(
-    service_binary: &Path,
-    artifact: &Artifact,
-    build: &str,
-) -> Result<Vec<u8>, CommandError> {
-    let rebuild = format!("build it with `{build}` and pass `--kit-service PATH`");
-    if let Ok(output) = std::process::Command::new(service_binary)
-        .args(["lambda", "--help"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        && !output.status.success()
-    {
-        return Err(CommandError::new(
-            format!(
-                "`{}` has no `lambda` subcommand (built without the `lambda` feature)",
-                service_binary.display()
-            ),
-            rebuild,
-            2,
-        ));
-    }
-    let binary = std::fs::read(service_binary).map_err(|error| {
-        CommandError::new(
-            format!("failed to read `{}`: {error}", service_binary.display()),
-            rebuild.clone(),
-            2,
-        )
-    })?;
-    let bootstrap = engine::aws::bootstrap(&artifact.binary);
-    engine::zip::write(&[
-        engine::zip::ZipEntry {
-            name: "bootstrap",
-            contents: bootstrap.as_bytes(),
-            mode: 0o755,
-        },
-        engine::zip::ZipEntry {
-            name: &artifact.binary,
-            contents: &binary,
-            mode: 0o755,
-        },
-    ])
-    .map_err(|error| {
-        CommandError::new(
-            format!("failed to package `{}`: {error}", service_binary.display()),
-            "Lambda packages are limited to 50 MB zipped; build with `--release`",
             2,
         )
     })

@@ -11,6 +11,7 @@
 //! clap `Args` and a `run` that returns the exit code.
 
 pub mod artifact;
+pub mod build;
 pub mod call;
 pub mod config;
 pub mod deployment;
@@ -41,6 +42,10 @@ pub const COMMANDS: &[(&str, &str)] = &[
         "create a crate for your own service: typed methods, a test, deploy-kit.yaml",
     ),
     ("init", "write a commented deploy-kit.yaml"),
+    (
+        "build",
+        "build the target's artifact: a checked Lambda zip, or an image pushed by digest",
+    ),
     ("plan", "render and show what `up` would change"),
     (
         "up",
@@ -139,6 +144,26 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "DEPLOY_KIT_KIT_PATH",
         "A deploy-kit checkout `new` makes the crate depend on by path (`--kit-path`); default the published `kit-service`.",
+    ),
+    (
+        "DEPLOY_KIT_REGISTRY_CA",
+        "`build`: a PEM file of CA certificates trusted for registries instead of the public roots (a registry with a private CA).",
+    ),
+    (
+        "DEPLOY_KIT_INSECURE_REGISTRIES",
+        "`build`: comma-separated `host:port`s of registries spoken to over plain HTTP (credentials included); default none.",
+    ),
+    (
+        "DEPLOY_KIT_REGISTRY_CHUNK_BYTES",
+        "`build`: blobs larger than this go up in chunks of this size (PATCH), smaller ones in one PUT; default 16 MiB.",
+    ),
+    (
+        "DOCKER_CONFIG",
+        "`build`: the directory of `config.json` with registry credentials (`auths`, `credHelpers`, `credsStore`); default `~/.docker`.",
+    ),
+    (
+        "REGISTRY_AUTH_FILE",
+        "`build`: a podman/skopeo auth file read before docker's `config.json`.",
     ),
     (
         "DEPLOY_KIT_TODAY",

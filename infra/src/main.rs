@@ -34,6 +34,8 @@ enum Command {
     New(deploy_kit::new::Args),
     /// Write a commented deploy-kit.yaml.
     Init(deploy_kit::init::Args),
+    /// Build the target's artifact: a checked Lambda zip, or an OCI image pushed by digest.
+    Build(deploy_kit::build::Args),
     /// Render a target and show what `up` would create, change or delete.
     Plan(deploy_kit::plan::Args),
     /// Provision and deploy a target (`local`: build and run the service here).
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor(args),
         Command::New(args) => deploy_kit::new::run(args),
         Command::Init(args) => deploy_kit::init::run(args),
+        Command::Build(args) => deploy_kit::build::run(args),
         Command::Plan(args) => deploy_kit::plan::run(args),
         Command::Up(args) => deploy_kit::up::run(args),
         Command::Down(args) => deploy_kit::down::run(args),

@@ -14,7 +14,7 @@ use kit_checks::Mode;
 use serde::Serialize;
 
 use crate::CommandError;
-use crate::deployment::{Deployment, find_service_binary, lambda_build_command, lambda_package};
+use crate::deployment::Deployment;
 use crate::engine::{self, Action, Plan, State};
 
 /// Schema id of `plan --json`.
@@ -36,10 +36,10 @@ pub struct Args {
     /// Plan even when the offline doctor reports errors.
     #[arg(long)]
     pub force: bool,
-    /// The prebuilt service binary whose Lambda package the plan compares
-    /// (default: `service.binary` next to `deploy-kit`, then on `PATH`).
-    #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
-    pub kit_service: Option<PathBuf>,
+    /// A Lambda package (zip) whose code the plan compares (default: the
+    /// last `deploy-kit build`'s, else the code is shown as "to build").
+    #[arg(long, env = "DEPLOY_KIT_PACKAGE", value_name = "ZIP")]
+    pub package: Option<PathBuf>,
     /// Read the live resources first: changes made outside deploy-kit are
     /// shown as drift, and the plan restores the config against what is live.
     #[arg(long)]
@@ -163,6 +163,37 @@ pub fn render_text(document: &PlanDocument) -> String {
     out
 }
 
+/// What the plan deploys, for its `artifact:` line: the image by digest,
+/// the package's code hash, or "to build".
+pub fn artifact_line(deployment: &Deployment, package_given: bool) -> String {
+    use crate::build::ArtifactKind;
+    let build_command = format!("deploy-kit build --target {}", deployment.target_name);
+    match crate::build::ArtifactKind::of(deployment.target.platform) {
+        Some(ArtifactKind::LambdaZip) if package_given => {
+            "the package given with `--package`".into()
+        }
+        Some(ArtifactKind::LambdaZip) => {
+            match deployment.built.as_ref().and_then(|r| r.package.as_ref()) {
+                Some(package) => format!(
+                    "package sha256 {} (the last build, `{}`)",
+                    package.sha256,
+                    package.path.display()
+                ),
+                None => format!("to build (`{build_command}`, or `up` builds it)"),
+            }
+        }
+        Some(ArtifactKind::Image) => {
+            let image = deployment.config.service.image();
+            if image.contains("@sha256:") {
+                image
+            } else {
+                format!("`{image}` to build (`{build_command}`, or `up` builds it)")
+            }
+        }
+        None => "built by the platform's own tooling".into(),
+    }
+}
+
 /// Everything `plan` computes; `up` reuses it before applying.
 pub fn compute(
     deployment: &Deployment,
@@ -183,6 +214,18 @@ pub fn compute_with(
     refresh: Option<&dyn engine::Engine>,
 ) -> Result<(PlanDocument, Vec<engine::Resource>), CommandError> {
     let hash = package.map(package_hash);
+    compute_with_hash(deployment, hash.as_deref(), cwd, env, refresh)
+}
+
+/// [`compute`] from the package's code hash (Lambda's `CodeSha256`).
+pub fn compute_with_hash(
+    deployment: &Deployment,
+    hash: Option<&str>,
+    cwd: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    refresh: Option<&dyn engine::Engine>,
+) -> Result<(PlanDocument, Vec<engine::Resource>), CommandError> {
+    let hash = hash.map(str::to_string);
     let (engine_name, desired) = deployment.desired(hash.as_deref(), env)?;
     let state_path = deployment.state_path();
     let mut state = State::load(&state_path)?;
@@ -265,38 +308,43 @@ pub fn run(args: Args) -> ExitCode {
 
 fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let mut deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
-    deployment.prebuilt_binary = args.kit_service.clone();
+    let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
     doctor_gate(&deployment, args.force, env)?;
-    // Only Lambda targets ship a package; the other engines deploy an image.
-    let package = if !engine::aws::handles(deployment.target.platform) {
-        None
-    } else {
-        let artifact = deployment.artifact()?;
-        let build = lambda_build_command(artifact, &deployment.features());
-        match find_service_binary(args.kit_service.as_deref(), artifact, &build) {
-            Ok(binary) => Some(lambda_package(&binary, artifact, &build)?),
-            Err(_) => {
-                eprintln!(
-                    "note: no `{}` binary found, so the function's code is not compared (build it with `{build}` and pass `--kit-service PATH`)",
-                    artifact.binary
-                );
-                None
-            }
-        }
+    // Plan never builds: it compares the given or last-built package, or
+    // shows the artifact as "to build".
+    let package = match &args.package {
+        Some(path) => Some(std::fs::read(path).map_err(|error| {
+            CommandError::new(
+                format!(
+                    "failed to read the Lambda package `{}`: {error}",
+                    path.display()
+                ),
+                "pass an existing zip to `--package`, or leave it out",
+                1,
+            )
+        })?),
+        None => None,
     };
+    let built_hash = deployment
+        .built
+        .as_ref()
+        .and_then(|record| record.package.as_ref())
+        .map(|package| package.code_sha256.clone());
+    eprintln!(
+        "artifact: {}",
+        artifact_line(&deployment, package.is_some())
+    );
     let refresher = if args.refresh {
         Some(refresh_engine(&deployment, env)?)
     } else {
         None
     };
-    let (document, _) = compute_with(
-        &deployment,
-        package.as_deref(),
-        &cwd,
-        env,
-        refresher.as_deref(),
-    )?;
+    let refresher = refresher.as_deref();
+    let (document, _) = match (&package, &built_hash) {
+        (Some(package), _) => compute_with(&deployment, Some(package), &cwd, env, refresher)?,
+        (None, Some(hash)) => compute_with_hash(&deployment, Some(hash), &cwd, env, refresher)?,
+        (None, None) => compute_with(&deployment, None, &cwd, env, refresher)?,
+    };
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed, the resource plan below is still complete: {error}");
     }

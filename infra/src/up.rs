@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::CommandError;
+use crate::build::{ArtifactKind, BuildOptions};
 use crate::config::Engine as EngineKind;
-use crate::deployment::{Deployment, find_service_binary, lambda_build_command, lambda_package};
+use crate::deployment::Deployment;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,6 +22,14 @@ pub struct Args {
     /// Lambda, Azure: default `service.binary` next to `deploy-kit`, then on `PATH`).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
+    /// An existing Lambda package (zip) to deploy instead of running
+    /// `deploy-kit build` first.
+    #[arg(long, env = "DEPLOY_KIT_PACKAGE", value_name = "ZIP")]
+    pub package: Option<PathBuf>,
+    /// An existing image (`registry/repository@sha256:...`) to deploy
+    /// instead of running `deploy-kit build` first.
+    #[arg(long, env = "DEPLOY_KIT_IMAGE", value_name = "REFERENCE")]
+    pub image: Option<String>,
     /// Loopback port to serve on (`local`: the service; compose: nginx; 0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -73,7 +82,7 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let session = args
         .state
         .begin(&deployment, &format!("up {}", args.target), env)?;
-    let result = up_locked(args, &deployment, &cwd, env);
+    let result = up_locked(args, &mut deployment, &cwd, env);
     let finished = session.finish();
     let code = result?;
     finished?;
@@ -82,11 +91,13 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
 
 fn up_locked(
     args: &Args,
-    deployment: &Deployment,
+    deployment: &mut Deployment,
     cwd: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
     let cwd = cwd.to_path_buf();
+    prepare_image(deployment, args, env)?;
+    let deployment = &*deployment;
     if deployment.target.engine == EngineKind::Pulumi {
         crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
         crate::plan::doctor_gate(deployment, args.force, env)?;
@@ -120,16 +131,84 @@ fn up_locked(
     }
     // Fails early, with the hint, for platforms no native engine handles.
     deployment.desired(None, env)?;
-    let artifact = deployment.artifact()?;
-    let build = lambda_build_command(artifact, &deployment.features());
-    let binary = find_service_binary(args.kit_service.as_deref(), artifact, &build)?;
-    let package = lambda_package(&binary, artifact, &build)?;
+    let package = lambda_package(deployment, args, env)?;
     let (document, desired) = crate::plan::compute(deployment, Some(&package), &cwd, env)?;
     if let Some(error) = &document.render_error {
         eprintln!("warning: rendering failed; the native engine does not need the files: {error}");
     }
     eprint!("{}", crate::plan::render_text(&document));
     native_up(deployment, desired, package, env)
+}
+
+/// The Lambda package `up` deploys: `--package`, else a fresh `deploy-kit build`.
+fn lambda_package(
+    deployment: &Deployment,
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<u8>, CommandError> {
+    let path = match &args.package {
+        Some(path) => path.clone(),
+        None => {
+            let options = BuildOptions {
+                prebuilt_binary: args.kit_service.clone(),
+            };
+            let record = crate::build::build(deployment, &options, env)?;
+            record
+                .package
+                .expect("a Lambda target's build makes a package")
+                .path
+        }
+    };
+    std::fs::read(&path).map_err(|error| {
+        CommandError::new(
+            format!(
+                "failed to read the Lambda package `{}`: {error}",
+                path.display()
+            ),
+            "pass an existing zip to `--package`, or leave it out to build one",
+            2,
+        )
+    })
+}
+
+/// For targets that run an image: `--image` as given, else a `deploy-kit
+/// build` that pushes `service.image` when it names a registry; either way
+/// `service.image` becomes the reference by digest the engine deploys.
+fn prepare_image(
+    deployment: &mut Deployment,
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), CommandError> {
+    if ArtifactKind::of(deployment.target.platform) != Some(ArtifactKind::Image)
+        || crate::engine::compose::handles(deployment.target.platform)
+    {
+        return Ok(());
+    }
+    if let Some(image) = &args.image {
+        if !image.contains("@sha256:") {
+            eprintln!(
+                "warning: `--image {image}` is a tag, not a digest; the platform deploys whatever it points at when it pulls"
+            );
+        }
+        deployment.config.service.image = Some(image.clone());
+        return Ok(());
+    }
+    let image = deployment.config.service.image();
+    if !crate::build::names_registry(&image) {
+        eprintln!(
+            "note: `service.image` `{image}` names no registry, so `up` builds nothing and the platform must find that image; set `service.image: REGISTRY/REPOSITORY` to build and push it by digest"
+        );
+        return Ok(());
+    }
+    let options = BuildOptions {
+        prebuilt_binary: args.kit_service.clone(),
+    };
+    let record = crate::build::build(deployment, &options, env)?;
+    if let Some(image) = &record.image {
+        crate::deployment::deploy_by_digest(&mut deployment.config, image);
+        deployment.built = Some(record);
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "aws"))]

@@ -117,6 +117,29 @@ signing_key:
         std::fs::write(self.dir.join("deploy-kit.yaml"), config).unwrap();
     }
 
+    /// A Lambda package of the fake `kit-service` as it is now (what `up
+    /// --package` deploys without building).
+    fn package(&self) -> PathBuf {
+        let binary = std::fs::read(self.dir.join("kit-service")).unwrap();
+        let bootstrap = deploy_kit::engine::aws::bootstrap("kit-service");
+        let zip = deploy_kit::engine::zip::write(&[
+            deploy_kit::engine::zip::ZipEntry {
+                name: "bootstrap",
+                contents: bootstrap.as_bytes(),
+                mode: 0o755,
+            },
+            deploy_kit::engine::zip::ZipEntry {
+                name: "kit-service",
+                contents: &binary,
+                mode: 0o755,
+            },
+        ])
+        .unwrap();
+        let path = self.dir.join("package.zip");
+        std::fs::write(&path, zip).unwrap();
+        path
+    }
+
     fn state_path(&self) -> PathBuf {
         self.dir.join(".deploy-kit/ci/lambda/state.json")
     }
@@ -151,7 +174,7 @@ signing_key:
             .env("AWS_ENDPOINT_URL_S3", &self.servers.s3)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("DEPLOY_KIT_KIT_SERVICE", self.dir.join("kit-service"))
+            .env("DEPLOY_KIT_PACKAGE", self.package())
             .env("DEPLOY_KIT_TODAY", "2026-01-15")
             .env_remove("DEPLOY_KIT_CONFIG")
             .env_remove("DEPLOY_KIT_TARGET")

@@ -17,6 +17,13 @@ fn project(engine: &str) -> std::path::PathBuf {
     )
     .unwrap();
     std::fs::write(dir.join("kit-service"), "#!/bin/sh\nexit 0\n").unwrap();
+    let zip = deploy_kit::engine::zip::write(&[deploy_kit::engine::zip::ZipEntry {
+        name: "bootstrap",
+        contents: b"#!/bin/sh\nexit 0\n",
+        mode: 0o755,
+    }])
+    .unwrap();
+    std::fs::write(dir.join("package.zip"), zip).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -33,7 +40,7 @@ fn up(dir: &std::path::Path) -> (i32, String) {
     let output = Command::cargo_bin("deploy-kit")
         .unwrap()
         .current_dir(dir)
-        .args(["up", "lambda", "--force", "--kit-service", "kit-service"])
+        .args(["up", "lambda", "--force", "--package", "package.zip"])
         .env("PATH", dir)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("DEPLOY_KIT_CONFIG")

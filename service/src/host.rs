@@ -54,6 +54,13 @@ use crate::http::Server;
 use crate::http::auth::Authenticator;
 use crate::rpc::Protocol;
 
+/// Bytes present in every binary built with the `lambda` feature (the
+/// `lambda` subcommand exists either way, so `--help` cannot tell), so a
+/// build tool can tell from the file alone, even for an architecture it
+/// cannot run, that `lambda` serves invocations. `deploy-kit build` looks
+/// for them before it zips a Lambda package.
+pub const LAMBDA_FEATURE_MARKER: &[u8] = b"kit-service:lambda-runtime:v1";
+
 /// Runs the service binary for `protocols` (`protocols[0]` is the primary
 /// one, named by `/health`): parses `std::env::args_os`, runs the command,
 /// returns its exit code.

@@ -49,6 +49,8 @@ pub fn missing_environment(env: &dyn Env) -> Vec<&'static str> {
 
 /// Answers invocations until the Lambda environment ends the process.
 pub async fn run(server: Arc<Server>) -> Result<(), lambda_http::Error> {
+    // Read through `black_box`, so the linker keeps the marker's bytes.
+    std::hint::black_box(crate::host::LAMBDA_FEATURE_MARKER);
     // No drain on Lambda: the platform stops routing before it stops us.
     server.hosting().readiness.set_ready();
     let router = app(server);

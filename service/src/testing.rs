@@ -32,6 +32,8 @@
 //! [`TestServer`] is dropped. Failing to start panics: a test fixture that
 //! cannot run must fail loudly.
 
+pub mod lambda_runtime;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

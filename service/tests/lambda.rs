@@ -3,128 +3,22 @@
 //! Runtime API on 127.0.0.1 for a Function URL event, an API Gateway REST (v1)
 //! event and a bad request, and the test decodes what it posts back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{Int64Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use kit_service::testing::lambda_runtime::{self, FakeRuntime};
 use kit_service::wire::ipc::{StreamWriter, read_streams};
 use kit_service::wire::{self, Metadata};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const PROTOCOL: &str = "kit.Demo.v1";
-const FUNCTION_ARN: &str = "arn:aws:lambda:eu-west-1:123456789012:function:kit-service";
-
-/// What the fake Runtime API hands out and what it got back.
-struct FakeRuntime {
-    events: Mutex<VecDeque<(String, Value)>>,
-    results: mpsc::UnboundedSender<Outcome>,
-}
-
-#[derive(Debug)]
-struct Outcome {
-    request_id: String,
-    /// `response` or `error`.
-    kind: &'static str,
-    body: Value,
-}
-
-async fn next_invocation(State(runtime): State<Arc<FakeRuntime>>) -> (HeaderMap, Bytes) {
-    let next = runtime.events.lock().unwrap().pop_front();
-    let Some((request_id, event)) = next else {
-        // Out of events: block the long poll like Lambda does between requests.
-        std::future::pending::<()>().await;
-        unreachable!()
-    };
-    let deadline = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(60);
-    let mut headers = HeaderMap::new();
-    let mut set = |name: &'static str, value: String| {
-        headers.insert(name, HeaderValue::from_str(&value).unwrap());
-    };
-    set("lambda-runtime-aws-request-id", request_id);
-    set(
-        "lambda-runtime-deadline-ms",
-        deadline.as_millis().to_string(),
-    );
-    set("lambda-runtime-invoked-function-arn", FUNCTION_ARN.into());
-    set(
-        "lambda-runtime-trace-id",
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into(),
-    );
-    set("content-type", "application/json".into());
-    (headers, Bytes::from(event.to_string()))
-}
-
-async fn invocation_response(
-    State(runtime): State<Arc<FakeRuntime>>,
-    Path(request_id): Path<String>,
-    body: Bytes,
-) -> StatusCode {
-    report(&runtime, request_id, "response", &body)
-}
-
-async fn invocation_error(
-    State(runtime): State<Arc<FakeRuntime>>,
-    Path(request_id): Path<String>,
-    body: Bytes,
-) -> StatusCode {
-    report(&runtime, request_id, "error", &body)
-}
-
-async fn init_error(State(runtime): State<Arc<FakeRuntime>>, body: Bytes) -> StatusCode {
-    report(&runtime, "init".into(), "error", &body)
-}
-
-fn report(
-    runtime: &FakeRuntime,
-    request_id: String,
-    kind: &'static str,
-    body: &[u8],
-) -> StatusCode {
-    let body = serde_json::from_slice(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-    let _ = runtime.results.send(Outcome {
-        request_id,
-        kind,
-        body,
-    });
-    StatusCode::ACCEPTED
-}
-
-/// Serves the Runtime API on 127.0.0.1:0 and returns its `host:port`.
-async fn start_runtime(events: Vec<(String, Value)>) -> (String, mpsc::UnboundedReceiver<Outcome>) {
-    let (results, received) = mpsc::unbounded_channel();
-    let runtime = Arc::new(FakeRuntime {
-        events: Mutex::new(events.into()),
-        results,
-    });
-    let app = Router::new()
-        .route("/2018-06-01/runtime/invocation/next", get(next_invocation))
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/response",
-            post(invocation_response),
-        )
-        .route(
-            "/2018-06-01/runtime/invocation/{id}/error",
-            post(invocation_error),
-        )
-        .route("/2018-06-01/runtime/init/error", post(init_error))
-        .with_state(runtime);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (address, received)
-}
 
 /// The `kit-service lambda` process; killed when dropped, its stderr shown if
 /// the test failed.
@@ -191,42 +85,9 @@ fn add_request(a: i64, b: i64) -> String {
     BASE64.encode(out)
 }
 
-/// A Lambda Function URL event (payload format 2.0).
+/// A Function URL event calling `add`.
 fn function_url_event(content_type: &str, body: &str, source_ip: &str) -> Value {
-    let path = format!("/{PROTOCOL}/add");
-    json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {
-            "content-type": content_type,
-            "host": "abcdefghij.lambda-url.eu-west-1.on.aws",
-            "x-forwarded-proto": "https",
-            "x-forwarded-for": source_ip,
-            "user-agent": "vgi-rpc-test",
-        },
-        "requestContext": {
-            "accountId": "anonymous",
-            "apiId": "abcdefghij",
-            "domainName": "abcdefghij.lambda-url.eu-west-1.on.aws",
-            "domainPrefix": "abcdefghij",
-            "http": {
-                "method": "POST",
-                "path": path,
-                "protocol": "HTTP/1.1",
-                "sourceIp": source_ip,
-                "userAgent": "vgi-rpc-test",
-            },
-            "requestId": "0f4e5c2a-1111-4b7a-9a53-1b2f0d8a0c01",
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": "01/Jan/2026:00:00:00 +0000",
-            "timeEpoch": 1767225600000u64,
-        },
-        "body": body,
-        "isBase64Encoded": true,
-    })
+    lambda_runtime::function_url_event(&format!("/{PROTOCOL}/add"), content_type, body, source_ip)
 }
 
 /// An API Gateway REST API proxy event (v1) on stage `prod`.
@@ -336,15 +197,12 @@ async fn lambda_answers_function_url_and_api_gateway_events() {
         ),
     ];
     let expected = events.len();
-    let (runtime_api, mut received) = start_runtime(events).await;
-    let _process = LambdaProcess::spawn(&runtime_api);
+    let mut runtime = FakeRuntime::start(events).await;
+    let _process = LambdaProcess::spawn(runtime.address());
 
     let mut outcomes = HashMap::new();
     while outcomes.len() < expected {
-        let outcome = tokio::time::timeout(Duration::from_secs(60), received.recv())
-            .await
-            .expect("kit-service answers every invocation within 60 s")
-            .expect("the fake runtime is still up");
+        let outcome = runtime.expect_outcome(Duration::from_secs(60)).await;
         assert_eq!(outcome.kind, "response", "{outcome:?}");
         outcomes.insert(outcome.request_id, outcome.body);
     }

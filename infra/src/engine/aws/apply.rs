@@ -333,7 +333,7 @@ impl AwsEngine {
         let package = self.package.as_deref().ok_or_else(|| {
             CommandError::new(
                 "no function package: `up` needs the service binary built for Lambda",
-                "build it with `cargo build --release -p <service.package> --bin <service.binary> --features lambda --target x86_64-unknown-linux-musl` and pass `--kit-service PATH` (or set `DEPLOY_KIT_KIT_SERVICE`)",
+                "run `deploy-kit build --target <target>` (what `up` does), or pass an existing zip with `--package`",
                 2,
             )
         })?;

@@ -1,0 +1,705 @@
+//! `deploy-kit build` end to end on loopback: the example service
+//! (examples/sensor-rpc) cross-linked for glibc 2.34, its Lambda zip's
+//! `bootstrap` run under the fake Lambda Runtime API with a real Arrow
+//! request, its image pushed to Debian's docker-registry (open, and with
+//! htpasswd and TLS), read back with skopeo, run with podman and called with the Python
+//! client; then each bad input and its error. `.ci/test-build` starts the
+//! registries, pushes the base image and exports `KIT_TEST_*`; without them
+//! these tests fail, they never skip.
+#![cfg(feature = "build-e2e")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use arrow_array::{Array, BinaryArray, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use kit_service::testing::lambda_runtime::{FakeRuntime, function_url_event};
+use kit_service::wire::ipc::{StreamWriter, read_streams};
+use kit_service::wire::{self, Metadata};
+use serde_json::Value;
+
+struct Servers {
+    open: String,
+    tls: String,
+    ca: String,
+    user: String,
+    password: String,
+    base: String,
+}
+
+fn servers() -> Servers {
+    let read = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!("`{name}` is not set: these tests need the registries and base image that `bash .ci/test-build` starts")
+        })
+    };
+    Servers {
+        open: read("KIT_TEST_REGISTRY"),
+        tls: read("KIT_TEST_REGISTRY_TLS"),
+        ca: read("KIT_TEST_REGISTRY_CA"),
+        user: read("KIT_TEST_REGISTRY_USER"),
+        password: read("KIT_TEST_REGISTRY_PASSWORD"),
+        base: read("KIT_TEST_BASE_IMAGE"),
+    }
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A directory with a `deploy-kit.yaml` and an empty docker config.
+struct Project {
+    dir: PathBuf,
+}
+
+impl Project {
+    fn new(label: &str, config: &str) -> Project {
+        let dir = std::env::temp_dir().join(format!(
+            "deploy-kit-build-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("docker")).unwrap();
+        std::fs::write(dir.join("deploy-kit.yaml"), config).unwrap();
+        Project { dir }
+    }
+
+    /// Runs deploy-kit here; returns (exit code, stdout, stderr).
+    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let servers = servers();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deploy-kit"));
+        command
+            .current_dir(&self.dir)
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.join("docker"))
+            .env("DEPLOY_KIT_INSECURE_REGISTRIES", &servers.open)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .env_remove("DEPLOY_KIT_KIT_SERVICE")
+            .env_remove("DEPLOY_KIT_REGISTRY_CA")
+            .env_remove("DEPLOY_KIT_REGISTRY_CHUNK_BYTES");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        eprintln!("deploy-kit {}:\n{stderr}", args.join(" "));
+        (output.status.code().unwrap_or(-1), stdout, stderr)
+    }
+
+    fn build_json(&self, target: &str, env: &[(&str, &str)]) -> Value {
+        let (code, stdout, stderr) = self.run(&["build", "--target", target, "--json"], env);
+        assert_eq!(code, 0, "build --target {target}\n{stdout}\n{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    fn docker_config(&self, json: &str) {
+        std::fs::write(self.dir.join("docker/config.json"), json).unwrap();
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The example service's config: `image` and `base` per test.
+fn sensor_config(image: &str, base: &str) -> String {
+    format!(
+        "version: 1
+service:
+  name: sensor-rpc
+  environment: ci
+  package: sensor-rpc
+  binary: sensor-rpc
+  features: [lambda]   # one build serves the zip and the image
+  workspace: {root}
+  image: {image}
+  base_image: {base}
+targets:
+  fn: {{platform: aws-lambda-function-url, region: us-east-1}}
+  fn-arm: {{platform: aws-lambda-function-url, region: us-east-1, architecture: arm64}}
+  web: {{platform: kubernetes}}
+",
+        root = repository_root().display()
+    )
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("`{program}` could not run ({error}); .ci/test-build installs it")
+        })
+}
+
+/// The `sensor.Sensors.v1` `export` request: `bytes` bytes for `sensor`.
+fn export_request(sensor: &str, bytes: i64) -> String {
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("sensor", DataType::Utf8, false),
+        Field::new("bytes", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            std::sync::Arc::new(StringArray::from(vec![sensor])),
+            std::sync::Arc::new(Int64Array::from(vec![bytes])),
+        ],
+    )
+    .unwrap();
+    let metadata: Metadata = vec![
+        (wire::METHOD_KEY.into(), "export".into()),
+        (wire::REQUEST_VERSION_KEY.into(), "1".into()),
+        (wire::PROTOCOL_KEY.into(), "sensor.Sensors.v1".into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), "1.0.0".into()),
+    ];
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::new(&mut out, &schema).unwrap();
+    writer.write(&batch, &metadata).unwrap();
+    writer.finish();
+    BASE64.encode(out)
+}
+
+/// sensor-rpc's `export_byte`: what the service must send back.
+fn export_byte(sensor: &str, index: usize) -> u8 {
+    let seed = sensor.bytes().fold(0u8, u8::wrapping_add);
+    (index as u8).wrapping_mul(31).wrapping_add(seed)
+}
+
+#[test]
+fn lambda_zip_is_checked_reproducible_and_its_bootstrap_answers_an_arrow_request() {
+    let servers = servers();
+    let project = Project::new(
+        "zip",
+        &sensor_config(&format!("{}/ci/sensor-rpc", servers.open), &servers.base),
+    );
+    let first = project.build_json("fn", &[]);
+    assert_eq!(first["kind"], "lambda-zip");
+    assert_eq!(first["binary"]["lambda_feature"], true);
+    let glibc = first["binary"]["glibc"].as_str().unwrap();
+    let minor: u32 = glibc.strip_prefix("2.").unwrap().parse().unwrap();
+    assert!(minor <= 34, "glibc {glibc}");
+    assert_eq!(first["package"]["upload"], "inline");
+    // Same inputs, same bytes: the second build is cargo's no-op and the same zip.
+    let second = project.build_json("fn", &[]);
+    assert_eq!(first["package"]["sha256"], second["package"]["sha256"]);
+    let zip = PathBuf::from(first["package"]["path"].as_str().unwrap());
+    assert!(
+        zip.starts_with(project.dir.join(".deploy-kit/ci/fn")),
+        "{}",
+        zip.display()
+    );
+
+    // Unzip as Lambda does (modes kept) and run `bootstrap` against the fake Runtime API.
+    let unpacked = project.dir.join("task");
+    let unzip = run_tool(
+        "python3",
+        &[
+            "-c",
+            "import os, sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nfor i in z.infolist():\n    z.extract(i, sys.argv[2]); os.chmod(os.path.join(sys.argv[2], i.filename), i.external_attr >> 16 & 0o777)\nprint(*sorted(z.namelist()))",
+            zip.to_str().unwrap(),
+            unpacked.to_str().unwrap(),
+        ],
+    );
+    assert!(unzip.status.success(), "{unzip:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&unzip.stdout).trim(),
+        "bootstrap sensor-rpc"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let event = function_url_event(
+            "/sensor.Sensors.v1/export",
+            wire::CONTENT_TYPE,
+            &export_request("t1", 16),
+            "203.0.113.7",
+        );
+        let mut fake = FakeRuntime::start(vec![("invoke-export".into(), event)]).await;
+        let mut child = tokio::process::Command::new(unpacked.join("bootstrap"))
+            .current_dir(&unpacked)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LAMBDA_TASK_ROOT", &unpacked)
+            .env("AWS_LAMBDA_RUNTIME_API", fake.address())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "sensor-rpc")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("VGI_SIGNING_KEY", "k".repeat(32))
+            .env("KIT_LOG_FORMAT", "text")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("bootstrap starts");
+        let outcome = fake.expect_outcome(Duration::from_secs(60)).await;
+        let _ = child.kill().await;
+        assert_eq!(outcome.request_id, "invoke-export");
+        assert_eq!(outcome.kind, "response", "{:?}", outcome.body);
+        let response = outcome.body;
+        assert_eq!(response["statusCode"], 200, "{response}");
+        let body = BASE64.decode(response["body"].as_str().unwrap()).unwrap();
+        let streams = read_streams(&bytes::Bytes::from(body)).expect("an Arrow IPC body");
+        let result = streams
+            .iter()
+            .flat_map(|stream| &stream.batches)
+            .find(|batch| batch.batch.num_rows() == 1 && batch.batch.num_columns() == 1)
+            .expect("a result batch");
+        let column = result
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .expect("`result: binary`");
+        let expected: Vec<u8> = (0..16).map(|i| export_byte("t1", i)).collect();
+        assert_eq!(column.value(0), expected.as_slice());
+        assert!(!column.is_null(0));
+    });
+}
+
+fn skopeo_inspect(reference: &str, extra: &[&str], config: bool) -> Value {
+    let mut args = vec!["inspect"];
+    if config {
+        args.push("--config");
+    }
+    args.extend(extra);
+    let target = format!("docker://{reference}");
+    args.push(&target);
+    let output = run_tool("skopeo", &args);
+    assert!(output.status.success(), "skopeo {args:?}: {output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A podman container; removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+fn wait_healthy(url: &str, podman: &str, name: &str) {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
+            let probe = run_tool("curl", &["-sf", &format!("{url}/healthz")]);
+            if probe.status.success() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = run_tool(podman, &["ps", "-a", "--filter", &format!("name={name}")]);
+    let logs = run_tool(podman, &["logs", name]);
+    panic!(
+        "the container at {url} did not answer /healthz within 60 s\n{}\nlog:\n{}{}",
+        String::from_utf8_lossy(&state.stdout),
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}
+
+#[test]
+fn image_is_pushed_by_digest_read_back_run_with_podman_and_called_with_python() {
+    let servers = servers();
+    let image = format!("{}/ci/sensor-rpc:ci", servers.open);
+    let project = Project::new("image", &sensor_config(&image, &servers.base));
+    let first = project.build_json("web", &[]);
+    let reference = first["image"]["reference"].as_str().unwrap().to_string();
+    let digest = first["image"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        reference,
+        format!("{}/ci/sensor-rpc@{digest}", servers.open)
+    );
+    assert!(first["image"]["pushed"]["bytes_pushed"].as_u64().unwrap() > 1_000_000);
+    // The base layer is mounted from `base/debian-cc` in the same registry, never re-uploaded.
+    assert_eq!(first["image"]["pushed"]["blobs_mounted"], 1, "{first}");
+
+    // No source change: the same digest, and nothing new goes up.
+    let second = project.build_json("web", &[]);
+    assert_eq!(second["image"]["digest"], digest);
+    assert_eq!(second["image"]["pushed"]["bytes_pushed"], 0, "{second}");
+    assert_eq!(second["image"]["pushed"]["blobs_pushed"], 0);
+
+    // What the registry holds, read by another client.
+    let inspected = skopeo_inspect(&reference, &["--tls-verify=false"], false);
+    assert_eq!(inspected["Digest"], digest);
+    assert_eq!(inspected["Architecture"], "amd64");
+    let config = skopeo_inspect(&reference, &["--tls-verify=false"], true);
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/sensor-rpc"])
+    );
+    assert_eq!(
+        config["config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}})
+    );
+    assert_eq!(
+        config["config"]["Labels"]["org.opencontainers.image.title"],
+        "sensor-rpc"
+    );
+
+    // Deploy by digest: the plan names what was pushed, not the tag.
+    let (_, _, stderr) = project.run(&["plan", "web", "--force"], &[]);
+    assert!(
+        stderr.contains(&format!("artifact: {reference}")),
+        "{stderr}"
+    );
+
+    // Run it with podman (host network) and call it with the real Python client.
+    let podman = std::env::var("KIT_TEST_PODMAN").unwrap_or_else(|_| "podman".into());
+    let port = free_port();
+    let name = format!("deploy-kit-build-{}", std::process::id());
+    let listen = format!("127.0.0.1:{port}");
+    // The image sets `PORT=8080`, which the platforms override and which wins over `--listen`'s port.
+    let port_variable = format!("PORT={port}");
+    let run = run_tool(
+        &podman,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "host",
+            "--tls-verify=false",
+            "-e",
+            &port_variable,
+            "-e",
+            "VGI_SIGNING_KEY=kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+            "-e",
+            "KIT_STORAGE=local",
+            "-e",
+            "KIT_STORAGE_DIR=/tmp/objects",
+            "-e",
+            "KIT_URL_ALLOWLIST=http://127.0.0.1",
+            "-e",
+            "KIT_EXTERNALIZE_THRESHOLD_BYTES=1048576",
+            &reference,
+            "serve",
+            "--listen",
+            &listen,
+        ],
+    );
+    assert!(run.status.success(), "podman run: {run:?}");
+    let _container = Container(name.clone());
+    let url = format!("http://{listen}");
+    wait_healthy(&url, &podman, &name);
+    // The service runs as the image's user, 65532 (`nonroot` in the base's /etc/passwd).
+    let user = run_tool(&podman, &["top", &name, "user"]);
+    let users = String::from_utf8_lossy(&user.stdout);
+    assert!(
+        user.status.success() && (users.contains("nonroot") || users.contains("65532")),
+        "{user:?}"
+    );
+    let python = format!(
+        "{}/bin/python",
+        std::env::var("VGI_VENV").expect("`VGI_VENV` (the vgi-rpc venv .ci/lib.sh makes)")
+    );
+    let client = Command::new(&python)
+        .arg(repository_root().join("tests/python/sensor_rpc.py"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let logs = run_tool(&podman, &["logs", &name]);
+    assert!(
+        client.status.success(),
+        "python client: {client:?}\ncontainer log:\n{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+}
+
+#[test]
+fn secure_registry_needs_credentials_and_takes_chunked_uploads() {
+    let servers = servers();
+    let image = format!("{}/ci/sensor-rpc-secure:ci", servers.tls);
+    let project = Project::new("secure", &sensor_config(&image, &servers.base));
+    let ca = ("DEPLOY_KIT_REGISTRY_CA", servers.ca.as_str());
+
+    // No credentials: 401, named, with the login command.
+    let (code, _, stderr) = project.run(&["build", "--target", "web"], &[ca]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "registry `{}` refused the credentials for `ci/sensor-rpc-secure` (401: no credentials)",
+            servers.tls
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("hint: log in with `docker login {}`", servers.tls)),
+        "{stderr}"
+    );
+
+    // A wrong password: 401 too.
+    let wrong = BASE64.encode(format!("{}:wrong", servers.user));
+    project.docker_config(&format!(
+        r#"{{"auths": {{"{}": {{"auth": "{wrong}"}}}}}}"#,
+        servers.tls
+    ));
+    let (code, _, stderr) = project.run(&["build", "--target", "web"], &[ca]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("refused the credentials") && stderr.contains("(401)"),
+        "{stderr}"
+    );
+
+    // Without the CA the TLS handshake fails: the registry is "unreachable", with the CA hint.
+    let right = BASE64.encode(format!("{}:{}", servers.user, servers.password));
+    project.docker_config(&format!(
+        r#"{{"auths": {{"https://{}": {{"auth": "{right}"}}}}}}"#,
+        servers.tls
+    ));
+    let (code, _, stderr) = project.run(&["build", "--target", "web"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("DEPLOY_KIT_REGISTRY_CA"), "{stderr}");
+
+    // The right credentials, the CA, and 1 MiB chunks: the binary layer goes up in PATCHes.
+    let record = project.build_json("web", &[ca, ("DEPLOY_KIT_REGISTRY_CHUNK_BYTES", "1048576")]);
+    let digest = record["image"]["digest"].as_str().unwrap();
+    assert!(record["image"]["pushed"]["bytes_pushed"].as_u64().unwrap() > 1_048_576);
+    // Another registry, the same content: the same digest as on the open registry.
+    let cert_dir = Path::new(&servers.ca)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let creds = format!("{}:{}", servers.user, servers.password);
+    let inspected = skopeo_inspect(
+        record["image"]["reference"].as_str().unwrap(),
+        &["--cert-dir", &cert_dir, "--creds", &creds],
+        false,
+    );
+    assert_eq!(inspected["Digest"], digest);
+
+    // An unknown credential helper is named before anything compiles.
+    project.docker_config(&format!(
+        r#"{{"credHelpers": {{"{}": "kit-missing"}}}}"#,
+        servers.tls
+    ));
+    let (code, _, stderr) = project.run(&["build", "--target", "web"], &[ca]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("credential helper `docker-credential-kit-missing`")
+            && stderr.contains("is not on `PATH`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("build: cargo zigbuild"), "{stderr}");
+}
+
+/// A C program built here with gcc (the host glibc).
+fn c_binary(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let c = dir.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = dir.join(name);
+    let gcc = run_tool(
+        "gcc",
+        &["-O1", "-o", out.to_str().unwrap(), c.to_str().unwrap()],
+    );
+    assert!(gcc.status.success(), "gcc: {gcc:?}");
+    out
+}
+
+#[test]
+fn bad_inputs_each_name_what_to_fix() {
+    let servers = servers();
+    let project = Project::new(
+        "bad",
+        &sensor_config(&format!("{}/ci/never-pushed", servers.open), &servers.base),
+    );
+    let dir = project.dir.clone();
+
+    // A binary without the `lambda` feature (no marker), for a Lambda target.
+    let hello = c_binary(&dir, "hello", "int main(void) { return 0; }\n");
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("was built without the `lambda` feature"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: give the service package a `lambda"),
+        "{stderr}"
+    );
+
+    // glibc too new: arc4random is GLIBC_2.36 (Debian 12's glibc, this machine's).
+    let new_glibc = c_binary(
+        &dir,
+        "new-glibc",
+        "#include <stdlib.h>\nint main(void) { return (int)(arc4random() & 1); }\n",
+    );
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            new_glibc.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("needs glibc 2.36, newer than the 2.34 of Lambda's `provided.al2023`"),
+        "{stderr}"
+    );
+
+    // The wrong architecture: the same ELF with e_machine = EM_AARCH64.
+    let mut bytes = std::fs::read(&hello).unwrap();
+    bytes[18..20].copy_from_slice(&183u16.to_le_bytes());
+    let arm = dir.join("hello-arm64");
+    std::fs::write(&arm, bytes).unwrap();
+    let (code, _, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "fn",
+            "--kit-service",
+            arm.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("is built for arm64 (aarch64), and the target runs on x86_64"),
+        "{stderr}"
+    );
+
+    // An arm64 target on a toolchain with only the x86_64 Linux target.
+    let (code, _, stderr) = project.run(&["build", "--target", "fn-arm"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("the Rust target `aarch64-unknown-linux-gnu` is not installed, and target architecture `arm64` needs it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"),
+        "{stderr}"
+    );
+
+    // The registry is down: nothing listens on the port.
+    let closed = free_port();
+    let down = Project::new(
+        "down",
+        &sensor_config(&format!("127.0.0.1:{closed}/ci/x"), &servers.base),
+    );
+    let (code, _, stderr) = down.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[(
+            "DEPLOY_KIT_INSECURE_REGISTRIES",
+            &format!("{},127.0.0.1:{closed}", servers.open),
+        )],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("registry `127.0.0.1:{closed}` is unreachable")),
+        "{stderr}"
+    );
+
+    // A base image that is not in its registry.
+    let missing = Project::new(
+        "missing-base",
+        &sensor_config(
+            &format!("{}/ci/x", servers.open),
+            &format!("{}/base/nope:1", servers.open),
+        ),
+    );
+    let (code, _, stderr) = missing.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--kit-service",
+            hello.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "`{}/base/nope:1` does not exist in its registry (404)",
+            servers.open
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: push the base image"), "{stderr}");
+
+    // A compile error: cargo's message is shown, the exit is 1, and nothing is pushed.
+    let crate_dir = dir.join("broken");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[features]\nlambda = []\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        crate_dir.join("src/main.rs"),
+        "fn main() {\n    let count: u32 = \"many\";\n}\n",
+    )
+    .unwrap();
+    let broken = Project::new(
+        "broken",
+        &format!(
+            "version: 1\nservice:\n  name: broken\n  package: broken\n  workspace: {}\n  image: {}/ci/broken\n  base_image: {}\ntargets:\n  web: {{platform: kubernetes}}\n",
+            crate_dir.display(),
+            servers.open,
+            servers.base
+        ),
+    );
+    let (code, _, stderr) = broken.run(&["build", "--target", "web"], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("mismatched types"),
+        "cargo's message: {stderr}"
+    );
+    assert!(stderr.contains("nothing was pushed"), "{stderr}");
+    let tags = run_tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/ci/broken:0.1.0", servers.open),
+        ],
+    );
+    assert!(!tags.status.success(), "a failed build pushed an image");
+}
