@@ -96,6 +96,10 @@ fn up_locked(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
     let cwd = cwd.to_path_buf();
+    // A missing CLI fails before a build that may take minutes.
+    if crate::engine::cli::handles(deployment.target.platform) {
+        crate::engine::cli::require_cli(deployment)?;
+    }
     prepare_image(deployment, args, env)?;
     let deployment = &*deployment;
     if deployment.target.engine == EngineKind::Pulumi {

@@ -20,10 +20,6 @@ environments:
 fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("deploy-kit.yaml"), CONFIG).unwrap();
-    let fake = dir.path().join("kit-service");
-    std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = lambda ] && exit 0\nexit 1\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
 
@@ -31,14 +27,7 @@ fn plan(dir: &std::path::Path, args: &[&str], env: Option<&str>) -> (i32, String
     let mut command = Command::cargo_bin("deploy-kit").unwrap();
     command
         .current_dir(dir)
-        .args([
-            "plan",
-            "lambda",
-            "--json",
-            "--force",
-            "--kit-service",
-            "kit-service",
-        ])
+        .args(["plan", "lambda", "--json", "--force"])
         .args(args)
         .env_remove("DEPLOY_KIT_CONFIG")
         .env_remove("DEPLOY_KIT_TARGET")

@@ -348,7 +348,7 @@ fn fly_up_creates_the_app_once_imports_the_key_on_stdin_and_down_destroys_it() {
 fly secrets list*|0|[]
 ",
     );
-    let (code, stdout, stderr) = project.run(&["up", "app"]);
+    let (code, stdout, stderr) = project.run(&["up", "app", "--image", "registry.fly.io/vgi:1"]);
     assert!(code == 0 || code == 3, "{code}\n{stderr}");
     insta::assert_snapshot!("fly_first_up", project.take_log());
     let stdins = project.stdins();
@@ -365,7 +365,7 @@ fly secrets list*|0|[]
 fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
 ",
     );
-    let (_, stdout, stderr) = project.run(&["up", "app"]);
+    let (_, stdout, stderr) = project.run(&["up", "app", "--image", "registry.fly.io/vgi:1"]);
     insta::assert_snapshot!("fly_second_up", project.take_log());
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 

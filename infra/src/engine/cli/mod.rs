@@ -322,6 +322,15 @@ pub fn engine_for(
     })
 }
 
+/// Fails with the install hint when the target's CLI is not on `PATH`;
+/// `up` checks it before building anything.
+pub fn require_cli(deployment: &Deployment) -> Result<PathBuf, CommandError> {
+    find(
+        tool_for(deployment.target.platform),
+        std::env::var_os("PATH").as_deref(),
+    )
+}
+
 /// The desired resources of a CLI target, without running any CLI (`plan`).
 pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
     match deployment.target.platform {
@@ -344,10 +353,7 @@ pub fn up(
     cwd: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
-    find(
-        tool_for(deployment.target.platform),
-        std::env::var_os("PATH").as_deref(),
-    )?;
+    require_cli(deployment)?;
     crate::plan::doctor_gate(deployment, force, env)?;
     let (document, desired) = crate::plan::compute(deployment, None, cwd, env)?;
     if let Some(error) = &document.render_error {
