@@ -30,8 +30,8 @@ pub struct Deployment {
     /// `None` when the config names no package and no cargo workspace
     /// could supply one (see [`Deployment::artifact`]).
     pub artifact: Option<Artifact>,
-    /// A prebuilt service binary (`--kit-service`): nothing is built, and
-    /// the doctor's ART001 skips.
+    /// A prebuilt service binary or Lambda package (`up --kit-service`,
+    /// `up --package`): nothing is built, and the doctor's ART001 skips.
     pub prebuilt_binary: Option<PathBuf>,
     /// What the last `deploy-kit build` of this target made (`build.json`).
     pub built: Option<BuildRecord>,

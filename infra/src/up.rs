@@ -77,7 +77,9 @@ fn cwd() -> PathBuf {
 fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, CommandError> {
     let cwd = cwd();
     let mut deployment = Deployment::load(args.config.as_deref(), Some(&args.target), &cwd)?;
-    deployment.prebuilt_binary = args.kit_service.clone();
+    // A given binary or package is not built here, so ART001 (the cargo
+    // package exists) does not apply.
+    deployment.prebuilt_binary = args.kit_service.clone().or_else(|| args.package.clone());
     // Locked for the whole run; the state is pushed back even when it fails.
     let session = args
         .state

@@ -153,7 +153,7 @@ signing_key:
             .env("AWS_ENDPOINT_URL_S3", &self.servers.s3)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("DEPLOY_KIT_KIT_SERVICE", self.dir.join("kit-service"))
+            .env("DEPLOY_KIT_PACKAGE", self.package())
             .env("DEPLOY_KIT_TODAY", "2026-01-15")
             .env_remove("DEPLOY_KIT_CONFIG")
             .env_remove("DEPLOY_KIT_TARGET")
