@@ -904,7 +904,9 @@ fn grant_keys(
 ) -> Option<crate::identity::grant::GrantKeys> {
     use crate::identity::grant::{DEFAULT_MAX_TTL_SECONDS, GrantKeys};
     let inline = env.var("KIT_GRANT_KEYS").filter(|v| !v.trim().is_empty());
-    let file = env.var("KIT_GRANT_KEYS_FILE").filter(|v| !v.trim().is_empty());
+    let file = env
+        .var("KIT_GRANT_KEYS_FILE")
+        .filter(|v| !v.trim().is_empty());
     let (name, text) = match (inline, file) {
         (None, None) => return None,
         (Some(_), Some(_)) => {
@@ -915,7 +917,9 @@ fn grant_keys(
         (None, Some(path)) => match std::fs::read_to_string(&path) {
             Ok(text) => ("KIT_GRANT_KEYS_FILE", text),
             Err(error) => {
-                problems.push(format!("failed to read `KIT_GRANT_KEYS_FILE` `{path}`: {error}"));
+                problems.push(format!(
+                    "failed to read `KIT_GRANT_KEYS_FILE` `{path}`: {error}"
+                ));
                 return None;
             }
         },
@@ -1287,7 +1291,12 @@ mod tests {
 
     #[test]
     fn grant_keys_are_off_by_default_and_checked_when_set() {
-        assert!(Config::from_env(&env(&[]), listen()).unwrap().grant_keys.is_none());
+        assert!(
+            Config::from_env(&env(&[]), listen())
+                .unwrap()
+                .grant_keys
+                .is_none()
+        );
         let key = "EBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8=";
         let config = Config::from_env(
             &env(&[
@@ -1299,9 +1308,15 @@ mod tests {
         )
         .unwrap();
         let keys = config.grant_keys.expect("grant keys");
-        assert_eq!((keys.audience(), keys.max_ttl_seconds(), keys.len()), ("acme", 3600, 1));
+        assert_eq!(
+            (keys.audience(), keys.max_ttl_seconds(), keys.len()),
+            ("acme", 3600, 1)
+        );
         for (pairs, expected) in [
-            (vec![("KIT_GRANT_KEYS", "c2hvcnQ=")], "`KIT_GRANT_KEYS`: grant key #1 decodes to 5 bytes"),
+            (
+                vec![("KIT_GRANT_KEYS", "c2hvcnQ=")],
+                "`KIT_GRANT_KEYS`: grant key #1 decodes to 5 bytes",
+            ),
             (
                 vec![("KIT_GRANT_KEYS", key), ("KIT_GRANT_MAX_TTL_SECONDS", "0")],
                 "`KIT_GRANT_MAX_TTL_SECONDS` must be positive",

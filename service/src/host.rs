@@ -51,9 +51,8 @@ use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Par
 
 use crate::config::{Config, ProcessEnv};
 use crate::http::Server;
-use crate::http::auth::{ApiKeyAuthenticator, Authenticator};
+use crate::http::auth::Authenticator;
 use crate::identity::Identity;
-use crate::identity::bearer::IdentityAuthenticator;
 use crate::rpc::Protocol;
 
 /// Bytes present in every binary built with the `lambda` feature (the
@@ -477,7 +476,7 @@ fn start(
     name: &str,
     listen: SocketAddr,
     prefix: &str,
-    (mut protocols, mut authenticator, identity): Hosted,
+    (mut protocols, authenticator, identity): Hosted,
 ) -> Result<(Config, crate::telemetry::Telemetry, Arc<Server>), ExitCode> {
     let config = match Config::from_env(&ProcessEnv, listen) {
         Ok(config) => config,
@@ -503,29 +502,8 @@ fn start(
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
-    let identity = match (identity, config.grant_keys.clone()) {
-        (Some(identity), Some(keys)) if identity.grant_keys().is_none() => {
-            Some(identity.with_grant_keys(keys))
-        }
-        (Some(identity), _) => Some(identity),
-        (None, Some(keys)) => Some(Identity::builder().grant_keys(keys).build().unwrap_or_else(
-            |error| unreachable!("grant keys alone always configure: {error}"),
-        )),
-        (None, None) => None,
-    };
-    if let Some(identity) = identity.map(Arc::new) {
-        tracing::info!(methods = ?identity.offered_methods(), grant_keys = ?identity.grant_keys().map(|k| k.key_ids()), "hosting vgi_rpc.Identity.v2");
-        protocols.extend(identity.protocol());
-        if IdentityAuthenticator::applies(&identity) {
-            let base = authenticator.take().unwrap_or_else(|| {
-                Arc::new(ApiKeyAuthenticator {
-                    keys: config.api_keys.clone(),
-                    require: config.require_auth,
-                })
-            });
-            authenticator = Some(Arc::new(IdentityAuthenticator::new(base, identity)));
-        }
-    }
+    let authenticator =
+        crate::serve::host_identity(&config, &mut protocols, authenticator, identity);
     let confidential = crate::doctor::confidential_state(&protocols);
     let mut server = crate::serve::build_server(&config, protocols, prefix);
     let unknown = crate::serve::unknown_scopes(&config.api_keys, &server);

@@ -184,7 +184,6 @@ impl SigningKey {
         mac.update(signed);
         mac
     }
-
 }
 
 /// Upstream's AEAD envelope (`vgi_rpc.crypto.seal_bytes`), shared by sealed

@@ -243,7 +243,13 @@ pub struct ApiKeyAuthenticator {
 
 impl Authenticator for ApiKeyAuthenticator {
     fn authenticate(&self, headers: &HeaderMap, target: Target<'_>) -> Result<String, Refusal> {
-        authenticate(&self.keys, self.require, headers, target, now_unix_seconds())
+        authenticate(
+            &self.keys,
+            self.require,
+            headers,
+            target,
+            now_unix_seconds(),
+        )
     }
 }
 

@@ -117,9 +117,7 @@ impl IdentityAuthenticator {
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let scheme = value.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case("bearer ")
-        .then(|| &value[7..])
+    scheme.eq_ignore_ascii_case("bearer ").then(|| &value[7..])
 }
 
 impl Authenticator for IdentityAuthenticator {

@@ -149,7 +149,11 @@ pub struct GrantKeys {
 
 impl std::fmt::Debug for GrantKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<String> = self.keys.iter().map(|k| hex::encode(grant_key_id(k))).collect();
+        let ids: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| hex::encode(grant_key_id(k)))
+            .collect();
         f.debug_struct("GrantKeys")
             .field("key_ids", &ids)
             .field("audience", &self.audience)
@@ -198,7 +202,12 @@ impl GrantKeys {
         max_ttl_seconds: i64,
     ) -> Result<GrantKeys, GrantConfigError> {
         let mut keys = Vec::new();
-        for (index, part) in text.split(',').map(str::trim).filter(|p| !p.is_empty()).enumerate() {
+        for (index, part) in text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
             let padded = format!("{part}{}", "=".repeat((4 - part.len() % 4) % 4));
             let key = STANDARD
                 .decode(padded)
@@ -237,7 +246,10 @@ impl GrantKeys {
 
     /// Hex key ids, minting key first: safe to log and to show the doctor.
     pub fn key_ids(&self) -> Vec<String> {
-        self.keys.iter().map(|k| hex::encode(grant_key_id(k))).collect()
+        self.keys
+            .iter()
+            .map(|k| hex::encode(grant_key_id(k)))
+            .collect()
     }
 
     fn aad(&self, kid: &[u8; KID_LEN]) -> Vec<u8> {
@@ -301,10 +313,15 @@ fn decode_payload(payload: &[u8]) -> Result<GrantClaims, GrantError> {
             Ok(head)
         }
         fn i64(&mut self) -> Result<i64, GrantError> {
-            Ok(i64::from_le_bytes(self.take(8)?.try_into().map_err(|_| GrantError::Payload)?))
+            Ok(i64::from_le_bytes(
+                self.take(8)?.try_into().map_err(|_| GrantError::Payload)?,
+            ))
         }
         fn u16(&mut self) -> Result<usize, GrantError> {
-            Ok(u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| GrantError::Payload)?) as usize)
+            Ok(
+                u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| GrantError::Payload)?)
+                    as usize,
+            )
         }
         fn text(&mut self) -> Result<String, GrantError> {
             let length = self.u16()?;
@@ -466,9 +483,18 @@ mod tests {
     }
 
     fn mint_with(keys: &GrantKeys, now: i64, ttl: i64) -> String {
-        mint_grant_token(keys, "ann", &["read".into()], "p", ttl, now, Some("g1"), None)
-            .unwrap()
-            .0
+        mint_grant_token(
+            keys,
+            "ann",
+            &["read".into()],
+            "p",
+            ttl,
+            now,
+            Some("g1"),
+            None,
+        )
+        .unwrap()
+        .0
     }
 
     fn key_of(text: &serde_json::Value) -> [u8; 32] {
@@ -522,21 +548,44 @@ mod tests {
             .unwrap();
             let name = case["name"].as_str().unwrap();
             assert_eq!(token, case["token"].as_str().unwrap(), "{name}");
-            assert_eq!(claims.expires_at, case["claims"]["expires_at"].as_i64().unwrap(), "{name}");
-            assert_eq!(hex::encode(grant_key_id(&keys.keys[0])), case["kid_hex"].as_str().unwrap());
-            assert_eq!(verify_grant_token(&keys, &token, claims.issued_at).unwrap(), claims);
+            assert_eq!(
+                claims.expires_at,
+                case["claims"]["expires_at"].as_i64().unwrap(),
+                "{name}"
+            );
+            assert_eq!(
+                hex::encode(grant_key_id(&keys.keys[0])),
+                case["kid_hex"].as_str().unwrap()
+            );
+            assert_eq!(
+                verify_grant_token(&keys, &token, claims.issued_at).unwrap(),
+                claims
+            );
         }
         let verify = |case: &serde_json::Value| {
             let field = |name: &str| {
-                if case.get(name).is_some() { &case[name] } else { &defaults[name] }
+                if case.get(name).is_some() {
+                    &case[name]
+                } else {
+                    &defaults[name]
+                }
             };
             let keys = GrantKeys::new(
-                field("verify_keys_b64").as_array().unwrap().iter().map(key_of).collect(),
+                field("verify_keys_b64")
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(key_of)
+                    .collect(),
                 field("audience").as_str().unwrap(),
                 field("max_ttl_seconds").as_i64().unwrap(),
             )
             .unwrap();
-            verify_grant_token(&keys, case["token"].as_str().unwrap(), field("now").as_i64().unwrap())
+            verify_grant_token(
+                &keys,
+                case["token"].as_str().unwrap(),
+                field("now").as_i64().unwrap(),
+            )
         };
         for case in vectors["accept"].as_array().unwrap() {
             assert!(verify(case).is_ok(), "{}: {:?}", case["name"], verify(case));
@@ -545,7 +594,12 @@ mod tests {
         assert!(rejects.len() >= 9);
         for case in rejects {
             let error = verify(case).expect_err(case["name"].as_str().unwrap());
-            assert_eq!(error.is_expired(), case["expired"].as_bool().unwrap(), "{}: {error}", case["name"]);
+            assert_eq!(
+                error.is_expired(),
+                case["expired"].as_bool().unwrap(),
+                "{}: {error}",
+                case["name"]
+            );
         }
     }
 
@@ -556,7 +610,10 @@ mod tests {
         assert_eq!(raw[..8], grant_key_id(&CURRENT));
         let previous_only = GrantKeys::new(vec![PREVIOUS], "conformance", 3600).unwrap();
         let old = mint_with(&previous_only, 1_000, 600);
-        assert_eq!(verify_grant_token(&keys(), &old, 1_000).unwrap().principal, "ann");
+        assert_eq!(
+            verify_grant_token(&keys(), &old, 1_000).unwrap().principal,
+            "ann"
+        );
     }
 
     #[test]
@@ -571,7 +628,11 @@ mod tests {
     fn a_tampered_grant_fails_verification() {
         let token = mint_with(&keys(), 1_000, 600);
         let middle = token.len() - 10;
-        let swapped = if &token[middle..=middle] == "A" { "B" } else { "A" };
+        let swapped = if &token[middle..=middle] == "A" {
+            "B"
+        } else {
+            "A"
+        };
         let tampered = format!("{}{swapped}{}", &token[..middle], &token[middle + 1..]);
         let error = verify_grant_token(&keys(), &tampered, 1_000).unwrap_err();
         assert_eq!(error, GrantError::Verification);
@@ -641,18 +702,30 @@ mod tests {
         assert_eq!(parsed.key_ids(), [hex::encode(grant_key_id(&CURRENT))]);
         assert!(!format!("{parsed:?}").contains(&current));
         assert_eq!(
-            GrantKeys::parse(current.trim_end_matches('='), "a", 60).unwrap().len(),
+            GrantKeys::parse(current.trim_end_matches('='), "a", 60)
+                .unwrap()
+                .len(),
             1
         );
-        assert_eq!(GrantKeys::parse("", "a", 60).unwrap_err(), GrantConfigError::NoKeys);
+        assert_eq!(
+            GrantKeys::parse("", "a", 60).unwrap_err(),
+            GrantConfigError::NoKeys
+        );
         assert_eq!(
             GrantKeys::parse("!!", "a", 60).unwrap_err(),
             GrantConfigError::NotBase64(1)
         );
         assert_eq!(
-            GrantKeys::parse(&format!("{current},{}", STANDARD.encode([1u8; 16])), "a", 60)
-                .unwrap_err(),
-            GrantConfigError::KeyLength { index: 2, length: 16 }
+            GrantKeys::parse(
+                &format!("{current},{}", STANDARD.encode([1u8; 16])),
+                "a",
+                60
+            )
+            .unwrap_err(),
+            GrantConfigError::KeyLength {
+                index: 2,
+                length: 16
+            }
         );
         assert_eq!(
             GrantKeys::parse(&format!("{current},{current}"), "a", 60).unwrap_err(),

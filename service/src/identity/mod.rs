@@ -140,7 +140,9 @@ impl IssuedGrant {
     pub fn to_ipc(&self) -> Result<Vec<u8>, RpcError> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![self.token.as_str()])),
-            Arc::new(TimestampMicrosecondArray::from(vec![self.expires_at_micros]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![self.expires_at_micros]).with_timezone("UTC"),
+            ),
             Arc::new(StringArray::from(vec![self.grant_id.as_str()])),
         ];
         one_row(ISSUED_GRANT_SCHEMA, columns)
@@ -507,14 +509,19 @@ impl Identity {
         let mut builder = Protocol::builder(PROTOCOL_NAME);
         if offered.contains(&"introspect_token") {
             let identity = self.clone();
-            builder = builder.unary("introspect_token", "token: utf8", "result: binary", move |ctx, args| {
-                let identity = identity.clone();
-                async move {
-                    let token: String = args.get("token")?;
-                    let resolved = identity.introspect_token(&token, ctx.auth())?;
-                    Ok(Bytes(resolved.to_ipc()?))
-                }
-            });
+            builder = builder.unary(
+                "introspect_token",
+                "token: utf8",
+                "result: binary",
+                move |ctx, args| {
+                    let identity = identity.clone();
+                    async move {
+                        let token: String = args.get("token")?;
+                        let resolved = identity.introspect_token(&token, ctx.auth())?;
+                        Ok(Bytes(resolved.to_ipc()?))
+                    }
+                },
+            );
         }
         if offered.contains(&"issue_grant") {
             let identity = self.clone();
@@ -532,7 +539,13 @@ impl Identity {
                             .collect::<Option<_>>()
                             .ok_or_else(|| IdentityError::GrantRefused("a scope is null".into()))?;
                         let ttl_seconds: i64 = args.get("ttl_seconds")?;
-                        let grant = identity.issue_grant(&purpose, &scopes, ttl_seconds, ctx.auth(), now())?;
+                        let grant = identity.issue_grant(
+                            &purpose,
+                            &scopes,
+                            ttl_seconds,
+                            ctx.auth(),
+                            now(),
+                        )?;
                         Ok(Bytes(grant.to_ipc()?))
                     }
                 },
@@ -559,9 +572,15 @@ impl Identity {
     }
 }
 
-fn sealed_mint(keys: &GrantKeys, request: &MintRequest<'_>, now: i64) -> Result<IssuedGrant, IdentityError> {
+fn sealed_mint(
+    keys: &GrantKeys,
+    request: &MintRequest<'_>,
+    now: i64,
+) -> Result<IssuedGrant, IdentityError> {
     if request.ttl_seconds <= 0 {
-        return Err(IdentityError::GrantRefused("ttl_seconds must be positive".into()));
+        return Err(IdentityError::GrantRefused(
+            "ttl_seconds must be positive".into(),
+        ));
     }
     let (token, claims) = grant::mint_grant_token(
         keys,
@@ -595,7 +614,10 @@ fn is_trimmed(c: char) -> bool {
 /// Three dot-separated base64url segments, the last possibly empty: a JWS,
 /// validated locally against a key set and never routed to a resolver.
 pub fn is_jws_shaped(candidate: &str) -> bool {
-    let segment = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let segment = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
     let parts: Vec<&str> = candidate.split('.').collect();
     matches!(parts.as_slice(), [a, b, c] if !a.is_empty() && !b.is_empty() && segment(a) && segment(b) && segment(c))
 }
@@ -612,9 +634,15 @@ fn reject_unresolvable(token: &str) -> Result<(), IdentityError> {
 
 /// The caller's `auth_time`, or `stale_auth` when it is missing, unusable
 /// or older than `max_auth_age` at `now`.
-fn check_freshness(caller: &AuthContext, max_auth_age: f64, now: f64) -> Result<f64, IdentityError> {
+fn check_freshness(
+    caller: &AuthContext,
+    max_auth_age: f64,
+    now: f64,
+) -> Result<f64, IdentityError> {
     if !caller.authenticated || caller.principal.is_empty() {
-        return Err(IdentityError::StaleAuth("caller is not authenticated".into()));
+        return Err(IdentityError::StaleAuth(
+            "caller is not authenticated".into(),
+        ));
     }
     let auth_time = match caller.claims.get("auth_time") {
         None | Some(Value::Null) => {
@@ -627,7 +655,9 @@ fn check_freshness(caller: &AuthContext, max_auth_age: f64, now: f64) -> Result<
         Some(_) => None,
     };
     let Some(auth_time) = auth_time.filter(|t| t.is_finite()) else {
-        return Err(IdentityError::StaleAuth("credential carries an unusable auth_time".into()));
+        return Err(IdentityError::StaleAuth(
+            "credential carries an unusable auth_time".into(),
+        ));
     };
     let age = now - auth_time;
     if age > max_auth_age {
@@ -646,7 +676,8 @@ mod tests {
     fn caller(principal: &str, auth_time: Option<&str>) -> AuthContext {
         let mut auth = AuthContext::of_identity(principal);
         if let Some(time) = auth_time {
-            auth.claims.insert("auth_time".into(), Value::String(time.into()));
+            auth.claims
+                .insert("auth_time".into(), Value::String(time.into()));
         }
         auth
     }
@@ -657,14 +688,22 @@ mod tests {
         Identity::builder()
             .resolve_token(&["proxy"], |token| match token {
                 "unknown" => Ok(None),
-                "down" => Err(HookError::Unavailable { detail: "store down".into(), retry_after: 7 }),
-                other => Ok(Some(TokenIdentity::new("subject").with_token_name(format!("<{other}>")))),
+                "down" => Err(HookError::Unavailable {
+                    detail: "store down".into(),
+                    retry_after: 7,
+                }),
+                other => Ok(Some(
+                    TokenIdentity::new("subject").with_token_name(format!("<{other}>")),
+                )),
             })
             .mint_grant(|request| {
                 if request.purpose == "no" {
                     return Err(HookError::Refused("policy".into()));
                 }
-                Ok(IssuedGrant::new(format!("for:{}", request.principal), 1_893_456_000))
+                Ok(IssuedGrant::new(
+                    format!("for:{}", request.principal),
+                    1_893_456_000,
+                ))
             })
             .build()
             .unwrap()
@@ -675,9 +714,15 @@ mod tests {
     #[test]
     fn protocol_hashes_match_upstreams_pinned_digests() {
         let both = Arc::new(identity()).protocol().unwrap();
-        assert_eq!(protocol_hash(&both), "145267755ff90d5c3313d79c7ff771306f2530626380d01cb0e57a951d0f9ec3");
+        assert_eq!(
+            protocol_hash(&both),
+            "145267755ff90d5c3313d79c7ff771306f2530626380d01cb0e57a951d0f9ec3"
+        );
         let introspect_only = Arc::new(
-            Identity::builder().resolve_token(&["p"], |_| Ok(None)).build().unwrap(),
+            Identity::builder()
+                .resolve_token(&["p"], |_| Ok(None))
+                .build()
+                .unwrap(),
         );
         assert_eq!(
             protocol_hash(&introspect_only.protocol().unwrap()),
@@ -689,7 +734,11 @@ mod tests {
             protocol_hash(&grant_only.protocol().unwrap()),
             "4199df7403c9ca1a02c4c524b405a999eb1489614a1480873ffc23a0e5b0d312"
         );
-        assert!(Arc::new(Identity::builder().build().unwrap()).protocol().is_none());
+        assert!(
+            Arc::new(Identity::builder().build().unwrap())
+                .protocol()
+                .is_none()
+        );
     }
 
     #[test]
@@ -697,11 +746,17 @@ mod tests {
         let identity = identity();
         for token in ["unknown", "a.b.c", "   ", &"x".repeat(5000), "down"] {
             assert_eq!(
-                identity.introspect_token(token, &caller("outsider", None)).unwrap_err().kind(),
+                identity
+                    .introspect_token(token, &caller("outsider", None))
+                    .unwrap_err()
+                    .kind(),
                 "introspection_refused"
             );
             assert_eq!(
-                identity.introspect_token(token, &AuthContext::anonymous()).unwrap_err().kind(),
+                identity
+                    .introspect_token(token, &AuthContext::anonymous())
+                    .unwrap_err()
+                    .kind(),
                 "introspection_refused"
             );
         }
@@ -713,31 +768,62 @@ mod tests {
         let proxy = caller("proxy", None);
         let jws = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
         for pad in ['\t', '\n', '\u{b}', '\u{c}', '\r', ' ', '\u{85}', '\u{a0}'] {
-            for token in [format!("{pad}{jws}"), format!("{jws}{pad}"), format!("{pad}{jws}{pad}")] {
-                assert_eq!(identity.introspect_token(&token, &proxy), Err(IdentityError::TokenUnresolved));
+            for token in [
+                format!("{pad}{jws}"),
+                format!("{jws}{pad}"),
+                format!("{pad}{jws}{pad}"),
+            ] {
+                assert_eq!(
+                    identity.introspect_token(&token, &proxy),
+                    Err(IdentityError::TokenUnresolved)
+                );
             }
         }
         let multibyte = "é".repeat(2100);
         let padded = format!("x{}", " ".repeat(9000));
-        for token in ["", " ", "\t\r\n", &"a".repeat(5000), &multibyte, &padded, "unknown"] {
+        for token in [
+            "",
+            " ",
+            "\t\r\n",
+            &"a".repeat(5000),
+            &multibyte,
+            &padded,
+            "unknown",
+        ] {
             let refused = identity.introspect_token(token, &proxy).unwrap_err();
             assert_eq!(refused, IdentityError::TokenUnresolved);
             assert_eq!(RpcError::from(refused).message, "unresolved");
         }
         for token in ["two.segments", "a.b.c.d", "sk_live_abc123"] {
-            assert_eq!(identity.introspect_token(token, &proxy).unwrap().principal, "subject");
+            assert_eq!(
+                identity.introspect_token(token, &proxy).unwrap().principal,
+                "subject"
+            );
         }
         // The resolver gets the credential as sent, never the trimmed form.
-        assert_eq!(identity.introspect_token("  k  ", &proxy).unwrap().token_name, "<  k  >");
+        assert_eq!(
+            identity
+                .introspect_token("  k  ", &proxy)
+                .unwrap()
+                .token_name,
+            "<  k  >"
+        );
     }
 
     #[test]
     fn an_outage_is_transient_with_the_hooks_retry_hint() {
-        let error = RpcError::from(identity().introspect_token("down", &caller("proxy", None)).unwrap_err());
+        let error = RpcError::from(
+            identity()
+                .introspect_token("down", &caller("proxy", None))
+                .unwrap_err(),
+        );
         assert_eq!(error.error_type, "IdentityUnavailableError");
         assert_eq!(error.kind.as_deref(), Some("identity_unavailable"));
         assert_eq!(error.code, ErrorCode::Unavailable);
-        assert_eq!(error.details, vec![json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 7})]);
+        assert_eq!(
+            error.details,
+            vec![json!({"@type": "vgi_rpc.RetryInfo", "retry_delay_seconds": 7})]
+        );
     }
 
     #[test]
@@ -745,31 +831,69 @@ mod tests {
         let identity = identity();
         let at = 10_000.0;
         let fresh = caller("ann", Some("9940"));
-        assert_eq!(identity.issue_grant("p", &[], 60, &fresh, at).unwrap().token, "for:ann");
-        for stale in [caller("ann", None), caller("ann", Some("not-a-timestamp")), caller("ann", Some("1000")),
-            caller("ann", Some("NaN")), AuthContext::anonymous()]
-        {
-            assert_eq!(identity.issue_grant("p", &[], 60, &stale, at).unwrap_err().kind(), "stale_auth");
+        assert_eq!(
+            identity
+                .issue_grant("p", &[], 60, &fresh, at)
+                .unwrap()
+                .token,
+            "for:ann"
+        );
+        for stale in [
+            caller("ann", None),
+            caller("ann", Some("not-a-timestamp")),
+            caller("ann", Some("1000")),
+            caller("ann", Some("NaN")),
+            AuthContext::anonymous(),
+        ] {
+            assert_eq!(
+                identity
+                    .issue_grant("p", &[], 60, &stale, at)
+                    .unwrap_err()
+                    .kind(),
+                "stale_auth"
+            );
         }
-        assert_eq!(identity.issue_grant("no", &[], 60, &fresh, at).unwrap_err().kind(), "grant_refused");
+        assert_eq!(
+            identity
+                .issue_grant("no", &[], 60, &fresh, at)
+                .unwrap_err()
+                .kind(),
+            "grant_refused"
+        );
     }
 
     #[test]
     fn sealed_grants_mint_for_the_caller_and_verify() {
         let keys = GrantKeys::new(vec![[3; 32]], "aud", 3600).unwrap();
-        let identity = Identity::builder().grant_keys(keys.clone()).build().unwrap();
+        let identity = Identity::builder()
+            .grant_keys(keys.clone())
+            .build()
+            .unwrap();
         let fresh = caller("ann", Some("9990"));
-        let grant = identity.issue_grant("nightly", &["read".into()], 10_000_000, &fresh, 10_000.0).unwrap();
+        let grant = identity
+            .issue_grant("nightly", &["read".into()], 10_000_000, &fresh, 10_000.0)
+            .unwrap();
         let claims = grant::verify_grant_token(&keys, &grant.token, 10_000).unwrap();
-        assert_eq!((claims.principal.as_str(), claims.expires_at), ("ann", 10_000 + 3600));
+        assert_eq!(
+            (claims.principal.as_str(), claims.expires_at),
+            ("ann", 10_000 + 3600)
+        );
         assert_eq!(grant.expires_at_micros, claims.expires_at * 1_000_000);
         assert_eq!(grant.grant_id, claims.grant_id);
-        assert_eq!(identity.issue_grant("p", &[], 0, &fresh, 10_000.0).unwrap_err().kind(), "grant_refused");
+        assert_eq!(
+            identity
+                .issue_grant("p", &[], 0, &fresh, 10_000.0)
+                .unwrap_err()
+                .kind(),
+            "grant_refused"
+        );
     }
 
     #[test]
     fn a_resolver_needs_an_allowlist() {
-        let built = Identity::builder().resolve_token(&[""], |_| Ok(None)).build();
+        let built = Identity::builder()
+            .resolve_token(&[""], |_| Ok(None))
+            .build();
         assert_eq!(built.unwrap_err(), IdentityConfigError::NoIntrospectors);
     }
 }
