@@ -359,7 +359,7 @@ impl IdentityBuilder {
             return Err(IdentityConfigError::NoIntrospectors);
         }
         let max_auth_age = self.max_auth_age.unwrap_or(DEFAULT_MAX_AUTH_AGE);
-        if !(max_auth_age > 0.0) {
+        if max_auth_age.is_nan() || max_auth_age <= 0.0 {
             return Err(IdentityConfigError::MaxAuthAge);
         }
         Ok(Identity {
