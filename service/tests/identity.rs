@@ -336,12 +336,24 @@ async fn introspection_answers_allowlisted_callers_only() {
 
 #[tokio::test]
 async fn resolved_bearers_authenticate_and_an_outage_is_503_not_401() {
-    let server = server(&[("KIT_API_KEYS", API_KEYS)], Some(resolving_identity()));
+    let env = grant_env();
+    let server = server(
+        &[("KIT_API_KEYS", API_KEYS), ("KIT_GRANT_KEYS", &env)],
+        Some(resolving_identity()),
+    );
     assert_eq!(
         send(&server, add(&[("authorization", "Bearer opaque")]))
             .await
             .0,
         StatusCode::OK
+    );
+    // A grant-shaped bearer that does not verify stops at the verifier: the
+    // resolver would have accepted it.
+    let keys = GrantKeys::new(vec![[0x77; 32]], "", 604_800).unwrap();
+    let stranger = format!("Bearer {}", mint(&keys, now_unix_seconds(), 600));
+    assert_eq!(
+        send(&server, add(&[("authorization", &stranger)])).await.0,
+        StatusCode::UNAUTHORIZED
     );
     let (status, headers, _) = send(&server, add(&[("authorization", "Bearer unknown")])).await;
     assert_eq!(
