@@ -193,6 +193,26 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Refuse a proof whose nonce was seen within the window (per process; at most 100,000 nonces, the oldest evicted first).",
     },
     Variable {
+        name: "KIT_GRANT_KEYS",
+        default: "",
+        doc: "Sealed grants (`vgi_rpc.Identity.v2`): comma-separated standard base64 keys of exactly 32 bytes, minting key first (`openssl rand -base64 32`). When set, the service hosts `vgi_rpc.Identity.v2` `issue_grant` (minting sealed `vgig1.` grants for callers whose authenticator supplies a fresh `auth_time` claim) and accepts those grants as `Authorization: Bearer` credentials after the API keys. Unset: no identity protocol is hosted. Distinct from the token key: rotating `VGI_SIGNING_KEY` must not revoke grants; rotate grants by adding the new key first and dropping the old one once its grants expired.",
+    },
+    Variable {
+        name: "KIT_GRANT_KEYS_FILE",
+        default: "",
+        doc: "File holding `KIT_GRANT_KEYS` (a mounted secret). Exclusive with it.",
+    },
+    Variable {
+        name: "KIT_GRANT_AUDIENCE",
+        default: "",
+        doc: "Audience bound into every sealed grant: deployments sharing a grant key still refuse each other's grants when their audiences differ.",
+    },
+    Variable {
+        name: "KIT_GRANT_MAX_TTL_SECONDS",
+        default: "604800",
+        doc: "Longest lifetime of a sealed grant, applied when minting (a longer request is capped) and when verifying. Expiry is a grant's only revocation.",
+    },
+    Variable {
         name: "KIT_REQUIRE_AUTH",
         default: "true if keys are set",
         doc: "Refuse requests without a valid key (true/false). Health, readiness and metrics stay open.",
@@ -454,6 +474,8 @@ pub struct Config {
     pub read_timeout: Duration,
     pub cors_origins: Vec<String>,
     pub api_keys: ApiKeys,
+    /// Sealed-grant keys (`KIT_GRANT_KEYS`): `vgi_rpc.Identity.v2` is hosted when set.
+    pub grant_keys: Option<crate::identity::grant::GrantKeys>,
     /// `VGI-Proxy-Proof` checking, `None` when `KIT_PROXY_PROOF=off`.
     pub proxy_proof: Option<std::sync::Arc<crate::http::proxy_proof::ProxyProof>>,
     pub require_auth: bool,
@@ -533,6 +555,7 @@ impl Config {
             ),
             cors_origins: list(env, "KIT_CORS_ORIGINS"),
             api_keys: api_keys(env, &mut problems),
+            grant_keys: grant_keys(env, &mut problems),
             proxy_proof: proxy_proof(env, &mut problems),
             require_auth: false,
             rate_limit: rate_limit(env, "KIT_RATE_LIMIT", None, &mut problems),
@@ -875,6 +898,51 @@ fn rate_limit(
     }
 }
 
+fn grant_keys(
+    env: &dyn Env,
+    problems: &mut Vec<String>,
+) -> Option<crate::identity::grant::GrantKeys> {
+    use crate::identity::grant::{DEFAULT_MAX_TTL_SECONDS, GrantKeys};
+    let inline = env.var("KIT_GRANT_KEYS").filter(|v| !v.trim().is_empty());
+    let file = env
+        .var("KIT_GRANT_KEYS_FILE")
+        .filter(|v| !v.trim().is_empty());
+    let (name, text) = match (inline, file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            problems.push("set only one of `KIT_GRANT_KEYS` and `KIT_GRANT_KEYS_FILE`".into());
+            return None;
+        }
+        (Some(text), None) => ("KIT_GRANT_KEYS", text),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => ("KIT_GRANT_KEYS_FILE", text),
+            Err(error) => {
+                problems.push(format!(
+                    "failed to read `KIT_GRANT_KEYS_FILE` `{path}`: {error}"
+                ));
+                return None;
+            }
+        },
+    };
+    let max_ttl = match number(env, "KIT_GRANT_MAX_TTL_SECONDS", problems) {
+        Some(0) => {
+            problems.push("`KIT_GRANT_MAX_TTL_SECONDS` must be positive".into());
+            return None;
+        }
+        Some(seconds) => seconds.min(i64::MAX as u64) as i64,
+        None => DEFAULT_MAX_TTL_SECONDS,
+    };
+    let audience = env.var("KIT_GRANT_AUDIENCE").unwrap_or_default();
+    // Newlines separate keys in a file as commas do inline.
+    match GrantKeys::parse(&text.replace('\n', ","), &audience, max_ttl) {
+        Ok(keys) => Some(keys),
+        Err(error) => {
+            problems.push(format!("`{name}`: {error}"));
+            None
+        }
+    }
+}
+
 fn list(env: &dyn Env, name: &str) -> Vec<String> {
     env.var(name)
         .unwrap_or_default()
@@ -1212,6 +1280,50 @@ mod tests {
                     ("KIT_PROXY_PROOF_SECRETS", &secrets),
                 ],
                 "`KIT_PROXY_PROOF_ORIGIN`: origin id `` must be",
+            ),
+        ] {
+            let error = Config::from_env(&env(&pairs), listen())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{pairs:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn grant_keys_are_off_by_default_and_checked_when_set() {
+        assert!(
+            Config::from_env(&env(&[]), listen())
+                .unwrap()
+                .grant_keys
+                .is_none()
+        );
+        let key = "EBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8=";
+        let config = Config::from_env(
+            &env(&[
+                ("KIT_GRANT_KEYS", key),
+                ("KIT_GRANT_AUDIENCE", "acme"),
+                ("KIT_GRANT_MAX_TTL_SECONDS", "3600"),
+            ]),
+            listen(),
+        )
+        .unwrap();
+        let keys = config.grant_keys.expect("grant keys");
+        assert_eq!(
+            (keys.audience(), keys.max_ttl_seconds(), keys.len()),
+            ("acme", 3600, 1)
+        );
+        for (pairs, expected) in [
+            (
+                vec![("KIT_GRANT_KEYS", "c2hvcnQ=")],
+                "`KIT_GRANT_KEYS`: grant key #1 decodes to 5 bytes",
+            ),
+            (
+                vec![("KIT_GRANT_KEYS", key), ("KIT_GRANT_MAX_TTL_SECONDS", "0")],
+                "`KIT_GRANT_MAX_TTL_SECONDS` must be positive",
+            ),
+            (
+                vec![("KIT_GRANT_KEYS", key), ("KIT_GRANT_KEYS_FILE", "/nowhere")],
+                "set only one of `KIT_GRANT_KEYS` and `KIT_GRANT_KEYS_FILE`",
             ),
         ] {
             let error = Config::from_env(&env(&pairs), listen())

@@ -52,6 +52,7 @@ use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Par
 use crate::config::{Config, ProcessEnv};
 use crate::http::Server;
 use crate::http::auth::Authenticator;
+use crate::identity::Identity;
 use crate::rpc::Protocol;
 
 /// Bytes present in every binary built with the `lambda` feature (the
@@ -69,9 +70,15 @@ pub fn main(protocols: impl IntoIterator<Item = Protocol>) -> ExitCode {
 }
 
 type Factory = Box<dyn FnOnce() -> Vec<Protocol>>;
+type IdentityFactory = Box<dyn FnOnce() -> Identity>;
 
-/// The protocols a run hosts and the authenticator replacing API keys, if any.
-type Hosted = (Vec<Protocol>, Option<Arc<dyn Authenticator>>);
+/// The protocols a run hosts, the authenticator replacing API keys, and
+/// the `vgi_rpc.Identity.v2` hooks, if any.
+type Hosted = (
+    Vec<Protocol>,
+    Option<Arc<dyn Authenticator>>,
+    Option<Identity>,
+);
 
 /// A set of protocols chosen by a flag of `serve` and `lambda`.
 struct Alternative {
@@ -82,6 +89,8 @@ struct Alternative {
     protocols: Factory,
     /// Replaces API-key authentication for this set (see [`Host::authenticator`]).
     authenticator: Option<Arc<dyn Authenticator>>,
+    /// `vgi_rpc.Identity.v2` for this set (see [`Host::identity`]).
+    identity: Option<IdentityFactory>,
 }
 
 /// The service binary's command line, for hosts that need more than
@@ -91,6 +100,8 @@ pub struct Host {
     version: Option<String>,
     about: Option<String>,
     protocols: Vec<Protocol>,
+    /// `vgi_rpc.Identity.v2` for the default set.
+    identity: Option<IdentityFactory>,
     alternatives: Vec<Alternative>,
 }
 
@@ -126,6 +137,7 @@ impl Host {
             version: None,
             about: None,
             protocols: protocols.into_iter().collect(),
+            identity: None,
             alternatives: Vec::new(),
         }
     }
@@ -162,6 +174,7 @@ impl Host {
             hidden: false,
             protocols: Box::new(protocols),
             authenticator: None,
+            identity: None,
         });
         self
     }
@@ -224,6 +237,34 @@ impl Host {
         self
     }
 
+    /// Hosts `vgi_rpc.Identity.v2` with the hooks `identity` builds, for the
+    /// alternative added last, or for the default protocol set when none
+    /// was added. Only the methods whose hook is configured are hosted, and
+    /// grants or resolved credentials are then also accepted as bearers
+    /// after the API keys (or the set's authenticator). Without this (and
+    /// without `KIT_GRANT_KEYS`) no identity protocol is hosted at all.
+    ///
+    /// ```
+    /// use std::process::ExitCode;
+    /// use kit_service::host::Host;
+    /// use kit_service::identity::{Identity, TokenIdentity};
+    ///
+    /// let host = Host::new([kit_service::demo::protocol()]).name("acme").identity(|| {
+    ///     Identity::builder()
+    ///         .resolve_token(&["edge-proxy"], |token| Ok((token == "k1").then(|| TokenIdentity::new("ann"))))
+    ///         .build()
+    ///         .expect("an allowlist is given")
+    /// });
+    /// assert_eq!(host.run(["acme", "serve", "--help"]), ExitCode::SUCCESS);
+    /// ```
+    pub fn identity(mut self, identity: impl FnOnce() -> Identity + 'static) -> Self {
+        match self.alternatives.last_mut() {
+            Some(alternative) => alternative.identity = Some(Box::new(identity)),
+            None => self.identity = Some(Box::new(identity)),
+        }
+        self
+    }
+
     /// Parses `std::env::args_os` and runs the command.
     pub fn main(self) -> ExitCode {
         self.run(std::env::args_os())
@@ -267,12 +308,17 @@ impl Host {
             .unwrap_or(None);
         let Host {
             protocols,
+            identity,
             alternatives,
             ..
         } = self;
         let protocols = move || match chosen.and_then(|index| alternatives.into_iter().nth(index)) {
-            Some(alternative) => ((alternative.protocols)(), alternative.authenticator),
-            None => (protocols, None),
+            Some(alternative) => (
+                (alternative.protocols)(),
+                alternative.authenticator,
+                alternative.identity.map(|build| build()),
+            ),
+            None => (protocols, None, identity.map(|build| build())),
         };
         match cli.command {
             Command::EnvDocs => {
@@ -430,7 +476,7 @@ fn start(
     name: &str,
     listen: SocketAddr,
     prefix: &str,
-    (protocols, authenticator): Hosted,
+    (mut protocols, authenticator, identity): Hosted,
 ) -> Result<(Config, crate::telemetry::Telemetry, Arc<Server>), ExitCode> {
     let config = match Config::from_env(&ProcessEnv, listen) {
         Ok(config) => config,
@@ -456,6 +502,8 @@ fn start(
              Stream tokens will NOT verify across replicas or restarts; multi-instance deployments will reject each other's tokens"
         );
     }
+    let authenticator =
+        crate::serve::host_identity(&config, &mut protocols, authenticator, identity);
     let confidential = crate::doctor::confidential_state(&protocols);
     let mut server = crate::serve::build_server(&config, protocols, prefix);
     let unknown = crate::serve::unknown_scopes(&config.api_keys, &server);

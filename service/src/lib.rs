@@ -20,6 +20,7 @@ pub mod demo;
 pub mod doctor;
 pub mod host;
 pub mod http;
+pub mod identity;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod limits;

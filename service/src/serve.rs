@@ -72,6 +72,50 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
     Server::with_hosting(protocols, http, config.keys.clone(), hosting)
 }
 
+/// `vgi_rpc.Identity.v2` for a run: the host's hooks (`identity`) and the
+/// deployment's `KIT_GRANT_KEYS` together. Appends the protocol (only the
+/// methods configured; nothing at all when neither is) to `protocols`, and
+/// returns the authenticator to install: `authenticator` (or the API keys)
+/// followed by the grant and `resolve_token` bearers when either applies.
+pub fn host_identity(
+    config: &Config,
+    protocols: &mut Vec<crate::rpc::Protocol>,
+    authenticator: Option<Arc<dyn crate::http::auth::Authenticator>>,
+    identity: Option<crate::identity::Identity>,
+) -> Option<Arc<dyn crate::http::auth::Authenticator>> {
+    use crate::http::auth::ApiKeyAuthenticator;
+    use crate::identity::Identity;
+    use crate::identity::bearer::IdentityAuthenticator;
+    let identity = match (identity, config.grant_keys.clone()) {
+        (Some(identity), Some(keys)) if identity.grant_keys().is_none() => {
+            Some(identity.with_grant_keys(keys))
+        }
+        (Some(identity), _) => Some(identity),
+        (None, Some(keys)) => Some(
+            Identity::builder()
+                .grant_keys(keys)
+                .build()
+                .unwrap_or_else(|error| unreachable!("grant keys alone always configure: {error}")),
+        ),
+        (None, None) => None,
+    };
+    let Some(identity) = identity.map(Arc::new) else {
+        return authenticator;
+    };
+    tracing::info!(methods = ?identity.offered_methods(), grant_keys = ?identity.grant_keys().map(|k| k.key_ids()), "hosting vgi_rpc.Identity.v2");
+    protocols.extend(identity.protocol());
+    if !IdentityAuthenticator::applies(&identity) {
+        return authenticator;
+    }
+    let base = authenticator.unwrap_or_else(|| {
+        Arc::new(ApiKeyAuthenticator {
+            keys: config.api_keys.clone(),
+            require: config.require_auth,
+        })
+    });
+    Some(Arc::new(IdentityAuthenticator::new(base, identity)))
+}
+
 /// Scopes of `keys` that name a protocol or method `server` does not host,
 /// as messages naming the variable and the key (a typo there would refuse
 /// every call of that key with `insufficient_scope`).

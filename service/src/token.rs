@@ -184,10 +184,64 @@ impl SigningKey {
         mac.update(signed);
         mac
     }
+}
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        <XChaCha20Poly1305 as chacha20poly1305::KeyInit>::new((&self.seal_key).into())
+/// Upstream's AEAD envelope (`vgi_rpc.crypto.seal_bytes`), shared by sealed
+/// stream tokens and sealed grants (`identity::grant`):
+/// `version 1 | nonce [24] | XChaCha20-Poly1305(plaintext, aad) (ciphertext || tag [16])`.
+/// `nonce` is random unless given (test vectors only).
+pub(crate) fn seal_envelope(
+    key: &[u8; 32],
+    plaintext: &[u8],
+    aad: &[u8],
+    nonce: Option<[u8; NONCE_LEN]>,
+) -> Vec<u8> {
+    let nonce = nonce.unwrap_or_else(|| {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the operating system's random source failed");
+        nonce
+    });
+    let cipher = <XChaCha20Poly1305 as chacha20poly1305::KeyInit>::new(key.into());
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("XChaCha20-Poly1305 seals any length an envelope can have");
+    let mut envelope = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+    envelope.push(ENVELOPE_VERSION);
+    envelope.extend_from_slice(&nonce);
+    envelope.extend_from_slice(&sealed);
+    envelope
+}
+
+/// Why an envelope did not open; one answer for every cause on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EnvelopeError;
+
+/// Opens [`seal_envelope`]'s output: a wrong version, a short envelope, a
+/// wrong key, wrong associated data and a changed byte all fail alike.
+pub(crate) fn open_envelope(
+    key: &[u8; 32],
+    envelope: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
+    if envelope.len() < 1 + NONCE_LEN + AEAD_TAG_LEN || envelope[0] != ENVELOPE_VERSION {
+        return Err(EnvelopeError);
     }
+    let cipher = <XChaCha20Poly1305 as chacha20poly1305::KeyInit>::new(key.into());
+    cipher
+        .decrypt(
+            XNonce::from_slice(&envelope[1..1 + NONCE_LEN]),
+            Payload {
+                msg: &envelope[1 + NONCE_LEN..],
+                aad,
+            },
+        )
+        .map_err(|_| EnvelopeError)
 }
 
 /// The associated data of a sealed token: everything it is bound to.
@@ -313,26 +367,16 @@ impl KeyRing {
         token.push(kind as u8);
         token.extend_from_slice(&self.primary.id);
         let aad = sealed_aad(kind, binding, &token);
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).expect("the operating system's random source failed");
         let mut plaintext = Vec::with_capacity(TIMES_LEN + payload.len());
         plaintext.extend_from_slice(&issued_at.to_le_bytes());
         plaintext.extend_from_slice(&expires_at.to_le_bytes());
         plaintext.extend_from_slice(payload);
-        let sealed = self
-            .primary
-            .cipher()
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 seals any length a token can have");
-        token.push(ENVELOPE_VERSION);
-        token.extend_from_slice(&nonce);
-        token.extend_from_slice(&sealed);
+        token.extend_from_slice(&seal_envelope(
+            &self.primary.seal_key,
+            &plaintext,
+            &aad,
+            None,
+        ));
         STANDARD.encode(token)
     }
 
@@ -431,16 +475,7 @@ impl KeyRing {
             .key(&raw[2..SEALED_HEADER_LEN])
             .ok_or(TokenError::BadSignature)?;
         let aad = sealed_aad(kind, binding, &raw[..SEALED_HEADER_LEN]);
-        let nonce = XNonce::from_slice(&raw[SEALED_HEADER_LEN + 1..body_start]);
-        let plaintext = key
-            .cipher()
-            .decrypt(
-                nonce,
-                Payload {
-                    msg: &raw[body_start..],
-                    aad: &aad,
-                },
-            )
+        let plaintext = open_envelope(&key.seal_key, &raw[SEALED_HEADER_LEN..], &aad)
             .map_err(|_| TokenError::BadSignature)?;
         let mut expires = [0u8; 8];
         expires.copy_from_slice(&plaintext[8..TIMES_LEN]);

@@ -14,6 +14,7 @@
 
 mod auth_reason;
 mod dataclasses;
+mod identity;
 mod secondary;
 mod states;
 mod values;
@@ -36,6 +37,7 @@ use values::{CONFORMANCE_HEADER_SCHEMA, RICH_HEADER_SCHEMA, python_float_repr};
 pub const NAME: &str = "ConformanceService";
 pub const PROTOCOL_VERSION: &str = "2.0.0";
 pub use auth_reason::{AuthReasonWorker, REASON_HEADER as AUTH_REASON_HEADER};
+pub use identity::{HeaderAuthenticator, IdentityWorker, header_authenticator};
 pub use secondary::NAME as SECONDARY_NAME;
 
 /// Largest `oversized_unary` payload; the reference would try any size.

@@ -12,6 +12,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use kit_checks::api_keys::{self, KeyEntry, KeyEntryError};
 use subtle::ConstantTimeEq;
 
+use crate::rpc::AuthContext;
+
 /// Named API keys, each with an optional expiry and scopes (the entry
 /// format of [`kit_checks::api_keys`]).
 #[derive(Clone, Default)]
@@ -152,6 +154,13 @@ pub enum Refusal {
     Unauthorized,
     /// No valid `VGI-Proxy-Proof`: the same refusal whatever failed.
     ProxyRequired,
+    /// Whether the credential is good is not knowable now (an identity
+    /// store is down): 503 with `Retry-After`, never 401, so a blip does
+    /// not log a fleet out (upstream's `AuthUnavailableError`).
+    Unavailable {
+        /// Seconds the caller should wait, sent as `Retry-After`.
+        retry_after: u32,
+    },
 }
 
 impl Refusal {
@@ -164,6 +173,8 @@ impl Refusal {
             Refusal::InsufficientScope => "insufficient_scope",
             Refusal::Unauthorized => "unauthorized",
             Refusal::ProxyRequired => "proxy_required",
+            // Never a 401 reason: the refusal is a 503.
+            Refusal::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -177,6 +188,7 @@ impl Refusal {
             Refusal::InsufficientScope => "the API key presented may not call this method",
             Refusal::Unauthorized => "authentication rejected",
             Refusal::ProxyRequired => "proxy proof required",
+            Refusal::Unavailable { .. } => "identity lookup unavailable",
         }
     }
 }
@@ -204,6 +216,41 @@ impl Refusal {
 pub trait Authenticator: Send + Sync + 'static {
     /// The caller's identity, or why the request is refused.
     fn authenticate(&self, headers: &HeaderMap, target: Target<'_>) -> Result<String, Refusal>;
+
+    /// The whole [`AuthContext`] (claims, domain) for an authenticator that
+    /// knows more than a name; by default [`Authenticator::authenticate`]'s
+    /// identity, authenticated when not empty.
+    fn authenticate_context(
+        &self,
+        headers: &HeaderMap,
+        target: Target<'_>,
+    ) -> Result<AuthContext, Refusal> {
+        self.authenticate(headers, target)
+            .map(|identity| AuthContext::of_identity(&identity))
+    }
+}
+
+/// API-key authentication ([`authenticate`] at the current time) as an
+/// [`Authenticator`], for composing it with others (the identity bearers of
+/// `identity::bearer`).
+#[derive(Debug, Clone)]
+pub struct ApiKeyAuthenticator {
+    /// The configured keys.
+    pub keys: ApiKeys,
+    /// Whether a request without a key is refused.
+    pub require: bool,
+}
+
+impl Authenticator for ApiKeyAuthenticator {
+    fn authenticate(&self, headers: &HeaderMap, target: Target<'_>) -> Result<String, Refusal> {
+        authenticate(
+            &self.keys,
+            self.require,
+            headers,
+            target,
+            now_unix_seconds(),
+        )
+    }
 }
 
 /// Seconds since the Unix epoch, the clock key expiry is judged by.

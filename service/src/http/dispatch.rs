@@ -459,6 +459,7 @@ async fn prepare(
         wire::user_metadata(&batch.metadata),
         limit,
     )
+    .with_auth(info.auth.clone())
     .with_external(server.external.clone());
     Ok((ctx, Args::new(batch.batch)))
 }
@@ -986,6 +987,7 @@ async fn exchange(
         wire::user_metadata(&batch.metadata),
         limit,
     )
+    .with_auth(info.auth.clone())
     .with_external(server.external.clone());
     let output_schema = call.output_schema.clone();
 
@@ -1051,7 +1053,8 @@ async fn exchange(
                             info.request_id.clone(),
                             wire::user_metadata(&metadata),
                             limit,
-                        );
+                        )
+                        .with_auth(info.auth.clone());
                     }
                     Err(error) => {
                         return Ok(turn_error(

@@ -227,6 +227,8 @@ pub(crate) struct RequestInfo {
     pub origin: Option<String>,
     /// The authenticated caller (`""` anonymous), bound into stream tokens.
     pub identity: String,
+    /// Everything authentication decided (claims, domain), for handlers.
+    pub auth: Arc<crate::rpc::AuthContext>,
     /// Request body bytes as received, for metrics and the access log.
     pub request_bytes: u64,
     pub stream_turn: bool,
@@ -285,6 +287,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         accept_max_response: None,
         origin: None,
         identity: String::new(),
+        auth: Default::default(),
         request_bytes: 0,
         stream_turn: false,
         reservation: hosting.limits.budget.reservation(),
@@ -466,17 +469,25 @@ async fn admit(
     }
     let target = auth::Target::of(&server.config.prefix, path);
     let outcome = match &hosting.authenticator {
-        Some(authenticator) => authenticator.authenticate(headers, target),
+        Some(authenticator) => authenticator.authenticate_context(headers, target),
         None => auth::authenticate(
             &hosting.api_keys,
             hosting.require_auth,
             headers,
             target,
             auth::now_unix_seconds(),
-        ),
+        )
+        .map(|identity| crate::rpc::AuthContext::of_identity(&identity)),
     };
     match outcome {
-        Ok(identity) => info.identity = identity,
+        Ok(caller) => {
+            info.identity = caller.principal.clone();
+            info.auth = Arc::new(caller);
+        }
+        Err(auth::Refusal::Unavailable { retry_after }) => {
+            tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 503, "refused: the identity store is unavailable");
+            return Err((identity_unavailable(server, info, retry_after), None));
+        }
         Err(refusal) => {
             hosting.metrics.auth_failures.inc();
             // Only a key that matches nothing is a guess; an expired or
@@ -572,6 +583,24 @@ fn decided(
             )))
         }
     }
+}
+
+/// 503 for a bearer whose resolver could not answer: transient, so the
+/// caller retries after the hook's hint instead of logging in again.
+fn identity_unavailable(server: &Server, info: &RequestInfo, retry_after: u32) -> Response {
+    let error = RpcError::new(
+        "AuthUnavailableError",
+        "the identity store could not answer whether this credential is valid; retry shortly",
+    )
+    .with_code(ErrorCode::Unavailable)
+    .with_kind("identity_unavailable")
+    .with_details(vec![retry_info(u64::from(retry_after))])
+    .with_status(StatusCode::SERVICE_UNAVAILABLE);
+    let mut response = error_response(server, info, &error, &wire::empty_schema());
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }
 
 fn retry_info(seconds: u64) -> serde_json::Value {

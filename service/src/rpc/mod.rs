@@ -133,6 +133,7 @@
 //! Invariant: handlers run on the tokio runtime and must not block it; CPU-heavy
 //! work belongs in `tokio::task::spawn_blocking` inside the handler.
 
+mod auth_context;
 pub mod convert;
 pub mod typed;
 pub mod value;
@@ -148,6 +149,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub use auth_context::AuthContext;
 pub use convert::{Bytes, FromArrow, List, ToArrow};
 pub use typed::{Exchange, MethodOutput, Produce, RowExchanger, RowProducer, Rows, StreamHeader};
 pub use value::{ArrowRecord, ArrowValue, ValueError};
@@ -167,6 +169,7 @@ pub struct Ctx {
 struct CtxInner {
     logs: Mutex<Vec<LogRecord>>,
     identity: String,
+    auth: Arc<AuthContext>,
     request_id: String,
     metadata: Metadata,
     response_limit: Option<u64>,
@@ -183,6 +186,7 @@ impl Ctx {
         Ctx {
             inner: Arc::new(CtxInner {
                 logs: Mutex::new(Vec::new()),
+                auth: Arc::new(AuthContext::of_identity(&identity)),
                 identity,
                 request_id,
                 metadata,
@@ -190,6 +194,15 @@ impl Ctx {
                 external: None,
             }),
         }
+    }
+
+    /// The same context carrying what authentication decided (claims,
+    /// domain); `identity` stays the principal bound into stream tokens.
+    pub(crate) fn with_auth(mut self, auth: Arc<AuthContext>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.auth = auth;
+        }
+        self
     }
 
     pub(crate) fn with_external(mut self, external: Option<Arc<crate::storage::External>>) -> Self {
@@ -256,6 +269,13 @@ impl Ctx {
     /// The authenticated caller (`""` when anonymous).
     pub fn identity(&self) -> &str {
         &self.inner.identity
+    }
+
+    /// What authentication decided about the caller: whether it is
+    /// authenticated, its principal, the domain that vouched for it and its
+    /// claims (upstream's `ctx.auth`).
+    pub fn auth(&self) -> &AuthContext {
+        &self.inner.auth
     }
 
     /// The id of this request (`X-Request-Id`), also stamped on logs and errors.
