@@ -25,9 +25,13 @@ pub struct Args {
     pub delete_data: bool,
     #[command(flatten)]
     pub state: crate::state::StateArgs,
+    /// Print the `deploy-kit.down/v1` document on stdout when done.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    crate::output::set_json(args.json);
     let env = |name: &str| std::env::var(name).ok();
     match down(&args, &env) {
         Ok(code) => ExitCode::from(code),
@@ -41,10 +45,18 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     let operation = format!("down {}", deployment.target_name);
     // Locked for the whole run; what is left is pushed back even on failure.
     let session = args.state.begin(&deployment, &operation, env)?;
+    let before = State::load(&deployment.state_path());
     let result = down_locked(args, &deployment, env);
     let finished = session.finish();
     let code = result?;
     finished?;
+    if crate::output::json() {
+        crate::output::document(&crate::output::down_document(
+            &deployment,
+            before?.as_ref(),
+            code,
+        )?);
+    }
     Ok(code)
 }
 

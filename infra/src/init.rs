@@ -41,6 +41,9 @@ pub struct Args {
     /// out, it is the workspace's only package with one bin target.
     #[arg(long)]
     pub package: Option<String>,
+    /// Print the `deploy-kit.init/v1` document (what was written) on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What the init template sees.
@@ -200,6 +203,7 @@ pub fn init_text_for(
 }
 
 pub fn run(args: Args) -> ExitCode {
+    crate::output::set_json(args.json);
     match init(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => error.report(),
@@ -224,6 +228,13 @@ fn init(args: &Args) -> Result<(), CommandError> {
         )
     })?;
     if args.output.as_os_str() == "-" {
+        if args.json {
+            return Err(CommandError::new(
+                "`--json` and `--output -` both want stdout",
+                "write the file (`--output deploy-kit.yaml`) and read `written` from the document",
+                2,
+            ));
+        }
         print!("{text}");
         let _ = std::io::stdout().flush();
         return Ok(());
@@ -246,11 +257,23 @@ fn init(args: &Args) -> Result<(), CommandError> {
             2,
         )
     })?;
-    eprintln!(
-        "wrote {} for {}; next: deploy-kit doctor --offline --config {}",
-        args.output.display(),
-        platform.name(),
+    let next = format!(
+        "deploy-kit doctor --offline --config {}",
         args.output.display()
     );
+    eprintln!(
+        "wrote {} for {}; next: {next}",
+        args.output.display(),
+        platform.name(),
+    );
+    if args.json {
+        crate::output::document(&serde_json::json!({
+            "schema": crate::output::INIT,
+            "platform": platform.name(),
+            "service": args.name,
+            "written": [args.output.display().to_string()],
+            "next": next,
+        }));
+    }
     Ok(())
 }

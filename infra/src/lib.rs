@@ -22,6 +22,7 @@ pub mod engine;
 pub mod gcp;
 pub mod init;
 pub mod new;
+pub mod output;
 pub mod plan;
 pub mod render;
 pub mod replica;
@@ -195,6 +196,13 @@ impl CommandError {
 
     /// Prints the error and its hint to stderr and returns the exit code.
     pub fn report(&self) -> std::process::ExitCode {
+        if output::json() {
+            output::document(&output::error_document(
+                &self.message,
+                &self.hint,
+                self.exit_code,
+            ));
+        }
         eprintln!("error: {}", self.message);
         if !self.hint.is_empty() {
             eprintln!("hint: {}", self.hint);

@@ -18,7 +18,7 @@ use crate::deployment::Deployment;
 use crate::engine::{self, Action, Plan, State};
 
 /// Schema id of `plan --json`.
-pub const PLAN_SCHEMA: &str = "deploy-kit.plan/v1";
+pub const PLAN_SCHEMA: &str = crate::output::PLAN;
 /// The setting a missing function package leaves unknown.
 const CODE_SETTING: &str = "code.sha256";
 
@@ -295,6 +295,7 @@ pub fn doctor_gate(
 }
 
 pub fn run(args: Args) -> ExitCode {
+    crate::output::set_json(args.json);
     let env = |name: &str| std::env::var(name).ok();
     match plan(&args, &env) {
         Ok(code) => ExitCode::from(code),

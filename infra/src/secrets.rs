@@ -72,6 +72,10 @@ pub struct RotateArgs {
     /// Retire before the token lifetime has passed (fails streams opened before the promote).
     #[arg(long)]
     pub force: bool,
+    /// Print the `deploy-kit.secrets-rotate/v1` document (steps taken, key
+    /// fingerprints, phase) on stdout; the progress lines go to stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
@@ -86,7 +90,26 @@ pub fn run(args: Args) -> ExitCode {
                 PhaseArg::Retire => Requested::One(Step::Retire),
                 PhaseArg::Auto => Requested::Auto,
             };
-            target.rotate(requested, args.force, &rotation::now, &mut stdout)
+            crate::output::set_json(args.json);
+            if !args.json {
+                return target
+                    .rotate(requested, args.force, &rotation::now, &mut stdout)
+                    .map(drop);
+            }
+            let steps = target.rotate(
+                requested,
+                args.force,
+                &rotation::now,
+                &mut std::io::stderr(),
+            )?;
+            let rotation = RotationState::load(&target.state_path)?;
+            crate::output::document(&serde_json::json!({
+                "schema": crate::output::SECRETS_ROTATE,
+                "target": target.name,
+                "steps": steps.iter().map(|step| step.name()).collect::<Vec<_>>(),
+                "rotation": rotation,
+            }));
+            Ok(())
         }),
         SecretsCommand::Status(args) => resolve(&args, &cwd, &env)
             .and_then(|target| target.status(rotation::now(), &mut stdout)),
@@ -263,20 +286,21 @@ impl RotationTarget {
         force: bool,
         now: &dyn Fn() -> u64,
         out: &mut dyn Write,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Vec<Step>, CommandError> {
         let mut state = self.reconcile(out)?;
         if !state.rolled {
             self.roll(&mut state, now, out)?;
         }
+        let mut done = Vec::new();
         match requested {
             Requested::One(step) => {
                 if let Some(error) = rotation::refusal(&state, step, now(), force, &self.command) {
                     return Err(error);
                 }
                 self.step(&mut state, step, now, out)?;
+                done.push(step);
             }
             Requested::Auto => {
-                let mut done = Vec::new();
                 while let Some(step) = rotation::next_auto_step(&state, now(), &done) {
                     let manual = self.step(&mut state, step, now, out)?;
                     done.push(step);
@@ -296,7 +320,7 @@ impl RotationTarget {
             }
         }
         self.next_hint(&state, now(), out);
-        Ok(())
+        Ok(done)
     }
 
     /// The state file, checked against the store: the store wins, and a

@@ -57,9 +57,14 @@ pub struct Args {
     pub force: bool,
     #[command(flatten)]
     pub state: crate::state::StateArgs,
+    /// Print the `deploy-kit.up/v1` document on stdout when done (the
+    /// doctor's report goes to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    crate::output::set_json(args.json);
     if args.target == "local" {
         return up_local(args);
     }
@@ -84,10 +89,18 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let session = args
         .state
         .begin(&deployment, &format!("up {}", args.target), env)?;
+    let started = std::time::Instant::now();
     let result = up_locked(args, &mut deployment, &cwd, env);
     let finished = session.finish();
     let code = result?;
     finished?;
+    if crate::output::json() {
+        crate::output::document(&crate::output::up_document(
+            &deployment,
+            code,
+            started.elapsed().as_secs_f64(),
+        )?);
+    }
     Ok(code)
 }
 
@@ -279,10 +292,13 @@ fn native_up(
         .find(|r| r.kind == kind::ENDPOINT)
         .and_then(|r| r.outputs.get("url"))
     {
-        println!("url: {url}");
+        crate::output::human(&format!(
+            "url: {url}
+"
+        ));
     }
     let output = deployment.doctor(kit_checks::Mode::Online, env)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     Ok(output.exit_code)
 }
 

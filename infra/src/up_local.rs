@@ -517,7 +517,7 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
-    println!("{name} is serving at {}", service.url);
+    crate::output::human(&format!("{name} is serving at {}\n", service.url));
     let port = service
         .url
         .rsplit_once(':')
@@ -533,7 +533,7 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
         request.kit_service.as_deref(),
     )
     .map_err(UpLocalError::Doctor)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     let _ = std::io::stdout().flush();
     if !request.wait || output.exit_code != 0 {
         if output.exit_code != 0 {

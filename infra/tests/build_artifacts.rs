@@ -8,6 +8,9 @@
 //! these tests fail, they never skip.
 #![cfg(feature = "build-e2e")]
 
+#[path = "common/json.rs"]
+mod json;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -104,7 +107,7 @@ impl Project {
     fn build_json(&self, target: &str, env: &[(&str, &str)]) -> Value {
         let (code, stdout, stderr) = self.run(&["build", "--target", target, "--json"], env);
         assert_eq!(code, 0, "build --target {target}\n{stdout}\n{stderr}");
-        serde_json::from_str(&stdout).unwrap()
+        json::validated(&stdout)
     }
 
     fn docker_config(&self, json: &str) {

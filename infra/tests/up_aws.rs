@@ -5,6 +5,9 @@
 //! SeaweedFS credentials; without them these tests fail, they never skip.
 #![cfg(feature = "aws")]
 
+#[path = "common/json.rs"]
+mod json;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -798,10 +801,28 @@ fn plan_refresh_shows_changes_made_outside_deploy_kit() {
     let document: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(document["drift"].as_array().unwrap().len(), 2, "{json}");
 
-    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    let (code, stdout, stderr) = project.run(&["up", "lambda", "--json"]);
     assert_eq!(code, 0, "up restores\n{stdout}\n{stderr}");
+    let up = json::validated(&stdout);
+    assert!(
+        up["url"]
+            .as_str()
+            .is_some_and(|url| url.contains("lambda-url")),
+        "{up}"
+    );
+    assert!(
+        stderr.contains("pass    STO004"),
+        "the doctor's report goes to stderr under --json"
+    );
     let (code, stdout, stderr) = project.run(&["plan", "lambda", "--refresh"]);
     assert_eq!(code, 0, "restored\n{stdout}\n{stderr}");
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data", "--json"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let down = json::validated(&stdout);
+    assert_eq!(
+        down["deleted"].as_array().unwrap().len(),
+        up["resources"].as_array().unwrap().len(),
+        "{down}"
+    );
+    assert_eq!(down["kept"], serde_json::json!([]));
 }

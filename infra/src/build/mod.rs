@@ -37,7 +37,7 @@ use elf::GlibcVersion;
 use registry::{PushStats, Reference, RegistryError, Transport};
 
 /// Schema id of `build.json` and `build --json`.
-pub const BUILD_SCHEMA: &str = "deploy-kit.build/v1";
+pub const BUILD_SCHEMA: &str = crate::output::BUILD;
 /// The record's file name in the target's output directory.
 pub const RECORD_FILE: &str = "build.json";
 /// The Lambda package's file name beside it.
@@ -670,6 +670,7 @@ impl PushPlan {
 
 /// `deploy-kit build`.
 pub fn run(args: Args) -> ExitCode {
+    crate::output::set_json(args.json);
     let env = |name: &str| std::env::var(name).ok();
     match run_build(&args, &env) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,7 +19,13 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Action {
     /// Where the state is, who holds its lock, and what it records.
-    Show(Common),
+    Show {
+        #[command(flatten)]
+        common: Common,
+        /// Print the `deploy-kit.state-show/v1` document instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the stored state (or write it to `--output`).
     Pull {
         #[command(flatten)]
@@ -73,11 +79,27 @@ fn deployment(common: &Common) -> Result<Deployment, CommandError> {
 
 fn state(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), CommandError> {
     match args.action {
-        Action::Show(common) => {
+        Action::Show { common, json } => {
+            crate::output::set_json(json);
             let deployment = deployment(&common)?;
             let store = common.state.store(&deployment, env)?;
+            let holder = store.holder()?;
+            let state: Option<crate::engine::State> = store
+                .pull()?
+                .map(|bytes| serde_json::from_slice(&bytes).expect("pull checked it"));
+            if json {
+                crate::output::document(&serde_json::json!({
+                    "schema": crate::output::STATE_SHOW,
+                    "target": deployment.target_name,
+                    "environment": deployment.config.service.environment,
+                    "location": store.describe(),
+                    "lock": holder,
+                    "state": state,
+                }));
+                return Ok(());
+            }
             println!("state: {}", store.describe());
-            match store.holder()? {
+            match holder {
                 None => println!("lock: free"),
                 Some(holder) => println!(
                     "lock: `{}` held by `{}` (`{}`, pid {}, {} s ago, deploy-kit {})",
@@ -89,11 +111,9 @@ fn state(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Command
                     holder.version
                 ),
             }
-            match store.pull()? {
+            match state {
                 None => println!("resources: none recorded"),
-                Some(bytes) => {
-                    let state: crate::engine::State =
-                        serde_json::from_slice(&bytes).expect("pull checked it");
+                Some(state) => {
                     println!(
                         "resources: {} (engine `{}`)",
                         state.resources.len(),

@@ -393,7 +393,7 @@ pub fn up(
         state_path.display()
     ));
     let output = deployment.doctor(kit_checks::Mode::Online, env)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     Ok(output.exit_code)
 }
 

@@ -343,10 +343,13 @@ pub fn up(
             let children = std::mem::take(&mut supervisor.children);
             match result {
                 Ok(url) => {
-                    println!("url: {url}");
+                    crate::output::human(&format!(
+                        "url: {url}
+"
+                    ));
                     let replicas = recorded_replicas(&state);
                     for (index, replica) in replicas.iter().enumerate() {
-                        println!("replica-{}: {replica}", index + 1);
+                        crate::output::human(&format!("replica-{}: {replica}\n", index + 1));
                     }
                     progress.note(&format!(
                         "up: done in {:.1} s, state in `{}`",
@@ -376,7 +379,7 @@ pub fn up(
         }
     };
     let output = deployment.doctor_with_replicas(kit_checks::Mode::Online, &replicas, env)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     if output.exit_code != 0 {
         eprintln!(
             "hint: the processes keep running for inspection; fix the findings, then `deploy-kit up {}` again, or `deploy-kit down {}`",
@@ -1101,7 +1104,7 @@ fn foreground(
     let stop = Arc::new(AtomicBool::new(false));
     watch_signals(stop.clone());
     let output = deployment.doctor_with_replicas(kit_checks::Mode::Online, replicas, env)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     let mut code = output.exit_code;
     if code == 0 {
         eprintln!("press Ctrl-C to stop");

@@ -666,10 +666,13 @@ pub fn up_with(
         .find(|r| r.kind == kind::FUNCTION)
         .and_then(|r| r.outputs.get("url"))
     {
-        println!("url: {url}");
+        crate::output::human(&format!(
+            "url: {url}
+"
+        ));
     }
     let output = online_doctor(config, config_path, target_name, env)?;
-    print!("{}", output.text);
+    crate::output::human(&output.text);
     Ok(output.exit_code)
 }
 
