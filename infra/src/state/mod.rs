@@ -113,6 +113,9 @@ impl std::fmt::Display for StateLocation {
     }
 }
 
+/// How often a run waiting for a lock says it still waits.
+const LOCK_WAIT_NOTE: Duration = Duration::from_secs(15);
+
 /// What a lock records about the run holding it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -676,6 +679,7 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&info).expect("lock info serializes");
         let started = Instant::now();
         let mut announced = false;
+        let mut last_note = started;
         loop {
             if self.backend.create_new(&self.lock_key, &bytes)? {
                 return Ok(info);
@@ -700,6 +704,17 @@ impl Store {
                     timeout.as_secs()
                 );
                 announced = true;
+                last_note = Instant::now();
+            } else if last_note.elapsed() >= LOCK_WAIT_NOTE {
+                // Never a silent minute: say how long it has been.
+                eprintln!(
+                    "state: still waiting for the lock of `{}` held by `{}` ({} s of {} s)",
+                    self.target,
+                    holder.who,
+                    waited.as_secs(),
+                    timeout.as_secs()
+                );
+                last_note = Instant::now();
             }
             std::thread::sleep((timeout - waited).min(Duration::from_millis(500)));
         }
