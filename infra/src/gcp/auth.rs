@@ -1,11 +1,20 @@
-//! Google OAuth access tokens from a JSON credentials file.
+//! Google OAuth access tokens, from the sources Google's client libraries
+//! read (application-default credentials):
+//! - `service_account` keys, exchanged with a signed JWT (RFC 7523, RS256,
+//!   the same grant `service/src/storage/gcs.rs` uses);
+//! - `authorized_user` files (`gcloud auth application-default login`),
+//!   exchanged with their refresh token;
+//! - `impersonated_service_account` files (`gcloud auth application-default
+//!   login --impersonate-service-account SA`): the source credentials' token
+//!   buys the service account's from IAM Credentials `generateAccessToken`;
+//! - `external_account` files (workload identity federation, e.g. a CI
+//!   OIDC token): the subject token from a file or URL is exchanged at
+//!   Google's STS (RFC 8693), then optionally impersonated as above;
+//! - the metadata server (GCE, Cloud Run, GKE; `GCE_METADATA_HOST`
+//!   overrides its address) when no file is found.
 //!
-//! Two file types, the ones `gcloud` and the IAM console hand out:
-//! `service_account` keys are exchanged with a signed JWT (RFC 7523, RS256,
-//! the same grant `service/src/storage/gcs.rs` uses), `authorized_user`
-//! files (`gcloud auth application-default login`) with their refresh token.
-//! A token is cached until a minute before it expires. The private key and
-//! tokens never appear in `Debug` output or errors.
+//! A token is cached until a minute before it expires. Private keys,
+//! subject tokens and access tokens never appear in `Debug` output or errors.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -31,7 +40,44 @@ enum Grant {
         client_secret: String,
         refresh_token: String,
     },
+    /// Workload identity federation.
+    ExternalAccount {
+        audience: String,
+        subject_token_type: String,
+        subject: SubjectSource,
+        /// `generateAccessToken` of the service account to become, if any.
+        impersonation_url: Option<String>,
+    },
+    /// Another credential's token, traded for a service account's.
+    Impersonated {
+        source: Box<Credentials>,
+        impersonation_url: String,
+        delegates: Vec<String>,
+    },
+    /// The instance's service account, from the metadata server (its
+    /// token URL is `token_uri`).
+    Metadata,
 }
+
+/// Where an `external_account` file's subject token comes from.
+enum SubjectSource {
+    /// A file (`credential_source.file`), refreshed by the platform.
+    File {
+        path: PathBuf,
+        json_field: Option<String>,
+    },
+    /// A URL (`credential_source.url`) with headers.
+    Url {
+        url: String,
+        headers: Vec<(String, String)>,
+        json_field: Option<String>,
+    },
+}
+
+/// Where `gcloud` and the metadata server point by default.
+pub const METADATA_HOST: &str = "metadata.google.internal";
+/// Google's STS token exchange.
+pub const STS_TOKEN_URL: &str = "https://sts.googleapis.com/v1/token";
 
 /// Credentials loaded from a JSON file, with their cached access token.
 pub struct Credentials {
@@ -47,6 +93,11 @@ impl std::fmt::Debug for Credentials {
         let identity = match &self.grant {
             Grant::ServiceAccount { client_email, .. } => client_email.as_str(),
             Grant::AuthorizedUser { .. } => "authorized_user",
+            Grant::ExternalAccount { audience, .. } => audience.as_str(),
+            Grant::Impersonated {
+                impersonation_url, ..
+            } => impersonation_url.as_str(),
+            Grant::Metadata => "metadata server",
         };
         f.debug_struct("Credentials")
             .field("identity", &identity)
@@ -69,6 +120,28 @@ impl Credentials {
             client_secret: Option<String>,
             refresh_token: Option<String>,
             token_uri: Option<String>,
+            audience: Option<String>,
+            subject_token_type: Option<String>,
+            token_url: Option<String>,
+            credential_source: Option<CredentialSource>,
+            service_account_impersonation_url: Option<String>,
+            source_credentials: Option<serde_json::Value>,
+            #[serde(default)]
+            delegates: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct CredentialSource {
+            file: Option<PathBuf>,
+            url: Option<String>,
+            #[serde(default)]
+            headers: std::collections::BTreeMap<String, String>,
+            format: Option<SourceFormat>,
+        }
+        #[derive(serde::Deserialize)]
+        struct SourceFormat {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            subject_token_field_name: Option<String>,
         }
         let invalid = |message: String| GcpError::Credentials(format!("`{origin}`: {message}"));
         let file: File = serde_json::from_slice(json)
@@ -101,9 +174,78 @@ impl Credentials {
                     refresh_token,
                 }
             }
+            Some("external_account") => {
+                let (Some(audience), Some(subject_token_type), Some(source)) = (
+                    file.audience,
+                    file.subject_token_type,
+                    file.credential_source,
+                ) else {
+                    return Err(invalid(
+                        "an `external_account` file needs `audience`, `subject_token_type` and `credential_source`"
+                            .into(),
+                    ));
+                };
+                let json_field = match source.format {
+                    Some(SourceFormat {
+                        kind: Some(kind), ..
+                    }) if kind == "text" => None,
+                    Some(SourceFormat {
+                        kind: Some(kind),
+                        subject_token_field_name,
+                    }) if kind == "json" => Some(subject_token_field_name.ok_or_else(|| {
+                        invalid("`credential_source.format` of type `json` needs `subject_token_field_name`".into())
+                    })?),
+                    Some(SourceFormat { kind: Some(kind), .. }) => {
+                        return Err(invalid(format!(
+                            "`credential_source.format.type` `{kind}` is not `text` or `json`"
+                        )));
+                    }
+                    _ => None,
+                };
+                let subject = match (source.file, source.url) {
+                    (Some(path), None) => SubjectSource::File { path, json_field },
+                    (None, Some(url)) => SubjectSource::Url {
+                        url,
+                        headers: source.headers.into_iter().collect(),
+                        json_field,
+                    },
+                    _ => {
+                        return Err(invalid(
+                            "`credential_source` needs exactly one of `file` and `url` (executable and AWS sources are not supported; use a file written by your CI)"
+                                .into(),
+                        ));
+                    }
+                };
+                Grant::ExternalAccount {
+                    audience,
+                    subject_token_type,
+                    subject,
+                    impersonation_url: file.service_account_impersonation_url,
+                }
+            }
+            Some("impersonated_service_account") => {
+                let (Some(impersonation_url), Some(source)) = (
+                    file.service_account_impersonation_url,
+                    file.source_credentials,
+                ) else {
+                    return Err(invalid(
+                        "an `impersonated_service_account` file needs `service_account_impersonation_url` and `source_credentials`"
+                            .into(),
+                    ));
+                };
+                let source = Credentials::from_json(
+                    source.to_string().as_bytes(),
+                    &format!("{origin} (source_credentials)"),
+                )?;
+                Grant::Impersonated {
+                    source: Box::new(source),
+                    impersonation_url,
+                    delegates: file.delegates,
+                }
+            }
             other => {
                 return Err(invalid(format!(
-                    "credentials of type `{}` are not supported; use a service-account key or `gcloud auth application-default login`",
+                    "credentials of type `{}` are not supported; use a service-account key, `gcloud auth application-default login`, an `impersonated_service_account` or an `external_account` file",
                     other.unwrap_or("(none)")
                 )));
             }
@@ -112,6 +254,7 @@ impl Credentials {
             grant,
             token_uri: file
                 .token_uri
+                .or(file.token_url)
                 .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string()),
             origin: origin.to_string(),
             cached: Mutex::new(None),
@@ -145,11 +288,33 @@ impl Credentials {
             });
         match gcloud_dir.map(|dir| dir.join("application_default_credentials.json")) {
             Some(path) if path.exists() => Credentials::from_file(&path).map(Some),
-            _ => Ok(None),
+            _ => Ok(Credentials::metadata(env)),
         }
     }
 
-    /// An access token, from the cache or a fresh grant at `token_uri`.
+    /// The metadata server's credentials when it is there: `GCE_METADATA_HOST`
+    /// names it, or the machine says it runs on Google Cloud (the DMI
+    /// product name, as Google's client libraries check on Linux).
+    pub fn metadata(env: &dyn Fn(&str) -> Option<String>) -> Option<Credentials> {
+        let host = env("GCE_METADATA_HOST")
+            .filter(|host| !host.trim().is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/sys/class/dmi/id/product_name")
+                    .ok()
+                    .filter(|name| name.contains("Google"))
+                    .map(|_| METADATA_HOST.to_string())
+            })?;
+        Some(Credentials {
+            grant: Grant::Metadata,
+            token_uri: format!(
+                "http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+            ),
+            origin: format!("the metadata server at `{host}`"),
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// An access token, from the cache or a fresh grant.
     pub fn access_token(&self, agent: &ureq::Agent) -> Result<String, GcpError> {
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((token, valid_until)) = cached.as_ref()
@@ -157,43 +322,207 @@ impl Credentials {
         {
             return Ok(token.clone());
         }
-        let form = self.grant_form(SystemTime::now());
+        let (token, lifetime) = match &self.grant {
+            Grant::ServiceAccount { .. } | Grant::AuthorizedUser { .. } => {
+                let form = self.grant_form(SystemTime::now());
+                self.token_request(agent, &self.token_uri, &form)?
+            }
+            Grant::ExternalAccount {
+                audience,
+                subject_token_type,
+                subject,
+                impersonation_url,
+            } => {
+                let subject_token = self.subject_token(agent, subject)?;
+                let form = vec![
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange".to_string(),
+                    ),
+                    ("audience", audience.clone()),
+                    ("scope", SCOPE.to_string()),
+                    (
+                        "requested_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token".to_string(),
+                    ),
+                    ("subject_token", subject_token),
+                    ("subject_token_type", subject_token_type.clone()),
+                ];
+                let federated = self.token_request(agent, &self.token_uri, &form)?;
+                match impersonation_url {
+                    None => federated,
+                    Some(url) => self.impersonate(agent, url, &federated.0, &[])?,
+                }
+            }
+            Grant::Impersonated {
+                source,
+                impersonation_url,
+                delegates,
+            } => {
+                let source_token = source.access_token(agent)?;
+                self.impersonate(agent, impersonation_url, &source_token, delegates)?
+            }
+            Grant::Metadata => {
+                let url = format!("{}?scopes={}", self.token_uri, super::encode(SCOPE));
+                let response = agent
+                    .get(&url)
+                    .header("Metadata-Flavor", "Google")
+                    .config()
+                    .http_status_as_error(false)
+                    .build()
+                    .call();
+                self.token_response(response, &self.token_uri)?
+            }
+        };
+        *cached = Some((token.clone(), Instant::now() + lifetime));
+        Ok(token)
+    }
+
+    /// POSTs a token form; the token and how long to keep it.
+    fn token_request(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        form: &[(&'static str, String)],
+    ) -> Result<(String, Duration), GcpError> {
         let response = agent
-            .post(&self.token_uri)
+            .post(url)
             .config()
             .http_status_as_error(false)
             .build()
             .send_form(form.iter().map(|(k, v)| (*k, v.as_str())));
-        let mut response = response.map_err(|e| {
-            GcpError::Credentials(format!(
-                "could not reach the token endpoint `{}`: {e}",
-                self.token_uri
-            ))
-        })?;
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_vec().unwrap_or_default();
-        if !(200..300).contains(&status) {
-            return Err(GcpError::Credentials(format!(
-                "the token endpoint `{}` refused the credentials in `{}` (HTTP {status}): {}",
-                self.token_uri,
-                self.origin,
-                super::error_message(&body)
-            )));
-        }
+        self.token_response(response, url)
+    }
+
+    /// An OAuth token answer (`access_token`, `expires_in`).
+    fn token_response(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        url: &str,
+    ) -> Result<(String, Duration), GcpError> {
         #[derive(serde::Deserialize)]
         struct Token {
             access_token: String,
             expires_in: Option<u64>,
         }
+        let body = self.answer(response, url)?;
         let token: Token = serde_json::from_slice(&body).map_err(|e| {
             GcpError::Credentials(format!(
-                "the token endpoint `{}` answered without an access token: {e}",
-                self.token_uri
+                "the token endpoint `{url}` answered without an access token: {e}"
             ))
         })?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600).saturating_sub(60));
-        *cached = Some((token.access_token.clone(), Instant::now() + lifetime));
-        Ok(token.access_token)
+        Ok((token.access_token, lifetime))
+    }
+
+    /// The body of a 2xx answer; anything else is an error naming `url` and
+    /// these credentials (never a token).
+    fn answer(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        url: &str,
+    ) -> Result<Vec<u8>, GcpError> {
+        let mut response = response.map_err(|e| {
+            GcpError::Credentials(format!("could not reach the token endpoint `{url}`: {e}"))
+        })?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_vec().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(GcpError::Credentials(format!(
+                "the token endpoint `{url}` refused the credentials in `{}` (HTTP {status}): {}",
+                self.origin,
+                super::error_message(&body)
+            )));
+        }
+        Ok(body)
+    }
+
+    /// IAM Credentials `generateAccessToken` with `bearer`'s authority.
+    fn impersonate(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        bearer: &str,
+        delegates: &[String],
+    ) -> Result<(String, Duration), GcpError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Impersonated {
+            access_token: String,
+        }
+        let mut request = serde_json::json!({"scope": [SCOPE], "lifetime": "3600s"});
+        if !delegates.is_empty() {
+            request["delegates"] = serde_json::json!(delegates);
+        }
+        let response = agent
+            .post(url)
+            .header("Authorization", &format!("Bearer {bearer}"))
+            .header("Content-Type", "application/json")
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(request.to_string().as_bytes());
+        let body = self.answer(response, url)?;
+        let token: Impersonated = serde_json::from_slice(&body).map_err(|e| {
+            GcpError::Credentials(format!("`{url}` answered without an `accessToken`: {e}"))
+        })?;
+        // Asked for an hour; kept for 59 minutes.
+        Ok((token.access_token, Duration::from_secs(3540)))
+    }
+
+    /// The federated subject token, read fresh for every exchange.
+    fn subject_token(
+        &self,
+        agent: &ureq::Agent,
+        subject: &SubjectSource,
+    ) -> Result<String, GcpError> {
+        let (text, json_field, from) = match subject {
+            SubjectSource::File { path, json_field } => (
+                std::fs::read_to_string(path).map_err(|e| {
+                    GcpError::Credentials(format!(
+                        "failed to read the subject token file `{}` named in `{}`: {e}",
+                        path.display(),
+                        self.origin
+                    ))
+                })?,
+                json_field,
+                path.display().to_string(),
+            ),
+            SubjectSource::Url {
+                url,
+                headers,
+                json_field,
+            } => {
+                let mut request = agent.get(url);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let response = request.config().http_status_as_error(false).build().call();
+                let body = self.answer(response, url)?;
+                (
+                    String::from_utf8_lossy(&body).into_owned(),
+                    json_field,
+                    url.clone(),
+                )
+            }
+        };
+        let token = match json_field {
+            None => text.trim().to_string(),
+            Some(field) => serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|value| value[field.as_str()].as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    GcpError::Credentials(format!(
+                        "the subject token from `{from}` is not JSON with a string `{field}`"
+                    ))
+                })?,
+        };
+        if token.is_empty() {
+            return Err(GcpError::Credentials(format!(
+                "the subject token from `{from}` is empty"
+            )));
+        }
+        Ok(token)
     }
 
     /// The form fields of the token request.
@@ -222,6 +551,7 @@ impl Credentials {
                 ("client_secret", client_secret.clone()),
                 ("refresh_token", refresh_token.clone()),
             ],
+            _ => Vec::new(),
         }
     }
 }
@@ -307,9 +637,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("`wif.json`") && error.contains("external_account"),
+            error.contains("`wif.json`") && error.contains("credential_source"),
             "{error}"
         );
+        let error = Credentials::from_json(br#"{"type":"gdch_service_account"}"#, "x.json")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not supported"), "{error}");
         let error = Credentials::from_json(br#"{"type":"service_account"}"#, "k.json")
             .unwrap_err()
             .to_string();

@@ -8,12 +8,16 @@
 //! covers all three APIs at once, while each call here is one JSON request.
 //! The client is ureq (blocking, like the doctor's probes) with rustls.
 //!
-//! Auth follows the client-library conventions:
-//! - `GOOGLE_APPLICATION_CREDENTIALS` names a JSON key: a `service_account`
-//!   key (OAuth JWT bearer grant, RFC 7523) or an `authorized_user` file from
-//!   `gcloud auth application-default login` (refresh-token grant).
+//! Auth follows the client-library conventions ([`auth`]):
+//! - `GOOGLE_APPLICATION_CREDENTIALS` names a JSON file: a `service_account`
+//!   key (OAuth JWT bearer grant, RFC 7523), an `authorized_user` file from
+//!   `gcloud auth application-default login` (refresh-token grant), an
+//!   `impersonated_service_account` file, or an `external_account` file
+//!   (workload identity federation: STS token exchange, then optional
+//!   impersonation).
 //! - Without it, the application-default file under
-//!   `~/.config/gcloud/application_default_credentials.json` is used.
+//!   `~/.config/gcloud/application_default_credentials.json` is used, then
+//!   the metadata server (`GCE_METADATA_HOST`, or on Google Cloud).
 //! - Requests to a plain `http://` endpoint (an emulator or a test fake on
 //!   loopback) are sent without a token: a bearer token never travels in
 //!   clear text, and emulators ignore it anyway.
