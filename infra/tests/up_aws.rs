@@ -826,3 +826,111 @@ fn plan_refresh_shows_changes_made_outside_deploy_kit() {
     );
     assert_eq!(down["kept"], serde_json::json!([]));
 }
+
+/// `auth.required: true` deploys a function that requires auth and gets the
+/// keys (the same `KIT_*` settings every renderer writes, plus `KIT_API_KEYS`
+/// read from Secrets Manager); a missing or malformed keys secret stops
+/// `up` before anything is created, and no key reaches the state or output.
+#[test]
+fn auth_required_reaches_the_function_with_its_keys() {
+    let project = Project::new("dk-auth");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let keys_secret = format!("{}/ci/api-keys", project.name);
+    let config = std::fs::read_to_string(project.dir.join("deploy-kit.yaml")).unwrap();
+    std::fs::write(
+        project.dir.join("deploy-kit.yaml"),
+        format!("{config}auth:\n  required: true\n  api_keys: aws:{keys_secret}\n"),
+    )
+    .unwrap();
+
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("the API keys secret `{keys_secret}`"))
+            && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!cloud.function_exists(&function), "nothing was created");
+    assert!(!cloud.bucket_exists(&project.bucket), "nothing was created");
+
+    let create = |value: &str| {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .secrets
+                    .create_secret()
+                    .name(&keys_secret)
+                    .secret_string(value)
+                    .send(),
+            )
+            .unwrap();
+    };
+    create("ci");
+    let (code, _, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`auth.api_keys`"), "{stderr}");
+    assert!(!cloud.function_exists(&function), "nothing was created");
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .secrets
+                .delete_secret()
+                .secret_id(&keys_secret)
+                .force_delete_without_recovery(true)
+                .send(),
+        )
+        .unwrap();
+
+    let key = "ci=9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c;scopes=kit.Demo.v1/*";
+    create(key);
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let configuration = cloud
+        .runtime
+        .block_on(
+            cloud
+                .lambda
+                .get_function_configuration()
+                .function_name(&function)
+                .send(),
+        )
+        .unwrap();
+    let variables = configuration
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        variables.get("KIT_REQUIRE_AUTH").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(variables.get("KIT_API_KEYS").map(String::as_str), Some(key));
+    // The same settings `render` writes for the target, key for key.
+    let parsed = deploy_kit::config::DeployConfig::parse(
+        &std::fs::read_to_string(project.dir.join("deploy-kit.yaml")).unwrap(),
+        &project.dir.join("deploy-kit.yaml"),
+    )
+    .unwrap();
+    let (rendered, _) = deploy_kit::render::service_environment(&parsed, "lambda").unwrap();
+    for var in rendered {
+        assert_eq!(
+            variables.get(&var.name),
+            Some(&var.value),
+            "`{}` as rendered",
+            var.name
+        );
+    }
+    let state = std::fs::read_to_string(project.state_path()).unwrap();
+    assert_no_secret("9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c", "the state", &state);
+    assert_no_secret(
+        "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+        "the output",
+        &(stdout + &stderr),
+    );
+
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}

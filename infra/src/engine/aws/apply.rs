@@ -34,6 +34,8 @@ pub struct AwsEngine {
     settings: AwsSettings,
     clients: AwsClients,
     package: Option<Vec<u8>>,
+    /// `KIT_API_KEYS` for the function, read before anything changes.
+    api_keys: Option<crate::secrets::store::Secret>,
 }
 
 fn sdk_error<E>(what: &str, error: aws_sdk_s3::error::SdkError<E>) -> CommandError
@@ -43,13 +45,58 @@ where
     CommandError::new(format!("{what}: {}", describe(&error)), CREDENTIALS_HINT, 1)
 }
 
+/// The `auth.api_keys` secret's value, checked the way the service parses
+/// it (an error names the line's problem, never a key).
+fn read_api_keys(
+    clients: &AwsClients,
+    name: &str,
+) -> Result<crate::secrets::store::Secret, CommandError> {
+    let answer = clients
+        .runtime
+        .block_on(clients.secrets().get_secret_value().secret_id(name).send());
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+            return Err(CommandError::new(
+                format!("the API keys secret `{name}` (`auth.api_keys`) does not exist"),
+                format!(
+                    "create it before `up`, one `name=key[;expires=YYYY-MM-DD][;scopes=...]` per line: aws secretsmanager create-secret --name {name} --secret-string \"ci=$(openssl rand -hex 32)\""
+                ),
+                2,
+            ));
+        }
+        Err(error) => {
+            return Err(sdk_error(
+                &format!("failed to read the API keys secret `{name}`"),
+                error,
+            ));
+        }
+    };
+    let text = answer.secret_string().unwrap_or_default();
+    if let Err(error) = kit_checks::api_keys::parse(text) {
+        return Err(CommandError::new(
+            format!("the API keys secret `{name}` (`auth.api_keys`): {error}"),
+            "store one `name=key[;expires=YYYY-MM-DD][;scopes=protocol/method ...]` per line (docs/configuration.md, `KIT_API_KEYS`)",
+            2,
+        ));
+    }
+    Ok(crate::secrets::store::Secret::new(text))
+}
+
 impl AwsEngine {
     pub fn new(settings: AwsSettings, package: Option<Vec<u8>>) -> Result<AwsEngine, CommandError> {
         let clients = AwsClients::new(&settings.region, None)?;
+        // Deploying (a package is given): keys the function needs must be
+        // readable now, before anything is created.
+        let api_keys = match (&package, &settings.api_keys_secret) {
+            (Some(_), Some(name)) => Some(read_api_keys(&clients, name)?),
+            _ => None,
+        };
         Ok(AwsEngine {
             settings,
             clients,
             package,
+            api_keys,
         })
     }
 
@@ -344,6 +391,9 @@ impl AwsEngine {
             if let Some(value) = value {
                 variables.insert(variable.to_string(), value);
             }
+        }
+        if let Some(api_keys) = &self.api_keys {
+            variables.insert("KIT_API_KEYS".to_string(), api_keys.expose().to_string());
         }
         let environment = Environment::builder()
             .set_variables(Some(variables.clone()))

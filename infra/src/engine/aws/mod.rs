@@ -63,8 +63,13 @@ pub struct AwsSettings {
     pub bucket: Option<BucketSettings>,
     pub public: bool,
     pub timeout_seconds: u64,
-    /// The service's environment except the key.
+    /// The service's environment except the keys: the one settings model
+    /// every renderer uses ([`crate::render::service_environment`]).
     pub environment: BTreeMap<String, String>,
+    /// `auth.api_keys` (`aws:NAME`): the Secrets Manager secret whose value
+    /// becomes `KIT_API_KEYS` in the function's environment (Lambda takes
+    /// no files), read at `up`, never stored in the state.
+    pub api_keys_secret: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,9 +170,43 @@ impl AwsSettings {
             .limits
             .request_timeout_seconds
             .clamp(1, MAX_TIMEOUT_SECONDS);
+        let api_keys_secret = match &config.auth.api_keys {
+            None => None,
+            Some(reference) => Some(
+                reference
+                    .strip_prefix("aws:")
+                    .filter(|name| !name.is_empty())
+                    .ok_or_else(|| {
+                        CommandError::new(
+                            format!("`auth.api_keys: {reference}` is not an AWS secret"),
+                            format!(
+                                "use `auth.api_keys: aws:{}/{}/api-keys`, a Secrets Manager secret holding one `name=key` per line",
+                                config.service.name, config.service.environment
+                            ),
+                            2,
+                        )
+                    })?
+                    .to_string(),
+            ),
+        };
+        if config.auth.required && api_keys_secret.is_none() {
+            return Err(CommandError::new(
+                format!(
+                    "target `{target_name}` requires auth (`auth.required: true`) but names no API keys"
+                ),
+                "set `auth.api_keys: aws:NAME` to a Secrets Manager secret with one `name=key` per line; without keys every call would be refused",
+                2,
+            ));
+        }
+        let mut environment = service_environment(config, target_name);
+        if !environment.contains_key("KIT_STORAGE_REGION") && config.storage.is_some() {
+            // The region came from the environment, not the target.
+            environment.insert("KIT_STORAGE_REGION".into(), region.clone());
+        }
         Ok(AwsSettings {
             target: target_name.to_string(),
-            environment: service_environment(config, &region),
+            environment,
+            api_keys_secret,
             region,
             role_name: function_name.clone(),
             function_name,
@@ -245,66 +284,11 @@ fn provider_name(provider: StorageProvider) -> &'static str {
 }
 
 /// The service's variables (docs/configuration.md) from the config, except
-/// the signing key.
-pub fn service_environment(config: &DeployConfig, region: &str) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    let mut set = |name: &str, value: String| {
-        env.insert(name.to_string(), value);
-    };
-    let limits = &config.limits;
-    if let Some(bytes) = limits.max_request_bytes {
-        set("KIT_MAX_REQUEST_BYTES", bytes.to_string());
-    }
-    if let Some(bytes) = limits.max_response_bytes {
-        set("KIT_MAX_RESPONSE_BYTES", bytes.to_string());
-    }
-    if let Some(bytes) = limits.max_upload_bytes {
-        set("KIT_MAX_UPLOAD_BYTES", bytes.to_string());
-    }
-    if let Some(bytes) = limits.externalize_threshold_bytes {
-        set("KIT_EXTERNALIZE_THRESHOLD_BYTES", bytes.to_string());
-    }
-    set(
-        "KIT_REQUEST_TIMEOUT",
-        limits.request_timeout_seconds.to_string(),
-    );
-    set(
-        "KIT_SHUTDOWN_GRACE",
-        limits.shutdown_grace_seconds.to_string(),
-    );
-    set(
-        "KIT_TOKEN_TTL",
-        config.signing_key.token_ttl_seconds.to_string(),
-    );
-    set("KIT_REFLECTION", config.reflection.to_string());
-    set("KIT_LOG_FORMAT", "json".to_string());
-    if !config.cors.origins.is_empty() {
-        set("KIT_CORS_ORIGINS", config.cors.origins.join(","));
-    }
-    if let Some(rate) = &config.rate_limit {
-        if let Some(limit) = &rate.limit {
-            set("KIT_RATE_LIMIT", limit.clone());
-        }
-        // `AwsSettings::resolve` refused a store it cannot use.
-        if let Ok(Some(store)) = rate.store(kit_checks::platform::Platform::AwsLambdaFunctionUrl) {
-            set("KIT_RATE_LIMIT_STORE", store.url);
-            set(
-                "KIT_RATE_LIMIT_STORE_FAILURE",
-                store.on_failure.as_str().into(),
-            );
-        }
-    }
-    if let Some(storage) = &config.storage {
-        set("KIT_STORAGE", "s3".to_string());
-        set("KIT_STORAGE_BUCKET", storage.bucket.clone());
-        set("KIT_STORAGE_PREFIX", storage.prefix.clone());
-        set("KIT_STORAGE_REGION", region.to_string());
-        set("KIT_PRESIGN_TTL", storage.presign_ttl_seconds.to_string());
-        if let Some(endpoint) = &storage.endpoint {
-            set("KIT_STORAGE_ENDPOINT", endpoint.clone());
-        }
-    }
-    env
+/// the keys: the settings every renderer and engine share, as a map.
+pub fn service_environment(config: &DeployConfig, target_name: &str) -> BTreeMap<String, String> {
+    crate::render::service_environment(config, target_name)
+        .map(|(env, _)| env.into_iter().map(|v| (v.name, v.value)).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
