@@ -396,6 +396,62 @@ fn cloud_run_target_gets_a_key_secret_once_and_a_public_service() {
     );
 }
 
+/// `auth.required` and `auth.api_keys` reach Cloud Run: the service's
+/// variables are the rendered ones key for key (one settings model), and
+/// the keys arrive as a Secret Manager reference, never a value.
+#[test]
+fn cloud_run_gets_the_rendered_settings_and_the_api_keys_by_reference() {
+    let server = serve(Box::new(google));
+    let workspace = Workspace::new("run-auth");
+    let env = |name: &str| match name {
+        "DEPLOY_KIT_SECRET_MANAGER_ENDPOINT" | "DEPLOY_KIT_CLOUD_RUN_ENDPOINT" => {
+            Some(server.url.clone())
+        }
+        _ => None,
+    };
+    let path = workspace.dir.join("deploy-kit.yaml");
+    let base = std::fs::read_to_string({
+        workspace.config("ghcr.io/acme/svc:1");
+        &path
+    })
+    .unwrap();
+    let yaml = format!(
+        "{base}auth:\n  required: true\n  api_keys: gcp:projects/p/secrets/svc-api-keys\nrate_limit: {{limit: 100/60}}\n"
+    );
+    std::fs::write(&path, &yaml).unwrap();
+    let config = DeployConfig::parse(&yaml, &path).unwrap();
+    let mut progress = Progress::to(Box::new(Lines::default()));
+    up_with(&config, &path, "run", &env, &mut progress)
+        .unwrap_or_else(|e| panic!("{} / {}", e.message, e.hint));
+    let seen = server.seen.lock().unwrap().clone();
+    let created = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.target.contains("services?serviceId=svc-dev"))
+        .unwrap();
+    let service: Value = serde_json::from_str(&created.body).unwrap();
+    let env_list = service["template"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let value_of = |name: &str| {
+        env_list
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("`{name}` in {env_list:#?}"))
+            .clone()
+    };
+    assert_eq!(value_of("KIT_REQUIRE_AUTH")["value"], "true");
+    assert_eq!(value_of("KIT_RATE_LIMIT")["value"], "100/60");
+    assert_eq!(
+        value_of("KIT_API_KEYS")["valueSource"]["secretKeyRef"],
+        json!({"secret": "projects/p/secrets/svc-api-keys", "version": "latest"})
+    );
+    let (rendered, _) = deploy_kit::render::service_environment(&config, "run").unwrap();
+    for var in rendered {
+        assert_eq!(value_of(&var.name)["value"], var.value, "`{}`", var.name);
+    }
+}
+
 #[test]
 fn service_account_keys_are_exchanged_with_a_signed_jwt_once() {
     let server = serve(Box::new(|request: &Seen, _: &mut Fake| {

@@ -189,15 +189,6 @@ impl AwsSettings {
                     .to_string(),
             ),
         };
-        if config.auth.required && api_keys_secret.is_none() {
-            return Err(CommandError::new(
-                format!(
-                    "target `{target_name}` requires auth (`auth.required: true`) but names no API keys"
-                ),
-                "set `auth.api_keys: aws:NAME` to a Secrets Manager secret with one `name=key` per line; without keys every call would be refused",
-                2,
-            ));
-        }
         let mut environment = service_environment(config, target_name);
         if !environment.contains_key("KIT_STORAGE_REGION") && config.storage.is_some() {
             // The region came from the environment, not the target.

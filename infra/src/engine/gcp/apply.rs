@@ -343,6 +343,12 @@ impl GcpEngine {
                 "valueSource": {"secretKeyRef": {"secret": secret.resource(), "version": "latest"}},
             }));
         }
+        if let Some(keys) = &self.settings.api_keys {
+            env.push(json!({
+                "name": "KIT_API_KEYS",
+                "valueSource": {"secretKeyRef": {"secret": keys.resource(), "version": "latest"}},
+            }));
+        }
         json!({
             "labels": { MANAGED_BY.0: MANAGED_BY.1 },
             "ingress": "INGRESS_TRAFFIC_ALL",

@@ -95,8 +95,11 @@ pub struct GcpSettings {
     pub instances: u32,
     pub public: bool,
     pub timeout_seconds: u64,
-    /// Plain env of the service (no secret values).
+    /// Plain env of the service (no secret values), from the settings model.
     pub service_env: Vec<(String, String)>,
+    /// `auth.api_keys`: the Secret Manager secret the service reads as
+    /// `KIT_API_KEYS` (a `secretKeyRef`, never a value in the service body).
+    pub api_keys: Option<SecretSettings>,
 }
 
 fn invalid(target: &str, message: String, hint: String) -> CommandError {
@@ -176,56 +179,36 @@ impl GcpSettings {
                 "shorten `service.name` or `service.environment`".into(),
             ));
         }
-        let mut service_env = vec![(
-            "KIT_REQUEST_TIMEOUT".to_string(),
-            config.limits.request_timeout_seconds.to_string(),
-        )];
-        service_env.push((
-            "KIT_SHUTDOWN_GRACE".into(),
-            config.limits.shutdown_grace_seconds.to_string(),
-        ));
-        service_env.push(("KIT_TOKEN_TTL".into(), key.token_ttl_seconds.to_string()));
-        for (name, value) in [
-            ("KIT_MAX_REQUEST_BYTES", config.limits.max_request_bytes),
-            ("KIT_MAX_RESPONSE_BYTES", config.limits.max_response_bytes),
-            ("KIT_MAX_UPLOAD_BYTES", config.limits.max_upload_bytes),
-            (
-                "KIT_EXTERNALIZE_THRESHOLD_BYTES",
-                config.limits.externalize_threshold_bytes,
-            ),
-        ] {
-            if let Some(value) = value {
-                service_env.push((name.into(), value.to_string()));
-            }
-        }
-        if !config.cors.origins.is_empty() {
-            service_env.push(("KIT_CORS_ORIGINS".into(), config.cors.origins.join(",")));
-        }
         if let Some(rate) = &config.rate_limit {
-            if let Some(limit) = &rate.limit {
-                service_env.push(("KIT_RATE_LIMIT".into(), limit.clone()));
-            }
-            let store = rate
-                .store(target.platform)
+            rate.store(target.platform)
                 .map_err(|(message, hint)| invalid(target_name, message, hint))?;
-            if let Some(store) = store {
-                service_env.push(("KIT_RATE_LIMIT_STORE".into(), store.url));
-                service_env.push((
-                    "KIT_RATE_LIMIT_STORE_FAILURE".into(),
-                    store.on_failure.as_str().into(),
-                ));
+        }
+        // The one settings model every renderer uses: auth, limits, rate
+        // limit, CORS, storage, token TTL and mode.
+        let service_env: Vec<(String, String)> =
+            crate::render::service_environment(config, target_name)
+                .map(|(env, _)| env.into_iter().map(|v| (v.name, v.value)).collect())
+                .unwrap_or_default();
+        let api_keys = match config.auth.api_keys.as_deref() {
+            None => None,
+            Some(reference) => {
+                let (project, secret) = reference
+                    .starts_with("gcp:")
+                    .then(|| parse_secret_reference(reference))
+                    .flatten()
+                    .ok_or_else(|| {
+                        invalid(
+                            target_name,
+                            format!("`auth.api_keys: {reference}` is not `gcp:projects/PROJECT/secrets/NAME`"),
+                            format!(
+                                "keep the keys in Secret Manager: `auth.api_keys: gcp:projects/{project}/secrets/{}-api-keys`",
+                                config.service.name
+                            ),
+                        )
+                    })?;
+                Some(SecretSettings { project, secret })
             }
-        }
-        service_env.push(("KIT_REFLECTION".into(), config.reflection.to_string()));
-        if let Some(bucket) = &bucket {
-            service_env.push(("KIT_STORAGE".into(), "gcs".into()));
-            service_env.push(("KIT_STORAGE_BUCKET".into(), bucket.bucket.clone()));
-            service_env.push(("KIT_STORAGE_PREFIX".into(), bucket.prefix.clone()));
-            service_env.push((
-                "KIT_PRESIGN_TTL".into(),
-                bucket.presign_ttl_seconds.to_string(),
-            ));
-        }
+        };
         Ok(GcpSettings {
             target_name: target_name.to_string(),
             platform: target.platform,
@@ -239,6 +222,7 @@ impl GcpSettings {
             public: target.public,
             timeout_seconds: config.limits.request_timeout_seconds,
             service_env,
+            api_keys,
         })
     }
 
