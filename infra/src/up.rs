@@ -121,6 +121,7 @@ fn up_locked(
                 nginx: args.nginx.clone(),
                 port: args.port,
                 wait: !args.no_wait,
+                returns_to: None,
             },
             env,
         );
@@ -265,6 +266,27 @@ fn native_up(
     let kept = apply_and_prune(&engine, &desired, &mut state, &state_path, &mut progress)?;
     for left in kept {
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
+    }
+    // The alias now serves what was published: that is the release.
+    let function = state.resources.iter().find(|r| r.kind == kind::FUNCTION).cloned();
+    if let Some(function) = function
+        && let (Some(version), Some(code_sha256)) = (
+            function.outputs.get("version"),
+            function.outputs.get("code_sha256"),
+        )
+    {
+        use crate::releases::{Artifact, Live, artifact_kind, restore};
+        let live = Live {
+            artifact: Artifact {
+                kind: artifact_kind::LAMBDA_ZIP.into(),
+                digest: code_sha256.clone(),
+            },
+            restore: [(restore::LAMBDA_VERSION.to_string(), version.clone())].into(),
+            returns_to: None,
+        };
+        let (id, _) = crate::releases::record(&mut state, deployment, live);
+        state.save(&state_path)?;
+        progress.note(&format!("up: release {id} (version {version}) is live"));
     }
     progress.note(&format!(
         "up: done in {:.1} s, state in `{}`",
