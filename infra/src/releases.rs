@@ -257,23 +257,33 @@ impl From<RollbackError> for CommandError {
         let message = error.to_string();
         let (hint, code) = match &error {
             RollbackError::NoReleases { target } => (
-                format!("`deploy-kit up {target}` records the first release; `deploy-kit releases {target}` lists them"),
+                format!(
+                    "`deploy-kit up {target}` records the first release; `deploy-kit releases {target}` lists them"
+                ),
                 REFUSED_EXIT_CODE,
             ),
-            RollbackError::NoEarlier { target, .. } | RollbackError::AlreadyLive { target, .. } => (
-                format!("`deploy-kit releases {target}` lists the releases; name another one: `deploy-kit rollback {target} ID`"),
-                REFUSED_EXIT_CODE,
-            ),
+            RollbackError::NoEarlier { target, .. } | RollbackError::AlreadyLive { target, .. } => {
+                (
+                    format!(
+                        "`deploy-kit releases {target}` lists the releases; name another one: `deploy-kit rollback {target} ID`"
+                    ),
+                    REFUSED_EXIT_CODE,
+                )
+            }
             RollbackError::Unknown { target, .. } => (
                 format!("`deploy-kit releases {target}` lists the releases"),
                 REFUSED_EXIT_CODE,
             ),
             RollbackError::ArtifactGone { target, .. } => (
-                format!("nothing was changed; roll back to another release (`deploy-kit releases {target}`), or deploy the artifact again with `deploy-kit up {target}`"),
+                format!(
+                    "nothing was changed; roll back to another release (`deploy-kit releases {target}`), or deploy the artifact again with `deploy-kit up {target}`"
+                ),
                 ARTIFACT_GONE_EXIT_CODE,
             ),
             RollbackError::Unsupported { target, .. } => (
-                format!("nothing was changed; roll forward instead: `deploy-kit up {target}` with the earlier artifact (`--image REFERENCE`, `--package ZIP`); docs/state.md lists where rollback works"),
+                format!(
+                    "nothing was changed; roll forward instead: `deploy-kit up {target}` with the earlier artifact (`--image REFERENCE`, `--package ZIP`); docs/state.md lists where rollback works"
+                ),
                 REFUSED_EXIT_CODE,
             ),
         };
@@ -447,7 +457,9 @@ fn short(digest: &str) -> String {
 /// The table `deploy-kit releases` prints; `*` marks the live release.
 pub fn releases_text(target: &str, state: &State) -> String {
     if state.releases.is_empty() {
-        return format!("target `{target}`: no releases recorded (`deploy-kit up {target}` records one)\n");
+        return format!(
+            "target `{target}`: no releases recorded (`deploy-kit up {target}` records one)\n"
+        );
     }
     let rows: Vec<[String; 6]> = state
         .releases
@@ -468,7 +480,11 @@ pub fn releases_text(target: &str, state: &State) -> String {
                 release.time_utc(),
                 release.who.clone(),
                 what,
-                format!("{} {}", release.artifact.kind, short(&release.artifact.digest)),
+                format!(
+                    "{} {}",
+                    release.artifact.kind,
+                    short(&release.artifact.digest)
+                ),
                 release.config_hash.chars().take(12).collect(),
             ]
         })
@@ -511,10 +527,12 @@ fn rollback(
 ) -> Result<u8, CommandError> {
     // `rollback 3`: a lone number is the release of the default target.
     if args.release.is_none()
-        && args
-            .target
-            .as_deref()
-            .is_some_and(|t| !t.is_empty() && t.trim_start_matches('#').bytes().all(|b| b.is_ascii_digit()))
+        && args.target.as_deref().is_some_and(|t| {
+            !t.is_empty()
+                && t.trim_start_matches('#')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        })
     {
         args.release = args.target.take();
     }
@@ -653,11 +671,7 @@ fn native_rollback(
     }
     let output = deployment.doctor(kit_checks::Mode::Online, env)?;
     Ok(RolledBack {
-        release: state
-            .releases
-            .last()
-            .cloned()
-            .expect("just recorded"),
+        release: state.releases.last().cloned().expect("just recorded"),
         doctor_exit_code: output.exit_code,
         doctor_text: output.text,
     })
@@ -746,7 +760,9 @@ mod tests {
     #[test]
     fn history_is_bounded_and_dropped_artifacts_are_named_once_unused() {
         let mut history = state(
-            (1..=HISTORY as u64).map(|id| release(id, &format!("d{id}"))).collect(),
+            (1..=HISTORY as u64)
+                .map(|id| release(id, &format!("d{id}")))
+                .collect(),
             Some(HISTORY as u64),
         );
         // Release 2 reuses release 1's binary: it stays named after 1 goes.

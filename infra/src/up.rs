@@ -268,7 +268,11 @@ fn native_up(
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }
     // The alias now serves what was published: that is the release.
-    let function = state.resources.iter().find(|r| r.kind == kind::FUNCTION).cloned();
+    let function = state
+        .resources
+        .iter()
+        .find(|r| r.kind == kind::FUNCTION)
+        .cloned();
     if let Some(function) = function
         && let (Some(version), Some(code_sha256)) = (
             function.outputs.get("version"),

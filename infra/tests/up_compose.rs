@@ -511,9 +511,19 @@ fn get_json(url: &str) -> serde_json::Value {
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{url}: {response}");
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         // One chunk is enough for /healthz.
-        body.split_once("\r\n").unwrap().1.rsplit_once("\r\n0").unwrap().0.trim_end().to_string()
+        body.split_once("\r\n")
+            .unwrap()
+            .1
+            .rsplit_once("\r\n0")
+            .unwrap()
+            .0
+            .trim_end()
+            .to_string()
     } else {
         body.to_string()
     };
@@ -627,7 +637,11 @@ fn rollback_restarts_the_replicas_with_the_previous_binary() {
     );
     let state_path = project.output_dir().join("state.json");
     for (label, broken, says) in [
-        ("corrupt", b"{ \"schema\": ".to_vec(), "is not a deploy-kit state file"),
+        (
+            "corrupt",
+            b"{ \"schema\": ".to_vec(),
+            "is not a deploy-kit state file",
+        ),
         (
             "newer",
             String::from_utf8(state_before.clone())
@@ -642,7 +656,10 @@ fn rollback_restarts_the_replicas_with_the_previous_binary() {
             let (code, _, stderr) = project.run(command);
             assert_eq!(code, 1, "{label} {command:?}: {stderr}");
             assert!(stderr.contains(says), "{label}: {stderr}");
-            assert!(stderr.contains("deploy-kit state pull"), "{label}: {stderr}");
+            assert!(
+                stderr.contains("deploy-kit state pull"),
+                "{label}: {stderr}"
+            );
             assert_eq!(std::fs::read(&state_path).unwrap(), broken, "{label}: kept");
         }
     }
@@ -653,11 +670,21 @@ fn rollback_restarts_the_replicas_with_the_previous_binary() {
     // The rollback (default: the release before the live one).
     let (code, stdout, stderr) = project.run(&["rollback", "stack"]);
     assert_eq!(code, 0, "rollback\n{stdout}\n{stderr}");
-    assert!(stderr.contains("rollback: target `stack` to release 1"), "{stderr}");
-    assert!(stdout.contains("pass    OPS003"), "the post-up check ran:\n{stdout}");
+    assert!(
+        stderr.contains("rollback: target `stack` to release 1"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("pass    OPS003"),
+        "the post-up check ran:\n{stdout}"
+    );
     assert_ne!(project.pid("replica-1"), pids.0, "restarted");
     assert_eq!(project.url("nginx"), nginx);
-    assert_eq!(serving(&project), [first_digest.as_str(); 3], "the first binary answers");
+    assert_eq!(
+        serving(&project),
+        [first_digest.as_str(); 3],
+        "the first binary answers"
+    );
     let (_, json, _) = project.run(&["releases", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(listed["live"], 3);
@@ -667,9 +694,8 @@ fn rollback_restarts_the_replicas_with_the_previous_binary() {
     assert_eq!(third["artifact"]["digest"], first_digest.as_str());
 
     // Release 2's retained binary deleted: refused, the first still serves.
-    let retained_second = PathBuf::from(
-        listed["releases"][1]["restore"]["binary"].as_str().unwrap(),
-    );
+    let retained_second =
+        PathBuf::from(listed["releases"][1]["restore"]["binary"].as_str().unwrap());
     std::fs::remove_file(&retained_second).unwrap();
     let pids = (project.pid("replica-1"), project.pid("replica-2"));
     let state_before = std::fs::read(&state_path).unwrap();

@@ -222,7 +222,8 @@ pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
             _ => format!("has schema `{schema}`; this deploy-kit reads `{STATE_SCHEMA}`"),
         });
     }
-    serde_json::from_slice(bytes).map_err(|error| format!("is not a deploy-kit state file: {error}"))
+    serde_json::from_slice(bytes)
+        .map_err(|error| format!("is not a deploy-kit state file: {error}"))
 }
 
 /// `.deploy-kit/<environment>/<target>/` under `base` (the config file's directory).
@@ -514,7 +515,10 @@ pub trait Engine {
     ) -> Result<(), CommandError> {
         let _ = (release, progress);
         Err(CommandError::new(
-            format!("rollback is not supported by the `{}` engine yet", self.name()),
+            format!(
+                "rollback is not supported by the `{}` engine yet",
+                self.name()
+            ),
             "roll forward with `deploy-kit up` and the earlier artifact",
             crate::releases::REFUSED_EXIT_CODE,
         ))

@@ -485,54 +485,53 @@ impl AwsEngine {
         } else {
             FunctionUrlAuthType::AwsIam
         };
-        let (url, outcome) =
-            match self.block(
-                lambda
-                    .get_function_url_config()
-                    .function_name(name)
-                    .qualifier(ALIAS)
-                    .send(),
-            ) {
-                Ok(config) if config.auth_type() == &auth => {
-                    (config.function_url().to_string(), "unchanged")
-                }
-                Ok(_) => {
-                    let updated = self
-                        .block(
-                            lambda
-                                .update_function_url_config()
-                                .function_name(name)
-                                .qualifier(ALIAS)
-                                .auth_type(auth.clone())
-                                .send(),
-                        )
-                        .map_err(|e| {
-                            sdk_error(&format!("failed to update the Function URL of `{name}`"), e)
-                        })?;
-                    (updated.function_url().to_string(), "updated auth")
-                }
-                Err(error) if code(&error) == Some("ResourceNotFoundException") => {
-                    let created = self
-                        .block(
-                            lambda
-                                .create_function_url_config()
-                                .function_name(name)
-                                .qualifier(ALIAS)
-                                .auth_type(auth.clone())
-                                .send(),
-                        )
-                        .map_err(|e| {
-                            sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
-                        })?;
-                    (created.function_url().to_string(), "created")
-                }
-                Err(error) => {
-                    return Err(sdk_error(
-                        &format!("failed to look up the Function URL of `{name}`"),
-                        error,
-                    ));
-                }
-            };
+        let (url, outcome) = match self.block(
+            lambda
+                .get_function_url_config()
+                .function_name(name)
+                .qualifier(ALIAS)
+                .send(),
+        ) {
+            Ok(config) if config.auth_type() == &auth => {
+                (config.function_url().to_string(), "unchanged")
+            }
+            Ok(_) => {
+                let updated = self
+                    .block(
+                        lambda
+                            .update_function_url_config()
+                            .function_name(name)
+                            .qualifier(ALIAS)
+                            .auth_type(auth.clone())
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to update the Function URL of `{name}`"), e)
+                    })?;
+                (updated.function_url().to_string(), "updated auth")
+            }
+            Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                let created = self
+                    .block(
+                        lambda
+                            .create_function_url_config()
+                            .function_name(name)
+                            .qualifier(ALIAS)
+                            .auth_type(auth.clone())
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
+                    })?;
+                (created.function_url().to_string(), "created")
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up the Function URL of `{name}`"),
+                    error,
+                ));
+            }
+        };
         if self.settings.public {
             // Public URLs need both permissions (AWS, October 2025).
             let url_permission = lambda
@@ -703,7 +702,9 @@ pub fn publish_version(
                         .set_marker(marker.clone())
                         .send(),
                 )
-                .map_err(|e| sdk_error(&format!("failed to list the versions of `{function}`"), e))?;
+                .map_err(|e| {
+                    sdk_error(&format!("failed to list the versions of `{function}`"), e)
+                })?;
             for version in page.versions() {
                 if let Some(number) = version.version().and_then(|v| v.parse::<u64>().ok()) {
                     newest = Some(newest.map_or(number, |n| n.max(number)));
@@ -733,9 +734,13 @@ pub fn point_alias(
     version: &str,
 ) -> Result<((), String), CommandError> {
     let lambda = clients.lambda();
-    let current = clients
-        .runtime
-        .block_on(lambda.get_alias().function_name(function).name(ALIAS).send());
+    let current = clients.runtime.block_on(
+        lambda
+            .get_alias()
+            .function_name(function)
+            .name(ALIAS)
+            .send(),
+    );
     match current {
         Ok(alias) if alias.function_version() == Some(version) => {
             Ok(((), format!("{version}, unchanged")))
@@ -751,7 +756,12 @@ pub fn point_alias(
                         .function_version(version)
                         .send(),
                 )
-                .map_err(|e| sdk_error(&format!("failed to move alias `{ALIAS}` of `{function}`"), e))?;
+                .map_err(|e| {
+                    sdk_error(
+                        &format!("failed to move alias `{ALIAS}` of `{function}`"),
+                        e,
+                    )
+                })?;
             Ok((
                 (),
                 format!(
@@ -771,7 +781,12 @@ pub fn point_alias(
                         .function_version(version)
                         .send(),
                 )
-                .map_err(|e| sdk_error(&format!("failed to make alias `{ALIAS}` of `{function}`"), e))?;
+                .map_err(|e| {
+                    sdk_error(
+                        &format!("failed to make alias `{ALIAS}` of `{function}`"),
+                        e,
+                    )
+                })?;
             Ok(((), format!("made at {version}")))
         }
         Err(error) => Err(sdk_error(
@@ -1008,7 +1023,10 @@ impl Engine for AwsEngine {
         let configuration = match found {
             Ok(configuration) => configuration,
             Err(error) if code(&error) == Some("ResourceNotFoundException") => {
-                return Err(gone(format!("version {version} of function `{name}` was deleted")).into());
+                return Err(gone(format!(
+                    "version {version} of function `{name}` was deleted"
+                ))
+                .into());
             }
             Err(error) => {
                 return Err(sdk_error(

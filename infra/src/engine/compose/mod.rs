@@ -369,7 +369,14 @@ fn up_checked(
             let children = std::mem::take(&mut supervisor.children);
             let result = result.and_then(|url| {
                 let (binary, digest) = supervisor.binary.clone().expect("up found the binary");
-                record_binary_release(deployment, &mut state, &binary, &digest, options, &mut progress)?;
+                record_binary_release(
+                    deployment,
+                    &mut state,
+                    &binary,
+                    &digest,
+                    options,
+                    &mut progress,
+                )?;
                 state.save(&state_path)?;
                 Ok(url)
             });
@@ -443,11 +450,7 @@ fn record_binary_release(
             kind: artifact_kind::BINARY.into(),
             digest: digest.to_string(),
         },
-        restore: [(
-            restore::BINARY.to_string(),
-            retained.display().to_string(),
-        )]
-        .into(),
+        restore: [(restore::BINARY.to_string(), retained.display().to_string())].into(),
         returns_to: options.returns_to,
     };
     let (id, dropped) = crate::releases::record(state, deployment, live);
@@ -469,9 +472,15 @@ fn record_binary_release(
 
 /// `<output>/releases/<first 16 hex digits>/<file name>`, copied once.
 fn retain_binary(output_dir: &Path, binary: &Path, digest: &str) -> Result<PathBuf, CommandError> {
-    let short: String = digest.trim_start_matches("sha256:").chars().take(16).collect();
+    let short: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect();
     let dir = output_dir.join(RELEASES_DIR).join(short);
-    let name = binary.file_name().unwrap_or(std::ffi::OsStr::new("kit-service"));
+    let name = binary
+        .file_name()
+        .unwrap_or(std::ffi::OsStr::new("kit-service"));
     let retained = dir.join(name);
     if crate::releases::file_digest(&retained).is_ok_and(|have| have == digest) {
         return Ok(retained);
@@ -551,13 +560,20 @@ pub fn rollback(
     let (code, report) = up_checked(deployment, &options, env)?;
     let state = State::load(&deployment.state_path())?.ok_or_else(|| {
         CommandError::new(
-            format!("the state of `{}` vanished during the rollback", deployment.target_name),
+            format!(
+                "the state of `{}` vanished during the rollback",
+                deployment.target_name
+            ),
             "run `deploy-kit up` again",
             1,
         )
     })?;
     Ok(crate::releases::RolledBack {
-        release: state.releases.last().cloned().expect("the rollback recorded a release"),
+        release: state
+            .releases
+            .last()
+            .cloned()
+            .expect("the rollback recorded a release"),
         doctor_exit_code: code,
         doctor_text: report,
     })
