@@ -570,6 +570,17 @@ fn rollback_locked(
         target: target.clone(),
     })?;
     let chosen = choose(&state, target, args.release.as_deref())?.clone();
+    // Nothing is built: the release's artifact runs, so the doctor's ART001
+    // (can the workspace build the service?) is skipped as for `--kit-service`.
+    let mut deployment = deployment.clone();
+    deployment.prebuilt_binary = Some(
+        chosen
+            .restore
+            .get(restore::BINARY)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("release {}", chosen.id))),
+    );
+    let deployment = &deployment;
     let platform = deployment.target.platform;
     let rolled = if crate::engine::compose::handles(platform) {
         crate::engine::compose::rollback(deployment, &chosen, args.nginx.clone(), env)?

@@ -109,7 +109,9 @@ fn up_locked(
     }
     if crate::engine::cli::handles(deployment.target.platform) {
         let kit_service = args.kit_service.as_deref();
-        return crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env);
+        let code = crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env)?;
+        record_image_release(deployment)?;
+        return Ok(code);
     }
     crate::plan::doctor_gate(deployment, args.force, env)?;
     if crate::engine::compose::handles(deployment.target.platform) {
@@ -127,12 +129,14 @@ fn up_locked(
         );
     }
     if crate::engine::gcp::handles(deployment.target.platform) {
-        return crate::engine::gcp::up(
+        let code = crate::engine::gcp::up(
             &deployment.config,
             &deployment.config_path,
             &deployment.target_name,
             env,
-        );
+        )?;
+        record_image_release(deployment)?;
+        return Ok(code);
     }
     // Fails early, with the hint, for platforms no native engine handles.
     deployment.desired(None, env)?;
@@ -143,6 +147,28 @@ fn up_locked(
     }
     eprint!("{}", crate::plan::render_text(&document));
     native_up(deployment, desired, package, env)
+}
+
+/// Records the release of an engine that deploys `service.image` (by
+/// digest after `prepare_image`) and has no rollback yet: listed by
+/// `deploy-kit releases`, refused by `rollback` (docs/state.md).
+fn record_image_release(deployment: &Deployment) -> Result<(), CommandError> {
+    let state_path = deployment.state_path();
+    let Some(mut state) = crate::engine::State::load(&state_path)? else {
+        return Ok(());
+    };
+    let live = crate::releases::Live {
+        artifact: crate::releases::Artifact {
+            kind: crate::releases::artifact_kind::IMAGE.into(),
+            digest: deployment.config.service.image(),
+        },
+        restore: Default::default(),
+        returns_to: None,
+    };
+    let (id, _) = crate::releases::record(&mut state, deployment, live);
+    state.save(&state_path)?;
+    eprintln!("up: release {id} is live");
+    Ok(())
 }
 
 /// The Lambda package `up` deploys: `--package`, else a fresh `deploy-kit build`.
