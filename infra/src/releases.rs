@@ -405,10 +405,9 @@ fn releases(
 ) -> Result<String, CommandError> {
     let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd())?;
     let store = args.state.store(&deployment, env)?;
-    let state = match store.pull()? {
-        Some(bytes) => Some(crate::engine::parse_state(&bytes).expect("pull checked it")),
-        None => None,
-    };
+    let state = store
+        .pull()?
+        .map(|bytes| crate::engine::parse_state(&bytes).expect("pull checked it"));
     let empty = State::new("", &deployment.config.service.environment, "");
     let state = state.as_ref().unwrap_or(&empty);
     Ok(if args.json {
