@@ -13,8 +13,9 @@
 //! `deploy-kit releases [TARGET]` lists them; `deploy-kit rollback [TARGET]
 //! [RELEASE]` runs in the same locked state session as `up` and `down`,
 //! checks that the release's artifact is still there before it changes
-//! anything, returns traffic to it through the engine ([`crate::engine::Engine::rollback`],
-//! the compose engine's restart), records the rollback as a new release
+//! anything, returns traffic to it through the engine ([`crate::engine::Engine::rollback`]
+//! for AWS, the compose engine's restart, the Fly/Kubernetes CLI engine
+//! deploying the earlier image), records the rollback as a new release
 //! pointing at the old artifact, and runs the same post-`up` check `up`
 //! runs (`doctor --online`), whose exit code it returns.
 
@@ -587,6 +588,13 @@ fn rollback_locked(
         && deployment.target.engine == crate::config::Engine::Native
     {
         native_rollback(deployment, state, &chosen, env)?
+    } else if matches!(
+        platform,
+        kit_checks::platform::Platform::Fly | kit_checks::platform::Platform::Kubernetes
+    ) && deployment.target.engine == crate::config::Engine::Native
+        && chosen.artifact.kind == artifact_kind::IMAGE
+    {
+        image_rollback(deployment, &chosen, env)?
     } else {
         return Err(RollbackError::Unsupported {
             target: target.clone(),
@@ -610,6 +618,54 @@ fn rollback_locked(
         print!("{}", rolled.doctor_text);
     }
     Ok(rolled.doctor_exit_code)
+}
+
+/// Fly and Kubernetes: the release's image deployed again through the CLI
+/// engine (`fly deploy --image`, the manifest re-applied with it), with the
+/// config as it is now; then `doctor --online`, which the engine prints.
+fn image_rollback(
+    deployment: &Deployment,
+    chosen: &Release,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RolledBack, CommandError> {
+    let image = &chosen.artifact.digest;
+    if !image.contains("@sha256:") {
+        eprintln!(
+            "warning: release {} was deployed by tag (`{image}`), not digest; the platform runs whatever the tag points at now",
+            chosen.id
+        );
+    }
+    eprintln!(
+        "rollback: target `{}` to release {} (image `{image}`)",
+        deployment.target_name, chosen.id
+    );
+    let mut deployment = deployment.clone();
+    deployment.config.service.image = Some(image.clone());
+    // Returning to a release that ran goes on despite offline findings.
+    let code = crate::engine::cli::up(&deployment, true, None, &cwd(), env)?;
+    let state_path = deployment.state_path();
+    let mut state = State::load(&state_path)?.ok_or_else(|| RollbackError::NoReleases {
+        target: deployment.target_name.clone(),
+    })?;
+    let (id, _) = record(
+        &mut state,
+        &deployment,
+        Live {
+            artifact: chosen.artifact.clone(),
+            restore: chosen.restore.clone(),
+            returns_to: Some(chosen.id),
+        },
+    );
+    state.save(&state_path)?;
+    eprintln!(
+        "rollback: release {id} (the image of release {}) is live",
+        chosen.id
+    );
+    Ok(RolledBack {
+        release: state.releases.last().cloned().expect("just recorded"),
+        doctor_exit_code: code,
+        doctor_text: String::new(),
+    })
 }
 
 #[cfg(not(feature = "aws"))]
