@@ -523,7 +523,9 @@ impl AwsEngine {
                     .map_err(|e| {
                         sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
                     })?;
-                (created.function_url().to_string(), "created")
+                let url = created.function_url().to_string();
+                self.drop_unqualified_url(&url)?;
+                (url, "created")
             }
             Err(error) => {
                 return Err(sdk_error(
@@ -571,6 +573,52 @@ impl AwsEngine {
         let mut resource = Resource::new(kind::ENDPOINT, name);
         resource.outputs.insert("url".into(), url);
         Ok((resource, outcome.to_string()))
+    }
+
+    /// A deploy-kit before releases put the Function URL on the function
+    /// itself (`$LATEST`); once the one on the alias exists, that one would
+    /// keep serving new code around any rollback, so it goes (with its
+    /// permissions). moto keeps one URL per function whatever the qualifier,
+    /// so a URL equal to the alias's is the same one and stays.
+    fn drop_unqualified_url(&self, alias_url: &str) -> Result<(), CommandError> {
+        let name = &self.settings.function_name;
+        let lambda = self.clients.lambda();
+        let Ok(old) = self.block(lambda.get_function_url_config().function_name(name).send())
+        else {
+            return Ok(());
+        };
+        if old.function_url() == alias_url {
+            return Ok(());
+        }
+        for statement in [
+            URL_PERMISSION_ID.to_string(),
+            format!("{URL_PERMISSION_ID}-invoke"),
+        ] {
+            let _ = self.block(
+                lambda
+                    .remove_permission()
+                    .function_name(name)
+                    .statement_id(statement)
+                    .send(),
+            );
+        }
+        self.block(
+            lambda
+                .delete_function_url_config()
+                .function_name(name)
+                .send(),
+        )
+        .map_err(|e| {
+            sdk_error(
+                &format!("failed to delete the old Function URL of `{name}` (on `$LATEST`)"),
+                e,
+            )
+        })?;
+        eprintln!(
+            "note: the Function URL moved to the alias `{ALIAS}`: `{}` is gone, `{alias_url}` serves",
+            old.function_url()
+        );
+        Ok(())
     }
 
     fn delete(
