@@ -24,6 +24,7 @@ pub mod init;
 pub mod new;
 pub mod output;
 pub mod plan;
+pub mod releases;
 pub mod render;
 pub mod replica;
 #[cfg(feature = "aws")]
@@ -51,6 +52,14 @@ pub const COMMANDS: &[(&str, &str)] = &[
     (
         "up",
         "provision storage, the signing key and the platform target",
+    ),
+    (
+        "releases",
+        "list what each `up` and `rollback` put live, marking the live one",
+    ),
+    (
+        "rollback",
+        "return traffic to an earlier release, then run the post-`up` check",
     ),
     ("down", "remove what `up` made"),
     (

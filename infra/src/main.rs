@@ -40,6 +40,10 @@ enum Command {
     Plan(deploy_kit::plan::Args),
     /// Provision and deploy a target (`local`: build and run the service here).
     Up(deploy_kit::up::Args),
+    /// List a target's releases (what each `up` and `rollback` put live).
+    Releases(deploy_kit::releases::ReleasesArgs),
+    /// Return traffic to an earlier release (default: the one before the live one).
+    Rollback(deploy_kit::releases::RollbackArgs),
     /// Remove what `up` made.
     Down(deploy_kit::down::Args),
     /// Check config, limits, keys and storage.
@@ -125,6 +129,8 @@ fn main() -> ExitCode {
         Command::Build(args) => deploy_kit::build::run(args),
         Command::Plan(args) => deploy_kit::plan::run(args),
         Command::Up(args) => deploy_kit::up::run(args),
+        Command::Releases(args) => deploy_kit::releases::run_releases(args),
+        Command::Rollback(args) => deploy_kit::releases::run_rollback(args),
         Command::Down(args) => deploy_kit::down::run(args),
         Command::State(args) => deploy_kit::state::command::run(args),
         Command::Secrets(args) => deploy_kit::secrets::run(args),

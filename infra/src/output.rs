@@ -1,7 +1,7 @@
 //! What commands print for people and for machines.
 //!
-//! `--json` on `plan`, `build`, `up`, `down`, `state show`, `secrets
-//! rotate` and `init` (and `doctor --format json`) makes stdout carry
+//! `--json` on `plan`, `build`, `up`, `down`, `releases`, `rollback`,
+//! `state show`, `secrets rotate` and `init` (and `doctor --format json`) makes stdout carry
 //! exactly one JSON document. Its `schema`
 //! field is a versioned id (`deploy-kit.<what>/v<N>`) with a JSON Schema
 //! file in `docs/schemas/` ([`SCHEMAS`]); a test validates every command's
@@ -30,6 +30,10 @@ pub const STATE_SHOW: &str = "deploy-kit.state-show/v1";
 pub const SECRETS_ROTATE: &str = "deploy-kit.secrets-rotate/v1";
 /// What `init` wrote.
 pub const INIT: &str = "deploy-kit.init/v1";
+/// A target's releases (`releases --json`).
+pub const RELEASES: &str = "deploy-kit.releases/v1";
+/// What a rollback did (`rollback --json`).
+pub const ROLLBACK: &str = "deploy-kit.rollback/v1";
 /// A command that failed: message, hint and exit code.
 pub const ERROR: &str = "deploy-kit.error/v1";
 
@@ -43,6 +47,8 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     (STATE_SHOW, "state-show.schema.json"),
     (SECRETS_ROTATE, "secrets-rotate.schema.json"),
     (INIT, "init.schema.json"),
+    (RELEASES, "releases.schema.json"),
+    (ROLLBACK, "rollback.schema.json"),
     (ERROR, "error.schema.json"),
 ];
 

@@ -124,7 +124,9 @@ fn up_locked(
     }
     if crate::engine::cli::handles(deployment.target.platform) {
         let kit_service = args.kit_service.as_deref();
-        return crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env);
+        let code = crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env)?;
+        record_image_release(deployment)?;
+        return Ok(code);
     }
     crate::plan::doctor_gate(deployment, args.force, env)?;
     if crate::engine::compose::handles(deployment.target.platform) {
@@ -136,17 +138,20 @@ fn up_locked(
                 nginx: args.nginx.clone(),
                 port: args.port,
                 wait: !args.no_wait,
+                returns_to: None,
             },
             env,
         );
     }
     if crate::engine::gcp::handles(deployment.target.platform) {
-        return crate::engine::gcp::up(
+        let code = crate::engine::gcp::up(
             &deployment.config,
             &deployment.config_path,
             &deployment.target_name,
             env,
-        );
+        )?;
+        record_image_release(deployment)?;
+        return Ok(code);
     }
     // Fails early, with the hint, for platforms no native engine handles.
     deployment.desired(None, env)?;
@@ -157,6 +162,28 @@ fn up_locked(
     }
     eprint!("{}", crate::plan::render_text(&document));
     native_up(deployment, desired, package, env)
+}
+
+/// Records the release of an engine that deploys `service.image` (by
+/// digest after `prepare_image`) and has no rollback yet: listed by
+/// `deploy-kit releases`, refused by `rollback` (docs/state.md).
+fn record_image_release(deployment: &Deployment) -> Result<(), CommandError> {
+    let state_path = deployment.state_path();
+    let Some(mut state) = crate::engine::State::load(&state_path)? else {
+        return Ok(());
+    };
+    let live = crate::releases::Live {
+        artifact: crate::releases::Artifact {
+            kind: crate::releases::artifact_kind::IMAGE.into(),
+            digest: deployment.config.service.image(),
+        },
+        restore: Default::default(),
+        returns_to: None,
+    };
+    let (id, _) = crate::releases::record(&mut state, deployment, live);
+    state.save(&state_path)?;
+    eprintln!("up: release {id} is live");
+    Ok(())
 }
 
 /// The Lambda package `up` deploys: `--package`, else a fresh `deploy-kit build`.
@@ -281,6 +308,31 @@ fn native_up(
     for left in kept {
         eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
     }
+    // The alias now serves what was published: that is the release.
+    let function = state
+        .resources
+        .iter()
+        .find(|r| r.kind == kind::FUNCTION)
+        .cloned();
+    if let Some(function) = function
+        && let (Some(version), Some(code_sha256)) = (
+            function.outputs.get("version"),
+            function.outputs.get("code_sha256"),
+        )
+    {
+        use crate::releases::{Artifact, Live, artifact_kind, restore};
+        let live = Live {
+            artifact: Artifact {
+                kind: artifact_kind::LAMBDA_ZIP.into(),
+                digest: code_sha256.clone(),
+            },
+            restore: [(restore::LAMBDA_VERSION.to_string(), version.clone())].into(),
+            returns_to: None,
+        };
+        let (id, _) = crate::releases::record(&mut state, deployment, live);
+        state.save(&state_path)?;
+        progress.note(&format!("up: release {id} (version {version}) is live"));
+    }
     progress.note(&format!(
         "up: done in {:.1} s, state in `{}`",
         progress.elapsed_seconds(),
@@ -292,10 +344,7 @@ fn native_up(
         .find(|r| r.kind == kind::ENDPOINT)
         .and_then(|r| r.outputs.get("url"))
     {
-        crate::output::human(&format!(
-            "url: {url}
-"
-        ));
+        crate::output::human(&format!("url: {url}\n"));
     }
     let output = deployment.doctor(kit_checks::Mode::Online, env)?;
     crate::output::human(&output.text);

@@ -100,11 +100,17 @@ impl Cloud {
     }
 
     fn environment(&self, function: &str) -> HashMap<String, String> {
+        self.environment_of(function, None)
+    }
+
+    /// The environment of `qualifier` (a version or the alias), `$LATEST` without one.
+    fn environment_of(&self, function: &str, qualifier: Option<&str>) -> HashMap<String, String> {
         self.runtime
             .block_on(
                 self.lambda
                     .get_function_configuration()
                     .function_name(function)
+                    .set_qualifier(qualifier.map(str::to_string))
                     .send(),
             )
             .unwrap()
@@ -244,6 +250,12 @@ signing_key:
         env.get("VGI_SIGNING_KEY_PREVIOUS"),
         Some(&new),
         "verifies with the new key"
+    );
+    // Traffic reaches the alias `live`: the roll published and moved it.
+    assert_eq!(
+        cloud.environment_of(&function, Some("live")),
+        env,
+        "the alias serves the rolled environment"
     );
     assert_eq!(
         env.get("KIT_TOKEN_TTL").map(String::as_str),

@@ -374,6 +374,70 @@ fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
     insta::assert_snapshot!("fly_down", project.take_log());
 }
 
+/// Each `up` records its image as a release; `rollback` deploys the
+/// previous image again (`fly deploy --image`) and records that.
+#[test]
+fn fly_rollback_deploys_the_previous_image_again() {
+    let project = Project::new("fly-rollback", FLY, &["fly"]);
+    project.answers(
+        "fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
+",
+    );
+    let first = "registry.fly.io/vgi@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    let second = "registry.fly.io/vgi@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    for image in [first, second] {
+        let (code, _, stderr) = project.run(&["up", "app", "--image", image]);
+        assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    }
+    project.take_log();
+    let (code, json, stderr) = project.run(&["releases", "app", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed["live"], 2);
+    assert_eq!(listed["releases"][0]["artifact"]["digest"], first);
+
+    let (code, _, stderr) = project.run(&["rollback", "app"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(
+        stderr.contains("rollback: target `app` to release 1"),
+        "{stderr}"
+    );
+    let log = project.take_log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("fly deploy ") && l.ends_with(&format!("--image {first}"))),
+        "{log}"
+    );
+    let (_, json, _) = project.run(&["releases", "app", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed["live"], 3);
+    assert_eq!(listed["releases"][2]["returns_to"], 1);
+    assert_eq!(listed["releases"][2]["artifact"]["digest"], first);
+}
+
+/// Railway has no rollback yet: a typed refusal, nothing run.
+#[test]
+fn rollback_where_it_is_not_supported_says_so() {
+    let project = Project::new("railway-rollback", RAILWAY, &["railway"]);
+    project.answers(
+        "railway variables --service vgi --json*|0|{\"RAILWAY_ENVIRONMENT\":\"production\"}\n",
+    );
+    for _ in 0..2 {
+        let (code, _, stderr) = project.run(&["up", "web"]);
+        assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    }
+    project.take_log();
+    let (code, _, stderr) = project.run(&["rollback", "web", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("error: rollback is not supported on railway yet"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: nothing was changed"), "{stderr}");
+    assert_eq!(project.take_log(), "", "no CLI ran");
+}
+
 const RAILWAY: &str = "version: 1
 service: {name: vgi, environment: ci}
 targets:

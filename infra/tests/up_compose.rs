@@ -6,6 +6,9 @@
 //! nginx) these tests fail, they never skip.
 #![cfg(feature = "aws")]
 
+#[path = "common/json.rs"]
+mod json;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -491,4 +494,222 @@ fn staging_and_production_run_side_by_side() {
     for pid in &production_pids {
         wait_dead(*pid);
     }
+}
+
+/// `GET url` over plain HTTP/1.1; the body as JSON.
+fn get_json(url: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{url}: {response}");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // One chunk is enough for /healthz.
+        body.split_once("\r\n")
+            .unwrap()
+            .1
+            .rsplit_once("\r\n0")
+            .unwrap()
+            .0
+            .trim_end()
+            .to_string()
+    } else {
+        body.to_string()
+    };
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Two releases from two builds that differ (the second is the first with
+/// bytes appended, so the service behaves alike and reports another
+/// `/healthz` `binary.sha256`), then `rollback`: the replicas restart with
+/// the retained first binary, which a call through nginx and to every
+/// replica shows. Bad input first changes nothing: no release yet, an
+/// unknown id, a corrupted state, a state from a newer deploy-kit, and a
+/// release whose retained binary was deleted.
+#[test]
+fn rollback_restarts_the_replicas_with_the_previous_binary() {
+    let mut project = Project::new("rb");
+    let (code, _, stderr) = project.run(&["rollback", "stack"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("target `stack` has no recorded release"),
+        "{stderr}"
+    );
+
+    let first = project.servers.kit_service.clone();
+    let second = project.dir.join("kit-service-next");
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes.extend_from_slice(b"\0deploy-kit rollback test: the next build\0");
+    std::fs::write(&second, bytes).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&second, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (first_digest, second_digest) = (sha256_of(&first), sha256_of(&second));
+    assert_ne!(first_digest, second_digest);
+
+    let (code, stdout, stderr) = project.up();
+    assert_eq!(code, 0, "first up\n{stdout}\n{stderr}");
+    assert!(stderr.contains("release 1 is live"), "{stderr}");
+    let nginx = project.url("nginx");
+    let serving = |project: &Project| -> Vec<String> {
+        let mut digests = vec![
+            get_json(&format!("{nginx}/healthz"))["binary"]["sha256"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ];
+        for replica in ["replica-1", "replica-2"] {
+            let health = get_json(&format!("{}/healthz", project.url(replica)));
+            digests.push(health["binary"]["sha256"].as_str().unwrap().to_string());
+        }
+        digests
+    };
+    assert_eq!(serving(&project), [first_digest.as_str(); 3]);
+
+    let (code, stdout, stderr) = project.run(&[
+        "up",
+        "stack",
+        "--no-wait",
+        "--port",
+        "0",
+        "--kit-service",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "second up\n{stdout}\n{stderr}");
+    assert!(stderr.contains("release 2 is live"), "{stderr}");
+    assert!(stderr.contains("replica-1: restarted"), "{stderr}");
+    assert_eq!(project.url("nginx"), nginx, "nginx stays");
+    assert_eq!(serving(&project), [second_digest.as_str(); 3]);
+
+    let (code, json, stderr) = project.run(&["releases", "stack", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed = json::validated(&json);
+    assert_eq!(listed["schema"], "deploy-kit.releases/v1");
+    assert_eq!(listed["live"], 2);
+    let releases = listed["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 2);
+    assert_eq!(releases[0]["artifact"]["digest"], first_digest.as_str());
+    assert_eq!(releases[1]["artifact"]["digest"], second_digest.as_str());
+    assert_eq!(releases[1]["live"], true);
+    assert!(releases[0]["who"].as_str().unwrap().contains('@'));
+    assert_eq!(releases[0]["config_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        releases[0]["settings"]["KIT_STORAGE_BUCKET"],
+        project.bucket.as_str(),
+        "{json}"
+    );
+    let retained = PathBuf::from(releases[0]["restore"]["binary"].as_str().unwrap());
+    assert!(retained.starts_with(project.output_dir().join("releases")));
+    assert_eq!(sha256_of(&retained), first_digest);
+    let (code, table, _) = project.run(&["releases", "stack"]);
+    assert_eq!(code, 0);
+    let live_row = table.lines().nth(1).unwrap();
+    assert!(live_row.starts_with("* 2 "), "{table}");
+    assert!(live_row.contains(&second_digest[..19]), "{table}");
+
+    // Refused before anything changes.
+    let pids = (project.pid("replica-1"), project.pid("replica-2"));
+    let state_before = std::fs::read(project.output_dir().join("state.json")).unwrap();
+    let (code, _, stderr) = project.run(&["rollback", "stack", "9"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("target `stack` has no release `9`; it has 1, 2 (live: 2)"),
+        "{stderr}"
+    );
+    let state_path = project.output_dir().join("state.json");
+    for (label, broken, says) in [
+        (
+            "corrupt",
+            b"{ \"schema\": ".to_vec(),
+            "is not a deploy-kit state file",
+        ),
+        (
+            "newer",
+            String::from_utf8(state_before.clone())
+                .unwrap()
+                .replace("deploy-kit.state/v1", "deploy-kit.state/v2")
+                .into_bytes(),
+            "was written by a newer deploy-kit",
+        ),
+    ] {
+        std::fs::write(&state_path, &broken).unwrap();
+        for command in [&["rollback", "stack"][..], &["releases", "stack"][..]] {
+            let (code, _, stderr) = project.run(command);
+            assert_eq!(code, 1, "{label} {command:?}: {stderr}");
+            assert!(stderr.contains(says), "{label}: {stderr}");
+            assert!(
+                stderr.contains("deploy-kit state pull"),
+                "{label}: {stderr}"
+            );
+            assert_eq!(std::fs::read(&state_path).unwrap(), broken, "{label}: kept");
+        }
+    }
+    std::fs::write(&state_path, &state_before).unwrap();
+    assert_eq!((project.pid("replica-1"), project.pid("replica-2")), pids);
+    assert_eq!(serving(&project), [second_digest.as_str(); 3]);
+
+    // The rollback (default: the release before the live one).
+    let (code, stdout, stderr) = project.run(&["rollback", "stack"]);
+    assert_eq!(code, 0, "rollback\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("rollback: target `stack` to release 1"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("pass    OPS003"),
+        "the post-up check ran:\n{stdout}"
+    );
+    assert_ne!(project.pid("replica-1"), pids.0, "restarted");
+    assert_eq!(project.url("nginx"), nginx);
+    assert_eq!(
+        serving(&project),
+        [first_digest.as_str(); 3],
+        "the first binary answers"
+    );
+    let (_, json, _) = project.run(&["releases", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed["live"], 3);
+    let third = &listed["releases"][2];
+    assert_eq!(third["command"], "rollback");
+    assert_eq!(third["returns_to"], 1);
+    assert_eq!(third["artifact"]["digest"], first_digest.as_str());
+
+    // Release 2's retained binary deleted: refused, the first still serves.
+    let retained_second =
+        PathBuf::from(listed["releases"][1]["restore"]["binary"].as_str().unwrap());
+    std::fs::remove_file(&retained_second).unwrap();
+    let pids = (project.pid("replica-1"), project.pid("replica-2"));
+    let state_before = std::fs::read(&state_path).unwrap();
+    let (code, _, stderr) = project.run(&["rollback", "stack", "2"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the artifact of release 2 of target `stack` is gone"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(std::fs::read(&state_path).unwrap(), state_before);
+    assert_eq!((project.pid("replica-1"), project.pid("replica-2")), pids);
+    assert_eq!(serving(&project), [first_digest.as_str(); 3]);
 }

@@ -463,6 +463,16 @@ async fn healthz_reports_the_key_fingerprint_not_the_key() {
     assert_eq!(fingerprint.len(), 16);
     assert_eq!(json["signing_key"]["ephemeral"], false);
     assert!(!String::from_utf8_lossy(&body).contains(&key));
+    // The running executable's digest tells two builds apart.
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let expected: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&exe)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(json["binary"]["sha256"], format!("sha256:{expected}"));
     // The same key on another replica reports the same fingerprint.
     let (_, _, other) = send(&server_for_key(&key), get("/healthz")).await;
     let other: serde_json::Value = serde_json::from_slice(&other).unwrap();

@@ -111,6 +111,13 @@ pub struct State {
     pub target: String,
     /// In creation order.
     pub resources: Vec<Resource>,
+    /// What each `up` and `rollback` put live, oldest first, at most
+    /// [`crate::releases::HISTORY`] (see [`crate::releases`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<crate::releases::Release>,
+    /// The id of the release serving now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_release: Option<u64>,
 }
 
 impl State {
@@ -121,6 +128,8 @@ impl State {
             environment: environment.to_string(),
             target: target.to_string(),
             resources: Vec::new(),
+            releases: Vec::new(),
+            live_release: None,
         }
     }
 
@@ -137,27 +146,13 @@ impl State {
                 ));
             }
         };
-        let state: State = serde_json::from_str(&text).map_err(|error| {
+        let state = parse_state(text.as_bytes()).map_err(|reason| {
             CommandError::new(
-                format!(
-                    "`{}` is not a deploy-kit state file: {error}",
-                    path.display()
-                ),
-                "restore it from version control; deleting it makes `down` forget what `up` made",
+                format!("`{}` {reason}", path.display()),
+                "the file is kept as it is; restore the last good one (`deploy-kit state pull` from a versioned bucket, or version control); deleting it makes `down` forget what `up` made",
                 1,
             )
         })?;
-        if state.schema != STATE_SCHEMA {
-            return Err(CommandError::new(
-                format!(
-                    "`{}` has schema `{}`; this deploy-kit reads `{STATE_SCHEMA}`",
-                    path.display(),
-                    state.schema
-                ),
-                "use the deploy-kit version that wrote it",
-                1,
-            ));
-        }
         Ok(Some(state))
     }
 
@@ -199,6 +194,36 @@ impl State {
             .iter()
             .find(|r| r.kind == kind && r.name == name)
     }
+}
+
+/// Parses a state file's bytes, refusing one this deploy-kit cannot read:
+/// not JSON of a state (corrupt), or a schema other than [`STATE_SCHEMA`]
+/// (a newer deploy-kit's is named as such). The error completes
+/// "`<file>` ...".
+pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
+    #[derive(Deserialize)]
+    struct Schema {
+        schema: String,
+    }
+    // The schema first: a newer state may not parse as this one.
+    let schema = serde_json::from_slice::<Schema>(bytes)
+        .map_err(|error| format!("is not a deploy-kit state file: {error}"))?
+        .schema;
+    if schema != STATE_SCHEMA {
+        let version = |schema: &str| {
+            schema
+                .strip_prefix("deploy-kit.state/v")
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        return Err(match (version(&schema), version(STATE_SCHEMA)) {
+            (Some(theirs), Some(ours)) if theirs > ours => format!(
+                "was written by a newer deploy-kit (schema `{schema}`; this one reads `{STATE_SCHEMA}`): upgrade deploy-kit, this one does not rewrite it"
+            ),
+            _ => format!("has schema `{schema}`; this deploy-kit reads `{STATE_SCHEMA}`"),
+        });
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|error| format!("is not a deploy-kit state file: {error}"))
 }
 
 /// `.deploy-kit/<environment>/<target>/` under `base` (the config file's directory).
@@ -479,6 +504,24 @@ pub trait Engine {
     fn refresh(&self, recorded: &Resource) -> Result<Live, CommandError> {
         let _ = recorded;
         Ok(Live::Unknown)
+    }
+    /// Returns traffic to `release` (`deploy-kit rollback`): checks first
+    /// that its artifact is still there ([`crate::releases::RollbackError::ArtifactGone`]
+    /// before anything changes), then switches. The default: not supported.
+    fn rollback(
+        &self,
+        release: &crate::releases::Release,
+        progress: &mut Progress,
+    ) -> Result<(), CommandError> {
+        let _ = (release, progress);
+        Err(CommandError::new(
+            format!(
+                "rollback is not supported by the `{}` engine yet",
+                self.name()
+            ),
+            "roll forward with `deploy-kit up` and the earlier artifact",
+            crate::releases::REFUSED_EXIT_CODE,
+        ))
     }
     /// Deletes what `state` records, newest first, calling `removed` after
     /// each; returns what it left on purpose (a bucket with data).

@@ -380,8 +380,14 @@ impl ReplicaSet for LambdaReplicas {
                 )
             })?;
         self.wait_updated()?;
+        // Traffic reaches the alias `live`, not `$LATEST`: publish the new
+        // environment and move the alias to it.
+        let (version, _, _) =
+            crate::engine::aws::apply::publish_version(&self.clients.inner, name)?;
+        crate::engine::aws::apply::point_alias(&self.clients.inner, name, &version)?;
         progress(&format!(
-            "roll: function `{name}` updated; new invocations run with the new keys"
+            "roll: function `{name}` updated (version {version} behind alias `{}`); new invocations run with the new keys",
+            crate::engine::aws::ALIAS
         ));
         Ok(RollOutcome::Rolled)
     }

@@ -137,16 +137,9 @@ impl LockInfo {
     fn new(operation: &str) -> LockInfo {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the OS random source");
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("USERNAME"))
-            .unwrap_or_else(|_| "unknown".into());
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
         LockInfo {
             id: id.iter().map(|b| format!("{b:02x}")).collect(),
-            who: format!("{user}@{host}"),
+            who: who(),
             pid: std::process::id(),
             operation: operation.to_string(),
             created: unix_now(),
@@ -160,7 +153,20 @@ impl LockInfo {
     }
 }
 
-fn unix_now() -> u64 {
+/// `user@host` of this run, as locks and releases record it.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("{user}@{host}")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -253,7 +259,7 @@ pub enum StateError {
     NotLocked { target: String },
     #[error("`{location}` cannot be read or written: {reason}")]
     Unreachable { location: String, reason: String },
-    #[error("`{what}` is not a deploy-kit state: {reason}")]
+    #[error("`{what}` {reason}")]
     Corrupt { what: String, reason: String },
     #[error(
         "target `{target}` runs processes on this machine; its state stays local, not at `{location}`"
@@ -652,7 +658,7 @@ impl Store {
             return Err(StateError::Corrupt {
                 what: what.to_string(),
                 reason: format!(
-                    "it is the state of target `{}`, not `{}`",
+                    "is not a state to use here: it is the state of target `{}`, not `{}`",
                     state.target, self.target
                 ),
             });
@@ -669,7 +675,7 @@ impl Store {
             .map(Some)
             .map_err(|error| StateError::Corrupt {
                 what: format!("lock `{}`", self.lock_key),
-                reason: error.to_string(),
+                reason: format!("is not a deploy-kit lock: {error}"),
             })
     }
 
@@ -737,21 +743,10 @@ impl Store {
 }
 
 fn parse_state(bytes: &[u8], what: &str) -> Result<State, StateError> {
-    let state: State = serde_json::from_slice(bytes).map_err(|error| StateError::Corrupt {
+    crate::engine::parse_state(bytes).map_err(|reason| StateError::Corrupt {
         what: what.to_string(),
-        reason: error.to_string(),
-    })?;
-    if state.schema != crate::engine::STATE_SCHEMA {
-        return Err(StateError::Corrupt {
-            what: what.to_string(),
-            reason: format!(
-                "it has schema `{}`, and this deploy-kit reads `{}` (written by another version: use that one)",
-                state.schema,
-                crate::engine::STATE_SCHEMA
-            ),
-        });
-    }
-    Ok(state)
+        reason,
+    })
 }
 
 /// Makes `working` the remote state (see [`Session::begin`]); returns it.

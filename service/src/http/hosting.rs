@@ -115,6 +115,28 @@ impl Hosting {
     }
 }
 
+/// `sha256:<hex>` of the running executable, read once (the first
+/// `/healthz`): what tells two builds of one version apart, so a caller can
+/// see which release answers (`deploy-kit rollback` is checked this way).
+/// `None` when the executable cannot be read.
+pub fn binary_digest() -> Option<&'static str> {
+    use sha2::{Digest, Sha256};
+    static DIGEST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DIGEST
+        .get_or_init(|| {
+            let mut file = std::fs::File::open(std::env::current_exe().ok()?).ok()?;
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).ok()?;
+            let hex: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Some(format!("sha256:{hex}"))
+        })
+        .as_deref()
+}
+
 /// The probe endpoints; `None` when `path` is not one of them.
 pub fn probe(hosting: &Hosting, server_id: &str, path: &str, method: &Method) -> Option<Response> {
     if *method != Method::GET && *method != Method::HEAD {
@@ -127,6 +149,7 @@ pub fn probe(hosting: &Hosting, server_id: &str, path: &str, method: &Method) ->
                 "status": "ok",
                 "server_id": server_id,
                 "version": env!("CARGO_PKG_VERSION"),
+                "binary": {"sha256": binary_digest()},
                 "ready": hosting.readiness.is_ready(),
                 "draining": hosting.readiness.is_draining(),
                 "signing_key": {"fingerprint": hosting.key_fingerprint, "ephemeral": hosting.key_ephemeral},

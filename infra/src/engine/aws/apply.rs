@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::bucket::Buckets;
 use super::clients::{AwsClients, code, describe};
-use super::{AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID};
+use super::{ALIAS, AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID};
 use crate::CommandError;
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 
@@ -535,51 +535,61 @@ impl AwsEngine {
         } else {
             FunctionUrlAuthType::AwsIam
         };
-        let (url, outcome) =
-            match self.block(lambda.get_function_url_config().function_name(name).send()) {
-                Ok(config) if config.auth_type() == &auth => {
-                    (config.function_url().to_string(), "unchanged")
-                }
-                Ok(_) => {
-                    let updated = self
-                        .block(
-                            lambda
-                                .update_function_url_config()
-                                .function_name(name)
-                                .auth_type(auth.clone())
-                                .send(),
-                        )
-                        .map_err(|e| {
-                            sdk_error(&format!("failed to update the Function URL of `{name}`"), e)
-                        })?;
-                    (updated.function_url().to_string(), "updated auth")
-                }
-                Err(error) if code(&error) == Some("ResourceNotFoundException") => {
-                    let created = self
-                        .block(
-                            lambda
-                                .create_function_url_config()
-                                .function_name(name)
-                                .auth_type(auth.clone())
-                                .send(),
-                        )
-                        .map_err(|e| {
-                            sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
-                        })?;
-                    (created.function_url().to_string(), "created")
-                }
-                Err(error) => {
-                    return Err(sdk_error(
-                        &format!("failed to look up the Function URL of `{name}`"),
-                        error,
-                    ));
-                }
-            };
+        let (url, outcome) = match self.block(
+            lambda
+                .get_function_url_config()
+                .function_name(name)
+                .qualifier(ALIAS)
+                .send(),
+        ) {
+            Ok(config) if config.auth_type() == &auth => {
+                (config.function_url().to_string(), "unchanged")
+            }
+            Ok(_) => {
+                let updated = self
+                    .block(
+                        lambda
+                            .update_function_url_config()
+                            .function_name(name)
+                            .qualifier(ALIAS)
+                            .auth_type(auth.clone())
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to update the Function URL of `{name}`"), e)
+                    })?;
+                (updated.function_url().to_string(), "updated auth")
+            }
+            Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                let created = self
+                    .block(
+                        lambda
+                            .create_function_url_config()
+                            .function_name(name)
+                            .qualifier(ALIAS)
+                            .auth_type(auth.clone())
+                            .send(),
+                    )
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to create the Function URL of `{name}`"), e)
+                    })?;
+                let url = created.function_url().to_string();
+                self.drop_unqualified_url(&url)?;
+                (url, "created")
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to look up the Function URL of `{name}`"),
+                    error,
+                ));
+            }
+        };
         if self.settings.public {
             // Public URLs need both permissions (AWS, October 2025).
             let url_permission = lambda
                 .add_permission()
                 .function_name(name)
+                .qualifier(ALIAS)
                 .statement_id(URL_PERMISSION_ID)
                 .action("lambda:InvokeFunctionUrl")
                 .principal("*")
@@ -588,6 +598,7 @@ impl AwsEngine {
             let invoke_permission = lambda
                 .add_permission()
                 .function_name(name)
+                .qualifier(ALIAS)
                 .statement_id(format!("{URL_PERMISSION_ID}-invoke"))
                 .action("lambda:InvokeFunction")
                 .principal("*")
@@ -614,6 +625,52 @@ impl AwsEngine {
         Ok((resource, outcome.to_string()))
     }
 
+    /// A deploy-kit before releases put the Function URL on the function
+    /// itself (`$LATEST`); once the one on the alias exists, that one would
+    /// keep serving new code around any rollback, so it goes (with its
+    /// permissions). moto keeps one URL per function whatever the qualifier,
+    /// so a URL equal to the alias's is the same one and stays.
+    fn drop_unqualified_url(&self, alias_url: &str) -> Result<(), CommandError> {
+        let name = &self.settings.function_name;
+        let lambda = self.clients.lambda();
+        let Ok(old) = self.block(lambda.get_function_url_config().function_name(name).send())
+        else {
+            return Ok(());
+        };
+        if old.function_url() == alias_url {
+            return Ok(());
+        }
+        for statement in [
+            URL_PERMISSION_ID.to_string(),
+            format!("{URL_PERMISSION_ID}-invoke"),
+        ] {
+            let _ = self.block(
+                lambda
+                    .remove_permission()
+                    .function_name(name)
+                    .statement_id(statement)
+                    .send(),
+            );
+        }
+        self.block(
+            lambda
+                .delete_function_url_config()
+                .function_name(name)
+                .send(),
+        )
+        .map_err(|e| {
+            sdk_error(
+                &format!("failed to delete the old Function URL of `{name}` (on `$LATEST`)"),
+                e,
+            )
+        })?;
+        eprintln!(
+            "note: the Function URL moved to the alias `{ALIAS}`: `{}` is gone, `{alias_url}` serves",
+            old.function_url()
+        );
+        Ok(())
+    }
+
     fn delete(
         &self,
         resource: &Resource,
@@ -638,6 +695,7 @@ impl AwsEngine {
                         lambda
                             .remove_permission()
                             .function_name(name)
+                            .qualifier(ALIAS)
                             .statement_id(statement)
                             .send(),
                     );
@@ -647,6 +705,7 @@ impl AwsEngine {
                         lambda
                             .delete_function_url_config()
                             .function_name(name)
+                            .qualifier(ALIAS)
                             .send(),
                     )
                     .map(|_| ())
@@ -717,6 +776,121 @@ impl AwsEngine {
                 1,
             )),
         }
+    }
+}
+
+/// Publishes what `$LATEST` runs now as a version (Lambda returns the
+/// newest version instead when nothing changed since it): its number, its
+/// `CodeSha256`, and whether it is new.
+pub fn publish_version(
+    clients: &AwsClients,
+    function: &str,
+) -> Result<(String, String, bool), CommandError> {
+    let lambda = clients.lambda();
+    let newest = |clients: &AwsClients| -> Result<Option<String>, CommandError> {
+        let mut newest: Option<u64> = None;
+        let mut marker: Option<String> = None;
+        loop {
+            let page = clients
+                .runtime
+                .block_on(
+                    lambda
+                        .list_versions_by_function()
+                        .function_name(function)
+                        .set_marker(marker.clone())
+                        .send(),
+                )
+                .map_err(|e| {
+                    sdk_error(&format!("failed to list the versions of `{function}`"), e)
+                })?;
+            for version in page.versions() {
+                if let Some(number) = version.version().and_then(|v| v.parse::<u64>().ok()) {
+                    newest = Some(newest.map_or(number, |n| n.max(number)));
+                }
+            }
+            marker = page.next_marker().map(str::to_string);
+            if marker.is_none() {
+                return Ok(newest.map(|n| n.to_string()));
+            }
+        }
+    };
+    let before = newest(clients)?;
+    let published = clients
+        .runtime
+        .block_on(lambda.publish_version().function_name(function).send())
+        .map_err(|e| sdk_error(&format!("failed to publish a version of `{function}`"), e))?;
+    let version = published.version().unwrap_or_default().to_string();
+    let code_sha256 = published.code_sha256().unwrap_or_default().to_string();
+    let new = before.as_deref() != Some(version.as_str());
+    Ok((version, code_sha256, new))
+}
+
+/// Points the alias [`ALIAS`] at `version`, creating it the first time.
+pub fn point_alias(
+    clients: &AwsClients,
+    function: &str,
+    version: &str,
+) -> Result<((), String), CommandError> {
+    let lambda = clients.lambda();
+    let current = clients.runtime.block_on(
+        lambda
+            .get_alias()
+            .function_name(function)
+            .name(ALIAS)
+            .send(),
+    );
+    match current {
+        Ok(alias) if alias.function_version() == Some(version) => {
+            Ok(((), format!("{version}, unchanged")))
+        }
+        Ok(alias) => {
+            clients
+                .runtime
+                .block_on(
+                    lambda
+                        .update_alias()
+                        .function_name(function)
+                        .name(ALIAS)
+                        .function_version(version)
+                        .send(),
+                )
+                .map_err(|e| {
+                    sdk_error(
+                        &format!("failed to move alias `{ALIAS}` of `{function}`"),
+                        e,
+                    )
+                })?;
+            Ok((
+                (),
+                format!(
+                    "moved from {} to {version}",
+                    alias.function_version().unwrap_or("?")
+                ),
+            ))
+        }
+        Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+            clients
+                .runtime
+                .block_on(
+                    lambda
+                        .create_alias()
+                        .function_name(function)
+                        .name(ALIAS)
+                        .function_version(version)
+                        .send(),
+                )
+                .map_err(|e| {
+                    sdk_error(
+                        &format!("failed to make alias `{ALIAS}` of `{function}`"),
+                        e,
+                    )
+                })?;
+            Ok(((), format!("made at {version}")))
+        }
+        Err(error) => Err(sdk_error(
+            &format!("failed to read alias `{ALIAS}` of `{function}`"),
+            error,
+        )),
     }
 }
 
@@ -810,7 +984,28 @@ impl Engine for AwsEngine {
                 self.ensure_function(&role_arn, &keys)
             },
         )?;
-        made(with_settings(function))?;
+        let mut function = with_settings(function);
+        made(function.clone())?;
+        let (version, code_sha256) = progress.step(
+            &format!("version of `{}`", self.settings.function_name),
+            || {
+                let (version, code_sha256, new) =
+                    publish_version(&self.clients, &self.settings.function_name)?;
+                let outcome = if new {
+                    format!("published {version}")
+                } else {
+                    format!("{version}, unchanged")
+                };
+                Ok(((version, code_sha256), outcome))
+            },
+        )?;
+        progress.step(
+            &format!("alias `{ALIAS}` of `{}`", self.settings.function_name),
+            || point_alias(&self.clients, &self.settings.function_name, &version),
+        )?;
+        function.outputs.insert("version".into(), version);
+        function.outputs.insert("code_sha256".into(), code_sha256);
+        made(function)?;
         let endpoint = progress.step(
             &format!("function URL of `{}`", self.settings.function_name),
             || self.ensure_endpoint(),
@@ -885,6 +1080,7 @@ impl Engine for AwsEngine {
                     .lambda()
                     .get_function_url_config()
                     .function_name(name)
+                    .qualifier(ALIAS)
                     .send(),
             ) {
                 Ok(_) => Ok(exists(true)),
@@ -896,6 +1092,59 @@ impl Engine for AwsEngine {
             },
             _ => Ok(Live::Unknown),
         }
+    }
+
+    fn rollback(
+        &self,
+        release: &crate::releases::Release,
+        progress: &mut Progress,
+    ) -> Result<(), CommandError> {
+        use crate::releases::{RollbackError, restore};
+        let name = &self.settings.function_name;
+        let gone = |what: String| RollbackError::ArtifactGone {
+            target: self.settings.target.clone(),
+            id: release.id,
+            what,
+        };
+        let version = release
+            .restore
+            .get(restore::LAMBDA_VERSION)
+            .ok_or_else(|| gone("it recorded no Lambda version".into()))?;
+        let found = self.block(
+            self.clients
+                .lambda()
+                .get_function_configuration()
+                .function_name(name)
+                .qualifier(version)
+                .send(),
+        );
+        let configuration = match found {
+            Ok(configuration) => configuration,
+            Err(error) if code(&error) == Some("ResourceNotFoundException") => {
+                return Err(gone(format!(
+                    "version {version} of function `{name}` was deleted"
+                ))
+                .into());
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("failed to read version {version} of function `{name}`"),
+                    error,
+                ));
+            }
+        };
+        if configuration.code_sha256() != Some(release.artifact.digest.as_str()) {
+            return Err(gone(format!(
+                "version {version} of function `{name}` runs code `{}`, not the release's `{}`",
+                configuration.code_sha256().unwrap_or("?"),
+                release.artifact.digest
+            ))
+            .into());
+        }
+        progress.step(&format!("alias `{ALIAS}` of `{name}`"), || {
+            point_alias(&self.clients, name, version)
+        })?;
+        Ok(())
     }
 
     fn destroy(

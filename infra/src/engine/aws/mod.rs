@@ -42,6 +42,9 @@ pub const KEY_BYTES: usize = 32;
 /// Rule ids of the lifecycle rules `up` manages; other rules are kept.
 pub const EXPIRE_RULE_ID: &str = "deploy-kit-expire";
 pub const ABORT_MULTIPART_RULE_ID: &str = "deploy-kit-abort-multipart";
+/// The alias every `up` moves to the version it publishes; the Function URL
+/// points at it, so `rollback` is moving it back.
+pub const ALIAS: &str = "live";
 /// The variable the function's key goes in (a setting shows the secret's name).
 pub const KEY_VARIABLE: &str = "VGI_SIGNING_KEY";
 

@@ -75,6 +75,8 @@ pub struct UpOptions {
     pub port: u16,
     /// Stay in the foreground until Ctrl-C (false: `--no-wait`).
     pub wait: bool,
+    /// Set by `rollback`: the release whose retained binary `kit_service` is.
+    pub returns_to: Option<u64>,
 }
 
 /// The names and files of one compose target, resolved from the config.
@@ -267,6 +269,18 @@ pub fn up(
     options: &UpOptions,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
+    let (code, report) = up_checked(deployment, options, env)?;
+    crate::output::human(&report);
+    Ok(code)
+}
+
+/// [`up`] returning the doctor's exit code and its report (empty when the
+/// foreground run printed it already).
+fn up_checked(
+    deployment: &Deployment,
+    options: &UpOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(u8, String), CommandError> {
     let settings = ComposeSettings::resolve(deployment)?;
     let desired = settings.desired();
     let state_path = deployment.state_path();
@@ -329,6 +343,17 @@ pub fn up(
     let replicas = match options.runtime {
         Runtime::Container => {
             container_up(deployment, &settings, &mut state, &mut progress)?;
+            let live = crate::releases::Live {
+                artifact: crate::releases::Artifact {
+                    kind: crate::releases::artifact_kind::IMAGE.into(),
+                    digest: deployment.config.service.image(),
+                },
+                restore: BTreeMap::new(),
+                returns_to: None,
+            };
+            let (id, _) = crate::releases::record(&mut state, deployment, live);
+            state.save(&state_path)?;
+            progress.note(&format!("up: release {id} is live"));
             Vec::new()
         }
         Runtime::Processes => {
@@ -338,15 +363,26 @@ pub fn up(
                 options,
                 state_path: &state_path,
                 children: Vec::new(),
+                binary: None,
             };
             let result = supervisor.up(&mut state, &mut progress, &settings_of);
             let children = std::mem::take(&mut supervisor.children);
+            let result = result.and_then(|url| {
+                let (binary, digest) = supervisor.binary.clone().expect("up found the binary");
+                record_binary_release(
+                    deployment,
+                    &mut state,
+                    &binary,
+                    &digest,
+                    options,
+                    &mut progress,
+                )?;
+                state.save(&state_path)?;
+                Ok(url)
+            });
             match result {
                 Ok(url) => {
-                    crate::output::human(&format!(
-                        "url: {url}
-"
-                    ));
+                    crate::output::human(&format!("url: {url}\n"));
                     let replicas = recorded_replicas(&state);
                     for (index, replica) in replicas.iter().enumerate() {
                         crate::output::human(&format!("replica-{}: {replica}\n", index + 1));
@@ -357,7 +393,7 @@ pub fn up(
                         shown(&state_path, deployment)
                     ));
                     if options.wait {
-                        return foreground(
+                        let code = foreground(
                             deployment,
                             &settings,
                             &mut state,
@@ -365,7 +401,8 @@ pub fn up(
                             children,
                             &replicas,
                             env,
-                        );
+                        )?;
+                        return Ok((code, String::new()));
                     }
                     replicas
                 }
@@ -379,14 +416,167 @@ pub fn up(
         }
     };
     let output = deployment.doctor_with_replicas(kit_checks::Mode::Online, &replicas, env)?;
-    crate::output::human(&output.text);
     if output.exit_code != 0 {
         eprintln!(
-            "hint: the processes keep running for inspection; fix the findings, then `deploy-kit up {}` again, or `deploy-kit down {}`",
-            deployment.target_name, deployment.target_name
+            "hint: the processes keep running for inspection; fix the findings, then `deploy-kit up {}` again, `deploy-kit rollback {}`, or `deploy-kit down {}`",
+            deployment.target_name, deployment.target_name, deployment.target_name
         );
     }
-    Ok(output.exit_code)
+    Ok((output.exit_code, output.text))
+}
+
+/// The directory of retained binaries, one per digest.
+pub const RELEASES_DIR: &str = "releases";
+
+/// Keeps a copy of the binary the replicas run (one per digest, under
+/// `<output>/releases/`) and records the release; copies no kept release
+/// names any more are deleted.
+fn record_binary_release(
+    deployment: &Deployment,
+    state: &mut State,
+    binary: &Path,
+    digest: &str,
+    options: &UpOptions,
+    progress: &mut Progress,
+) -> Result<(), CommandError> {
+    use crate::releases::{Artifact, Live, artifact_kind, restore};
+    let retained = match options.returns_to {
+        // A rollback runs the retained copy itself.
+        Some(_) => binary.to_path_buf(),
+        None => retain_binary(&deployment.output_dir, binary, digest)?,
+    };
+    let live = Live {
+        artifact: Artifact {
+            kind: artifact_kind::BINARY.into(),
+            digest: digest.to_string(),
+        },
+        restore: [(restore::BINARY.to_string(), retained.display().to_string())].into(),
+        returns_to: options.returns_to,
+    };
+    let (id, dropped) = crate::releases::record(state, deployment, live);
+    for path in crate::releases::unreferenced(state, &dropped, restore::BINARY) {
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent()
+            && dir.parent() == Some(&deployment.output_dir.join(RELEASES_DIR))
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    progress.note(&format!(
+        "up: release {id} is live ({} {})",
+        artifact_kind::BINARY,
+        digest
+    ));
+    Ok(())
+}
+
+/// `<output>/releases/<first 16 hex digits>/<file name>`, copied once.
+fn retain_binary(output_dir: &Path, binary: &Path, digest: &str) -> Result<PathBuf, CommandError> {
+    let short: String = digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect();
+    let dir = output_dir.join(RELEASES_DIR).join(short);
+    let name = binary
+        .file_name()
+        .unwrap_or(std::ffi::OsStr::new("kit-service"));
+    let retained = dir.join(name);
+    if crate::releases::file_digest(&retained).is_ok_and(|have| have == digest) {
+        return Ok(retained);
+    }
+    let failed = |error: std::io::Error| {
+        CommandError::new(
+            format!(
+                "failed to keep a copy of `{}` in `{}`: {error}",
+                binary.display(),
+                dir.display()
+            ),
+            "check that the target's output directory is writable and has room",
+            1,
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let temporary = dir.join(".copy.tmp");
+    std::fs::copy(binary, &temporary).map_err(failed)?;
+    std::fs::rename(&temporary, &retained).map_err(failed)?;
+    Ok(retained)
+}
+
+/// `deploy-kit rollback` for a compose target (`processes` runtime): checks
+/// that the release's retained binary is there with its digest, restarts
+/// the replicas with it (nginx stays), records the rollback, and runs
+/// `doctor --online` against the replicas.
+pub fn rollback(
+    deployment: &Deployment,
+    release: &crate::releases::Release,
+    nginx: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::releases::RolledBack, CommandError> {
+    use crate::releases::{RollbackError, artifact_kind, restore};
+    let gone = |what: String| RollbackError::ArtifactGone {
+        target: deployment.target_name.clone(),
+        id: release.id,
+        what,
+    };
+    if release.artifact.kind != artifact_kind::BINARY {
+        return Err(RollbackError::Unsupported {
+            target: deployment.target_name.clone(),
+            platform: "compose with `--runtime container`".into(),
+        }
+        .into());
+    }
+    let binary = release
+        .restore
+        .get(restore::BINARY)
+        .map(PathBuf::from)
+        .ok_or_else(|| gone("it recorded no retained binary".into()))?;
+    match crate::releases::file_digest(&binary) {
+        Ok(digest) if digest == release.artifact.digest => {}
+        Ok(digest) => {
+            return Err(gone(format!(
+                "`{}` is now `{digest}`, not the release's `{}`",
+                binary.display(),
+                release.artifact.digest
+            ))
+            .into());
+        }
+        Err(error) => {
+            return Err(gone(format!("`{}`: {error}", binary.display())).into());
+        }
+    }
+    eprintln!(
+        "rollback: target `{}` to release {} ({})",
+        deployment.target_name, release.id, release.artifact.digest
+    );
+    let options = UpOptions {
+        runtime: Runtime::Processes,
+        kit_service: Some(binary),
+        nginx,
+        port: 0,
+        wait: false,
+        returns_to: Some(release.id),
+    };
+    let (code, report) = up_checked(deployment, &options, env)?;
+    let state = State::load(&deployment.state_path())?.ok_or_else(|| {
+        CommandError::new(
+            format!(
+                "the state of `{}` vanished during the rollback",
+                deployment.target_name
+            ),
+            "run `deploy-kit up` again",
+            1,
+        )
+    })?;
+    Ok(crate::releases::RolledBack {
+        release: state
+            .releases
+            .last()
+            .cloned()
+            .expect("the rollback recorded a release"),
+        doctor_exit_code: code,
+        doctor_text: report,
+    })
 }
 
 /// `deploy-kit down` for a compose target: stops every recorded process
@@ -629,6 +819,8 @@ struct Supervisor<'a> {
     state_path: &'a Path,
     /// Children this run started, to reap (foreground) or stop (on failure).
     children: Vec<(String, Child)>,
+    /// The binary the replicas run and its `sha256:` digest (set by `up`).
+    binary: Option<(PathBuf, String)>,
 }
 
 impl Supervisor<'_> {
@@ -640,6 +832,14 @@ impl Supervisor<'_> {
         settings_of: &dyn Fn(&str, &str) -> BTreeMap<String, String>,
     ) -> Result<String, CommandError> {
         let service_binary = self.service_binary()?;
+        let digest = crate::releases::file_digest(&service_binary).map_err(|error| {
+            CommandError::new(
+                format!("failed to read `{}`: {error}", service_binary.display()),
+                "check the service binary (`--kit-service`)",
+                2,
+            )
+        })?;
+        self.binary = Some((service_binary.clone(), digest));
         let nginx = match &self.options.nginx {
             Some(path) if path.is_file() => path.clone(),
             Some(path) => {
@@ -822,9 +1022,12 @@ impl Supervisor<'_> {
         environment: &[(String, String)],
     ) -> Result<(String, String), CommandError> {
         let recorded = state.find(PROCESS, name).cloned();
+        let digest = self.binary.as_ref().map(|(_, digest)| digest.clone());
+        // A replica running another binary (a new build, a rollback) restarts.
         if let Some(resource) = &recorded
             && let (Some(running), Some(url)) = (running_of(resource), resource.outputs.get("url"))
             && running.alive()
+            && resource.outputs.get("binary_sha256") == digest.as_ref()
             && processes::answers(&format!("{url}/readyz"))
         {
             return Ok((url.clone(), format!("unchanged, pid {}", running.pid)));
@@ -880,6 +1083,9 @@ impl Supervisor<'_> {
         let port = url.rsplit(':').next().unwrap_or_default().to_string();
         resource.outputs.insert("url".into(), url.clone());
         resource.outputs.insert("port".into(), port);
+        if let Some(digest) = digest {
+            resource.outputs.insert("binary_sha256".into(), digest);
+        }
         state.record(resource);
         state.save(self.state_path)?;
         self.children.push((name.to_string(), child));

@@ -672,10 +672,7 @@ pub fn up_with(
         .find(|r| r.kind == kind::FUNCTION)
         .and_then(|r| r.outputs.get("url"))
     {
-        crate::output::human(&format!(
-            "url: {url}
-"
-        ));
+        crate::output::human(&format!("url: {url}\n"));
     }
     let output = online_doctor(config, config_path, target_name, env)?;
     crate::output::human(&output.text);
