@@ -122,6 +122,12 @@ fn init_plan_doctor_and_state_show_print_documents_that_match_their_schemas() {
         serde_json::Value::Null,
         "nothing deployed yet"
     );
+
+    let (code, stdout, stderr) = run(dir.path(), &["releases", "lambda", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let releases = validated(&stdout);
+    assert_eq!(releases["releases"], serde_json::json!([]));
+    assert_eq!(releases["live"], serde_json::Value::Null);
 }
 
 #[test]
