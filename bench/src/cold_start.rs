@@ -4,14 +4,15 @@
 //! one Function URL event calling `kit.Demo.v1.add(40, 2)`. The row is the
 //! wall time from spawning the process to the fake receiving the answer:
 //! init (config, logs, protocols, storage, runtime client) and the first
-//! invocation, `--starts` times per variant, median and range:
+//! invocation, `--starts` times per variant (interleaved), median and range:
 //! - no external storage;
 //! - `KIT_STORAGE=s3` with `KIT_STORAGE_ENDPOINT` at a loopback listener this
 //!   phase opens and counts requests on: the count beside the row shows that
 //!   nothing contacts storage before (or during) the first invocation, which
 //!   does not externalize; the SDK client is built on first use;
-//! - with `--lambda-otel PATH` (a build with the `otel` feature), the same
-//!   with `OTEL_EXPORTER_OTLP_ENDPOINT` at a counting loopback collector: the
+//! - with `--lambda-otel PATH` (a build with the `otel` feature), that build
+//!   unconfigured, and with `OTEL_EXPORTER_OTLP_ENDPOINT` at a counting
+//!   loopback collector: the
 //!   spans of each invocation are exported before its response, by design
 //!   (Lambda freezes the process between invocations).
 //!
@@ -133,7 +134,7 @@ fn size_mb(program: &str) -> String {
         .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
-/// The phase: one table, a row per variant, printed as each is measured.
+/// The phase: one table, a row per variant, printed once every start ran.
 pub(crate) async fn cold_start(args: &Args) -> Result<()> {
     let program = args.lambda_kit.clone().unwrap_or_else(|| args.kit.clone());
     let bytes = std::fs::read(&program).with_context(|| format!("reading `{program}`"))?;
@@ -171,6 +172,12 @@ pub(crate) async fn cold_start(args: &Args) -> Result<()> {
     ];
     if let Some(otel) = &args.lambda_otel {
         println!("OTel binary: `{otel}`, {}.", size_mb(otel));
+        variants.push(Variant {
+            label: "OTel build, no storage, OTel not configured",
+            program: otel.clone(),
+            env: Vec::new(),
+            recorder: None,
+        });
         let collector = Recorder::start().await?;
         variants.push(Variant {
             label: "OTel build, no storage, `OTEL_EXPORTER_OTLP_ENDPOINT` a counting loopback collector",
@@ -183,28 +190,36 @@ pub(crate) async fn cold_start(args: &Args) -> Result<()> {
             "OTel: not measured (pass `--lambda-otel PATH`, a build with `--features lambda,s3,otel`)."
         );
     }
-    let mut table = Table::new(vec![Kind::Kit], Kind::Kit);
-    for variant in &variants {
-        let mut row = Row::new(
-            format!("start to first answer, {}", variant.label),
-            "ms",
-            false,
-        )
-        .target(Target::AtMost(20.0));
-        let mut failed = None;
-        for _ in 0..args.starts {
+    // Interleaved: start 1 of every variant, then start 2, ..., so they share
+    // the machine's background load.
+    let mut rows: Vec<Option<Row>> = variants
+        .iter()
+        .map(|variant| {
+            Some(
+                Row::new(
+                    format!("start to first answer, {}", variant.label),
+                    "ms",
+                    false,
+                )
+                .target(Target::AtMost(20.0)),
+            )
+        })
+        .collect();
+    for _ in 0..args.starts {
+        for (variant, row) in variants.iter().zip(rows.iter_mut()) {
+            let Some(measured) = row else { continue };
             match first_answer(variant).await {
-                Ok(elapsed) => row.push(Kind::Kit, elapsed.as_secs_f64() * 1e3),
+                Ok(elapsed) => measured.push(Kind::Kit, elapsed.as_secs_f64() * 1e3),
                 Err(error) => {
-                    failed = Some(error);
-                    break;
+                    eprintln!("lambda: {}: {error:#}", variant.label);
+                    *row = None;
                 }
             }
         }
-        if let Some(error) = failed {
-            eprintln!("lambda: {}: {error:#}", variant.label);
-            continue;
-        }
+    }
+    let mut table = Table::new(vec![Kind::Kit], Kind::Kit);
+    for (variant, row) in variants.iter().zip(rows) {
+        let Some(mut row) = row else { continue };
         if let Some(recorder) = &variant.recorder {
             row.metric += &format!(
                 " ({} requests to it over {} starts)",

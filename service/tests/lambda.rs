@@ -429,6 +429,25 @@ async fn lambda_answers_function_url_and_api_gateway_events() {
 }
 
 #[test]
+fn local_storage_on_lambda_needs_kit_public_url() {
+    // No socket to build object URLs from: refused before the first poll.
+    let output = Command::new(env!("CARGO_BIN_EXE_kit-service"))
+        .arg("lambda")
+        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+        .env("AWS_LAMBDA_FUNCTION_NAME", "kit-service")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("KIT_STORAGE", "local")
+        .env_remove("KIT_PUBLIC_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`KIT_PUBLIC_URL`"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
+
+#[test]
 fn lambda_outside_lambda_explains_itself() {
     let output = Command::new(env!("CARGO_BIN_EXE_kit-service"))
         .arg("lambda")
