@@ -13,6 +13,9 @@
 //!   without zstd: MB/s and peak server RSS (VmHWM, reset per phase through
 //!   `/proc/<pid>/clear_refs`) as a multiple of the payload;
 //! - `deploy-kit doctor --offline` and `deploy-kit plan` wall time;
+//! - `--phases lambda` (not run by default): `kit-service lambda` from
+//!   process start to its first answered invocation under the fake Runtime
+//!   API, with and without storage and OTel (`cold_start.rs`);
 //! - `--phases demo`: the typed `kit.Demo.v1` (`kit-service serve`) against
 //!   the same protocol declared with schema strings (`kit-service serve
 //!   --dynamic-demo`), both from the `--kit` binary: `add` calls/s, latency
@@ -27,6 +30,8 @@
 //! server is killed at the end (also on error, through `Drop`). Usage:
 //! `kit-bench --kit PATH --python PATH [--rust-peer PATH] [--deploy-kit PATH]`
 
+mod cold_start;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,16 +43,25 @@ use kit_service::wire::ipc::{StreamWriter, read_streams};
 use kit_service::wire::{self, Metadata};
 
 const USAGE: &str = "usage: kit-bench --kit PATH [--python PATH] [--rust-peer PATH] [--deploy-kit PATH] \
-[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo] [--workloads unary,unary-zstd,producer,producer-zstd]";
+[--lambda-kit PATH] [--lambda-otel PATH] \
+[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo,lambda] [--workloads unary,unary-zstd,producer,producer-zstd]";
 
 /// Every `--phases` name, in the order they run.
-const PHASES: [&str; 5] = ["start", "load", "large", "cli", "demo"];
+const PHASES: [&str; 6] = ["start", "load", "large", "cli", "demo", "lambda"];
+
+/// The phases run when `--phases` is not given: `lambda` needs a build with
+/// the `lambda` feature, so it runs only when asked for.
+const DEFAULT_PHASES: [&str; 5] = ["start", "load", "large", "cli", "demo"];
 
 struct Args {
     kit: String,
     python: Option<String>,
     rust_peer: Option<String>,
     deploy_kit: Option<String>,
+    /// `kit-service` built with `--features lambda,s3` (`--phases lambda`).
+    lambda_kit: Option<String>,
+    /// The same with `otel` too.
+    lambda_otel: Option<String>,
     seconds: u64,
     repeat: usize,
     warmup: usize,
@@ -64,13 +78,15 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         python: None,
         rust_peer: None,
         deploy_kit: None,
+        lambda_kit: None,
+        lambda_otel: None,
         seconds: 4,
         repeat: 3,
         warmup: 1,
         starts: 7,
         cli_runs: 21,
         stream_rows: 6_250_000,
-        phases: PHASES.map(String::from).to_vec(),
+        phases: DEFAULT_PHASES.map(String::from).to_vec(),
         workloads: Large::ALL.map(|w| w.name().to_string()).to_vec(),
     };
     let number = |flag: &str, value: &str| -> Result<u64> {
@@ -88,6 +104,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
             "--python" => args.python = Some(value),
             "--rust-peer" => args.rust_peer = Some(value),
             "--deploy-kit" => args.deploy_kit = Some(value),
+            "--lambda-kit" => args.lambda_kit = Some(value),
+            "--lambda-otel" => args.lambda_otel = Some(value),
             "--seconds" => args.seconds = number(&flag, &value)?.max(1),
             "--repeat" => args.repeat = number(&flag, &value)?.max(1) as usize,
             "--warmup" => args.warmup = number(&flag, &value)? as usize,
@@ -123,6 +141,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         ("--python", &mut args.python),
         ("--rust-peer", &mut args.rust_peer),
         ("--deploy-kit", &mut args.deploy_kit),
+        ("--lambda-kit", &mut args.lambda_kit),
+        ("--lambda-otel", &mut args.lambda_otel),
     ] {
         if let Some(path) = path {
             *path = absolute(flag, path)?;
@@ -1034,6 +1054,10 @@ async fn run(args: Args) -> Result<()> {
 
     if phase("demo") {
         demo(&args).await?;
+    }
+
+    if phase("lambda") {
+        cold_start::cold_start(&args).await?;
     }
 
     println!("\nLoad average (1, 5, 15 min) after: {}.", loadavg());

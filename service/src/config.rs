@@ -95,7 +95,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_REQUEST_BYTES",
         default: "",
-        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised.",
+        doc: "Largest request body accepted (before and after decoding), else 413. Advertised as `VGI-Max-Request-Bytes`. Unset: 67108864 (64 MiB) is enforced but not advertised. `kit-service lambda`: at most 4669440 (what fits Lambda's 6 MB payload once base64-encoded), and advertised.",
     },
     Variable {
         name: "KIT_MAX_INFLIGHT_BYTES",
@@ -110,7 +110,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_MAX_RESPONSE_BYTES",
         default: "",
-        doc: "Largest response body sent; an overshoot becomes a `RESOURCE_EXHAUSTED` error. Advertised as `VGI-Max-Response-Bytes`.",
+        doc: "Largest response body sent; an overshoot becomes a `RESOURCE_EXHAUSTED` error. Advertised as `VGI-Max-Response-Bytes`. `kit-service lambda`: at most 4669440 (what fits Lambda's 6 MB payload once base64-encoded), also when unset.",
     },
     Variable {
         name: "KIT_MAX_UPLOAD_BYTES",
@@ -305,12 +305,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_PUBLIC_URL",
         default: "http://<listen address>",
-        doc: "Base URL clients reach this service at; the `local` backend builds object URLs from it.",
+        doc: "Base URL clients reach this service at; the `local` backend builds object URLs from it. `kit-service lambda` has no listen address: there it is the Function URL, required with `KIT_STORAGE=local`.",
     },
     Variable {
         name: "KIT_EXTERNALIZE_THRESHOLD_BYTES",
         default: "1048576",
-        doc: "Batches whose buffers reach this size go to storage as pointer batches.",
+        doc: "Batches whose buffers reach this size go to storage as pointer batches. `kit-service lambda`: at most 2334720, half the Lambda body cap.",
     },
     Variable {
         name: "KIT_EXTERNALIZE_COMPRESSION",
@@ -498,6 +498,9 @@ pub struct Config {
     pub codec_threads: usize,
     /// Header and idle timeouts and connection caps.
     pub connections: crate::connections::ConnectionLimits,
+    /// Appended to request and response size errors. Set by the platform
+    /// (`kit-service lambda`, see `lambda::fit_limits`), never by a variable.
+    pub limit_hint: Option<String>,
 }
 
 /// Every problem found, one line each.
@@ -610,6 +613,7 @@ impl Config {
             max_inflight_bytes: 0,
             codec_threads: crate::limits::default_heavy_threads(),
             connections: crate::connections::ConnectionLimits::default(),
+            limit_hint: None,
         };
         let mut config = config;
         let defaults = config.connections;

@@ -477,9 +477,13 @@ fn start(
     listen: SocketAddr,
     prefix: &str,
     (mut protocols, authenticator, identity): Hosted,
+    platform: fn(&mut Config),
 ) -> Result<(Config, crate::telemetry::Telemetry, Arc<Server>), ExitCode> {
     let config = match Config::from_env(&ProcessEnv, listen) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            platform(&mut config);
+            config
+        }
         Err(error) => {
             eprintln!("error: {error}");
             eprintln!("hint: run `{name} env-docs` for every variable and its format");
@@ -557,10 +561,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 fn serve(name: &str, args: ServeArgs, protocols: Hosted) -> ExitCode {
-    let (config, telemetry, server) = match start(name, args.listen, &args.prefix, protocols) {
-        Ok(started) => started,
-        Err(code) => return code,
-    };
+    let (config, telemetry, server) =
+        match start(name, args.listen, &args.prefix, protocols, |_| {}) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
@@ -630,24 +635,60 @@ fn lambda(name: &str, args: LambdaArgs, protocols: impl FnOnce() -> Hosted) -> E
     }
     // `PORT` means nothing here: the listen address is never bound.
     let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (_config, telemetry, server) = match start(name, listen, &args.prefix, protocols()) {
+    let started = start(
+        name,
+        listen,
+        &args.prefix,
+        protocols(),
+        crate::lambda::fit_limits,
+    );
+    let (config, telemetry, server) = match started {
         Ok(started) => started,
         Err(code) => return code,
+    };
+    let service_url = match config.storage.as_ref().map(crate::lambda::service_url) {
+        None => String::new(),
+        Some(Ok(url)) => url,
+        Some(Err(error)) => {
+            eprintln!("error: {error}");
+            eprintln!(
+                "hint: set `KIT_PUBLIC_URL` to the Function URL, or use `KIT_STORAGE=s3`: a Lambda instance's `/tmp` is its own"
+            );
+            return ExitCode::from(64);
+        }
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    tracing::info!(prefix = %server.config().prefix, "serving Lambda invocations");
-    let result = runtime.block_on(crate::lambda::run(server));
-    telemetry.shutdown();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: the Lambda runtime failed: {error}");
-            ExitCode::FAILURE
+    let code = runtime.block_on(async move {
+        // As `serve` does; no backend calls the network here (S3 builds its
+        // client on first use), so init stays local.
+        let server = match crate::serve::attach_storage_at(&config, server, &service_url) {
+            Ok(server) => server,
+            Err(error) => {
+                eprintln!("error: {error}");
+                eprintln!("hint: run `{name} env-docs` for the KIT_STORAGE_* variables");
+                return ExitCode::from(64);
+            }
+        };
+        tracing::info!(
+            prefix = %server.config().prefix,
+            storage = config.storage.as_ref().map(|s| s.provider.as_str()),
+            max_request_bytes = server.config().max_request_bytes,
+            max_response_bytes = server.config().max_response_bytes,
+            "serving Lambda invocations"
+        );
+        match crate::lambda::run(server).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: the Lambda runtime failed: {error}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    });
+    telemetry.shutdown();
+    code
 }
 
 #[cfg(test)]

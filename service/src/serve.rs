@@ -30,6 +30,7 @@ pub fn build_server(config: &Config, protocols: Vec<Protocol>, prefix: &str) -> 
         enable_probe: config.probe,
         response_compression: config.response_compression,
         compress_min_bytes: config.compress_min_bytes as usize,
+        limit_hint: config.limit_hint.clone(),
         ..HttpConfig::default()
     };
     if let Some(id) = &config.server_id {
@@ -157,17 +158,28 @@ pub fn attach_storage(
     server: Arc<Server>,
     bound: SocketAddr,
 ) -> Result<Arc<Server>, crate::storage::StorageError> {
-    let Some(settings) = &config.storage else {
-        return Ok(server);
-    };
     let host = if bound.ip().is_unspecified() {
         SocketAddr::new([127, 0, 0, 1].into(), bound.port())
     } else {
         bound
     };
     let service_url = format!("http://{host}{}", server.config().prefix);
-    let external =
-        crate::storage::open(settings, config.fetch.clone(), &config.keys, &service_url)?;
+    attach_storage_at(config, server, &service_url)
+}
+
+/// [`attach_storage`] where the service's own URL is already known:
+/// `service_url` is where clients reach this service, used only by the `local`
+/// backend for its object URLs when `KIT_PUBLIC_URL` is not set
+/// (`kit-service lambda` has no socket and passes `KIT_PUBLIC_URL` itself).
+pub fn attach_storage_at(
+    config: &Config,
+    server: Arc<Server>,
+    service_url: &str,
+) -> Result<Arc<Server>, crate::storage::StorageError> {
+    let Some(settings) = &config.storage else {
+        return Ok(server);
+    };
+    let external = crate::storage::open(settings, config.fetch.clone(), &config.keys, service_url)?;
     Ok(server.with_external(external))
 }
 

@@ -516,8 +516,9 @@ fn finish_response(
         let error = RpcError::new(
             "ResponseTooLargeError",
             format!(
-                "HTTP body exceeds max_response_bytes ({} > {limit}) for method '{method}'",
-                body.len()
+                "HTTP body exceeds max_response_bytes ({} > {limit}) for method '{method}'{}",
+                body.len(),
+                super::limit_hint(server)
             ),
         )
         .with_code(ErrorCode::ResourceExhausted);

@@ -56,6 +56,9 @@ pub struct HttpConfig {
     /// Bodies below this size are framed in the negotiated coding but stored,
     /// not compressed (`KIT_COMPRESS_MIN_BYTES`).
     pub compress_min_bytes: usize,
+    /// What the platform adds to a request or response size error (how to
+    /// get past the cap there); `None` adds nothing.
+    pub limit_hint: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -70,6 +73,7 @@ impl Default for HttpConfig {
             enable_probe: true,
             response_compression: true,
             compress_min_bytes: 1024,
+            limit_hint: None,
         }
     }
 }
@@ -1017,6 +1021,16 @@ fn resolve(server: &Server, protocol: &str, method: &str) -> Result<Resolved, Rp
     })
 }
 
+/// `"; {hint}"` for a platform's [`HttpConfig::limit_hint`], else `""`.
+pub(crate) fn limit_hint(server: &Server) -> String {
+    server
+        .config
+        .limit_hint
+        .as_deref()
+        .map(|hint| format!("; {hint}"))
+        .unwrap_or_default()
+}
+
 /// The request cap in force: `max_request_bytes`, else
 /// [`crate::MAX_DECODED_REQUEST_BYTES`] (enforced, not advertised).
 pub(crate) fn request_limit(server: &Server) -> usize {
@@ -1207,7 +1221,10 @@ fn payload_too_large(server: &Server, info: &RequestInfo) -> Response {
     let limit = request_limit(server);
     let error = RpcError::new(
         "PayloadTooLargeError",
-        format!("Request body exceeds max_request_bytes ({limit}); send larger requests through an upload URL"),
+        format!(
+            "Request body exceeds max_request_bytes ({limit}); send larger requests through an upload URL{}",
+            limit_hint(server)
+        ),
     )
     .with_code(ErrorCode::ResourceExhausted)
     .with_kind("payload_too_large")

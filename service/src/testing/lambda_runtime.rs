@@ -7,7 +7,9 @@
 //! (`/2018-06-01/runtime/invocation/next`, `.../{id}/response`,
 //! `.../{id}/error`, `/2018-06-01/runtime/init/error`) with the headers the
 //! real API sets. When its events run out, `next` blocks as Lambda does
-//! between requests.
+//! between requests. Like Lambda, it refuses a response over
+//! [`MAX_RESPONSE_BYTES`] with 413 and reports the invocation as failed
+//! (`Function.ResponseSizeTooLarge`), so a test sees what a caller would.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -33,6 +35,9 @@ use tokio::sync::mpsc;
 
 /// The function ARN the fake reports in `lambda-runtime-invoked-function-arn`.
 pub const FUNCTION_ARN: &str = "arn:aws:lambda:eu-west-1:123456789012:function:kit-service";
+
+/// Lambda's cap on a synchronous invocation's response payload (6 MB).
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 /// What the function posted back for one request id (`init` for an init error).
 #[derive(Debug)]
@@ -184,6 +189,17 @@ async fn invocation_response(
     Path(request_id): Path<String>,
     body: Bytes,
 ) -> StatusCode {
+    if body.len() > MAX_RESPONSE_BYTES {
+        let error = json!({
+            "errorType": "Function.ResponseSizeTooLarge",
+            "errorMessage": format!(
+                "Response payload size ({} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE_BYTES} bytes).",
+                body.len()
+            ),
+        });
+        report(&shared, request_id, "error", error.to_string().as_bytes());
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    }
     report(&shared, request_id, "response", &body)
 }
 
