@@ -34,6 +34,7 @@ pub mod service_config;
 pub mod state;
 pub mod storage_probe;
 pub mod synthetic;
+pub mod ticker;
 pub mod up;
 pub mod up_local;
 

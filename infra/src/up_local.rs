@@ -509,7 +509,9 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
     } else {
         eprintln!("reusing the signing key in `{shown_key}`");
     }
-    let mut service = LocalService::start(&binary, request.port, &state, START_TIMEOUT)?;
+    let mut service = crate::ticker::while_waiting("service: starting", || {
+        LocalService::start(&binary, request.port, &state, START_TIMEOUT)
+    })?;
     if let Some(pid) = service.pid() {
         forward_signals(pid);
     }
@@ -524,14 +526,16 @@ pub fn run(request: &UpLocalRequest) -> Result<u8, UpLocalError> {
         .and_then(|(_, rest)| rest.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or(request.port);
-    let output = doctor_local(
-        &cwd,
-        port,
-        &service.url,
-        &state.key_file,
-        today,
-        request.kit_service.as_deref(),
-    )
+    let output = crate::ticker::while_waiting("doctor: checking the running service", || {
+        doctor_local(
+            &cwd,
+            port,
+            &service.url,
+            &state.key_file,
+            today,
+            request.kit_service.as_deref(),
+        )
+    })
     .map_err(UpLocalError::Doctor)?;
     crate::output::human(&output.text);
     let _ = std::io::stdout().flush();

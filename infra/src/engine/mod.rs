@@ -420,7 +420,8 @@ fn bucket_field_risk(bucket: &str, field: &FieldChange, warnings: &mut Vec<Strin
 /// Progress on stderr: one line per step with its elapsed time.
 pub struct Progress {
     started: Instant,
-    out: Box<dyn Write>,
+    out: crate::ticker::SharedOut,
+    style: crate::ticker::Style,
 }
 
 impl std::fmt::Debug for Progress {
@@ -430,37 +431,58 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
+    /// Progress on stderr: a step longer than a second shows its elapsed
+    /// time on a terminal, plain lines elsewhere ([`crate::ticker`]).
     pub fn stderr() -> Progress {
-        Progress::to(Box::new(std::io::stderr()))
+        Progress::styled(
+            Box::new(std::io::stderr()),
+            crate::ticker::Style::of_stderr(),
+        )
     }
 
-    pub fn to(out: Box<dyn Write>) -> Progress {
+    /// Progress into `out`, in plain lines.
+    pub fn to(out: Box<dyn Write + Send>) -> Progress {
+        Progress::styled(out, crate::ticker::Style::Plain)
+    }
+
+    /// Progress into `out` in `style`.
+    pub fn styled(out: Box<dyn Write + Send>, style: crate::ticker::Style) -> Progress {
         Progress {
             started: Instant::now(),
-            out,
+            out: crate::ticker::shared(out),
+            style,
         }
     }
 
     /// Runs one step and prints `<what>: <outcome> (<seconds> s)`; the
     /// outcome is the step's own word (`created`, `unchanged`, `updated`).
+    /// While it runs, a ticker shows that it is still going.
     pub fn step<T>(
         &mut self,
         what: &str,
         run: impl FnOnce() -> Result<(T, String), CommandError>,
     ) -> Result<T, CommandError> {
         let step_started = Instant::now();
+        let ticker = crate::ticker::Ticker::start(
+            self.out.clone(),
+            self.style,
+            what.to_string(),
+            crate::ticker::Timing::default(),
+        );
         let result = run();
+        ticker.finish();
         let seconds = step_started.elapsed().as_secs_f64();
         let line = match &result {
             Ok((_, outcome)) => format!("  {what}: {outcome} ({seconds:.1} s)"),
             Err(_) => format!("  {what}: failed ({seconds:.1} s)"),
         };
-        let _ = writeln!(self.out, "{line}");
+        self.note(&line);
         result.map(|(value, _)| value)
     }
 
     pub fn note(&mut self, line: &str) {
-        let _ = writeln!(self.out, "{line}");
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "{line}");
     }
 
     /// Seconds since this progress began.

@@ -686,8 +686,13 @@ impl Store {
         let started = Instant::now();
         let mut announced = false;
         let mut last_note = started;
+        // On a terminal the wait is one line with its elapsed time; in
+        // plain output a note every LOCK_WAIT_NOTE says how long it has been.
+        let style = crate::ticker::Style::of_stderr();
+        let mut ticker = None;
         loop {
             if self.backend.create_new(&self.lock_key, &bytes)? {
+                drop(ticker);
                 return Ok(info);
             }
             // The holder may have released it between our create and this read.
@@ -696,6 +701,7 @@ impl Store {
             };
             let waited = started.elapsed();
             if waited >= timeout {
+                drop(ticker);
                 return Err(StateError::Locked {
                     target: self.target.clone(),
                     holder: Box::new(holder),
@@ -711,7 +717,15 @@ impl Store {
                 );
                 announced = true;
                 last_note = Instant::now();
-            } else if last_note.elapsed() >= LOCK_WAIT_NOTE {
+                if style == crate::ticker::Style::Terminal {
+                    ticker = Some(crate::ticker::Ticker::start(
+                        crate::ticker::shared(Box::new(std::io::stderr())),
+                        style,
+                        format!("state: waiting for the lock of `{}`", self.target),
+                        crate::ticker::Timing::default(),
+                    ));
+                }
+            } else if ticker.is_none() && last_note.elapsed() >= LOCK_WAIT_NOTE {
                 // Never a silent minute: say how long it has been.
                 eprintln!(
                     "state: still waiting for the lock of `{}` held by `{}` ({} s of {} s)",
