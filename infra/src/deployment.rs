@@ -138,6 +138,21 @@ impl Deployment {
         replicas: &[String],
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<DoctorOutput, CommandError> {
+        if mode == Mode::Online {
+            // After `up`, this is the smoke test of the deployment.
+            return crate::timings::measure(crate::timings::Phase::Smoke, || {
+                self.run_doctor(mode, replicas, env)
+            });
+        }
+        self.run_doctor(mode, replicas, env)
+    }
+
+    fn run_doctor(
+        &self,
+        mode: Mode,
+        replicas: &[String],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<DoctorOutput, CommandError> {
         let today = match env("DEPLOY_KIT_TODAY").filter(|t| !t.is_empty()) {
             Some(text) => Date::parse(&text).map_err(|e| {
                 CommandError::new(

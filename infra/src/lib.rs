@@ -35,6 +35,7 @@ pub mod state;
 pub mod storage_probe;
 pub mod synthetic;
 pub mod ticker;
+pub mod timings;
 pub mod up;
 pub mod up_local;
 

@@ -112,6 +112,7 @@ pub fn up_document(
     deployment: &crate::deployment::Deployment,
     exit_code: u8,
     seconds: f64,
+    phases: crate::timings::Summary,
 ) -> Result<serde_json::Value, crate::CommandError> {
     let state_path = deployment.state_path();
     let state = crate::engine::State::load(&state_path)?;
@@ -137,6 +138,7 @@ pub fn up_document(
         "resources": resources,
         "exit_code": exit_code,
         "seconds": (seconds * 10.0).round() / 10.0,
+        "phases": phases.rounded(),
     }))
 }
 

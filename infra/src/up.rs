@@ -92,13 +92,18 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let started = std::time::Instant::now();
     let result = up_locked(args, &mut deployment, &cwd, env);
     let finished = session.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let phases = crate::timings::summary();
+    // On failure too: where the time went up to the error.
+    eprintln!("up: {seconds:.1} s in all: {}", phases.line());
     let code = result?;
     finished?;
     if crate::output::json() {
         crate::output::document(&crate::output::up_document(
             &deployment,
             code,
-            started.elapsed().as_secs_f64(),
+            seconds,
+            phases,
         )?);
     }
     Ok(code)
@@ -120,36 +125,36 @@ fn up_locked(
     if deployment.target.engine == EngineKind::Pulumi {
         crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
         crate::plan::doctor_gate(deployment, args.force, env)?;
-        return crate::engine::pulumi::up(deployment);
+        return provision(|| crate::engine::pulumi::up(deployment));
     }
     if crate::engine::cli::handles(deployment.target.platform) {
         let kit_service = args.kit_service.as_deref();
-        let code = crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env)?;
+        let code =
+            provision(|| crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env))?;
         record_image_release(deployment)?;
         return Ok(code);
     }
     crate::plan::doctor_gate(deployment, args.force, env)?;
     if crate::engine::compose::handles(deployment.target.platform) {
-        return crate::engine::compose::up(
-            deployment,
-            &crate::engine::compose::UpOptions {
-                runtime: args.runtime,
-                kit_service: args.kit_service.clone(),
-                nginx: args.nginx.clone(),
-                port: args.port,
-                wait: !args.no_wait,
-                returns_to: None,
-            },
-            env,
-        );
+        let options = crate::engine::compose::UpOptions {
+            runtime: args.runtime,
+            kit_service: args.kit_service.clone(),
+            nginx: args.nginx.clone(),
+            port: args.port,
+            wait: !args.no_wait,
+            returns_to: None,
+        };
+        return provision(|| crate::engine::compose::up(deployment, &options, env));
     }
     if crate::engine::gcp::handles(deployment.target.platform) {
-        let code = crate::engine::gcp::up(
-            &deployment.config,
-            &deployment.config_path,
-            &deployment.target_name,
-            env,
-        )?;
+        let code = provision(|| {
+            crate::engine::gcp::up(
+                &deployment.config,
+                &deployment.config_path,
+                &deployment.target_name,
+                env,
+            )
+        })?;
         record_image_release(deployment)?;
         return Ok(code);
     }
@@ -161,7 +166,13 @@ fn up_locked(
         eprintln!("warning: rendering failed; the native engine does not need the files: {error}");
     }
     eprint!("{}", crate::plan::render_text(&document));
-    native_up(deployment, desired, package, env)
+    provision(|| native_up(deployment, desired, package, env))
+}
+
+/// An engine's `up`, counted as provisioning (less the build and the
+/// post-`up` doctor it runs, which count as themselves).
+fn provision<T>(work: impl FnOnce() -> T) -> T {
+    crate::timings::measure(crate::timings::Phase::Provision, work)
 }
 
 /// Records the release of an engine that deploys `service.image` (by
@@ -186,6 +197,20 @@ fn record_image_release(deployment: &Deployment) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// `deploy-kit build` as a part of `up`, counted as build and push time.
+fn timed_build(
+    deployment: &Deployment,
+    options: &BuildOptions,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::build::BuildRecord, CommandError> {
+    use crate::timings::{Phase, measure, reattribute};
+    let record = measure(Phase::Build, || {
+        crate::build::build(deployment, options, env)
+    })?;
+    reattribute(Phase::Build, Phase::Push, record.seconds.push);
+    Ok(record)
+}
+
 /// The Lambda package `up` deploys: `--package`, else a fresh `deploy-kit build`.
 fn lambda_package(
     deployment: &Deployment,
@@ -198,7 +223,7 @@ fn lambda_package(
             let options = BuildOptions {
                 prebuilt_binary: args.kit_service.clone(),
             };
-            let record = crate::build::build(deployment, &options, env)?;
+            let record = timed_build(deployment, &options, env)?;
             record
                 .package
                 .expect("a Lambda target's build makes a package")
@@ -249,7 +274,7 @@ fn prepare_image(
     let options = BuildOptions {
         prebuilt_binary: args.kit_service.clone(),
     };
-    let record = crate::build::build(deployment, &options, env)?;
+    let record = timed_build(deployment, &options, env)?;
     if let Some(image) = &record.image {
         crate::deployment::deploy_by_digest(&mut deployment.config, image);
         deployment.built = Some(record);

@@ -141,26 +141,12 @@ signing_key: {{source: secret, secret: \"aws:{secret}\"}}
     }
 }
 
+#[path = "common/moto.rs"]
+mod moto_recorder;
+
 /// moto's request recorder: what it received while `f` ran.
 fn recorded(f: impl FnOnce()) -> Vec<serde_json::Value> {
-    let base = moto();
-    let post = |path: &str| {
-        ureq::post(&format!("{base}/moto-api/recorder/{path}"))
-            .send_empty()
-            .unwrap();
-    };
-    post("start-recording");
-    f();
-    let text = ureq::get(&format!("{base}/moto-api/recorder/download-recording"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    moto_recorder::recorded(&moto(), f)
 }
 
 /// Recorded requests signed with `access_key`.

@@ -7,6 +7,8 @@
 
 #[path = "common/json.rs"]
 mod json;
+#[path = "common/moto.rs"]
+mod moto_recorder;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -387,9 +389,39 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
         outputs[0]
     );
 
-    // A second up changes nothing, keeps the key, and plan agrees.
-    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    // A second up changes nothing (not one write reaches moto: issue 18
+    // item 4), keeps the key, and plan agrees.
+    let mut second = (0, String::new(), String::new());
+    let requests = moto_recorder::recorded(&project.servers.moto, || {
+        second = project.run(&["up", "lambda", "--json"]);
+    });
+    let (code, stdout, stderr) = second;
     assert_eq!(code, 0, "second up\n{stdout}\n{stderr}");
+    let ours: Vec<&serde_json::Value> = requests
+        .iter()
+        .filter(|r| r.to_string().contains(&project.name))
+        .collect();
+    assert!(!ours.is_empty(), "the second up read its resources");
+    let writes: Vec<String> = ours
+        .iter()
+        .filter(|r| moto_recorder::is_write(r))
+        .map(|r| moto_recorder::operation(r))
+        .collect();
+    assert!(writes.is_empty(), "an unchanged up wrote: {writes:?}");
+    let document = json::validated(&stdout);
+    let phases = &document["phases"];
+    assert_eq!(
+        phases["build"], 0.0,
+        "`--package`: nothing built: {document}"
+    );
+    assert_eq!(phases["push"], 0.0, "{document}");
+    assert!(phases["provision"].as_f64().unwrap() > 0.0, "{document}");
+    assert!(phases["smoke"].as_f64().unwrap() > 0.0, "{document}");
+    assert!(
+        stderr.contains("up: ")
+            && stderr.contains(" s in all: build 0.0 s, push 0.0 s, provision "),
+        "{stderr}"
+    );
     assert!(stderr.contains("no changes"), "{stderr}");
     assert!(
         !stderr.contains("created") && !stderr.contains("updated"),

@@ -814,6 +814,11 @@ pub fn publish_version(
             }
         }
     };
+    // Nothing to publish when the alias already serves exactly what
+    // `$LATEST` runs: an unchanged `up` makes no API writes.
+    if let Some((version, code_sha256)) = live_matches_latest(clients, function)? {
+        return Ok((version, code_sha256, false));
+    }
     let before = newest(clients)?;
     let published = clients
         .runtime
@@ -823,6 +828,67 @@ pub fn publish_version(
     let code_sha256 = published.code_sha256().unwrap_or_default().to_string();
     let new = before.as_deref() != Some(version.as_str());
     Ok((version, code_sha256, new))
+}
+
+/// The version the alias [`ALIAS`] points at and its `CodeSha256`, when
+/// that version's code and configuration are those of `$LATEST` (a rollback
+/// leaves the alias on an older version: then they differ).
+fn live_matches_latest(
+    clients: &AwsClients,
+    function: &str,
+) -> Result<Option<(String, String)>, CommandError> {
+    let lambda = clients.lambda();
+    let alias = match clients.runtime.block_on(
+        lambda
+            .get_alias()
+            .function_name(function)
+            .name(ALIAS)
+            .send(),
+    ) {
+        Ok(alias) => alias,
+        Err(error) if code(&error) == Some("ResourceNotFoundException") => return Ok(None),
+        Err(error) => {
+            return Err(sdk_error(
+                &format!("failed to read alias `{ALIAS}` of `{function}`"),
+                error,
+            ));
+        }
+    };
+    let Some(version) = alias.function_version().map(str::to_string) else {
+        return Ok(None);
+    };
+    let configuration = |qualifier: &str| {
+        clients
+            .runtime
+            .block_on(
+                lambda
+                    .get_function_configuration()
+                    .function_name(function)
+                    .qualifier(qualifier)
+                    .send(),
+            )
+            .map_err(|e| {
+                sdk_error(
+                    &format!("failed to read `{function}` version `{qualifier}`"),
+                    e,
+                )
+            })
+    };
+    let live = configuration(&version)?;
+    let latest = configuration("$LATEST")?;
+    let variables = |c: &aws_sdk_lambda::operation::get_function_configuration::GetFunctionConfigurationOutput| {
+        c.environment().and_then(|e| e.variables()).cloned()
+    };
+    let same = live.code_sha256() == latest.code_sha256()
+        && variables(&live) == variables(&latest)
+        && live.role() == latest.role()
+        && live.handler() == latest.handler()
+        && live.runtime() == latest.runtime()
+        && live.memory_size() == latest.memory_size()
+        && live.timeout() == latest.timeout()
+        && live.architectures() == latest.architectures()
+        && live.layers() == latest.layers();
+    Ok(same.then(|| (version, live.code_sha256().unwrap_or_default().to_string())))
 }
 
 /// Points the alias [`ALIAS`] at `version`, creating it the first time.

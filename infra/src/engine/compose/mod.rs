@@ -923,11 +923,12 @@ impl Supervisor<'_> {
         );
         let binary = match &self.options.kit_service {
             Some(path) => crate::artifact::given_binary(path)?,
-            None => crate::artifact::local_binary(
-                deployment.artifact()?,
-                &features,
-                &config.service.workspace,
-            )?,
+            None => {
+                let artifact = deployment.artifact()?;
+                crate::timings::measure(crate::timings::Phase::Build, || {
+                    crate::artifact::local_binary(artifact, &features, &config.service.workspace)
+                })?
+            }
         };
         Ok(binary)
     }
