@@ -16,6 +16,9 @@
 //! - `--phases lambda` (not run by default): `kit-service lambda` from
 //!   process start to its first answered invocation under the fake Runtime
 //!   API, with and without storage and OTel (`cold_start.rs`);
+//! - `--phases deploy` (not run by default): `deploy-kit up` of a crate made
+//!   by `deploy-kit new`, cold, after a one-line change and unchanged, on
+//!   moto + SeaweedFS (`deploy.rs`; run under `bash .ci/with-aws`);
 //! - `--phases demo`: the typed `kit.Demo.v1` (`kit-service serve`) against
 //!   the same protocol declared with schema strings (`kit-service serve
 //!   --dynamic-demo`), both from the `--kit` binary: `add` calls/s, latency
@@ -31,6 +34,7 @@
 //! `kit-bench --kit PATH --python PATH [--rust-peer PATH] [--deploy-kit PATH]`
 
 mod cold_start;
+mod deploy;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -44,13 +48,14 @@ use kit_service::wire::{self, Metadata};
 
 const USAGE: &str = "usage: kit-bench --kit PATH [--python PATH] [--rust-peer PATH] [--deploy-kit PATH] \
 [--lambda-kit PATH] [--lambda-otel PATH] \
-[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo,lambda] [--workloads unary,unary-zstd,producer,producer-zstd]";
+[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo,lambda,deploy] [--workloads unary,unary-zstd,producer,producer-zstd]";
 
 /// Every `--phases` name, in the order they run.
-const PHASES: [&str; 6] = ["start", "load", "large", "cli", "demo", "lambda"];
+const PHASES: [&str; 7] = ["start", "load", "large", "cli", "demo", "lambda", "deploy"];
 
 /// The phases run when `--phases` is not given: `lambda` needs a build with
-/// the `lambda` feature, so it runs only when asked for.
+/// the `lambda` feature and `deploy` needs moto and SeaweedFS
+/// (`bash .ci/with-aws`), so they run only when asked for.
 const DEFAULT_PHASES: [&str; 5] = ["start", "load", "large", "cli", "demo"];
 
 struct Args {
@@ -1058,6 +1063,10 @@ async fn run(args: Args) -> Result<()> {
 
     if phase("lambda") {
         cold_start::cold_start(&args).await?;
+    }
+
+    if phase("deploy") {
+        deploy::deploy(&args).await?;
     }
 
     println!("\nLoad average (1, 5, 15 min) after: {}.", loadavg());
