@@ -28,6 +28,11 @@ pub struct Facts {
     pub manifests: Vec<Manifest>,
     /// Base URLs of running replicas, for the online checks.
     pub replicas: Vec<String>,
+    /// The URL the platform gave the deployment (a Function URL, a Cloud Run
+    /// URL), when one was recorded: the smoke test's address when no
+    /// replicas are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     pub waivers: Vec<Waiver>,
     /// The cargo package and bin target the deploy builds, when a cargo
     /// build is part of it (`None`: the service judging its own environment,
@@ -447,6 +452,7 @@ impl Facts {
             },
             manifests: Vec::new(),
             replicas: Vec::new(),
+            endpoint: None,
             waivers: Vec::new(),
             artifact: None,
             service_config_problems: None,

@@ -85,12 +85,20 @@ pub trait StorageProbe {
     fn delete(&self, key: &str) -> Result<(), StorageError>;
 }
 
-/// The end-to-end probe behind OPS003.
+/// The end-to-end probe behind OPS003 and OPS004.
 pub trait SyntheticProbe {
     /// Calls a method whose result is forced through external storage.
     fn call_through_storage(&self, base_url: &str) -> Result<(), SyntheticError>;
     /// Opens a stream on `first` and continues it on `second`.
     fn stream_across(&self, first: &str, second: &str) -> Result<(), SyntheticError>;
+    /// Makes a real vgi-rpc call with the caller's key (if any): it must succeed.
+    fn call(&self, base_url: &str) -> Result<(), SyntheticError>;
+    /// Makes the same call with no credentials: it must be refused with 401.
+    fn refused_without_key(&self, base_url: &str) -> Result<(), SyntheticError>;
+    /// Whether [`SyntheticProbe::call`] sends a key (`DEPLOY_KIT_API_KEY`).
+    fn has_key(&self) -> bool {
+        true
+    }
 }
 
 /// Why a synthetic call did not pass.

@@ -350,6 +350,15 @@ pub const CHECKS: &[Check] = &[
         "Only an end-to-end call proves that externalization and cross-replica streams work together in the deployed system.",
     ),
     check(
+        "OPS004",
+        "smoke-after-up",
+        Error,
+        Online,
+        "the deployed service failed its smoke test: it answered a call without a key while auth is required, a real call with the key failed, or a result did not come back through external storage",
+        "fix the step the message names and run `deploy-kit up` again, or return traffic to the previous release with `deploy-kit rollback TARGET`; `DEPLOY_KIT_API_KEY` is the key the smoke test sends",
+        "A deployment that provisioned cleanly can still refuse every caller, serve without authentication, or lose large results; only calls against the deployed URL show it before traffic moves.",
+    ),
+    check(
         "CFG001",
         "service-rejects-setting",
         Error,

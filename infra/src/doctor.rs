@@ -267,6 +267,17 @@ pub fn facts(
     } else {
         target.replicas.clone()
     };
+    // The URL `up` recorded for this target, for the smoke test (OPS004).
+    let endpoint = (request.mode == Mode::Online)
+        .then(|| {
+            let state_path =
+                crate::engine::output_dir(base, config, name).join(crate::engine::STATE_FILE);
+            crate::engine::State::load(&state_path)
+                .ok()
+                .flatten()
+                .and_then(|state| state.url().map(str::to_string))
+        })
+        .flatten();
     let limits = &config.limits;
     Ok(Facts {
         origin: display.to_string(),
@@ -312,6 +323,7 @@ pub fn facts(
         },
         manifests,
         replicas,
+        endpoint,
         artifact: request
             .prebuilt_binary
             .is_none()

@@ -121,13 +121,8 @@ pub fn up_document(
         .flat_map(|state| state.resources.iter().map(resource))
         .collect();
     let url = state
-        .iter()
-        .flat_map(|state| &state.resources)
-        .find_map(|r| {
-            (r.kind == crate::engine::kind::ENDPOINT || r.outputs.contains_key("url"))
-                .then(|| r.outputs.get("url").cloned())
-                .flatten()
-        });
+        .as_ref()
+        .and_then(|state| state.url().map(str::to_string));
     Ok(serde_json::json!({
         "schema": UP,
         "target": deployment.target_name,

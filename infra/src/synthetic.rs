@@ -1,5 +1,6 @@
-//! The [`SyntheticProbe`] behind OPS003: real vgi-rpc calls to the replicas
-//! through `kit.Probe.v1` (kit-service's operational protocol). One result is
+//! The [`SyntheticProbe`] behind OPS003 and OPS004: real vgi-rpc calls to
+//! the replicas (or the deployed URL) through `kit.Probe.v1` (kit-service's
+//! operational protocol, hosted unless `KIT_PROBE=false`). One result is
 //! forced through external storage and checked byte for byte from its
 //! presigned URL; one stream is opened on the first replica and continued on
 //! the second, which only works when both hold the same signing key.
@@ -20,7 +21,10 @@ const STREAM_TURNS: i64 = 3;
 
 pub struct HttpSyntheticProbe {
     caller: ProbeCaller,
+    /// The same caller without a key, for the refusal OPS004 expects.
+    anonymous: ProbeCaller,
     runtime: tokio::runtime::Runtime,
+    has_key: bool,
 }
 
 impl HttpSyntheticProbe {
@@ -30,9 +34,12 @@ impl HttpSyntheticProbe {
             .enable_all()
             .build()
             .map_err(|e| format!("failed to start an async runtime for the probe: {e}"))?;
+        let has_key = api_key.is_some();
         Ok(HttpSyntheticProbe {
             caller: ProbeCaller::new(timeout, api_key)?,
+            anonymous: ProbeCaller::new(timeout, None)?,
             runtime,
+            has_key,
         })
     }
 }
@@ -55,6 +62,22 @@ impl SyntheticProbe for HttpSyntheticProbe {
         self.runtime
             .block_on(self.caller.stream_across(first, second, STREAM_TURNS))
             .map(|_| ())
+            .map_err(convert)
+    }
+
+    fn call(&self, base_url: &str) -> Result<(), SyntheticError> {
+        self.runtime
+            .block_on(self.caller.call(base_url))
+            .map_err(convert)
+    }
+
+    fn has_key(&self) -> bool {
+        self.has_key
+    }
+
+    fn refused_without_key(&self, base_url: &str) -> Result<(), SyntheticError> {
+        self.runtime
+            .block_on(self.anonymous.refused(base_url))
             .map_err(convert)
     }
 }

@@ -39,11 +39,55 @@ fn servers() -> Servers {
 }
 
 /// A fresh directory with a config for a uniquely named service and bucket.
+/// The target's `replicas` is a Function URL on loopback in front of the
+/// real `kit-service lambda` (`KIT_TEST_KIT_SERVICE_LAMBDA`), started with
+/// the variables moto holds for the function's `live` alias: what `up`'s
+/// smoke test (OPS004) calls is the binary with the settings deploy-kit
+/// deployed.
 struct Project {
+    front: kit_service::testing::function_url::FunctionUrl,
+    _front_runtime: tokio::runtime::Runtime,
     dir: PathBuf,
     name: String,
     bucket: String,
     servers: Servers,
+}
+
+/// The variables of `function`'s alias `live` on moto (none before `up`),
+/// plus what the loopback stand-ins need in place of AWS's endpoints.
+fn deployed_environment(servers: &Servers, function: &str) -> Vec<(String, String)> {
+    let url = format!(
+        "{}/2015-03-31/functions/{function}/configuration?Qualifier=live",
+        servers.moto
+    );
+    // moto picks the service from the credential scope of the signature.
+    let mut variables: Vec<(String, String)> = ureq::get(&url)
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .call()
+        .ok()
+        .and_then(|mut response| response.body_mut().read_to_string().ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|configuration| {
+            configuration["Environment"]["Variables"]
+                .as_object()
+                .cloned()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| value.as_str().map(|v| (name, v.to_string())))
+        .collect();
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        variables.push((name.into(), std::env::var(name).unwrap_or_default()));
+    }
+    variables.push(("AWS_REGION".into(), "us-east-1".into()));
+    variables.push(("AWS_ENDPOINT_URL".into(), servers.moto.clone()));
+    variables.push(("KIT_STORAGE_ENDPOINT".into(), servers.s3.clone()));
+    variables.push(("KIT_LOG_FORMAT".into(), "text".into()));
+    variables.sort();
+    variables
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -65,7 +109,23 @@ impl Project {
         let dir = std::env::temp_dir().join(format!("deploy-kit-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let bucket = format!("{name}-data");
+        let front_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let function = format!("{name}-ci");
+        let stand_ins = Servers {
+            moto: servers.moto.clone(),
+            s3: servers.s3.clone(),
+        };
+        let front = front_runtime.block_on(kit_service::testing::function_url::FunctionUrl::start(
+            lambda_binary(),
+            Box::new(move || deployed_environment(&stand_ins, &function)),
+        ));
         let project = Project {
+            front,
+            _front_runtime: front_runtime,
             dir,
             name,
             bucket,
@@ -94,7 +154,7 @@ impl Project {
             "version: 1
 service: {{name: {name}, environment: ci, package: kit-service}}
 targets:
-  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1, replicas: [\"{front}\"]}}
 limits:
   max_request_bytes: 5000000
   max_response_bytes: 5000000
@@ -118,6 +178,7 @@ signing_key:
 ",
             name = self.name,
             bucket = self.bucket,
+            front = self.front.url(),
         );
         std::fs::write(self.dir.join("deploy-kit.yaml"), config).unwrap();
     }
@@ -338,6 +399,13 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
     assert!(stdout.contains("pass    STO004"), "{stdout}");
     assert!(stdout.contains("pass    STO005"), "{stdout}");
     assert!(stdout.contains("pass    STO002"), "{stdout}");
+    // The smoke test called the deployed function (the real binary behind
+    // the loopback Function URL) and got a result back through SeaweedFS.
+    assert!(stdout.contains("pass    OPS004 smoke-after-up"), "{stdout}");
+    assert!(
+        project.front.started(),
+        "the smoke test reached the function"
+    );
     outputs.push(stdout.clone() + &stderr);
 
     // Everything exists, checked with the SDK directly.
@@ -923,6 +991,13 @@ fn auth_required_reaches_the_function_with_its_keys() {
     create(key);
     let (code, stdout, stderr) = project.run(&["up", "lambda"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The deployed function refused the smoke test's call without a key.
+    assert!(
+        stdout.contains(
+            "skip    OPS004 smoke-after-up: auth is required and no `DEPLOY_KIT_API_KEY` was given: checked only that"
+        ),
+        "{stdout}"
+    );
     let configuration = cloud
         .runtime
         .block_on(

@@ -117,6 +117,8 @@ fn up_local_serves_passes_the_doctor_and_reuses_its_key() {
         "{stdout}"
     );
     assert!(stderr.contains("made a new signing key"), "{stderr}");
+    // The smoke test made a real call to the running service.
+    assert!(stdout.contains("pass    OPS004 smoke-after-up"), "{stdout}");
     assert!(dir.0.join(".deploy-kit/local/objects").is_dir());
     let first = key_bytes(&dir.0);
     assert_key_not_shown(&first, &stdout, &stderr);

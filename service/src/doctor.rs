@@ -129,6 +129,7 @@ pub fn facts(config: &Config, env: &dyn Env, today: Date) -> Facts {
         },
         manifests: Vec::new(),
         replicas: Vec::new(),
+        endpoint: None,
         waivers: Vec::new(),
         artifact: None,
         // This process parsed its environment to get here.

@@ -327,6 +327,50 @@ pub mod client {
             Ok(proof)
         }
 
+        /// One real vgi-rpc call on `base_url`: a `ticks(2)` stream from
+        /// `/init` to its end; the ticks must arrive in order.
+        pub async fn call(&self, base_url: &str) -> Result<(), ProbeError> {
+            const TURNS: i64 = 2;
+            let mut stream = self.open_ticks(base_url, TURNS).await?;
+            let mut turn = 1;
+            while !stream.finished() {
+                if turn > TURNS + 1 {
+                    return Err(format!("the stream did not end after {TURNS} turns").into());
+                }
+                self.next_turn(&mut stream, base_url).await?;
+                turn += 1;
+            }
+            if stream.ticks != [0, 1] {
+                return Err(format!("ticks arrived as {:?}, expected [0, 1]", stream.ticks).into());
+            }
+            Ok(())
+        }
+
+        /// The call of [`ProbeCaller::call`] with this caller's credentials
+        /// (none, for a caller made without a key): `Ok` when `base_url`
+        /// refuses it with 401, a failure when it answers.
+        pub async fn refused(&self, base_url: &str) -> Result<(), ProbeError> {
+            let attempt = self
+                .client(base_url)?
+                .producer(super::NAME, "ticks", params(&[("n", 1)])?)
+                .await;
+            match attempt {
+                Err(ClientError::Unauthorized { .. }) => Ok(()),
+                Err(ClientError::Rpc(rpc)) if rpc.status == http::StatusCode::UNAUTHORIZED => {
+                    Ok(())
+                }
+                Ok(_) => Err(format!(
+                    "`{}` answered a call without credentials although auth is required",
+                    base_url.trim_end_matches('/')
+                )
+                .into()),
+                Err(error) if error.is_unreachable() => {
+                    Err(ProbeError::Unreachable(error.to_string()))
+                }
+                Err(error) => Err(format!("expected a 401 refusal, got: {error}").into()),
+            }
+        }
+
         /// Opens a `ticks(turns)` stream on `base_url` and reads its first turn.
         /// The stream is held by the caller: [`ProbeCaller::next_turn`] sends
         /// each continuation to any replica, at any later time.

@@ -32,6 +32,7 @@
 //! [`TestServer`] is dropped. Failing to start panics: a test fixture that
 //! cannot run must fail loudly.
 
+pub mod function_url;
 pub mod lambda_runtime;
 
 use std::collections::HashMap;

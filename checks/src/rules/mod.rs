@@ -58,6 +58,7 @@ pub(crate) fn evaluate(check: &Check, facts: &Facts, context: &Context<'_>) -> O
         "OPS001" => operations::probes(facts),
         "OPS002" => operations::shutdown_grace(facts),
         "OPS003" => operations::synthetic(facts, context),
+        "OPS004" => operations::smoke(facts, context),
         "CFG001" => config::service_accepts_settings(facts),
         "ART001" => artifact::in_workspace(facts),
         other => Verdict::Skip(format!("`{other}` has no implementation")),

@@ -1,4 +1,5 @@
-//! OPS001-OPS003: health probes, shutdown and an end-to-end probe.
+//! OPS001-OPS004: health probes, shutdown, an end-to-end probe across
+//! replicas and the smoke test of a deployment.
 
 use super::{Context, Verdict, errored};
 use crate::facts::{Facts, ManifestKind};
@@ -106,6 +107,61 @@ pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
     }
 }
 
+/// OPS004: calls against the deployment itself (its first replica, else the
+/// URL the platform gave it): refused without a key when auth is required,
+/// a real call with the key, a result through external storage when the
+/// service has storage.
+pub(super) fn smoke(facts: &Facts, context: &Context<'_>) -> Verdict {
+    if let Some(skip) = context.offline() {
+        return Verdict::Done(skip);
+    }
+    let Some(probe) = context.probes.synthetic else {
+        return Verdict::Skip(
+            context
+                .probes
+                .synthetic_unavailable
+                .unwrap_or("no synthetic probe in this run")
+                .to_string(),
+        );
+    };
+    let Some(url) = facts.replicas.first().or(facts.endpoint.as_ref()) else {
+        return Verdict::Skip(
+            "no deployed URL: nothing recorded one, and the target lists no `replicas`".into(),
+        );
+    };
+    let mut failures = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut record = |what: &str, result: Result<(), SyntheticError>| match result {
+        Ok(()) => {}
+        Err(SyntheticError::Failed(reason)) => failures.push(format!("{what}: {reason}")),
+        Err(SyntheticError::Unreachable(reason)) => unreachable.push(format!("{what}: {reason}")),
+    };
+    if facts.security.require_auth {
+        let refusal = probe.refused_without_key(url);
+        let refused = refusal.is_ok();
+        record(&format!("a call to {url} without a key"), refusal);
+        if refused && !probe.has_key() {
+            return Verdict::Skip(format!(
+                "auth is required and no `DEPLOY_KIT_API_KEY` was given: checked only that {url} refuses a call without a key"
+            ));
+        }
+    }
+    record(&format!("a call to {url}"), probe.call(url));
+    if facts.storage.is_some() {
+        record(
+            &format!("a result through external storage from {url}"),
+            probe.call_through_storage(url),
+        );
+    }
+    if !failures.is_empty() {
+        Verdict::Fail(failures.join("; "))
+    } else if !unreachable.is_empty() {
+        errored(unreachable.join("; "))
+    } else {
+        Verdict::Pass
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Mode;
@@ -174,6 +230,96 @@ mod tests {
         stream: Answer,
     }
 
+    /// What the smoke probe's deployment answers.
+    struct Deployed {
+        call: Answer,
+        storage: Answer,
+        without_key: Answer,
+        key: bool,
+    }
+
+    impl SyntheticProbe for Deployed {
+        fn call_through_storage(&self, _: &str) -> Result<(), SyntheticError> {
+            answer(self.storage)
+        }
+        fn stream_across(&self, _: &str, _: &str) -> Result<(), SyntheticError> {
+            panic!("OPS004 streams nowhere")
+        }
+        fn call(&self, _: &str) -> Result<(), SyntheticError> {
+            answer(self.call)
+        }
+        fn refused_without_key(&self, _: &str) -> Result<(), SyntheticError> {
+            answer(self.without_key)
+        }
+        fn has_key(&self) -> bool {
+            self.key
+        }
+    }
+
+    #[test]
+    fn ops004_smoke() {
+        let mut f = facts();
+        let probes = |p: &'static Deployed| Probes {
+            synthetic: Some(p),
+            ..Probes::default()
+        };
+        static GOOD: Deployed = Deployed {
+            call: Answer::Ok,
+            storage: Answer::Ok,
+            without_key: Answer::Ok,
+            key: true,
+        };
+        static OPEN: Deployed = Deployed {
+            call: Answer::Ok,
+            storage: Answer::Ok,
+            without_key: Answer::Wrong("answered 200"),
+            key: true,
+        };
+        static LOSES: Deployed = Deployed {
+            call: Answer::Ok,
+            storage: Answer::Wrong("the result came back inline"),
+            without_key: Answer::Ok,
+            key: true,
+        };
+        static DOWN: Deployed = Deployed {
+            call: Answer::Down,
+            storage: Answer::Down,
+            without_key: Answer::Down,
+            key: true,
+        };
+        check("OPS004", &f, "skip");
+        let skipped = check_with("OPS004", &f, Mode::Online, probes(&GOOD), "skip");
+        assert!(skipped.contains("no deployed URL"), "{skipped}");
+        f.endpoint = Some("https://fn.example".into());
+        check_with("OPS004", &f, Mode::Online, probes(&GOOD), "pass");
+        // Open while auth is not required: not asked.
+        check_with("OPS004", &f, Mode::Online, probes(&OPEN), "pass");
+        f.security.require_auth = true;
+        let open = check_with("OPS004", &f, Mode::Online, probes(&OPEN), "fail");
+        assert!(
+            open.contains("a call to https://fn.example without a key: answered 200"),
+            "{open}"
+        );
+        // Storage is exercised only when the service has it.
+        check_with("OPS004", &f, Mode::Online, probes(&LOSES), "pass");
+        f.storage = Some(storage());
+        let lost = check_with("OPS004", &f, Mode::Online, probes(&LOSES), "fail");
+        assert!(lost.contains("through external storage"), "{lost}");
+        // Without a key to call with, only the refusal is checked.
+        static KEYLESS: Deployed = Deployed {
+            call: Answer::Wrong("401"),
+            storage: Answer::Wrong("401"),
+            without_key: Answer::Ok,
+            key: false,
+        };
+        let keyless = check_with("OPS004", &f, Mode::Online, probes(&KEYLESS), "skip");
+        assert!(keyless.contains("no `DEPLOY_KIT_API_KEY`"), "{keyless}");
+        // Replicas come first.
+        f.replicas = vec!["http://replica-a".into()];
+        let down = check_with("OPS004", &f, Mode::Online, probes(&DOWN), "errored");
+        assert!(down.contains("http://replica-a"), "{down}");
+    }
+
     fn answer(answer: Answer) -> Result<(), SyntheticError> {
         match answer {
             Answer::Ok => Ok(()),
@@ -188,6 +334,12 @@ mod tests {
         }
         fn stream_across(&self, _: &str, _: &str) -> Result<(), SyntheticError> {
             answer(self.stream)
+        }
+        fn call(&self, _: &str) -> Result<(), SyntheticError> {
+            Ok(())
+        }
+        fn refused_without_key(&self, _: &str) -> Result<(), SyntheticError> {
+            Ok(())
         }
     }
 

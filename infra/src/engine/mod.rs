@@ -121,6 +121,17 @@ pub struct State {
 }
 
 impl State {
+    /// The URL the platform gave the deployment: the endpoint resource's
+    /// `url`, else the first resource that recorded one.
+    pub fn url(&self) -> Option<&str> {
+        self.resources
+            .iter()
+            .find(|r| r.kind == kind::ENDPOINT)
+            .and_then(|r| r.outputs.get("url"))
+            .or_else(|| self.resources.iter().find_map(|r| r.outputs.get("url")))
+            .map(String::as_str)
+    }
+
     pub fn new(engine: &str, environment: &str, target: &str) -> State {
         State {
             schema: STATE_SCHEMA.to_string(),

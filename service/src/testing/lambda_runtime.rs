@@ -51,12 +51,15 @@ pub struct Outcome {
 
 struct Shared {
     events: Mutex<VecDeque<(String, Value)>>,
+    /// Wakes a `next` long poll waiting for [`FakeRuntime::push`].
+    arrived: tokio::sync::Notify,
     results: mpsc::UnboundedSender<Outcome>,
 }
 
 /// A running fake Runtime API; it stops with the tokio runtime that started it.
 pub struct FakeRuntime {
     address: String,
+    shared: Arc<Shared>,
     received: mpsc::UnboundedReceiver<Outcome>,
 }
 
@@ -66,6 +69,7 @@ impl FakeRuntime {
         let (results, received) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             events: Mutex::new(events.into()),
+            arrived: tokio::sync::Notify::new(),
             results,
         });
         let app = Router::new()
@@ -79,7 +83,7 @@ impl FakeRuntime {
                 post(invocation_error),
             )
             .route("/2018-06-01/runtime/init/error", post(init_error))
-            .with_state(shared);
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("the fake Lambda Runtime API binds 127.0.0.1:0");
@@ -87,7 +91,22 @@ impl FakeRuntime {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeRuntime { address, received }
+        FakeRuntime {
+            address,
+            shared,
+            received,
+        }
+    }
+
+    /// Queues one more event (request id, event JSON); a function waiting
+    /// in its `next` long poll gets it at once.
+    pub fn push(&self, request_id: String, event: Value) {
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push_back((request_id, event));
+        self.shared.arrived.notify_waiters();
     }
 
     /// `host:port`, the value of `AWS_LAMBDA_RUNTIME_API`.
@@ -150,15 +169,19 @@ pub fn function_url_event(path: &str, content_type: &str, body: &str, source_ip:
 }
 
 async fn next_invocation(State(shared): State<Arc<Shared>>) -> (HeaderMap, Bytes) {
-    let next = shared
-        .events
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .pop_front();
-    let Some((request_id, event)) = next else {
-        // Out of events: block the long poll like Lambda does between requests.
-        std::future::pending::<()>().await;
-        unreachable!("pending never resolves")
+    // Out of events: block the long poll like Lambda does between requests,
+    // until `push` queues one.
+    let (request_id, event) = loop {
+        let arrived = shared.arrived.notified();
+        let next = shared
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop_front();
+        if let Some(next) = next {
+            break next;
+        }
+        arrived.await;
     };
     let deadline = SystemTime::now()
         .duration_since(UNIX_EPOCH)
