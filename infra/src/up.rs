@@ -94,8 +94,11 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     let finished = session.finish();
     let seconds = started.elapsed().as_secs_f64();
     let phases = crate::timings::summary();
-    // On failure too: where the time went up to the error.
-    eprintln!("up: {seconds:.1} s in all: {}", phases.line());
+    // On failure too (where the time went up to the error), unless it
+    // failed before any phase began.
+    if result.is_ok() || phases != crate::timings::Summary::default() {
+        eprintln!("up: {seconds:.1} s in all: {}", phases.line());
+    }
     let code = result?;
     finished?;
     if crate::output::json() {

@@ -269,7 +269,7 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
     // The online doctor against the recorded replicas: all pass.
     let (code, report) = project.doctor_json();
     for id in [
-        "OPS003", "KEY004", "STO001", "STO002", "STO004", "STO005", "STO007",
+        "OPS003", "OPS004", "KEY004", "STO001", "STO002", "STO004", "STO005", "STO007",
     ] {
         assert_eq!(
             status(&report, id),

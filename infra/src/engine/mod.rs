@@ -122,13 +122,20 @@ pub struct State {
 
 impl State {
     /// The URL the platform gave the deployment: the endpoint resource's
-    /// `url`, else the first resource that recorded one.
+    /// `url`, else the first `http(s)` `url` a resource recorded (a
+    /// bucket's `gs://` address is not one).
     pub fn url(&self) -> Option<&str> {
+        let web = |url: &&String| url.starts_with("https://") || url.starts_with("http://");
         self.resources
             .iter()
             .find(|r| r.kind == kind::ENDPOINT)
             .and_then(|r| r.outputs.get("url"))
-            .or_else(|| self.resources.iter().find_map(|r| r.outputs.get("url")))
+            .filter(web)
+            .or_else(|| {
+                self.resources
+                    .iter()
+                    .find_map(|r| r.outputs.get("url").filter(web))
+            })
             .map(String::as_str)
     }
 
