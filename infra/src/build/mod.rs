@@ -375,6 +375,7 @@ pub fn build(
         ArtifactKind::Image => Some(PushPlan::resolve(deployment, env)?),
         ArtifactKind::LambdaZip => None,
     };
+    let inline_limit = lambda::inline_limit(env).map_err(BuildError::Transport)?;
     let features = deployment.features();
     let started = Instant::now();
     let binary_path = match &options.prebuilt_binary {
@@ -446,7 +447,7 @@ pub fn build(
                     .trim_start_matches("sha256:")
                     .to_string(),
                 code_sha256: crate::plan::package_hash(&zip),
-                upload: lambda::upload_for(zip.len() as u64),
+                upload: lambda::upload_for(zip.len() as u64, inline_limit),
             };
             record.seconds.package = started.elapsed().as_secs_f64();
             eprintln!(
