@@ -706,3 +706,340 @@ fn bad_inputs_each_name_what_to_fix() {
     );
     assert!(!tags.status.success(), "a failed build pushed an image");
 }
+
+/// Debian's `docker-registry` on a free port of 127.0.0.1 (plain HTTP)
+/// with htpasswd auth for one user; stopped when dropped.
+struct AuthRegistry {
+    address: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthRegistry {
+    fn start(user: &str, password: &str) -> AuthRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = run_tool("htpasswd", &["-Bbn", user, password]);
+        assert!(htpasswd.status.success(), "htpasswd: {htpasswd:?}");
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {data}}}}}\nauth: {{htpasswd: {{realm: deploy-kit-cloud-login, path: {htpasswd}}}}}\nhttp: {{addr: {address}}}\n",
+                data = dir.path().join("data").display(),
+                htpasswd = dir.path().join("htpasswd").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`/usr/bin/docker-registry` runs (.ci/test-build installs Debian's docker-registry)");
+        let mut registry = AuthRegistry {
+            address,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("docker-registry exited: {status}");
+            }
+            let probe = ureq::get(&format!("http://{}/v2/", registry.address))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call();
+            if let Ok(reply) = probe {
+                // It checks credentials: anonymous is refused.
+                assert_eq!(reply.status(), 401);
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("docker-registry at {} did not answer", registry.address);
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config whose image goes to `image`, logging in with `registry_auth`.
+fn login_config(image: &str, base: &str, registry_auth: &str) -> String {
+    format!(
+        "version: 1
+service: {{name: sensor-rpc, environment: ci, package: hello, image: {image}, base_image: {base}}}
+targets:
+  web: {{platform: kubernetes}}
+build:
+  registry_auth: {registry_auth}
+"
+    )
+}
+
+/// Builds `--target web` from the prebuilt `binary`; the record, or the failure.
+fn build_with(
+    project: &Project,
+    binary: &Path,
+    env: &[(&str, &str)],
+) -> Result<Value, (i32, String)> {
+    let (code, stdout, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--json",
+            "--kit-service",
+            binary.to_str().unwrap(),
+        ],
+        env,
+    );
+    if code == 0 {
+        Ok(json::validated(&stdout))
+    } else {
+        Err((code, stderr))
+    }
+}
+
+/// ECR's login: `GetAuthorizationToken` (moto here) gives base64
+/// `AWS:<password>`. The test asks moto itself (a raw call, not deploy-kit's
+/// code), puts that user and password in the registry's htpasswd, and the
+/// push with `build.registry_auth: ecr` must be accepted; moto's recorder
+/// shows deploy-kit's call. Without the login the same push gets 401.
+#[test]
+fn ecr_login_gets_a_token_from_get_authorization_token_and_the_registry_takes_it() {
+    let servers = servers();
+    let moto = std::env::var("KIT_TEST_MOTO_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("`KIT_TEST_MOTO_ENDPOINT` is not set: `.ci/test-build` starts moto_server");
+    let ecr_call = |body: &str| {
+        ureq::post(&moto)
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header(
+                "X-Amz-Target",
+                "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+            )
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send(body)
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let answer: Value = serde_json::from_str(&ecr_call("{}")).unwrap();
+    let token = answer["authorizationData"][0]["authorizationToken"]
+        .as_str()
+        .expect("moto answers a token");
+    let decoded = String::from_utf8(BASE64.decode(token).unwrap()).unwrap();
+    let (user, password) = decoded.split_once(':').unwrap();
+    assert_eq!(user, "AWS");
+    let registry = AuthRegistry::start(user, password);
+    let image = format!("{}/ci/sensor-rpc-ecr:ci", registry.address);
+    let insecure = format!("{},{}", servers.open, registry.address);
+    let aws = [
+        ("DEPLOY_KIT_INSECURE_REGISTRIES", insecure.as_str()),
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+
+    // The docker config (empty) alone: anonymous, refused.
+    let project = Project::new(
+        "ecr-none",
+        &login_config(&image, &servers.base, "docker-config"),
+    );
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let (code, stderr) = build_with(&project, &hello, &aws).unwrap_err();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("(401: no credentials)"), "{stderr}");
+
+    // The ECR login: accepted; moto saw deploy-kit's GetAuthorizationToken.
+    let project = Project::new("ecr", &login_config(&image, &servers.base, "ecr"));
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let post = |path: &str| {
+        ureq::post(&format!("{moto}/moto-api/recorder/{path}"))
+            .send_empty()
+            .unwrap();
+    };
+    post("reset-recording");
+    post("start-recording");
+    let record = build_with(&project, &hello, &aws).unwrap_or_else(|(code, stderr)| {
+        panic!("build with the ECR login exited {code}\n{stderr}")
+    });
+    post("stop-recording");
+    let recording = ureq::get(&format!("{moto}/moto-api/recorder/download-recording"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let calls: Vec<Value> = recording
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|request: &Value| {
+            request["headers"]
+                .as_object()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                })
+                .and_then(|(_, value)| value.as_str())
+                .is_some_and(|target| target.ends_with(".GetAuthorizationToken"))
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "one GetAuthorizationToken: {recording}");
+    let reference = record["image"]["reference"].as_str().unwrap();
+    assert!(reference.starts_with(&format!(
+        "{image_repo}@sha256:",
+        image_repo = image.trim_end_matches(":ci")
+    )));
+    let creds = format!("{user}:{password}");
+    let inspected = skopeo_inspect(reference, &["--tls-verify=false", "--creds", &creds], false);
+    assert_eq!(inspected["Digest"], record["image"]["digest"]);
+}
+
+/// A fake Google OAuth token endpoint: answers every `POST /token` with
+/// `token` and keeps the form bodies it received.
+struct FakeGoogle {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeGoogle {
+    fn start(token: &str) -> FakeGoogle {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let token = token.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let (status, answer) = if request_line.starts_with("POST /token ") {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    (
+                        "200 OK",
+                        serde_json::json!({"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+                            .to_string(),
+                    )
+                } else {
+                    ("404 Not Found", "{}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        FakeGoogle { base, seen }
+    }
+}
+
+/// Artifact Registry's login: a Google access token as the password of
+/// `oauth2accesstoken`. The token comes from a recording fake of Google's
+/// token endpoint (an `authorized_user` credentials file points at it); the
+/// registry's htpasswd holds that token, so only a push that really used
+/// it is accepted.
+#[test]
+fn artifact_registry_login_uses_the_google_access_token() {
+    let servers = servers();
+    let token = format!("ya29.kit-{}", std::process::id());
+    let google = FakeGoogle::start(&token);
+    let registry = AuthRegistry::start("oauth2accesstoken", &token);
+    let image = format!("{}/ci/sensor-rpc-ar:ci", registry.address);
+    let project = Project::new(
+        "artifact-registry",
+        &login_config(&image, &servers.base, "artifact-registry"),
+    );
+    let credentials = project.dir.join("adc.json");
+    std::fs::write(
+        &credentials,
+        serde_json::json!({
+            "type": "authorized_user",
+            "client_id": "kit-client",
+            "client_secret": "kit-secret",
+            "refresh_token": "kit-refresh-token",
+            "token_uri": format!("{}/token", google.base),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let insecure = format!("{},{}", servers.open, registry.address);
+    let env = [
+        ("DEPLOY_KIT_INSECURE_REGISTRIES", insecure.as_str()),
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            credentials.to_str().unwrap(),
+        ),
+    ];
+    let record = build_with(&project, &hello, &env).unwrap_or_else(|(code, stderr)| {
+        panic!("build with the Artifact Registry login exited {code}\n{stderr}")
+    });
+    let seen = google.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one token request: {seen:?}");
+    assert!(
+        seen[0].contains("grant_type=refresh_token") && seen[0].contains("kit-refresh-token"),
+        "{seen:?}"
+    );
+    let creds = format!("oauth2accesstoken:{token}");
+    let inspected = skopeo_inspect(
+        record["image"]["reference"].as_str().unwrap(),
+        &["--tls-verify=false", "--creds", &creds],
+        false,
+    );
+    assert_eq!(inspected["Digest"], record["image"]["digest"]);
+
+    // Credentials the token endpoint does not know: a clear error, nothing pushed.
+    std::fs::write(&credentials, "{\"type\": \"authorized_user\"}").unwrap();
+    let (code, stderr) = build_with(&project, &hello, &env).unwrap_err();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no Google access token for Artifact Registry `{}`",
+            registry.address
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run `gcloud auth application-default login`"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,8 @@
 //! - Lambda targets get a zip: `bootstrap` plus the binary, cross-linked by
 //!   [`compile`] for glibc 2.34, checked by [`elf`] (architecture, newest
 //!   GLIBC version, the `lambda` feature) and zipped reproducibly by [`lambda`].
+//! - Azure Functions targets get a custom-handler zip ([`azure`]): the
+//!   rendered `host.json` and `rpc/function.json` and the same binary.
 //! - Container platforms get an OCI image: the same binary as one layer on
 //!   `service.base_image`, pushed to `service.image`'s registry by [`image`]
 //!   over the distribution API ([`registry`], credentials by [`credentials`]).
@@ -14,6 +16,8 @@
 //! every check; blobs go up before the manifest that names them; the same
 //! binary and base give the same digests, and a rebuild pushes 0 bytes.
 
+pub mod azure;
+pub mod cloud_login;
 pub mod compile;
 pub mod credentials;
 pub mod elf;
@@ -159,6 +163,14 @@ impl BuildError {
                 "install `docker-credential-{helper}` on `PATH`, or remove it from `credHelpers`/`credsStore` in `{}`",
                 file.display()
             ),
+            BuildError::Credentials(CredentialError::NoRegion { .. }) => {
+                "set `region:` on the target, or export `AWS_REGION`".into()
+            }
+            BuildError::Credentials(CredentialError::Ecr { .. }) => "check the AWS credentials (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) and that they may call `ecr:GetAuthorizationToken`; or set `build.registry_auth: docker-config` and `docker login`".into(),
+            BuildError::Credentials(CredentialError::ArtifactRegistry { .. }) => "run `gcloud auth application-default login` or set `GOOGLE_APPLICATION_CREDENTIALS`; or set `build.registry_auth: docker-config` and `docker login`".into(),
+            BuildError::Credentials(CredentialError::NeedsFeature { feature, .. }) => format!(
+                "rebuild with `cargo install --path infra --features {feature}`, or set `build.registry_auth: docker-config` and `docker login`"
+            ),
             BuildError::Credentials(_) => "check the registry auth file (`docker login REGISTRY` rewrites it)".into(),
         }
     }
@@ -228,6 +240,8 @@ impl From<BuildError> for CommandError {
 #[serde(rename_all = "kebab-case")]
 pub enum ArtifactKind {
     LambdaZip,
+    /// The Functions custom-handler package (`host.json`, `rpc/function.json`, the binary).
+    AzureFunctionsZip,
     Image,
 }
 
@@ -243,9 +257,8 @@ impl ArtifactKind {
             | Platform::Railway
             | Platform::Kubernetes
             | Platform::Compose => Some(ArtifactKind::Image),
-            Platform::CloudFunctions | Platform::CloudflareWorkers | Platform::AzureFunctions => {
-                None
-            }
+            Platform::AzureFunctions => Some(ArtifactKind::AzureFunctionsZip),
+            Platform::CloudFunctions | Platform::CloudflareWorkers => None,
         }
     }
 }
@@ -271,7 +284,9 @@ pub struct PackageRecord {
     pub sha256: String,
     /// Lambda's `CodeSha256` (base64 SHA-256), as `plan` compares it.
     pub code_sha256: String,
-    pub upload: lambda::Upload,
+    /// Lambda only: inline, or through the artifact bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<lambda::Upload>,
 }
 
 /// The image as pushed.
@@ -373,7 +388,12 @@ pub fn build(
     // What the push needs is checked before anything compiles.
     let push = match kind {
         ArtifactKind::Image => Some(PushPlan::resolve(deployment, env)?),
-        ArtifactKind::LambdaZip => None,
+        ArtifactKind::LambdaZip | ArtifactKind::AzureFunctionsZip => None,
+    };
+    // The rendered files are checked before anything compiles too.
+    let azure_files = match kind {
+        ArtifactKind::AzureFunctionsZip => Some(azure::rendered_files(deployment)?),
+        _ => None,
     };
     let inline_limit = lambda::inline_limit(env).map_err(BuildError::Transport)?;
     let features = deployment.features();
@@ -431,9 +451,22 @@ pub fn build(
     match push {
         None => {
             let started = Instant::now();
-            let (zip, unzipped) = lambda::package(&artifact.binary, &bytes)?;
-            let path = deployment.output_dir.join(PACKAGE_FILE);
-            std::fs::create_dir_all(&deployment.output_dir)
+            let (zip, unzipped, path) = match &azure_files {
+                Some((host_json, function_json)) => {
+                    let (zip, unzipped) =
+                        azure::package(host_json, function_json, &artifact.binary, &bytes)?;
+                    (
+                        zip,
+                        unzipped,
+                        deployment.output_dir.join(azure::PACKAGE_FILE),
+                    )
+                }
+                None => {
+                    let (zip, unzipped) = lambda::package(&artifact.binary, &bytes)?;
+                    (zip, unzipped, deployment.output_dir.join(PACKAGE_FILE))
+                }
+            };
+            std::fs::create_dir_all(path.parent().unwrap_or(&deployment.output_dir))
                 .and_then(|()| std::fs::write(&path, &zip))
                 .map_err(|error| BuildError::Io {
                     what: format!("`{}`", path.display()),
@@ -447,17 +480,19 @@ pub fn build(
                     .trim_start_matches("sha256:")
                     .to_string(),
                 code_sha256: crate::plan::package_hash(&zip),
-                upload: lambda::upload_for(zip.len() as u64, inline_limit),
+                upload: (kind == ArtifactKind::LambdaZip)
+                    .then(|| lambda::upload_for(zip.len() as u64, inline_limit)),
             };
             record.seconds.package = started.elapsed().as_secs_f64();
             eprintln!(
-                "build: package `{}` {} ({} unzipped, {} upload) in {:.1} s, sha256 {}",
+                "build: package `{}` {} ({} unzipped, {}) in {:.1} s, sha256 {}",
                 package.path.display(),
                 megabytes(package.bytes),
                 megabytes(package.unzipped_bytes),
                 match package.upload {
-                    lambda::Upload::Inline => "inline",
-                    lambda::Upload::S3 => "S3",
+                    Some(lambda::Upload::Inline) => "inline upload",
+                    Some(lambda::Upload::S3) => "S3 upload",
+                    None => "zip deploy",
                 },
                 record.seconds.package,
                 package.sha256
@@ -567,8 +602,20 @@ impl PushPlan {
             source,
         })?;
         let transport = Transport::from_env(env).map_err(BuildError::Transport)?;
-        let target_credential = credentials::lookup(&target.registry, env)?;
-        let base_credential = credentials::lookup(&base.registry, env)?;
+        let auth = deployment.config.build.registry_auth;
+        let region = deployment.target.region.as_deref();
+        let target_credential = cloud_login::lookup(&target.registry, auth, region, env)?;
+        // The base is read with the same login when it lives on the same registry.
+        let base_credential = if base.registry == target.registry {
+            target_credential.clone()
+        } else {
+            cloud_login::lookup(
+                &base.registry,
+                crate::config::RegistryAuth::Auto,
+                region,
+                env,
+            )?
+        };
         Ok(PushPlan {
             tag: target
                 .tag
