@@ -445,6 +445,28 @@ pub struct TargetConfig {
     /// `deploy-kit build` compiles for and checks the binary against.
     #[serde(default)]
     pub architecture: Architecture,
+    /// More than one CPU (image targets): one image per architecture and
+    /// an OCI image index over them, deployed by the index's digest.
+    /// Replaces `architecture` when set.
+    #[serde(default)]
+    pub architectures: Vec<Architecture>,
+}
+
+impl TargetConfig {
+    /// What the target is built for: `architectures` (duplicates dropped,
+    /// order kept), else `architecture`.
+    pub fn built_architectures(&self) -> Vec<Architecture> {
+        let mut out = Vec::new();
+        for architecture in &self.architectures {
+            if !out.contains(architecture) {
+                out.push(*architecture);
+            }
+        }
+        if out.is_empty() {
+            out.push(self.architecture);
+        }
+        out
+    }
 }
 
 /// A target's CPU architecture.

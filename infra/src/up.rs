@@ -196,7 +196,7 @@ fn lambda_package(
         Some(path) => path.clone(),
         None => {
             let options = BuildOptions {
-                prebuilt_binary: args.kit_service.clone(),
+                prebuilt_binaries: args.kit_service.clone().into_iter().collect(),
             };
             let record = crate::build::build(deployment, &options, env)?;
             record
@@ -247,7 +247,7 @@ fn prepare_image(
         return Ok(());
     }
     let options = BuildOptions {
-        prebuilt_binary: args.kit_service.clone(),
+        prebuilt_binaries: args.kit_service.clone().into_iter().collect(),
     };
     let record = crate::build::build(deployment, &options, env)?;
     if let Some(image) = &record.image {

@@ -138,6 +138,8 @@ targets:
   fn: {{platform: aws-lambda-function-url, region: us-east-1}}
   fn-arm: {{platform: aws-lambda-function-url, region: us-east-1, architecture: arm64}}
   web: {{platform: kubernetes}}
+  web-multi: {{platform: kubernetes, architectures: [x86_64, arm64]}}
+  fn-multi: {{platform: aws-lambda-function-url, region: us-east-1, architectures: [x86_64, arm64]}}
 ",
         root = repository_root().display()
     )
@@ -1040,6 +1042,269 @@ fn artifact_registry_login_uses_the_google_access_token() {
     );
     assert!(
         stderr.contains("hint: run `gcloud auth application-default login`"),
+        "{stderr}"
+    );
+}
+
+/// Pushes a blob to `repository` on the open registry (the OCI API, by
+/// hand: the test's own client, not deploy-kit's).
+fn push_blob(registry: &str, repository: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+    let started = ureq::post(&format!("http://{registry}/v2/{repository}/blobs/uploads/"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let put = ureq::put(&format!("{location}{separator}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .send(bytes)
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    digest
+}
+
+fn put_manifest(registry: &str, repository: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let put = ureq::put(&format!(
+        "http://{registry}/v2/{repository}/manifests/{reference}"
+    ))
+    .header("content-type", media_type)
+    .send(bytes)
+    .unwrap();
+    assert_eq!(put.status(), 201);
+}
+
+/// A two-architecture base on the open registry: an index over the test
+/// base (`linux/amd64`) and a minimal `linux/arm64` image (one layer with
+/// `/etc/passwd`: enough to build on and inspect; nothing runs arm64
+/// here). Returns its reference.
+fn two_architecture_base(servers: &Servers) -> String {
+    use sha2::Digest as _;
+    let registry = &servers.open;
+    let repository = "base/debian-cc";
+    let mut tar = tar::Builder::new(Vec::new());
+    let passwd = b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(passwd.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "etc/passwd", &passwd[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, &tar).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let layer = push_blob(registry, repository, &gzip);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "arm64", "variant": "v8", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{:x}", sha2::Sha256::digest(&tar))]},
+    }))
+    .unwrap();
+    let config_digest = push_blob(registry, repository, &config);
+    let arm = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": gzip.len()}],
+    }))
+    .unwrap();
+    let arm_digest = format!("sha256:{:x}", sha2::Sha256::digest(&arm));
+    put_manifest(
+        registry,
+        repository,
+        &arm_digest,
+        "application/vnd.oci.image.manifest.v1+json",
+        &arm,
+    );
+    let tag = servers.base.rsplit(':').next().unwrap();
+    let mut amd = ureq::get(&format!(
+        "http://{registry}/v2/{repository}/manifests/{tag}"
+    ))
+    .header("accept", "application/vnd.oci.image.manifest.v1+json")
+    .call()
+    .unwrap();
+    let amd = amd.body_mut().read_to_vec().unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{:x}", sha2::Sha256::digest(&amd)), "size": amd.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest, "size": arm.len(), "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+        ],
+    }))
+    .unwrap();
+    put_manifest(
+        registry,
+        repository,
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
+    format!("{registry}/{repository}:multi")
+}
+
+/// `architectures: [x86_64, arm64]` on an image target: one image per
+/// architecture, pushed by digest, then an OCI image index over them under
+/// the tag; the record (and so every deploy) names the index's digest.
+/// Only the x86_64 Rust standard library is installed here, so the binaries
+/// are prebuilt: a C program built with gcc (x86_64) and with zig
+/// (`python-zig cc -target aarch64-linux-gnu.2.17`, a real aarch64 ELF).
+/// skopeo reads the index back raw (its bytes hash to the recorded digest,
+/// one `linux/<arch>` entry per image) and each image's config (its
+/// architecture and the binary's sha256); a rebuild pushes nothing and
+/// gives the same index. Without the binaries the arm64 compile is refused
+/// up front, naming `rustup target add aarch64-unknown-linux-gnu`.
+#[test]
+fn several_architectures_make_an_image_index_deployed_by_its_digest() {
+    use sha2::Digest as _;
+    let servers = servers();
+    let base = two_architecture_base(&servers);
+    let image = format!("{}/ci/sensor-rpc-multi:ci", servers.open);
+    let project = Project::new("multi", &sensor_config(&image, &base));
+    let source = "int main(void) { return 0; }\n";
+    let amd = c_binary(&project.dir, "hello", source);
+    let arm = project.dir.join("hello-arm64");
+    let zig = run_tool(
+        "python-zig",
+        &[
+            "cc",
+            "-target",
+            "aarch64-linux-gnu.2.17",
+            "-O1",
+            "-o",
+            arm.to_str().unwrap(),
+            project.dir.join("hello.c").to_str().unwrap(),
+        ],
+    );
+    assert!(zig.status.success(), "zig cc: {zig:?}");
+    // An ELF for EM_AARCH64 (183).
+    let arm_bytes = std::fs::read(&arm).unwrap();
+    assert_eq!(&arm_bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([arm_bytes[18], arm_bytes[19]]), 183);
+    let (amd_path, arm_path) = (amd.to_str().unwrap(), arm.to_str().unwrap());
+
+    let build = || {
+        let (code, stdout, stderr) = project.run(
+            &[
+                "build",
+                "--target",
+                "web-multi",
+                "--json",
+                "--kit-service",
+                arm_path,
+                "--kit-service",
+                amd_path,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        json::validated(&stdout)
+    };
+    let record = build();
+    assert_eq!(
+        record["architectures"],
+        serde_json::json!(["x86_64", "arm64"])
+    );
+    let platforms = record["image"]["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 2, "{record}");
+    let digest = record["image"]["digest"].as_str().unwrap();
+    let reference = record["image"]["reference"].as_str().unwrap();
+    assert_eq!(
+        reference,
+        format!("{}/ci/sensor-rpc-multi@{digest}", servers.open)
+    );
+
+    // The index as the registry holds it, read back raw.
+    let raw = run_tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    assert!(raw.status.success(), "{raw:?}");
+    assert_eq!(
+        format!("sha256:{:x}", sha2::Sha256::digest(&raw.stdout)),
+        digest
+    );
+    let index: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2);
+    for (entry, (platform, architecture, binary)) in manifests.iter().zip([
+        (&platforms[0], "amd64", &amd),
+        (&platforms[1], "arm64", &arm),
+    ]) {
+        assert_eq!(entry["platform"]["os"], "linux");
+        assert_eq!(entry["platform"]["architecture"], architecture);
+        assert_eq!(entry["digest"], platform["digest"]);
+        assert_eq!(
+            entry["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        let by_digest = format!(
+            "{}/ci/sensor-rpc-multi@{}",
+            servers.open,
+            entry["digest"].as_str().unwrap()
+        );
+        let config = skopeo_inspect(&by_digest, &["--tls-verify=false"], true);
+        assert_eq!(config["architecture"], architecture, "{config}");
+        let sha = format!("{:x}", sha2::Sha256::digest(std::fs::read(binary).unwrap()));
+        assert_eq!(
+            config["config"]["Labels"]["dev.deploy-kit.binary.sha256"],
+            sha
+        );
+        assert_eq!(platform["binary"]["sha256"], sha);
+    }
+
+    // The same binaries again: the same index, nothing uploaded.
+    let again = build();
+    assert_eq!(again["image"]["digest"], digest);
+    assert_eq!(again["image"]["pushed"]["bytes_pushed"], 0, "{again}");
+
+    // One binary for two architectures: the missing one is named.
+    let (code, _, stderr) = project.run(
+        &["build", "--target", "web-multi", "--kit-service", amd_path],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no prebuilt binary for architecture `arm64` of target `web-multi`"),
+        "{stderr}"
+    );
+
+    // Compiling: the arm64 standard library is not installed here, which is
+    // named before anything compiles.
+    let (code, _, stderr) = project.run(&["build", "--target", "web-multi"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("build: cargo zigbuild"), "{stderr}");
+
+    // A Lambda function runs on one architecture.
+    let (code, _, stderr) = project.run(
+        &["build", "--target", "fn-multi", "--kit-service", amd_path],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr
+            .contains("target `fn-multi` lists 2 architectures, and a Lambda function runs on one"),
         "{stderr}"
     );
 }
