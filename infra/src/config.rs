@@ -71,6 +71,36 @@ pub struct DeployConfig {
     /// raw here; [`DeployConfig::parse`] returns the chosen one merged.
     #[serde(default)]
     pub environments: BTreeMap<String, serde_json::Value>,
+    /// How `deploy-kit build` makes and ships artifacts.
+    #[serde(default)]
+    pub build: BuildConfig,
+}
+
+/// `build:`: settings of `deploy-kit build`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// How the push to `service.image`'s registry logs in (see [`RegistryAuth`]).
+    #[serde(default)]
+    pub registry_auth: RegistryAuth,
+}
+
+/// `build.registry_auth`: where registry credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryAuth {
+    /// By the registry's host: `<account>.dkr.ecr.<region>.amazonaws.com`
+    /// logs in with ECR and `*-docker.pkg.dev` with a Google access token,
+    /// unless the docker config file holds credentials for it; any other
+    /// registry uses the docker config file.
+    #[default]
+    Auto,
+    /// The docker/podman config file only (`docker login`, credential helpers).
+    DockerConfig,
+    /// ECR `GetAuthorizationToken` with the AWS credentials, whatever the host.
+    Ecr,
+    /// A Google OAuth access token (user `oauth2accesstoken`), whatever the host.
+    ArtifactRegistry,
 }
 
 fn yes() -> bool {
@@ -415,6 +445,28 @@ pub struct TargetConfig {
     /// `deploy-kit build` compiles for and checks the binary against.
     #[serde(default)]
     pub architecture: Architecture,
+    /// More than one CPU (image targets): one image per architecture and
+    /// an OCI image index over them, deployed by the index's digest.
+    /// Replaces `architecture` when set.
+    #[serde(default)]
+    pub architectures: Vec<Architecture>,
+}
+
+impl TargetConfig {
+    /// What the target is built for: `architectures` (duplicates dropped,
+    /// order kept), else `architecture`.
+    pub fn built_architectures(&self) -> Vec<Architecture> {
+        let mut out = Vec::new();
+        for architecture in &self.architectures {
+            if !out.contains(architecture) {
+                out.push(*architecture);
+            }
+        }
+        if out.is_empty() {
+            out.push(self.architecture);
+        }
+        out
+    }
 }
 
 /// A target's CPU architecture.

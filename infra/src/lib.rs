@@ -166,6 +166,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "`build`: comma-separated `host:port`s of registries spoken to over plain HTTP (credentials included); default none.",
     ),
     (
+        "DEPLOY_KIT_LAMBDA_INLINE_LIMIT_BYTES",
+        "`build` and `up` on Lambda: packages bigger than this go through deploy-kit's artifact bucket in S3 instead of the request; default Lambda's 50 MB, may only be lowered (tests).",
+    ),
+    (
         "DEPLOY_KIT_REGISTRY_CHUNK_BYTES",
         "`build`: blobs larger than this go up in chunks of this size (PATCH), smaller ones in one PUT; default 16 MiB.",
     ),

@@ -172,7 +172,7 @@ pub fn artifact_line(deployment: &Deployment, package_given: bool) -> String {
         Some(ArtifactKind::LambdaZip) if package_given => {
             "the package given with `--package`".into()
         }
-        Some(ArtifactKind::LambdaZip) => {
+        Some(ArtifactKind::LambdaZip | ArtifactKind::AzureFunctionsZip) => {
             match deployment.built.as_ref().and_then(|r| r.package.as_ref()) {
                 Some(package) => format!(
                     "package sha256 {} (the last build, `{}`)",

@@ -224,7 +224,7 @@ fn lambda_package(
         Some(path) => path.clone(),
         None => {
             let options = BuildOptions {
-                prebuilt_binary: args.kit_service.clone(),
+                prebuilt_binaries: args.kit_service.clone().into_iter().collect(),
             };
             let record = timed_build(deployment, &options, env)?;
             record
@@ -275,7 +275,7 @@ fn prepare_image(
         return Ok(());
     }
     let options = BuildOptions {
-        prebuilt_binary: args.kit_service.clone(),
+        prebuilt_binaries: args.kit_service.clone().into_iter().collect(),
     };
     let record = timed_build(deployment, &options, env)?;
     if let Some(image) = &record.image {

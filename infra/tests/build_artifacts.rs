@@ -138,6 +138,8 @@ targets:
   fn: {{platform: aws-lambda-function-url, region: us-east-1}}
   fn-arm: {{platform: aws-lambda-function-url, region: us-east-1, architecture: arm64}}
   web: {{platform: kubernetes}}
+  web-multi: {{platform: kubernetes, architectures: [x86_64, arm64]}}
+  fn-multi: {{platform: aws-lambda-function-url, region: us-east-1, architectures: [x86_64, arm64]}}
 ",
         root = repository_root().display()
     )
@@ -705,4 +707,604 @@ fn bad_inputs_each_name_what_to_fix() {
         ],
     );
     assert!(!tags.status.success(), "a failed build pushed an image");
+}
+
+/// Debian's `docker-registry` on a free port of 127.0.0.1 (plain HTTP)
+/// with htpasswd auth for one user; stopped when dropped.
+struct AuthRegistry {
+    address: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthRegistry {
+    fn start(user: &str, password: &str) -> AuthRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = run_tool("htpasswd", &["-Bbn", user, password]);
+        assert!(htpasswd.status.success(), "htpasswd: {htpasswd:?}");
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {data}}}}}\nauth: {{htpasswd: {{realm: deploy-kit-cloud-login, path: {htpasswd}}}}}\nhttp: {{addr: {address}}}\n",
+                data = dir.path().join("data").display(),
+                htpasswd = dir.path().join("htpasswd").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("`/usr/bin/docker-registry` runs (.ci/test-build installs Debian's docker-registry)");
+        let mut registry = AuthRegistry {
+            address,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("docker-registry exited: {status}");
+            }
+            let probe = ureq::get(&format!("http://{}/v2/", registry.address))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call();
+            if let Ok(reply) = probe {
+                // It checks credentials: anonymous is refused.
+                assert_eq!(reply.status(), 401);
+                return registry;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("docker-registry at {} did not answer", registry.address);
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config whose image goes to `image`, logging in with `registry_auth`.
+fn login_config(image: &str, base: &str, registry_auth: &str) -> String {
+    format!(
+        "version: 1
+service: {{name: sensor-rpc, environment: ci, package: hello, image: {image}, base_image: {base}}}
+targets:
+  web: {{platform: kubernetes}}
+build:
+  registry_auth: {registry_auth}
+"
+    )
+}
+
+/// Builds `--target web` from the prebuilt `binary`; the record, or the failure.
+fn build_with(
+    project: &Project,
+    binary: &Path,
+    env: &[(&str, &str)],
+) -> Result<Value, (i32, String)> {
+    let (code, stdout, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--json",
+            "--kit-service",
+            binary.to_str().unwrap(),
+        ],
+        env,
+    );
+    if code == 0 {
+        Ok(json::validated(&stdout))
+    } else {
+        Err((code, stderr))
+    }
+}
+
+/// ECR's login: `GetAuthorizationToken` (moto here) gives base64
+/// `AWS:<password>`. The test asks moto itself (a raw call, not deploy-kit's
+/// code), puts that user and password in the registry's htpasswd, and the
+/// push with `build.registry_auth: ecr` must be accepted; moto's recorder
+/// shows deploy-kit's call. Without the login the same push gets 401.
+#[test]
+fn ecr_login_gets_a_token_from_get_authorization_token_and_the_registry_takes_it() {
+    let servers = servers();
+    let moto = std::env::var("KIT_TEST_MOTO_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .expect("`KIT_TEST_MOTO_ENDPOINT` is not set: `.ci/test-build` starts moto_server");
+    let ecr_call = |body: &str| {
+        ureq::post(&moto)
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header(
+                "X-Amz-Target",
+                "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+            )
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ecr/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .send(body)
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let answer: Value = serde_json::from_str(&ecr_call("{}")).unwrap();
+    let token = answer["authorizationData"][0]["authorizationToken"]
+        .as_str()
+        .expect("moto answers a token");
+    let decoded = String::from_utf8(BASE64.decode(token).unwrap()).unwrap();
+    let (user, password) = decoded.split_once(':').unwrap();
+    assert_eq!(user, "AWS");
+    let registry = AuthRegistry::start(user, password);
+    let image = format!("{}/ci/sensor-rpc-ecr:ci", registry.address);
+    let insecure = format!("{},{}", servers.open, registry.address);
+    let aws = [
+        ("DEPLOY_KIT_INSECURE_REGISTRIES", insecure.as_str()),
+        ("AWS_ENDPOINT_URL", moto.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+
+    // The docker config (empty) alone: anonymous, refused.
+    let project = Project::new(
+        "ecr-none",
+        &login_config(&image, &servers.base, "docker-config"),
+    );
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let (code, stderr) = build_with(&project, &hello, &aws).unwrap_err();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("(401: no credentials)"), "{stderr}");
+
+    // The ECR login: accepted; moto saw deploy-kit's GetAuthorizationToken.
+    let project = Project::new("ecr", &login_config(&image, &servers.base, "ecr"));
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let post = |path: &str| {
+        ureq::post(&format!("{moto}/moto-api/recorder/{path}"))
+            .send_empty()
+            .unwrap();
+    };
+    post("reset-recording");
+    post("start-recording");
+    let record = build_with(&project, &hello, &aws).unwrap_or_else(|(code, stderr)| {
+        panic!("build with the ECR login exited {code}\n{stderr}")
+    });
+    post("stop-recording");
+    let recording = ureq::get(&format!("{moto}/moto-api/recorder/download-recording"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let calls: Vec<Value> = recording
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|request: &Value| {
+            request["headers"]
+                .as_object()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case("x-amz-target"))
+                })
+                .and_then(|(_, value)| value.as_str())
+                .is_some_and(|target| target.ends_with(".GetAuthorizationToken"))
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "one GetAuthorizationToken: {recording}");
+    let reference = record["image"]["reference"].as_str().unwrap();
+    assert!(reference.starts_with(&format!(
+        "{image_repo}@sha256:",
+        image_repo = image.trim_end_matches(":ci")
+    )));
+    let creds = format!("{user}:{password}");
+    let inspected = skopeo_inspect(reference, &["--tls-verify=false", "--creds", &creds], false);
+    assert_eq!(inspected["Digest"], record["image"]["digest"]);
+}
+
+/// A fake Google OAuth token endpoint: answers every `POST /token` with
+/// `token` and keeps the form bodies it received.
+struct FakeGoogle {
+    base: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeGoogle {
+    fn start(token: &str) -> FakeGoogle {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let token = token.to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let (status, answer) = if request_line.starts_with("POST /token ") {
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    (
+                        "200 OK",
+                        serde_json::json!({"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
+                            .to_string(),
+                    )
+                } else {
+                    ("404 Not Found", "{}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        FakeGoogle { base, seen }
+    }
+}
+
+/// Artifact Registry's login: a Google access token as the password of
+/// `oauth2accesstoken`. The token comes from a recording fake of Google's
+/// token endpoint (an `authorized_user` credentials file points at it); the
+/// registry's htpasswd holds that token, so only a push that really used
+/// it is accepted.
+#[test]
+fn artifact_registry_login_uses_the_google_access_token() {
+    let servers = servers();
+    let token = format!("ya29.kit-{}", std::process::id());
+    let google = FakeGoogle::start(&token);
+    let registry = AuthRegistry::start("oauth2accesstoken", &token);
+    let image = format!("{}/ci/sensor-rpc-ar:ci", registry.address);
+    let project = Project::new(
+        "artifact-registry",
+        &login_config(&image, &servers.base, "artifact-registry"),
+    );
+    let credentials = project.dir.join("adc.json");
+    std::fs::write(
+        &credentials,
+        serde_json::json!({
+            "type": "authorized_user",
+            "client_id": "kit-client",
+            "client_secret": "kit-secret",
+            "refresh_token": "kit-refresh-token",
+            "token_uri": format!("{}/token", google.base),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let insecure = format!("{},{}", servers.open, registry.address);
+    let env = [
+        ("DEPLOY_KIT_INSECURE_REGISTRIES", insecure.as_str()),
+        (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            credentials.to_str().unwrap(),
+        ),
+    ];
+    let record = build_with(&project, &hello, &env).unwrap_or_else(|(code, stderr)| {
+        panic!("build with the Artifact Registry login exited {code}\n{stderr}")
+    });
+    let seen = google.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one token request: {seen:?}");
+    assert!(
+        seen[0].contains("grant_type=refresh_token") && seen[0].contains("kit-refresh-token"),
+        "{seen:?}"
+    );
+    let creds = format!("oauth2accesstoken:{token}");
+    let inspected = skopeo_inspect(
+        record["image"]["reference"].as_str().unwrap(),
+        &["--tls-verify=false", "--creds", &creds],
+        false,
+    );
+    assert_eq!(inspected["Digest"], record["image"]["digest"]);
+
+    // Credentials the token endpoint does not know: a clear error, nothing pushed.
+    std::fs::write(&credentials, "{\"type\": \"authorized_user\"}").unwrap();
+    let (code, stderr) = build_with(&project, &hello, &env).unwrap_err();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no Google access token for Artifact Registry `{}`",
+            registry.address
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run `gcloud auth application-default login`"),
+        "{stderr}"
+    );
+}
+
+/// Pushes a blob to `repository` on the open registry (the OCI API, by
+/// hand: the test's own client, not deploy-kit's).
+fn push_blob(registry: &str, repository: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+    let started = ureq::post(&format!("http://{registry}/v2/{repository}/blobs/uploads/"))
+        .send_empty()
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_string();
+    let location = if location.starts_with('/') {
+        format!("http://{registry}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let put = ureq::put(&format!("{location}{separator}digest={digest}"))
+        .header("content-type", "application/octet-stream")
+        .send(bytes)
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    digest
+}
+
+fn put_manifest(registry: &str, repository: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+    let put = ureq::put(&format!(
+        "http://{registry}/v2/{repository}/manifests/{reference}"
+    ))
+    .header("content-type", media_type)
+    .send(bytes)
+    .unwrap();
+    assert_eq!(put.status(), 201);
+}
+
+/// A two-architecture base on the open registry: an index over the test
+/// base (`linux/amd64`) and a minimal `linux/arm64` image (one layer with
+/// `/etc/passwd`: enough to build on and inspect; nothing runs arm64
+/// here). Returns its reference.
+fn two_architecture_base(servers: &Servers) -> String {
+    use sha2::Digest as _;
+    let registry = &servers.open;
+    let repository = "base/debian-cc";
+    let mut tar = tar::Builder::new(Vec::new());
+    let passwd = b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(passwd.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "etc/passwd", &passwd[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gzip, &tar).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let layer = push_blob(registry, repository, &gzip);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "arm64", "variant": "v8", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{:x}", sha2::Sha256::digest(&tar))]},
+    }))
+    .unwrap();
+    let config_digest = push_blob(registry, repository, &config);
+    let arm = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": gzip.len()}],
+    }))
+    .unwrap();
+    let arm_digest = format!("sha256:{:x}", sha2::Sha256::digest(&arm));
+    put_manifest(
+        registry,
+        repository,
+        &arm_digest,
+        "application/vnd.oci.image.manifest.v1+json",
+        &arm,
+    );
+    let tag = servers.base.rsplit(':').next().unwrap();
+    let mut amd = ureq::get(&format!(
+        "http://{registry}/v2/{repository}/manifests/{tag}"
+    ))
+    .header("accept", "application/vnd.oci.image.manifest.v1+json")
+    .call()
+    .unwrap();
+    let amd = amd.body_mut().read_to_vec().unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{:x}", sha2::Sha256::digest(&amd)), "size": amd.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_digest, "size": arm.len(), "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+        ],
+    }))
+    .unwrap();
+    put_manifest(
+        registry,
+        repository,
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
+    format!("{registry}/{repository}:multi")
+}
+
+/// `architectures: [x86_64, arm64]` on an image target: one image per
+/// architecture, pushed by digest, then an OCI image index over them under
+/// the tag; the record (and so every deploy) names the index's digest.
+/// Only the x86_64 Rust standard library is installed here, so the binaries
+/// are prebuilt: a C program built with gcc (x86_64) and with zig
+/// (`python-zig cc -target aarch64-linux-gnu.2.17`, a real aarch64 ELF).
+/// skopeo reads the index back raw (its bytes hash to the recorded digest,
+/// one `linux/<arch>` entry per image) and each image's config (its
+/// architecture and the binary's sha256); a rebuild pushes nothing and
+/// gives the same index. Without the binaries the arm64 compile is refused
+/// up front, naming `rustup target add aarch64-unknown-linux-gnu`.
+#[test]
+fn several_architectures_make_an_image_index_deployed_by_its_digest() {
+    use sha2::Digest as _;
+    let servers = servers();
+    let base = two_architecture_base(&servers);
+    let image = format!("{}/ci/sensor-rpc-multi:ci", servers.open);
+    let project = Project::new("multi", &sensor_config(&image, &base));
+    let source = "int main(void) { return 0; }\n";
+    let amd = c_binary(&project.dir, "hello", source);
+    let arm = project.dir.join("hello-arm64");
+    let zig = run_tool(
+        "python-zig",
+        &[
+            "cc",
+            "-target",
+            "aarch64-linux-gnu.2.17",
+            "-O1",
+            "-o",
+            arm.to_str().unwrap(),
+            project.dir.join("hello.c").to_str().unwrap(),
+        ],
+    );
+    assert!(zig.status.success(), "zig cc: {zig:?}");
+    // An ELF for EM_AARCH64 (183).
+    let arm_bytes = std::fs::read(&arm).unwrap();
+    assert_eq!(&arm_bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([arm_bytes[18], arm_bytes[19]]), 183);
+    let (amd_path, arm_path) = (amd.to_str().unwrap(), arm.to_str().unwrap());
+
+    let build = || {
+        let (code, stdout, stderr) = project.run(
+            &[
+                "build",
+                "--target",
+                "web-multi",
+                "--json",
+                "--kit-service",
+                arm_path,
+                "--kit-service",
+                amd_path,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        json::validated(&stdout)
+    };
+    let record = build();
+    assert_eq!(
+        record["architectures"],
+        serde_json::json!(["x86_64", "arm64"])
+    );
+    let platforms = record["image"]["platforms"].as_array().unwrap();
+    assert_eq!(platforms.len(), 2, "{record}");
+    let digest = record["image"]["digest"].as_str().unwrap();
+    let reference = record["image"]["reference"].as_str().unwrap();
+    assert_eq!(
+        reference,
+        format!("{}/ci/sensor-rpc-multi@{digest}", servers.open)
+    );
+
+    // The index as the registry holds it, read back raw.
+    let raw = run_tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    assert!(raw.status.success(), "{raw:?}");
+    assert_eq!(
+        format!("sha256:{:x}", sha2::Sha256::digest(&raw.stdout)),
+        digest
+    );
+    let index: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2);
+    for (entry, (platform, architecture, binary)) in manifests.iter().zip([
+        (&platforms[0], "amd64", &amd),
+        (&platforms[1], "arm64", &arm),
+    ]) {
+        assert_eq!(entry["platform"]["os"], "linux");
+        assert_eq!(entry["platform"]["architecture"], architecture);
+        assert_eq!(entry["digest"], platform["digest"]);
+        assert_eq!(
+            entry["mediaType"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        let by_digest = format!(
+            "{}/ci/sensor-rpc-multi@{}",
+            servers.open,
+            entry["digest"].as_str().unwrap()
+        );
+        let config = skopeo_inspect(&by_digest, &["--tls-verify=false"], true);
+        assert_eq!(config["architecture"], architecture, "{config}");
+        let sha = format!("{:x}", sha2::Sha256::digest(std::fs::read(binary).unwrap()));
+        assert_eq!(
+            config["config"]["Labels"]["dev.deploy-kit.binary.sha256"],
+            sha
+        );
+        assert_eq!(platform["binary"]["sha256"], sha);
+    }
+
+    // The same binaries again: the same index, nothing uploaded.
+    let again = build();
+    assert_eq!(again["image"]["digest"], digest);
+    assert_eq!(again["image"]["pushed"]["bytes_pushed"], 0, "{again}");
+
+    // One binary for two architectures: the missing one is named.
+    let (code, _, stderr) = project.run(
+        &["build", "--target", "web-multi", "--kit-service", amd_path],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no prebuilt binary for architecture `arm64` of target `web-multi`"),
+        "{stderr}"
+    );
+
+    // Compiling: the arm64 standard library is not installed here, which is
+    // named before anything compiles.
+    let (code, _, stderr) = project.run(&["build", "--target", "web-multi"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("build: cargo zigbuild"), "{stderr}");
+
+    // A Lambda function runs on one architecture.
+    let (code, _, stderr) = project.run(
+        &["build", "--target", "fn-multi", "--kit-service", amd_path],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr
+            .contains("target `fn-multi` lists 2 architectures, and a Lambda function runs on one"),
+        "{stderr}"
+    );
 }

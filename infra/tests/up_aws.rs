@@ -233,8 +233,13 @@ signing_key:
 
     /// Runs deploy-kit here with the endpoint overrides; returns (exit, stdout, stderr).
     fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::cargo_bin("deploy-kit")
-            .unwrap()
+        self.run_with(args, &[])
+    }
+
+    /// [`Project::run`] with more variables (set last, so they win).
+    fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
+        let mut command = Command::cargo_bin("deploy-kit").unwrap();
+        command
             .current_dir(&self.dir)
             .args(args)
             .env("AWS_ENDPOINT_URL", &self.servers.moto)
@@ -247,9 +252,11 @@ signing_key:
             .env("DEPLOY_KIT_TODAY", "2026-01-15")
             .env_remove("DEPLOY_KIT_CONFIG")
             .env_remove("DEPLOY_KIT_TARGET")
-            .env_remove("DEPLOY_KIT_STATE")
-            .output()
-            .unwrap();
+            .env_remove("DEPLOY_KIT_STATE");
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
         (
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -1302,4 +1309,203 @@ fn rollback_moves_the_alias_back_to_the_previous_version() {
     let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(!cloud.function_exists(&function));
+}
+
+/// moto's request recorder: what it received while `f` ran (other tests
+/// may add requests of their own; callers filter by their names).
+fn recorded(moto: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
+    let post = |path: &str| {
+        ureq::post(&format!("{moto}/moto-api/recorder/{path}"))
+            .send_empty()
+            .unwrap();
+    };
+    post("reset-recording");
+    post("start-recording");
+    f();
+    let text = ureq::get(&format!("{moto}/moto-api/recorder/download-recording"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// A recorded request's body as text.
+fn recorded_body(request: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    let body = request["body"].as_str().unwrap_or_default();
+    if request["body_encoded"] == true {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap()
+    } else {
+        body.as_bytes().to_vec()
+    }
+}
+
+/// Lambda refuses a zip over 50 MB in the request, so `up` puts a bigger
+/// one in `deploy-kit-artifacts-<account>-<region>` under its SHA-256 and
+/// names bucket and key in `CreateFunction`/`UpdateFunctionCode`. The limit
+/// is lowered here (`DEPLOY_KIT_LAMBDA_INLINE_LIMIT_BYTES`) so a small
+/// package takes that path; S3 is moto's own here, because moto's Lambda
+/// reads the code from there. moto's recorder shows which way the code
+/// went, and its `CodeSha256` (which it computes from the S3 object) shows
+/// that the object is the package. A second `up` of the same package
+/// uploads nothing; a new binary goes up under its new key.
+#[test]
+fn a_package_over_the_inline_limit_goes_through_the_artifact_bucket() {
+    use base64::Engine as _;
+    let project = Project::new("dk-s3pkg");
+    // No storage: all of S3 is moto's here.
+    std::fs::write(
+        project.dir.join("deploy-kit.yaml"),
+        format!(
+            "version: 1
+service: {{name: {name}, environment: ci, package: kit-service}}
+targets:
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+limits:
+  max_request_bytes: 5000000
+  max_response_bytes: 5000000
+  externalize_threshold_bytes: 4000000
+signing_key:
+  source: secret
+  secret: aws:{name}/ci/signing-key
+",
+            name = project.name
+        ),
+    )
+    .unwrap();
+    let moto = project.servers.moto.clone();
+    let function = format!("{}-ci", project.name);
+    let bucket = "deploy-kit-artifacts-123456789012-us-east-1";
+    let extra = [
+        ("AWS_ENDPOINT_URL_S3", moto.as_str()),
+        ("DEPLOY_KIT_LAMBDA_INLINE_LIMIT_BYTES", "64"),
+    ];
+    let up = |label: &str| {
+        let mut outcome = None;
+        let requests = recorded(&moto, || {
+            outcome = Some(project.run_with(&["up", "lambda"], &extra));
+        });
+        let (code, stdout, stderr) = outcome.unwrap();
+        assert_eq!(code, 0, "{label}\n{stdout}\n{stderr}");
+        requests
+    };
+    let function_calls = |requests: &[serde_json::Value], method: &str, suffix: &str| {
+        requests
+            .iter()
+            .filter(|r| {
+                r["method"] == method
+                    && r["url"].as_str().unwrap_or_default().ends_with(suffix)
+                    && String::from_utf8_lossy(&recorded_body(r)).contains(&function)
+            })
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&recorded_body(r)).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let object_puts = |requests: &[serde_json::Value], key: &str| {
+        requests
+            .iter()
+            .filter(|r| {
+                r["method"] == "PUT"
+                    && r["url"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(&format!("/{bucket}/{key}"))
+            })
+            .count()
+    };
+    let cloud = Cloud::new(&project.servers);
+    let s3 =
+        aws_sdk_s3::Client::from_conf(cloud.s3.config().to_builder().endpoint_url(&moto).build());
+    let object = |key: &str| {
+        cloud
+            .runtime
+            .block_on(s3.get_object().bucket(bucket).key(key).send())
+            .ok()
+            .map(|o| cloud.runtime.block_on(o.body.collect()).unwrap().to_vec())
+    };
+    let code_sha256 = || {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .lambda
+                    .get_function_configuration()
+                    .function_name(&function)
+                    .send(),
+            )
+            .unwrap()
+            .code_sha256()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let lambda_hash = |zip: &[u8]| {
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(zip))
+    };
+
+    // First up: the function is created from the bucket.
+    let first = std::fs::read(project.package()).unwrap();
+    let first_key = format!("lambda/{}.zip", sha256_hex(&first));
+    let requests = up("first up");
+    let created = function_calls(&requests, "POST", "/2015-03-31/functions");
+    assert_eq!(created.len(), 1, "one CreateFunction: {requests:#?}");
+    assert_eq!(created[0]["Code"]["S3Bucket"], bucket, "{}", created[0]);
+    assert_eq!(created[0]["Code"]["S3Key"], first_key.as_str());
+    assert!(
+        created[0]["Code"].get("ZipFile").is_none(),
+        "{}",
+        created[0]
+    );
+    assert_eq!(object_puts(&requests, &first_key), 1);
+    assert_eq!(object(&first_key).unwrap(), first);
+    assert_eq!(code_sha256(), lambda_hash(&first));
+    let state = std::fs::read_to_string(project.state_path()).unwrap();
+    assert!(
+        state.contains(&format!("s3://{bucket}/{first_key}")),
+        "{state}"
+    );
+
+    // The same package again: nothing is uploaded, the code is unchanged.
+    let code_updates = |requests: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        let suffix = format!("/functions/{function}/code");
+        requests
+            .iter()
+            .filter(|r| {
+                r["method"] == "PUT" && r["url"].as_str().unwrap_or_default().ends_with(&suffix)
+            })
+            .map(|r| serde_json::from_slice(&recorded_body(r)).unwrap())
+            .collect()
+    };
+    let requests = up("second up");
+    assert_eq!(object_puts(&requests, &first_key), 0, "{requests:#?}");
+    assert!(code_updates(&requests).is_empty(), "{requests:#?}");
+
+    // A new binary: uploaded under its own key, then named in UpdateFunctionCode.
+    std::fs::write(
+        project.dir.join("kit-service"),
+        "#!/bin/sh\n# second build\n[ \"$1\" = lambda ] && exit 0\nexit 1\n",
+    )
+    .unwrap();
+    let second = std::fs::read(project.package()).unwrap();
+    let second_key = format!("lambda/{}.zip", sha256_hex(&second));
+    let requests = up("third up");
+    let updated = code_updates(&requests);
+    assert_eq!(updated.len(), 1, "one UpdateFunctionCode: {requests:#?}");
+    assert_eq!(updated[0]["S3Bucket"], bucket, "{}", updated[0]);
+    assert_eq!(updated[0]["S3Key"], second_key.as_str());
+    assert!(updated[0].get("ZipFile").is_none());
+    assert_eq!(object_puts(&requests, &second_key), 1);
+    assert_eq!(code_sha256(), lambda_hash(&second));
+
+    let (code, stdout, stderr) = project.run_with(&["down", "lambda"], &extra);
+    assert_eq!(code, 0, "down\n{stdout}\n{stderr}");
+    assert!(!cloud.function_exists(&function));
+    // Content-addressed and shared: `down` keeps the artifact bucket.
+    assert!(object(&second_key).is_some());
 }

@@ -55,6 +55,20 @@ pub enum CredentialError {
     },
     #[error("failed to read `{file}`: {message}")]
     File { file: PathBuf, message: String },
+    #[error("an ECR login to `{registry}` needs a region, and none is set")]
+    NoRegion { registry: String },
+    #[error("ECR `GetAuthorizationToken` for `{registry}` failed: {message}")]
+    Ecr { registry: String, message: String },
+    #[error("no Google access token for Artifact Registry `{registry}`: {message}")]
+    ArtifactRegistry { registry: String, message: String },
+    #[error(
+        "the {login} login to `{registry}` needs deploy-kit built with the `{feature}` feature"
+    )]
+    NeedsFeature {
+        registry: String,
+        login: &'static str,
+        feature: &'static str,
+    },
 }
 
 /// The auth files in the order they are read.

@@ -260,6 +260,7 @@ fn protocol(reference: &Reference, error: impl std::fmt::Display) -> RegistryErr
 #[derive(Debug, Clone)]
 pub struct Pushed {
     pub manifest_digest: String,
+    pub manifest_size: u64,
     pub config_digest: String,
     /// Compressed bytes of every layer, base included.
     pub image_bytes: u64,
@@ -267,14 +268,15 @@ pub struct Pushed {
 }
 
 /// Pushes the image of `base` + `layer` with `config` to `target` (tag
-/// `tag`): base layers (skipped when present, mounted within one
+/// `tag`, or only by its digest for `None`: one architecture under an
+/// index): base layers (skipped when present, mounted within one
 /// registry, else copied), our layer, the config, then the manifest.
 pub fn push(
     base: &mut BaseImage,
     layer: &Layer,
     config: &[u8],
     target: &Reference,
-    tag: &str,
+    tag: Option<&str>,
     transport: &Transport,
     credential: Option<Credential>,
 ) -> Result<Pushed, RegistryError> {
@@ -311,8 +313,10 @@ pub fn push(
         &mut stats,
     )?;
     let manifest = manifest(config, &layers);
-    let manifest_digest = repository.put_manifest(tag, media::OCI_MANIFEST, &manifest)?;
+    let reference = tag.map_or_else(|| digest_of(&manifest), str::to_string);
+    let manifest_digest = repository.put_manifest(&reference, media::OCI_MANIFEST, &manifest)?;
     Ok(Pushed {
+        manifest_size: manifest.len() as u64,
         manifest_digest,
         config_digest,
         image_bytes: layers.iter().map(|(_, _, size)| size).sum(),
@@ -320,9 +324,85 @@ pub fn push(
     })
 }
 
+/// One image under an index: its manifest and platform.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub digest: String,
+    pub size: u64,
+    pub architecture: Architecture,
+}
+
+/// The OCI image index over `entries`, one `linux/<arch>` platform each (in
+/// the order given: the same images give the same index digest).
+pub fn index(entries: &[IndexEntry]) -> Vec<u8> {
+    let manifests: Vec<Value> = entries
+        .iter()
+        .map(|entry| {
+            let mut platform = json!({"architecture": entry.architecture.oci(), "os": "linux"});
+            if entry.architecture == Architecture::Arm64 {
+                platform["variant"] = json!("v8");
+            }
+            json!({
+                "mediaType": media::OCI_MANIFEST,
+                "digest": entry.digest,
+                "size": entry.size,
+                "platform": platform,
+            })
+        })
+        .collect();
+    let document = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    });
+    serde_json::to_vec(&document).expect("a JSON value serializes")
+}
+
+/// Pushes the index over images already pushed to `target`, under `tag`;
+/// returns its digest. The images go first, so no index names a missing one.
+pub fn push_index(
+    entries: &[IndexEntry],
+    target: &Reference,
+    tag: &str,
+    transport: &Transport,
+    credential: Option<Credential>,
+) -> Result<String, RegistryError> {
+    let mut repository = Repository::open(target, transport, credential, true)?;
+    repository.put_manifest(tag, media::OCI_INDEX, &index(entries))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_names_each_platform_in_order() {
+        let entries = [
+            IndexEntry {
+                digest: "sha256:aa".into(),
+                size: 10,
+                architecture: Architecture::X86_64,
+            },
+            IndexEntry {
+                digest: "sha256:bb".into(),
+                size: 20,
+                architecture: Architecture::Arm64,
+            },
+        ];
+        let bytes = index(&entries);
+        assert_eq!(bytes, index(&entries));
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["mediaType"], media::OCI_INDEX);
+        assert_eq!(
+            value["manifests"],
+            json!([
+                {"mediaType": media::OCI_MANIFEST, "digest": "sha256:aa", "size": 10,
+                 "platform": {"architecture": "amd64", "os": "linux"}},
+                {"mediaType": media::OCI_MANIFEST, "digest": "sha256:bb", "size": 20,
+                 "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+            ])
+        );
+    }
 
     #[test]
     fn the_binary_layer_is_reproducible_and_holds_the_binary() {

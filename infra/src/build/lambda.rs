@@ -6,8 +6,12 @@
 use super::BuildError;
 use crate::engine;
 
-/// Lambda's limit on a zip uploaded in the API request itself.
+/// Lambda's limit on a zip uploaded in the API request itself: a bigger
+/// one is put in deploy-kit's artifact bucket and named by bucket and key.
 pub const INLINE_LIMIT_BYTES: u64 = 50 * 1000 * 1000;
+/// Lowers [`INLINE_LIMIT_BYTES`] (tests send a small package through S3
+/// without making a 50 MB zip); a value above Lambda's limit is refused.
+pub const INLINE_LIMIT_VARIABLE: &str = "DEPLOY_KIT_LAMBDA_INLINE_LIMIT_BYTES";
 /// Lambda's limit on a package's unzipped size.
 pub const UNZIPPED_LIMIT_BYTES: u64 = 250 * 1000 * 1000;
 
@@ -21,9 +25,29 @@ pub enum Upload {
     S3,
 }
 
-/// The upload for a zip of `zipped` bytes.
-pub fn upload_for(zipped: u64) -> Upload {
-    if zipped > INLINE_LIMIT_BYTES {
+/// The inline limit in force: [`INLINE_LIMIT_BYTES`], or the lower value
+/// of [`INLINE_LIMIT_VARIABLE`].
+pub fn inline_limit(env: &dyn Fn(&str) -> Option<String>) -> Result<u64, String> {
+    let Some(text) = env(INLINE_LIMIT_VARIABLE).filter(|text| !text.is_empty()) else {
+        return Ok(INLINE_LIMIT_BYTES);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(limit) if limit <= INLINE_LIMIT_BYTES => Ok(limit),
+        _ => Err(format!(
+            "`{INLINE_LIMIT_VARIABLE}` is `{text}`, and must be a number of bytes up to Lambda's {INLINE_LIMIT_BYTES}"
+        )),
+    }
+}
+
+/// The upload for a zip of `zipped` bytes under the inline limit `limit`.
+///
+/// ```
+/// use deploy_kit::build::lambda::{INLINE_LIMIT_BYTES, Upload, upload_for};
+/// assert_eq!(upload_for(1_000, INLINE_LIMIT_BYTES), Upload::Inline);
+/// assert_eq!(upload_for(INLINE_LIMIT_BYTES + 1, INLINE_LIMIT_BYTES), Upload::S3);
+/// ```
+pub fn upload_for(zipped: u64, limit: u64) -> Upload {
+    if zipped > limit {
         Upload::S3
     } else {
         Upload::Inline
@@ -64,13 +88,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_inline_limit_may_only_be_lowered() {
+        assert_eq!(inline_limit(&|_| None), Ok(INLINE_LIMIT_BYTES));
+        assert_eq!(inline_limit(&|_| Some("1024".into())), Ok(1024));
+        let error = inline_limit(&|_| Some("60000000".into())).unwrap_err();
+        assert!(
+            error.contains("DEPLOY_KIT_LAMBDA_INLINE_LIMIT_BYTES"),
+            "{error}"
+        );
+        assert!(inline_limit(&|_| Some("lots".into())).is_err());
+    }
+
+    #[test]
     fn packages_are_reproducible_and_sized_by_lambda_rules() {
         let (first, unzipped) = package("acme", &[1u8; 4096]).unwrap();
         let (second, _) = package("acme", &[1u8; 4096]).unwrap();
         assert_eq!(first, second);
         assert!(unzipped > 4096);
-        assert_eq!(upload_for(INLINE_LIMIT_BYTES), Upload::Inline);
-        assert_eq!(upload_for(INLINE_LIMIT_BYTES + 1), Upload::S3);
+        assert_eq!(
+            upload_for(INLINE_LIMIT_BYTES, INLINE_LIMIT_BYTES),
+            Upload::Inline
+        );
+        assert_eq!(
+            upload_for(INLINE_LIMIT_BYTES + 1, INLINE_LIMIT_BYTES),
+            Upload::S3
+        );
         let huge = vec![0u8; UNZIPPED_LIMIT_BYTES as usize];
         let error = package("acme", &huge).unwrap_err();
         assert!(

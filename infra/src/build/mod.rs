@@ -6,6 +6,8 @@
 //! - Lambda targets get a zip: `bootstrap` plus the binary, cross-linked by
 //!   [`compile`] for glibc 2.34, checked by [`elf`] (architecture, newest
 //!   GLIBC version, the `lambda` feature) and zipped reproducibly by [`lambda`].
+//! - Azure Functions targets get a custom-handler zip ([`azure`]): the
+//!   rendered `host.json` and `rpc/function.json` and the same binary.
 //! - Container platforms get an OCI image: the same binary as one layer on
 //!   `service.base_image`, pushed to `service.image`'s registry by [`image`]
 //!   over the distribution API ([`registry`], credentials by [`credentials`]).
@@ -14,6 +16,8 @@
 //! every check; blobs go up before the manifest that names them; the same
 //! binary and base give the same digests, and a rebuild pushes 0 bytes.
 
+pub mod azure;
+pub mod cloud_login;
 pub mod compile;
 pub mod credentials;
 pub mod elf;
@@ -51,9 +55,11 @@ pub struct Args {
     /// Config file.
     #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// A prebuilt service binary: checked, packaged and pushed, not compiled.
+    /// A prebuilt service binary: checked, packaged and pushed, not
+    /// compiled. Repeat it for a target with several `architectures`, one
+    /// binary each (matched by their ELF machine).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
-    pub kit_service: Option<PathBuf>,
+    pub kit_service: Vec<PathBuf>,
     /// Print the `deploy-kit.build/v1` record on stdout.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +116,26 @@ pub enum BuildError {
         "target `{target}` runs on `{platform}`, and `deploy-kit build` does not build for it yet"
     )]
     Unsupported { target: String, platform: String },
+    #[error("target `{target}` lists {count} architectures, and a {artifact} runs on one")]
+    SeveralArchitectures {
+        target: String,
+        count: usize,
+        artifact: &'static str,
+    },
+    #[error(
+        "no prebuilt binary for architecture `{architecture}` of target `{target}` among the {given} given with `--kit-service`"
+    )]
+    NoPrebuiltFor {
+        target: String,
+        architecture: String,
+        given: usize,
+    },
+    #[error("`{first}` and `{second}` are both built for {architecture}")]
+    TwoPrebuiltFor {
+        first: PathBuf,
+        second: PathBuf,
+        architecture: String,
+    },
     #[error("{0}")]
     Transport(String),
     #[error("base image `{base}`: {source}")]
@@ -153,11 +179,26 @@ impl BuildError {
             BuildError::Io { .. } => "check that the directory is writable".into(),
             BuildError::NoRegistry { .. } => "set `service.image` in deploy-kit.yaml to `REGISTRY/REPOSITORY[:TAG]` (like `ghcr.io/acme/sensor-rpc`)".into(),
             BuildError::Unsupported { .. } => "pass a prebuilt artifact to `up` (`--kit-service PATH`)".into(),
+            BuildError::SeveralArchitectures { target, .. } => format!(
+                "set one `architecture:` for target `{target}` (`architectures:` with several is for image targets)"
+            ),
+            BuildError::NoPrebuiltFor { architecture, .. } => format!(
+                "pass one `--kit-service PATH` per architecture (add the {architecture} binary), or leave them out to compile every architecture"
+            ),
+            BuildError::TwoPrebuiltFor { .. } => "pass one binary per architecture".into(),
             BuildError::Transport(_) => "fix the variable, or unset it".into(),
             BuildError::BaseImage { source, .. } | BuildError::Push { source, .. } => registry_hint(self, source),
             BuildError::Credentials(CredentialError::UnknownHelper { helper, file, .. }) => format!(
                 "install `docker-credential-{helper}` on `PATH`, or remove it from `credHelpers`/`credsStore` in `{}`",
                 file.display()
+            ),
+            BuildError::Credentials(CredentialError::NoRegion { .. }) => {
+                "set `region:` on the target, or export `AWS_REGION`".into()
+            }
+            BuildError::Credentials(CredentialError::Ecr { .. }) => "check the AWS credentials (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`) and that they may call `ecr:GetAuthorizationToken`; or set `build.registry_auth: docker-config` and `docker login`".into(),
+            BuildError::Credentials(CredentialError::ArtifactRegistry { .. }) => "run `gcloud auth application-default login` or set `GOOGLE_APPLICATION_CREDENTIALS`; or set `build.registry_auth: docker-config` and `docker login`".into(),
+            BuildError::Credentials(CredentialError::NeedsFeature { feature, .. }) => format!(
+                "rebuild with `cargo install --path infra --features {feature}`, or set `build.registry_auth: docker-config` and `docker login`"
             ),
             BuildError::Credentials(_) => "check the registry auth file (`docker login REGISTRY` rewrites it)".into(),
         }
@@ -228,6 +269,8 @@ impl From<BuildError> for CommandError {
 #[serde(rename_all = "kebab-case")]
 pub enum ArtifactKind {
     LambdaZip,
+    /// The Functions custom-handler package (`host.json`, `rpc/function.json`, the binary).
+    AzureFunctionsZip,
     Image,
 }
 
@@ -243,9 +286,8 @@ impl ArtifactKind {
             | Platform::Railway
             | Platform::Kubernetes
             | Platform::Compose => Some(ArtifactKind::Image),
-            Platform::CloudFunctions | Platform::CloudflareWorkers | Platform::AzureFunctions => {
-                None
-            }
+            Platform::AzureFunctions => Some(ArtifactKind::AzureFunctionsZip),
+            Platform::CloudFunctions | Platform::CloudflareWorkers => None,
         }
     }
 }
@@ -271,7 +313,9 @@ pub struct PackageRecord {
     pub sha256: String,
     /// Lambda's `CodeSha256` (base64 SHA-256), as `plan` compares it.
     pub code_sha256: String,
-    pub upload: lambda::Upload,
+    /// Lambda only: inline, or through the artifact bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<lambda::Upload>,
 }
 
 /// The image as pushed.
@@ -285,9 +329,23 @@ pub struct ImageRecord {
     pub reference: String,
     pub base: String,
     pub base_digest: String,
-    /// Compressed size of every layer.
+    /// Compressed size of every layer (of every architecture's image).
     pub bytes: u64,
     pub pushed: PushStats,
+    /// With several architectures: each one's image under the index
+    /// (`digest` is then the index's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformRecord>,
+}
+
+/// One architecture's image under an image index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlatformRecord {
+    pub architecture: String,
+    /// The image manifest's digest.
+    pub digest: String,
+    pub base_digest: String,
+    pub binary: BinaryRecord,
 }
 
 /// Seconds per phase (0 for a phase that did not run).
@@ -304,7 +362,12 @@ pub struct BuildRecord {
     pub schema: String,
     pub target: String,
     pub kind: ArtifactKind,
+    /// The (first) architecture built.
     pub architecture: String,
+    /// Every architecture, when there are several (an image index).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// The (first architecture's) binary.
     pub binary: BinaryRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRecord>,
@@ -345,8 +408,9 @@ pub fn names_registry(image: &str) -> bool {
 /// What `up` and `build` pass in.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// A prebuilt binary (`--kit-service`): checked and packaged, not compiled.
-    pub prebuilt_binary: Option<PathBuf>,
+    /// Prebuilt binaries (`--kit-service`): checked and packaged, not
+    /// compiled; one per architecture.
+    pub prebuilt_binaries: Vec<PathBuf>,
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -369,57 +433,106 @@ pub fn build(
         .into());
     };
     let artifact = deployment.artifact()?;
-    let architecture = deployment.target.architecture;
+    let architectures = deployment.target.built_architectures();
+    let architecture = architectures[0];
+    if architectures.len() > 1 && kind != ArtifactKind::Image {
+        return Err(BuildError::SeveralArchitectures {
+            target: deployment.target_name.clone(),
+            count: architectures.len(),
+            artifact: match kind {
+                ArtifactKind::LambdaZip => "Lambda function",
+                _ => "function app",
+            },
+        }
+        .into());
+    }
     // What the push needs is checked before anything compiles.
     let push = match kind {
         ArtifactKind::Image => Some(PushPlan::resolve(deployment, env)?),
-        ArtifactKind::LambdaZip => None,
+        ArtifactKind::LambdaZip | ArtifactKind::AzureFunctionsZip => None,
     };
+    // The rendered files are checked before anything compiles too.
+    let azure_files = match kind {
+        ArtifactKind::AzureFunctionsZip => Some(azure::rendered_files(deployment)?),
+        _ => None,
+    };
+    let inline_limit = lambda::inline_limit(env).map_err(BuildError::Transport)?;
     let features = deployment.features();
     let started = Instant::now();
-    let binary_path = match &options.prebuilt_binary {
-        Some(path) => crate::artifact::given_binary(path).map_err(BuildError::from)?,
-        None => {
-            let workspace = Workspace::load(&artifact.workspace).map_err(BuildError::from)?;
-            let required = crate::artifact::required_features(
-                &deployment.config.service,
-                platform,
-                deployment.config.storage.as_ref(),
-            );
-            artifact
-                .check(&workspace, &required, &deployment.config.service.workspace)
-                .map_err(BuildError::from)?;
+    let prebuilt = !options.prebuilt_binaries.is_empty();
+    let binary_paths: Vec<(Architecture, PathBuf)> = if prebuilt {
+        let given = options
+            .prebuilt_binaries
+            .iter()
+            .map(|path| crate::artifact::given_binary(path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BuildError::from)?;
+        match_prebuilt(&deployment.target_name, &architectures, given)?
+    } else {
+        let workspace = Workspace::load(&artifact.workspace).map_err(BuildError::from)?;
+        let required = crate::artifact::required_features(
+            &deployment.config.service,
+            platform,
+            deployment.config.storage.as_ref(),
+        );
+        artifact
+            .check(&workspace, &required, &deployment.config.service.workspace)
+            .map_err(BuildError::from)?;
+        // Every architecture's Rust target is there before anything compiles.
+        for architecture in &architectures {
+            compile::check_rust_target(&workspace.root, *architecture)?;
+        }
+        let mut paths = Vec::new();
+        for architecture in &architectures {
             eprintln!(
                 "build: {}",
-                compile::command_line(artifact, &features, architecture)
+                compile::command_line(artifact, &features, *architecture)
             );
-            compile::compile(artifact, &workspace, &features, architecture)?
+            paths.push((
+                *architecture,
+                compile::compile(artifact, &workspace, &features, *architecture)?,
+            ));
         }
+        paths
     };
-    let compile_seconds = if options.prebuilt_binary.is_some() {
+    let compile_seconds = if prebuilt {
         0.0
     } else {
         started.elapsed().as_secs_f64()
     };
-    let bytes = std::fs::read(&binary_path).map_err(|error| BuildError::Io {
-        what: format!("`{}`", binary_path.display()),
-        message: error.to_string(),
-    })?;
-    let binary = check_binary(&binary_path, &bytes, architecture, kind)?;
-    eprintln!(
-        "build: `{}` {} in {compile_seconds:.1} s: {}, glibc {} at most, lambda feature {}",
-        binary_path.display(),
-        megabytes(binary.bytes),
-        architecture.name(),
-        binary.glibc.as_deref().unwrap_or("none (static)"),
-        if binary.lambda_feature { "on" } else { "off" },
-    );
+    let mut binaries = Vec::new();
+    for (architecture, binary_path) in binary_paths {
+        let bytes = std::fs::read(&binary_path).map_err(|error| BuildError::Io {
+            what: format!("`{}`", binary_path.display()),
+            message: error.to_string(),
+        })?;
+        let binary = check_binary(&binary_path, &bytes, architecture, kind)?;
+        eprintln!(
+            "build: `{}` {} in {compile_seconds:.1} s: {}, glibc {} at most, lambda feature {}",
+            binary_path.display(),
+            megabytes(binary.bytes),
+            architecture.name(),
+            binary.glibc.as_deref().unwrap_or("none (static)"),
+            if binary.lambda_feature { "on" } else { "off" },
+        );
+        binaries.push(Binary {
+            architecture,
+            bytes,
+            record: binary,
+        });
+    }
+    let bytes = binaries[0].bytes.clone();
     let mut record = BuildRecord {
         schema: BUILD_SCHEMA.to_string(),
         target: deployment.target_name.clone(),
         kind,
         architecture: architecture.name().to_string(),
-        binary,
+        architectures: if architectures.len() > 1 {
+            architectures.iter().map(|a| a.name().to_string()).collect()
+        } else {
+            Vec::new()
+        },
+        binary: binaries[0].record.clone(),
         package: None,
         image: None,
         seconds: Timings {
@@ -430,9 +543,22 @@ pub fn build(
     match push {
         None => {
             let started = Instant::now();
-            let (zip, unzipped) = lambda::package(&artifact.binary, &bytes)?;
-            let path = deployment.output_dir.join(PACKAGE_FILE);
-            std::fs::create_dir_all(&deployment.output_dir)
+            let (zip, unzipped, path) = match &azure_files {
+                Some((host_json, function_json)) => {
+                    let (zip, unzipped) =
+                        azure::package(host_json, function_json, &artifact.binary, &bytes)?;
+                    (
+                        zip,
+                        unzipped,
+                        deployment.output_dir.join(azure::PACKAGE_FILE),
+                    )
+                }
+                None => {
+                    let (zip, unzipped) = lambda::package(&artifact.binary, &bytes)?;
+                    (zip, unzipped, deployment.output_dir.join(PACKAGE_FILE))
+                }
+            };
+            std::fs::create_dir_all(path.parent().unwrap_or(&deployment.output_dir))
                 .and_then(|()| std::fs::write(&path, &zip))
                 .map_err(|error| BuildError::Io {
                     what: format!("`{}`", path.display()),
@@ -446,17 +572,19 @@ pub fn build(
                     .trim_start_matches("sha256:")
                     .to_string(),
                 code_sha256: crate::plan::package_hash(&zip),
-                upload: lambda::upload_for(zip.len() as u64),
+                upload: (kind == ArtifactKind::LambdaZip)
+                    .then(|| lambda::upload_for(zip.len() as u64, inline_limit)),
             };
             record.seconds.package = started.elapsed().as_secs_f64();
             eprintln!(
-                "build: package `{}` {} ({} unzipped, {} upload) in {:.1} s, sha256 {}",
+                "build: package `{}` {} ({} unzipped, {}) in {:.1} s, sha256 {}",
                 package.path.display(),
                 megabytes(package.bytes),
                 megabytes(package.unzipped_bytes),
                 match package.upload {
-                    lambda::Upload::Inline => "inline",
-                    lambda::Upload::S3 => "S3",
+                    Some(lambda::Upload::Inline) => "inline upload",
+                    Some(lambda::Upload::S3) => "S3 upload",
+                    None => "zip deploy",
                 },
                 record.seconds.package,
                 package.sha256
@@ -465,13 +593,7 @@ pub fn build(
         }
         Some(plan) => {
             let started = Instant::now();
-            let image = plan.run(
-                deployment,
-                &artifact.binary,
-                &bytes,
-                architecture,
-                &mut record,
-            )?;
+            let image = plan.run(deployment, &artifact.binary, &binaries, &mut record)?;
             record.seconds.push = started.elapsed().as_secs_f64() - record.seconds.package;
             eprintln!(
                 "build: image layer and config in {:.1} s; pushed in {:.1} s: {} blobs ({}) uploaded, {} mounted, {} already there; image {}",
@@ -483,11 +605,90 @@ pub fn build(
                 image.pushed.blobs_skipped,
                 megabytes(image.bytes),
             );
+            if !image.platforms.is_empty() {
+                eprintln!(
+                    "build: image index {} over {}",
+                    image.digest,
+                    image
+                        .platforms
+                        .iter()
+                        .map(|p| format!("{} {}", p.architecture, p.digest))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
             record.image = Some(image);
         }
     }
     record.save(&deployment.output_dir)?;
     Ok(record)
+}
+
+/// One architecture's binary, read and checked.
+struct Binary {
+    architecture: Architecture,
+    bytes: Vec<u8>,
+    record: BinaryRecord,
+}
+
+/// Pairs prebuilt binaries with the target's architectures by their ELF
+/// machine. One binary for one architecture is paired as it is (the
+/// checks then name a wrong machine).
+fn match_prebuilt(
+    target: &str,
+    architectures: &[Architecture],
+    given: Vec<PathBuf>,
+) -> Result<Vec<(Architecture, PathBuf)>, BuildError> {
+    if let ([architecture], [path]) = (architectures, given.as_slice()) {
+        return Ok(vec![(*architecture, path.clone())]);
+    }
+    let mut found: Vec<(Architecture, PathBuf)> = Vec::new();
+    for path in &given {
+        let bytes = std::fs::read(path).map_err(|error| BuildError::Io {
+            what: format!("`{}`", path.display()),
+            message: error.to_string(),
+        })?;
+        let facts = elf::inspect(&bytes).map_err(|error| BuildError::NotElf {
+            binary: path.clone(),
+            message: error.to_string(),
+        })?;
+        let Some(architecture) = architectures
+            .iter()
+            .find(|a| elf::machine_of(**a) == facts.machine)
+        else {
+            return Err(BuildError::WrongArchitecture {
+                binary: path.clone(),
+                found: elf::machine_name(facts.machine),
+                wanted: architectures
+                    .iter()
+                    .map(|a| elf::machine_name(elf::machine_of(*a)))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            });
+        };
+        if let Some((_, first)) = found.iter().find(|(a, _)| a == architecture) {
+            return Err(BuildError::TwoPrebuiltFor {
+                first: first.clone(),
+                second: path.clone(),
+                architecture: architecture.name().to_string(),
+            });
+        }
+        found.push((*architecture, path.clone()));
+    }
+    architectures
+        .iter()
+        .map(|architecture| {
+            found
+                .iter()
+                .find(|(a, _)| a == architecture)
+                .cloned()
+                .ok_or_else(|| BuildError::NoPrebuiltFor {
+                    target: target.to_string(),
+                    architecture: architecture.name().to_string(),
+                    given: given.len(),
+                })
+        })
+        .collect()
 }
 
 /// The checks every binary passes before it is packaged or pushed.
@@ -566,8 +767,20 @@ impl PushPlan {
             source,
         })?;
         let transport = Transport::from_env(env).map_err(BuildError::Transport)?;
-        let target_credential = credentials::lookup(&target.registry, env)?;
-        let base_credential = credentials::lookup(&base.registry, env)?;
+        let auth = deployment.config.build.registry_auth;
+        let region = deployment.target.region.as_deref();
+        let target_credential = cloud_login::lookup(&target.registry, auth, region, env)?;
+        // The base is read with the same login when it lives on the same registry.
+        let base_credential = if base.registry == target.registry {
+            target_credential.clone()
+        } else {
+            cloud_login::lookup(
+                &base.registry,
+                crate::config::RegistryAuth::Auto,
+                region,
+                env,
+            )?
+        };
         Ok(PushPlan {
             tag: target
                 .tag
@@ -581,34 +794,118 @@ impl PushPlan {
         })
     }
 
+    /// Pushes one image per binary; with several, each by digest only and
+    /// then the index over them under the tag.
     fn run(
         self,
         deployment: &Deployment,
         binary_name: &str,
-        binary: &[u8],
-        architecture: Architecture,
+        binaries: &[Binary],
         record: &mut BuildRecord,
     ) -> Result<ImageRecord, BuildError> {
-        let started = Instant::now();
-        let base_error = |source| BuildError::BaseImage {
-            base: self.base.to_string(),
-            source,
+        let several = binaries.len() > 1;
+        let image_text = self.target.to_string();
+        let push_error = |source| match source {
+            // A base layer that cannot be read is the base image's problem.
+            RegistryError::NotFound { .. } => BuildError::BaseImage {
+                base: self.base.to_string(),
+                source,
+            },
+            source => BuildError::Push {
+                image: image_text.clone(),
+                source,
+            },
         };
-        let mut base = image::read_base(
-            &self.base,
-            &self.transport,
-            self.base_credential.clone(),
-            architecture,
-        )
-        .map_err(base_error)?;
-        let layer = image::binary_layer(binary_name, binary).map_err(|error| BuildError::Io {
-            what: "the image layer".into(),
-            message: error.to_string(),
-        })?;
+        let mut stats = PushStats::default();
+        let mut image_bytes = 0;
+        let mut entries = Vec::new();
+        let mut platforms = Vec::new();
+        record.seconds.package = 0.0;
+        for binary in binaries {
+            let started = Instant::now();
+            let mut base = image::read_base(
+                &self.base,
+                &self.transport,
+                self.base_credential.clone(),
+                binary.architecture,
+            )
+            .map_err(|source| BuildError::BaseImage {
+                base: self.base.to_string(),
+                source,
+            })?;
+            let layer = image::binary_layer(binary_name, &binary.bytes).map_err(|error| {
+                BuildError::Io {
+                    what: "the image layer".into(),
+                    message: error.to_string(),
+                }
+            })?;
+            let settings = self.settings(deployment, binary_name, binary, &base.digest);
+            let config = image::config(&base.config, &settings, &layer);
+            record.seconds.package += started.elapsed().as_secs_f64();
+            let pushed = image::push(
+                &mut base,
+                &layer,
+                &config,
+                &self.target,
+                (!several).then_some(self.tag.as_str()),
+                &self.transport,
+                self.target_credential.clone(),
+            )
+            .map_err(push_error)?;
+            stats.blobs_pushed += pushed.stats.blobs_pushed;
+            stats.blobs_mounted += pushed.stats.blobs_mounted;
+            stats.blobs_skipped += pushed.stats.blobs_skipped;
+            stats.bytes_pushed += pushed.stats.bytes_pushed;
+            image_bytes += pushed.image_bytes;
+            entries.push(image::IndexEntry {
+                digest: pushed.manifest_digest.clone(),
+                size: pushed.manifest_size,
+                architecture: binary.architecture,
+            });
+            platforms.push(PlatformRecord {
+                architecture: binary.architecture.name().to_string(),
+                digest: pushed.manifest_digest,
+                base_digest: base.digest.clone(),
+                binary: binary.record.clone(),
+            });
+        }
+        let digest = if several {
+            image::push_index(
+                &entries,
+                &self.target,
+                &self.tag,
+                &self.transport,
+                self.target_credential.clone(),
+            )
+            .map_err(push_error)?
+        } else {
+            entries[0].digest.clone()
+        };
+        Ok(ImageRecord {
+            repository: self.target.name(),
+            tag: self.tag.clone(),
+            reference: self.target.by_digest(&digest),
+            digest,
+            base: self.base.to_string(),
+            base_digest: platforms[0].base_digest.clone(),
+            bytes: image_bytes,
+            pushed: stats,
+            platforms: if several { platforms } else { Vec::new() },
+        })
+    }
+
+    /// The config settings of one architecture's image.
+    fn settings(
+        &self,
+        deployment: &Deployment,
+        binary_name: &str,
+        binary: &Binary,
+        base_digest: &str,
+    ) -> image::ImageSettings {
         let service = &deployment.config.service;
-        let settings = image::ImageSettings {
+        image::ImageSettings {
             binary: binary_name.to_string(),
-            architecture,
+            architecture: binary.architecture,
             env: vec![
                 ("PORT".into(), image::PORT.to_string()),
                 ("KIT_LOG_FORMAT".into(), "json".into()),
@@ -624,47 +921,14 @@ impl PushPlan {
                 ),
                 (
                     "org.opencontainers.image.base.digest".into(),
-                    base.digest.clone(),
+                    base_digest.to_string(),
                 ),
                 (
                     "dev.deploy-kit.binary.sha256".into(),
-                    record.binary.sha256.clone(),
+                    binary.record.sha256.clone(),
                 ),
             ],
-        };
-        let config = image::config(&base.config, &settings, &layer);
-        record.seconds.package = started.elapsed().as_secs_f64();
-        let image_text = self.target.to_string();
-        let pushed = image::push(
-            &mut base,
-            &layer,
-            &config,
-            &self.target,
-            &self.tag,
-            &self.transport,
-            self.target_credential.clone(),
-        )
-        .map_err(|source| match source {
-            // A base layer that cannot be read is the base image's problem.
-            RegistryError::NotFound { .. } => BuildError::BaseImage {
-                base: self.base.to_string(),
-                source,
-            },
-            source => BuildError::Push {
-                image: image_text.clone(),
-                source,
-            },
-        })?;
-        Ok(ImageRecord {
-            repository: self.target.name(),
-            tag: self.tag.clone(),
-            reference: self.target.by_digest(&pushed.manifest_digest),
-            digest: pushed.manifest_digest,
-            base: self.base.to_string(),
-            base_digest: base.digest.clone(),
-            bytes: pushed.image_bytes,
-            pushed: pushed.stats,
-        })
+        }
     }
 }
 
@@ -684,7 +948,7 @@ fn run_build(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Co
     let record = build(
         &deployment,
         &BuildOptions {
-            prebuilt_binary: args.kit_service.clone(),
+            prebuilt_binaries: args.kit_service.clone(),
         },
         env,
     )?;

@@ -18,7 +18,10 @@ use serde_json::json;
 
 use super::bucket::Buckets;
 use super::clients::{AwsClients, code, describe};
-use super::{ALIAS, AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID};
+use super::{
+    ALIAS, AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
+    artifact_bucket, artifact_key,
+};
 use crate::CommandError;
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 
@@ -371,8 +374,89 @@ impl AwsEngine {
         }
     }
 
+    /// A package over the inline limit is put in the account's artifact
+    /// bucket (made when missing, the object skipped when there already)
+    /// and returned as `(bucket, key)`; a smaller one travels inline (`None`).
+    fn stage_package(
+        &self,
+        account: &str,
+        package: &[u8],
+    ) -> Result<Option<(String, String)>, CommandError> {
+        if package.len() as u64 <= self.settings.inline_limit_bytes {
+            return Ok(None);
+        }
+        let s3 = &self.clients.s3;
+        let bucket = artifact_bucket(account, &self.settings.region);
+        let sha256 = crate::build::registry::digest_of(package)
+            .trim_start_matches("sha256:")
+            .to_string();
+        let key = artifact_key(&sha256);
+        let head = self.block(
+            s3.head_bucket()
+                .bucket(&bucket)
+                .expected_bucket_owner(account)
+                .send(),
+        );
+        match head {
+            Ok(_) => {}
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                let mut request = s3.create_bucket().bucket(&bucket);
+                if self.settings.region != "us-east-1" {
+                    request = request.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                                self.settings.region.as_str(),
+                            ))
+                            .build(),
+                    );
+                }
+                self.block(request.send()).map_err(|e| {
+                    sdk_error(
+                        &format!("failed to create the artifact bucket `{bucket}`"),
+                        e,
+                    )
+                })?;
+            }
+            Err(error) => {
+                return Err(sdk_error(
+                    &format!("the artifact bucket `{bucket}` is not usable by account {account}"),
+                    error,
+                ));
+            }
+        }
+        let there = self.block(
+            s3.head_object()
+                .bucket(&bucket)
+                .key(&key)
+                .expected_bucket_owner(account)
+                .send(),
+        );
+        match there {
+            Ok(object) if object.content_length() == Some(package.len() as i64) => {}
+            Ok(_) | Err(_) => {
+                self.block(
+                    s3.put_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .expected_bucket_owner(account)
+                        .content_type("application/zip")
+                        .body(aws_sdk_s3::primitives::ByteStream::from(package.to_vec()))
+                        .send(),
+                )
+                .map_err(|e| {
+                    sdk_error(
+                        &format!("failed to upload the function package to `s3://{bucket}/{key}`"),
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(Some((bucket, key)))
+    }
+
     fn ensure_function(
         &self,
+        account: &str,
         role_arn: &str,
         keys: &crate::secrets::store::ReplicaKeys,
     ) -> Result<(Resource, String), CommandError> {
@@ -400,6 +484,15 @@ impl AwsEngine {
             .build();
         let timeout = i32::try_from(self.settings.timeout_seconds).unwrap_or(900);
         let hash = crate::plan::package_hash(package);
+        // Staged only when the code is about to change.
+        let staged = std::cell::OnceCell::new();
+        let stage = || -> Result<&Option<(String, String)>, CommandError> {
+            if let Some(staged) = staged.get() {
+                return Ok(staged);
+            }
+            let value = self.stage_package(account, package)?;
+            Ok(staged.get_or_init(|| value))
+        };
         let current = self.block(
             lambda
                 .get_function_configuration()
@@ -409,6 +502,15 @@ impl AwsEngine {
         let outcome = match current {
             Err(error) if code(&error) == Some("ResourceNotFoundException") => {
                 let started = Instant::now();
+                let function_code = match stage()? {
+                    Some((bucket, key)) => aws_sdk_lambda::types::FunctionCode::builder()
+                        .s3_bucket(bucket)
+                        .s3_key(key),
+                    None => {
+                        aws_sdk_lambda::types::FunctionCode::builder().zip_file(Blob::new(package))
+                    }
+                }
+                .build();
                 loop {
                     let created = self.block(
                         lambda
@@ -420,11 +522,7 @@ impl AwsEngine {
                             .memory_size(MEMORY_MB)
                             .timeout(timeout)
                             .environment(environment.clone())
-                            .code(
-                                aws_sdk_lambda::types::FunctionCode::builder()
-                                    .zip_file(Blob::new(package))
-                                    .build(),
-                            )
+                            .code(function_code.clone())
                             .send(),
                     );
                     match created {
@@ -487,15 +585,13 @@ impl AwsEngine {
                     changed.push("configuration");
                 }
                 if configuration.code_sha256() != Some(hash.as_str()) {
+                    let request = lambda.update_function_code().function_name(name);
+                    let request = match stage()? {
+                        Some((bucket, key)) => request.s3_bucket(bucket).s3_key(key),
+                        None => request.zip_file(Blob::new(package)),
+                    };
                     self.wait_function_ready()?;
-                    self.block(
-                        lambda
-                            .update_function_code()
-                            .function_name(name)
-                            .zip_file(Blob::new(package))
-                            .send(),
-                    )
-                    .map_err(|e| {
+                    self.block(request.send()).map_err(|e| {
                         sdk_error(
                             &format!("failed to update the code of function `{name}`"),
                             e,
@@ -524,6 +620,11 @@ impl AwsEngine {
             .to_string();
         let mut resource = Resource::new(kind::FUNCTION, name);
         resource.outputs.insert("arn".into(), arn);
+        if let Some(Some((bucket, key))) = staged.get() {
+            resource
+                .outputs
+                .insert("package".into(), format!("s3://{bucket}/{key}"));
+        }
         Ok((resource, outcome))
     }
 
@@ -1047,7 +1148,7 @@ impl Engine for AwsEngine {
             &format!("function `{}`", self.settings.function_name),
             || {
                 let keys = self.read_keys()?;
-                self.ensure_function(&role_arn, &keys)
+                self.ensure_function(&account, &role_arn, &keys)
             },
         )?;
         let mut function = with_settings(function);

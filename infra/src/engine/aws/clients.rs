@@ -73,6 +73,10 @@ impl AwsClients {
         aws_sdk_lambda::Client::new(&self.shared)
     }
 
+    pub fn ecr(&self) -> aws_sdk_ecr::Client {
+        aws_sdk_ecr::Client::new(&self.shared)
+    }
+
     pub fn sts(&self) -> aws_sdk_sts::Client {
         aws_sdk_sts::Client::new(&self.shared)
     }

@@ -73,6 +73,23 @@ pub struct AwsSettings {
     /// becomes `KIT_API_KEYS` in the function's environment (Lambda takes
     /// no files), read at `up`, never stored in the state.
     pub api_keys_secret: Option<String>,
+    /// Packages bigger than this go through [`artifact_bucket`] instead of
+    /// the request ([`crate::build::lambda::inline_limit`]).
+    pub inline_limit_bytes: u64,
+}
+
+/// The bucket deploy-kit keeps Lambda packages too big to upload inline
+/// in, one per account and region (as SAM and CDK keep theirs): packages
+/// are content-addressed ([`artifact_key`]), so services share it and
+/// `down` keeps it.
+pub fn artifact_bucket(account: &str, region: &str) -> String {
+    format!("deploy-kit-artifacts-{account}-{region}")
+}
+
+/// A package's key in [`artifact_bucket`]: its hex SHA-256, so an upload
+/// already there is skipped.
+pub fn artifact_key(sha256_hex: &str) -> String {
+    format!("lambda/{sha256_hex}.zip")
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +209,16 @@ impl AwsSettings {
                     .to_string(),
             ),
         };
+        let inline_limit_bytes = crate::build::lambda::inline_limit(env).map_err(|message| {
+            CommandError::new(
+                message,
+                format!(
+                    "unset `{}` (Lambda's own limit applies), or lower it",
+                    crate::build::lambda::INLINE_LIMIT_VARIABLE
+                ),
+                2,
+            )
+        })?;
         let mut environment = service_environment(config, target_name);
         if !environment.contains_key("KIT_STORAGE_REGION") && config.storage.is_some() {
             // The region came from the environment, not the target.
@@ -208,6 +235,7 @@ impl AwsSettings {
             bucket,
             public: target.public,
             timeout_seconds,
+            inline_limit_bytes,
         })
     }
 

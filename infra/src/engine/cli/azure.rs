@@ -39,7 +39,7 @@ pub const KEY_VAULT: &str = "key-vault";
 /// The lifecycle policy file, under the output directory.
 pub const POLICY_FILE: &str = "azure/lifecycle-policy.json";
 /// The zip deployed to the function app, under the output directory.
-pub const PACKAGE_FILE: &str = "azure/package.zip";
+pub const PACKAGE_FILE: &str = crate::build::azure::PACKAGE_FILE;
 
 #[derive(Debug, Clone)]
 struct Plan {
@@ -278,23 +278,13 @@ impl AzureEngine {
                 2,
             )
         })?;
-        let zip = crate::engine::zip::write(&[
-            crate::engine::zip::ZipEntry {
-                name: "host.json",
-                contents: self.plan.host_json.as_bytes(),
-                mode: 0o644,
-            },
-            crate::engine::zip::ZipEntry {
-                name: "rpc/function.json",
-                contents: self.plan.function_json.as_bytes(),
-                mode: 0o644,
-            },
-            crate::engine::zip::ZipEntry {
-                name: &artifact.binary,
-                contents: &binary,
-                mode: 0o755,
-            },
-        ])
+        // The layout `deploy-kit build` makes ([`crate::build::azure`]).
+        let (zip, _) = crate::build::azure::package(
+            &self.plan.host_json,
+            &self.plan.function_json,
+            &artifact.binary,
+            &binary,
+        )
         .map_err(|error| {
             CommandError::new(
                 format!("failed to build the function package: {error}"),
