@@ -1314,24 +1314,7 @@ fn rollback_moves_the_alias_back_to_the_previous_version() {
 /// moto's request recorder: what it received while `f` ran (other tests
 /// may add requests of their own; callers filter by their names).
 fn recorded(moto: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
-    let post = |path: &str| {
-        ureq::post(&format!("{moto}/moto-api/recorder/{path}"))
-            .send_empty()
-            .unwrap();
-    };
-    post("reset-recording");
-    post("start-recording");
-    f();
-    let text = ureq::get(&format!("{moto}/moto-api/recorder/download-recording"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    moto_recorder::recorded(moto, f)
 }
 
 /// A recorded request's body as text.
@@ -1367,7 +1350,7 @@ fn a_package_over_the_inline_limit_goes_through_the_artifact_bucket() {
             "version: 1
 service: {{name: {name}, environment: ci, package: kit-service}}
 targets:
-  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1, replicas: [\"{front}\"]}}
 limits:
   max_request_bytes: 5000000
   max_response_bytes: 5000000
@@ -1376,7 +1359,8 @@ signing_key:
   source: secret
   secret: aws:{name}/ci/signing-key
 ",
-            name = project.name
+            name = project.name,
+            front = project.front.url(),
         ),
     )
     .unwrap();

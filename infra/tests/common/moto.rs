@@ -3,13 +3,20 @@
 //! something. (Each test binary that includes it uses part of it.)
 #![allow(dead_code)]
 
-/// What moto at `base` received while `f` ran (the recorder is reset first).
+/// One recording at a time in a test binary: moto has one recorder.
+static RECORDER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What moto at `base` received while `f` ran (the recorder is reset first;
+/// requests of other tests running meanwhile are in it too, so callers
+/// filter by their own names).
 pub fn recorded(base: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
+    let _one = RECORDER.lock().unwrap_or_else(|e| e.into_inner());
     let post = |path: &str| {
         ureq::post(&format!("{base}/moto-api/recorder/{path}"))
             .send_empty()
             .unwrap();
     };
+    post("reset-recording");
     post("start-recording");
     f();
     let text = ureq::get(&format!("{base}/moto-api/recorder/download-recording"))
