@@ -142,6 +142,10 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    // The streaming context of large bodies, on the pool's threads: kept, so
+    // its worker threads and buffers are reused rather than made per body.
+    static ZSTD_STREAM: std::cell::RefCell<Option<zstd::zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Fast path: a single frame that declares its content size (`size`, checked
@@ -305,19 +309,27 @@ pub fn encode_chunks_to<W: Write>(
 ) -> std::io::Result<W> {
     let total: usize = chunks.iter().map(bytes::Bytes::len).sum();
     match codec {
-        Codec::Zstd => {
-            let mut encoder =
-                zstd::stream::write::Encoder::new(out, zstd_level_for(total, zstd_level))?;
-            if workers > 1 {
-                encoder.multithread(workers as u32)?;
-            }
+        Codec::Zstd => ZSTD_STREAM.with(|cell| {
+            use zstd::zstd_safe::CParameter;
+            let mut slot = cell.borrow_mut();
+            let context = slot.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+            let mut encoder = zstd::stream::write::Encoder::with_context(out, context);
+            // The context keeps its parameters between bodies: set them all.
+            encoder.set_parameter(CParameter::CompressionLevel(zstd_level_for(
+                total, zstd_level,
+            )))?;
+            encoder.set_parameter(CParameter::NbWorkers(if workers > 1 {
+                workers as u32
+            } else {
+                0
+            }))?;
             encoder.include_contentsize(true)?;
             encoder.set_pledged_src_size(Some(total as u64))?;
             for chunk in chunks {
                 encoder.write_all(chunk)?;
             }
             encoder.finish()
-        }
+        }),
         Codec::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(out, GZIP_LEVEL);
             for chunk in chunks {
