@@ -429,6 +429,8 @@ pub async fn serve(
             }
         })
     };
+    let threads = connection_threads(router, limits, &shutdown_rx)?;
+    let mut next = 0usize;
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -457,14 +459,16 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
-            router.clone(),
-            limits,
-            admission,
-            shutdown_rx.clone(),
-        ));
+        let thread = &threads[next % threads.len()];
+        next = next.wrapping_add(1);
+        match stream.into_std() {
+            Ok(stream) => {
+                // The thread is gone only if it panicked: the admission
+                // comes back with the error and is released with it.
+                let _ = thread.send((stream, peer, admission));
+            }
+            Err(error) => tracing::warn!(%error, "could not hand a connection to its thread"),
+        }
     }
     drop(listener);
     let _ = shutdown_tx.send(true);
@@ -473,7 +477,63 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sweeper.abort();
+    // Every connection is closed: the threads' runtimes end with their queues.
+    drop(threads);
     Ok(())
+}
+
+/// A connection accepted and admitted, on its way to its thread.
+type Accepted = (std::net::TcpStream, SocketAddr, Admission);
+
+/// Starts one connection thread per CPU, each running a single-threaded tokio
+/// runtime, and returns their queues. The accept loop deals connections out
+/// in turn, and a connection stays on its thread for its whole life: a
+/// request is read, handled and answered by the thread that waits on the
+/// connection's socket, so a keep-alive connection costs no wake-up of
+/// another thread per request (on tokio's work-stealing runtime each request
+/// woke a second worker, which found nothing to do: a futex and an eventfd
+/// write per call). CPU-heavy work still goes to the blocking pool
+/// (`limits::HeavyPool`) and background tasks stay on the main runtime.
+fn connection_threads(
+    router: Router,
+    limits: ConnectionLimits,
+    draining: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>> {
+    let count = std::thread::available_parallelism().map_or(1, usize::from);
+    (0..count)
+        .map(|index| {
+            let (queue, mut accepted) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let router = router.clone();
+            let draining = draining.clone();
+            std::thread::Builder::new()
+                .name(format!("kit-conn-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some((stream, peer, admission)) = accepted.recv().await {
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => {
+                                    tokio::spawn(connection(
+                                        stream,
+                                        peer,
+                                        router.clone(),
+                                        limits,
+                                        admission,
+                                        draining.clone(),
+                                    ));
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "could not register a connection");
+                                }
+                            }
+                        }
+                    });
+                })?;
+            Ok(queue)
+        })
+        .collect()
 }
 
 async fn connection(
