@@ -19,6 +19,10 @@
 //! and a connection is closed while idle only once it has been quiet for
 //! [`DRAIN_QUIET`], by which time a proxy under load has reused it (and got
 //! the close) or holds it as a spare far down its cache.
+//!
+//! Connections are served on connection threads, one per CPU, each a
+//! single-threaded tokio runtime (see `connection_threads`); the accept loop,
+//! the sweeper and everything else stay on the main runtime.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
