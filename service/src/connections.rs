@@ -58,6 +58,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections of one client IP at most (`KIT_MAX_CONNECTIONS_PER_IP`).
     pub max_per_ip: usize,
+    /// Connection threads, each a single-threaded runtime that keeps its
+    /// connections (`KIT_CONNECTION_THREADS`); 0 serves connections on the
+    /// caller's runtime, work-stealing between its workers.
+    pub threads: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -68,6 +72,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(75),
             max_connections,
             max_per_ip: max_connections,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -433,7 +438,7 @@ pub async fn serve(
             }
         })
     };
-    let threads = connection_threads(router, limits, &shutdown_rx)?;
+    let threads = connection_threads(router.clone(), limits, &shutdown_rx)?;
     let mut next = 0usize;
     tokio::pin!(stop);
     loop {
@@ -463,6 +468,17 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if threads.is_empty() {
+            tokio::spawn(connection(
+                stream,
+                peer,
+                router.clone(),
+                limits,
+                admission,
+                shutdown_rx.clone(),
+            ));
+            continue;
+        }
         let thread = &threads[next % threads.len()];
         next = next.wrapping_add(1);
         match stream.into_std() {
@@ -489,8 +505,8 @@ pub async fn serve(
 /// A connection accepted and admitted, on its way to its thread.
 type Accepted = (std::net::TcpStream, SocketAddr, Admission);
 
-/// Starts one connection thread per CPU, each running a single-threaded tokio
-/// runtime, and returns their queues. The accept loop deals connections out
+/// Starts `limits.threads` connection threads (none for 0), each running a
+/// single-threaded tokio runtime, and returns their queues. The accept loop deals connections out
 /// in turn, and a connection stays on its thread for its whole life: a
 /// request is read, handled and answered by the thread that waits on the
 /// connection's socket, so a keep-alive connection costs no wake-up of
@@ -503,8 +519,7 @@ fn connection_threads(
     limits: ConnectionLimits,
     draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>> {
-    let count = std::thread::available_parallelism().map_or(1, usize::from);
-    (0..count)
+    (0..limits.threads)
         .map(|index| {
             let (queue, mut accepted) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -615,6 +630,7 @@ mod tests {
                 idle_timeout: Duration::from_millis(50),
                 max_connections,
                 max_per_ip,
+                threads: 1,
             },
             state: Mutex::default(),
             metrics: Arc::new(Metrics::new()),
@@ -669,6 +685,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 max_connections: 10,
                 max_per_ip: 10,
+                threads: 1,
             },
             state: Mutex::default(),
             metrics: Arc::new(Metrics::new()),
