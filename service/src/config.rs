@@ -148,6 +148,11 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Open connections of one client IP (the peer address, not `X-Forwarded-For`) at most, with the same eviction. Behind a load balancer every connection comes from its addresses: leave it at the default there.",
     },
     Variable {
+        name: "KIT_CONNECTION_THREADS",
+        default: "number of CPUs",
+        doc: "Threads that serve connections, each a single-threaded runtime that keeps the connections dealt to it for their whole life: a keep-alive request wakes no other thread (less CPU per call), but nothing moves work between them, so a thread that is descheduled or blocked delays its connections. 0 serves connections on tokio's work-stealing workers instead.",
+    },
+    Variable {
         name: "KIT_CORS_ORIGINS",
         default: "",
         doc: "Comma-separated origins allowed by CORS, or `*`. Unset: no CORS headers. `*` together with API keys is refused.",
@@ -635,6 +640,8 @@ impl Config {
             .map_or(defaults.max_connections, |n| n as usize);
         config.connections.max_per_ip = number(env, "KIT_MAX_CONNECTIONS_PER_IP", &mut problems)
             .map_or(config.connections.max_connections, |n| n as usize);
+        config.connections.threads = number(env, "KIT_CONNECTION_THREADS", &mut problems)
+            .map_or(defaults.threads, |n| n as usize);
         if config.connections.max_connections == 0 || config.connections.max_per_ip == 0 {
             problems.push(
                 "`KIT_MAX_CONNECTIONS` and `KIT_MAX_CONNECTIONS_PER_IP` must be positive".into(),
@@ -1449,6 +1456,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.0.len(), 3, "{error}");
+    }
+
+    #[test]
+    fn connection_threads_default_to_the_cpus_and_0_means_work_stealing() {
+        let config = Config::from_env(&env(&[]), listen()).unwrap();
+        assert_eq!(
+            config.connections.threads,
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+        let config = Config::from_env(&env(&[("KIT_CONNECTION_THREADS", "0")]), listen()).unwrap();
+        assert_eq!(config.connections.threads, 0);
+        let error =
+            Config::from_env(&env(&[("KIT_CONNECTION_THREADS", "many")]), listen()).unwrap_err();
+        assert!(
+            error.to_string().contains("`KIT_CONNECTION_THREADS`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //! and a connection is closed while idle only once it has been quiet for
 //! [`DRAIN_QUIET`], by which time a proxy under load has reused it (and got
 //! the close) or holds it as a spare far down its cache.
+//!
+//! Connections are served on connection threads, one per CPU, each a
+//! single-threaded tokio runtime (see `connection_threads`); the accept loop,
+//! the sweeper and everything else stay on the main runtime.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +58,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections of one client IP at most (`KIT_MAX_CONNECTIONS_PER_IP`).
     pub max_per_ip: usize,
+    /// Connection threads, each a single-threaded runtime that keeps its
+    /// connections (`KIT_CONNECTION_THREADS`); 0 serves connections on the
+    /// caller's runtime, work-stealing between its workers.
+    pub threads: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -64,6 +72,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(75),
             max_connections,
             max_per_ip: max_connections,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -429,6 +438,8 @@ pub async fn serve(
             }
         })
     };
+    let threads = connection_threads(router.clone(), limits, &shutdown_rx)?;
+    let mut next = 0usize;
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -457,14 +468,27 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
-            router.clone(),
-            limits,
-            admission,
-            shutdown_rx.clone(),
-        ));
+        if threads.is_empty() {
+            tokio::spawn(connection(
+                stream,
+                peer,
+                router.clone(),
+                limits,
+                admission,
+                shutdown_rx.clone(),
+            ));
+            continue;
+        }
+        let thread = &threads[next % threads.len()];
+        next = next.wrapping_add(1);
+        match stream.into_std() {
+            Ok(stream) => {
+                // The thread is gone only if it panicked: the admission
+                // comes back with the error and is released with it.
+                let _ = thread.send((stream, peer, admission));
+            }
+            Err(error) => tracing::warn!(%error, "could not hand a connection to its thread"),
+        }
     }
     drop(listener);
     let _ = shutdown_tx.send(true);
@@ -473,7 +497,62 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sweeper.abort();
+    // Every connection is closed: the threads' runtimes end with their queues.
+    drop(threads);
     Ok(())
+}
+
+/// A connection accepted and admitted, on its way to its thread.
+type Accepted = (std::net::TcpStream, SocketAddr, Admission);
+
+/// Starts `limits.threads` connection threads (none for 0), each running a
+/// single-threaded tokio runtime, and returns their queues. The accept loop deals connections out
+/// in turn, and a connection stays on its thread for its whole life: a
+/// request is read, handled and answered by the thread that waits on the
+/// connection's socket, so a keep-alive connection costs no wake-up of
+/// another thread per request (on tokio's work-stealing runtime each request
+/// woke a second worker, which found nothing to do: a futex and an eventfd
+/// write per call). CPU-heavy work still goes to the blocking pool
+/// (`limits::HeavyPool`) and background tasks stay on the main runtime.
+fn connection_threads(
+    router: Router,
+    limits: ConnectionLimits,
+    draining: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>> {
+    (0..limits.threads)
+        .map(|index| {
+            let (queue, mut accepted) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let router = router.clone();
+            let draining = draining.clone();
+            std::thread::Builder::new()
+                .name(format!("kit-conn-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        while let Some((stream, peer, admission)) = accepted.recv().await {
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => {
+                                    tokio::spawn(connection(
+                                        stream,
+                                        peer,
+                                        router.clone(),
+                                        limits,
+                                        admission,
+                                        draining.clone(),
+                                    ));
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "could not register a connection");
+                                }
+                            }
+                        }
+                    });
+                })?;
+            Ok(queue)
+        })
+        .collect()
 }
 
 async fn connection(
@@ -551,6 +630,7 @@ mod tests {
                 idle_timeout: Duration::from_millis(50),
                 max_connections,
                 max_per_ip,
+                threads: 1,
             },
             state: Mutex::default(),
             metrics: Arc::new(Metrics::new()),
@@ -605,6 +685,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 max_connections: 10,
                 max_per_ip: 10,
+                threads: 1,
             },
             state: Mutex::default(),
             metrics: Arc::new(Metrics::new()),

@@ -155,6 +155,41 @@ impl HeavyPool {
     }
 }
 
+impl HeavyPool {
+    /// [`HeavyPool::run`] for a job that can use several threads: waits for
+    /// one slot, takes up to `want - 1` more that are free right now, and
+    /// passes how many it holds to `job`, which must not run more threads
+    /// than that. The slots stay taken until the job ends, so jobs and their
+    /// helper threads together never pass the pool's size.
+    pub async fn run_wide<T: Send + 'static>(
+        &self,
+        want: usize,
+        job: impl FnOnce(usize) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let mut permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let mut held = 1;
+        while held < want {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(more) => {
+                    permit.merge(more);
+                    held += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job(held)
+        })
+        .await
+    }
+}
+
 impl Default for HeavyPool {
     fn default() -> Self {
         HeavyPool::new(default_heavy_threads())
@@ -181,6 +216,31 @@ pub struct Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wide_jobs_take_only_free_slots() {
+        let pool = HeavyPool::new(3);
+        assert_eq!(pool.run_wide(8, |held| held).await.unwrap(), 3);
+        assert_eq!(pool.run_wide(2, |held| held).await.unwrap(), 2);
+        // A job running elsewhere holds a slot: the wide job gets the rest.
+        let (started, wait_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move || {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                })
+                .await
+            }
+        });
+        wait_started.await.unwrap();
+        assert_eq!(pool.run_wide(8, |held| held).await.unwrap(), 2);
+        release.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        assert_eq!(pool.run_wide(8, |held| held).await.unwrap(), 3);
+    }
 
     #[test]
     fn reservations_release_on_drop_and_never_overdraw() {

@@ -142,6 +142,10 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
     static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
+    // The streaming context of large bodies, on the pool's threads: kept, so
+    // its worker threads and buffers are reused rather than made per body.
+    static ZSTD_STREAM: std::cell::RefCell<Option<zstd::zstd_safe::CCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Fast path: a single frame that declares its content size (`size`, checked
@@ -247,35 +251,92 @@ fn zstd_raw_frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Bodies at least this large are compressed by several threads at once
+/// (zstd's multithreaded mode: still one frame) when the pool has them free.
+pub const PARALLEL_MIN_BYTES: usize = 4 << 20;
+
+/// The zstd level for a body of `size` bytes: `configured` up to
+/// [`PARALLEL_MIN_BYTES`], at most level 1 from there. A large body's
+/// compression time is paid before its first byte leaves, so it gets the
+/// fastest level whatever smaller bodies use; small ones can afford more.
+pub fn zstd_level_for(size: usize, configured: i32) -> i32 {
+    if size >= PARALLEL_MIN_BYTES {
+        configured.min(1)
+    } else {
+        configured
+    }
+}
+
 /// Compresses a response body held as several chunks, without joining them
-/// first. The zstd frame still declares its content size, as the reference
-/// client's decoder expects.
-pub fn encode_chunks(codec: Codec, chunks: &[bytes::Bytes], zstd_level: i32) -> Vec<u8> {
+/// first, on `workers` threads for zstd (0 or 1: the calling thread only).
+/// The zstd frame still declares its content size, as the reference client's
+/// decoder expects, and is one frame whatever the thread count.
+pub fn encode_chunks(
+    codec: Codec,
+    chunks: &[bytes::Bytes],
+    zstd_level: i32,
+    workers: usize,
+) -> Vec<u8> {
     let total: usize = chunks.iter().map(bytes::Bytes::len).sum();
-    let joined = || {
+    let capacity = match codec {
+        Codec::Zstd => zstd::zstd_safe::compress_bound(total),
+        Codec::Gzip => total / 2,
+    };
+    encode_chunks_to(
+        codec,
+        chunks,
+        zstd_level,
+        workers,
+        Vec::with_capacity(capacity),
+    )
+    .unwrap_or_else(|_| {
         let mut body = Vec::with_capacity(total);
         for chunk in chunks {
             body.extend_from_slice(chunk);
         }
-        body
-    };
+        encode(codec, &body, zstd_level_for(total, zstd_level))
+    })
+}
+
+/// [`encode_chunks`] into any writer, which sees the compressed bytes as
+/// they are produced (with several zstd workers, as each job finishes).
+pub fn encode_chunks_to<W: Write>(
+    codec: Codec,
+    chunks: &[bytes::Bytes],
+    zstd_level: i32,
+    workers: usize,
+    out: W,
+) -> std::io::Result<W> {
+    let total: usize = chunks.iter().map(bytes::Bytes::len).sum();
     match codec {
-        Codec::Zstd => {
-            let streamed = (|| -> std::io::Result<Vec<u8>> {
-                let mut encoder = zstd::stream::write::Encoder::new(
-                    Vec::with_capacity(zstd::zstd_safe::compress_bound(total)),
-                    zstd_level,
-                )?;
-                encoder.include_contentsize(true)?;
-                encoder.set_pledged_src_size(Some(total as u64))?;
-                for chunk in chunks {
-                    encoder.write_all(chunk)?;
-                }
-                encoder.finish()
-            })();
-            streamed.unwrap_or_else(|_| encode(codec, &joined(), zstd_level))
+        Codec::Zstd => ZSTD_STREAM.with(|cell| {
+            use zstd::zstd_safe::CParameter;
+            let mut slot = cell.borrow_mut();
+            let context = slot.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+            let mut encoder = zstd::stream::write::Encoder::with_context(out, context);
+            // The context keeps its parameters between bodies: set them all.
+            encoder.set_parameter(CParameter::CompressionLevel(zstd_level_for(
+                total, zstd_level,
+            )))?;
+            encoder.set_parameter(CParameter::NbWorkers(if workers > 1 {
+                workers as u32
+            } else {
+                0
+            }))?;
+            encoder.include_contentsize(true)?;
+            encoder.set_pledged_src_size(Some(total as u64))?;
+            for chunk in chunks {
+                encoder.write_all(chunk)?;
+            }
+            encoder.finish()
+        }),
+        Codec::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(out, GZIP_LEVEL);
+            for chunk in chunks {
+                encoder.write_all(chunk)?;
+            }
+            encoder.finish()
         }
-        Codec::Gzip => gzip(chunks.iter().map(|c| &c[..]), total / 2, GZIP_LEVEL),
     }
 }
 
@@ -336,15 +397,57 @@ mod tests {
             .map(bytes::Bytes::copy_from_slice)
             .collect();
         for codec in [Codec::Zstd, Codec::Gzip] {
-            let packed = encode_chunks(codec, &chunks, 1);
+            let packed = encode_chunks(codec, &chunks, 1, 1);
             assert_eq!(decode(codec, &packed, body.len()).unwrap(), body);
         }
         // The reference client's decoder needs the frame's content size.
-        let packed = encode_chunks(Codec::Zstd, &chunks, 1);
+        let packed = encode_chunks(Codec::Zstd, &chunks, 1, 1);
         assert_eq!(
             zstd::zstd_safe::get_frame_content_size(&packed).unwrap(),
             Some(body.len() as u64)
         );
+    }
+
+    #[test]
+    fn multithreaded_bodies_are_one_frame_with_their_size() {
+        // Past zstd's job size (a few MiB at level 1), so several workers
+        // really compress parts of it; int64 columns like the producer's.
+        let body: Vec<u8> = (0..3_000_000i64)
+            .flat_map(|i| (i * 7 % 1_000_003).to_le_bytes())
+            .collect();
+        let chunks: Vec<bytes::Bytes> = body
+            .chunks(5 << 20)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        assert!(body.len() >= PARALLEL_MIN_BYTES);
+        for workers in [0, 1, 2, 3] {
+            let packed = encode_chunks(Codec::Zstd, &chunks, 3, workers);
+            assert!(packed.len() < body.len() / 2, "{workers} workers compress");
+            assert_eq!(
+                zstd::zstd_safe::find_frame_compressed_size(&packed).unwrap(),
+                packed.len(),
+                "{workers} workers: one frame"
+            );
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&packed).unwrap(),
+                Some(body.len() as u64),
+                "{workers} workers: declared size"
+            );
+            // One-shot decoding of the first frame, like the reference client.
+            assert_eq!(
+                zstd::bulk::decompress(&packed, body.len()).unwrap(),
+                body,
+                "{workers} workers"
+            );
+        }
+    }
+
+    #[test]
+    fn large_bodies_never_go_above_level_1() {
+        assert_eq!(zstd_level_for(1000, 3), 3);
+        assert_eq!(zstd_level_for(PARALLEL_MIN_BYTES - 1, 3), 3);
+        assert_eq!(zstd_level_for(PARALLEL_MIN_BYTES, 3), 1);
+        assert_eq!(zstd_level_for(PARALLEL_MIN_BYTES, -5), -5);
     }
 
     #[test]

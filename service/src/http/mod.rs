@@ -1412,13 +1412,28 @@ pub(crate) fn arrow_response(
             let total: usize = chunks.iter().map(Bytes::len).sum();
             if total >= INLINE_COMPRESS_BYTES {
                 // O(size) work: on the bounded pool, so the async workers
-                // (and `/readyz`) never wait behind a 100 MB response.
+                // (and `/readyz`) never wait behind a 100 MB response. A
+                // large body takes every free slot of the pool as zstd worker
+                // threads (one frame either way).
+                let want = if total >= codec::PARALLEL_MIN_BYTES {
+                    usize::MAX
+                } else {
+                    1
+                };
+                let (pieces, received) = tokio::sync::mpsc::unbounded_channel();
                 let pool = server.hosting.limits.heavy.clone();
                 let job = async move {
-                    pool.run(move || codec::encode_chunks(codec, &chunks, level))
-                        .await
+                    pool.run_wide(want, move |threads| {
+                        let writer = PieceWriter::new(pieces);
+                        codec::encode_chunks_to(codec, &chunks, level, threads, writer)?.send()
+                    })
+                    .await
                 };
-                let mut response = Response::new(Body::new(OffloadedBody::new(job)));
+                let body = CompressingBody {
+                    job: Some(Box::pin(job)),
+                    pieces: received,
+                };
+                let mut response = Response::new(Body::new(body));
                 response
                     .extensions_mut()
                     .insert(UncompressedBytes(total as u64));
@@ -1429,7 +1444,7 @@ pub(crate) fn arrow_response(
             Body::from(match chunks.as_slice() {
                 [one] if one.len() < server.config.compress_min_bytes => codec::store(codec, one),
                 [one] => codec::encode(codec, one, level),
-                _ => codec::encode_chunks(codec, &chunks, level),
+                _ => codec::encode_chunks(codec, &chunks, level, 1),
             })
         }
         _ => chunk_body(body),
@@ -1450,26 +1465,74 @@ const INLINE_COMPRESS_BYTES: usize = 256 * 1024;
 pub(crate) struct UncompressedBytes(pub u64);
 
 type Compression = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send>,
+    Box<
+        dyn std::future::Future<Output = Result<std::io::Result<()>, tokio::task::JoinError>>
+            + Send,
+    >,
 >;
 
-/// A body whose bytes come from a job on the bounded pool: polled, it waits
-/// for the job, then yields its output as one frame.
-struct OffloadedBody {
-    job: Option<Compression>,
+/// Compressed output is handed to the response in pieces of at least this
+/// size, as the pool's job produces them.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// The writer a compression job writes into: it sends each [`PIECE_BYTES`]
+/// of output to the response body without waiting for it to be sent, so the
+/// client decodes the first pieces while the job compresses the rest, and a
+/// slow client never holds a pool slot (the pieces wait in memory instead,
+/// at most the whole compressed body, as before the body was streamed).
+struct PieceWriter {
+    pending: Vec<u8>,
+    pieces: tokio::sync::mpsc::UnboundedSender<Bytes>,
 }
 
-impl OffloadedBody {
-    fn new(
-        job: impl std::future::Future<Output = Result<Vec<u8>, tokio::task::JoinError>> + Send + 'static,
-    ) -> OffloadedBody {
-        OffloadedBody {
-            job: Some(Box::pin(job)),
+impl PieceWriter {
+    fn new(pieces: tokio::sync::mpsc::UnboundedSender<Bytes>) -> PieceWriter {
+        PieceWriter {
+            pending: Vec::with_capacity(PIECE_BYTES),
+            pieces,
         }
+    }
+
+    /// Sends what is pending; fails once the response has been dropped.
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.pending, Vec::with_capacity(PIECE_BYTES));
+        self.pieces.send(Bytes::from(piece)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the response was dropped while compressing",
+            )
+        })
     }
 }
 
-impl http_body::Body for OffloadedBody {
+impl std::io::Write for PieceWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= PIECE_BYTES {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A body whose bytes come from a compression job on the bounded pool, piece
+/// by piece as it produces them (chunked transfer coding: the compressed size
+/// is known only at the end). It ends only once the job has succeeded; a
+/// failed job ends the response with an error, so a client never takes a
+/// truncated body for a whole one.
+struct CompressingBody {
+    job: Option<Compression>,
+    pieces: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+}
+
+impl http_body::Body for CompressingBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
@@ -1477,20 +1540,25 @@ impl http_body::Body for OffloadedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let Some(job) = self.job.as_mut() else {
-            return std::task::Poll::Ready(None);
-        };
-        let output = std::task::ready!(job.as_mut().poll(cx));
-        self.job = None;
-        std::task::Poll::Ready(Some(
-            output
-                .map(|bytes| http_body::Frame::data(Bytes::from(bytes)))
-                .map_err(std::io::Error::other),
-        ))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.job.is_none()
+        use std::task::Poll;
+        if let Some(job) = self.job.as_mut()
+            && let Poll::Ready(outcome) = job.as_mut().poll(cx)
+        {
+            self.job = None;
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Err(error) => return Poll::Ready(Some(Err(std::io::Error::other(error)))),
+            }
+        }
+        match self.pieces.poll_recv(cx) {
+            Poll::Ready(Some(piece)) => Poll::Ready(Some(Ok(http_body::Frame::data(piece)))),
+            // Every piece is out; the end waits for the job's outcome (its
+            // waker is registered above).
+            Poll::Ready(None) if self.job.is_some() => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

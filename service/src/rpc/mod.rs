@@ -131,7 +131,9 @@
 //! the signed cursor token between turns, so any replica can serve any turn.
 //!
 //! Invariant: handlers run on the tokio runtime and must not block it; CPU-heavy
-//! work belongs in `tokio::task::spawn_blocking` inside the handler.
+//! work belongs in `tokio::task::spawn_blocking` inside the handler. Under
+//! `kit-service serve` that runtime is the connection's own single-threaded
+//! one (nothing steals its work, and `tokio::task::block_in_place` panics).
 
 mod auth_context;
 pub mod convert;
