@@ -21,8 +21,42 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use kit_service::testing::function_url::FunctionUrl;
 
 use super::Args;
+
+/// The variables of `function`'s alias `live` on moto, plus the loopback
+/// stand-ins for AWS's endpoints. Blocking (the front calls it per request).
+fn deployed_environment(endpoints: &(String, String), function: &str) -> Vec<(String, String)> {
+    let url = format!(
+        "{}/2015-03-31/functions/{function}/configuration?Qualifier=live",
+        endpoints.0
+    );
+    // moto picks the service from the credential scope of the signature.
+    let configuration = ureq::get(&url)
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .call()
+        .ok()
+        .and_then(|mut response| response.body_mut().read_to_string().ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    let mut variables: Vec<(String, String)> = configuration
+        .and_then(|c| c["Environment"]["Variables"].as_object().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| value.as_str().map(|v| (name, v.to_string())))
+        .collect();
+    for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        variables.push((name.into(), std::env::var(name).unwrap_or_default()));
+    }
+    variables.push(("AWS_REGION".into(), "us-east-1".into()));
+    variables.push(("AWS_ENDPOINT_URL".into(), endpoints.0.clone()));
+    variables.push(("KIT_STORAGE_ENDPOINT".into(), endpoints.1.clone()));
+    variables.sort();
+    variables
+}
 
 /// One `up --json`: wall seconds and its phases.
 struct Up {
@@ -42,12 +76,12 @@ fn required(name: &str) -> Result<String> {
         })
 }
 
-fn config(name: &str) -> String {
+fn config(name: &str, front: &str) -> String {
     format!(
         "version: 1
 service: {{name: {name}, environment: bench, package: {name}, binary: {name}, workspace: .}}
 targets:
-  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1, replicas: [\"{front}\"]}}
 limits:
   max_request_bytes: 5000000
   max_response_bytes: 5000000
@@ -179,8 +213,25 @@ pub async fn deploy(args: &Args) -> Result<()> {
     if !status.success() {
         bail!("`deploy-kit new` failed ({status})");
     }
-    std::fs::write(crate_dir.join("deploy-kit.yaml"), config(&name))?;
     let target_dir: PathBuf = work.join("target");
+    // The smoke test at the end of each `up` calls the binary `up` built
+    // (what the zip's `bootstrap` runs) behind a loopback Function URL,
+    // started with the variables moto holds for the function's alias.
+    let binary = target_dir
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join(&name);
+    let function = format!("{name}-bench");
+    let stand_ins = endpoints.clone();
+    let front = FunctionUrl::start(
+        binary,
+        Box::new(move || deployed_environment(&stand_ins, &function)),
+    )
+    .await;
+    std::fs::write(
+        crate_dir.join("deploy-kit.yaml"),
+        config(&name, front.url()),
+    )?;
 
     println!("\n## Deploy time (`deploy-kit up lambda`, moto + SeaweedFS on loopback)\n");
     println!("| run | wall | build | push | provision | smoke |");

@@ -132,8 +132,9 @@
 //!
 //! Invariant: handlers run on the tokio runtime and must not block it; CPU-heavy
 //! work belongs in `tokio::task::spawn_blocking` inside the handler. Under
-//! `kit-service serve` that runtime is the connection's own single-threaded
-//! one (nothing steals its work, and `tokio::task::block_in_place` panics).
+//! `kit-service serve` with `KIT_CONNECTION_THREADS` set, that runtime is the
+//! connection's own single-threaded one (nothing steals its work, and
+//! `tokio::task::block_in_place` panics).
 
 mod auth_context;
 pub mod convert;
