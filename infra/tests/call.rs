@@ -2,69 +2,14 @@
 //! `kit-service` serving the demo protocol (build it first: `cargo build -p
 //! kit-service`), exit code, stdout and stderr snapshotted with insta.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
-/// `kit-service` next to the `deploy-kit` under test, as `cargo build` leaves it.
-fn kit_service() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_deploy-kit"))
-        .parent()
-        .unwrap()
-        .join("kit-service");
-    assert!(
-        binary.exists(),
-        "`{}` is missing: run `cargo build -p kit-service` first",
-        binary.display()
-    );
-    binary
-}
-
-/// A kit-service process on a free loopback port, killed on drop.
-struct Service {
-    child: Child,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `kit-service serve` (demo protocol) with `settings` as its environment.
-fn service(settings: &[(&str, &str)]) -> Service {
-    let mut command = Command::new(kit_service());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("VGI_") || name.starts_with("KIT_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(settings.iter().copied());
-    let mut child = command.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("LISTENING ")
-        .unwrap_or_else(|| panic!("kit-service did not report its address: {line:?}"))
-        .to_string();
-    Service {
-        child,
-        url,
-        _dir: None,
-    }
-}
+#[path = "common/service.rs"]
+mod kit;
+use kit::service;
 
 /// Runs `deploy-kit call ARGS` with a clean `DEPLOY_KIT_*` environment plus
 /// `env`; returns the exit code and the whole output as one text.
@@ -279,7 +224,7 @@ fn fetches_a_batch_from_the_local_store() {
         ("KIT_STORAGE_DIR", dir.path().to_str().unwrap()),
         ("KIT_EXTERNALIZE_THRESHOLD_BYTES", "1024"),
     ]);
-    demo._dir = Some(dir);
+    demo.dir = Some(dir);
     let (code, stdout, text) = run(
         &[&demo.url, "kit.Demo.v1.count", "n=500", "batch_rows=500"],
         &[],
@@ -288,7 +233,7 @@ fn fetches_a_batch_from_the_local_store() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 500, "{text}");
     assert_eq!(lines[499], r#"{"value":499}"#);
-    let objects = walk(demo._dir.as_ref().unwrap().path());
+    let objects = walk(demo.dir.as_ref().unwrap().path());
     assert!(objects > 0, "the batch did not go through the store");
 }
 

@@ -9,6 +9,10 @@ use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
+#[path = "common/service.rs"]
+mod kit;
+use kit::kit_service;
+
 const CONFIG: &str = "version: 1
 service: {name: ticksvc, environment: ci}
 targets:
@@ -119,16 +123,6 @@ fn a_lock_wait_is_redrawn_on_a_terminal_and_plain_when_redirected() {
     let (code, text) = on_a_terminal(&dir.0, &command, &[("DEPLOY_KIT_PROGRESS", "plain")]);
     assert_eq!(code, 3, "{text:?}");
     assert!(!text.contains("\r  state: waiting"), "{text:?}");
-}
-
-fn kit_service() -> PathBuf {
-    let binary = deploy_kit().parent().unwrap().join("kit-service");
-    assert!(
-        binary.exists(),
-        "`{}` is missing: run `cargo build -p kit-service` first",
-        binary.display()
-    );
-    binary
 }
 
 #[test]

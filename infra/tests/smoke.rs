@@ -3,67 +3,23 @@
 //! fails it; a secured one passes with the right key, fails with a wrong
 //! one, and without `DEPLOY_KIT_API_KEY` only its refusal is checked.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use assert_cmd::cargo::CommandCargoExt;
 
+#[path = "common/service.rs"]
+mod kit;
+use kit::{Service, service};
+
 const KEY: &str = "smoke-key-0123456789abcdef";
 
-fn kit_service() -> PathBuf {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_deploy-kit"))
-        .parent()
-        .unwrap()
-        .join("kit-service");
-    assert!(
-        binary.exists(),
-        "`{}` is missing: run `cargo build -p kit-service` first",
-        binary.display()
-    );
-    binary
-}
-
-/// A `kit-service serve` on 127.0.0.1:0, killed on drop.
-struct Service {
-    child: Child,
-    url: String,
-}
-
-impl Service {
-    fn start(env: &[(&str, &str)]) -> Service {
-        let mut command = Command::new(kit_service());
-        command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("VGI_SIGNING_KEY", format!("hex:{}", "ab".repeat(32)))
-            .env_remove("KIT_REQUIRE_AUTH")
-            .env_remove("KIT_API_KEYS")
-            .env_remove("KIT_STORAGE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .unwrap_or_else(|| panic!("no LISTENING line: {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        Service { child, url }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `kit-service serve` with a fixed signing key and `env`.
+fn start(env: &[(&str, &str)]) -> Service {
+    let key = format!("hex:{}", "ab".repeat(32));
+    let mut settings = vec![("VGI_SIGNING_KEY", key.as_str())];
+    settings.extend_from_slice(env);
+    service(&settings)
 }
 
 fn project(label: &str, auth_required: bool) -> PathBuf {
@@ -125,7 +81,7 @@ fn smoke(dir: &Path, replica: &str, key: Option<&str>) -> (i32, serde_json::Valu
 
 #[test]
 fn an_open_service_fails_the_smoke_test_when_auth_is_required() {
-    let open = Service::start(&[]);
+    let open = start(&[]);
     let dir = project("open", true);
     let (code, finding) = smoke(&dir, &open.url, Some(KEY));
     assert_eq!(finding["outcome"], "fail", "{finding}");
@@ -152,7 +108,7 @@ fn an_open_service_fails_the_smoke_test_when_auth_is_required() {
 
 #[test]
 fn a_secured_service_passes_with_its_key_and_fails_with_another() {
-    let secured = Service::start(&[
+    let secured = start(&[
         ("KIT_REQUIRE_AUTH", "true"),
         ("KIT_API_KEYS", &format!("smoke={KEY}")),
     ]);

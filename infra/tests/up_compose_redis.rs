@@ -12,18 +12,9 @@ use assert_cmd::Command;
 
 const LIMIT: usize = 1000;
 
-fn kit_service() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_deploy-kit"))
-        .parent()
-        .unwrap()
-        .join("kit-service");
-    assert!(
-        binary.exists(),
-        "`{}` is missing: run `cargo build -p kit-service` first",
-        binary.display()
-    );
-    binary
-}
+#[path = "common/service.rs"]
+mod kit;
+use kit::kit_service;
 
 fn nginx() -> PathBuf {
     ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]

@@ -8,19 +8,9 @@ use std::path::{Path, PathBuf};
 use assert_cmd::cargo::CommandCargoExt;
 use base64::Engine;
 
-/// `kit-service` next to the `deploy-kit` under test, as `cargo build` leaves it.
-fn kit_service() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_deploy-kit"))
-        .parent()
-        .unwrap()
-        .join("kit-service");
-    assert!(
-        binary.exists(),
-        "`{}` is missing: run `cargo build -p kit-service` first",
-        binary.display()
-    );
-    binary
-}
+#[path = "common/service.rs"]
+mod kit;
+use kit::kit_service;
 
 /// A fresh, empty working directory, removed on drop.
 struct WorkDir(PathBuf);

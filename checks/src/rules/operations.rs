@@ -3,7 +3,7 @@
 
 use super::{Context, Verdict, errored};
 use crate::facts::{Facts, ManifestKind};
-use crate::probe::SyntheticError;
+use crate::probe::{SyntheticError, SyntheticProbe};
 
 pub(super) fn probes(facts: &Facts) -> Verdict {
     let mut inspected = 0;
@@ -65,46 +65,72 @@ pub(super) fn shutdown_grace(facts: &Facts) -> Verdict {
     }
 }
 
-pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
+/// The run's synthetic probe, or the skip verdict that says why there is none.
+fn synthetic_probe<'a>(context: &Context<'a>) -> Result<&'a dyn SyntheticProbe, Verdict> {
     if let Some(skip) = context.offline() {
-        return Verdict::Done(skip);
+        return Err(Verdict::Done(skip));
     }
-    let Some(probe) = context.probes.synthetic else {
-        return Verdict::Skip(
+    context.probes.synthetic.ok_or_else(|| {
+        Verdict::Skip(
             context
                 .probes
                 .synthetic_unavailable
                 .unwrap_or("no synthetic probe in this run")
                 .to_string(),
-        );
+        )
+    })
+}
+
+/// Outcomes of a check's synthetic calls: a wrong answer fails it, an
+/// unreachable replica means it could not run.
+#[derive(Default)]
+struct Calls {
+    failures: Vec<String>,
+    unreachable: Vec<String>,
+}
+
+impl Calls {
+    fn record(&mut self, what: &str, result: Result<(), SyntheticError>) {
+        match result {
+            Ok(()) => {}
+            Err(SyntheticError::Failed(reason)) => self.failures.push(format!("{what}: {reason}")),
+            Err(SyntheticError::Unreachable(reason)) => {
+                self.unreachable.push(format!("{what}: {reason}"))
+            }
+        }
+    }
+
+    fn verdict(self) -> Verdict {
+        if !self.failures.is_empty() {
+            Verdict::Fail(self.failures.join("; "))
+        } else if !self.unreachable.is_empty() {
+            errored(self.unreachable.join("; "))
+        } else {
+            Verdict::Pass
+        }
+    }
+}
+
+pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
+    let probe = match synthetic_probe(context) {
+        Ok(probe) => probe,
+        Err(verdict) => return verdict,
     };
     let [first, second, ..] = facts.replicas.as_slice() else {
         return Verdict::Skip("needs at least two replicas".into());
     };
-    let mut failures = Vec::new();
-    let mut unreachable = Vec::new();
-    let mut record = |what: String, result: Result<(), SyntheticError>| match result {
-        Ok(()) => {}
-        Err(SyntheticError::Failed(reason)) => failures.push(format!("{what}: {reason}")),
-        Err(SyntheticError::Unreachable(reason)) => unreachable.push(format!("{what}: {reason}")),
-    };
+    let mut calls = Calls::default();
     if facts.storage.is_some() {
-        record(
-            format!("call through external storage on {first}"),
+        calls.record(
+            &format!("call through external storage on {first}"),
             probe.call_through_storage(first),
         );
     }
-    record(
-        format!("stream from {first} continued on {second}"),
+    calls.record(
+        &format!("stream from {first} continued on {second}"),
         probe.stream_across(first, second),
     );
-    if !failures.is_empty() {
-        Verdict::Fail(failures.join("; "))
-    } else if !unreachable.is_empty() {
-        errored(unreachable.join("; "))
-    } else {
-        Verdict::Pass
-    }
+    calls.verdict()
 }
 
 /// OPS004: calls against the deployment itself (its first replica, else the
@@ -112,54 +138,34 @@ pub(super) fn synthetic(facts: &Facts, context: &Context<'_>) -> Verdict {
 /// a real call with the key, a result through external storage when the
 /// service has storage.
 pub(super) fn smoke(facts: &Facts, context: &Context<'_>) -> Verdict {
-    if let Some(skip) = context.offline() {
-        return Verdict::Done(skip);
-    }
-    let Some(probe) = context.probes.synthetic else {
-        return Verdict::Skip(
-            context
-                .probes
-                .synthetic_unavailable
-                .unwrap_or("no synthetic probe in this run")
-                .to_string(),
-        );
+    let probe = match synthetic_probe(context) {
+        Ok(probe) => probe,
+        Err(verdict) => return verdict,
     };
     let Some(url) = facts.replicas.first().or(facts.endpoint.as_ref()) else {
         return Verdict::Skip(
             "no deployed URL: nothing recorded one, and the target lists no `replicas`".into(),
         );
     };
-    let mut failures = Vec::new();
-    let mut unreachable = Vec::new();
-    let mut record = |what: &str, result: Result<(), SyntheticError>| match result {
-        Ok(()) => {}
-        Err(SyntheticError::Failed(reason)) => failures.push(format!("{what}: {reason}")),
-        Err(SyntheticError::Unreachable(reason)) => unreachable.push(format!("{what}: {reason}")),
-    };
+    let mut calls = Calls::default();
     if facts.security.require_auth {
         let refusal = probe.refused_without_key(url);
         let refused = refusal.is_ok();
-        record(&format!("a call to {url} without a key"), refusal);
+        calls.record(&format!("a call to {url} without a key"), refusal);
         if refused && !probe.has_key() {
             return Verdict::Skip(format!(
                 "auth is required and no `DEPLOY_KIT_API_KEY` was given: checked only that {url} refuses a call without a key"
             ));
         }
     }
-    record(&format!("a call to {url}"), probe.call(url));
+    calls.record(&format!("a call to {url}"), probe.call(url));
     if facts.storage.is_some() {
-        record(
+        calls.record(
             &format!("a result through external storage from {url}"),
             probe.call_through_storage(url),
         );
     }
-    if !failures.is_empty() {
-        Verdict::Fail(failures.join("; "))
-    } else if !unreachable.is_empty() {
-        errored(unreachable.join("; "))
-    } else {
-        Verdict::Pass
-    }
+    calls.verdict()
 }
 
 #[cfg(test)]
