@@ -55,13 +55,29 @@ impl Deployment {
                 2,
             ));
         }
-        let mut parsed = DeployConfig::load(&path).map_err(|error| {
+        let parsed = DeployConfig::load(&path).map_err(|error| {
             CommandError::new(
                 error.to_string(),
                 "fix the file; every key is described in the example `deploy-kit.yaml`",
                 2,
             )
         })?;
+        let mut deployment = Deployment::from_config(parsed, &path, target.unwrap_or_default())?;
+        deployment.display = display;
+        Ok(deployment)
+    }
+
+    /// The deployment of `target` (empty: the default target) from a
+    /// parsed `config` whose file is `path` (tests, and engines called as a
+    /// library).
+    pub fn from_config(
+        mut parsed: DeployConfig,
+        path: &Path,
+        target: &str,
+    ) -> Result<Deployment, CommandError> {
+        let target = Some(target).filter(|t| !t.is_empty());
+        let display = path.display().to_string();
+        let path = path.to_path_buf();
         let (name, chosen) = parsed.target(target).map_err(|message| {
             CommandError::new(message, "name a target: `deploy-kit up NAME`", 2)
         })?;

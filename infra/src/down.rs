@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::CommandError;
-use crate::config::Engine as EngineKind;
 use crate::deployment::Deployment;
 use crate::engine::State;
 
@@ -65,93 +64,5 @@ fn down_locked(
     deployment: &Deployment,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
-    if deployment.target.engine == EngineKind::Pulumi {
-        return crate::engine::pulumi::down(deployment);
-    }
-    if crate::engine::cli::handles(deployment.target.platform) {
-        return crate::engine::cli::down(deployment, args.delete_data);
-    }
-    if crate::engine::gcp::handles(deployment.target.platform) {
-        return crate::engine::gcp::down(
-            &deployment.config,
-            &deployment.config_path,
-            &deployment.target_name,
-            args.delete_data,
-            env,
-        );
-    }
-    let state_path = deployment.state_path();
-    let Some(state) = State::load(&state_path)? else {
-        eprintln!(
-            "down: nothing recorded for target `{}` (no `{}`)",
-            deployment.target_name,
-            state_path.display()
-        );
-        return Ok(0);
-    };
-    if state.engine == crate::engine::compose::ENGINE {
-        return crate::engine::compose::down(deployment, state, args.delete_data);
-    }
-    native_down(deployment, state, args.delete_data, env)
-}
-
-#[cfg(not(feature = "aws"))]
-fn native_down(
-    deployment: &Deployment,
-    state: State,
-    _delete_data: bool,
-    _env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    Err(CommandError::new(
-        format!(
-            "target `{}` was made by the `{}` engine, and this deploy-kit was built without the `aws` feature",
-            deployment.target_name, state.engine
-        ),
-        "rebuild with `cargo install --path infra --features aws` (or `cargo build --release -p deploy-kit --features aws`)",
-        2,
-    ))
-}
-
-#[cfg(feature = "aws")]
-fn native_down(
-    deployment: &Deployment,
-    state: State,
-    delete_data: bool,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    use crate::engine::aws::AwsSettings;
-    use crate::engine::aws::apply::AwsEngine;
-    use crate::engine::{DestroyOptions, Progress};
-
-    if state.engine != "aws" {
-        return Err(CommandError::new(
-            format!(
-                "the state of target `{}` was made by the `{}` engine",
-                deployment.target_name, state.engine
-            ),
-            "run `down` with the deploy-kit build that has that engine",
-            2,
-        ));
-    }
-    let settings = AwsSettings::resolve(
-        &deployment.config,
-        &deployment.target_name,
-        &deployment.target,
-        env,
-    )?;
-    let engine = AwsEngine::new(settings, None)?;
-    let state_path = deployment.state_path();
-    let mut progress = Progress::stderr();
-    progress.note(&format!("down: target `{}`", deployment.target_name));
-    let kept = crate::engine::destroy_and_forget(
-        &engine,
-        state,
-        &state_path,
-        DestroyOptions { delete_data },
-        &mut progress,
-    )?;
-    for left in &kept {
-        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-    }
-    Ok(0)
+    crate::engine::target::open(deployment)?.down(args.delete_data, env)
 }

@@ -187,7 +187,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
 ];
 
-/// How to get a deploy-kit that talks to Google Cloud.
+/// How to get a deploy-kit that talks to AWS (the default build does).
+pub const AWS_REBUILD: &str = "cargo install --path infra --features aws";
+
+/// How to get a deploy-kit that talks to Google Cloud (the default build does).
 pub const GCP_REBUILD: &str = "cargo install --path infra --features gcp";
 
 /// A failed command: what went wrong, the exact next step, and the exit code

@@ -373,28 +373,7 @@ fn refresh_engine(
     deployment: &Deployment,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Box<dyn engine::Engine>, CommandError> {
-    #[cfg(feature = "aws")]
-    if engine::aws::handles(deployment.target.platform) {
-        let settings = engine::aws::AwsSettings::resolve(
-            &deployment.config,
-            &deployment.target_name,
-            &deployment.target,
-            env,
-        )?;
-        return Ok(Box::new(engine::aws::apply::AwsEngine::new(
-            settings, None,
-        )?));
-    }
-    let _ = env;
-    Err(CommandError::new(
-        format!(
-            "`plan --refresh` reads live resources of AWS targets (built with the `aws` feature); target `{}` (`{}`) cannot be read back yet",
-            deployment.target_name,
-            deployment.target.platform.name()
-        ),
-        "run `plan` without `--refresh`; `doctor --online` checks the live bucket lifecycle and CORS (STO004, STO005, STO007)",
-        2,
-    ))
+    engine::target::open(deployment)?.reader(env)
 }
 
 #[cfg(test)]

@@ -583,27 +583,12 @@ fn rollback_locked(
             .unwrap_or_else(|| PathBuf::from(format!("release {}", chosen.id))),
     );
     let deployment = &deployment;
-    let platform = deployment.target.platform;
-    let rolled = if crate::engine::compose::handles(platform) {
-        crate::engine::compose::rollback(deployment, &chosen, args.nginx.clone(), env)?
-    } else if crate::engine::aws::handles(platform)
-        && deployment.target.engine == crate::config::Engine::Native
-    {
-        native_rollback(deployment, state, &chosen, env)?
-    } else if matches!(
-        platform,
-        kit_checks::platform::Platform::Fly | kit_checks::platform::Platform::Kubernetes
-    ) && deployment.target.engine == crate::config::Engine::Native
-        && chosen.artifact.kind == artifact_kind::IMAGE
-    {
-        image_rollback(deployment, &chosen, env)?
-    } else {
-        return Err(RollbackError::Unsupported {
-            target: target.clone(),
-            platform: platform.name().to_string(),
-        }
-        .into());
-    };
+    let rolled = crate::engine::target::open(deployment)?.rollback(
+        state,
+        &chosen,
+        args.nginx.clone(),
+        env,
+    )?;
     if args.json {
         let document = serde_json::json!({
             "schema": ROLLBACK_SCHEMA,
@@ -623,11 +608,12 @@ fn rollback_locked(
 /// Fly and Kubernetes: the release's image deployed again through the CLI
 /// engine (`fly deploy --image`, the manifest re-applied with it), with the
 /// config as it is now; then `doctor --online`, which the engine prints.
-fn image_rollback(
-    deployment: &Deployment,
+pub(crate) fn image_rollback(
+    target: &crate::engine::target::Resources<'_>,
     chosen: &Release,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RolledBack, CommandError> {
+    use crate::engine::target::{Resources, TargetEngine, UpRequest};
     let image = &chosen.artifact.digest;
     if !image.contains("@sha256:") {
         eprintln!(
@@ -637,30 +623,24 @@ fn image_rollback(
     }
     eprintln!(
         "rollback: target `{}` to release {} (image `{image}`)",
-        deployment.target_name, chosen.id
+        target.deployment.target_name, chosen.id
     );
-    let mut deployment = deployment.clone();
+    let mut deployment = target.deployment.clone();
     deployment.config.service.image = Some(image.clone());
     // Returning to a release that ran goes on despite offline findings.
-    let code = crate::engine::cli::up(&deployment, true, None, &cwd(), env)?;
-    let state_path = deployment.state_path();
-    let mut state = State::load(&state_path)?.ok_or_else(|| RollbackError::NoReleases {
-        target: deployment.target_name.clone(),
-    })?;
-    let (id, _) = record(
-        &mut state,
-        &deployment,
-        Live {
-            artifact: chosen.artifact.clone(),
-            restore: chosen.restore.clone(),
-            returns_to: Some(chosen.id),
-        },
-    );
-    state.save(&state_path)?;
-    eprintln!(
-        "rollback: release {id} (the image of release {}) is live",
-        chosen.id
-    );
+    crate::plan::doctor_gate(&deployment, true, env)?;
+    let again = Resources {
+        deployment: &deployment,
+        family: target.family,
+    };
+    let mut request = UpRequest::new(&cwd());
+    request.force = true;
+    request.returns_to = Some(chosen.id);
+    let code = again.up(&request, env)?;
+    let state =
+        State::load(&deployment.state_path())?.ok_or_else(|| RollbackError::NoReleases {
+            target: deployment.target_name.clone(),
+        })?;
     Ok(RolledBack {
         release: state.releases.last().cloned().expect("just recorded"),
         doctor_exit_code: code,
@@ -668,43 +648,17 @@ fn image_rollback(
     })
 }
 
-#[cfg(not(feature = "aws"))]
-fn native_rollback(
+/// A resource engine's rollback (AWS: the alias `live` goes back to the
+/// release's published version, checked first), then `doctor --online`.
+pub(crate) fn engine_rollback(
     deployment: &Deployment,
-    _state: State,
-    _chosen: &Release,
-    _env: &dyn Fn(&str) -> Option<String>,
-) -> Result<RolledBack, CommandError> {
-    Err(CommandError::new(
-        format!(
-            "target `{}` runs on AWS, and this deploy-kit was built without the `aws` feature",
-            deployment.target_name
-        ),
-        "rebuild with `cargo install --path infra --features aws`",
-        2,
-    ))
-}
-
-/// The AWS engine's rollback: the alias `live` goes back to the release's
-/// published version (checked first), then `doctor --online`.
-#[cfg(feature = "aws")]
-fn native_rollback(
-    deployment: &Deployment,
+    engine: &dyn crate::engine::Engine,
     mut state: State,
     chosen: &Release,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RolledBack, CommandError> {
-    use crate::engine::aws::AwsSettings;
-    use crate::engine::aws::apply::AwsEngine;
-    use crate::engine::{Engine, Progress, kind};
+    use crate::engine::{Progress, kind};
 
-    let settings = AwsSettings::resolve(
-        &deployment.config,
-        &deployment.target_name,
-        &deployment.target,
-        env,
-    )?;
-    let engine = AwsEngine::new(settings, None)?;
     let mut progress = Progress::stderr();
     progress.note(&format!(
         "rollback: target `{}` to release {}",

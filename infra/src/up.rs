@@ -12,6 +12,7 @@ use crate::CommandError;
 use crate::build::{ArtifactKind, BuildOptions};
 use crate::config::Engine as EngineKind;
 use crate::deployment::Deployment;
+use crate::engine::target::UpRequest;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -118,86 +119,33 @@ fn up_locked(
     cwd: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
-    let cwd = cwd.to_path_buf();
-    // A missing CLI fails before a build that may take minutes.
-    if crate::engine::cli::handles(deployment.target.platform) {
-        crate::engine::cli::require_cli(deployment)?;
-    }
+    // A missing tool or a finding fails before a build that may take minutes.
+    crate::engine::target::open(deployment)?.preflight()?;
+    crate::plan::doctor_gate(deployment, args.force, env)?;
     prepare_image(deployment, args, env)?;
     let deployment = &*deployment;
-    if deployment.target.engine == EngineKind::Pulumi {
-        crate::engine::pulumi::find_pulumi(std::env::var_os("PATH").as_deref())?;
-        crate::plan::doctor_gate(deployment, args.force, env)?;
-        return provision(|| crate::engine::pulumi::up(deployment));
-    }
-    if crate::engine::cli::handles(deployment.target.platform) {
-        let kit_service = args.kit_service.as_deref();
-        let code =
-            provision(|| crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env))?;
-        record_image_release(deployment)?;
-        return Ok(code);
-    }
-    crate::plan::doctor_gate(deployment, args.force, env)?;
-    if crate::engine::compose::handles(deployment.target.platform) {
-        let options = crate::engine::compose::UpOptions {
-            runtime: args.runtime,
-            kit_service: args.kit_service.clone(),
-            nginx: args.nginx.clone(),
-            port: args.port,
-            wait: !args.no_wait,
-            returns_to: None,
-        };
-        return provision(|| crate::engine::compose::up(deployment, &options, env));
-    }
-    if crate::engine::gcp::handles(deployment.target.platform) {
-        let code = provision(|| {
-            crate::engine::gcp::up(
-                &deployment.config,
-                &deployment.config_path,
-                &deployment.target_name,
-                env,
-            )
-        })?;
-        record_image_release(deployment)?;
-        return Ok(code);
-    }
-    // Fails early, with the hint, for platforms no native engine handles.
-    deployment.desired(None, env)?;
-    let package = lambda_package(deployment, args, env)?;
-    let (document, desired) = crate::plan::compute(deployment, Some(&package), &cwd, env)?;
-    if let Some(error) = &document.render_error {
-        eprintln!("warning: rendering failed; the native engine does not need the files: {error}");
-    }
-    eprint!("{}", crate::plan::render_text(&document));
-    provision(|| native_up(deployment, desired, package, env))
-}
-
-/// An engine's `up`, counted as provisioning (less the build and the
-/// post-`up` doctor it runs, which count as themselves).
-fn provision<T>(work: impl FnOnce() -> T) -> T {
-    crate::timings::measure(crate::timings::Phase::Provision, work)
-}
-
-/// Records the release of an engine that deploys `service.image` (by
-/// digest after `prepare_image`) and has no rollback yet: listed by
-/// `deploy-kit releases`, refused by `rollback` (docs/state.md).
-fn record_image_release(deployment: &Deployment) -> Result<(), CommandError> {
-    let state_path = deployment.state_path();
-    let Some(mut state) = crate::engine::State::load(&state_path)? else {
-        return Ok(());
-    };
-    let live = crate::releases::Live {
-        artifact: crate::releases::Artifact {
-            kind: crate::releases::artifact_kind::IMAGE.into(),
-            digest: deployment.config.service.image(),
+    let engine = crate::engine::target::open(deployment)?;
+    let request = UpRequest {
+        force: args.force,
+        kit_service: args.kit_service.clone(),
+        package: match ArtifactKind::of(deployment.target.platform) {
+            Some(ArtifactKind::LambdaZip) if deployment.target.engine == EngineKind::Native => {
+                Some(lambda_package(deployment, args, env)?)
+            }
+            _ => None,
         },
-        restore: Default::default(),
+        runtime: args.runtime,
+        nginx: args.nginx.clone(),
+        port: args.port,
+        wait: !args.no_wait,
         returns_to: None,
+        cwd: cwd.to_path_buf(),
     };
-    let (id, _) = crate::releases::record(&mut state, deployment, live);
-    state.save(&state_path)?;
-    eprintln!("up: release {id} is live");
-    Ok(())
+    // The engine's `up`, counted as provisioning (less the post-`up`
+    // doctor it runs, which counts as the smoke test).
+    crate::timings::measure(crate::timings::Phase::Provision, || {
+        engine.up(&request, env)
+    })
 }
 
 /// `deploy-kit build` as a part of `up`, counted as build and push time.
@@ -283,100 +231,6 @@ fn prepare_image(
         deployment.built = Some(record);
     }
     Ok(())
-}
-
-#[cfg(not(feature = "aws"))]
-fn native_up(
-    deployment: &Deployment,
-    _desired: Vec<crate::engine::Resource>,
-    _package: Vec<u8>,
-    _env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    Err(CommandError::new(
-        format!(
-            "target `{}` runs on AWS, and this deploy-kit was built without the `aws` feature",
-            deployment.target_name
-        ),
-        "rebuild with `cargo install --path infra --features aws` (or `cargo build --release -p deploy-kit --features aws`)",
-        2,
-    ))
-}
-
-#[cfg(feature = "aws")]
-fn native_up(
-    deployment: &Deployment,
-    desired: Vec<crate::engine::Resource>,
-    package: Vec<u8>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    use crate::engine::aws::AwsSettings;
-    use crate::engine::aws::apply::AwsEngine;
-    use crate::engine::{Engine, Progress, State, apply_and_prune, kind};
-
-    let settings = AwsSettings::resolve(
-        &deployment.config,
-        &deployment.target_name,
-        &deployment.target,
-        env,
-    )?;
-    let engine = AwsEngine::new(settings, Some(package))?;
-    let state_path = deployment.state_path();
-    let previous = State::load(&state_path)?;
-    let mut state = previous.clone().unwrap_or_else(|| {
-        State::new(
-            engine.name(),
-            &deployment.config.service.environment,
-            &deployment.target_name,
-        )
-    });
-    let mut progress = Progress::stderr();
-    progress.note(&format!("up: target `{}`", deployment.target_name));
-    // Resources the config no longer asks for go, as the plan said.
-    let kept = apply_and_prune(&engine, &desired, &mut state, &state_path, &mut progress)?;
-    for left in kept {
-        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-    }
-    // The alias now serves what was published: that is the release.
-    let function = state
-        .resources
-        .iter()
-        .find(|r| r.kind == kind::FUNCTION)
-        .cloned();
-    if let Some(function) = function
-        && let (Some(version), Some(code_sha256)) = (
-            function.outputs.get("version"),
-            function.outputs.get("code_sha256"),
-        )
-    {
-        use crate::releases::{Artifact, Live, artifact_kind, restore};
-        let live = Live {
-            artifact: Artifact {
-                kind: artifact_kind::LAMBDA_ZIP.into(),
-                digest: code_sha256.clone(),
-            },
-            restore: [(restore::LAMBDA_VERSION.to_string(), version.clone())].into(),
-            returns_to: None,
-        };
-        let (id, _) = crate::releases::record(&mut state, deployment, live);
-        state.save(&state_path)?;
-        progress.note(&format!("up: release {id} (version {version}) is live"));
-    }
-    progress.note(&format!(
-        "up: done in {:.1} s, state in `{}`",
-        progress.elapsed_seconds(),
-        state_path.display()
-    ));
-    if let Some(url) = state
-        .resources
-        .iter()
-        .find(|r| r.kind == kind::ENDPOINT)
-        .and_then(|r| r.outputs.get("url"))
-    {
-        crate::output::human(&format!("url: {url}\n"));
-    }
-    let output = deployment.doctor(kit_checks::Mode::Online, env)?;
-    crate::output::human(&output.text);
-    Ok(output.exit_code)
 }
 
 fn up_local(args: Args) -> ExitCode {

@@ -6,7 +6,7 @@
 //! client; then each bad input and its error. `.ci/test-build` starts the
 //! registries, pushes the base image and exports `KIT_TEST_*`; without them
 //! these tests fail, they never skip.
-#![cfg(feature = "build-e2e")]
+#![cfg(feature = "e2e")]
 
 #[path = "common/json.rs"]
 mod json;

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod compose;
 pub mod gcp;
 pub mod pulumi;
+pub mod target;
 pub mod zip;
 
 use std::collections::BTreeMap;

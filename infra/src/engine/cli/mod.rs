@@ -34,7 +34,7 @@ use kit_checks::platform::Platform;
 
 use crate::CommandError;
 use crate::deployment::Deployment;
-use crate::engine::{DestroyOptions, Engine, Progress, Resource, State, apply_and_prune};
+use crate::engine::{Engine, Resource, State};
 
 /// Resource output: `true` when `up` created it (so `down` may delete it),
 /// `false` when it already existed and was adopted.
@@ -339,107 +339,6 @@ pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
         Platform::AzureFunctions => azure::desired(deployment),
         _ => kubernetes::desired(deployment),
     }
-}
-
-/// `deploy-kit up` on a CLI target: the CLI is found before anything else,
-/// then the offline doctor gate, the files rendered into the output
-/// directory, the plan on stderr, every step with a progress line, the state
-/// after each resource, stale resources removed, and `doctor --online`,
-/// whose exit code `up` returns.
-pub fn up(
-    deployment: &Deployment,
-    force: bool,
-    kit_service: Option<&Path>,
-    cwd: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    require_cli(deployment)?;
-    crate::plan::doctor_gate(deployment, force, env)?;
-    let (document, desired) = crate::plan::compute(deployment, None, cwd, env)?;
-    if let Some(error) = &document.render_error {
-        return Err(CommandError::new(
-            format!(
-                "target `{}` deploys its rendered files, and rendering failed: {error}",
-                deployment.target_name
-            ),
-            "run `deploy-kit render target` to see what fails",
-            1,
-        ));
-    }
-    eprint!("{}", crate::plan::render_text(&document));
-    let state_path = deployment.state_path();
-    let previous = State::load(&state_path)?;
-    let engine = engine_for(deployment, previous.clone(), kit_service)?;
-    let mut state = previous.unwrap_or_else(|| {
-        State::new(
-            engine.name(),
-            &deployment.config.service.environment,
-            &deployment.target_name,
-        )
-    });
-    let mut progress = Progress::stderr();
-    progress.note(&format!(
-        "up: target `{}` ({} engine)",
-        deployment.target_name,
-        engine.name()
-    ));
-    let kept = apply_and_prune(&*engine, &desired, &mut state, &state_path, &mut progress)?;
-    for left in kept {
-        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-    }
-    progress.note(&format!(
-        "up: done in {:.1} s, state in `{}`",
-        progress.elapsed_seconds(),
-        state_path.display()
-    ));
-    let output = deployment.doctor(kit_checks::Mode::Online, env)?;
-    crate::output::human(&output.text);
-    Ok(output.exit_code)
-}
-
-/// `deploy-kit down` on a CLI target: what the state records, newest first.
-pub fn down(deployment: &Deployment, delete_data: bool) -> Result<u8, CommandError> {
-    let state_path = deployment.state_path();
-    let Some(state) = State::load(&state_path)? else {
-        eprintln!(
-            "down: nothing recorded for target `{}` (no `{}`)",
-            deployment.target_name,
-            state_path.display()
-        );
-        return Ok(0);
-    };
-    let expected = engine_name(deployment.target.platform);
-    if state.engine != expected {
-        return Err(CommandError::new(
-            format!(
-                "the state of target `{}` was made by the `{}` engine, not `{expected}`",
-                deployment.target_name, state.engine
-            ),
-            format!(
-                "check `platform:` of `targets.{}`, or remove `{}` if it is stale",
-                deployment.target_name,
-                state_path.display()
-            ),
-            2,
-        ));
-    }
-    let engine = engine_for(deployment, Some(state.clone()), None)?;
-    let mut progress = Progress::stderr();
-    progress.note(&format!(
-        "down: target `{}` ({} engine)",
-        deployment.target_name, expected
-    ));
-    let kept = crate::engine::destroy_and_forget(
-        engine.as_ref(),
-        state,
-        &state_path,
-        DestroyOptions { delete_data },
-        &mut progress,
-    )?;
-    for left in &kept {
-        eprintln!("kept: {}; remove it with `{}`", left.reason, left.command);
-    }
-    Ok(0)
 }
 
 #[cfg(test)]

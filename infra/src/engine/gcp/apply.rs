@@ -23,10 +23,8 @@ use super::{
 };
 use crate::CommandError;
 use crate::config::DeployConfig;
-use crate::engine::{
-    DestroyOptions, Engine, Kept, Progress, Resource, STATE_FILE, State, apply_and_prune, diff,
-    kind, output_dir,
-};
+use crate::deployment::Deployment;
+use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 use crate::gcp::run::{RunApi, ServiceName};
 use crate::gcp::secrets::{SecretName, SecretsApi, new_signing_key};
 use crate::gcp::storage::{
@@ -598,21 +596,10 @@ impl Engine for GcpEngine {
     }
 }
 
-/// `deploy-kit up` for a GCP target: plan against the state file, apply
-/// (recording each resource as it exists), delete what the config dropped,
-/// then `doctor --online`, whose exit code is returned.
-pub fn up(
-    config: &DeployConfig,
-    config_path: &Path,
-    target_name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    let mut progress = Progress::stderr();
-    let code = up_with(config, config_path, target_name, env, &mut progress)?;
-    Ok(code)
-}
-
-/// [`up`] with its progress going where the caller says (tests).
+/// `deploy-kit up` for a GCP target through the one lifecycle of resource
+/// engines ([`crate::engine::target::up_resources`]), without the offline
+/// doctor gate (`deploy-kit up` runs it first), with the progress going where
+/// the caller says (tests).
 pub fn up_with(
     config: &DeployConfig,
     config_path: &Path,
@@ -620,128 +607,18 @@ pub fn up_with(
     env: &dyn Fn(&str) -> Option<String>,
     progress: &mut Progress,
 ) -> Result<u8, CommandError> {
-    let target = config
-        .targets
-        .get(target_name)
-        .ok_or_else(|| CommandError::new(format!("no target `{target_name}`"), "", 2))?;
-    let settings = GcpSettings::resolve(config, target_name, target)?;
-    let engine = GcpEngine::new(settings, env)?;
-    let desired = engine.desired()?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let state_path = output_dir(base, config, target_name).join(STATE_FILE);
-    let previous = State::load(&state_path)?;
-    let plan = diff(&desired, previous.as_ref());
-    progress.note(&format!(
-        "up: target `{target_name}` (gcp), {} planned change(s)",
-        plan.changes.len()
-    ));
-    for warning in &plan.warnings {
-        progress.note(&format!("warning: {warning}"));
-    }
-    let mut state = previous
-        .unwrap_or_else(|| State::new(engine.name(), &config.service.environment, target_name));
-    if state.engine != engine.name() {
-        return Err(CommandError::new(
-            format!(
-                "`{}` was written by the `{}` engine, not `gcp`",
-                state_path.display(),
-                state.engine
-            ),
-            format!("run `deploy-kit down {target_name}` with the build that made it first"),
-            2,
-        ));
-    }
-    let kept = apply_and_prune(&engine, &desired, &mut state, &state_path, progress)?;
-    for left in kept {
-        progress.note(&format!(
-            "kept: {}; remove it with `{}`",
-            left.reason, left.command
-        ));
-    }
-    progress.note(&format!(
-        "up: done in {:.1} s, state in `{}`",
-        progress.elapsed_seconds(),
-        state_path.display()
-    ));
-    if target.platform == kit_checks::platform::Platform::CloudFunctions {
-        progress.note("note: storage and the signing key are ready; deploy the function itself with `gcloud functions deploy` (deploy-kit does not build function sources)");
-    }
-    if let Some(url) = state
-        .resources
-        .iter()
-        .find(|r| r.kind == kind::FUNCTION)
-        .and_then(|r| r.outputs.get("url"))
-    {
-        crate::output::human(&format!("url: {url}\n"));
-    }
-    let output = online_doctor(config, config_path, target_name, env)?;
-    crate::output::human(&output.text);
-    Ok(output.exit_code)
-}
-
-/// `doctor --online` on the target just brought up.
-fn online_doctor(
-    config: &DeployConfig,
-    config_path: &Path,
-    target_name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<crate::doctor::DoctorOutput, CommandError> {
-    use kit_checks::render::Format;
-    let today = match env("DEPLOY_KIT_TODAY").filter(|t| !t.is_empty()) {
-        Some(text) => kit_checks::Date::parse(&text).map_err(|e| {
-            CommandError::new(
-                format!("`DEPLOY_KIT_TODAY`: {e}"),
-                "unset `DEPLOY_KIT_TODAY` or set it like `2026-01-31`",
-                2,
-            )
-        })?,
-        None => kit_checks::Date::today_utc(),
+    use crate::engine::target::{Family, Resources, UpRequest, up_resources};
+    let deployment = Deployment::from_config(config.clone(), config_path, target_name)?;
+    let target = Resources {
+        deployment: &deployment,
+        family: Family::Gcp,
     };
-    let request = crate::doctor::DoctorRequest {
-        config: Some(config_path.to_path_buf()),
-        target: Some(target_name.to_string()),
-        mode: kit_checks::Mode::Online,
-        format: crate::doctor::OutputFormat::Report(Format::Text),
-        fail_on: kit_checks::Severity::Error,
-        apply_waivers: true,
-        replicas: Vec::new(),
-        today: None,
-        list_checks: false,
-        explain: None,
-        prebuilt_binary: None,
-    };
-    crate::doctor::report(
-        config,
-        &config_path.display().to_string(),
-        config_path,
-        &request,
-        Format::Text,
-        today,
-        env,
-    )
-    .map_err(|error| CommandError::new(error.message, error.hint, 2))
+    let cwd = config_path.parent().unwrap_or(Path::new("."));
+    up_resources(&target, &UpRequest::new(cwd), env, progress)
 }
 
-/// `deploy-kit down` for a GCP target: deletes what the state records,
-/// newest first; a bucket with objects stays unless `delete_data`.
-pub fn down(
-    config: &DeployConfig,
-    config_path: &Path,
-    target_name: &str,
-    delete_data: bool,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    down_with(
-        config,
-        config_path,
-        target_name,
-        delete_data,
-        env,
-        &mut Progress::stderr(),
-    )
-}
-
-/// [`down`] with its progress going where the caller says (tests).
+/// `deploy-kit down` for a GCP target ([`crate::engine::target::down_resources`]),
+/// with the progress going where the caller says (tests).
 pub fn down_with(
     config: &DeployConfig,
     config_path: &Path,
@@ -750,35 +627,13 @@ pub fn down_with(
     env: &dyn Fn(&str) -> Option<String>,
     progress: &mut Progress,
 ) -> Result<u8, CommandError> {
-    let target = config
-        .targets
-        .get(target_name)
-        .ok_or_else(|| CommandError::new(format!("no target `{target_name}`"), "", 2))?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let state_path = output_dir(base, config, target_name).join(STATE_FILE);
-    let Some(state) = State::load(&state_path)? else {
-        progress.note(&format!(
-            "down: nothing recorded for target `{target_name}` (no `{}`)",
-            state_path.display()
-        ));
-        return Ok(0);
+    use crate::engine::target::{Family, Resources, down_resources};
+    let deployment = Deployment::from_config(config.clone(), config_path, target_name)?;
+    let target = Resources {
+        deployment: &deployment,
+        family: Family::Gcp,
     };
-    let engine = GcpEngine::new(GcpSettings::resolve(config, target_name, target)?, env)?;
-    progress.note(&format!("down: target `{target_name}` (gcp)"));
-    let kept = crate::engine::destroy_and_forget(
-        &engine,
-        state,
-        &state_path,
-        DestroyOptions { delete_data },
-        progress,
-    )?;
-    for left in &kept {
-        progress.note(&format!(
-            "kept: {}; remove it with `{}`",
-            left.reason, left.command
-        ));
-    }
-    Ok(0)
+    down_resources(&target, delete_data, env, progress)
 }
 
 #[cfg(test)]

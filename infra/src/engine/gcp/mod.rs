@@ -297,46 +297,6 @@ pub fn parse_secret_reference(reference: &str) -> Option<(String, String)> {
     }
 }
 
-/// `up` for a GCP target. Without the `gcp` feature: the rebuild hint.
-#[cfg(not(feature = "gcp"))]
-pub fn up(
-    _config: &DeployConfig,
-    _config_path: &std::path::Path,
-    target_name: &str,
-    _env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    Err(not_built(target_name))
-}
-
-/// `down` for a GCP target. Without the `gcp` feature: the rebuild hint.
-#[cfg(not(feature = "gcp"))]
-pub fn down(
-    _config: &DeployConfig,
-    _config_path: &std::path::Path,
-    target_name: &str,
-    _delete_data: bool,
-    _env: &dyn Fn(&str) -> Option<String>,
-) -> Result<u8, CommandError> {
-    Err(not_built(target_name))
-}
-
-#[cfg(not(feature = "gcp"))]
-fn not_built(target_name: &str) -> CommandError {
-    CommandError::new(
-        format!(
-            "target `{target_name}` runs on Google Cloud, and this deploy-kit was built without the `gcp` feature"
-        ),
-        format!(
-            "rebuild with `{}` (or `cargo build --release -p deploy-kit --features gcp`)",
-            crate::GCP_REBUILD
-        ),
-        2,
-    )
-}
-
-#[cfg(feature = "gcp")]
-pub use apply::{down, up};
-
 #[cfg(test)]
 mod tests {
     use super::*;
