@@ -275,7 +275,7 @@ pub async fn deploy(args: &Args) -> Result<()> {
     );
     let _ = Command::new(deploy_kit)
         .current_dir(&crate_dir)
-        .args(["down", "lambda", "--delete-data"])
+        .args(["down", "lambda", "--yes", "--delete-data"])
         .env("AWS_ENDPOINT_URL", &endpoints.0)
         .env("AWS_ENDPOINT_URL_S3", &endpoints.1)
         .env("AWS_REGION", "us-east-1")

@@ -19,9 +19,14 @@ pub struct Args {
     /// Config file.
     #[arg(long, env = "DEPLOY_KIT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Also empty and delete buckets that still hold objects.
+    /// Also delete the service's objects (only those under `storage.prefix`)
+    /// and then buckets left empty.
     #[arg(long)]
     pub delete_data: bool,
+    /// Delete without asking. Without it, `down` asks on a terminal and
+    /// refuses elsewhere.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub state: crate::state::StateArgs,
     /// Print the `deploy-kit.down/v1` document on stdout when done.
@@ -64,5 +69,83 @@ fn down_locked(
     deployment: &Deployment,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
-    crate::engine::target::open(deployment)?.down(args.delete_data, env)
+    let engine = crate::engine::target::open(deployment)?;
+    if !args.yes {
+        let what = to_delete(deployment, engine.name())?;
+        if !what.is_empty() {
+            let stdin = std::io::stdin();
+            let terminal = std::io::IsTerminal::is_terminal(&stdin);
+            confirm(
+                deployment,
+                &what,
+                args.delete_data,
+                terminal,
+                &mut stdin.lock(),
+            )?;
+        }
+    }
+    engine.down(args.delete_data, env)
+}
+
+/// What `down` would delete: the state's resources (or the Pulumi stack).
+fn to_delete(deployment: &Deployment, engine: &str) -> Result<Vec<String>, CommandError> {
+    if engine == "pulumi" {
+        return Ok(vec![format!(
+            "the Pulumi stack `{}` and everything in it",
+            deployment.config.service.environment
+        )]);
+    }
+    Ok(State::load(&deployment.state_path())?
+        .map(|state| state.resources.iter().rev().map(|r| r.address()).collect())
+        .unwrap_or_default())
+}
+
+/// Asks on a terminal whether to delete `what`; refuses elsewhere (`--yes`).
+fn confirm(
+    deployment: &Deployment,
+    what: &[String],
+    delete_data: bool,
+    terminal: bool,
+    input: &mut dyn std::io::BufRead,
+) -> Result<(), CommandError> {
+    let target = &deployment.target_name;
+    let data = if delete_data {
+        format!(
+            ", with the service's objects{}",
+            deployment
+                .config
+                .storage
+                .as_ref()
+                .map(|s| format!(" under `{}`", s.prefix))
+                .unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    if !terminal {
+        return Err(CommandError::new(
+            format!(
+                "`down {target}` deletes {} resource(s){data} and there is no terminal to confirm on: {}",
+                what.len(),
+                what.join(", ")
+            ),
+            format!("pass `--yes` to delete them: `deploy-kit down {target} --yes`"),
+            2,
+        ));
+    }
+    eprintln!("down: target `{target}` deletes, newest first{data}:");
+    for item in what {
+        eprintln!("  - {item}");
+    }
+    eprint!("delete them? [y/N] ");
+    let mut answer = String::new();
+    let _ = input.read_line(&mut answer);
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        return Ok(());
+    }
+    Err(CommandError::new(
+        format!("`down {target}` cancelled: nothing was deleted"),
+        "answer `y` to delete, or pass `--yes`",
+        1,
+    ))
 }

@@ -56,6 +56,11 @@ pub struct Args {
     /// Go on even when the offline doctor reports errors.
     #[arg(long)]
     pub force: bool,
+    /// Take over existing resources deploy-kit did not make (or another
+    /// deployment's): they are tagged as this deployment's, and `down`
+    /// deletes them.
+    #[arg(long)]
+    pub adopt: bool,
     #[command(flatten)]
     pub state: crate::state::StateArgs,
     /// Print the `deploy-kit.up/v1` document on stdout when done (the
@@ -127,6 +132,7 @@ fn up_locked(
     let engine = crate::engine::target::open(deployment)?;
     let request = UpRequest {
         force: args.force,
+        adopt: args.adopt,
         kit_service: args.kit_service.clone(),
         package: match ArtifactKind::of(deployment.target.platform) {
             Some(ArtifactKind::LambdaZip) if deployment.target.engine == EngineKind::Native => {

@@ -444,7 +444,7 @@ fn the_binary_brings_a_target_up_and_down() {
         "the online doctor is clean:\n{stdout}\n{stderr}"
     );
     assert!(fixture.bucket().is_some());
-    let down = run(&["down", "fn", "--delete-data"]);
+    let down = run(&["down", "fn", "--yes", "--delete-data"]);
     assert!(
         down.status.success(),
         "{}",

@@ -569,7 +569,7 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
                 .send(),
         )
         .unwrap();
-    let (code, stdout, stderr) = project.run(&["down", "lambda"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stderr.contains("deploy-kit down lambda --delete-data"),
@@ -581,7 +581,7 @@ fn up_twice_then_plan_then_down_against_moto_and_seaweedfs() {
     assert!(!cloud.role_exists(&function));
     assert!(cloud.secret_value(&secret_name).is_none());
     outputs.push(stdout + &stderr);
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(!cloud.bucket_exists(&project.bucket));
     assert!(
@@ -836,7 +836,7 @@ fn two_ups_against_s3_state_are_kept_apart_by_the_lock() {
         stdout.contains(&format!("function/{}-ci", project.name)),
         "{stdout}"
     );
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!cloud.function_exists(&format!("{}-ci", project.name)));
     assert!(object(&key).is_none(), "down removed the remote state");
@@ -926,7 +926,8 @@ fn plan_refresh_shows_changes_made_outside_deploy_kit() {
     );
     let (code, stdout, stderr) = project.run(&["plan", "lambda", "--refresh"]);
     assert_eq!(code, 0, "restored\n{stdout}\n{stderr}");
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data", "--json"]);
+    let (code, stdout, stderr) =
+        project.run(&["down", "lambda", "--yes", "--delete-data", "--json"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let down = json::validated(&stdout);
     assert_eq!(
@@ -1048,7 +1049,7 @@ fn auth_required_reaches_the_function_with_its_keys() {
         &(stdout + &stderr),
     );
 
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 }
 
@@ -1306,7 +1307,7 @@ fn rollback_moves_the_alias_back_to_the_previous_version() {
         "the state file",
         &String::from_utf8_lossy(&state_before),
     );
-    let (code, stdout, stderr) = project.run(&["down", "lambda", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(!cloud.function_exists(&function));
 }
@@ -1487,9 +1488,174 @@ signing_key:
     assert_eq!(object_puts(&requests, &second_key), 1);
     assert_eq!(code_sha256(), lambda_hash(&second));
 
-    let (code, stdout, stderr) = project.run_with(&["down", "lambda"], &extra);
+    let (code, stdout, stderr) = project.run_with(&["down", "lambda", "--yes"], &extra);
     assert_eq!(code, 0, "down\n{stdout}\n{stderr}");
     assert!(!cloud.function_exists(&function));
     // Content-addressed and shared: `down` keeps the artifact bucket.
     assert!(object(&second_key).is_some());
+}
+
+/// The `deploy-kit:deployment` tag of everything `up` made, as moto and
+/// SeaweedFS report it: (bucket, secret, role, function).
+fn deployment_tags(cloud: &Cloud, project: &Project) -> [Option<String>; 4] {
+    const KEY: &str = "deploy-kit:deployment";
+    let function = format!("{}-ci", project.name);
+    let secret = format!("{}/ci/signing-key", project.name);
+    let rt = &cloud.runtime;
+    let bucket = rt
+        .block_on(cloud.s3.get_bucket_tagging().bucket(&project.bucket).send())
+        .ok()
+        .and_then(|t| {
+            t.tag_set()
+                .iter()
+                .find(|t| t.key() == KEY)
+                .map(|t| t.value().to_string())
+        });
+    let secret = rt
+        .block_on(cloud.secrets.describe_secret().secret_id(&secret).send())
+        .ok()
+        .and_then(|s| {
+            s.tags()
+                .iter()
+                .find(|t| t.key() == Some(KEY))
+                .and_then(|t| t.value().map(str::to_string))
+        });
+    let role = rt
+        .block_on(cloud.iam.list_role_tags().role_name(&function).send())
+        .ok()
+        .and_then(|t| {
+            t.tags()
+                .iter()
+                .find(|t| t.key() == KEY)
+                .map(|t| t.value().to_string())
+        });
+    let function = rt
+        .block_on(cloud.lambda.get_function().function_name(&function).send())
+        .ok()
+        .and_then(|f| f.tags().and_then(|t| t.get(KEY)).cloned());
+    [bucket, secret, role, function]
+}
+
+/// Ownership (issue 16 item 7): `up` tags everything with the deployment
+/// and its state id, refuses a bucket it did not make unless `--adopt`, and
+/// refuses another deployment's resources; `down` refuses a state whose id
+/// does not match the tags before deleting anything; `--delete-data` deletes
+/// only the service's prefix; the key secret is scheduled for deletion with
+/// a recovery window, not force-deleted.
+#[test]
+fn ownership_tags_guard_up_and_down() {
+    let project = Project::new("own");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let secret_name = format!("{}/ci/signing-key", project.name);
+
+    // Someone else's bucket with the configured name: nothing is made.
+    make_bucket(&cloud, &project.bucket, true);
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bucket `{}` exists and deploy-kit did not make it (no `deploy-kit:deployment` tag)",
+            project.bucket
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`--adopt`"), "{stderr}");
+    assert!(cloud.secret_value(&secret_name).is_none(), "no secret made");
+    assert!(!cloud.function_exists(&function), "no function made");
+
+    // --adopt takes it over; everything carries the tag with the state's id.
+    let (code, stdout, stderr) = project.run(&["up", "lambda", "--adopt"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(project.state_path()).unwrap()).unwrap();
+    let id = state["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{state}");
+    let tag = format!("{}/ci/lambda@{id}", project.name);
+    assert_eq!(
+        deployment_tags(&cloud, &project),
+        [0; 4].map(|_| Some(tag.clone()))
+    );
+
+    // A state from another checkout (another id): `up` and `down` refuse,
+    // and nothing changes.
+    let mut other = state.clone();
+    other["id"] = serde_json::json!("ffffffffffffffff");
+    std::fs::write(project.state_path(), other.to_string()).unwrap();
+    let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("belongs to deployment `{tag}`")),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stderr.contains("`down` refuses to delete"), "{stderr}");
+    assert!(stderr.contains("nothing was deleted"), "{stderr}");
+    assert!(cloud.function_exists(&function), "function kept");
+    assert!(cloud.role_exists(&function), "role kept");
+    assert!(cloud.secret_value(&secret_name).is_some(), "secret kept");
+    std::fs::write(project.state_path(), state.to_string()).unwrap();
+
+    // --delete-data deletes the service's objects only; the bucket with
+    // someone else's object stays, with why.
+    for key in ["vgi-rpc/result", "reports/keep"] {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .s3
+                    .put_object()
+                    .bucket(&project.bucket)
+                    .key(key)
+                    .body(b"data".to_vec().into())
+                    .send(),
+            )
+            .unwrap();
+    }
+    let recording = recorded(&project.servers.moto, || {
+        let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(
+                "holds objects outside the service's prefix `vgi-rpc/` (such as `reports/keep`)"
+            ),
+            "{stderr}"
+        );
+    });
+    let keys: Vec<String> = cloud
+        .runtime
+        .block_on(cloud.s3.list_objects_v2().bucket(&project.bucket).send())
+        .unwrap()
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(keys, ["reports/keep"]);
+    assert!(!cloud.function_exists(&function));
+    // Scheduled for deletion, restorable for 30 days.
+    let deletes: Vec<serde_json::Value> = recording
+        .iter()
+        .filter(|r| moto_recorder::operation(r) == "DeleteSecret")
+        .map(|r| serde_json::from_slice(&recorded_body(r)).unwrap())
+        .collect();
+    assert_eq!(deletes.len(), 1, "{recording:?}");
+    assert_eq!(deletes[0]["RecoveryWindowInDays"], 30, "{}", deletes[0]);
+    assert!(
+        deletes[0].get("ForceDeleteWithoutRecovery").is_none(),
+        "{}",
+        deletes[0]
+    );
+    let described = cloud
+        .runtime
+        .block_on(
+            cloud
+                .secrets
+                .describe_secret()
+                .secret_id(&secret_name)
+                .send(),
+        )
+        .unwrap();
+    assert!(described.deleted_date().is_some(), "scheduled, not gone");
+    delete_bucket(&cloud, &project.bucket);
 }

@@ -301,7 +301,7 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
 ",
     );
-    let (code, _, stderr) = project.run(&["down", "cluster"]);
+    let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("kubernetes_down", project.take_log());
     assert!(project.state("ci", "cluster").is_none(), "state removed");
@@ -319,7 +319,7 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
     project.run(&["up", "cluster"]);
     project.take_log();
     project.answers("kubectl config current-context*|0|production-cluster\n");
-    let (code, _, stderr) = project.run(&["down", "cluster"]);
+    let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("hint: switch with `kubectl config use-context kind-ci`"),
@@ -330,6 +330,80 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
         "kubectl config current-context\n",
         "nothing deleted"
     );
+}
+
+/// `down` without `--yes`: refused with the list where no terminal can
+/// ask (CI, a pipe), asked on a terminal, where only `y` deletes.
+#[test]
+fn down_asks_on_a_terminal_and_refuses_elsewhere_without_yes() {
+    let project = Project::new("kubernetes-confirm", KUBERNETES, &["kubectl"]);
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|1|
+kubectl -n vgi-ns get secret vgi-signing-key*|1|
+",
+    );
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert_eq!(code, 0, "{stderr}");
+    project.take_log();
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+",
+    );
+
+    let (code, _, stderr) = project.run(&["down", "cluster"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("there is no terminal to confirm on"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("namespace/vgi-ns"), "{stderr}");
+    assert!(
+        stderr.contains("`deploy-kit down cluster --yes`"),
+        "{stderr}"
+    );
+    assert_eq!(project.take_log(), "", "nothing ran");
+    assert!(project.state("ci", "cluster").is_some());
+
+    let on_a_terminal = |answer: &str| {
+        let transcript = project.dir.join("typescript");
+        let command = format!("{} down cluster", env!("CARGO_BIN_EXE_deploy-kit"));
+        let mut child = std::process::Command::new("script")
+            .current_dir(&project.dir)
+            .args(["--quiet", "--return", "--flush", "--command", &command])
+            .arg(&transcript)
+            .env("PATH", format!("{}:/usr/bin:/bin", project.bin.display()))
+            .env("FAKE_CLI_LOG", project.log_path())
+            .env("FAKE_CLI_ANSWERS", project.dir.join("answers"))
+            .env("DEPLOY_KIT_TODAY", "2026-01-15")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("util-linux `script` runs (apt-get install bsdutils)");
+        use std::io::Write;
+        // Typed once the question is up (the pty echoes it back).
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        drop(stdin);
+        let status = child.wait().unwrap();
+        let text = std::fs::read_to_string(&transcript).unwrap_or_default();
+        (status.code().unwrap_or(-1), text)
+    };
+    let (code, text) = on_a_terminal("n\n");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("delete them? [y/N]"), "{text}");
+    assert!(text.contains("cancelled: nothing was deleted"), "{text}");
+    assert!(!project.take_log().contains("delete"), "nothing deleted");
+    assert!(project.state("ci", "cluster").is_some());
+
+    let (code, text) = on_a_terminal("y\n");
+    assert_eq!(code, 0, "{text}");
+    assert!(project.take_log().contains("kubectl delete"), "deleted");
+    assert!(project.state("ci", "cluster").is_none(), "state removed");
 }
 
 const FLY: &str = "version: 1
@@ -369,7 +443,7 @@ fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
     insta::assert_snapshot!("fly_second_up", project.take_log());
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
-    let (code, _, stderr) = project.run(&["down", "app"]);
+    let (code, _, stderr) = project.run(&["down", "app", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("fly_down", project.take_log());
 }
@@ -467,7 +541,7 @@ fn railway_up_sets_the_key_from_stdin_once_and_down_keeps_the_service() {
     assert!(!project.take_log().contains("--set-from-stdin"), "key kept");
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
-    let (code, _, stderr) = project.run(&["down", "web"]);
+    let (code, _, stderr) = project.run(&["down", "web", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("railway_down", project.take_log());
     assert!(
@@ -527,7 +601,7 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     );
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
-    let (code, _, stderr) = project.run(&["down", "func"]);
+    let (code, _, stderr) = project.run(&["down", "func", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("azure_down", project.take_log());
     assert!(

@@ -170,7 +170,7 @@ impl Drop for Project {
         let _ = Command::cargo_bin("deploy-kit").map(|mut command| {
             command
                 .current_dir(&self.dir)
-                .args(["down", "stack", "--delete-data"])
+                .args(["down", "stack", "--yes", "--delete-data"])
                 .timeout(Duration::from_secs(60))
                 .output()
         });
@@ -371,7 +371,7 @@ fn nginx_and_two_replicas_share_streams_then_down_removes_everything() {
         .iter()
         .map(|name| project.pid(name))
         .collect();
-    let (code, stdout, stderr) = project.run(&["down", "stack", "--delete-data"]);
+    let (code, stdout, stderr) = project.run(&["down", "stack", "--yes", "--delete-data"]);
     assert_eq!(code, 0, "down failed:\n{stdout}\n{stderr}");
     for pid in all {
         wait_dead(pid);
@@ -479,8 +479,14 @@ fn staging_and_production_run_side_by_side() {
     );
 
     // Down of staging leaves production running.
-    let (code, stdout, stderr) =
-        project.run(&["down", "stack", "--delete-data", "--env", "staging"]);
+    let (code, stdout, stderr) = project.run(&[
+        "down",
+        "stack",
+        "--yes",
+        "--delete-data",
+        "--env",
+        "staging",
+    ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     for pid in &staging_pids {
         wait_dead(*pid);
@@ -488,8 +494,14 @@ fn staging_and_production_run_side_by_side() {
     assert!(production_pids.iter().all(|p| alive(*p)));
     assert!(!bucket_exists(&project.servers.s3, &staging_bucket));
     assert!(bucket_exists(&project.servers.s3, &project.bucket));
-    let (code, stdout, stderr) =
-        project.run(&["down", "stack", "--delete-data", "--env", "production"]);
+    let (code, stdout, stderr) = project.run(&[
+        "down",
+        "stack",
+        "--yes",
+        "--delete-data",
+        "--env",
+        "production",
+    ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     for pid in &production_pids {
         wait_dead(*pid);

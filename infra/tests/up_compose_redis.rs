@@ -117,7 +117,7 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
-        let _ = self.run(&["down", "stack"]);
+        let _ = self.run(&["down", "stack", "--yes"]);
         if let Ok(text) = std::fs::read_to_string(self.dir.join(".deploy-kit/ci/stack/state.json"))
             && let Ok(state) = serde_json::from_str::<serde_json::Value>(&text)
         {
@@ -200,7 +200,7 @@ fn compose_processes_share_one_rate_limit_through_a_provisioned_redis() {
         "a second `up` leaves a live redis alone: {text}"
     );
 
-    let (code, text) = project.run(&["down", "stack"]);
+    let (code, text) = project.run(&["down", "stack", "--yes"]);
     assert_eq!(code, 0, "{text}");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while alive(&redis_pid) {

@@ -19,6 +19,7 @@ pub mod aws;
 pub mod cli;
 pub mod compose;
 pub mod gcp;
+pub mod owner;
 pub mod pulumi;
 pub mod target;
 pub mod zip;
@@ -110,6 +111,11 @@ pub struct State {
     pub engine: String,
     pub environment: String,
     pub target: String,
+    /// Made once per state file and part of every resource's ownership tag
+    /// ([`owner::Owner`]): another checkout's state has another id. Empty
+    /// in states written before it existed (the next `up` sets it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// In creation order.
     pub resources: Vec<Resource>,
     /// What each `up` and `rollback` put live, oldest first, at most
@@ -146,6 +152,7 @@ impl State {
             engine: engine.to_string(),
             environment: environment.to_string(),
             target: target.to_string(),
+            id: owner::new_state_id(),
             resources: Vec::new(),
             releases: Vec::new(),
             live_release: None,

@@ -17,6 +17,7 @@ use kit_checks::platform::Platform;
 use crate::CommandError;
 use crate::config::Engine as EngineKind;
 use crate::deployment::Deployment;
+use crate::engine::owner::Owner;
 use crate::engine::{DestroyOptions, Engine, Progress, State, apply_and_prune, kind};
 use crate::releases::{Release, RollbackError, RolledBack};
 
@@ -29,6 +30,8 @@ pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub struct UpRequest {
     /// Go on despite the offline doctor's errors.
     pub force: bool,
+    /// Take over existing resources deploy-kit did not make (`--adopt`).
+    pub adopt: bool,
     /// A prebuilt service binary (`--kit-service`): compose replicas, the
     /// Azure Functions package.
     pub kit_service: Option<PathBuf>,
@@ -53,6 +56,7 @@ impl UpRequest {
     pub fn new(cwd: &Path) -> UpRequest {
         UpRequest {
             force: false,
+            adopt: false,
             kit_service: None,
             package: None,
             runtime: crate::engine::compose::Runtime::Processes,
@@ -178,19 +182,21 @@ pub struct Resources<'a> {
 
 impl Resources<'_> {
     /// The resource engine, made for `up` (with the package and the
-    /// previous state) or for `down` and `rollback`.
+    /// previous state) or for `down` and `rollback`; `owner` is whose
+    /// resources it may take over and delete (AWS checks the tags).
     pub fn engine(
         &self,
         package: Option<Vec<u8>>,
         kit_service: Option<&Path>,
         previous: Option<State>,
+        owner: Option<Owner>,
         env: Env,
     ) -> Result<Box<dyn Engine>, CommandError> {
         let deployment = self.deployment;
         match self.family {
             Family::Cli => crate::engine::cli::engine_for(deployment, previous, kit_service),
             Family::Gcp => gcp_engine(deployment, env),
-            Family::Aws => aws_engine(deployment, package, env),
+            Family::Aws => aws_engine(deployment, package, owner, env),
         }
     }
 
@@ -231,6 +237,7 @@ fn gcp_engine(deployment: &Deployment, _env: Env) -> Result<Box<dyn Engine>, Com
 fn aws_engine(
     deployment: &Deployment,
     package: Option<Vec<u8>>,
+    owner: Option<Owner>,
     env: Env,
 ) -> Result<Box<dyn Engine>, CommandError> {
     let settings = crate::engine::aws::AwsSettings::resolve(
@@ -239,15 +246,16 @@ fn aws_engine(
         &deployment.target,
         env,
     )?;
-    Ok(Box::new(crate::engine::aws::apply::AwsEngine::new(
-        settings, package,
-    )?))
+    Ok(Box::new(
+        crate::engine::aws::apply::AwsEngine::new(settings, package)?.owned_by(owner),
+    ))
 }
 
 #[cfg(not(feature = "aws"))]
 fn aws_engine(
     deployment: &Deployment,
     _package: Option<Vec<u8>>,
+    _owner: Option<Owner>,
     _env: Env,
 ) -> Result<Box<dyn Engine>, CommandError> {
     Err(CommandError::new(
@@ -295,7 +303,7 @@ impl TargetEngine for Resources<'_> {
         let platform = self.deployment.target.platform;
         match self.family {
             Family::Aws => {
-                let engine = self.engine(None, None, None, env)?;
+                let engine = self.engine(None, None, None, None, env)?;
                 crate::releases::engine_rollback(
                     self.deployment,
                     engine.as_ref(),
@@ -316,7 +324,7 @@ impl TargetEngine for Resources<'_> {
 
     fn reader(&self, env: Env) -> Result<Box<dyn Engine>, CommandError> {
         if self.family == Family::Aws {
-            return self.engine(None, None, None, env);
+            return self.engine(None, None, None, None, env);
         }
         Err(CommandError::new(
             format!(
@@ -386,19 +394,25 @@ pub fn up_resources(
     progress.note(crate::plan::render_text(&document).trim_end());
     let state_path = deployment.state_path();
     let previous = recorded_state(deployment, target.expected_engine())?;
-    let engine = target.engine(
-        request.package.clone(),
-        request.kit_service.as_deref(),
-        previous.clone(),
-        env,
-    )?;
-    let mut state = previous.unwrap_or_else(|| {
+    let mut state = previous.clone().unwrap_or_else(|| {
         State::new(
-            engine.name(),
+            target.expected_engine(),
             &deployment.config.service.environment,
             &deployment.target_name,
         )
     });
+    if state.id.is_empty() {
+        // A state from before ownership tags: its resources get them now.
+        state.id = crate::engine::owner::new_state_id();
+    }
+    let owner = Owner::new(&deployment.config.service.name, &state, request.adopt);
+    let engine = target.engine(
+        request.package.clone(),
+        request.kit_service.as_deref(),
+        previous,
+        Some(owner),
+        env,
+    )?;
     progress.note(&format!(
         "up: target `{}` ({} engine), {} planned change(s)",
         deployment.target_name,
@@ -492,7 +506,8 @@ pub fn down_resources(
         ));
         return Ok(0);
     };
-    let engine = target.engine(None, None, Some(state.clone()), env)?;
+    let owner = Owner::new(&deployment.config.service.name, &state, false);
+    let engine = target.engine(None, None, Some(state.clone()), Some(owner), env)?;
     progress.note(&format!(
         "down: target `{}` ({} engine)",
         deployment.target_name,

@@ -23,7 +23,47 @@ use super::{
     artifact_bucket, artifact_key,
 };
 use crate::CommandError;
+use crate::engine::owner::{Claim, Owner, OwnershipError, TAG_KEY};
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
+
+/// How long a deleted secret can be restored (`up` restores it; AWS's
+/// default and longest window).
+pub const SECRET_RECOVERY_DAYS: i64 = 30;
+
+fn secret_tags(owner: &Owner) -> Vec<aws_sdk_secretsmanager::types::Tag> {
+    owner
+        .tags()
+        .into_iter()
+        .map(|(key, value)| {
+            aws_sdk_secretsmanager::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+        })
+        .collect()
+}
+
+fn role_tags(owner: &Owner) -> Vec<aws_sdk_iam::types::Tag> {
+    owner
+        .tags()
+        .into_iter()
+        .map(|(key, value)| {
+            aws_sdk_iam::types::Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .expect("key and value are set")
+        })
+        .collect()
+}
+
+fn function_tags(owner: &Owner) -> HashMap<String, String> {
+    owner
+        .tags()
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect()
+}
 
 const CREDENTIALS_HINT: &str = "check the AWS credentials (`AWS_PROFILE` or `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), the region, and that the identity may manage S3, Secrets Manager, IAM and Lambda";
 /// How long a function may stay `Pending` or `InProgress`.
@@ -39,6 +79,10 @@ pub struct AwsEngine {
     package: Option<Vec<u8>>,
     /// `KIT_API_KEYS` for the function, read before anything changes.
     api_keys: Option<crate::secrets::store::Secret>,
+    /// Whose resources these are (`up`, `down`): what is made is tagged,
+    /// another deployment's resources are neither taken over nor deleted.
+    /// `None` (rollback, `plan --refresh`) checks nothing.
+    owner: Option<Owner>,
 }
 
 fn sdk_error<E>(what: &str, error: aws_sdk_s3::error::SdkError<E>) -> CommandError
@@ -100,7 +144,117 @@ impl AwsEngine {
             clients,
             package,
             api_keys,
+            owner: None,
         })
+    }
+
+    /// The engine working for `owner` ([`crate::engine::owner`]).
+    pub fn owned_by(mut self, owner: Option<Owner>) -> AwsEngine {
+        self.owner = owner;
+        self
+    }
+
+    /// Refuses `kind` `name` (tagged `found`) when it is another
+    /// deployment's; `true` when it must be tagged as this one's.
+    fn claim(&self, kind: &str, name: &str, found: Option<&str>) -> Result<bool, CommandError> {
+        match &self.owner {
+            Some(owner) => Ok(owner.claim(kind, name, found)? == Claim::Take),
+            None => Ok(false),
+        }
+    }
+
+    /// The deployment tag of a recorded resource, `Ok(None)` when it is
+    /// gone (nothing to check), `Ok(Some(None))` when it is untagged.
+    #[allow(clippy::option_option)]
+    fn recorded_tag(&self, resource: &Resource) -> Result<Option<Option<String>>, CommandError> {
+        let name = resource.name.as_str();
+        let ours = |key: &str| key == TAG_KEY;
+        match resource.kind.as_str() {
+            kind::BUCKET => {
+                match self.block(self.clients.s3.head_bucket().bucket(name).send()) {
+                    Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                        return Ok(None);
+                    }
+                    _ => {}
+                }
+                self.buckets().deployment_tag(name).map(Some)
+            }
+            kind::SECRET => {
+                match self.block(
+                    self.clients
+                        .secrets()
+                        .describe_secret()
+                        .secret_id(name)
+                        .send(),
+                ) {
+                    Ok(secret) => Ok(Some(
+                        secret
+                            .tags()
+                            .iter()
+                            .find(|t| t.key().is_some_and(ours))
+                            .and_then(|t| t.value().map(str::to_string)),
+                    )),
+                    Err(error) if code(&error) == Some("ResourceNotFoundException") => Ok(None),
+                    Err(error) => Err(sdk_error(&format!("failed to read secret `{name}`"), error)),
+                }
+            }
+            kind::ROLE => match self.block(self.clients.iam().get_role().role_name(name).send()) {
+                Ok(output) => Ok(Some(output.role().and_then(|role| {
+                    role.tags()
+                        .iter()
+                        .find(|t| ours(t.key()))
+                        .map(|t| t.value().to_string())
+                }))),
+                Err(error) if code(&error) == Some("NoSuchEntity") => Ok(None),
+                Err(error) => Err(sdk_error(&format!("failed to read role `{name}`"), error)),
+            },
+            kind::FUNCTION => {
+                match self.block(
+                    self.clients
+                        .lambda()
+                        .get_function()
+                        .function_name(name)
+                        .send(),
+                ) {
+                    Ok(function) => Ok(Some(
+                        function.tags().and_then(|tags| tags.get(TAG_KEY)).cloned(),
+                    )),
+                    Err(error) if code(&error) == Some("ResourceNotFoundException") => Ok(None),
+                    Err(error) => Err(sdk_error(
+                        &format!("failed to read function `{name}`"),
+                        error,
+                    )),
+                }
+            }
+            // The Function URL is the function's: its tag is the function's.
+            _ => Ok(None),
+        }
+    }
+
+    /// Before `down` deletes anything: every recorded resource that still
+    /// exists carries this deployment's tag, in the account the state's
+    /// ARNs name.
+    fn check_deletable(&self, state: &State) -> Result<(), CommandError> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        let recorded_account = state.resources.iter().find_map(|r| {
+            let arn = r.outputs.get("arn")?;
+            let account = arn.split(':').nth(4)?;
+            (!account.is_empty()).then(|| account.to_string())
+        });
+        if let Some(recorded) = recorded_account {
+            let current = self.account()?;
+            if current != recorded {
+                return Err(OwnershipError::OtherAccount { recorded, current }.into());
+            }
+        }
+        for resource in &state.resources {
+            if let Some(found) = self.recorded_tag(resource)? {
+                owner.may_delete(&resource.kind, &resource.name, found.as_deref())?;
+            }
+        }
+        Ok(())
     }
 
     fn block<F: std::future::Future>(&self, future: F) -> F::Output {
@@ -132,6 +286,7 @@ impl AwsEngine {
             endpoint: None,
             target: &self.settings.target,
             hint: CREDENTIALS_HINT,
+            owner: self.owner.as_ref(),
         }
     }
 
@@ -143,6 +298,23 @@ impl AwsEngine {
         let (arn, outcome) = match described {
             Ok(secret) => {
                 let mut outcome = "exists, kept".to_string();
+                let found = secret
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(TAG_KEY))
+                    .and_then(|t| t.value());
+                if self.claim(kind::SECRET, name, found)? {
+                    let owner = self.owner.as_ref().expect("claimed by an owner");
+                    self.block(
+                        secrets
+                            .tag_resource()
+                            .secret_id(name)
+                            .set_tags(Some(secret_tags(owner)))
+                            .send(),
+                    )
+                    .map_err(|e| sdk_error(&format!("failed to tag secret `{name}`"), e))?;
+                    outcome = "exists, tagged as this deployment's".to_string();
+                }
                 if secret.deleted_date().is_some() {
                     self.block(secrets.restore_secret().secret_id(name).send())
                         .map_err(|e| sdk_error(&format!("failed to restore secret `{name}`"), e))?;
@@ -173,6 +345,7 @@ impl AwsEngine {
                                 self.settings.function_name
                             ))
                             .secret_string(value)
+                            .set_tags(self.owner.as_ref().map(secret_tags))
                             .send(),
                     )
                     .map_err(|e| sdk_error(&format!("failed to create secret `{name}`"), e))?;
@@ -240,6 +413,23 @@ impl AwsEngine {
             Ok(output) => {
                 let role = output.role();
                 let arn = role.map(|r| r.arn().to_string()).unwrap_or_default();
+                let found = role.and_then(|r| {
+                    r.tags()
+                        .iter()
+                        .find(|t| t.key() == TAG_KEY)
+                        .map(|t| t.value())
+                });
+                if self.claim(kind::ROLE, name, found)? {
+                    let owner = self.owner.as_ref().expect("claimed by an owner");
+                    self.block(
+                        iam.tag_role()
+                            .role_name(name)
+                            .set_tags(Some(role_tags(owner)))
+                            .send(),
+                    )
+                    .map_err(|e| sdk_error(&format!("failed to tag role `{name}`"), e))?;
+                    changed.push("ownership tag");
+                }
                 let current = role
                     .and_then(|r| r.assume_role_policy_document())
                     .and_then(policy_json);
@@ -270,6 +460,7 @@ impl AwsEngine {
                                 "runs `{}` (deploy-kit)",
                                 self.settings.function_name
                             ))
+                            .set_tags(self.owner.as_ref().map(role_tags))
                             .send(),
                     )
                     .map_err(|e| sdk_error(&format!("failed to create role `{name}`"), e))?;
@@ -523,6 +714,7 @@ impl AwsEngine {
                             .timeout(timeout)
                             .environment(environment.clone())
                             .code(function_code.clone())
+                            .set_tags(self.owner.as_ref().map(function_tags))
                             .send(),
                     );
                     match created {
@@ -554,6 +746,25 @@ impl AwsEngine {
             }
             Ok(configuration) => {
                 let mut changed = Vec::new();
+                let arn = configuration.function_arn().unwrap_or_default();
+                let tags = self
+                    .block(lambda.list_tags().resource(arn).send())
+                    .map_err(|e| {
+                        sdk_error(&format!("failed to read the tags of function `{name}`"), e)
+                    })?;
+                let found = tags.tags().and_then(|tags| tags.get(TAG_KEY));
+                if self.claim(kind::FUNCTION, name, found.map(String::as_str))? {
+                    let owner = self.owner.as_ref().expect("claimed by an owner");
+                    self.block(
+                        lambda
+                            .tag_resource()
+                            .resource(arn)
+                            .set_tags(Some(function_tags(owner)))
+                            .send(),
+                    )
+                    .map_err(|e| sdk_error(&format!("failed to tag function `{name}`"), e))?;
+                    changed.push("ownership tag");
+                }
                 let current_variables = configuration.environment().and_then(|e| e.variables());
                 let same_configuration = configuration.runtime().map(|r| r.as_str())
                     == Some(RUNTIME)
@@ -855,7 +1066,7 @@ impl AwsEngine {
                         .secrets()
                         .delete_secret()
                         .secret_id(name)
-                        .force_delete_without_recovery(true)
+                        .recovery_window_in_days(SECRET_RECOVERY_DAYS)
                         .send(),
                 )
                 .map(|_| ())
@@ -867,7 +1078,15 @@ impl AwsEngine {
                 }),
                 "ResourceNotFoundException",
             ),
-            kind::BUCKET => match self.buckets().delete(name, options)? {
+            kind::BUCKET => match self.buckets().delete(
+                name,
+                self.settings
+                    .bucket
+                    .as_ref()
+                    .filter(|b| b.name == name)
+                    .map_or("", |b| b.prefix.as_str()),
+                options,
+            )? {
                 Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
                 None => Ok((None, "deleted".to_string())),
             },
@@ -1321,6 +1540,13 @@ impl Engine for AwsEngine {
         progress: &mut Progress,
         removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
     ) -> Result<Vec<Kept>, CommandError> {
+        progress.step("ownership", || {
+            self.check_deletable(state)?;
+            Ok((
+                (),
+                "every resource carries this deployment's tag".to_string(),
+            ))
+        })?;
         let mut kept = Vec::new();
         for resource in state.resources.iter().rev() {
             let left = progress.step(&resource.address(), || self.delete(resource, options))?;

@@ -15,6 +15,7 @@ use kit_checks::probe::{StorageError, StorageProbe};
 use super::clients::{AwsClients, code, describe};
 use super::{ABORT_MULTIPART_RULE_ID, BucketSettings, EXPIRE_RULE_ID};
 use crate::CommandError;
+use crate::engine::owner::{Claim, Owner, TAG_KEY};
 use crate::engine::{DestroyOptions, Kept, Resource, kind};
 use crate::s3_probe::S3StorageProbe;
 
@@ -30,6 +31,10 @@ pub struct Buckets<'a> {
     pub target: &'a str,
     /// The `hint:` of a failed call (credentials, endpoint).
     pub hint: &'a str,
+    /// Whose buckets these are: `ensure` tags what it creates and refuses
+    /// to take over another deployment's bucket. `None` (compose on a
+    /// local store) checks nothing.
+    pub owner: Option<&'a Owner>,
 }
 
 impl Buckets<'_> {
@@ -62,7 +67,16 @@ impl Buckets<'_> {
         let mut changed = Vec::new();
         let head = self.block(s3.head_bucket().bucket(&bucket.name).send());
         let created = match head {
-            Ok(_) => false,
+            Ok(_) => {
+                if let Some(owner) = self.owner {
+                    let found = self.deployment_tag(&bucket.name)?;
+                    if owner.claim(kind::BUCKET, &bucket.name, found.as_deref())? == Claim::Take {
+                        self.tag(&bucket.name, owner)?;
+                        changed.push("ownership tag");
+                    }
+                }
+                false
+            }
             Err(error) if error.as_service_error().is_some_and(|e| e.is_not_found()) => {
                 let mut request = s3.create_bucket().bucket(&bucket.name);
                 if self.region != "us-east-1" {
@@ -75,7 +89,24 @@ impl Buckets<'_> {
                 self.block(request.send()).map_err(|e| {
                     self.sdk_error(&format!("failed to create bucket `{}`", bucket.name), e)
                 })?;
+                if let Some(owner) = self.owner {
+                    self.tag(&bucket.name, owner)?;
+                }
                 true
+            }
+            Err(error)
+                if error
+                    .raw_response()
+                    .is_some_and(|r| r.status().as_u16() == 403) =>
+            {
+                return Err(CommandError::new(
+                    format!(
+                        "bucket `{}` exists and these credentials may not use it (403): it is another account's, or the identity lacks s3:ListBucket",
+                        bucket.name
+                    ),
+                    "bucket names are global in S3: choose another `storage.bucket`, or use the credentials of the account that owns it",
+                    2,
+                ));
             }
             Err(error) => {
                 return Err(self.sdk_error(
@@ -351,11 +382,58 @@ impl Buckets<'_> {
         Ok(Some(live))
     }
 
+    /// The value of bucket `name`'s [`TAG_KEY`] tag; `None` when it has none.
+    pub fn deployment_tag(&self, name: &str) -> Result<Option<String>, CommandError> {
+        match self.block(self.clients.s3.get_bucket_tagging().bucket(name).send()) {
+            Ok(tagging) => Ok(tagging
+                .tag_set()
+                .iter()
+                .find(|tag| tag.key() == TAG_KEY)
+                .map(|tag| tag.value().to_string())),
+            Err(error) if code(&error) == Some("NoSuchTagSet") => Ok(None),
+            Err(error) => Err(self.sdk_error(
+                &format!("failed to read the tags of bucket `{name}`"),
+                error,
+            )),
+        }
+    }
+
+    /// Puts `owner`'s tags on bucket `name`, keeping its other tags.
+    fn tag(&self, name: &str, owner: &Owner) -> Result<(), CommandError> {
+        use aws_sdk_s3::types::{Tag, Tagging};
+        let s3 = &self.clients.s3;
+        let mut tags: Vec<Tag> = match self.block(s3.get_bucket_tagging().bucket(name).send()) {
+            Ok(tagging) => tagging.tag_set().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        let ours = owner.tags();
+        tags.retain(|tag| !ours.iter().any(|(key, _)| *key == tag.key()));
+        for (key, value) in ours {
+            tags.push(
+                Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build()
+                    .expect("key and value are set"),
+            );
+        }
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(tags))
+            .build()
+            .expect("the tag set is set");
+        self.block(s3.put_bucket_tagging().bucket(name).tagging(tagging).send())
+            .map_err(|e| self.sdk_error(&format!("failed to tag bucket `{name}`"), e))?;
+        Ok(())
+    }
+
     /// Deletes bucket `name`; one that still holds objects is kept (and
-    /// returned with the command that removes it) unless `delete_data`.
+    /// returned with the command that removes it) unless `delete_data`,
+    /// which deletes only the objects under `prefix` (the service's): a
+    /// bucket that still holds others is kept, with them.
     pub fn delete(
         &self,
         name: &str,
+        prefix: &str,
         options: DestroyOptions,
     ) -> Result<Option<Kept>, CommandError> {
         let s3 = &self.clients.s3;
@@ -374,7 +452,20 @@ impl Buckets<'_> {
                     command: format!("deploy-kit down {} --delete-data", self.target),
                 }));
             }
-            self.empty(name)?;
+            self.empty(name, prefix)?;
+            let left = self
+                .block(s3.list_objects_v2().bucket(name).max_keys(1).send())
+                .map_err(|e| self.sdk_error(&format!("failed to list bucket `{name}`"), e))?;
+            if let Some(other) = left.contents().first() {
+                return Ok(Some(Kept {
+                    resource: Resource::new(kind::BUCKET, name),
+                    reason: format!(
+                        "bucket `{name}` holds objects outside the service's prefix `{prefix}` (such as `{}`), which `--delete-data` does not delete",
+                        other.key().unwrap_or_default()
+                    ),
+                    command: format!("aws s3 rb s3://{name} --force"),
+                }));
+            }
         }
         match self.block(s3.delete_bucket().bucket(name).send()) {
             Ok(_) => Ok(None),
@@ -383,11 +474,18 @@ impl Buckets<'_> {
         }
     }
 
-    fn empty(&self, name: &str) -> Result<(), CommandError> {
+    /// Deletes every object under `prefix` and aborts its multipart uploads.
+    fn empty(&self, name: &str, prefix: &str) -> Result<(), CommandError> {
         let s3 = &self.clients.s3;
         loop {
             let listed = self
-                .block(s3.list_objects_v2().bucket(name).max_keys(1000).send())
+                .block(
+                    s3.list_objects_v2()
+                        .bucket(name)
+                        .prefix(prefix)
+                        .max_keys(1000)
+                        .send(),
+                )
                 .map_err(|e| self.sdk_error(&format!("failed to list bucket `{name}`"), e))?;
             if listed.contents().is_empty() {
                 break;
@@ -400,7 +498,12 @@ impl Buckets<'_> {
                     })?;
             }
         }
-        if let Ok(uploads) = self.block(s3.list_multipart_uploads().bucket(name).send()) {
+        if let Ok(uploads) = self.block(
+            s3.list_multipart_uploads()
+                .bucket(name)
+                .prefix(prefix)
+                .send(),
+        ) {
             for upload in uploads.uploads() {
                 let _ = self.block(
                     s3.abort_multipart_upload()

@@ -693,6 +693,7 @@ fn buckets_for<'a>(
         endpoint: storage.endpoint.as_deref(),
         target,
         hint: STORE_HINT,
+        owner: None,
     }
 }
 
@@ -746,9 +747,11 @@ fn delete_bucket(
     };
     let region = region_of(deployment);
     let clients = super::aws::clients::AwsClients::new(&region, storage.endpoint.as_deref())?;
-    match buckets_for(&clients, storage, &region, &deployment.target_name)
-        .delete(name, super::DestroyOptions { delete_data })?
-    {
+    match buckets_for(&clients, storage, &region, &deployment.target_name).delete(
+        name,
+        &storage.prefix,
+        super::DestroyOptions { delete_data },
+    )? {
         Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
         None => Ok((None, "deleted".to_string())),
     }
