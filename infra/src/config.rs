@@ -925,6 +925,12 @@ impl DeployConfig {
                 "`default_target: {default}` names no entry of `targets`"
             )));
         }
+        for (name, target) in &config.targets {
+            if let Some(region) = &target.region {
+                crate::regions::check(target.platform, region)
+                    .map_err(|error| invalid(format!("`targets.{name}`: {error}")))?;
+            }
+        }
         let key = &config.signing_key;
         let needed = match key.source {
             KeySourceKind::File => key.path.is_none().then_some("path"),

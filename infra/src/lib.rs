@@ -24,6 +24,7 @@ pub mod init;
 pub mod new;
 pub mod output;
 pub mod plan;
+pub mod regions;
 pub mod releases;
 pub mod render;
 pub mod replica;

@@ -144,7 +144,7 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
                 None => not_found,
             }
         }
-        ("POST", "v2/projects/p/locations/r/services") => {
+        ("POST", "v2/projects/p/locations/us-central1/services") => {
             let id = query.strip_prefix("serviceId=").unwrap();
             let mut service = body.clone();
             service["uri"] = json!(format!("https://{id}-abc.a.run.app"));
@@ -153,13 +153,14 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
             // Not done yet: deploy-kit must poll the operation.
             (
                 200,
-                json!({"name": format!("projects/p/locations/r/operations/create-{id}"), "done": false}),
+                json!({"name": format!("projects/p/locations/us-central1/operations/create-{id}"), "done": false}),
             )
         }
         ("GET", operation)
-            if operation.starts_with("v2/projects/p/locations/r/operations/create-") =>
+            if operation.starts_with("v2/projects/p/locations/us-central1/operations/create-") =>
         {
-            let id = operation.trim_start_matches("v2/projects/p/locations/r/operations/create-");
+            let id = operation
+                .trim_start_matches("v2/projects/p/locations/us-central1/operations/create-");
             (
                 200,
                 json!({"name": operation, "done": true, "response": fake.services[id]}),
@@ -177,15 +178,19 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
             fake.policies.insert(key, body["policy"].clone());
             (200, body["policy"].clone())
         }
-        ("GET", service) if service.starts_with("v2/projects/p/locations/r/services/") => {
-            let id = service.trim_start_matches("v2/projects/p/locations/r/services/");
+        ("GET", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
+            let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             match fake.services.get(id) {
                 Some(service) => (200, service.clone()),
                 None => not_found,
             }
         }
-        ("PATCH", service) if service.starts_with("v2/projects/p/locations/r/services/") => {
-            let id = service.trim_start_matches("v2/projects/p/locations/r/services/");
+        ("PATCH", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
+            let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             let mut updated = body.clone();
             updated["uri"] = fake.services[id]["uri"].clone();
             fake.services.insert(id.to_string(), updated.clone());
@@ -194,8 +199,10 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
                 json!({"name": "op-patch", "done": true, "response": updated}),
             )
         }
-        ("DELETE", service) if service.starts_with("v2/projects/p/locations/r/services/") => {
-            let id = service.trim_start_matches("v2/projects/p/locations/r/services/");
+        ("DELETE", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
+            let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             match fake.services.remove(id) {
                 Some(_) => (200, json!({"name": "op-delete", "done": true})),
                 None => not_found,
@@ -243,7 +250,7 @@ targets:
   run:
     platform: cloud-run
     project: p
-    region: r
+    region: us-central1
     instances: 3
     public: true
 signing_key:
@@ -307,8 +314,8 @@ fn cloud_run_target_gets_a_key_secret_once_and_a_public_service() {
         [
             "POST /v1/projects/p/secrets",
             "POST /v1/projects/p/secrets/svc-key:addVersion",
-            "POST /v2/projects/p/locations/r/services",
-            "POST /v2/projects/p/locations/r/services/svc-dev:setIamPolicy",
+            "POST /v2/projects/p/locations/us-central1/services",
+            "POST /v2/projects/p/locations/us-central1/services/svc-dev:setIamPolicy",
         ]
     );
     let seen = server.seen.lock().unwrap().clone();
@@ -375,7 +382,7 @@ fn cloud_run_target_gets_a_key_secret_once_and_a_public_service() {
     up_with(&config, &path, "run", &env, &mut progress).unwrap();
     assert_eq!(
         writes(&server, count),
-        ["PATCH /v2/projects/p/locations/r/services/svc-dev"]
+        ["PATCH /v2/projects/p/locations/us-central1/services/svc-dev"]
     );
 
     // Down: newest first.
@@ -384,7 +391,7 @@ fn cloud_run_target_gets_a_key_secret_once_and_a_public_service() {
     assert_eq!(
         writes(&server, count),
         [
-            "DELETE /v2/projects/p/locations/r/services/svc-dev",
+            "DELETE /v2/projects/p/locations/us-central1/services/svc-dev",
             "DELETE /v1/projects/p/secrets/svc-key",
         ]
     );

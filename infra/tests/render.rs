@@ -392,8 +392,13 @@ fn renamed_crate_config() -> String {
          targets:\n",
     );
     for platform in Platform::ALL {
+        let region = match platform {
+            Platform::CloudRun | Platform::CloudFunctions => "europe-west1",
+            Platform::AzureFunctions => "westeurope",
+            _ => "eu-west-1",
+        };
         text.push_str(&format!(
-            "  {name}:\n    platform: {name}\n    instances: 3\n    public: true\n    region: eu-west-1\n    project: acme-project\n",
+            "  {name}:\n    platform: {name}\n    instances: 3\n    public: true\n    region: {region}\n    project: acme-project\n",
             name = platform.name()
         ));
     }

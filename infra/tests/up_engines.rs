@@ -73,3 +73,24 @@ fn aws_target_without_the_aws_feature_names_the_rebuild() {
         "{stderr}"
     );
 }
+
+/// A region typo is a config error before anything runs, naming the region
+/// meant (`plan` and `up` load the config the same way).
+#[test]
+fn a_region_typo_is_refused_with_the_region_meant() {
+    let dir = project("native");
+    let config = std::fs::read_to_string(dir.join("deploy-kit.yaml")).unwrap();
+    std::fs::write(
+        dir.join("deploy-kit.yaml"),
+        config.replace("region: us-east-1", "region: us-esat-1"),
+    )
+    .unwrap();
+    let (code, stderr) = up(&dir);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "`targets.lambda`: `region: us-esat-1` is not an AWS region; did you mean `us-east-1`?"
+        ),
+        "{stderr}"
+    );
+}

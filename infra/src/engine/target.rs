@@ -616,8 +616,13 @@ mod tests {
     fn deployment(platform: Platform, engine: &str) -> Deployment {
         let dir = std::env::temp_dir().join(format!("deploy-kit-seam-{}", std::process::id()));
         let path = dir.join("deploy-kit.yaml");
+        let region = match platform {
+            Platform::CloudRun | Platform::CloudFunctions => "europe-west1",
+            Platform::AzureFunctions => "westeurope",
+            _ => "eu-west-1",
+        };
         let text = format!(
-            "version: 1\nservice: {{name: svc, environment: test, package: svc, image: ghcr.io/acme/svc:1}}\ntargets:\n  t: {{platform: {}, region: eu-west-1, engine: {engine}}}\n",
+            "version: 1\nservice: {{name: svc, environment: test, package: svc, image: ghcr.io/acme/svc:1}}\ntargets:\n  t: {{platform: {}, region: {region}, engine: {engine}}}\n",
             platform.name()
         );
         let config = DeployConfig::parse(&text, &path).unwrap();

@@ -926,7 +926,9 @@ mod tests {
     }
 
     fn state_bytes(target: &str) -> Vec<u8> {
-        serde_json::to_vec(&State::new("aws", "production", target)).unwrap()
+        let mut state = State::new("aws", "production", target);
+        state.id = "0123456789abcdef".into();
+        serde_json::to_vec(&state).unwrap()
     }
 
     #[test]

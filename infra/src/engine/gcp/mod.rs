@@ -334,9 +334,10 @@ mod tests {
 
     #[test]
     fn missing_project_or_region_says_where_to_add_it() {
-        let error =
-            settings("version: 1\ntargets:\n  run:\n    platform: cloud-run\n    region: r\n")
-                .unwrap_err();
+        let error = settings(
+            "version: 1\ntargets:\n  run:\n    platform: cloud-run\n    region: europe-west1\n",
+        )
+        .unwrap_err();
         assert!(
             error.message.contains("needs a GCP project"),
             "{}",
