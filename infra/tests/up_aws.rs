@@ -1577,6 +1577,20 @@ fn ownership_tags_guard_up_and_down() {
         [0; 4].map(|_| Some(tag.clone()))
     );
 
+    // A state made in another account: `down` refuses before anything.
+    let elsewhere = std::fs::read_to_string(project.state_path())
+        .unwrap()
+        .replace(":123456789012:", ":999999999999:");
+    std::fs::write(project.state_path(), elsewhere).unwrap();
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes"]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("the state's resources are in account `999999999999`, and the credentials are for account `123456789012`"),
+        "{stderr}"
+    );
+    assert!(cloud.function_exists(&function), "function kept");
+    std::fs::write(project.state_path(), state.to_string()).unwrap();
+
     // A state from another checkout (another id): `up` and `down` refuse,
     // and nothing changes.
     let mut other = state.clone();
