@@ -1,11 +1,18 @@
 //! `deploy-kit up` errors that need no cloud: the `pulumi` engine without
-//! the `pulumi` CLI, and an AWS target in a build without the `aws` feature.
+//! the `pulumi` CLI, a region typo, and an AWS target in a build without
+//! the `aws` feature (`.ci/test` runs this file with `--no-default-features`
+//! too).
 
 use assert_cmd::Command;
 
 fn project(engine: &str) -> std::path::PathBuf {
+    project_named(engine, engine)
+}
+
+/// [`project`] in a directory of its own (tests run in parallel).
+fn project_named(label: &str, engine: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "deploy-kit-engines-{engine}-{}",
+        "deploy-kit-engines-{label}-{}",
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
@@ -78,7 +85,7 @@ fn aws_target_without_the_aws_feature_names_the_rebuild() {
 /// meant (`plan` and `up` load the config the same way).
 #[test]
 fn a_region_typo_is_refused_with_the_region_meant() {
-    let dir = project("native");
+    let dir = project_named("region", "native");
     let config = std::fs::read_to_string(dir.join("deploy-kit.yaml")).unwrap();
     std::fs::write(
         dir.join("deploy-kit.yaml"),
