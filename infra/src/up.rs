@@ -239,17 +239,16 @@ fn prepare_image(
     Ok(())
 }
 
+/// `up local` through the same seam ([`crate::engine::target::Local`]):
+/// no config needed, nothing provisioned.
 fn up_local(args: Args) -> ExitCode {
-    match crate::up_local::run(&crate::up_local::UpLocalRequest {
-        kit_service: args.kit_service,
-        port: args.port,
-        wait: !args.no_wait,
-    }) {
+    let mut request = UpRequest::new(&cwd());
+    request.kit_service = args.kit_service;
+    request.port = args.port;
+    request.wait = !args.no_wait;
+    let env = |name: &str| std::env::var(name).ok();
+    match crate::engine::target::open_local().up(&request, &env) {
         Ok(code) => ExitCode::from(code),
-        Err(error) => {
-            eprintln!("error: {error}");
-            eprintln!("hint: {}", error.hint());
-            ExitCode::from(error.exit_code())
-        }
+        Err(error) => error.report(),
     }
 }

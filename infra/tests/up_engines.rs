@@ -11,10 +11,8 @@ fn project(engine: &str) -> std::path::PathBuf {
 
 /// [`project`] in a directory of its own (tests run in parallel).
 fn project_named(label: &str, engine: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "deploy-kit-engines-{label}-{}",
-        std::process::id()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("deploy-kit-engines-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("deploy-kit.yaml"),

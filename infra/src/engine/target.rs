@@ -94,26 +94,33 @@ pub trait TargetEngine {
         nginx: Option<PathBuf>,
         env: Env,
     ) -> Result<RolledBack, CommandError> {
-        let _ = (state, nginx, env);
-        let _ = chosen;
-        Err(unsupported_rollback(self.deployment()))
+        let _ = (state, chosen, nginx, env);
+        let (target, platform) = self.names();
+        Err(RollbackError::Unsupported {
+            target: target.to_string(),
+            platform: platform.to_string(),
+        }
+        .into())
     }
     /// The resource engine that reads live resources back (`plan --refresh`).
     fn reader(&self, env: Env) -> Result<Box<dyn Engine>, CommandError> {
         let _ = env;
-        let deployment = self.deployment();
+        let (target, platform) = self.names();
         Err(CommandError::new(
             format!(
-                "`plan --refresh` reads live resources of AWS targets; target `{}` (`{}`) cannot be read back yet",
-                deployment.target_name,
-                deployment.target.platform.name()
+                "`plan --refresh` reads live resources of AWS targets; target `{target}` (`{platform}`) cannot be read back yet"
             ),
             "run `plan` without `--refresh`; `doctor --online` checks the live bucket lifecycle and CORS (STO004, STO005, STO007)",
             2,
         ))
     }
-    /// The deployment this engine serves.
-    fn deployment(&self) -> &Deployment;
+    /// The target's name and platform, for messages.
+    fn names(&self) -> (&str, &str);
+}
+
+/// [`TargetEngine::names`] of a deployment.
+fn names_of(deployment: &Deployment) -> (&str, &str) {
+    (&deployment.target_name, deployment.target.platform.name())
 }
 
 fn unsupported_rollback(deployment: &Deployment) -> CommandError {
@@ -273,8 +280,8 @@ impl TargetEngine for Resources<'_> {
         self.expected_engine()
     }
 
-    fn deployment(&self) -> &Deployment {
-        self.deployment
+    fn names(&self) -> (&str, &str) {
+        names_of(self.deployment)
     }
 
     fn preflight(&self) -> Result<(), CommandError> {
@@ -539,8 +546,8 @@ impl TargetEngine for Compose<'_> {
         crate::engine::compose::ENGINE
     }
 
-    fn deployment(&self) -> &Deployment {
-        self.deployment
+    fn names(&self) -> (&str, &str) {
+        names_of(self.deployment)
     }
 
     fn up(&self, request: &UpRequest, env: Env) -> Result<u8, CommandError> {
@@ -580,6 +587,42 @@ impl TargetEngine for Compose<'_> {
     }
 }
 
+/// `deploy-kit up local`: the service built and run here on the embedded
+/// defaults ([`crate::up_local`]), with or without a config; nothing is
+/// provisioned, so there is nothing for `down` to remove.
+pub struct Local;
+
+/// The engine of `deploy-kit up local`.
+pub fn open_local() -> Box<dyn TargetEngine> {
+    Box::new(Local)
+}
+
+impl TargetEngine for Local {
+    fn name(&self) -> &'static str {
+        crate::up_local::LOCAL_TARGET
+    }
+
+    fn names(&self) -> (&str, &str) {
+        (crate::up_local::LOCAL_TARGET, "local")
+    }
+
+    fn up(&self, request: &UpRequest, _env: Env) -> Result<u8, CommandError> {
+        crate::up_local::run(&crate::up_local::UpLocalRequest {
+            kit_service: request.kit_service.clone(),
+            port: request.port,
+            wait: request.wait,
+        })
+        .map_err(|error| CommandError::new(error.to_string(), error.hint(), error.exit_code()))
+    }
+
+    fn down(&self, _delete_data: bool, _env: Env) -> Result<u8, CommandError> {
+        eprintln!(
+            "down: `up local` provisions nothing; its service stops with Ctrl-C (or when `--no-wait` returns)"
+        );
+        Ok(0)
+    }
+}
+
 /// `engine: pulumi`: the user's Pulumi CLI on the rendered program.
 struct Pulumi<'a> {
     deployment: &'a Deployment,
@@ -590,8 +633,8 @@ impl TargetEngine for Pulumi<'_> {
         "pulumi"
     }
 
-    fn deployment(&self) -> &Deployment {
-        self.deployment
+    fn names(&self) -> (&str, &str) {
+        names_of(self.deployment)
     }
 
     fn preflight(&self) -> Result<(), CommandError> {
