@@ -1555,7 +1555,7 @@ fn ownership_tags_guard_up_and_down() {
     assert_eq!(code, 2, "{stdout}\n{stderr}");
     assert!(
         stderr.contains(&format!(
-            "bucket `{}` exists and deploy-kit did not make it (no `deploy-kit:deployment` tag)",
+            "bucket `{}` exists and deploy-kit did not make it (no deploy-kit ownership tag)",
             project.bucket
         )),
         "{stderr}"

@@ -244,6 +244,7 @@ fn kubernetes_up_is_idempotent_keeps_the_key_on_stdin_and_down_reverses_it() {
     let first = "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o name*|1|
 kubectl -n vgi-ns get secret vgi-signing-key*|1|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
 kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
 ";
     project.answers(first);
@@ -285,6 +286,7 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
     project.answers(
         "kubectl config current-context*|0|kind-ci
 kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
 ",
     );
     let (_, stdout, stderr) = project.run(&["up", "cluster"]);
@@ -299,6 +301,7 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
     project.answers(
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
 ",
     );
     let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
@@ -314,6 +317,7 @@ fn kubernetes_down_refuses_another_context() {
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o name*|1|
 kubectl -n vgi-ns get secret vgi-signing-key*|1|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
 ",
     );
     project.run(&["up", "cluster"]);
@@ -332,6 +336,59 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
     );
 }
 
+/// Ownership on Kubernetes: the rendered objects carry the deployment's
+/// labels (service, environment, target); `up` refuses a Deployment of the
+/// same name labelled for another deployment, or unlabelled, unless
+/// `--adopt`; `down` refuses to delete one whose labels are not its own.
+#[test]
+fn kubernetes_up_and_down_refuse_another_deployments_objects() {
+    let project = Project::new("kubernetes-owner", KUBERNETES, &["kubectl"]);
+    let theirs = "kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"staging\",\"deploy-kit.dev/target\":\"cluster\"}\n";
+    let base = "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|1|
+kubectl -n vgi-ns get secret vgi-signing-key*|1|
+";
+    project.answers(&format!("{base}{theirs}"));
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("deployment.apps `vgi-ns/vgi` exists and belongs to deployment `vgi/staging/cluster`, not `vgi/ci/cluster`"),
+        "{stderr}"
+    );
+    let log = project.take_log();
+    assert!(
+        !log.contains("create") && !log.contains("apply"),
+        "nothing made: {log}"
+    );
+
+    // Unlabelled (made by hand): refused too, then taken over with --adopt.
+    project.answers(&format!(
+        "{base}kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{{\"app\":\"vgi\"}}\n"
+    ));
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("deploy-kit did not make it"), "{stderr}");
+    assert!(stderr.contains("`--adopt`"), "{stderr}");
+    project.take_log();
+    let (code, _, stderr) = project.run(&["up", "cluster", "--adopt"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(stderr.contains("ownership: taken over"), "{stderr}");
+    assert!(project.take_log().contains("kubectl apply -f"), "applied");
+
+    // Relabelled by another deployment since: `down` deletes nothing.
+    project.answers(&format!(
+        "kubectl config current-context*|0|kind-ci\n{theirs}"
+    ));
+    let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("`down` refuses to delete deployment.apps `vgi-ns/vgi`"),
+        "{stderr}"
+    );
+    assert!(!project.take_log().contains("delete"), "nothing deleted");
+    assert!(project.state("ci", "cluster").is_some());
+}
+
 /// `down` without `--yes`: refused with the list where no terminal can
 /// ask (CI, a pipe), asked on a terminal, where only `y` deletes.
 #[test]
@@ -341,6 +398,7 @@ fn down_asks_on_a_terminal_and_refuses_elsewhere_without_yes() {
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o name*|1|
 kubectl -n vgi-ns get secret vgi-signing-key*|1|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
 ",
     );
     let (code, _, stderr) = project.run(&["up", "cluster"]);
@@ -349,6 +407,7 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
     project.answers(
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
 ",
     );
 

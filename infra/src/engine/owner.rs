@@ -41,9 +41,7 @@ pub enum Claim {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OwnershipError {
     /// `up` found a resource another deployment made.
-    #[error(
-        "{kind} `{name}` exists and belongs to deployment `{owner}` (tag `{TAG_KEY}`), not `{ours}`"
-    )]
+    #[error("{kind} `{name}` exists and belongs to deployment `{owner}`, not `{ours}`")]
     Taken {
         kind: String,
         name: String,
@@ -51,11 +49,11 @@ pub enum OwnershipError {
         ours: String,
     },
     /// `up` found a resource deploy-kit did not make.
-    #[error("{kind} `{name}` exists and deploy-kit did not make it (no `{TAG_KEY}` tag)")]
+    #[error("{kind} `{name}` exists and deploy-kit did not make it (no deploy-kit ownership tag)")]
     Unmarked { kind: String, name: String },
     /// `down` was asked to delete a resource that is not this deployment's.
     #[error(
-        "`down` refuses to delete {kind} `{name}`: its `{TAG_KEY}` tag is {found}, not `{ours}`"
+        "`down` refuses to delete {kind} `{name}`: its deploy-kit ownership tag is {found}, not `{ours}`"
     )]
     NotOurs {
         kind: String,

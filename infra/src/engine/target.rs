@@ -201,7 +201,7 @@ impl Resources<'_> {
     ) -> Result<Box<dyn Engine>, CommandError> {
         let deployment = self.deployment;
         match self.family {
-            Family::Cli => crate::engine::cli::engine_for(deployment, previous, kit_service),
+            Family::Cli => crate::engine::cli::engine_for(deployment, previous, kit_service, owner),
             Family::Gcp => gcp_engine(deployment, env),
             Family::Aws => aws_engine(deployment, package, owner, env),
         }

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use super::{Cli, args, new_signing_key, sha256_hex};
 use crate::CommandError;
 use crate::deployment::Deployment;
+use crate::engine::owner::{Claim, Owner, OwnershipError};
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 use crate::render::{RenderOptions, Settings};
 
@@ -30,6 +31,14 @@ pub const NAMESPACE: &str = "namespace";
 pub const CONTEXT: &str = "context";
 /// The label on what deploy-kit creates.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The labels naming the deployment (service, environment, target) on
+/// every rendered object (`templates/k8s/`): `up` refuses to take over a
+/// Deployment carrying other values, `down` to delete one.
+pub const DEPLOYMENT_LABELS: [&str; 3] = [
+    "deploy-kit.dev/service",
+    "deploy-kit.dev/environment",
+    "deploy-kit.dev/target",
+];
 /// How long `kubectl rollout status` waits.
 pub const ROLLOUT_TIMEOUT_SECONDS: u64 = 300;
 /// The prometheus-operator API group the ServiceMonitor needs.
@@ -179,6 +188,8 @@ pub struct KubernetesEngine {
     output_dir: PathBuf,
     target_name: String,
     deployment: Deployment,
+    /// What `up` may take over (`--adopt`, the state's records).
+    owner: Option<Owner>,
 }
 
 impl KubernetesEngine {
@@ -189,9 +200,78 @@ impl KubernetesEngine {
             output_dir: deployment.output_dir.clone(),
             target_name: deployment.target_name.clone(),
             deployment: deployment.clone(),
+            owner: None,
         })
     }
 
+    /// The engine working for `owner` ([`crate::engine::owner`]).
+    pub fn owned_by(mut self, owner: Option<Owner>) -> KubernetesEngine {
+        self.owner = owner;
+        self
+    }
+
+    /// The values of [`DEPLOYMENT_LABELS`] this deployment's objects carry.
+    fn our_labels(&self) -> [String; 3] {
+        [
+            self.deployment.config.service.name.clone(),
+            self.deployment.config.service.environment.clone(),
+            self.target_name.clone(),
+        ]
+    }
+
+    /// Whose the rendered Deployment is: `None` when it does not exist,
+    /// else the `service/environment/target` its labels name (empty parts
+    /// for missing labels).
+    fn deployment_owner(&self) -> Result<Option<String>, CommandError> {
+        let Some(name) = &self.plan.deployment_name else {
+            return Ok(None);
+        };
+        let output = self.cli.run(
+            &self.namespaced(&[
+                "get",
+                "deployment.apps",
+                name,
+                "-o",
+                "jsonpath={.metadata.labels}",
+            ]),
+            None,
+            true,
+        )?;
+        if !output.success {
+            return Ok(None);
+        }
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(output.stdout.trim()).unwrap_or_default();
+        let found: Vec<&str> = DEPLOYMENT_LABELS
+            .iter()
+            .map(|key| labels.get(*key).map_or("", String::as_str))
+            .collect();
+        Ok(Some(found.join("/")))
+    }
+
+    /// `up`: refuses another deployment's Deployment of the same name
+    /// (labels), or one deploy-kit did not make, unless `--adopt` or the
+    /// state records it.
+    fn check_takeover(&self) -> Result<&'static str, CommandError> {
+        let (Some(owner), Some(name)) = (&self.owner, &self.plan.deployment_name) else {
+            return Ok("not checked");
+        };
+        let Some(found) = self.deployment_owner()? else {
+            return Ok("new");
+        };
+        let ours = self.our_labels().join("/");
+        let resource = format!("{}/{name}", self.plan.namespace);
+        let tag = (found != "//").then_some(found.as_str());
+        // Labels name the deployment without the state id: compare them.
+        let relabelled = Owner {
+            tag: ours.clone(),
+            ..owner.clone()
+        };
+        match relabelled.claim("deployment.apps", &resource, tag)? {
+            Claim::Ours => Ok("ours"),
+            Claim::Take => Ok("taken over"),
+        }
+    }
     fn namespaced(&self, rest: &[&str]) -> Vec<OsString> {
         let mut all = args(["-n", self.plan.namespace.as_str()]);
         all.extend(args(rest));
@@ -247,6 +327,10 @@ impl Engine for KubernetesEngine {
             let context = self.current_context()?;
             let shown = format!("`{context}`");
             Ok((context, shown))
+        })?;
+        progress.step("ownership", || {
+            let outcome = self.check_takeover()?;
+            Ok(((), outcome.to_string()))
         })?;
         let namespace = &self.plan.namespace;
         for want in desired {
@@ -392,6 +476,20 @@ impl Engine for KubernetesEngine {
                 ),
                 2,
             ));
+        }
+        if let Some(name) = &self.plan.deployment_name
+            && let Some(found) = self.deployment_owner()?
+        {
+            let ours = self.our_labels().join("/");
+            if found != ours {
+                return Err(OwnershipError::NotOurs {
+                    kind: "deployment.apps".into(),
+                    name: format!("{}/{name}", self.plan.namespace),
+                    found: format!("`{found}`"),
+                    ours,
+                }
+                .into());
+            }
         }
         let mut kept = Vec::new();
         for resource in state.resources.iter().rev() {

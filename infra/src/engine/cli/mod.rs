@@ -298,6 +298,7 @@ pub fn engine_for(
     deployment: &Deployment,
     previous: Option<State>,
     kit_service: Option<&Path>,
+    owner: Option<crate::engine::owner::Owner>,
 ) -> Result<Box<dyn Engine>, CommandError> {
     let program = find(
         tool_for(deployment.target.platform),
@@ -318,7 +319,7 @@ pub fn engine_for(
             previous,
             kit_service.map(Path::to_path_buf),
         )?),
-        _ => Box::new(kubernetes::KubernetesEngine::new(deployment, cli)?),
+        _ => Box::new(kubernetes::KubernetesEngine::new(deployment, cli)?.owned_by(owner)),
     })
 }
 
