@@ -527,9 +527,9 @@ impl CloudRunConfig {
     /// Cloud Run's rules for these settings, `instances` (max instances)
     /// and the request timeout, each broken one named.
     pub fn check(&self, instances: u32, timeout_seconds: u64) -> Result<(), String> {
-        let millis = self.cpu_millis().filter(|m| {
-            (80..1000).contains(m) || [1000, 2000, 4000, 6000, 8000].contains(m)
-        });
+        let millis = self
+            .cpu_millis()
+            .filter(|m| (80..1000).contains(m) || [1000, 2000, 4000, 6000, 8000].contains(m));
         let Some(millis) = millis else {
             return Err(format!(
                 "`cloud_run.cpu: {}` must be `1`, `2`, `4`, `6`, `8` or millicores from `80m` to `999m`",

@@ -105,7 +105,7 @@ impl GcpEngine {
             &iam_endpoint,
         ]
         .iter()
-            .any(|e| !e.starts_with("http://"));
+        .any(|e| !e.starts_with("http://"));
         let credentials = if needs_token {
             Credentials::discover(env).map_err(command_error)?
         } else {
@@ -187,10 +187,7 @@ impl GcpEngine {
         }
     }
 
-    fn destroy_account(
-        &self,
-        resource: &Resource,
-    ) -> Result<(String, Option<Kept>), CommandError> {
+    fn destroy_account(&self, resource: &Resource) -> Result<(String, Option<Kept>), CommandError> {
         let parts: Vec<&str> = resource.name.split('/').collect();
         let ["projects", project, "serviceAccounts", email] = parts.as_slice() else {
             return Ok(("skipped (not a service account name)".into(), None));
@@ -645,7 +642,10 @@ pub fn service_summary(service: &Value) -> Vec<(String, String)> {
             "concurrency".to_string(),
             text(template.get("maxInstanceRequestConcurrency")),
         ),
-        ("cpu".to_string(), text(container.pointer("/resources/limits/cpu"))),
+        (
+            "cpu".to_string(),
+            text(container.pointer("/resources/limits/cpu")),
+        ),
         (
             "memory".to_string(),
             text(container.pointer("/resources/limits/memory")),
@@ -950,14 +950,21 @@ mod tests {
         changed["template"]["containers"][0]["image"] = json!("i:2");
         assert_ne!(service_summary(&sent), service_summary(&changed));
         for (pointer, value) in [
-            ("/template/serviceAccount", json!("other@p.iam.gserviceaccount.com")),
+            (
+                "/template/serviceAccount",
+                json!("other@p.iam.gserviceaccount.com"),
+            ),
             ("/template/scaling/minInstanceCount", json!(1)),
             ("/template/maxInstanceRequestConcurrency", json!(10)),
             ("/template/containers/0/resources/limits/cpu", json!("2")),
         ] {
             let mut changed = returned.clone();
             *changed.pointer_mut(pointer).unwrap() = value;
-            assert_ne!(service_summary(&sent), service_summary(&changed), "{pointer}");
+            assert_ne!(
+                service_summary(&sent),
+                service_summary(&changed),
+                "{pointer}"
+            );
         }
     }
 }

@@ -88,7 +88,11 @@ impl IamApi {
     ) -> Result<Value, GcpError> {
         self.client.json(
             "POST",
-            &format!("{}/v1/projects/{}/serviceAccounts", self.iam, encode(project)),
+            &format!(
+                "{}/v1/projects/{}/serviceAccounts",
+                self.iam,
+                encode(project)
+            ),
             Some(&json!({
                 "accountId": account_id,
                 "serviceAccount": {

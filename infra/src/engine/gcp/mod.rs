@@ -148,7 +148,10 @@ pub struct RuntimeAccount {
 impl RuntimeAccount {
     /// `ID@PROJECT.iam.gserviceaccount.com`.
     pub fn email(&self) -> String {
-        format!("{}@{}.iam.gserviceaccount.com", self.account_id, self.project)
+        format!(
+            "{}@{}.iam.gserviceaccount.com",
+            self.account_id, self.project
+        )
     }
 
     /// `projects/P/serviceAccounts/EMAIL`.
@@ -409,9 +412,8 @@ impl GcpSettings {
             );
         }
         if let Some(runtime) = &self.runtime {
-            resources.push(
-                Resource::new(kind::ROLE, runtime.resource()).with(EMAIL, runtime.email()),
-            );
+            resources
+                .push(Resource::new(kind::ROLE, runtime.resource()).with(EMAIL, runtime.email()));
         }
         for grant in self.grants() {
             resources.push(
@@ -560,7 +562,12 @@ mod tests {
             "vgi-demo-prod@my-project.iam.gserviceaccount.com"
         );
         assert_eq!(
-            (&*service[CPU], &*service[MEMORY], &*service[CONCURRENCY], &*service[MIN_INSTANCES]),
+            (
+                &*service[CPU],
+                &*service[MEMORY],
+                &*service[CONCURRENCY],
+                &*service[MIN_INSTANCES]
+            ),
             ("1", "512Mi", "80", "0")
         );
         assert_eq!(service["env.KIT_STORAGE_BUCKET"], "my-vgi-rpc-data");
@@ -626,11 +633,19 @@ mod tests {
             (6..=30).contains(&id.len())
                 && id.starts_with(|c: char| c.is_ascii_lowercase())
                 && id.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         let long_a = "payments-gateway-service-staging-eu";
         let long_b = "payments-gateway-service-staging-us";
-        for name in ["a-b", "abc-d", "svc-dev", long_a, "x234567890123456789-1234567890"] {
+        for name in [
+            "a-b",
+            "abc-d",
+            "svc-dev",
+            long_a,
+            "x234567890123456789-1234567890",
+        ] {
             let id = runtime_account_id(name);
             assert!(valid(&id), "{name} -> {id}");
             assert_eq!(id, runtime_account_id(name), "deterministic");
