@@ -689,7 +689,7 @@ storage:
     .unwrap();
     assert_eq!(
         members(&stored, "roles/storage.objectAdmin"),
-        [member.clone()]
+        std::slice::from_ref(&member)
     );
     let before: usize = sent(1)["bindings"].as_array().unwrap().len();
     assert_eq!(stored["bindings"].as_array().unwrap().len(), before);
