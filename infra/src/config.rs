@@ -450,6 +450,138 @@ pub struct TargetConfig {
     /// Replaces `architecture` when set.
     #[serde(default)]
     pub architectures: Vec<Architecture>,
+    /// Cloud Run sizing (`cloud-run` targets only): cpu, memory, requests
+    /// per instance, warm instances. Max instances is `instances`, the
+    /// request timeout `limits.request_timeout_seconds`.
+    #[serde(default)]
+    pub cloud_run: Option<CloudRunConfig>,
+}
+
+/// `targets.<name>.cloud_run`: what each Cloud Run instance gets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudRunConfig {
+    /// vCPUs per instance: `1`, `2`, `4`, `6`, `8`, or millicores below one
+    /// (`500m`, which needs `concurrency: 1`).
+    #[serde(default = "cloud_run_cpu")]
+    pub cpu: String,
+    /// Memory per instance, `Mi` or `Gi` (`512Mi`, `2Gi`).
+    #[serde(default = "cloud_run_memory")]
+    pub memory: String,
+    /// Requests one instance serves at once (`maxInstanceRequestConcurrency`), 1-1000.
+    #[serde(default = "cloud_run_concurrency")]
+    pub concurrency: u32,
+    /// Instances kept warm (`minInstanceCount`), at most `instances`.
+    #[serde(default)]
+    pub min_instances: u32,
+}
+
+fn cloud_run_cpu() -> String {
+    "1".into()
+}
+
+fn cloud_run_memory() -> String {
+    "512Mi".into()
+}
+
+fn cloud_run_concurrency() -> u32 {
+    80
+}
+
+impl Default for CloudRunConfig {
+    fn default() -> CloudRunConfig {
+        CloudRunConfig {
+            cpu: cloud_run_cpu(),
+            memory: cloud_run_memory(),
+            concurrency: cloud_run_concurrency(),
+            min_instances: 0,
+        }
+    }
+}
+
+/// Cloud Run's longest request timeout.
+pub const CLOUD_RUN_MAX_TIMEOUT_SECONDS: u64 = 3600;
+
+impl CloudRunConfig {
+    /// The vCPUs as millicores: `1` -> 1000, `500m` -> 500.
+    pub fn cpu_millis(&self) -> Option<u32> {
+        let cpu = self.cpu.trim();
+        match cpu.strip_suffix('m') {
+            Some(millis) => millis.parse().ok(),
+            None => cpu.parse::<u32>().ok().and_then(|c| c.checked_mul(1000)),
+        }
+    }
+
+    /// The memory in MiB: `512Mi` -> 512, `2Gi` -> 2048.
+    pub fn memory_mib(&self) -> Option<u32> {
+        let memory = self.memory.trim();
+        if let Some(mib) = memory.strip_suffix("Mi") {
+            return mib.parse().ok();
+        }
+        memory
+            .strip_suffix("Gi")
+            .and_then(|gib| gib.parse::<u32>().ok())
+            .and_then(|gib| gib.checked_mul(1024))
+    }
+
+    /// Cloud Run's rules for these settings, `instances` (max instances)
+    /// and the request timeout, each broken one named.
+    pub fn check(&self, instances: u32, timeout_seconds: u64) -> Result<(), String> {
+        let millis = self
+            .cpu_millis()
+            .filter(|m| (80..1000).contains(m) || [1000, 2000, 4000, 6000, 8000].contains(m));
+        let Some(millis) = millis else {
+            return Err(format!(
+                "`cloud_run.cpu: {}` must be `1`, `2`, `4`, `6`, `8` or millicores from `80m` to `999m`",
+                self.cpu
+            ));
+        };
+        let Some(mib) = self.memory_mib().filter(|m| (128..=32 * 1024).contains(m)) else {
+            return Err(format!(
+                "`cloud_run.memory: {}` must be `128Mi` to `32Gi`, written with `Mi` or `Gi`",
+                self.memory
+            ));
+        };
+        // Cloud Run's memory ceiling per CPU, and the floors of 4+ CPUs.
+        let (floor, ceiling) = match millis {
+            0..=999 => (128, 1024),
+            1000 => (128, 4 * 1024),
+            2000 => (128, 8 * 1024),
+            4000 => (2 * 1024, 16 * 1024),
+            6000 => (4 * 1024, 24 * 1024),
+            _ => (4 * 1024, 32 * 1024),
+        };
+        if !(floor..=ceiling).contains(&mib) {
+            return Err(format!(
+                "`cloud_run.memory: {}` does not fit `cloud_run.cpu: {}`: Cloud Run allows {floor}Mi to {ceiling}Mi with that CPU",
+                self.memory, self.cpu
+            ));
+        }
+        if !(1..=1000).contains(&self.concurrency) {
+            return Err(format!(
+                "`cloud_run.concurrency: {}` must be 1 to 1000",
+                self.concurrency
+            ));
+        }
+        if millis < 1000 && self.concurrency != 1 {
+            return Err(format!(
+                "`cloud_run.cpu: {}` is below one vCPU, which Cloud Run allows only with `concurrency: 1`",
+                self.cpu
+            ));
+        }
+        if self.min_instances > instances {
+            return Err(format!(
+                "`cloud_run.min_instances: {}` is above `instances: {instances}` (the maximum)",
+                self.min_instances
+            ));
+        }
+        if !(1..=CLOUD_RUN_MAX_TIMEOUT_SECONDS).contains(&timeout_seconds) {
+            return Err(format!(
+                "`limits.request_timeout_seconds: {timeout_seconds}` is beyond Cloud Run's 1 to {CLOUD_RUN_MAX_TIMEOUT_SECONDS} seconds"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl TargetConfig {
@@ -964,6 +1096,20 @@ impl DeployConfig {
                 "`storage.credential: assumed-role` needs `storage.session_seconds`".into(),
             ));
         }
+        for (name, target) in &config.targets {
+            match (&target.cloud_run, target.platform) {
+                (None, _) => {}
+                (Some(cloud_run), Platform::CloudRun) => cloud_run
+                    .check(target.instances, config.limits.request_timeout_seconds)
+                    .map_err(|message| invalid(format!("target `{name}`: {message}")))?,
+                (Some(_), platform) => {
+                    return Err(invalid(format!(
+                        "target `{name}`: `cloud_run` settings are for `platform: cloud-run`, not `{}`",
+                        platform.name()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1323,5 +1469,47 @@ environments:
                 .unwrap_err()
                 .contains("no target `c`")
         );
+    }
+
+    #[test]
+    fn cloud_run_sizing_is_checked_against_cloud_runs_rules() {
+        let run = |block: &str| {
+            parse(&format!(
+                "version: 1\ntargets:\n  r:\n    platform: cloud-run\n    instances: 4\n    cloud_run: {block}\n"
+            ))
+        };
+        let config = run("{cpu: '2', memory: 1Gi, concurrency: 20, min_instances: 1}").unwrap();
+        let cloud_run = config.targets["r"].cloud_run.clone().unwrap();
+        assert_eq!(
+            (cloud_run.cpu_millis(), cloud_run.memory_mib()),
+            (Some(2000), Some(1024))
+        );
+        assert_eq!(
+            run("{}").unwrap().targets["r"].cloud_run,
+            Some(CloudRunConfig::default())
+        );
+        run("{cpu: 500m, concurrency: 1}").unwrap();
+        for (block, expect) in [
+            ("{cpu: '3'}", "`cloud_run.cpu: 3`"),
+            ("{memory: 512MB}", "`cloud_run.memory: 512MB`"),
+            ("{cpu: '4', memory: 1Gi}", "2048Mi to 16384Mi"),
+            ("{memory: 8Gi}", "128Mi to 4096Mi"),
+            ("{concurrency: 0}", "`cloud_run.concurrency: 0`"),
+            ("{cpu: 500m}", "only with `concurrency: 1`"),
+            ("{min_instances: 5}", "above `instances: 4`"),
+            ("{cpus: 2}", "cpus"),
+        ] {
+            let error = run(block).unwrap_err();
+            assert!(error.contains(expect), "{block}: {error}");
+        }
+        let error = parse(
+            "version: 1\nlimits: {request_timeout_seconds: 7200}\ntargets:\n  r:\n    platform: cloud-run\n    cloud_run: {}\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("request_timeout_seconds: 7200"), "{error}");
+        let error =
+            parse("version: 1\ntargets:\n  f:\n    platform: fly\n    cloud_run: {cpu: '1'}\n")
+                .unwrap_err();
+        assert!(error.contains("not `fly`"), "{error}");
     }
 }

@@ -280,7 +280,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "GOOGLE_APPLICATION_CREDENTIALS",
         default: "",
-        doc: "`gcs` backend: service-account JSON key file; its private key signs the V4 URLs and gets the upload token. Required for `gcs`.",
+        doc: "`gcs` backend: service-account JSON key file; its private key signs the V4 URLs and gets the upload token. Unset: the runtime identity signs through the metadata server and IAM `signBlob` (Cloud Run; needs `roles/iam.serviceAccountTokenCreator` on itself).",
+    },
+    Variable {
+        name: "GCE_METADATA_HOST",
+        default: "metadata.google.internal",
+        doc: "`gcs` backend without a key file: the metadata server (`host:port` or a URL) giving the runtime account's token and e-mail. First asked at the first upload; unreachable fails that request naming it.",
+    },
+    Variable {
+        name: "KIT_GCS_IAM_ENDPOINT",
+        default: "https://iamcredentials.googleapis.com",
+        doc: "`gcs` backend without a key file: IAM Credentials, whose `signBlob` signs the V4 URLs (tests: a fake on loopback).",
     },
     Variable {
         name: "AZURE_STORAGE_ACCOUNT",

@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::iam::{IAM_ENDPOINT, IamApi, is_ours};
 use super::{
-    CORS_MAX_AGE_SECONDS, CORS_METHOD_LIST, CORS_RESPONSE_HEADERS, GcpSettings, MANAGED_BY,
-    SecretSettings,
+    CORS_MAX_AGE_SECONDS, CORS_METHOD_LIST, CORS_RESPONSE_HEADERS, GRANT, GcpSettings, Grant,
+    MANAGED_BY, SecretSettings,
 };
 use crate::CommandError;
 use crate::config::DeployConfig;
@@ -36,6 +37,8 @@ use crate::gcp::{Client, Credentials, GcpError};
 pub const SECRET_MANAGER_ENDPOINT_VAR: &str = "DEPLOY_KIT_SECRET_MANAGER_ENDPOINT";
 /// Where the Cloud Run calls go (tests: a fake on 127.0.0.1).
 pub const CLOUD_RUN_ENDPOINT_VAR: &str = "DEPLOY_KIT_CLOUD_RUN_ENDPOINT";
+/// Where the IAM (service account) calls go (tests: a fake on 127.0.0.1).
+pub const IAM_ENDPOINT_VAR: &str = "DEPLOY_KIT_IAM_ENDPOINT";
 
 /// The GCP engine: settings and one client per API, sharing one credential.
 #[derive(Debug)]
@@ -44,6 +47,7 @@ pub struct GcpEngine {
     storage: StorageApi,
     secrets: SecretsApi,
     run: RunApi,
+    iam: IamApi,
 }
 
 /// A `GcpError` as a command error with the hint that fits it.
@@ -53,13 +57,13 @@ fn command_error(error: GcpError) -> CommandError {
             "set `GOOGLE_APPLICATION_CREDENTIALS` to a service-account key file, or run `gcloud auth application-default login`".to_string()
         }
         GcpError::Status { status: 401 | 403, .. } => {
-            "the credentials need roles/storage.admin, roles/secretmanager.admin and roles/run.admin on the project (and the APIs enabled: `gcloud services enable storage.googleapis.com secretmanager.googleapis.com run.googleapis.com`)".to_string()
+            "the credentials need roles/storage.admin, roles/secretmanager.admin, roles/run.admin, roles/iam.serviceAccountAdmin and roles/iam.serviceAccountUser on the project (and the APIs enabled: `gcloud services enable storage.googleapis.com secretmanager.googleapis.com run.googleapis.com iam.googleapis.com iamcredentials.googleapis.com`)".to_string()
         }
         GcpError::Status { status: 409, action, .. } if action.starts_with("create bucket") => {
             "bucket names are global across Google Cloud: pick another `storage.bucket`".to_string()
         }
         GcpError::Unreachable { .. } => {
-            "check the network, and `STORAGE_EMULATOR_HOST`, `DEPLOY_KIT_SECRET_MANAGER_ENDPOINT` or `DEPLOY_KIT_CLOUD_RUN_ENDPOINT` if set".to_string()
+            "check the network, and `STORAGE_EMULATOR_HOST`, `DEPLOY_KIT_SECRET_MANAGER_ENDPOINT`, `DEPLOY_KIT_CLOUD_RUN_ENDPOINT` or `DEPLOY_KIT_IAM_ENDPOINT` if set".to_string()
         }
         _ => "run `deploy-kit up` again; every step is idempotent".to_string(),
     };
@@ -91,9 +95,15 @@ impl GcpEngine {
         );
         let run_endpoint =
             endpoint_override(env, CLOUD_RUN_ENDPOINT_VAR, crate::gcp::CLOUD_RUN_ENDPOINT);
-        let needs_token = [&storage_endpoint, &secrets_endpoint, &run_endpoint]
-            .iter()
-            .any(|e| !e.starts_with("http://"));
+        let iam_endpoint = endpoint_override(env, IAM_ENDPOINT_VAR, IAM_ENDPOINT);
+        let needs_token = [
+            &storage_endpoint,
+            &secrets_endpoint,
+            &run_endpoint,
+            &iam_endpoint,
+        ]
+        .iter()
+        .any(|e| !e.starts_with("http://"));
         let credentials = if needs_token {
             Credentials::discover(env).map_err(command_error)?
         } else {
@@ -104,13 +114,110 @@ impl GcpEngine {
             settings,
             storage: StorageApi::new(client.clone(), &storage_endpoint),
             secrets: SecretsApi::new(client.clone(), &secrets_endpoint),
+            iam: IamApi::new(
+                client.clone(),
+                &iam_endpoint,
+                &secrets_endpoint,
+                &storage_endpoint,
+            ),
             run: RunApi::new(client, &run_endpoint),
         })
     }
 
-    /// Shortens Cloud Run's operation polling (tests).
+    /// Shortens Cloud Run's operation polling and IAM's retries (tests).
     pub fn set_poll_interval(&mut self, interval: std::time::Duration) {
         self.run.poll_interval = interval;
+        self.iam.retry_interval = interval;
+    }
+
+    /// The runtime account: created once, described as deploy-kit's.
+    fn apply_account(&self, resource: &Resource) -> Result<(Resource, String), CommandError> {
+        let (Some(runtime), Some(service)) = (&self.settings.runtime, &self.settings.service)
+        else {
+            return Ok((resource.clone(), "unchanged".into()));
+        };
+        let email = runtime.email();
+        let mut outcome = "unchanged";
+        if self
+            .iam
+            .get_account(&runtime.project, &email)
+            .map_err(command_error)?
+            .is_none()
+        {
+            match self
+                .iam
+                .create_account(&runtime.project, &runtime.account_id, service)
+            {
+                Ok(_) => outcome = "created",
+                // Made by a concurrent run between our GET and POST: use it.
+                Err(error) if error.is_conflict() => {}
+                Err(error) => return Err(command_error(error)),
+            }
+        }
+        let mut made = resource.clone();
+        made.outputs.insert("email".into(), email);
+        Ok((made, outcome.to_string()))
+    }
+
+    /// One binding, written only when the policy lacks it.
+    fn apply_grant(&self, resource: &Resource) -> Result<(Resource, String), CommandError> {
+        let grant = Grant::of(resource).ok_or_else(|| {
+            CommandError::new(
+                format!("grant `{}` has no resource, role or member", resource.name),
+                "this is a bug in deploy-kit",
+                1,
+            )
+        })?;
+        let outcome = match self.iam.ensure(&grant).map_err(command_error)? {
+            true => format!("granted `{}` to `{}`", grant.role, grant.member),
+            false => "unchanged".to_string(),
+        };
+        Ok((resource.clone(), outcome))
+    }
+
+    fn destroy_grant(&self, resource: &Resource) -> Result<String, CommandError> {
+        let Some(grant) = Grant::of(resource) else {
+            return Ok("skipped (not a grant)".into());
+        };
+        match self.iam.revoke(&grant).map_err(command_error)? {
+            true => Ok("revoked".into()),
+            false => Ok("already gone".into()),
+        }
+    }
+
+    fn destroy_account(&self, resource: &Resource) -> Result<(String, Option<Kept>), CommandError> {
+        let parts: Vec<&str> = resource.name.split('/').collect();
+        let ["projects", project, "serviceAccounts", email] = parts.as_slice() else {
+            return Ok(("skipped (not a service account name)".into(), None));
+        };
+        let Some(account) = self
+            .iam
+            .get_account(project, email)
+            .map_err(command_error)?
+        else {
+            return Ok(("already gone".into(), None));
+        };
+        if !is_ours(&account) {
+            return Ok((
+                "kept".into(),
+                Some(Kept {
+                    resource: resource.clone(),
+                    reason: format!(
+                        "service account `{email}` was not created by deploy-kit (its description does not start with `{}`)",
+                        super::iam::ACCOUNT_MARKER
+                    ),
+                    command: format!("gcloud iam service-accounts delete {email}"),
+                }),
+            ));
+        }
+        match self
+            .iam
+            .delete_account(project, email)
+            .map_err(command_error)?
+        {
+            true => Ok(("deleted".into(), None)),
+            false => Ok(("already gone".into(), None)),
+        }
     }
 
     /// The lifecycle rules and CORS entries deploy-kit wants on the bucket.
@@ -347,19 +454,29 @@ impl GcpEngine {
                 "valueSource": {"secretKeyRef": {"secret": keys.resource(), "version": "latest"}},
             }));
         }
-        json!({
+        let cloud_run = &self.settings.cloud_run;
+        let mut body = json!({
             "labels": { MANAGED_BY.0: MANAGED_BY.1 },
             "ingress": "INGRESS_TRAFFIC_ALL",
             "template": {
-                "scaling": {"maxInstanceCount": self.settings.instances},
+                "scaling": {
+                    "minInstanceCount": cloud_run.min_instances,
+                    "maxInstanceCount": self.settings.instances,
+                },
+                "maxInstanceRequestConcurrency": cloud_run.concurrency,
                 "timeout": format!("{}s", self.settings.timeout_seconds),
                 "containers": [{
                     "image": self.settings.image,
                     "ports": [{"containerPort": 8080}],
+                    "resources": {"limits": {"cpu": cloud_run.cpu, "memory": cloud_run.memory}},
                     "env": env,
                 }],
             },
-        })
+        });
+        if let Some(runtime) = &self.settings.runtime {
+            body["template"]["serviceAccount"] = runtime.email().into();
+        }
+        body
     }
 
     fn apply_service(&self, resource: &Resource) -> Result<(Resource, String), CommandError> {
@@ -514,6 +631,27 @@ pub fn service_summary(service: &Value) -> Vec<(String, String)> {
             "max_instances".to_string(),
             text(template.pointer("/scaling/maxInstanceCount")),
         ),
+        // Google leaves out a zero minimum.
+        ("min_instances".to_string(), {
+            let min = text(template.pointer("/scaling/minInstanceCount"));
+            if min.is_empty() { "0".to_string() } else { min }
+        }),
+        (
+            "concurrency".to_string(),
+            text(template.get("maxInstanceRequestConcurrency")),
+        ),
+        (
+            "cpu".to_string(),
+            text(container.pointer("/resources/limits/cpu")),
+        ),
+        (
+            "memory".to_string(),
+            text(container.pointer("/resources/limits/memory")),
+        ),
+        (
+            "service_account".to_string(),
+            text(template.get("serviceAccount")),
+        ),
         ("timeout".to_string(), text(template.get("timeout"))),
     ];
     let mut env: Vec<(String, String)> = container
@@ -558,6 +696,8 @@ impl Engine for GcpEngine {
             let resource = progress.step(&resource.address(), || match resource.kind.as_str() {
                 kind::BUCKET => self.apply_bucket(resource),
                 kind::SECRET => self.apply_secret(resource),
+                kind::ROLE => self.apply_account(resource),
+                GRANT => self.apply_grant(resource),
                 kind::FUNCTION => self.apply_service(resource),
                 other => Err(CommandError::new(
                     format!("the GCP engine has no resource kind `{other}`"),
@@ -584,6 +724,10 @@ impl Engine for GcpEngine {
                     .destroy_bucket(resource, options)
                     .map(|(outcome, left)| (left, outcome)),
                 kind::SECRET => self.destroy_secret(resource).map(|o| (None, o)),
+                kind::ROLE => self
+                    .destroy_account(resource)
+                    .map(|(outcome, left)| (left, outcome)),
+                GRANT => self.destroy_grant(resource).map(|o| (None, o)),
                 kind::FUNCTION => self.destroy_service(resource).map(|o| (None, o)),
                 _ => Ok((None, "skipped (unknown kind)".to_string())),
             })?;
@@ -643,12 +787,15 @@ mod tests {
     #[test]
     fn service_summary_ignores_googles_extra_fields() {
         let sent = json!({"ingress": "INGRESS_TRAFFIC_ALL", "template": {
-            "scaling": {"maxInstanceCount": 3}, "timeout": "300s",
-            "containers": [{"image": "i:1", "env": [
+            "scaling": {"maxInstanceCount": 3, "minInstanceCount": 0}, "timeout": "300s",
+            "maxInstanceRequestConcurrency": 80,
+            "serviceAccount": "1-compute@developer.gserviceaccount.com",
+            "containers": [{"image": "i:1", "resources": {"limits": {"cpu": "1"}}, "env": [
                 {"name": "B", "value": "2"}, {"name": "A", "value": "1"},
                 {"name": "K", "valueSource": {"secretKeyRef": {"secret": "projects/p/secrets/k", "version": "latest"}}}]}]}});
         let returned = json!({"uri": "https://x.run.app", "generation": "4", "ingress": "INGRESS_TRAFFIC_ALL",
             "template": {"scaling": {"maxInstanceCount": 3, "minInstanceCount": 0}, "timeout": "300s",
+            "maxInstanceRequestConcurrency": 80,
             "serviceAccount": "1-compute@developer.gserviceaccount.com",
             "containers": [{"image": "i:1", "resources": {"limits": {"cpu": "1"}}, "env": [
                 {"name": "A", "value": "1"}, {"name": "B", "value": "2"},
@@ -657,5 +804,22 @@ mod tests {
         let mut changed = returned.clone();
         changed["template"]["containers"][0]["image"] = json!("i:2");
         assert_ne!(service_summary(&sent), service_summary(&changed));
+        for (pointer, value) in [
+            (
+                "/template/serviceAccount",
+                json!("other@p.iam.gserviceaccount.com"),
+            ),
+            ("/template/scaling/minInstanceCount", json!(1)),
+            ("/template/maxInstanceRequestConcurrency", json!(10)),
+            ("/template/containers/0/resources/limits/cpu", json!("2")),
+        ] {
+            let mut changed = returned.clone();
+            *changed.pointer_mut(pointer).unwrap() = value;
+            assert_ne!(
+                service_summary(&sent),
+                service_summary(&changed),
+                "{pointer}"
+            );
+        }
     }
 }

@@ -10,20 +10,31 @@
 //!    the same prefix, and CORS for `storage.cors_origins`;
 //! 2. the signing-key secret (`signing_key.source: secret` with a `gcp:`
 //!    reference): created once with one generated version;
-//! 3. the Cloud Run service (`cloud-run` only): the image, max instances,
-//!    request timeout, env pointing at the bucket and the key secret, public
-//!    when `public: true`. `cloud-functions` targets get 1 and 2 only: a
+//! 3. the runtime service account (`cloud-run` only), `<service>-<env>`
+//!    shortened to IAM's 6-30 characters ([`runtime_account_id`]);
+//! 4. its grants, each on one resource, never on the project:
+//!    `roles/secretmanager.secretAccessor` on the signing-key secret (and on
+//!    the `auth.api_keys` secret, which the revision mounts too),
+//!    `roles/storage.objectAdmin` on the bucket, and
+//!    `roles/iam.serviceAccountTokenCreator` on the account itself, which
+//!    kit-service needs to sign URLs through IAM `signBlob` (no key file);
+//! 5. the Cloud Run service (`cloud-run` only): the image, the runtime
+//!    account, cpu, memory, concurrency, min and max instances, request
+//!    timeout, env pointing at the bucket and the key secret, public when
+//!    `public: true`. `cloud-functions` targets get 1 and 2 only: a
 //!    function is deployed from source by `gcloud functions deploy`, which
 //!    deploy-kit does not drive.
 
 #[cfg(feature = "gcp")]
 pub mod apply;
+#[cfg(feature = "gcp")]
+pub mod iam;
 
 use kit_checks::facts::StorageProvider;
 use kit_checks::platform::Platform;
 
 use crate::CommandError;
-use crate::config::{DeployConfig, KeySourceKind, TargetConfig};
+use crate::config::{CloudRunConfig, DeployConfig, KeySourceKind, TargetConfig};
 use crate::engine::{Resource, kind, setting};
 
 /// Bucket setting: the bucket's location (the target's region).
@@ -38,6 +49,26 @@ pub const MAX_INSTANCES: &str = "max_instances";
 pub const TIMEOUT_SECONDS: &str = "timeout_seconds";
 pub const PUBLIC: &str = "public";
 pub const ENV_NAMES: &str = "env";
+pub const SERVICE_ACCOUNT: &str = "service_account";
+pub const CPU: &str = "cpu";
+pub const MEMORY: &str = "memory";
+pub const CONCURRENCY: &str = "concurrency";
+pub const MIN_INSTANCES: &str = "min_instances";
+/// Grant settings: the resource, the role and the member.
+pub const GRANT_RESOURCE: &str = "resource";
+pub const GRANT_ROLE: &str = "role";
+pub const GRANT_MEMBER: &str = "member";
+/// Service-account setting: its e-mail.
+pub const EMAIL: &str = "email";
+
+/// The resource kind of one IAM binding (role + member on one resource).
+pub const GRANT: &str = "grant";
+/// Reads secret versions: what Cloud Run needs to mount a secret.
+pub const SECRET_ACCESSOR: &str = "roles/secretmanager.secretAccessor";
+/// Objects (not the bucket's settings) of one bucket.
+pub const OBJECT_ADMIN: &str = "roles/storage.objectAdmin";
+/// `iam.serviceAccounts.signBlob` and tokens: kit-service's URL signing.
+pub const TOKEN_CREATOR: &str = "roles/iam.serviceAccountTokenCreator";
 
 /// Methods the bucket's CORS entry allows: downloads, and uploads to vended URLs.
 pub const CORS_METHOD_LIST: &[&str] = &["GET", "HEAD", "PUT"];
@@ -100,6 +131,91 @@ pub struct GcpSettings {
     /// `auth.api_keys`: the Secret Manager secret the service reads as
     /// `KIT_API_KEYS` (a `secretKeyRef`, never a value in the service body).
     pub api_keys: Option<SecretSettings>,
+    /// The identity the revision runs as (`cloud-run` only).
+    pub runtime: Option<RuntimeAccount>,
+    /// cpu, memory, concurrency and min instances (`cloud_run:`, else defaults).
+    pub cloud_run: CloudRunConfig,
+}
+
+/// The runtime service account of a Cloud Run service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeAccount {
+    pub project: String,
+    /// The account id, 6-30 characters.
+    pub account_id: String,
+}
+
+impl RuntimeAccount {
+    /// `ID@PROJECT.iam.gserviceaccount.com`.
+    pub fn email(&self) -> String {
+        format!(
+            "{}@{}.iam.gserviceaccount.com",
+            self.account_id, self.project
+        )
+    }
+
+    /// `projects/P/serviceAccounts/EMAIL`.
+    pub fn resource(&self) -> String {
+        format!("projects/{}/serviceAccounts/{}", self.project, self.email())
+    }
+
+    /// `serviceAccount:EMAIL`, as IAM bindings name it.
+    pub fn member(&self) -> String {
+        format!("serviceAccount:{}", self.email())
+    }
+}
+
+/// One IAM binding deploy-kit keeps: `role` for `member` on `resource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// `projects/P/secrets/S`, `projects/_/buckets/B` or `projects/P/serviceAccounts/E`.
+    pub resource: String,
+    pub role: String,
+    pub member: String,
+}
+
+impl Grant {
+    /// The state and plan name: `RESOURCE#ROLE`.
+    pub fn name(&self) -> String {
+        format!("{}#{}", self.resource, self.role)
+    }
+
+    /// Reads a grant back from its resource.
+    pub fn of(resource: &Resource) -> Option<Grant> {
+        Some(Grant {
+            resource: resource.settings.get(GRANT_RESOURCE)?.clone(),
+            role: resource.settings.get(GRANT_ROLE)?.clone(),
+            member: resource.settings.get(GRANT_MEMBER)?.clone(),
+        })
+    }
+}
+
+/// The runtime account id for a Cloud Run service name: the name itself
+/// when it fits IAM's `[a-z][-a-z0-9]{4,28}[a-z0-9]`; a short name gains
+/// `-run`; a long one keeps its first 21 characters and adds `-` and 8 hex
+/// digits of its SHA-256, so two long names sharing a start stay apart and
+/// the same name always gives the same id.
+///
+/// ```
+/// use deploy_kit::engine::gcp::runtime_account_id;
+/// assert_eq!(runtime_account_id("vgi-demo-prod"), "vgi-demo-prod");
+/// assert_eq!(runtime_account_id("a-b"), "a-b-run");
+/// let long = runtime_account_id("a-very-long-service-name-production");
+/// assert_eq!(long.len(), 30);
+/// assert!(long.starts_with("a-very-long-service-n-"));
+/// ```
+pub fn runtime_account_id(service: &str) -> String {
+    use sha2::Digest;
+    if service.len() < 6 {
+        return format!("{}-run", service.trim_end_matches('-'));
+    }
+    if service.len() <= 30 && !service.ends_with('-') {
+        return service.to_string();
+    }
+    let digest = sha2::Sha256::digest(service.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let head: String = service.chars().take(21).collect();
+    format!("{}-{hash}", head.trim_end_matches('-'))
 }
 
 fn invalid(target: &str, message: String, hint: String) -> CommandError {
@@ -209,6 +325,22 @@ impl GcpSettings {
                 Some(SecretSettings { project, secret })
             }
         };
+        let cloud_run = target.cloud_run.clone().unwrap_or_default();
+        if target.platform == Platform::CloudRun {
+            cloud_run
+                .check(target.instances, config.limits.request_timeout_seconds)
+                .map_err(|message| {
+                    invalid(
+                        target_name,
+                        message,
+                        format!("change `targets.{target_name}.cloud_run` or `limits`"),
+                    )
+                })?;
+        }
+        let runtime = service.as_ref().map(|name| RuntimeAccount {
+            project: project.clone(),
+            account_id: runtime_account_id(name),
+        });
         Ok(GcpSettings {
             target_name: target_name.to_string(),
             platform: target.platform,
@@ -223,7 +355,34 @@ impl GcpSettings {
             timeout_seconds: config.limits.request_timeout_seconds,
             service_env,
             api_keys,
+            runtime,
+            cloud_run,
         })
+    }
+
+    /// The bindings the runtime account needs, each on one resource.
+    pub fn grants(&self) -> Vec<Grant> {
+        let Some(runtime) = &self.runtime else {
+            return Vec::new();
+        };
+        let member = runtime.member();
+        let grant = |resource: String, role: &str| Grant {
+            resource,
+            role: role.to_string(),
+            member: member.clone(),
+        };
+        let mut grants = Vec::new();
+        for secret in [&self.secret, &self.api_keys].into_iter().flatten() {
+            grants.push(grant(secret.resource(), SECRET_ACCESSOR));
+        }
+        if let Some(bucket) = &self.bucket {
+            grants.push(grant(
+                format!("projects/_/buckets/{}", bucket.bucket),
+                OBJECT_ADMIN,
+            ));
+        }
+        grants.push(grant(runtime.resource(), TOKEN_CREATOR));
+        grants
     }
 
     /// The desired resources, in creation order. Settings never carry a
@@ -252,6 +411,18 @@ impl GcpSettings {
                 Resource::new(kind::SECRET, secret.resource()).with(REPLICATION, "automatic"),
             );
         }
+        if let Some(runtime) = &self.runtime {
+            resources
+                .push(Resource::new(kind::ROLE, runtime.resource()).with(EMAIL, runtime.email()));
+        }
+        for grant in self.grants() {
+            resources.push(
+                Resource::new(GRANT, grant.name())
+                    .with(GRANT_RESOURCE, &grant.resource)
+                    .with(GRANT_ROLE, &grant.role)
+                    .with(GRANT_MEMBER, &grant.member),
+            );
+        }
         if let Some(service) = &self.service {
             let mut env_names: Vec<&str> = self
                 .service_env
@@ -270,9 +441,16 @@ impl GcpSettings {
             )
             .with(IMAGE, &self.image)
             .with(MAX_INSTANCES, self.instances.to_string())
+            .with(MIN_INSTANCES, self.cloud_run.min_instances.to_string())
+            .with(CPU, &self.cloud_run.cpu)
+            .with(MEMORY, &self.cloud_run.memory)
+            .with(CONCURRENCY, self.cloud_run.concurrency.to_string())
             .with(TIMEOUT_SECONDS, self.timeout_seconds.to_string())
             .with(PUBLIC, self.public.to_string())
             .with(ENV_NAMES, env_names.join(","));
+            if let Some(runtime) = &self.runtime {
+                resource = resource.with(SERVICE_ACCOUNT, runtime.email());
+            }
             for (name, value) in &self.service_env {
                 resource = resource.with(&format!("env.{name}"), value);
             }
@@ -318,16 +496,40 @@ mod tests {
             [
                 "bucket/my-vgi-rpc-data",
                 "secret/projects/my-project/secrets/vgi-signing-key",
+                "role/projects/my-project/serviceAccounts/vgi-demo-prod@my-project.iam.gserviceaccount.com",
+                "grant/projects/my-project/secrets/vgi-signing-key#roles/secretmanager.secretAccessor",
+                "grant/projects/my-project/secrets/vgi-api-keys#roles/secretmanager.secretAccessor",
+                "grant/projects/_/buckets/my-vgi-rpc-data#roles/storage.objectAdmin",
+                "grant/projects/my-project/serviceAccounts/vgi-demo-prod@my-project.iam.gserviceaccount.com#roles/iam.serviceAccountTokenCreator",
                 "function/projects/my-project/locations/europe-west1/services/vgi-demo-prod",
             ]
         );
+        for grant in &desired[3..7] {
+            assert_eq!(
+                grant.settings[GRANT_MEMBER],
+                "serviceAccount:vgi-demo-prod@my-project.iam.gserviceaccount.com"
+            );
+        }
         let bucket = &desired[0].settings;
         assert_eq!(bucket[setting::LIFECYCLE_PREFIX], "vgi-rpc/");
         assert_eq!(bucket[setting::LIFECYCLE_EXPIRATION_DAYS], "1");
         assert_eq!(bucket[setting::LIFECYCLE_ABORT_MULTIPART_DAYS], "1");
         assert_eq!(bucket[setting::CORS_ORIGINS], "https://app.example.com");
-        let service = &desired[2].settings;
+        let service = &desired[7].settings;
         assert_eq!(service[MAX_INSTANCES], "10");
+        assert_eq!(
+            service[SERVICE_ACCOUNT],
+            "vgi-demo-prod@my-project.iam.gserviceaccount.com"
+        );
+        assert_eq!(
+            (
+                &*service[CPU],
+                &*service[MEMORY],
+                &*service[CONCURRENCY],
+                &*service[MIN_INSTANCES]
+            ),
+            ("1", "512Mi", "80", "0")
+        );
         assert_eq!(service["env.KIT_STORAGE_BUCKET"], "my-vgi-rpc-data");
         assert!(service[ENV_NAMES].contains("VGI_SIGNING_KEY"));
     }
@@ -384,5 +586,40 @@ mod tests {
             Some(("p".into(), "s".into()))
         );
         assert_eq!(parse_secret_reference("gcp:projects/p/secrets/s/x"), None);
+    }
+
+    #[test]
+    fn runtime_account_ids_fit_iams_rule_and_are_stable() {
+        let valid = |id: &str| {
+            (6..=30).contains(&id.len())
+                && id.starts_with(|c: char| c.is_ascii_lowercase())
+                && id.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        let long_a = "payments-gateway-service-staging-eu";
+        let long_b = "payments-gateway-service-staging-us";
+        for name in [
+            "a-b",
+            "abc-d",
+            "svc-dev",
+            long_a,
+            "x234567890123456789-1234567890",
+        ] {
+            let id = runtime_account_id(name);
+            assert!(valid(&id), "{name} -> {id}");
+            assert_eq!(id, runtime_account_id(name), "deterministic");
+        }
+        assert_ne!(runtime_account_id(long_a), runtime_account_id(long_b));
+        // 21 characters ending in `-` drop it before the hash.
+        assert!(!runtime_account_id("abcdefghijklmnopqrst-uvwxyz-0123").contains("--"));
+    }
+
+    #[test]
+    fn cloud_functions_get_no_runtime_account_or_grants() {
+        let yaml = EXAMPLE.replace("platform: cloud-run ", "platform: cloud-functions ");
+        let settings = settings(&yaml).unwrap();
+        assert!(settings.runtime.is_none() && settings.grants().is_empty());
     }
 }
