@@ -37,6 +37,8 @@ type Handler = dyn Fn(&Seen, &mut Fake) -> (u16, Value) + Send;
 #[derive(Default)]
 struct Fake {
     secrets: HashMap<String, Vec<String>>,
+    /// The labels of each secret, as created or patched.
+    secret_labels: HashMap<String, Value>,
     services: HashMap<String, Value>,
     policies: HashMap<String, Value>,
     /// Service accounts by e-mail.
@@ -252,6 +254,8 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
             assert_eq!(body["replication"], json!({"automatic": {}}), "{body}");
             let id = query.strip_prefix("secretId=").unwrap();
             fake.secrets.insert(id.to_string(), Vec::new());
+            fake.secret_labels
+                .insert(id.to_string(), body["labels"].clone());
             (200, json!({"name": format!("projects/p/secrets/{id}")}))
         }
         ("GET", secret) if secret.starts_with("v1/projects/p/secrets/") => {
@@ -266,9 +270,22 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
                 return (200, json!({"versions": versions}));
             }
             match fake.secrets.get(rest) {
-                Some(_) => (200, json!({"name": format!("projects/p/secrets/{rest}")})),
+                Some(_) => (
+                    200,
+                    json!({"name": format!("projects/p/secrets/{rest}"), "labels": fake.secret_labels.get(rest)}),
+                ),
                 None => not_found,
             }
+        }
+        ("PATCH", secret) if secret.starts_with("v1/projects/p/secrets/") => {
+            assert_eq!(query, "updateMask=labels");
+            let id = secret.trim_start_matches("v1/projects/p/secrets/");
+            fake.secret_labels
+                .insert(id.to_string(), body["labels"].clone());
+            (
+                200,
+                json!({"name": format!("projects/p/secrets/{id}"), "labels": body["labels"]}),
+            )
         }
         ("POST", add) if add.ends_with(":addVersion") => {
             let id = add
@@ -307,20 +324,25 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
         ("GET", operation)
             if operation.starts_with("v2/projects/p/locations/us-central1/operations/create-") =>
         {
-            let id = operation.trim_start_matches("v2/projects/p/locations/us-central1/operations/create-");
+            let id = operation
+                .trim_start_matches("v2/projects/p/locations/us-central1/operations/create-");
             (
                 200,
                 json!({"name": operation, "done": true, "response": fake.services[id]}),
             )
         }
-        ("GET", service) if service.starts_with("v2/projects/p/locations/us-central1/services/") => {
+        ("GET", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
             let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             match fake.services.get(id) {
                 Some(service) => (200, service.clone()),
                 None => not_found,
             }
         }
-        ("PATCH", service) if service.starts_with("v2/projects/p/locations/us-central1/services/") => {
+        ("PATCH", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
             let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             let mut updated = body.clone();
             updated["uri"] = fake.services[id]["uri"].clone();
@@ -330,7 +352,9 @@ fn google(request: &Seen, fake: &mut Fake) -> (u16, Value) {
                 json!({"name": "op-patch", "done": true, "response": updated}),
             )
         }
-        ("DELETE", service) if service.starts_with("v2/projects/p/locations/us-central1/services/") => {
+        ("DELETE", service)
+            if service.starts_with("v2/projects/p/locations/us-central1/services/") =>
+        {
             let id = service.trim_start_matches("v2/projects/p/locations/us-central1/services/");
             match fake.services.remove(id) {
                 Some(_) => (200, json!({"name": "op-delete", "done": true})),
@@ -471,6 +495,20 @@ fn cloud_run_target_gets_a_key_secret_once_and_a_public_service() {
         .find(|s| s.method == "POST" && s.target.contains("services?serviceId=svc-dev"))
         .unwrap();
     let service: Value = serde_json::from_str(&created.body).unwrap();
+    // The secret and the service carry the state's id (docs/ownership.md).
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace.dir.join(".deploy-kit/dev/run/state.json")).unwrap(),
+    )
+    .unwrap();
+    let id = state["id"].as_str().unwrap();
+    let labels = json!({"managed-by": "deploy-kit", "deploy-kit-id": id});
+    assert_eq!(service["labels"], labels);
+    let secret = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.target.contains("secrets?secretId=svc-key"))
+        .unwrap();
+    let secret: Value = serde_json::from_str(&secret.body).unwrap();
+    assert_eq!(secret["labels"], labels);
     let container = &service["template"]["containers"][0];
     assert_eq!(container["image"], "ghcr.io/acme/svc:1");
     assert_eq!(service["template"]["scaling"]["maxInstanceCount"], 3);
@@ -635,7 +673,8 @@ storage:
         "{body}"
     );
     let account_at = position("POST /v1/projects/p/serviceAccounts");
-    let service_at = position("POST /v2/projects/p/locations/us-central1/services?serviceId=svc-dev");
+    let service_at =
+        position("POST /v2/projects/p/locations/us-central1/services?serviceId=svc-dev");
 
     // Exactly three policy writes, each on one resource, none on the project.
     let policy_writes: Vec<&Seen> = seen

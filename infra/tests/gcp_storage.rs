@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use assert_cmd::cargo::CommandCargoExt;
 use deploy_kit::config::DeployConfig;
 use deploy_kit::engine::Progress;
-use deploy_kit::engine::gcp::apply::{down_with, up_with};
+use deploy_kit::engine::gcp::apply::{down_with, up_with, up_with_request};
+use deploy_kit::engine::target::UpRequest;
 use deploy_kit::gcp::Client;
 use deploy_kit::gcp::storage::{StorageApi, cors_of, lifecycle_of};
 use serde_json::{Value, json};
@@ -403,19 +404,112 @@ fn down_keeps_data_unless_asked_and_then_removes_the_bucket() {
     assert!(output.contains("nothing recorded"), "{output}");
 }
 
+/// Ownership (docs/ownership.md): a bucket deploy-kit did not make stops
+/// `up` untouched; `--adopt` labels it with the state's id; a state with
+/// another id makes `down` refuse before anything is deleted;
+/// `--delete-data` deletes the service's prefix only and keeps a bucket
+/// with other objects.
 #[test]
-fn down_never_deletes_a_bucket_deploy_kit_did_not_create() {
+fn a_foreign_bucket_needs_adopt_and_down_deletes_only_its_own() {
     let fixture = Fixture::new("adopted");
     let config = fixture.write_config(1);
     fixture
         .api()
         .insert_bucket("test-project", &json!({"name": fixture.bucket}))
         .unwrap();
-    let (_, output) = fixture.up(&config);
-    assert!(output.contains("updated (cors, lifecycle)"), "{output}");
-    let output = fixture.down(&config, true);
-    assert!(output.contains("was not created by deploy-kit"), "{output}");
+    let (mut progress, lines) = captured();
+    let error = up_with(
+        &config,
+        &fixture.config_path(),
+        "fn",
+        &fixture.env(),
+        &mut progress,
+    )
+    .unwrap_err();
+    drop(progress);
+    assert_eq!(error.exit_code, 2, "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("exists and deploy-kit did not make it"),
+        "{}",
+        error.message
+    );
+    assert!(error.hint.contains("--adopt"), "{}", error.hint);
+    assert!(
+        lifecycle_of(&fixture.bucket().unwrap()).is_empty(),
+        "untouched: {}",
+        lines.text()
+    );
+
+    let (mut progress, lines) = captured();
+    let mut request = UpRequest::new(&fixture.dir);
+    request.adopt = true;
+    up_with_request(
+        &config,
+        &fixture.config_path(),
+        "fn",
+        &request,
+        &fixture.env(),
+        &mut progress,
+    )
+    .unwrap_or_else(|e| panic!("{} / {}", e.message, e.hint));
+    drop(progress);
+    assert!(
+        lines.text().contains("labelled as this deployment's"),
+        "{}",
+        lines.text()
+    );
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.state_path()).unwrap()).unwrap();
+    let bucket = fixture.bucket().unwrap();
+    assert_eq!(bucket["labels"]["deploy-kit-id"], state["id"], "{bucket}");
+    assert_eq!(bucket["labels"]["managed-by"], "deploy-kit", "{bucket}");
+
+    // Another checkout's state (another id): nothing is deleted.
+    let mut other = state.clone();
+    other["id"] = json!("ffffffffffffffff");
+    std::fs::write(fixture.state_path(), other.to_string()).unwrap();
+    let (mut progress, _) = captured();
+    let error = down_with(
+        &config,
+        &fixture.config_path(),
+        "fn",
+        true,
+        &fixture.env(),
+        &mut progress,
+    )
+    .unwrap_err();
+    assert!(
+        error.message.contains("`down` refuses to delete bucket"),
+        "{}",
+        error.message
+    );
+    drop(progress);
     assert!(fixture.bucket().is_some());
+    std::fs::write(fixture.state_path(), state.to_string()).unwrap();
+
+    for key in ["vgi-rpc/result", "reports/keep"] {
+        fixture
+            .api()
+            .insert_object(&fixture.bucket, key, b"data", "application/octet-stream")
+            .unwrap();
+    }
+    let output = fixture.down(&config, true);
+    assert!(
+        output.contains(
+            "holds objects outside the service's prefix `vgi-rpc/` (such as `reports/keep`)"
+        ),
+        "{output}"
+    );
+    assert_eq!(
+        fixture.api().list_objects(&fixture.bucket, "").unwrap(),
+        ["reports/keep"]
+    );
+    fixture
+        .api()
+        .delete_object(&fixture.bucket, "reports/keep")
+        .unwrap();
     fixture.api().delete_bucket(&fixture.bucket).unwrap();
 }
 

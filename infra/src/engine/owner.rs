@@ -21,6 +21,9 @@ pub const MANAGED_BY: (&str, &str) = ("managed-by", "deploy-kit");
 pub struct Owner {
     /// The value of [`TAG_KEY`] on everything this deployment makes.
     pub tag: String,
+    /// The state's id alone: what clouds whose labels cannot hold the whole
+    /// tag (GCP: lower-case letters, digits, `-`, `_`) compare.
+    pub id: String,
     /// `up --adopt`: take over existing resources whatever their tag.
     pub adopt: bool,
     /// `(kind, name)` of every resource the state records: made by this
@@ -94,12 +97,22 @@ impl Owner {
                 "{service}/{}/{}@{}",
                 state.environment, state.target, state.id
             ),
+            id: state.id.clone(),
             adopt,
             recorded: state
                 .resources
                 .iter()
                 .map(|r| (r.kind.clone(), r.name.clone()))
                 .collect(),
+        }
+    }
+
+    /// This owner with `tag` as what a cloud's label holds (the id on GCP,
+    /// the service/environment/target labels on Kubernetes).
+    pub fn compared_by(&self, tag: String) -> Owner {
+        Owner {
+            tag,
+            ..self.clone()
         }
     }
 

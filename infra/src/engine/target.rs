@@ -202,7 +202,7 @@ impl Resources<'_> {
         let deployment = self.deployment;
         match self.family {
             Family::Cli => crate::engine::cli::engine_for(deployment, previous, kit_service, owner),
-            Family::Gcp => gcp_engine(deployment, env),
+            Family::Gcp => gcp_engine(deployment, owner, env),
             Family::Aws => aws_engine(deployment, package, owner, env),
         }
     }
@@ -217,19 +217,27 @@ impl Resources<'_> {
 }
 
 #[cfg(feature = "gcp")]
-fn gcp_engine(deployment: &Deployment, env: Env) -> Result<Box<dyn Engine>, CommandError> {
+fn gcp_engine(
+    deployment: &Deployment,
+    owner: Option<Owner>,
+    env: Env,
+) -> Result<Box<dyn Engine>, CommandError> {
     let settings = crate::engine::gcp::GcpSettings::resolve(
         &deployment.config,
         &deployment.target_name,
         &deployment.target,
     )?;
-    Ok(Box::new(crate::engine::gcp::apply::GcpEngine::new(
-        settings, env,
-    )?))
+    Ok(Box::new(
+        crate::engine::gcp::apply::GcpEngine::new(settings, env)?.owned_by(owner),
+    ))
 }
 
 #[cfg(not(feature = "gcp"))]
-fn gcp_engine(deployment: &Deployment, _env: Env) -> Result<Box<dyn Engine>, CommandError> {
+fn gcp_engine(
+    deployment: &Deployment,
+    _owner: Option<Owner>,
+    _env: Env,
+) -> Result<Box<dyn Engine>, CommandError> {
     Err(CommandError::new(
         format!(
             "target `{}` runs on Google Cloud, and this deploy-kit was built without the `gcp` feature",

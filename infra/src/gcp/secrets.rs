@@ -92,6 +92,16 @@ impl SecretsApi {
     }
 
     /// Creates the secret (no value yet) with automatic replication.
+    /// Replaces the secret's labels (`updateMask=labels`).
+    pub fn set_labels(&self, name: &SecretName, labels: &Value) -> Result<Value, GcpError> {
+        self.client.json(
+            "PATCH",
+            &format!("{}?updateMask=labels", self.url(name)),
+            Some(&json!({"labels": labels})),
+            &format!("label secret `{}`", name.resource()),
+        )
+    }
+
     pub fn create(&self, name: &SecretName, labels: &Value) -> Result<Value, GcpError> {
         self.client.json(
             "POST",

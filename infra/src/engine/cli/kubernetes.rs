@@ -263,11 +263,10 @@ impl KubernetesEngine {
         let resource = format!("{}/{name}", self.plan.namespace);
         let tag = (found != "//").then_some(found.as_str());
         // Labels name the deployment without the state id: compare them.
-        let relabelled = Owner {
-            tag: ours.clone(),
-            ..owner.clone()
-        };
-        match relabelled.claim("deployment.apps", &resource, tag)? {
+        match owner
+            .compared_by(ours)
+            .claim("deployment.apps", &resource, tag)?
+        {
             Claim::Ours => Ok("ours"),
             Claim::Take => Ok("taken over"),
         }

@@ -25,6 +25,7 @@ use super::{
 use crate::CommandError;
 use crate::config::DeployConfig;
 use crate::deployment::Deployment;
+use crate::engine::owner::{Claim, Owner};
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
 use crate::gcp::run::{RunApi, ServiceName};
 use crate::gcp::secrets::{SecretName, SecretsApi, new_signing_key};
@@ -48,7 +49,14 @@ pub struct GcpEngine {
     secrets: SecretsApi,
     run: RunApi,
     iam: IamApi,
+    /// Whose resources these are (`up`, `down`): the bucket, the key secret
+    /// and the service carry [`ID_LABEL`]; `None` checks nothing.
+    owner: Option<Owner>,
 }
+
+/// The label holding the state id ([`crate::engine::owner`]): GCP label
+/// values cannot hold `service/environment/target@id`.
+pub const ID_LABEL: &str = "deploy-kit-id";
 
 /// A `GcpError` as a command error with the hint that fits it.
 fn command_error(error: GcpError) -> CommandError {
@@ -121,7 +129,89 @@ impl GcpEngine {
                 &storage_endpoint,
             ),
             run: RunApi::new(client, &run_endpoint),
+            owner: None,
         })
+    }
+
+    /// The engine working for `owner` ([`crate::engine::owner`]).
+    pub fn owned_by(mut self, owner: Option<Owner>) -> GcpEngine {
+        self.owner = owner;
+        self
+    }
+
+    /// The labels of what this engine makes.
+    fn labels(&self) -> Value {
+        let mut labels = json!({ MANAGED_BY.0: MANAGED_BY.1 });
+        if let Some(owner) = &self.owner {
+            labels[ID_LABEL] = owner.id.clone().into();
+        }
+        labels
+    }
+
+    /// `current`'s labels with this deployment's added.
+    fn merged_labels(&self, current: &Value) -> Value {
+        let mut labels = current.get("labels").cloned().unwrap_or_else(|| json!({}));
+        if let (Some(labels), Some(ours)) = (labels.as_object_mut(), self.labels().as_object()) {
+            labels.extend(ours.clone());
+        }
+        labels
+    }
+
+    /// Refuses `kind` `name` (labelled as in `current`) when it is another
+    /// deployment's; `true` when it must be labelled as this one's.
+    fn claim(&self, kind: &str, name: &str, current: &Value) -> Result<bool, CommandError> {
+        let Some(owner) = &self.owner else {
+            return Ok(false);
+        };
+        let found = current
+            .pointer(&format!("/labels/{ID_LABEL}"))
+            .and_then(Value::as_str);
+        let claim = owner
+            .compared_by(owner.id.clone())
+            .claim(kind, name, found)?;
+        Ok(claim == Claim::Take)
+    }
+
+    /// Whether `down` may delete `kind` `name` (labelled as in `current`).
+    fn may_delete(&self, kind: &str, name: &str, current: &Value) -> Result<(), CommandError> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        let found = current
+            .pointer(&format!("/labels/{ID_LABEL}"))
+            .and_then(Value::as_str);
+        Ok(owner
+            .compared_by(owner.id.clone())
+            .may_delete(kind, name, found)?)
+    }
+
+    /// Before `down` deletes anything: the bucket, the key secret and the
+    /// service that still exist carry this state's id.
+    fn check_deletable(&self, state: &State) -> Result<(), CommandError> {
+        if self.owner.is_none() {
+            return Ok(());
+        }
+        for resource in &state.resources {
+            let current = match resource.kind.as_str() {
+                kind::BUCKET => self
+                    .storage
+                    .get_bucket(&resource.name)
+                    .map_err(command_error)?,
+                kind::SECRET => match secret_name(&resource.name) {
+                    Some(name) => self.secrets.get(&name).map_err(command_error)?,
+                    None => None,
+                },
+                kind::FUNCTION => match service_name(&resource.name) {
+                    Some(name) => self.run.get(&name).map_err(command_error)?,
+                    None => None,
+                },
+                _ => None,
+            };
+            if let Some(current) = current {
+                self.may_delete(&resource.kind, &resource.name, &current)?;
+            }
+        }
+        Ok(())
     }
 
     /// Shortens Cloud Run's operation polling and IAM's retries (tests).
@@ -306,7 +396,7 @@ impl GcpEngine {
                 .is_none()
         {
             // Real GCS keeps the labels of the insert; the emulator needs the PATCH.
-            patch.insert("labels".into(), json!({ MANAGED_BY.0: MANAGED_BY.1 }));
+            patch.insert("labels".into(), self.labels());
         }
         (!patch.is_empty()).then_some(Value::Object(patch))
     }
@@ -331,7 +421,7 @@ impl GcpEngine {
                         "name": name,
                         "location": self.settings.region,
                         "storageClass": "STANDARD",
-                        "labels": { MANAGED_BY.0: MANAGED_BY.1 },
+                        "labels": self.labels(),
                         "iamConfiguration": {
                             "uniformBucketLevelAccess": {"enabled": true},
                             "publicAccessPrevention": "enforced",
@@ -341,6 +431,12 @@ impl GcpEngine {
                 .map_err(command_error)?,
         };
         let mut outcome = if created { "created" } else { "unchanged" }.to_string();
+        let labelled = !created && self.claim(kind::BUCKET, name, &current)?;
+        if labelled {
+            self.storage
+                .patch_bucket(name, &json!({"labels": self.merged_labels(&current)}))
+                .map_err(command_error)?;
+        }
         if let Some(patch) = self.bucket_patch(&current, &prefix, created) {
             let fields: Vec<&str> = patch
                 .as_object()
@@ -374,6 +470,9 @@ impl GcpEngine {
                 ));
             }
         }
+        if labelled {
+            outcome.push_str(", labelled as this deployment's");
+        }
         let mut made = resource.clone();
         made.outputs
             .insert("endpoint".into(), self.storage.endpoint_url().to_string());
@@ -390,11 +489,17 @@ impl GcpEngine {
             secret: secret.clone(),
         };
         let mut outcome = "unchanged";
-        if self.secrets.get(&name).map_err(command_error)?.is_none() {
-            match self
-                .secrets
-                .create(&name, &json!({ MANAGED_BY.0: MANAGED_BY.1 }))
-            {
+        let current = self.secrets.get(&name).map_err(command_error)?;
+        if let Some(current) = &current
+            && self.claim(kind::SECRET, &name.resource(), current)?
+        {
+            self.secrets
+                .set_labels(&name, &self.merged_labels(current))
+                .map_err(command_error)?;
+            outcome = "labelled as this deployment's";
+        }
+        if current.is_none() {
+            match self.secrets.create(&name, &self.labels()) {
                 Ok(_) => outcome = "created",
                 // Made by a concurrent run between our GET and POST: use it.
                 Err(error) if error.is_conflict() => {}
@@ -456,7 +561,7 @@ impl GcpEngine {
         }
         let cloud_run = &self.settings.cloud_run;
         let mut body = json!({
-            "labels": { MANAGED_BY.0: MANAGED_BY.1 },
+            "labels": self.labels(),
             "ingress": "INGRESS_TRAFFIC_ALL",
             "template": {
                 "scaling": {
@@ -490,7 +595,10 @@ impl GcpEngine {
                 self.run.create(&name, &body).map_err(command_error)?,
                 "created".to_string(),
             ),
-            Some(current) if service_summary(&current) == service_summary(&body) => {
+            Some(current)
+                if !self.claim(kind::FUNCTION, &name.resource(), &current)?
+                    && service_summary(&current) == service_summary(&body) =>
+            {
                 (current, "unchanged".to_string())
             }
             Some(_) => (
@@ -517,7 +625,9 @@ impl GcpEngine {
         let Some(bucket) = self.storage.get_bucket(name).map_err(command_error)? else {
             return Ok(("already gone".into(), None));
         };
-        if bucket.pointer(&format!("/labels/{}", MANAGED_BY.0)) != Some(&json!(MANAGED_BY.1)) {
+        if self.owner.is_none()
+            && bucket.pointer(&format!("/labels/{}", MANAGED_BY.0)) != Some(&json!(MANAGED_BY.1))
+        {
             return Ok((
                 "kept".into(),
                 Some(Kept {
@@ -530,13 +640,19 @@ impl GcpEngine {
                 }),
             ));
         }
-        let objects = self.storage.list_objects(name, "").map_err(command_error)?;
-        if !objects.is_empty() && !options.delete_data {
+        let prefix = self
+            .settings
+            .bucket
+            .as_ref()
+            .filter(|b| &b.bucket == name)
+            .map_or("", |b| b.prefix.as_str());
+        let all = self.storage.list_objects(name, "").map_err(command_error)?;
+        if !all.is_empty() && !options.delete_data {
             return Ok((
                 "kept".into(),
                 Some(Kept {
                     resource: resource.clone(),
-                    reason: format!("bucket `{name}` holds {} objects", objects.len()),
+                    reason: format!("bucket `{name}` holds {} objects", all.len()),
                     command: format!(
                         "deploy-kit down {} --delete-data",
                         self.settings.target_name
@@ -544,12 +660,26 @@ impl GcpEngine {
                 }),
             ));
         }
+        // `--delete-data` deletes the service's objects (under the prefix) only.
+        let objects: Vec<&String> = all.iter().filter(|o| o.starts_with(prefix)).collect();
         for object in &objects {
             match self.storage.delete_object(name, object) {
                 Ok(()) => {}
                 Err(error) if error.is_not_found() => {}
                 Err(error) => return Err(command_error(error)),
             }
+        }
+        if let Some(other) = all.iter().find(|o| !o.starts_with(prefix)) {
+            return Ok((
+                format!("kept, {} of the service's objects deleted", objects.len()),
+                Some(Kept {
+                    resource: resource.clone(),
+                    reason: format!(
+                        "bucket `{name}` holds objects outside the service's prefix `{prefix}` (such as `{other}`), which `--delete-data` does not delete"
+                    ),
+                    command: format!("gcloud storage rm --recursive gs://{name}"),
+                }),
+            ));
         }
         match self.storage.delete_bucket(name) {
             Ok(()) => {}
@@ -567,16 +697,8 @@ impl GcpEngine {
     }
 
     fn destroy_secret(&self, resource: &Resource) -> Result<String, CommandError> {
-        let Some((project, secret)) = resource
-            .name
-            .strip_prefix("projects/")
-            .and_then(|rest| rest.split_once("/secrets/"))
-        else {
+        let Some(name) = secret_name(&resource.name) else {
             return Ok("skipped (not a secret name)".into());
-        };
-        let name = SecretName {
-            project: project.to_string(),
-            secret: secret.to_string(),
         };
         match self.secrets.delete(&name) {
             Ok(()) => Ok("deleted".into()),
@@ -586,28 +708,46 @@ impl GcpEngine {
     }
 
     fn destroy_service(&self, resource: &Resource) -> Result<String, CommandError> {
-        let parts: Vec<&str> = resource.name.split('/').collect();
-        let [
-            "projects",
-            project,
-            "locations",
-            region,
-            "services",
-            service,
-        ] = parts.as_slice()
-        else {
+        let Some(name) = service_name(&resource.name) else {
             return Ok("skipped (not a Cloud Run service name)".into());
-        };
-        let name = ServiceName {
-            project: project.to_string(),
-            region: region.to_string(),
-            service: service.to_string(),
         };
         match self.run.delete(&name).map_err(command_error)? {
             true => Ok("deleted".into()),
             false => Ok("already gone".into()),
         }
     }
+}
+
+/// `projects/P/secrets/S` as a secret name.
+fn secret_name(resource: &str) -> Option<SecretName> {
+    let (project, secret) = resource
+        .strip_prefix("projects/")
+        .and_then(|rest| rest.split_once("/secrets/"))?;
+    Some(SecretName {
+        project: project.to_string(),
+        secret: secret.to_string(),
+    })
+}
+
+/// `projects/P/locations/R/services/S` as a Cloud Run service name.
+fn service_name(resource: &str) -> Option<ServiceName> {
+    let parts: Vec<&str> = resource.split('/').collect();
+    let [
+        "projects",
+        project,
+        "locations",
+        region,
+        "services",
+        service,
+    ] = parts.as_slice()
+    else {
+        return None;
+    };
+    Some(ServiceName {
+        project: project.to_string(),
+        region: region.to_string(),
+        service: service.to_string(),
+    })
 }
 
 /// The fields of a Cloud Run service deploy-kit sets, in a form that
@@ -717,6 +857,10 @@ impl Engine for GcpEngine {
         progress: &mut Progress,
         removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
     ) -> Result<Vec<Kept>, CommandError> {
+        progress.step("ownership", || {
+            self.check_deletable(state)?;
+            Ok(((), "every resource carries this state's id".to_string()))
+        })?;
         let mut kept = Vec::new();
         for resource in state.resources.iter().rev() {
             let left = progress.step(&resource.address(), || match resource.kind.as_str() {
@@ -751,14 +895,27 @@ pub fn up_with(
     env: &dyn Fn(&str) -> Option<String>,
     progress: &mut Progress,
 ) -> Result<u8, CommandError> {
-    use crate::engine::target::{Family, Resources, UpRequest, up_resources};
+    let cwd = config_path.parent().unwrap_or(Path::new("."));
+    let request = crate::engine::target::UpRequest::new(cwd);
+    up_with_request(config, config_path, target_name, &request, env, progress)
+}
+
+/// [`up_with`] with `up`'s flags (`--adopt`).
+pub fn up_with_request(
+    config: &DeployConfig,
+    config_path: &Path,
+    target_name: &str,
+    request: &crate::engine::target::UpRequest,
+    env: &dyn Fn(&str) -> Option<String>,
+    progress: &mut Progress,
+) -> Result<u8, CommandError> {
+    use crate::engine::target::{Family, Resources, up_resources};
     let deployment = Deployment::from_config(config.clone(), config_path, target_name)?;
     let target = Resources {
         deployment: &deployment,
         family: Family::Gcp,
     };
-    let cwd = config_path.parent().unwrap_or(Path::new("."));
-    up_resources(&target, &UpRequest::new(cwd), env, progress)
+    up_resources(&target, request, env, progress)
 }
 
 /// `deploy-kit down` for a GCP target ([`crate::engine::target::down_resources`]),
