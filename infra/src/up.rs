@@ -19,11 +19,11 @@ pub struct Args {
     pub target: String,
     /// A prebuilt service binary to run or package instead of building
     /// `service.package` (`local`: default `cargo build` in `service.workspace`;
-    /// Lambda, Azure: default `service.binary` next to `deploy-kit`, then on `PATH`).
+    /// Lambda, Azure, images: checked and packaged by `deploy-kit build`).
     #[arg(long, env = "DEPLOY_KIT_KIT_SERVICE", value_name = "PATH")]
     pub kit_service: Option<PathBuf>,
-    /// An existing Lambda package (zip) to deploy instead of running
-    /// `deploy-kit build` first.
+    /// An existing Lambda or Azure Functions package (zip) to deploy
+    /// instead of running `deploy-kit build` first.
     #[arg(long, env = "DEPLOY_KIT_PACKAGE", value_name = "ZIP")]
     pub package: Option<PathBuf>,
     /// An existing image (`registry/repository@sha256:...`) to deploy
@@ -131,9 +131,16 @@ fn up_locked(
         return provision(|| crate::engine::pulumi::up(deployment));
     }
     if crate::engine::cli::handles(deployment.target.platform) {
-        let kit_service = args.kit_service.as_deref();
-        let code =
-            provision(|| crate::engine::cli::up(deployment, args.force, kit_service, &cwd, env))?;
+        // Azure Functions deploys the zip `deploy-kit build` makes (or `--package`).
+        let package = crate::build::azure::package_for_up(
+            deployment,
+            args.package.as_deref(),
+            args.kit_service.as_deref(),
+            |options| timed_build(deployment, options, env),
+        )?;
+        let code = provision(|| {
+            crate::engine::cli::up(deployment, args.force, package.as_deref(), &cwd, env)
+        })?;
         record_image_release(deployment)?;
         return Ok(code);
     }

@@ -292,12 +292,12 @@ pub fn mark_created(mut resource: Resource, created_now: bool, before: bool) -> 
 }
 
 /// The engine for a deployment's platform. `previous` is the recorded state
-/// (engines use it to remember what they created); `kit_service` is the
-/// binary the Azure package ships.
+/// (engines use it to remember what they created); `package` is the Azure
+/// Functions zip `up` built (or was given), deployed as it is.
 pub fn engine_for(
     deployment: &Deployment,
     previous: Option<State>,
-    kit_service: Option<&Path>,
+    package: Option<&Path>,
 ) -> Result<Box<dyn Engine>, CommandError> {
     let program = find(
         tool_for(deployment.target.platform),
@@ -316,7 +316,7 @@ pub fn engine_for(
             deployment,
             cli,
             previous,
-            kit_service.map(Path::to_path_buf),
+            package.map(Path::to_path_buf),
         )?),
         _ => Box::new(kubernetes::KubernetesEngine::new(deployment, cli)?),
     })
@@ -349,7 +349,7 @@ pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
 pub fn up(
     deployment: &Deployment,
     force: bool,
-    kit_service: Option<&Path>,
+    package: Option<&Path>,
     cwd: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<u8, CommandError> {
@@ -369,7 +369,7 @@ pub fn up(
     eprint!("{}", crate::plan::render_text(&document));
     let state_path = deployment.state_path();
     let previous = State::load(&state_path)?;
-    let engine = engine_for(deployment, previous.clone(), kit_service)?;
+    let engine = engine_for(deployment, previous.clone(), package)?;
     let mut state = previous.unwrap_or_else(|| {
         State::new(
             engine.name(),
