@@ -1324,6 +1324,8 @@ fn docker_engine_builds_with_podman_and_records_the_pushed_digest() {
         sensor_config(&image, &servers.base)
     );
     let project = Project::new("docker-engine", &yaml);
+    // podman reads the same login file; with `DOCKER_CONFIG` set it must exist.
+    project.docker_config("{}");
     let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
     let hello_path = hello.to_str().unwrap();
     let podman = std::env::var("KIT_TEST_PODMAN").unwrap_or_else(|_| "podman".into());
@@ -1428,6 +1430,7 @@ fn docker_engine_builds_with_podman_and_records_the_pushed_digest() {
             sensor_config(&image, &missing_base)
         ),
     );
+    broken.docker_config("{}");
     let (code, _, stderr) = broken.run(
         &["build", "--target", "web", "--kit-service", hello_path],
         &docker_env,
