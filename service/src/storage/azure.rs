@@ -326,7 +326,7 @@ enum Signer {
     /// The account key: service SAS.
     AccountKey(Vec<u8>),
     /// The managed identity: user delegation SAS.
-    Identity(ManagedIdentity),
+    Identity(Box<ManagedIdentity>),
 }
 
 /// The App Service / Functions managed identity endpoint and the user
@@ -386,11 +386,11 @@ impl AzureStorage {
     ) -> Result<AzureStorage, StorageError> {
         AzureStorage::with_signer(
             account,
-            Signer::Identity(ManagedIdentity {
+            Signer::Identity(Box::new(ManagedIdentity {
                 endpoint: identity_endpoint.to_string(),
                 header: identity_header.to_string(),
                 cached: tokio::sync::Mutex::new(None),
-            }),
+            })),
             endpoint,
             container,
             prefix,
