@@ -1450,4 +1450,6 @@ fn docker_engine_builds_with_podman_and_records_the_pushed_digest() {
         "{stderr}"
     );
     assert!(!broken.dir.join(".deploy-kit/ci/web/build.json").exists());
+    // podman keeps what it built in its local store; the registry has it.
+    let _ = run_tool(&podman, &["rmi", "-f", &image]);
 }
