@@ -237,6 +237,40 @@ start_azurite() {
     log "Azurite blob service at $KIT_TEST_AZURITE_ENDPOINT"
 }
 
+# A second Azurite blob service that accepts Entra ID bearer tokens
+# (`--oauth basic`, which needs HTTPS): a self-signed certificate for
+# 127.0.0.1 from a CA made here (rustls refuses a CA certificate used as the
+# server's own). Exports KIT_TEST_AZURITE_OAUTH_ENDPOINT and
+# KIT_TEST_AZURITE_CA (the CA, to trust).
+start_azurite_oauth() {
+    local dir=$1/azurite-oauth port
+    mkdir -p "$dir"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=deploy-kit Azurite CA" \
+            -keyout "$dir/ca.key" -out "$dir/ca.pem" \
+        && openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout "$dir/key.pem" -out "$dir/server.csr" \
+        && printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/ext.cnf" \
+        && openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+            -CAcreateserial -days 2 -extfile "$dir/ext.cnf" -out "$dir/cert.pem"
+    } 2>/dev/null || die "openssl could not make Azurite's certificate"
+    port=$(free_port)
+    (cd "$dir" && exec "$AZURITE_DIR/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 \
+        --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck \
+        --oauth basic --cert "$dir/cert.pem" --key "$dir/key.pem") >"$dir.log" 2>&1 &
+    SERVICE_PIDS+=($!)
+    local pid=$! i
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || { tail -n 40 "$dir.log" >&2; die "Azurite (OAuth) exited"; }
+        curl -s -o /dev/null --cacert "$dir/ca.pem" "https://127.0.0.1:$port/devstoreaccount1?comp=list" && break
+        sleep 0.2
+    done
+    [ "$i" -lt 300 ] || { tail -n 40 "$dir.log" >&2; die "Azurite (OAuth) did not answer within 60 s (log: $dir.log)"; }
+    export KIT_TEST_AZURITE_OAUTH_ENDPOINT="https://127.0.0.1:$port/devstoreaccount1"
+    export KIT_TEST_AZURITE_CA="$dir/ca.pem"
+    log "Azurite blob service (OAuth, HTTPS) at $KIT_TEST_AZURITE_OAUTH_ENDPOINT"
+}
+
 # Command-line tools from PyPI (validators, emulators) in their own venv, apart
 # from the vgi-rpc one: `ensure_pip_tools NAME==VERSION ...` installs what is
 # missing and puts the venv's bin on PATH.

@@ -83,6 +83,33 @@ pub struct BuildConfig {
     /// How the push to `service.image`'s registry logs in (see [`RegistryAuth`]).
     #[serde(default)]
     pub registry_auth: RegistryAuth,
+    /// What makes and pushes images (see [`BuildEngine`]).
+    #[serde(default)]
+    pub engine: BuildEngine,
+}
+
+/// `build.engine`: what turns the checked binary into a pushed image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildEngine {
+    /// deploy-kit itself: the image assembled and pushed over the OCI
+    /// distribution API, no daemon.
+    #[default]
+    Native,
+    /// The Docker CLI (`DOCKER`, else `docker` on `PATH`; podman works
+    /// too): a rendered Dockerfile built with `buildx build --push`, or
+    /// `build` then `push` without buildx, and the pushed digest read back.
+    Docker,
+}
+
+impl BuildEngine {
+    /// The name in `deploy-kit.yaml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildEngine::Native => "native",
+            BuildEngine::Docker => "docker",
+        }
+    }
 }
 
 /// `build.registry_auth`: where registry credentials come from.
@@ -1244,6 +1271,22 @@ environments:
     fn parse_in(text: &str, environment: Option<&str>) -> Result<DeployConfig, String> {
         DeployConfig::parse_in(text, Path::new("deploy-kit.yaml"), environment)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn build_engine_is_native_unless_docker_is_asked_for() {
+        let base = "version: 1\nservice: {name: svc, environment: ci}\ntargets: {web: {platform: kubernetes}}\n";
+        assert_eq!(parse(base).unwrap().build.engine, BuildEngine::Native);
+        let docker = parse(&format!("{base}build: {{engine: docker}}\n")).unwrap();
+        assert_eq!(docker.build.engine, BuildEngine::Docker);
+        assert_eq!(docker.build.engine.name(), "docker");
+        let error = parse(&format!("{base}build: {{engine: buildah}}\n")).unwrap_err();
+        assert!(
+            error.contains(
+                "line 4 column 17: unknown variant `buildah`, expected one of native, docker"
+            ),
+            "{error}"
+        );
     }
 
     #[test]

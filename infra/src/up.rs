@@ -140,6 +140,16 @@ fn up_locked(
             }
             _ => None,
         },
+        // Azure Functions deploys the zip `deploy-kit build` makes (or `--package`).
+        package_file: match deployment.target.engine {
+            EngineKind::Native => crate::build::azure::package_for_up(
+                deployment,
+                args.package.as_deref(),
+                args.kit_service.as_deref(),
+                |options| timed_build(deployment, options, env),
+            )?,
+            EngineKind::Pulumi => None,
+        },
         runtime: args.runtime,
         nginx: args.nginx.clone(),
         port: args.port,

@@ -1308,3 +1308,148 @@ fn several_architectures_make_an_image_index_deployed_by_its_digest() {
         "{stderr}"
     );
 }
+
+/// `build.engine: docker` with the real podman (`DOCKER=podman`): the
+/// checked binary on the Debian-made base, built from the rendered
+/// Dockerfile and pushed by podman; the digest deploy-kit records is the
+/// one skopeo reads back, and `plan` deploys it. A missing CLI and a build
+/// that fails (a base image that does not exist) each name what to fix and
+/// record nothing.
+#[test]
+fn docker_engine_builds_with_podman_and_records_the_pushed_digest() {
+    let servers = servers();
+    let image = format!("{}/ci/docker-engine:ci", servers.open);
+    let yaml = format!(
+        "{}build: {{engine: docker}}\n",
+        sensor_config(&image, &servers.base)
+    );
+    let project = Project::new("docker-engine", &yaml);
+    // podman reads the same login file; with `DOCKER_CONFIG` set it must exist.
+    project.docker_config("{}");
+    let hello = c_binary(&project.dir, "hello", "int main(void) { return 0; }\n");
+    let hello_path = hello.to_str().unwrap();
+    let podman = std::env::var("KIT_TEST_PODMAN").unwrap_or_else(|_| "podman".into());
+    let docker_env = [("DOCKER", podman.as_str())];
+    let (code, stdout, stderr) = project.run(
+        &[
+            "build",
+            "--target",
+            "web",
+            "--json",
+            "--kit-service",
+            hello_path,
+        ],
+        &docker_env,
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("build: {podman} build --platform linux/amd64")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("build: {podman} push")),
+        "{stderr}"
+    );
+    let record = json::validated(&stdout);
+    assert_eq!(record["image"]["engine"], "docker", "{record}");
+    let digest = record["image"]["digest"].as_str().unwrap().to_string();
+    let reference = record["image"]["reference"].as_str().unwrap().to_string();
+    assert_eq!(
+        reference,
+        format!("{}/ci/docker-engine@{digest}", servers.open)
+    );
+    // The rendered Dockerfile is kept beside the record.
+    let dockerfile = std::fs::read_to_string(
+        project
+            .dir
+            .join(".deploy-kit/ci/web/docker-build/Dockerfile"),
+    )
+    .unwrap();
+    assert!(
+        dockerfile.contains(&format!("FROM {}\n", servers.base)),
+        "{dockerfile}"
+    );
+
+    // What the registry holds under the tag is what deploy-kit recorded,
+    // and the manifest's bytes hash to that digest.
+    let tagged = skopeo_inspect(&image, &["--tls-verify=false"], false);
+    assert_eq!(tagged["Digest"], digest);
+    let raw = run_tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    assert!(raw.status.success(), "{raw:?}");
+    use sha2::Digest as _;
+    let hashed: String = sha2::Sha256::digest(&raw.stdout)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(format!("sha256:{hashed}"), digest);
+    let config = skopeo_inspect(&reference, &["--tls-verify=false"], true);
+    assert_eq!(config["config"]["User"], "65532:65532");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/sensor-rpc"])
+    );
+    assert_eq!(
+        config["config"]["Labels"]["dev.deploy-kit.binary.sha256"],
+        record["binary"]["sha256"]
+    );
+
+    // Deploy by digest, as with the native engine.
+    let (_, _, stderr) = project.run(&["plan", "web", "--force"], &[]);
+    assert!(stderr.contains(&reference), "{stderr}");
+
+    // No docker CLI: the error names the setting and the way back.
+    let fresh = Project::new("docker-missing", &yaml);
+    let (code, _, stderr) = fresh.run(
+        &["build", "--target", "web", "--kit-service", hello_path],
+        &[("DOCKER", "/nonexistent/docker")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "`build.engine: docker` needs a docker CLI, and `/nonexistent/docker` does not exist"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("set `build.engine: native`"), "{stderr}");
+    assert!(!fresh.dir.join(".deploy-kit/ci/web/build.json").exists());
+
+    // The build fails (no such base image): podman's own words, nothing recorded.
+    let missing_base = format!("{}/base/does-not-exist:1", servers.open);
+    let broken = Project::new(
+        "docker-broken",
+        &format!(
+            "{}build: {{engine: docker}}\n",
+            sensor_config(&image, &missing_base)
+        ),
+    );
+    broken.docker_config("{}");
+    let (code, _, stderr) = broken.run(
+        &["build", "--target", "web", "--kit-service", hello_path],
+        &docker_env,
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("error: `{podman} build --platform")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("nothing was recorded. Its output:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does-not-exist"), "{stderr}");
+    assert!(
+        stderr.contains("hint: fix what the docker CLI says above"),
+        "{stderr}"
+    );
+    assert!(!broken.dir.join(".deploy-kit/ci/web/build.json").exists());
+    // podman keeps what it built in its local store; the registry has it.
+    let _ = run_tool(&podman, &["rmi", "-f", &image]);
+}

@@ -157,3 +157,67 @@ limits:
     assert_eq!(second["package"]["sha256"], record["package"]["sha256"]);
     assert_eq!(std::fs::read(&path).unwrap(), first);
 }
+
+/// `architecture: arm64` compiles for `aarch64-unknown-linux-gnu`, and a
+/// toolchain without that standard library is refused before anything
+/// compiles, naming the `rustup` command. The toolchain is made to lack it
+/// whatever this machine has: `RUSTC` is a wrapper whose `--print sysroot`
+/// is an empty directory (every other call goes to the real rustc).
+#[cfg(unix)]
+#[test]
+fn arm64_without_the_aarch64_target_names_rustup_target_add() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::fs::write(
+        dir.path().join("deploy-kit.yaml"),
+        format!(
+            "version: 1
+service: {{name: sensor-rpc, environment: ci, package: sensor-rpc, binary: sensor-rpc, workspace: {}}}
+targets:
+  func-arm: {{platform: azure-functions, region: westeurope, architecture: arm64}}
+",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let sysroot = dir.path().join("empty-sysroot");
+    std::fs::create_dir_all(&sysroot).unwrap();
+    let rustc = dir.path().join("rustc");
+    std::fs::write(
+        &rustc,
+        format!(
+            "#!/bin/sh\nif [ \"$1 $2\" = \"--print sysroot\" ]; then echo {}; exit 0; fi\nexec rustc \"$@\"\n",
+            sysroot.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&rustc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_deploy-kit"))
+        .current_dir(dir.path())
+        .args(["build", "--target", "func-arm"])
+        .env("RUSTC", &rustc)
+        .env_remove("DEPLOY_KIT_CONFIG")
+        .env_remove("DEPLOY_KIT_TARGET")
+        .env_remove("DEPLOY_KIT_KIT_SERVICE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: the Rust target `aarch64-unknown-linux-gnu` is not installed, and target architecture `arm64` needs it"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: run `rustup target add aarch64-unknown-linux-gnu`"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path()
+            .join(".deploy-kit")
+            .join("ci")
+            .join("func-arm")
+            .join("build.json")
+            .exists()
+    );
+}

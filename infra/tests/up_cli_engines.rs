@@ -14,6 +14,8 @@ use assert_cmd::Command;
 /// Logs `prog args...` (plus `<stdin:N>` when stdin had bytes, saved to
 /// `log.stdin.N`), then answers with the first `glob|exit|stdout` line of
 /// `$FAKE_CLI_ANSWERS` matching the logged line; default: exit 0, no output.
+/// The file after `--src` (what `az ... config-zip` deploys) is copied to
+/// `log.deployed.zip`, so tests compare what the CLI got with what was built.
 const FAKE_CLI: &str = r#"#!/bin/sh
 name=$(basename "$0")
 line="$name"
@@ -26,6 +28,11 @@ if [ -n "$input" ]; then
   line="$line <stdin:$count>"
 fi
 echo "$line" >> "$FAKE_CLI_LOG"
+previous=
+for argument in "$@"; do
+  if [ "$previous" = "--src" ]; then cp "$argument" "$FAKE_CLI_LOG.deployed.zip"; fi
+  previous=$argument
+done
 while IFS='|' read -r pattern code out; do
   case "$line" in
     $pattern) if [ -n "$out" ]; then printf '%s\n' "$out"; fi; exit "$code";;
@@ -618,21 +625,87 @@ storage: {provider: s3-compatible, bucket: vgi-data, prefix: vgi-rpc/, endpoint:
 signing_key: {source: secret, secret: \"azure:vgi-signing-key\"}
 ";
 
+/// A real x86_64 glibc executable (C, built with `cc`) at `path`: what
+/// `deploy-kit build` checks and packages as the service binary.
+fn c_binary(path: &Path) {
+    let source = path.with_extension("c");
+    std::fs::write(&source, "int main(void) { return 0; }\n").unwrap();
+    let cc = std::process::Command::new("cc")
+        .args([
+            "-O1",
+            "-o",
+            path.to_str().unwrap(),
+            source.to_str().unwrap(),
+        ])
+        .output()
+        .expect("cc runs");
+    assert!(cc.status.success(), "{cc:?}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What the fake `az` was handed by `config-zip --src` (taken: the next call starts empty).
+fn deployed_zip(project: &Project) -> Vec<u8> {
+    let path = project.dir.join("cli.log.deployed.zip");
+    let bytes = std::fs::read(&path).expect("`az functionapp deployment source config-zip` ran");
+    std::fs::remove_file(&path).unwrap();
+    bytes
+}
+
+const STORAGE_ACCOUNT_ID: &str =
+    "/subscriptions/s/resourceGroups/vgi-func/providers/Microsoft.Storage/storageAccounts/vgifunc";
+
 #[test]
 fn azure_up_creates_each_resource_once_with_the_key_on_stdin() {
     let project = Project::new("azure", AZURE, &["az"]);
-    let missing = "az group show*|3|
+    c_binary(&project.dir.join("kit-service"));
+    let missing = format!(
+        "az group show*|3|
+az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
 az storage account show*|3|
 az keyvault show --name vgi-func --resource-group vgi-func --output none|3|
 az keyvault secret show*|3|
 az functionapp show*|3|
 az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
 az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/providers/Microsoft.KeyVault/vaults/vgi-func
-";
-    project.answers(missing);
+"
+    );
+    project.answers(&missing);
     let (code, stdout, stderr) = project.run(&["up", "func", "--kit-service", "kit-service"]);
     assert!(code == 0 || code == 3, "{code}\n{stderr}");
-    insta::assert_snapshot!("azure_first_up", project.take_log());
+    let log = project.take_log();
+    insta::assert_snapshot!("azure_first_up", log);
+    // The function's identity may use the account's blobs (it signs user
+    // delegation SAS URLs), and the service is told where they are: no key.
+    assert!(
+        log.contains(&format!("az role assignment create --assignee-object-id 00000000-0000-0000-0000-000000000001 --assignee-principal-type ServicePrincipal --role Storage Blob Data Contributor --scope {STORAGE_ACCOUNT_ID} --output none")),
+        "{log}"
+    );
+    for setting in [
+        " KIT_STORAGE=azure ",
+        " AZURE_STORAGE_ACCOUNT=vgifunc ",
+        " KIT_STORAGE_BUCKET=vgi-data ",
+        " KIT_STORAGE_PREFIX=vgi-rpc/ ",
+    ] {
+        assert!(log.contains(setting), "{setting} in {log}");
+    }
+    assert!(!log.contains("AZURE_STORAGE_KEY"), "{log}");
+    assert!(!log.contains("KIT_STORAGE_ENDPOINT"), "{log}");
+    // `up` ran `deploy-kit build`, and `az` deployed exactly the zip it made.
+    assert!(stderr.contains("build: package `"), "{stderr}");
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(project.dir.join(".deploy-kit/ci/func/build.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["kind"], "azure-functions-zip");
+    let built = record["package"]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha256_hex(&deployed_zip(&project)), built);
     let key = key_in(&project.stdins()[0]);
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
     let policy = std::fs::read_to_string(
@@ -643,9 +716,15 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     .unwrap();
     assert!(policy.contains("\"vgi-data/vgi-rpc/\""), "{policy}");
 
-    project.answers("az functionapp identity show*|0|00000000-0000-0000-0000-000000000001\n");
+    project.answers(&format!(
+        "az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
+az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
+"
+    ));
     let (_, stdout, stderr) = project.run(&["up", "func", "--kit-service", "kit-service"]);
     let log = project.take_log();
+    // The same binary rebuilt: the same bytes deployed.
+    assert_eq!(sha256_hex(&deployed_zip(&project)), built);
     assert!(
         [
             "group create",
@@ -665,6 +744,36 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     insta::assert_snapshot!("azure_down", project.take_log());
     assert!(
         stderr.contains("deploy-kit down func --delete-data"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn azure_up_with_package_deploys_that_zip_and_builds_nothing() {
+    let project = Project::new("azure-package", AZURE, &["az"]);
+    let zip = deploy_kit::engine::zip::write(&[deploy_kit::engine::zip::ZipEntry {
+        name: "host.json",
+        contents: b"{}",
+        mode: 0o644,
+    }])
+    .unwrap();
+    std::fs::write(project.dir.join("given.zip"), &zip).unwrap();
+    project.answers(&format!(
+        "az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
+az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
+"
+    ));
+    let (code, _, stderr) = project.run(&["up", "func", "--package", "given.zip"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert_eq!(deployed_zip(&project), zip);
+    assert!(!stderr.contains("build:"), "{stderr}");
+    assert!(!project.dir.join(".deploy-kit/ci/func/build.json").exists());
+
+    // A package that is not there: an error before anything runs.
+    let (code, _, stderr) = project.run(&["up", "func", "--package", "missing.zip"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("the package `missing.zip` does not exist"),
         "{stderr}"
     );
 }

@@ -14,7 +14,12 @@
 //! (`templates/azure/`), so `render`, `build` and the `az` engine ship the
 //! same files.
 
-use super::BuildError;
+use std::path::{Path, PathBuf};
+
+use kit_checks::platform::Platform;
+
+use super::{BuildError, BuildOptions, BuildRecord};
+use crate::CommandError;
 use crate::deployment::Deployment;
 
 /// Where `build` writes the package, under the target's output directory
@@ -40,6 +45,41 @@ pub fn rendered_files(deployment: &Deployment) -> Result<(String, String), crate
             })
     };
     Ok((file("host.json")?, file("function.json")?))
+}
+
+/// The package `up` deploys to an `azure-functions` target, `None` for any
+/// other platform: `package` (`--package`) as given, else what `build`
+/// (`up`'s timed `deploy-kit build`, with `kit_service` as the prebuilt
+/// binary when given) wrote. The `az` engine deploys exactly this file.
+pub fn package_for_up(
+    deployment: &Deployment,
+    package: Option<&Path>,
+    kit_service: Option<&Path>,
+    build: impl FnOnce(&BuildOptions) -> Result<BuildRecord, CommandError>,
+) -> Result<Option<PathBuf>, CommandError> {
+    if deployment.target.platform != Platform::AzureFunctions {
+        return Ok(None);
+    }
+    if let Some(package) = package {
+        if !package.is_file() {
+            return Err(CommandError::new(
+                format!("the package `{}` does not exist", package.display()),
+                "pass an existing zip to `--package`, or leave it out and `up` builds one",
+                2,
+            ));
+        }
+        return Ok(Some(package.to_path_buf()));
+    }
+    let options = BuildOptions {
+        prebuilt_binaries: kit_service.map(Path::to_path_buf).into_iter().collect(),
+    };
+    let record = build(&options)?;
+    Ok(Some(
+        record
+            .package
+            .expect("an Azure Functions build makes a package")
+            .path,
+    ))
 }
 
 /// The package bytes and their unzipped size.

@@ -10,7 +10,8 @@
 //!   rendered `host.json` and `rpc/function.json` and the same binary.
 //! - Container platforms get an OCI image: the same binary as one layer on
 //!   `service.base_image`, pushed to `service.image`'s registry by [`image`]
-//!   over the distribution API ([`registry`], credentials by [`credentials`]).
+//!   over the distribution API ([`registry`], credentials by [`credentials`]);
+//!   with `build.engine: docker`, by the Docker CLI instead ([`docker`]).
 //!
 //! Invariants: nothing is pushed unless the binary compiled and passed
 //! every check; blobs go up before the manifest that names them; the same
@@ -20,6 +21,7 @@ pub mod azure;
 pub mod cloud_login;
 pub mod compile;
 pub mod credentials;
+pub mod docker;
 pub mod elf;
 pub mod image;
 pub mod lambda;
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CommandError;
 use crate::artifact::{ArtifactError, Workspace};
-use crate::config::{Architecture, DEFAULT_BASE_IMAGE};
+use crate::config::{Architecture, BuildEngine, DEFAULT_BASE_IMAGE};
 use crate::deployment::Deployment;
 use credentials::CredentialError;
 use elf::GlibcVersion;
@@ -152,6 +154,24 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    #[error("`build.engine: docker` needs a docker CLI, and `{program}` {message}")]
+    NoDocker { program: String, message: String },
+    #[error("`{command}` failed ({status}); nothing was recorded. Its output:\n{output}")]
+    DockerFailed {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("`{command}` pushed, and its digest could not be read back: {message}")]
+    DockerDigest { command: String, message: String },
+    #[error(
+        "`{program}` has no `buildx`, and target `{target}` lists {count} architectures (an image index needs `docker buildx build`)"
+    )]
+    DockerSeveralArchitectures {
+        program: String,
+        target: String,
+        count: usize,
+    },
 }
 
 impl BuildError {
@@ -201,6 +221,10 @@ impl BuildError {
                 "rebuild with `cargo install --path infra --features {feature}`, or set `build.registry_auth: docker-config` and `docker login`"
             ),
             BuildError::Credentials(_) => "check the registry auth file (`docker login REGISTRY` rewrites it)".into(),
+            BuildError::NoDocker { .. } => "install Docker (https://docs.docker.com/get-docker/) or podman and put it on `PATH`, or set `DOCKER` to its path; or switch back to the native engine, which needs no Docker: remove `build.engine: docker` (or set `build.engine: native`)".into(),
+            BuildError::DockerFailed { .. } => "fix what the docker CLI says above, then run `deploy-kit build` again; or switch back to the native engine with `build.engine: native`".into(),
+            BuildError::DockerDigest { .. } => "check that the docker CLI pushed to `service.image`'s registry; `build.engine: native` reads the digest itself".into(),
+            BuildError::DockerSeveralArchitectures { .. } => "install the buildx plugin (https://docs.docker.com/build/install-buildx/), or use `build.engine: native`, which builds the image index itself".into(),
         }
     }
 
@@ -209,7 +233,10 @@ impl BuildError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BuildError::Artifact(error) => error.exit_code(),
-            BuildError::Compile { .. } | BuildError::Io { .. } => 1,
+            BuildError::Compile { .. }
+            | BuildError::Io { .. }
+            | BuildError::DockerFailed { .. }
+            | BuildError::DockerDigest { .. } => 1,
             BuildError::BaseImage { source, .. } | BuildError::Push { source, .. } => {
                 match source {
                     RegistryError::Unreachable { .. } | RegistryError::Status { .. } => 1,
@@ -336,6 +363,10 @@ pub struct ImageRecord {
     /// (`digest` is then the index's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<PlatformRecord>,
+    /// `docker` when the Docker CLI built and pushed it (`build.engine:
+    /// docker`: `base_digest`, `bytes` and `pushed` are then not measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// One architecture's image under an image index.
@@ -446,10 +477,15 @@ pub fn build(
         }
         .into());
     }
-    // What the push needs is checked before anything compiles.
+    // What the push needs is checked before anything compiles: the docker
+    // CLI (`build.engine: docker`), or the registry and its credentials.
+    let docker = match (kind, deployment.config.build.engine) {
+        (ArtifactKind::Image, BuildEngine::Docker) => Some(docker::DockerCli::find(env)?),
+        _ => None,
+    };
     let push = match kind {
-        ArtifactKind::Image => Some(PushPlan::resolve(deployment, env)?),
-        ArtifactKind::LambdaZip | ArtifactKind::AzureFunctionsZip => None,
+        ArtifactKind::Image if docker.is_none() => Some(PushPlan::resolve(deployment, env)?),
+        _ => None,
     };
     // The rendered files are checked before anything compiles too.
     let azure_files = match kind {
@@ -540,6 +576,26 @@ pub fn build(
             ..Timings::default()
         },
     };
+    if let Some(cli) = &docker {
+        let started = Instant::now();
+        let given: Vec<docker::DockerBinary<'_>> = binaries
+            .iter()
+            .map(|binary| docker::DockerBinary {
+                architecture: binary.architecture,
+                bytes: &binary.bytes,
+                sha256: &binary.record.sha256,
+            })
+            .collect();
+        let image = docker::build_and_push(cli, deployment, &artifact.binary, &given, env)?;
+        record.seconds.push = started.elapsed().as_secs_f64();
+        eprintln!(
+            "build: built and pushed by `{}` in {:.1} s; image {}",
+            cli.name, record.seconds.push, image.reference
+        );
+        record.image = Some(image);
+        record.save(&deployment.output_dir)?;
+        return Ok(record);
+    }
     match push {
         None => {
             let started = Instant::now();
@@ -891,6 +947,7 @@ impl PushPlan {
             bytes: image_bytes,
             pushed: stats,
             platforms: if several { platforms } else { Vec::new() },
+            engine: None,
         })
     }
 

@@ -37,6 +37,9 @@ pub struct UpRequest {
     pub kit_service: Option<PathBuf>,
     /// The Lambda package `up` built or was given (AWS targets).
     pub package: Option<Vec<u8>>,
+    /// The package file a CLI engine deploys as it is (the Azure Functions
+    /// zip `up` built or was given with `--package`).
+    pub package_file: Option<PathBuf>,
     /// Compose: processes or containers.
     pub runtime: crate::engine::compose::Runtime,
     /// Compose: the nginx binary in front of the replicas.
@@ -59,6 +62,7 @@ impl UpRequest {
             adopt: false,
             kit_service: None,
             package: None,
+            package_file: None,
             runtime: crate::engine::compose::Runtime::Processes,
             nginx: None,
             port: 0,
@@ -188,20 +192,22 @@ pub struct Resources<'a> {
 }
 
 impl Resources<'_> {
-    /// The resource engine, made for `up` (with the package and the
+    /// The resource engine, made for `up` (with the packages and the
     /// previous state) or for `down` and `rollback`; `owner` is whose
-    /// resources it may take over and delete (AWS checks the tags).
+    /// resources it may take over and delete.
     pub fn engine(
         &self,
         package: Option<Vec<u8>>,
-        kit_service: Option<&Path>,
+        package_file: Option<&Path>,
         previous: Option<State>,
         owner: Option<Owner>,
         env: Env,
     ) -> Result<Box<dyn Engine>, CommandError> {
         let deployment = self.deployment;
         match self.family {
-            Family::Cli => crate::engine::cli::engine_for(deployment, previous, kit_service, owner),
+            Family::Cli => {
+                crate::engine::cli::engine_for(deployment, previous, package_file, owner)
+            }
             Family::Gcp => gcp_engine(deployment, owner, env),
             Family::Aws => aws_engine(deployment, package, owner, env),
         }
@@ -423,7 +429,7 @@ pub fn up_resources(
     let owner = Owner::new(&deployment.config.service.name, &state, request.adopt);
     let engine = target.engine(
         request.package.clone(),
-        request.kit_service.as_deref(),
+        request.package_file.as_deref(),
         previous,
         Some(owner),
         env,

@@ -18,9 +18,13 @@
 //!    but nothing needs it back: the app reads it through a reference;
 //! 4. the function app (Linux consumption plan, runtime `custom`,
 //!    Functions 4, system identity), the `Key Vault Secrets User` role for
-//!    that identity, app settings (the `KIT_*` env and
+//!    that identity, `Storage Blob Data Contributor` on the storage account
+//!    (so the service signs user delegation SAS URLs by its identity, with
+//!    no account key), app settings (the `KIT_*` env with `KIT_STORAGE=azure`
+//!    and `AZURE_STORAGE_ACCOUNT`, and
 //!    `VGI_SIGNING_KEY=@Microsoft.KeyVault(SecretUri=...)`), and the package
-//!    (`host.json`, `rpc/function.json`, the service binary) by zip deploy.
+//!    `up` built with `deploy-kit build` (`host.json`, `rpc/function.json`,
+//!    the checked binary; or `--package ZIP`) by zip deploy, byte for byte.
 //!
 //! `down`: newest first; the storage account (and so the group) is kept
 //! unless `--delete-data`; the group is deleted only when `up` created it.
@@ -36,6 +40,9 @@ use crate::render::{RenderOptions, Settings};
 
 pub const RESOURCE_GROUP: &str = "resource-group";
 pub const KEY_VAULT: &str = "key-vault";
+/// The role the function's identity gets on the storage account: read,
+/// write and delete blobs, and request user delegation keys.
+pub const STORAGE_ROLE: &str = "Storage Blob Data Contributor";
 /// The lifecycle policy file, under the output directory.
 pub const POLICY_FILE: &str = "azure/lifecycle-policy.json";
 /// The zip deployed to the function app, under the output directory.
@@ -55,7 +62,6 @@ struct Plan {
     key_variable: String,
     env: Vec<(String, String)>,
     host_json: String,
-    function_json: String,
 }
 
 /// Storage account names: 3-24 lower-case letters and digits.
@@ -104,10 +110,11 @@ fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
         .trim_end_matches('-')
         .to_string();
     let storage = deployment.config.storage.as_ref();
+    let storage_account = storage_account_name(&prefix);
     Ok(Plan {
         group: prefix.clone(),
         location,
-        storage_account: storage_account_name(&prefix),
+        storage_account: storage_account.clone(),
         container: storage.map(|s| s.bucket.clone()),
         prefix: storage.map(|s| s.prefix.clone()).unwrap_or_default(),
         expiry_days: storage.and_then(|s| s.expiry_days),
@@ -119,14 +126,40 @@ fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
             .as_ref()
             .map(|s| s.variable.clone())
             .unwrap_or_else(|| "VGI_SIGNING_KEY".into()),
-        env: settings
-            .env
-            .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
-            .collect(),
+        env: azure_storage_env(
+            settings
+                .env
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone()))
+                .collect(),
+            storage.map(|_| storage_account).as_deref(),
+        ),
         host_json: file("host.json"),
-        function_json: file("function.json"),
     })
+}
+
+/// The service's storage settings pointed at the Blob container `up` makes
+/// in `account`: `KIT_STORAGE=azure` and `AZURE_STORAGE_ACCOUNT` (what
+/// kit-service's Azure backend reads), bucket and prefix as for S3 and GCS.
+/// No `AZURE_STORAGE_KEY`: the service signs with a user delegation key its
+/// managed identity requests. An S3 endpoint or region from `storage:` does
+/// not apply to the account here.
+fn azure_storage_env(env: Vec<(String, String)>, account: Option<&str>) -> Vec<(String, String)> {
+    let Some(account) = account else {
+        return env;
+    };
+    let mut out = Vec::with_capacity(env.len() + 1);
+    for (name, value) in env {
+        match name.as_str() {
+            "KIT_STORAGE" => {
+                out.push((name, "azure".to_string()));
+                out.push(("AZURE_STORAGE_ACCOUNT".to_string(), account.to_string()));
+            }
+            "KIT_STORAGE_ENDPOINT" | "KIT_STORAGE_REGION" => {}
+            _ => out.push((name, value)),
+        }
+    }
+    out
 }
 
 impl Plan {
@@ -210,7 +243,8 @@ pub struct AzureEngine {
     plan: Plan,
     previous: Option<State>,
     output_dir: PathBuf,
-    kit_service: Option<PathBuf>,
+    /// The zip `up` deploys (built, or `--package`).
+    package: Option<PathBuf>,
     deployment: Deployment,
 }
 
@@ -219,14 +253,14 @@ impl AzureEngine {
         deployment: &Deployment,
         cli: Cli,
         previous: Option<State>,
-        kit_service: Option<PathBuf>,
+        package: Option<PathBuf>,
     ) -> Result<AzureEngine, CommandError> {
         Ok(AzureEngine {
             cli,
             plan: resolve(deployment)?,
             previous,
             output_dir: deployment.output_dir.clone(),
-            kit_service,
+            package,
             deployment: deployment.clone(),
         })
     }
@@ -261,38 +295,37 @@ impl AzureEngine {
         )
     }
 
-    /// The package zip: `host.json`, `rpc/function.json` and the service
-    /// binary under its own name (host.json's `defaultExecutablePath`).
+    /// The zip to deploy: the one `up` built with `deploy-kit build`
+    /// ([`crate::build::azure`]: `host.json`, `rpc/function.json`, the
+    /// checked binary) or was given with `--package`, deployed as it is.
     fn package(&self) -> Result<PathBuf, CommandError> {
-        let artifact = self.deployment.artifact()?;
-        let build = artifact.build_command(
-            &self.deployment.features(),
-            "--target x86_64-unknown-linux-gnu",
-        );
-        let binary_path =
-            crate::deployment::find_service_binary(self.kit_service.as_deref(), artifact, &build)?;
-        let binary = std::fs::read(&binary_path).map_err(|error| {
+        let package = self.package.clone().ok_or_else(|| {
             CommandError::new(
-                format!("failed to read `{}`: {error}", binary_path.display()),
-                format!("build it for Linux x86_64 (`{build}`) and pass `--kit-service PATH`"),
+                format!(
+                    "target `{}` has no function package to deploy",
+                    self.deployment.target_name
+                ),
+                format!(
+                    "run `deploy-kit up {}` (it runs `deploy-kit build` first), or pass `--package ZIP`",
+                    self.deployment.target_name
+                ),
                 2,
             )
         })?;
-        // The layout `deploy-kit build` makes ([`crate::build::azure`]).
-        let (zip, _) = crate::build::azure::package(
-            &self.plan.host_json,
-            &self.plan.function_json,
-            &artifact.binary,
-            &binary,
-        )
-        .map_err(|error| {
-            CommandError::new(
-                format!("failed to build the function package: {error}"),
-                format!("build it with `{build}`"),
+        if !package.is_file() {
+            return Err(CommandError::new(
+                format!(
+                    "the function package `{}` does not exist",
+                    package.display()
+                ),
+                format!(
+                    "build it with `deploy-kit build --target {}`",
+                    self.deployment.target_name
+                ),
                 2,
-            )
-        })?;
-        write_file(&self.output_dir.join(PACKAGE_FILE), &zip)
+            ));
+        }
+        Ok(package)
     }
 }
 
@@ -569,58 +602,100 @@ impl Engine for AzureEngine {
                         )?;
                         Ok(((), "created".into()))
                     })?;
-                    progress.step(&format!("{} key vault access", want.address()), || {
-                        let principal = self.must(
-                            &[
-                                "functionapp",
-                                "identity",
-                                "show",
-                                "--name",
-                                app,
-                                "--resource-group",
-                                group,
-                                "--query",
-                                "principalId",
-                                "--output",
-                                "tsv",
-                            ],
-                            None,
-                        )?;
-                        let vault_id = self.must(
-                            &[
-                                "keyvault",
-                                "show",
-                                "--name",
-                                vault,
-                                "--resource-group",
-                                group,
-                                "--query",
-                                "id",
-                                "--output",
-                                "tsv",
-                            ],
-                            None,
-                        )?;
-                        self.must(
-                            &[
-                                "role",
-                                "assignment",
-                                "create",
-                                "--assignee-object-id",
-                                principal.trim(),
-                                "--assignee-principal-type",
-                                "ServicePrincipal",
-                                "--role",
-                                "Key Vault Secrets User",
-                                "--scope",
-                                vault_id.trim(),
-                                "--output",
-                                "none",
-                            ],
-                            None,
-                        )?;
-                        Ok(((), "granted".into()))
-                    })?;
+                    let principal =
+                        progress.step(&format!("{} key vault access", want.address()), || {
+                            let principal = self.must(
+                                &[
+                                    "functionapp",
+                                    "identity",
+                                    "show",
+                                    "--name",
+                                    app,
+                                    "--resource-group",
+                                    group,
+                                    "--query",
+                                    "principalId",
+                                    "--output",
+                                    "tsv",
+                                ],
+                                None,
+                            )?;
+                            let vault_id = self.must(
+                                &[
+                                    "keyvault",
+                                    "show",
+                                    "--name",
+                                    vault,
+                                    "--resource-group",
+                                    group,
+                                    "--query",
+                                    "id",
+                                    "--output",
+                                    "tsv",
+                                ],
+                                None,
+                            )?;
+                            self.must(
+                                &[
+                                    "role",
+                                    "assignment",
+                                    "create",
+                                    "--assignee-object-id",
+                                    principal.trim(),
+                                    "--assignee-principal-type",
+                                    "ServicePrincipal",
+                                    "--role",
+                                    "Key Vault Secrets User",
+                                    "--scope",
+                                    vault_id.trim(),
+                                    "--output",
+                                    "none",
+                                ],
+                                None,
+                            )?;
+                            Ok((principal.trim().to_string(), "granted".into()))
+                        })?;
+                    if plan.container.is_some() {
+                        // The function signs its SAS URLs with a user delegation
+                        // key its identity requests: no account key anywhere.
+                        progress.step(&format!("{} storage access", want.address()), || {
+                            let account_id = self.must(
+                                &[
+                                    "storage",
+                                    "account",
+                                    "show",
+                                    "--name",
+                                    account,
+                                    "--resource-group",
+                                    group,
+                                    "--query",
+                                    "id",
+                                    "--output",
+                                    "tsv",
+                                ],
+                                None,
+                            )?;
+                            self.must(
+                                &[
+                                    "role",
+                                    "assignment",
+                                    "create",
+                                    "--assignee-object-id",
+                                    &principal,
+                                    "--assignee-principal-type",
+                                    "ServicePrincipal",
+                                    "--role",
+                                    STORAGE_ROLE,
+                                    "--scope",
+                                    account_id.trim(),
+                                    "--output",
+                                    "none",
+                                ],
+                                None,
+                            )?;
+                            Ok(((), "granted".into()))
+                        })?;
+                    }
                     progress.step(&format!("{} app settings", want.address()), || {
                         let mut argv: Vec<OsString> = args([
                             "functionapp",
@@ -762,6 +837,37 @@ impl Engine for AzureEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_settings_point_at_the_account_with_no_key() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let given = env(&[
+            ("KIT_LOG_FORMAT", "json"),
+            ("KIT_STORAGE", "s3"),
+            ("KIT_STORAGE_BUCKET", "vgi-data"),
+            ("KIT_STORAGE_PREFIX", "vgi-rpc/"),
+            ("KIT_STORAGE_ENDPOINT", "https://storage.example.com"),
+            ("KIT_STORAGE_REGION", "us-east-1"),
+            ("KIT_PRESIGN_TTL", "3600"),
+        ]);
+        assert_eq!(
+            azure_storage_env(given.clone(), Some("vgifunc")),
+            env(&[
+                ("KIT_LOG_FORMAT", "json"),
+                ("KIT_STORAGE", "azure"),
+                ("AZURE_STORAGE_ACCOUNT", "vgifunc"),
+                ("KIT_STORAGE_BUCKET", "vgi-data"),
+                ("KIT_STORAGE_PREFIX", "vgi-rpc/"),
+                ("KIT_PRESIGN_TTL", "3600"),
+            ])
+        );
+        assert_eq!(azure_storage_env(given.clone(), None), given);
+    }
 
     #[test]
     fn storage_account_names_are_24_lower_case_alphanumerics() {

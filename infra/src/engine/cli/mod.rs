@@ -292,12 +292,12 @@ pub fn mark_created(mut resource: Resource, created_now: bool, before: bool) -> 
 }
 
 /// The engine for a deployment's platform. `previous` is the recorded state
-/// (engines use it to remember what they created); `kit_service` is the
-/// binary the Azure package ships.
+/// (engines use it to remember what they created); `package` is the Azure
+/// Functions zip `up` built (or was given), deployed as it is.
 pub fn engine_for(
     deployment: &Deployment,
     previous: Option<State>,
-    kit_service: Option<&Path>,
+    package: Option<&Path>,
     owner: Option<crate::engine::owner::Owner>,
 ) -> Result<Box<dyn Engine>, CommandError> {
     let program = find(
@@ -317,7 +317,7 @@ pub fn engine_for(
             deployment,
             cli,
             previous,
-            kit_service.map(Path::to_path_buf),
+            package.map(Path::to_path_buf),
         )?),
         _ => Box::new(kubernetes::KubernetesEngine::new(deployment, cli)?.owned_by(owner)),
     })
