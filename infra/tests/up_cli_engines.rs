@@ -92,11 +92,28 @@ impl Project {
         self.dir.join("cli.log")
     }
 
-    /// The calls logged so far (paths shown as `[dir]`), and clears the log.
+    /// The calls logged so far (paths shown as `[dir]`, state ids as
+    /// `[id]`), and clears the log.
     fn take_log(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         std::fs::write(self.log_path(), "").unwrap();
-        text.replace(&self.dir.display().to_string(), "[dir]")
+        let text = text.replace(&self.dir.display().to_string(), "[dir]");
+        match self.state_id() {
+            Some(id) => text.replace(&id, "[id]"),
+            None => text,
+        }
+    }
+
+    /// The `id` of the first state file under `.deploy-kit/`, if any.
+    fn state_id(&self) -> Option<String> {
+        walk(&self.dir.join(".deploy-kit"))
+            .into_iter()
+            .filter(|p| p.ends_with("state.json"))
+            .find_map(|p| {
+                let state: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+                state["id"].as_str().map(str::to_string)
+            })
     }
 
     /// Every stdin the fake received, in order.
@@ -716,8 +733,13 @@ az keyvault show*--query id*|0|/subscriptions/s/resourceGroups/vgi-func/provider
     .unwrap();
     assert!(policy.contains("\"vgi-data/vgi-rpc/\""), "{policy}");
 
+    // The group carries this state's tag (what `group create` was given).
+    let id = project.state_id().unwrap();
+    let tagged = format!(
+        "az group show*--query tags*|0|{{\"managed-by\":\"deploy-kit\",\"deploy-kit-deployment\":\"vgi/ci/func@{id}\"}}\n"
+    );
     project.answers(&format!(
-        "az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
+        "{tagged}az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
 az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
 "
     ));
@@ -739,6 +761,19 @@ az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
     );
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
+    // Tagged for another state (another checkout): `down` deletes nothing.
+    project.answers(
+        "az group show*--query tags*|0|{\"deploy-kit-deployment\":\"vgi/ci/func@ffffffffffffffff\"}\n",
+    );
+    let (code, _, stderr) = project.run(&["down", "func", "--yes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("`down` refuses to delete resource-group `vgi-func`"),
+        "{stderr}"
+    );
+    assert!(!project.take_log().contains("delete"), "nothing deleted");
+
+    project.answers(&tagged);
     let (code, _, stderr) = project.run(&["down", "func", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     insta::assert_snapshot!("azure_down", project.take_log());
@@ -759,7 +794,8 @@ fn azure_up_with_package_deploys_that_zip_and_builds_nothing() {
     .unwrap();
     std::fs::write(project.dir.join("given.zip"), &zip).unwrap();
     project.answers(&format!(
-        "az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
+        "az group show*|3|
+az functionapp identity show*|0|00000000-0000-0000-0000-000000000001
 az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
 "
     ));

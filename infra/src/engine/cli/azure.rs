@@ -7,7 +7,9 @@
 //! another platform with other limits and templates.
 //!
 //! `up`, each step reading first (`show`) and creating only what is missing:
-//! 1. the resource group `<service>-<target>` (tagged `managed-by=deploy-kit`);
+//! 1. the resource group `<service>-<target>` (tagged `managed-by=deploy-kit`
+//!    and [`DEPLOYMENT_TAG`]; an existing group without this state's tag is
+//!    refused unless `--adopt`, see [`crate::engine::owner`]);
 //! 2. the storage account (Standard_LRS, StorageV2, TLS 1.2, no public blob
 //!    access), the container `storage.bucket`, and the lifecycle policy
 //!    expiring `<container>/<prefix>` written to `azure/lifecycle-policy.json`
@@ -35,6 +37,7 @@ use std::path::PathBuf;
 use super::{Cli, args, created_before, mark_created, new_signing_key, sha256_hex};
 use crate::CommandError;
 use crate::deployment::Deployment;
+use crate::engine::owner::{Claim, Owner};
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind, setting};
 use crate::render::{RenderOptions, Settings};
 
@@ -246,7 +249,14 @@ pub struct AzureEngine {
     /// The zip `up` deploys (built, or `--package`).
     package: Option<PathBuf>,
     deployment: Deployment,
+    /// Whose resource group this is ([`crate::engine::owner`]): everything
+    /// the engine makes lives in it, so its [`DEPLOYMENT_TAG`] is what
+    /// `up` and `down` check.
+    owner: Option<Owner>,
 }
+
+/// The tag on the resource group naming the deployment (the owner's tag).
+pub const DEPLOYMENT_TAG: &str = "deploy-kit-deployment";
 
 impl AzureEngine {
     pub fn new(
@@ -262,9 +272,41 @@ impl AzureEngine {
             output_dir: deployment.output_dir.clone(),
             package,
             deployment: deployment.clone(),
+            owner: None,
         })
     }
 
+    /// The engine working for `owner` ([`crate::engine::owner`]).
+    pub fn owned_by(mut self, owner: Option<Owner>) -> AzureEngine {
+        self.owner = owner;
+        self
+    }
+
+    /// The group's [`DEPLOYMENT_TAG`]: `None` when the group is gone,
+    /// `Some(None)` when it has no such tag.
+    #[allow(clippy::option_option)]
+    fn group_tag(&self) -> Result<Option<Option<String>>, CommandError> {
+        let output = self.cli.run(
+            &args([
+                "group",
+                "show",
+                "--name",
+                &self.plan.group,
+                "--query",
+                "tags",
+                "--output",
+                "json",
+            ]),
+            None,
+            true,
+        )?;
+        if !output.success {
+            return Ok(None);
+        }
+        let tags: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(output.stdout.trim()).unwrap_or_default();
+        Ok(Some(tags.get(DEPLOYMENT_TAG).cloned()))
+    }
     fn logged_in(&self) -> Result<(), CommandError> {
         if self
             .cli
@@ -369,9 +411,28 @@ impl Engine for AzureEngine {
             let resource = match want.kind.as_str() {
                 RESOURCE_GROUP => {
                     let created = progress.step(&want.address(), || {
-                        if self.exists(&["group", "show", "--name", group])? {
-                            return Ok((false, "exists".into()));
+                        if let Some(found) = self.group_tag()? {
+                            let Some(owner) = &self.owner else {
+                                return Ok((false, "exists".into()));
+                            };
+                            if owner.claim(RESOURCE_GROUP, group, found.as_deref())? == Claim::Ours
+                            {
+                                return Ok((false, "exists".into()));
+                            }
+                            let tag = format!("tags.{DEPLOYMENT_TAG}={}", owner.tag);
+                            self.must(
+                                &[
+                                    "group", "update", "--name", group, "--set", &tag, "--output",
+                                    "none",
+                                ],
+                                None,
+                            )?;
+                            return Ok((false, "exists, tagged as this deployment's".into()));
                         }
+                        let tag = self
+                            .owner
+                            .as_ref()
+                            .map(|owner| format!("{DEPLOYMENT_TAG}={}", owner.tag));
                         self.must(
                             &[
                                 "group",
@@ -382,6 +443,7 @@ impl Engine for AzureEngine {
                                 &plan.location,
                                 "--tags",
                                 "managed-by=deploy-kit",
+                                tag.as_deref().unwrap_or("managed-by=deploy-kit"),
                                 "--output",
                                 "none",
                             ],
@@ -741,6 +803,14 @@ impl Engine for AzureEngine {
             self.logged_in().map(|()| ((), "logged in".into()))
         })?;
         let group = &self.plan.group;
+        // Everything is in the group: its tag says whose it is, checked
+        // before anything is deleted.
+        if let Some(owner) = &self.owner
+            && state.resources.iter().any(|r| r.kind == RESOURCE_GROUP)
+            && let Some(found) = self.group_tag()?
+        {
+            owner.may_delete(RESOURCE_GROUP, group, found.as_deref())?;
+        }
         let mut kept: Vec<Kept> = Vec::new();
         for resource in state.resources.iter().rev() {
             let name = resource.name.as_str();

@@ -313,12 +313,10 @@ pub fn engine_for(
     Ok(match deployment.target.platform {
         Platform::Fly => Box::new(fly::FlyEngine::new(deployment, cli, previous)?),
         Platform::Railway => Box::new(railway::RailwayEngine::new(deployment, cli)?),
-        Platform::AzureFunctions => Box::new(azure::AzureEngine::new(
-            deployment,
-            cli,
-            previous,
-            package.map(Path::to_path_buf),
-        )?),
+        Platform::AzureFunctions => Box::new(
+            azure::AzureEngine::new(deployment, cli, previous, package.map(Path::to_path_buf))?
+                .owned_by(owner.clone()),
+        ),
         _ => Box::new(kubernetes::KubernetesEngine::new(deployment, cli)?.owned_by(owner)),
     })
 }
