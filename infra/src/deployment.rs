@@ -227,47 +227,16 @@ impl Deployment {
         Ok(written)
     }
 
-    /// The native engine's name and desired resources (no network).
-    /// `code_sha256` is the function package's hash when one was built.
+    /// The engine's name and desired resources (no network), through the
+    /// one engine seam ([`engine::target::open`]). `code_sha256` is the
+    /// function package's hash when one was built.
     pub fn desired(
         &self,
         code_sha256: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<(&'static str, Vec<Resource>), CommandError> {
-        if engine::aws::handles(self.target.platform) {
-            let settings = engine::aws::AwsSettings::resolve(
-                &self.config,
-                &self.target_name,
-                &self.target,
-                env,
-            )?;
-            return Ok(("aws", settings.desired(code_sha256)));
-        }
-        if engine::cli::handles(self.target.platform) {
-            let name = engine::cli::engine_name(self.target.platform);
-            return Ok((name, engine::cli::desired(self)?));
-        }
-        if engine::compose::handles(self.target.platform) {
-            let settings = engine::compose::ComposeSettings::resolve(self)?;
-            return Ok((engine::compose::ENGINE, settings.desired()));
-        }
-        if engine::gcp::handles(self.target.platform) {
-            let settings =
-                engine::gcp::GcpSettings::resolve(&self.config, &self.target_name, &self.target)?;
-            return Ok(("gcp", settings.desired()));
-        }
-        Err(CommandError::new(
-            format!(
-                "target `{}`: the native engine does not provision `{}` yet",
-                self.target_name,
-                self.target.platform.name()
-            ),
-            format!(
-                "set `engine: pulumi` under `targets.{}` to deploy the rendered Pulumi program",
-                self.target_name
-            ),
-            2,
-        ))
+        let engine = engine::target::open(self)?;
+        Ok((engine.name(), engine.desired(code_sha256, env)?))
     }
 }
 

@@ -79,6 +79,14 @@ pub trait TargetEngine {
     /// The name recorded in the state file: `aws`, `gcp`, `kubernetes`,
     /// `fly`, `railway`, `azure`, `compose`, `pulumi`.
     fn name(&self) -> &'static str;
+    /// What the target needs, from the config alone (no network): what
+    /// `plan` diffs against the state. `code_sha256` is the Lambda
+    /// package's hash when one was built or given.
+    fn desired(
+        &self,
+        code_sha256: Option<&str>,
+        env: Env,
+    ) -> Result<Vec<crate::engine::Resource>, CommandError>;
     /// Fails, with the install hint, when a tool the engine drives is
     /// missing: `up` checks it before a build that may take minutes.
     fn preflight(&self) -> Result<(), CommandError> {
@@ -138,10 +146,16 @@ fn unsupported_rollback(deployment: &Deployment) -> CommandError {
 /// The engine of `deployment`'s target: Pulumi when `engine: pulumi`, else
 /// the one for its platform. Fails for platforms no engine provisions.
 pub fn open(deployment: &Deployment) -> Result<Box<dyn TargetEngine + '_>, CommandError> {
-    let platform = deployment.target.platform;
     if deployment.target.engine == EngineKind::Pulumi {
         return Ok(Box::new(Pulumi { deployment }));
     }
+    open_native(deployment)
+}
+
+/// The engine of `deployment`'s platform, whatever `engine:` says (Pulumi
+/// plans the resources the platform's engine would make).
+fn open_native(deployment: &Deployment) -> Result<Box<dyn TargetEngine + '_>, CommandError> {
+    let platform = deployment.target.platform;
     if crate::engine::compose::handles(platform) {
         return Ok(Box::new(Compose { deployment }));
     }
@@ -292,6 +306,32 @@ fn aws_engine(
 impl TargetEngine for Resources<'_> {
     fn name(&self) -> &'static str {
         self.expected_engine()
+    }
+
+    fn desired(
+        &self,
+        code_sha256: Option<&str>,
+        env: Env,
+    ) -> Result<Vec<crate::engine::Resource>, CommandError> {
+        let deployment = self.deployment;
+        match self.family {
+            Family::Aws => {
+                let settings = crate::engine::aws::AwsSettings::resolve(
+                    &deployment.config,
+                    &deployment.target_name,
+                    &deployment.target,
+                    env,
+                )?;
+                Ok(settings.desired(code_sha256))
+            }
+            Family::Cli => crate::engine::cli::desired(deployment),
+            Family::Gcp => Ok(crate::engine::gcp::GcpSettings::resolve(
+                &deployment.config,
+                &deployment.target_name,
+                &deployment.target,
+            )?
+            .desired()),
+        }
     }
 
     fn names(&self) -> (&str, &str) {
@@ -560,6 +600,14 @@ impl TargetEngine for Compose<'_> {
         crate::engine::compose::ENGINE
     }
 
+    fn desired(
+        &self,
+        _code_sha256: Option<&str>,
+        _env: Env,
+    ) -> Result<Vec<crate::engine::Resource>, CommandError> {
+        Ok(crate::engine::compose::ComposeSettings::resolve(self.deployment)?.desired())
+    }
+
     fn names(&self) -> (&str, &str) {
         names_of(self.deployment)
     }
@@ -616,6 +664,14 @@ impl TargetEngine for Local {
         crate::up_local::LOCAL_TARGET
     }
 
+    fn desired(
+        &self,
+        _code_sha256: Option<&str>,
+        _env: Env,
+    ) -> Result<Vec<crate::engine::Resource>, CommandError> {
+        Ok(Vec::new())
+    }
+
     fn names(&self) -> (&str, &str) {
         (crate::up_local::LOCAL_TARGET, "local")
     }
@@ -645,6 +701,16 @@ struct Pulumi<'a> {
 impl TargetEngine for Pulumi<'_> {
     fn name(&self) -> &'static str {
         "pulumi"
+    }
+
+    /// What the platform's own engine would make: the program renders the
+    /// same resources.
+    fn desired(
+        &self,
+        code_sha256: Option<&str>,
+        env: Env,
+    ) -> Result<Vec<crate::engine::Resource>, CommandError> {
+        open_native(self.deployment)?.desired(code_sha256, env)
     }
 
     fn names(&self) -> (&str, &str) {
