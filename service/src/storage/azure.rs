@@ -509,8 +509,10 @@ impl AzureStorage {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if !status.is_success() {
-            let excerpt: String = body.chars().take(300).collect();
-            return Err(failed(format!("HTTP {status}: {excerpt}")));
+            return Err(failed(format!(
+                "HTTP {status}: {}",
+                super::signing::excerpt(&body)
+            )));
         }
         let document: serde_json::Value = serde_json::from_str(&body)
             .map_err(|e| failed(format!("the answer is not JSON: {e}")))?;
@@ -547,13 +549,7 @@ impl AzureStorage {
             .map_err(|e| unreachable(BACKEND, e))?;
         let status = response.status();
         if status.as_u16() == 403 {
-            let excerpt: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let excerpt = super::signing::body_excerpt(response).await;
             return Err(StorageError::Denied {
                 backend: BACKEND,
                 message: format!(

@@ -419,13 +419,7 @@ impl IamSigner {
             .map_err(|e| unreachable(BACKEND, e))?;
         let status = response.status().as_u16();
         if status == 403 {
-            let detail: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
+            let detail = super::signing::body_excerpt(response).await;
             return Err(StorageError::Denied {
                 backend: BACKEND,
                 message: format!(

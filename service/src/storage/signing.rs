@@ -108,6 +108,17 @@ pub fn unreachable(backend: &'static str, error: reqwest::Error) -> StorageError
     }
 }
 
+/// The start of an error body (300 characters), which names the cause in
+/// GCS, IAM and Azure errors.
+pub fn excerpt(body: &str) -> String {
+    body.chars().take(300).collect()
+}
+
+/// [`excerpt`] of a response's body (empty when it cannot be read).
+pub async fn body_excerpt(response: reqwest::Response) -> String {
+    excerpt(&response.text().await.unwrap_or_default())
+}
+
 /// Maps a non-2xx response to `Denied` (401/403) or `Failed`, with the start
 /// of the body, which names the cause in both GCS and Azure errors.
 pub async fn refused(
@@ -116,8 +127,7 @@ pub async fn refused(
     response: reqwest::Response,
 ) -> StorageError {
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
-    let excerpt: String = body.chars().take(300).collect();
+    let excerpt = body_excerpt(response).await;
     let message = format!("{what}: HTTP {status}: {excerpt}");
     if matches!(status.as_u16(), 401 | 403) {
         StorageError::Denied { backend, message }

@@ -328,6 +328,33 @@ impl AzureEngine {
         Ok(self.cli.run(&argv, None, true)?.success)
     }
 
+    /// Gives the service principal `principal` `role` on the resource
+    /// `show` names (`az ... show`, whose `id` is the scope).
+    fn assign_role(&self, principal: &str, role: &str, show: &[&str]) -> Result<(), CommandError> {
+        let mut query = show.to_vec();
+        query.extend(["--query", "id", "--output", "tsv"]);
+        let scope = self.must(&query, None)?;
+        self.must(
+            &[
+                "role",
+                "assignment",
+                "create",
+                "--assignee-object-id",
+                principal,
+                "--assignee-principal-type",
+                "ServicePrincipal",
+                "--role",
+                role,
+                "--scope",
+                scope.trim(),
+                "--output",
+                "none",
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
     fn must(&self, rest: &[&str], stdin: Option<&[u8]>) -> Result<String, CommandError> {
         self.cli.must(
             &args(rest),
@@ -682,7 +709,9 @@ impl Engine for AzureEngine {
                                 ],
                                 None,
                             )?;
-                            let vault_id = self.must(
+                            self.assign_role(
+                                principal.trim(),
+                                "Key Vault Secrets User",
                                 &[
                                     "keyvault",
                                     "show",
@@ -690,30 +719,7 @@ impl Engine for AzureEngine {
                                     vault,
                                     "--resource-group",
                                     group,
-                                    "--query",
-                                    "id",
-                                    "--output",
-                                    "tsv",
                                 ],
-                                None,
-                            )?;
-                            self.must(
-                                &[
-                                    "role",
-                                    "assignment",
-                                    "create",
-                                    "--assignee-object-id",
-                                    principal.trim(),
-                                    "--assignee-principal-type",
-                                    "ServicePrincipal",
-                                    "--role",
-                                    "Key Vault Secrets User",
-                                    "--scope",
-                                    vault_id.trim(),
-                                    "--output",
-                                    "none",
-                                ],
-                                None,
                             )?;
                             Ok((principal.trim().to_string(), "granted".into()))
                         })?;
@@ -721,7 +727,9 @@ impl Engine for AzureEngine {
                         // The function signs its SAS URLs with a user delegation
                         // key its identity requests: no account key anywhere.
                         progress.step(&format!("{} storage access", want.address()), || {
-                            let account_id = self.must(
+                            self.assign_role(
+                                &principal,
+                                STORAGE_ROLE,
                                 &[
                                     "storage",
                                     "account",
@@ -730,30 +738,7 @@ impl Engine for AzureEngine {
                                     account,
                                     "--resource-group",
                                     group,
-                                    "--query",
-                                    "id",
-                                    "--output",
-                                    "tsv",
                                 ],
-                                None,
-                            )?;
-                            self.must(
-                                &[
-                                    "role",
-                                    "assignment",
-                                    "create",
-                                    "--assignee-object-id",
-                                    &principal,
-                                    "--assignee-principal-type",
-                                    "ServicePrincipal",
-                                    "--role",
-                                    STORAGE_ROLE,
-                                    "--scope",
-                                    account_id.trim(),
-                                    "--output",
-                                    "none",
-                                ],
-                                None,
                             )?;
                             Ok(((), "granted".into()))
                         })?;
