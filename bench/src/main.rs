@@ -48,7 +48,7 @@ use kit_service::wire::{self, Metadata};
 
 const USAGE: &str = "usage: kit-bench --kit PATH [--python PATH] [--rust-peer PATH] [--deploy-kit PATH] \
 [--lambda-kit PATH] [--lambda-otel PATH] \
-[--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo,lambda,deploy] [--workloads unary,unary-zstd,producer,producer-zstd]";
+[--server-cpus LIST] [--client-cpus LIST] [--seconds N] [--repeat N] [--warmup N] [--starts N] [--cli-runs N] [--stream-rows N] [--phases start,load,large,cli,demo,lambda,deploy] [--workloads unary,unary-zstd,producer,producer-zstd]";
 
 /// Every `--phases` name, in the order they run.
 const PHASES: [&str; 7] = ["start", "load", "large", "cli", "demo", "lambda", "deploy"];
@@ -75,6 +75,11 @@ struct Args {
     stream_rows: i64,
     phases: Vec<String>,
     workloads: Vec<String>,
+    /// CPUs every server process is pinned to (`taskset -c` list), so the
+    /// load client and the server under test do not share cores.
+    server_cpus: Option<String>,
+    /// CPUs this process (the load client) is pinned to.
+    client_cpus: Option<String>,
 }
 
 fn parse_args(raw: Vec<String>) -> Result<Args> {
@@ -93,6 +98,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
         stream_rows: 6_250_000,
         phases: DEFAULT_PHASES.map(String::from).to_vec(),
         workloads: Large::ALL.map(|w| w.name().to_string()).to_vec(),
+        server_cpus: None,
+        client_cpus: None,
     };
     let number = |flag: &str, value: &str| -> Result<u64> {
         value
@@ -111,6 +118,8 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
             "--deploy-kit" => args.deploy_kit = Some(value),
             "--lambda-kit" => args.lambda_kit = Some(value),
             "--lambda-otel" => args.lambda_otel = Some(value),
+            "--server-cpus" => args.server_cpus = Some(cpu_list(&flag, value)?),
+            "--client-cpus" => args.client_cpus = Some(cpu_list(&flag, value)?),
             "--seconds" => args.seconds = number(&flag, &value)?.max(1),
             "--repeat" => args.repeat = number(&flag, &value)?.max(1) as usize,
             "--warmup" => args.warmup = number(&flag, &value)? as usize,
@@ -163,6 +172,33 @@ fn parse_args(raw: Vec<String>) -> Result<Args> {
     Ok(args)
 }
 
+/// A `taskset -c` CPU list (`1`, `0,2`, `2-3`), checked for its shape.
+fn cpu_list(flag: &str, value: String) -> Result<String> {
+    let valid = !value.is_empty()
+        && value.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-');
+            ends.all(|end| !end.is_empty() && end.bytes().all(|b| b.is_ascii_digit()))
+        });
+    if !valid {
+        bail!("`{flag}` takes a CPU list such as `1`, `0,2` or `2-3`, got `{value}`");
+    }
+    Ok(value)
+}
+
+/// Pins this process, every thread it has and every thread it will start,
+/// to `cpus` (`taskset -a -p`): the load client's runtime is already running.
+fn pin_self(cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("failed to run `taskset` (util-linux) for `--client-cpus`")?;
+    if !status.success() {
+        bail!("`taskset -a -p -c {cpus}` failed: {status}");
+    }
+    Ok(())
+}
+
 /// `path` made absolute if it names a file by path (has a `/`); a bare name
 /// is left for `PATH` to resolve.
 fn absolute(flag: &str, path: &str) -> Result<String> {
@@ -212,11 +248,21 @@ impl Kind {
 struct ServerSpec {
     kind: Kind,
     program: String,
+    /// `--server-cpus`: started through `taskset -c`, which execs the
+    /// server in place (same pid, so its CPU time is still read from /proc).
+    cpus: Option<String>,
 }
 
 impl ServerSpec {
     fn command(&self, port: u16) -> Command {
-        let mut command = Command::new(&self.program);
+        let mut command = match &self.cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus, &self.program]);
+                command
+            }
+            None => Command::new(&self.program),
+        };
         match self.kind {
             Kind::Kit => {
                 command
@@ -584,7 +630,15 @@ fn check_no_error(streams: &[kit_service::wire::ipc::IpcStream]) -> Result<()> {
 }
 
 /// Runs one large-result workload; returns (MB/s of Arrow payload, peak RSS / payload).
-async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)> {
+/// `receive` is the client's receive buffer, kept across calls and servers (a
+/// client that keeps its buffer), so the client's own first touch of fresh
+/// pages is not in any server's number.
+async fn large(
+    server: &Server,
+    workload: Large,
+    rows: i64,
+    receive: &mut bytes::BytesMut,
+) -> Result<(f64, f64)> {
     let client = reqwest::Client::new();
     let accept = if workload.compressed() {
         "zstd"
@@ -610,8 +664,8 @@ async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)
                 .body(body)
                 .send()
                 .await?;
-            let streams =
-                read_streams(&body_of(response).await?).context("response is Arrow IPC")?;
+            let body = body_into(response, std::mem::take(receive)).await?;
+            let streams = read_streams(&body).context("response is Arrow IPC")?;
             check_no_error(&streams)?;
             let received: usize = streams
                 .iter()
@@ -620,12 +674,14 @@ async fn large(server: &Server, workload: Large, rows: i64) -> Result<(f64, f64)
                 .filter_map(|c| c.as_any().downcast_ref::<arrow_array::BinaryArray>())
                 .map(|c| c.value_data().len())
                 .sum();
+            drop(streams);
+            *receive = body.try_into_mut().unwrap_or_default();
             if received as i64 != bytes {
                 bail!("expected a {bytes}-byte result, got {received} bytes");
             }
             bytes
         }
-        Large::Producer { .. } => producer(server, &client, accept, rows).await? * 16,
+        Large::Producer { .. } => producer(server, &client, accept, rows, receive).await? * 16,
     };
     let seconds = started.elapsed().as_secs_f64();
     let rss = peak_rss(pid) as f64;
@@ -639,6 +695,7 @@ async fn producer(
     client: &reqwest::Client,
     accept: &str,
     rows: i64,
+    receive: &mut bytes::BytesMut,
 ) -> Result<i64> {
     let batches = 4i64;
     let per_batch = rows / batches;
@@ -667,7 +724,7 @@ async fn producer(
         .body(body)
         .send()
         .await?;
-    let mut buffer = bytes::BytesMut::new();
+    let mut buffer = std::mem::take(receive);
     loop {
         let body = body_into(response, std::mem::take(&mut buffer)).await?;
         let streams = read_streams(&body).context("response is Arrow IPC")?;
@@ -705,6 +762,7 @@ async fn producer(
             .send()
             .await?;
     }
+    *receive = buffer;
     if received != per_batch * batches {
         bail!("expected {} rows, got {received}", per_batch * batches);
     }
@@ -931,20 +989,28 @@ fn loadavg() -> String {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let online = std::thread::available_parallelism().map_or(0, usize::from);
+    if let Some(cpus) = &args.client_cpus {
+        pin_self(cpus)?;
+    }
+    let cpus = args.server_cpus.clone();
     let mut specs = vec![ServerSpec {
         kind: Kind::Kit,
         program: args.kit.clone(),
+        cpus: cpus.clone(),
     }];
     if let Some(program) = &args.python {
         specs.push(ServerSpec {
             kind: Kind::Python,
             program: program.clone(),
+            cpus: cpus.clone(),
         });
     }
     if let Some(program) = &args.rust_peer {
         specs.push(ServerSpec {
             kind: Kind::RustCrate,
             program: program.clone(),
+            cpus: cpus.clone(),
         });
     }
     let phase = |name: &str| args.phases.iter().any(|p| p == name);
@@ -958,6 +1024,11 @@ async fn run(args: Args) -> Result<()> {
         "Cells: median (min–max over rounds). `A vs B`: how many times better A is than B (> 1: A better).\n\
          Load average (1, 5, 15 min) before: {}.",
         loadavg()
+    );
+    println!(
+        "CPUs: {online} available; servers on {}; load client on {}.",
+        args.server_cpus.as_deref().unwrap_or("any"),
+        args.client_cpus.as_deref().unwrap_or("any"),
     );
 
     if phase("start") {
@@ -1016,11 +1087,14 @@ async fn run(args: Args) -> Result<()> {
             }
             let mut rss =
                 Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
+            let mut receive = bytes::BytesMut::new();
             // Uncounted rounds first: the steady state of a long-running
             // server, not its first touch of fresh pages, is what is compared.
             for _ in 0..args.warmup {
                 for server in &servers {
-                    if let Err(error) = large(server, workload, args.stream_rows).await {
+                    if let Err(error) =
+                        large(server, workload, args.stream_rows, &mut receive).await
+                    {
                         eprintln!(
                             "{}: {} (warm-up): {error:#}",
                             server.kind.title(),
@@ -1031,7 +1105,7 @@ async fn run(args: Args) -> Result<()> {
             }
             for _ in 0..args.repeat {
                 for server in &servers {
-                    match large(server, workload, args.stream_rows).await {
+                    match large(server, workload, args.stream_rows, &mut receive).await {
                         Ok((mbps, multiple)) => {
                             speed.push(server.kind, mbps);
                             rss.push(server.kind, multiple);
@@ -1162,6 +1236,7 @@ async fn demo(args: &Args) -> Result<()> {
     let specs = [Kind::TypedDemo, Kind::DynamicDemo].map(|kind| ServerSpec {
         kind,
         program: args.kit.clone(),
+        cpus: args.server_cpus.clone(),
     });
     let mut table = Table::new(specs.iter().map(|s| s.kind).collect(), Kind::TypedDemo);
     // "Within 3%" of the string-typed demo, as issue 12 asks.

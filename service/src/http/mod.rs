@@ -86,8 +86,9 @@ pub struct Server {
     pub(crate) keys: KeyRing,
     pub(crate) hosting: Hosting,
     pub(crate) external: Option<Arc<External>>,
-    /// `protocol_hash` of each hosted protocol, for access records.
-    pub(crate) protocol_hashes: BTreeMap<String, String>,
+    /// `protocol_hash` of each hosted protocol, for access records: see
+    /// [`Server::protocol_hash`].
+    protocol_hashes: std::sync::OnceLock<BTreeMap<String, String>>,
 }
 
 impl Server {
@@ -131,10 +132,6 @@ impl Server {
             let probe = crate::probe::protocol();
             hosted.insert(probe.name.clone(), Arc::new(probe));
         }
-        let protocol_hashes = hosted
-            .iter()
-            .map(|(name, protocol)| (name.clone(), crate::reflection::protocol_hash(protocol)))
-            .collect();
         Arc::new(Server {
             protocols: hosted,
             primary,
@@ -142,8 +139,27 @@ impl Server {
             keys,
             hosting,
             external: external.map(Arc::new),
-            protocol_hashes,
+            protocol_hashes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The `protocol_hash` of a hosted protocol (`""` for another name).
+    /// Hashing every method's schemas took most of the time from process
+    /// start to a ready listener, so it is done on first use, not while
+    /// building the server; `serve_until` warms it on the blocking pool once
+    /// the listener is ready.
+    pub(crate) fn protocol_hash(&self, protocol: &str) -> &str {
+        self.protocol_hashes
+            .get_or_init(|| {
+                self.protocols
+                    .iter()
+                    .map(|(name, protocol)| {
+                        (name.clone(), crate::reflection::protocol_hash(protocol))
+                    })
+                    .collect()
+            })
+            .get(protocol)
+            .map_or("", String::as_str)
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -828,10 +844,7 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         log.write(&crate::access_log::AccessRecord {
             server_id: &server.config.server_id,
             protocol,
-            protocol_hash: server
-                .protocol_hashes
-                .get(protocol)
-                .map_or("", String::as_str),
+            protocol_hash: server.protocol_hash(protocol),
             method,
             stream: called.is_stream(),
             stream_id: stream_id.as_deref(),

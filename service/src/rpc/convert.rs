@@ -8,10 +8,10 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray,
-    new_null_array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, LargeBinaryArray,
+    ListArray, StringArray, new_null_array,
 };
-use arrow_buffer::OffsetBuffer;
+use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_schema::{DataType, Field};
 
 use crate::wire::RpcError;
@@ -171,9 +171,44 @@ pub struct Bytes(pub Vec<u8>);
 
 impl ToArrow for Bytes {
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError> {
-        cast_to(
-            Arc::new(BinaryArray::from(vec![self.0.as_slice()])),
-            data_type,
+        let size = self.0.len();
+        let array: ArrayRef = if *data_type == DataType::LargeBinary {
+            Arc::new(Bytes::large_binary_cell(self.0))
+        } else {
+            Arc::new(Bytes::binary_cell(self.0).ok_or_else(|| {
+                RpcError::value(format!(
+                    "a {size}-byte value does not fit a `binary` column (at most {} bytes); \
+                     declare the result `large_binary`",
+                    i32::MAX
+                ))
+            })?)
+        };
+        cast_to(array, data_type)
+    }
+}
+
+impl Bytes {
+    /// One value as a one-row `binary` column without copying it: the
+    /// column's value buffer is the `Vec`'s own allocation, so a large
+    /// result is neither copied nor touched again before it is sent (a
+    /// `vec![0; n]` is never even faulted in). `None` past `binary`'s
+    /// 2 GiB (`i32` offsets).
+    pub(crate) fn binary_cell(bytes: Vec<u8>) -> Option<BinaryArray> {
+        let end = i32::try_from(bytes.len()).ok()?;
+        Some(BinaryArray::new(
+            OffsetBuffer::new(vec![0, end].into()),
+            Buffer::from_vec(bytes),
+            None,
+        ))
+    }
+
+    /// [`Bytes::binary_cell`] for a `large_binary` column (`i64` offsets).
+    pub(crate) fn large_binary_cell(bytes: Vec<u8>) -> LargeBinaryArray {
+        let end = bytes.len() as i64;
+        LargeBinaryArray::new(
+            OffsetBuffer::new(vec![0, end].into()),
+            Buffer::from_vec(bytes),
+            None,
         )
     }
 }
@@ -284,6 +319,36 @@ mod tests {
         let none = Option::<i64>::None.to_arrow(&DataType::Int64).unwrap();
         assert_eq!(Option::<i64>::from_arrow(none.as_ref(), 0), Ok(None));
         assert!(i64::from_arrow(none.as_ref(), 0).is_err());
+    }
+
+    #[test]
+    fn a_bytes_result_keeps_its_allocation() {
+        for data_type in [DataType::Binary, DataType::LargeBinary] {
+            let value: Vec<u8> = (0..=255).cycle().take(100_000).collect();
+            let (address, copy) = (value.as_ptr(), value.clone());
+            let array = Bytes(value).to_arrow(&data_type).unwrap();
+            assert_eq!(array.data_type(), &data_type);
+            assert_eq!(array.len(), 1);
+            let values = array.to_data().buffers()[1].as_ptr();
+            assert_eq!(
+                values, address,
+                "{data_type}: the value buffer is the Vec itself"
+            );
+            assert_eq!(Bytes::from_arrow(array.as_ref(), 0).unwrap().0, copy);
+        }
+        // Another declared type still converts (a cast, which copies).
+        let view = Bytes(b"abc".to_vec())
+            .to_arrow(&DataType::BinaryView)
+            .unwrap();
+        assert_eq!(Bytes::from_arrow(view.as_ref(), 0).unwrap().0, b"abc");
+        // And the typed path (`ArrowValue`) does the same for one value.
+        use crate::rpc::value::ArrowValue;
+        let value = vec![7u8; 4096];
+        let address = value.as_ptr();
+        let column = Bytes::to_column(vec![Bytes(value)]).unwrap();
+        assert_eq!(column.to_data().buffers()[1].as_ptr(), address);
+        let two = Bytes::to_column(vec![Bytes(vec![1]), Bytes(vec![2, 3])]).unwrap();
+        assert_eq!(two.as_binary::<i32>().value(1), &[2, 3]);
     }
 
     #[test]

@@ -480,7 +480,14 @@ impl ArrowValue for Bytes {
         DataType::Binary
     }
 
-    fn to_column(values: Vec<Self>) -> Result<ArrayRef, ValueError> {
+    fn to_column(mut values: Vec<Self>) -> Result<ArrayRef, ValueError> {
+        // One value (a unary result) keeps its allocation: no copy.
+        if let [one] = values.as_mut_slice()
+            && i32::try_from(one.0.len()).is_ok()
+            && let Some(column) = Bytes::binary_cell(std::mem::take(&mut one.0))
+        {
+            return Ok(Arc::new(column));
+        }
         Ok(Arc::new(BinaryArray::from_iter_values(
             values.iter().map(|b| b.0.as_slice()),
         )))
