@@ -36,8 +36,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 /// Blocks at least this large are mapped by this allocator (four huge pages:
 /// smaller blocks would round to mostly partial huge pages).
 pub const LARGE_MIN: usize = 8 << 20;
-/// The old name of [`LARGE_MIN`]: the size from which blocks get huge pages.
-pub const HUGE_PAGE_MIN: usize = LARGE_MIN;
 /// Freed large blocks kept for reuse, in bytes, across all threads: one
 /// 25 MB producer batch of two columns (two 12 MiB blocks) fits.
 pub const CACHE_BYTES: usize = 32 << 20;
@@ -294,7 +292,9 @@ mod large {
     }
 }
 
-/// Marks the whole 2 MiB-aligned part of `[ptr, ptr + size)` for huge pages.
+/// Marks the whole 2 MiB-aligned part of `[ptr, ptr + size)` for huge pages:
+/// for a block malloc serves that is still large (its alignment is over a
+/// page, so it is not mapped here).
 fn advise(ptr: *mut u8, size: usize) {
     if let Some((start, length)) = huge_page_range(ptr, size) {
         madvise_huge_pages(start, length);
@@ -304,7 +304,7 @@ fn advise(ptr: *mut u8, size: usize) {
 /// The 2 MiB-aligned start and length inside `[ptr, ptr + size)`, if the
 /// block is large enough to get the advice at all.
 fn huge_page_range(ptr: *mut u8, size: usize) -> Option<(usize, usize)> {
-    if ptr.is_null() || size < HUGE_PAGE_MIN {
+    if ptr.is_null() || size < LARGE_MIN {
         return None;
     }
     let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
@@ -445,15 +445,15 @@ mod tests {
     #[test]
     fn only_the_aligned_middle_of_large_blocks_is_advised() {
         let at = |address: usize| address as *mut u8;
-        assert_eq!(huge_page_range(std::ptr::null_mut(), HUGE_PAGE_MIN), None);
-        assert_eq!(huge_page_range(at(HUGE_PAGE), HUGE_PAGE_MIN - 1), None);
+        assert_eq!(huge_page_range(std::ptr::null_mut(), LARGE_MIN), None);
+        assert_eq!(huge_page_range(at(HUGE_PAGE), LARGE_MIN - 1), None);
         assert_eq!(
-            huge_page_range(at(HUGE_PAGE), HUGE_PAGE_MIN),
-            Some((HUGE_PAGE, HUGE_PAGE_MIN))
+            huge_page_range(at(HUGE_PAGE), LARGE_MIN),
+            Some((HUGE_PAGE, LARGE_MIN))
         );
         assert_eq!(
-            huge_page_range(at(HUGE_PAGE + 1), HUGE_PAGE_MIN),
-            Some((2 * HUGE_PAGE, HUGE_PAGE_MIN - HUGE_PAGE))
+            huge_page_range(at(HUGE_PAGE + 1), LARGE_MIN),
+            Some((2 * HUGE_PAGE, LARGE_MIN - HUGE_PAGE))
         );
     }
 
@@ -464,9 +464,9 @@ mod tests {
         for size in [
             16usize,
             4096,
-            HUGE_PAGE_MIN - 1,
-            HUGE_PAGE_MIN,
-            3 * HUGE_PAGE_MIN + 12_345,
+            LARGE_MIN - 1,
+            LARGE_MIN,
+            3 * LARGE_MIN + 12_345,
         ] {
             let layout = Layout::from_size_align(size, 64).unwrap();
             unsafe {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, LargeBinaryArray,
-    ListArray, StringArray, new_null_array,
+    Array, ArrayRef, BooleanArray, Float64Array, GenericBinaryArray, Int64Array, ListArray,
+    OffsetSizeTrait, StringArray, new_null_array,
 };
 use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_schema::{DataType, Field};
@@ -171,14 +171,15 @@ pub struct Bytes(pub Vec<u8>);
 
 impl ToArrow for Bytes {
     fn to_arrow(self, data_type: &DataType) -> Result<ArrayRef, RpcError> {
-        let size = self.0.len();
+        let mut bytes = self.0;
         let array: ArrayRef = if *data_type == DataType::LargeBinary {
-            Arc::new(Bytes::large_binary_cell(self.0))
+            Arc::new(Bytes::cell::<i64>(&mut bytes).expect("a Vec's length fits i64"))
         } else {
-            Arc::new(Bytes::binary_cell(self.0).ok_or_else(|| {
+            Arc::new(Bytes::cell::<i32>(&mut bytes).ok_or_else(|| {
                 RpcError::value(format!(
-                    "a {size}-byte value does not fit a `binary` column (at most {} bytes); \
+                    "a {}-byte value does not fit a `binary` column (at most {} bytes); \
                      declare the result `large_binary`",
+                    bytes.len(),
                     i32::MAX
                 ))
             })?)
@@ -188,28 +189,19 @@ impl ToArrow for Bytes {
 }
 
 impl Bytes {
-    /// One value as a one-row `binary` column without copying it: the
-    /// column's value buffer is the `Vec`'s own allocation, so a large
-    /// result is neither copied nor touched again before it is sent (a
-    /// `vec![0; n]` is never even faulted in). `None` past `binary`'s
-    /// 2 GiB (`i32` offsets).
-    pub(crate) fn binary_cell(bytes: Vec<u8>) -> Option<BinaryArray> {
-        let end = i32::try_from(bytes.len()).ok()?;
-        Some(BinaryArray::new(
-            OffsetBuffer::new(vec![0, end].into()),
-            Buffer::from_vec(bytes),
+    /// One value as a one-row `binary` (`O` = `i32`) or `large_binary`
+    /// (`i64`) column without copying it: the column's value buffer is the
+    /// `Vec`'s own allocation, taken from `bytes`, so a large result is
+    /// neither copied nor touched again before it is sent (a `vec![0; n]` is
+    /// never even faulted in). `None`, with `bytes` left as it was, when the
+    /// length does not fit the offsets (`binary`'s 2 GiB).
+    pub(crate) fn cell<O: OffsetSizeTrait>(bytes: &mut Vec<u8>) -> Option<GenericBinaryArray<O>> {
+        let end = O::from_usize(bytes.len())?;
+        Some(GenericBinaryArray::new(
+            OffsetBuffer::new(vec![O::zero(), end].into()),
+            Buffer::from_vec(std::mem::take(bytes)),
             None,
         ))
-    }
-
-    /// [`Bytes::binary_cell`] for a `large_binary` column (`i64` offsets).
-    pub(crate) fn large_binary_cell(bytes: Vec<u8>) -> LargeBinaryArray {
-        let end = bytes.len() as i64;
-        LargeBinaryArray::new(
-            OffsetBuffer::new(vec![0, end].into()),
-            Buffer::from_vec(bytes),
-            None,
-        )
     }
 }
 

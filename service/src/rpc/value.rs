@@ -483,8 +483,7 @@ impl ArrowValue for Bytes {
     fn to_column(mut values: Vec<Self>) -> Result<ArrayRef, ValueError> {
         // One value (a unary result) keeps its allocation: no copy.
         if let [one] = values.as_mut_slice()
-            && i32::try_from(one.0.len()).is_ok()
-            && let Some(column) = Bytes::binary_cell(std::mem::take(&mut one.0))
+            && let Some(column) = Bytes::cell::<i32>(&mut one.0)
         {
             return Ok(Arc::new(column));
         }
