@@ -19,6 +19,41 @@ log() { printf '\n==> [%s] %s\n' "$(elapsed)" "$*" >&2; }
 elapsed() { local s=$(( $(date +%s) - KIT_CI_STARTED )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# One feature set and one package selection for every cargo call of CI, so the
+# workspace is compiled once: kit-service with all of its platform features and
+# deploy-kit with its server suites. Cargo resolves dependency features from
+# the packages it is asked to build (and, for --all-targets or test, their
+# dev-dependencies): `-p kit-service --features s3` or `build --bin X` after a
+# workspace build recompiled ~40-120 units each, kit-service itself among them.
+# Hence `ci_cargo build --all-targets` (never `--bin`), and tests picked with
+# `--test NAME`. Only the slim deploy-kit build (`.ci/test`) differs, on purpose.
+CI_FEATURES=kit-service/lambda,kit-service/otel,kit-service/s3,deploy-kit/e2e
+ci_cargo() {
+    local sub=$1; shift
+    cargo "$sub" --locked --workspace --features "$CI_FEATURES" "$@"
+}
+# The same under `timeout SECONDS` (for the suites that talk to servers).
+ci_cargo_within() {
+    local limit=$1 sub=$2; shift 2
+    timeout "$limit" cargo "$sub" --locked --workspace --features "$CI_FEATURES" "$@"
+}
+# `--test NAME` for every test target of the workspace a plain `cargo test
+# --workspace` would run: those not behind the `e2e` feature, whose suites
+# need servers that their own scripts start (.ci/test-aws, -compose, -secrets,
+# -build). Read from the manifests, so a new test file is never left out.
+workspace_test_args() {
+    cargo metadata --locked --no-deps --format-version 1 | "$PY" -c '
+import json, sys
+names = {}  # one --test per name: it selects that target in every package
+for package in json.load(sys.stdin)["packages"]:
+    for target in package["targets"]:
+        if "test" in target["kind"] and "e2e" not in (target.get("required-features") or []):
+            names[target["name"]] = None
+for name in names:
+    print("--test", name)
+'
+}
+
 # The Python 3.13 venv with the vgi-rpc client and its conformance suites.
 ensure_python() {
     if [ -x "$PY" ] && "$PY" -c "import vgi_rpc, pytest, pytest_timeout, jsonschema, psutil" 2>/dev/null \
