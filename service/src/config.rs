@@ -458,6 +458,16 @@ pub const VARIABLES: &[Variable] = &[
         doc: "Needs the `otel` cargo feature. Extra headers on every export as `key=value,key=value` (a hosted collector's API key); read by the OTLP exporter.",
     },
     Variable {
+        name: crate::telemetry::OTLP_TIMEOUT,
+        default: "10000",
+        doc: "Needs the `otel` cargo feature. Milliseconds an export request may take (connect to last byte).",
+    },
+    Variable {
+        name: crate::telemetry::OTLP_TRACES_TIMEOUT,
+        default: "",
+        doc: "Needs the `otel` cargo feature. The same for traces only; wins over `OTEL_EXPORTER_OTLP_TIMEOUT`.",
+    },
+    Variable {
         name: crate::telemetry::SERVICE_NAME,
         default: "kit-service",
         doc: "Needs the `otel` cargo feature. `service.name` of the exported spans.",

@@ -34,6 +34,10 @@ pub const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 pub const OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 /// `service.name` of the exported spans.
 pub const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// Milliseconds an export request may take, connect to last byte (OTLP default 10000).
+pub const OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// The same for traces only; wins over [`OTLP_TIMEOUT`].
+pub const OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
 
 /// Why the subscriber or the trace exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -287,11 +291,13 @@ pub mod log_buffer {
 #[cfg(feature = "otel")]
 mod otlp {
     use std::sync::OnceLock;
+    use std::time::Duration;
 
     use http::HeaderMap;
     use opentelemetry::propagation::{Extractor, TextMapPropagator};
     use opentelemetry::trace::{TraceContextExt, TracerProvider};
-    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
     use opentelemetry_sdk::Resource;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
     use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -303,7 +309,8 @@ mod otlp {
     use tracing_subscriber::registry::LookupSpan;
 
     use super::{
-        OTLP_ENDPOINT, OTLP_TRACES_ENDPOINT, SERVICE_NAME, TRACEPARENT, TRACESTATE, TelemetryError,
+        OTLP_ENDPOINT, OTLP_TIMEOUT, OTLP_TRACES_ENDPOINT, OTLP_TRACES_TIMEOUT, SERVICE_NAME,
+        TRACEPARENT, TRACESTATE, TelemetryError,
     };
     use crate::config::Env;
     use crate::wire::{self, Metadata};
@@ -319,10 +326,16 @@ mod otlp {
             (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
             (None, None) => return Ok(None),
         };
+        let timeout = export_timeout(env).map_err(|reason| TelemetryError::Exporter {
+            endpoint: endpoint.clone(),
+            reason,
+        })?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(Exporting::new(timeout))
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
+            .with_timeout(timeout)
             .build()
             .map_err(|error| TelemetryError::Exporter {
                 endpoint: endpoint.clone(),
@@ -343,6 +356,58 @@ mod otlp {
             .build();
         let _ = PROVIDER.set(provider.clone());
         Ok(Some(provider))
+    }
+
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`,
+    /// in milliseconds; 10 s when neither is set.
+    fn export_timeout(env: &dyn Env) -> Result<Duration, String> {
+        for name in [OTLP_TRACES_TIMEOUT, OTLP_TIMEOUT] {
+            if let Some(value) = env.var(name).filter(|v| !v.trim().is_empty()) {
+                return match value.trim().parse::<u64>() {
+                    Ok(millis) if millis > 0 => Ok(Duration::from_millis(millis)),
+                    _ => Err(format!(
+                        "`{name}` is `{value}`, not a positive number of milliseconds"
+                    )),
+                };
+            }
+        }
+        Ok(Duration::from_secs(10))
+    }
+
+    /// The exporter's HTTP client: ureq (blocking) on rustls with ring, the
+    /// TLS stack the rest of kit-service uses. The SDK's batch processor runs
+    /// exports on its own thread (`block_on`), so a blocking call there holds
+    /// no async worker. Non-2xx answers are returned for the exporter to
+    /// report; a body over 4 MiB (an export response is a few bytes) is an error.
+    #[derive(Debug)]
+    struct Exporting {
+        agent: ureq::Agent,
+    }
+
+    impl Exporting {
+        fn new(timeout: Duration) -> Exporting {
+            let agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .user_agent(concat!("kit-service/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into();
+            Exporting { agent }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Exporting {
+        async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+            let mut response = self.agent.run(request.map(|body| body.to_vec()))?;
+            let body = response
+                .body_mut()
+                .with_config()
+                .limit(4 * 1024 * 1024)
+                .read_to_vec()?;
+            let (parts, _) = response.into_parts();
+            Ok(Response::from_parts(parts, Bytes::from(body)))
+        }
     }
 
     /// The `tracing` layer feeding `provider`. INFO and up, independent of
@@ -493,5 +558,25 @@ mod tests {
         .into();
         let error = super::otlp::provider(&env).map(|_| ()).unwrap_err();
         assert!(error.to_string().contains("`not a url`"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_timeout_is_reported_with_its_name_and_value() {
+        for (name, value) in [
+            (super::OTLP_TIMEOUT, "ten"),
+            (super::OTLP_TRACES_TIMEOUT, "0"),
+        ] {
+            let env: HashMap<String, String> = [
+                (
+                    super::OTLP_ENDPOINT.to_string(),
+                    "http://127.0.0.1:4318".to_string(),
+                ),
+                (name.to_string(), value.to_string()),
+            ]
+            .into();
+            let error = super::otlp::provider(&env).map(|_| ()).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains(&format!("`{name}` is `{value}`")), "{text}");
+        }
     }
 }
