@@ -494,9 +494,7 @@ fn start(
         Ok(telemetry) => telemetry,
         Err(error) => {
             eprintln!("error: {error}");
-            eprintln!(
-                "hint: set `OTEL_EXPORTER_OTLP_ENDPOINT` to the collector's base URL, e.g. `http://localhost:4318`"
-            );
+            eprintln!("hint: {}", error.hint());
             return Err(ExitCode::from(64));
         }
     };

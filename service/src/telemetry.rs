@@ -44,8 +44,27 @@ pub const OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
 pub enum TelemetryError {
     #[error("failed to set up the OTLP trace exporter for `{endpoint}`: {reason}")]
     Exporter { endpoint: String, reason: String },
+    #[error("`{name}` is `{value}`, not a positive number of milliseconds")]
+    Timeout { name: &'static str, value: String },
     #[error("failed to install the `tracing` subscriber: {0}")]
     Subscriber(String),
+}
+
+impl TelemetryError {
+    /// What to change, for the operator.
+    pub fn hint(&self) -> String {
+        match self {
+            TelemetryError::Exporter { .. } => format!(
+                "set `{OTLP_ENDPOINT}` to the collector's base URL, e.g. `http://localhost:4318`"
+            ),
+            TelemetryError::Timeout { name, .. } => {
+                format!("set `{name}` to a number of milliseconds, e.g. `10000`, or unset it")
+            }
+            TelemetryError::Subscriber(_) => {
+                "another `tracing` subscriber is already installed in this process".to_string()
+            }
+        }
+    }
 }
 
 /// Keeps trace export running; [`Telemetry::shutdown`] (or dropping it)
@@ -326,10 +345,7 @@ mod otlp {
             (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
             (None, None) => return Ok(None),
         };
-        let timeout = export_timeout(env).map_err(|reason| TelemetryError::Exporter {
-            endpoint: endpoint.clone(),
-            reason,
-        })?;
+        let timeout = export_timeout(env)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(Exporting::new(timeout))
@@ -360,14 +376,12 @@ mod otlp {
 
     /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT`,
     /// in milliseconds; 10 s when neither is set.
-    fn export_timeout(env: &dyn Env) -> Result<Duration, String> {
+    fn export_timeout(env: &dyn Env) -> Result<Duration, TelemetryError> {
         for name in [OTLP_TRACES_TIMEOUT, OTLP_TIMEOUT] {
             if let Some(value) = env.var(name).filter(|v| !v.trim().is_empty()) {
                 return match value.trim().parse::<u64>() {
                     Ok(millis) if millis > 0 => Ok(Duration::from_millis(millis)),
-                    _ => Err(format!(
-                        "`{name}` is `{value}`, not a positive number of milliseconds"
-                    )),
+                    _ => Err(TelemetryError::Timeout { name, value }),
                 };
             }
         }
@@ -577,6 +591,11 @@ mod tests {
             let error = super::otlp::provider(&env).map(|_| ()).unwrap_err();
             let text = error.to_string();
             assert!(text.contains(&format!("`{name}` is `{value}`")), "{text}");
+            assert!(
+                error.hint().contains(&format!("set `{name}`")),
+                "{}",
+                error.hint()
+            );
         }
     }
 }
