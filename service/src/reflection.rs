@@ -90,7 +90,7 @@ fn list_protocols(_ctx: &Ctx) -> Result<crate::rpc::Bytes, RpcError> {
             .map(|p| p.version.clone().unwrap_or_default()),
     ));
     let hashes: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
-        protocols.iter().map(|p| protocol_hash(p)),
+        protocols.iter().map(|p| server.protocol_hash(&p.name)),
     ));
     let deprecated: ArrayRef = Arc::new(arrow_array::BooleanArray::from(vec![false; n]));
     let messages: ArrayRef = Arc::new(arrow_array::StringArray::from_iter_values(
@@ -208,7 +208,7 @@ fn describe(_ctx: &Ctx, name: &str) -> Result<crate::rpc::Bytes, RpcError> {
         vec![
             string(&protocol.name),
             string(protocol.version.as_deref().unwrap_or("")),
-            string(&protocol_hash(protocol)),
+            string(server.protocol_hash(&protocol.name)),
             Arc::new(arrow_array::BooleanArray::from(vec![false])),
             string(""),
             Arc::new(empty_string_list(1).finish()),

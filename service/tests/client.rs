@@ -259,6 +259,22 @@ async fn reflection_lists_protocols_and_method_schemas() {
     );
     assert_eq!(demo.method("count").unwrap().kind, MethodKind::Producer);
     assert!(demo.method("count").unwrap().result.is_none());
+    // Both answers carry the protocol's hash (cached by the server), twice
+    // the same: what a client pins to detect a changed protocol.
+    let hash = kit_service::reflection::protocol_hash(&kit_service::demo::protocol());
+    assert_eq!(hash.len(), 64, "{hash}");
+    assert_eq!(demo.hash, hash);
+    assert_eq!(listed.protocols[0].hash, hash);
+    let again = server.client().describe(DEMO).await.unwrap();
+    assert_eq!(again.hash, hash);
+    let reflection = server
+        .client()
+        .describe("vgi_rpc.Reflection.v1")
+        .await
+        .unwrap();
+    assert_eq!(reflection.hash.len(), 64, "{}", reflection.hash);
+    assert_ne!(reflection.hash, hash);
+    assert_eq!(listed.protocols[1].hash, reflection.hash);
 
     let error = server.client().describe("acme.Nope.v1").await.unwrap_err();
     assert_eq!(error.rpc().unwrap().error_type, "ProtocolNotSupportedError");
