@@ -28,14 +28,15 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Hence `ci_cargo build --all-targets` (never `--bin`), and tests picked with
 # `--test NAME`. Only the slim deploy-kit build (`.ci/test`) differs, on purpose.
 CI_FEATURES=kit-service/lambda,kit-service/otel,kit-service/s3,deploy-kit/e2e
+CI_CARGO_FLAGS=(--locked --workspace --features "$CI_FEATURES")
 ci_cargo() {
     local sub=$1; shift
-    cargo "$sub" --locked --workspace --features "$CI_FEATURES" "$@"
+    cargo "$sub" "${CI_CARGO_FLAGS[@]}" "$@"
 }
 # The same under `timeout SECONDS` (for the suites that talk to servers).
 ci_cargo_within() {
     local limit=$1 sub=$2; shift 2
-    timeout "$limit" cargo "$sub" --locked --workspace --features "$CI_FEATURES" "$@"
+    timeout "$limit" cargo "$sub" "${CI_CARGO_FLAGS[@]}" "$@"
 }
 # `--test NAME` for every test target of the workspace a plain `cargo test
 # --workspace` would run: those not behind the `e2e` feature, whose suites

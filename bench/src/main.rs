@@ -575,22 +575,46 @@ impl Large {
 
 /// Reads a response body, undoing a zstd content coding.
 async fn body_of(response: reqwest::Response) -> Result<bytes::Bytes> {
-    body_into(response, bytes::BytesMut::new()).await
+    body_into(response, &mut Receive::default()).await
 }
 
-/// [`body_of`] into `buffer`: the producer loop hands back the previous turn's
-/// buffer, so a 25 MB turn lands in pages that are already mapped (the same
-/// for every server, like a client that keeps its receive buffer).
-async fn body_into(
-    mut response: reqwest::Response,
-    mut buffer: bytes::BytesMut,
-) -> Result<bytes::Bytes> {
+/// The client's buffers, kept across calls and servers like a client that
+/// keeps its receive buffer: the body as it arrived and, for a zstd body, what
+/// it decodes to. A 25 MB turn then lands in pages that are already mapped
+/// (the same for every server), so the client's first touches of fresh memory
+/// are in no server's number.
+#[derive(Default)]
+struct Receive {
+    raw: bytes::BytesMut,
+    decoded: Vec<u8>,
+}
+
+impl Receive {
+    /// Takes back the buffer of a body [`body_into`] returned, once nothing
+    /// else holds it (every batch read from it is dropped).
+    fn reclaim(&mut self, body: bytes::Bytes) {
+        let Ok(buffer) = body.try_into_mut() else {
+            return;
+        };
+        if self.raw.capacity() == 0 {
+            self.raw = buffer;
+        } else {
+            self.decoded = buffer.into();
+        }
+    }
+}
+
+/// [`body_of`] into `buffers`. A zstd body that declares its content size
+/// (every server's does) is decoded in one call into a buffer of that size,
+/// as the Python client does; one without it, by streaming.
+async fn body_into(mut response: reqwest::Response, buffers: &mut Receive) -> Result<bytes::Bytes> {
     let status = response.status();
     let zstd = response
         .headers()
         .get("content-encoding")
         .or_else(|| response.headers().get("x-vgi-content-encoding"))
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+    let mut buffer = std::mem::take(&mut buffers.raw);
     buffer.clear();
     buffer.reserve(response.content_length().unwrap_or(0) as usize);
     while let Some(chunk) = response.chunk().await? {
@@ -598,11 +622,22 @@ async fn body_into(
     }
     let mut body = buffer.freeze();
     if zstd {
-        let mut decoded = Vec::new();
-        std::io::copy(
-            &mut zstd::stream::read::Decoder::new(&body[..])?,
-            &mut decoded,
-        )?;
+        let mut decoded = std::mem::take(&mut buffers.decoded);
+        decoded.clear();
+        match zstd::zstd_safe::get_frame_content_size(&body) {
+            Ok(Some(size)) => {
+                decoded.reserve(usize::try_from(size)?);
+                zstd::bulk::Decompressor::new()?.decompress_to_buffer(&body[..], &mut decoded)?;
+            }
+            _ => {
+                std::io::copy(
+                    &mut zstd::stream::read::Decoder::new(&body[..])?,
+                    &mut decoded,
+                )?;
+            }
+        }
+        // The raw buffer goes back now; the decoded one when the caller is done.
+        buffers.raw = body.try_into_mut().unwrap_or_default();
         body = decoded.into();
     }
     if !status.is_success() {
@@ -630,14 +665,12 @@ fn check_no_error(streams: &[kit_service::wire::ipc::IpcStream]) -> Result<()> {
 }
 
 /// Runs one large-result workload; returns (MB/s of Arrow payload, peak RSS / payload).
-/// `receive` is the client's receive buffer, kept across calls and servers (a
-/// client that keeps its buffer), so the client's own first touch of fresh
-/// pages is not in any server's number.
+/// `receive` holds the client's buffers, kept across calls and servers.
 async fn large(
     server: &Server,
     workload: Large,
     rows: i64,
-    receive: &mut bytes::BytesMut,
+    receive: &mut Receive,
 ) -> Result<(f64, f64)> {
     let client = reqwest::Client::new();
     let accept = if workload.compressed() {
@@ -664,7 +697,7 @@ async fn large(
                 .body(body)
                 .send()
                 .await?;
-            let body = body_into(response, std::mem::take(receive)).await?;
+            let body = body_into(response, receive).await?;
             let streams = read_streams(&body).context("response is Arrow IPC")?;
             check_no_error(&streams)?;
             let received: usize = streams
@@ -675,7 +708,7 @@ async fn large(
                 .map(|c| c.value_data().len())
                 .sum();
             drop(streams);
-            *receive = body.try_into_mut().unwrap_or_default();
+            receive.reclaim(body);
             if received as i64 != bytes {
                 bail!("expected a {bytes}-byte result, got {received} bytes");
             }
@@ -695,7 +728,7 @@ async fn producer(
     client: &reqwest::Client,
     accept: &str,
     rows: i64,
-    receive: &mut bytes::BytesMut,
+    receive: &mut Receive,
 ) -> Result<i64> {
     let batches = 4i64;
     let per_batch = rows / batches;
@@ -724,9 +757,8 @@ async fn producer(
         .body(body)
         .send()
         .await?;
-    let mut buffer = std::mem::take(receive);
     loop {
-        let body = body_into(response, std::mem::take(&mut buffer)).await?;
+        let body = body_into(response, receive).await?;
         let streams = read_streams(&body).context("response is Arrow IPC")?;
         check_no_error(&streams)?;
         let mut state = None;
@@ -739,8 +771,8 @@ async fn producer(
                 call = Some(value.to_string());
             }
         }
-        // Every batch of this turn is dropped: take the receive buffer back.
-        buffer = body.try_into_mut().unwrap_or_default();
+        // Every batch of this turn is dropped: take the buffer back.
+        receive.reclaim(body);
         let Some(state) = state else { break };
         let mut token = vec![(wire::STATE_KEY.to_string(), state)];
         if let Some(call) = &call {
@@ -762,7 +794,6 @@ async fn producer(
             .send()
             .await?;
     }
-    *receive = buffer;
     if received != per_batch * batches {
         bail!("expected {} rows, got {received}", per_batch * batches);
     }
@@ -1087,7 +1118,7 @@ async fn run(args: Args) -> Result<()> {
             }
             let mut rss =
                 Row::new("peak server RSS / payload", "x", false).target(Target::AtMost(1.5));
-            let mut receive = bytes::BytesMut::new();
+            let mut receive = Receive::default();
             // Uncounted rounds first: the steady state of a long-running
             // server, not its first touch of fresh pages, is what is compared.
             for _ in 0..args.warmup {
