@@ -89,6 +89,9 @@ pub struct Server {
     /// `protocol_hash` of each hosted protocol, for access records: see
     /// [`Server::protocol_hash`].
     protocol_hashes: std::sync::OnceLock<BTreeMap<String, String>>,
+    /// The capability headers every response carries (all but the request
+    /// id): fixed for the server's life, so named and valued once.
+    capabilities: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Server {
@@ -132,14 +135,17 @@ impl Server {
             let probe = crate::probe::protocol();
             hosted.insert(probe.name.clone(), Arc::new(probe));
         }
+        let external = external.map(Arc::new);
+        let capabilities = capability_headers(&config, &hosting, external.as_deref());
         Arc::new(Server {
             protocols: hosted,
             primary,
             config,
             keys,
             hosting,
-            external: external.map(Arc::new),
+            external,
             protocol_hashes: std::sync::OnceLock::new(),
+            capabilities,
         })
     }
 
@@ -175,6 +181,8 @@ impl Server {
         match Arc::try_unwrap(self) {
             Ok(mut server) => {
                 server.external = Some(Arc::new(external));
+                server.capabilities =
+                    capability_headers(&server.config, &server.hosting, server.external.as_deref());
                 Arc::new(server)
             }
             Err(_) => panic!("with_external must be called before the server is shared"),
@@ -1619,51 +1627,78 @@ impl http_body::Body for ChunkBody {
 }
 
 fn stamp_capabilities(server: &Server, headers: &mut HeaderMap, request_id: &str) {
-    headers.insert(
-        "vgi-accept-max-response-bytes-support",
-        HeaderValue::from_static("true"),
-    );
-    let external = server.external.as_ref();
-    headers.insert(
-        "vgi-externalization-enabled",
-        HeaderValue::from_static(if external.is_some() { "true" } else { "false" }),
-    );
-    if let Some(external) = external {
-        headers.insert("vgi-upload-url-support", HeaderValue::from_static("true"));
-        if let Some(limit) = external.max_upload_bytes {
-            headers.insert("vgi-max-upload-bytes", HeaderValue::from(limit));
-        }
-        if let Some(limit) = external.max_externalized_response_bytes {
-            headers.insert(
-                "vgi-max-externalized-response-bytes",
-                HeaderValue::from(limit),
-            );
-        }
-    }
-    let encodings = if server.config.response_compression {
-        codec::SUPPORTED
-    } else {
-        ""
-    };
-    headers.insert(
-        "vgi-supported-encodings",
-        HeaderValue::from_static(encodings),
-    );
-    if let Some(limit) = server.config.max_request_bytes {
-        headers.insert("vgi-max-request-bytes", HeaderValue::from(limit));
-    }
-    if let Some(limit) = server.config.max_response_bytes {
-        headers.insert("vgi-max-response-bytes", HeaderValue::from(limit));
-    }
-    if server.hosting.proxy_proof_required() {
-        headers.insert(
-            proxy_proof::PROOF_REQUIRED_HEADER,
-            HeaderValue::from_static("true"),
-        );
+    headers.reserve(server.capabilities.len() + 1);
+    for (name, value) in &server.capabilities {
+        headers.insert(name.clone(), value.clone());
     }
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
+}
+
+/// What [`stamp_capabilities`] adds besides the request id, in that order.
+fn capability_headers(
+    config: &HttpConfig,
+    hosting: &Hosting,
+    external: Option<&External>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let flag = |on: bool| HeaderValue::from_static(if on { "true" } else { "false" });
+    let mut headers = vec![
+        (
+            HeaderName::from_static("vgi-accept-max-response-bytes-support"),
+            flag(true),
+        ),
+        (
+            HeaderName::from_static("vgi-externalization-enabled"),
+            flag(external.is_some()),
+        ),
+    ];
+    if let Some(external) = external {
+        headers.push((
+            HeaderName::from_static("vgi-upload-url-support"),
+            flag(true),
+        ));
+        if let Some(limit) = external.max_upload_bytes {
+            headers.push((
+                HeaderName::from_static("vgi-max-upload-bytes"),
+                HeaderValue::from(limit),
+            ));
+        }
+        if let Some(limit) = external.max_externalized_response_bytes {
+            headers.push((
+                HeaderName::from_static("vgi-max-externalized-response-bytes"),
+                HeaderValue::from(limit),
+            ));
+        }
+    }
+    let encodings = if config.response_compression {
+        codec::SUPPORTED
+    } else {
+        ""
+    };
+    headers.push((
+        HeaderName::from_static("vgi-supported-encodings"),
+        HeaderValue::from_static(encodings),
+    ));
+    if let Some(limit) = config.max_request_bytes {
+        headers.push((
+            HeaderName::from_static("vgi-max-request-bytes"),
+            HeaderValue::from(limit),
+        ));
+    }
+    if let Some(limit) = config.max_response_bytes {
+        headers.push((
+            HeaderName::from_static("vgi-max-response-bytes"),
+            HeaderValue::from(limit),
+        ));
+    }
+    if hosting.proxy_proof_required() {
+        headers.push((
+            HeaderName::from_static(proxy_proof::PROOF_REQUIRED_HEADER),
+            flag(true),
+        ));
+    }
+    headers
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
