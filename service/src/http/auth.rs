@@ -14,6 +14,9 @@ use subtle::ConstantTimeEq;
 
 use crate::rpc::AuthContext;
 
+/// The API key header, parsed once.
+const API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// Named API keys, each with an optional expiry and scopes (the entry
 /// format of [`kit_checks::api_keys`]).
 #[derive(Clone, Default)]
@@ -89,7 +92,7 @@ pub fn credential(headers: &HeaderMap) -> Credential<'_> {
             _ => Credential::Unsupported,
         };
     }
-    match headers.get("x-api-key") {
+    match headers.get(API_KEY) {
         Some(value) => Credential::Key(trim(value.as_bytes())),
         None => Credential::None,
     }

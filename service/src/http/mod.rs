@@ -245,6 +245,13 @@ pub fn app(server: Arc<Server>) -> Router {
 }
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+// Names looked up or set on every request, parsed once (a `&str` name is
+// parsed and checked at each use).
+const RPC_ERROR: HeaderName = HeaderName::from_static("x-vgi-rpc-error");
+const X_ACCEPT_ENCODING: HeaderName = HeaderName::from_static("x-vgi-accept-encoding");
+const ACCEPT_MAX_RESPONSE_BYTES: HeaderName =
+    HeaderName::from_static("vgi-accept-max-response-bytes");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Per-request facts gathered before dispatch.
 pub(crate) struct RequestInfo {
@@ -300,14 +307,14 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
     let request_id = request_id_of(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let origin_header = header_str(request.headers(), "origin").map(str::to_string);
+    let origin_header = header_str(request.headers(), header::ORIGIN).map(str::to_string);
     let hosting = &server.hosting;
     let mut info = RequestInfo {
         request_id: request_id.clone(),
         response_codec: if server.config.response_compression {
             codec::negotiate(
-                header_str(request.headers(), "x-vgi-accept-encoding"),
-                header_str(request.headers(), "accept-encoding"),
+                header_str(request.headers(), X_ACCEPT_ENCODING),
+                header_str(request.headers(), header::ACCEPT_ENCODING),
             )
         } else {
             None
@@ -433,7 +440,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         &span,
         info.origin.as_deref(),
         response.status().as_u16(),
-        response.headers().contains_key("x-vgi-rpc-error"),
+        response.headers().contains_key(RPC_ERROR),
     );
     response
 }
@@ -453,7 +460,7 @@ async fn admit(
     info: &mut RequestInfo,
 ) -> Result<Option<ratelimit::Decision>, Refused> {
     let hosting = &server.hosting;
-    let forwarded = header_str(headers, "x-forwarded-for");
+    let forwarded = header_str(headers, FORWARDED_FOR);
     let address = Caller::ip(ratelimit::client_ip(
         peer,
         forwarded,
@@ -826,7 +833,7 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         request_bytes = info.request_bytes,
         response_bytes,
         caller = %info.identity,
-        error = response.headers().contains_key("x-vgi-rpc-error"),
+        error = response.headers().contains_key(RPC_ERROR),
         "rpc"
     );
     if let Some(log) = &server.hosting.access_log
@@ -838,8 +845,7 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        if error.is_none() && (status >= 400 || response.headers().contains_key("x-vgi-rpc-error"))
-        {
+        if error.is_none() && (status >= 400 || response.headers().contains_key(RPC_ERROR)) {
             // Refused by the transport before any error batch was written.
             error = Some(("HTTPError".into(), format!("HTTP {status}"), "UNKNOWN"));
         }
@@ -930,7 +936,7 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
             not_found(server, info, &path)
         };
     }
-    match header_str(request.headers(), "vgi-accept-max-response-bytes").map(parse_accept_max) {
+    match header_str(request.headers(), ACCEPT_MAX_RESPONSE_BYTES).map(parse_accept_max) {
         None => {}
         Some(Ok(value)) => info.accept_max_response = Some(value),
         Some(Err(text)) => {
@@ -949,7 +955,7 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
     };
     info.origin = Some(format!("{}/{}", resolved.protocol.name, resolved.method));
     info.stream_turn = endpoint != Endpoint::Unary;
-    let content_type = header_str(request.headers(), "content-type").unwrap_or("");
+    let content_type = header_str(request.headers(), header::CONTENT_TYPE).unwrap_or("");
     if content_type.split(';').next().unwrap_or("").trim() != wire::CONTENT_TYPE {
         let error = RpcError::new(
             "TypeError",
@@ -1074,9 +1080,9 @@ async fn read_body(
     info: &mut RequestInfo,
 ) -> Result<Bytes, Response> {
     let limit = request_limit(server);
-    let encoding = header_str(request.headers(), "content-encoding").map(str::to_string);
+    let encoding = header_str(request.headers(), header::CONTENT_ENCODING).map(str::to_string);
     let declared =
-        header_str(request.headers(), "content-length").and_then(|v| v.parse::<u64>().ok());
+        header_str(request.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if let Some(length) = declared
         && length <= limit as u64
         && !info.reservation.grow_to(length)
@@ -1412,13 +1418,14 @@ pub(crate) fn arrow_response(
     rpc_error: bool,
 ) -> Response {
     let body: Chunks = body.into();
-    let mut headers = HeaderMap::new();
+    // Room for these, the content coding and the capability headers.
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(wire::CONTENT_TYPE),
     );
     if rpc_error {
-        headers.insert("x-vgi-rpc-error", HeaderValue::from_static("true"));
+        headers.insert(RPC_ERROR, HeaderValue::from_static("true"));
     }
     let body = match info.response_codec {
         Some((codec, only_x)) if !body.is_empty() => {
@@ -1701,13 +1708,13 @@ fn capability_headers(
     headers
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Echoes a sane caller id, otherwise mints 16 hex characters.
 fn request_id_of(headers: &HeaderMap) -> String {
-    match header_str(headers, "x-request-id") {
+    match header_str(headers, REQUEST_ID) {
         Some(id)
             if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
         {
