@@ -1650,6 +1650,10 @@ fn capability_headers(
     external: Option<&External>,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let flag = |on: bool| HeaderValue::from_static(if on { "true" } else { "false" });
+    // A configured byte limit, as its header; none when unset.
+    let limit = |name: &'static str, bytes: Option<u64>| {
+        bytes.map(|n| (HeaderName::from_static(name), HeaderValue::from(n)))
+    };
     let mut headers = vec![
         (
             HeaderName::from_static("vgi-accept-max-response-bytes-support"),
@@ -1665,18 +1669,11 @@ fn capability_headers(
             HeaderName::from_static("vgi-upload-url-support"),
             flag(true),
         ));
-        if let Some(limit) = external.max_upload_bytes {
-            headers.push((
-                HeaderName::from_static("vgi-max-upload-bytes"),
-                HeaderValue::from(limit),
-            ));
-        }
-        if let Some(limit) = external.max_externalized_response_bytes {
-            headers.push((
-                HeaderName::from_static("vgi-max-externalized-response-bytes"),
-                HeaderValue::from(limit),
-            ));
-        }
+        headers.extend(limit("vgi-max-upload-bytes", external.max_upload_bytes));
+        headers.extend(limit(
+            "vgi-max-externalized-response-bytes",
+            external.max_externalized_response_bytes,
+        ));
     }
     let encodings = if config.response_compression {
         codec::SUPPORTED
@@ -1687,18 +1684,8 @@ fn capability_headers(
         HeaderName::from_static("vgi-supported-encodings"),
         HeaderValue::from_static(encodings),
     ));
-    if let Some(limit) = config.max_request_bytes {
-        headers.push((
-            HeaderName::from_static("vgi-max-request-bytes"),
-            HeaderValue::from(limit),
-        ));
-    }
-    if let Some(limit) = config.max_response_bytes {
-        headers.push((
-            HeaderName::from_static("vgi-max-response-bytes"),
-            HeaderValue::from(limit),
-        ));
-    }
+    headers.extend(limit("vgi-max-request-bytes", config.max_request_bytes));
+    headers.extend(limit("vgi-max-response-bytes", config.max_response_bytes));
     if hosting.proxy_proof_required() {
         headers.push((
             HeaderName::from_static(proxy_proof::PROOF_REQUIRED_HEADER),

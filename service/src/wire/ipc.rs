@@ -544,7 +544,6 @@ impl IpcSink for Chunks {
     }
 }
 
-/// Writes one IPC stream into a sink: schema, batches with metadata, EOS.
 /// How many schema messages each thread keeps (see [`SCHEMA_MESSAGES`]).
 const SCHEMA_MESSAGES_KEPT: usize = 16;
 
@@ -556,25 +555,7 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether `data_type` is, or holds anywhere inside, a dictionary.
-fn has_dictionary(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Dictionary(..) => true,
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => has_dictionary(f.data_type()),
-        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
-        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
-        DataType::RunEndEncoded(ends, values) => {
-            has_dictionary(ends.data_type()) || has_dictionary(values.data_type())
-        }
-        _ => false,
-    }
-}
-
+/// Writes one IPC stream into a sink: schema, batches with metadata, EOS.
 pub struct StreamWriter<'a> {
     out: &'a mut (dyn IpcSink + Send),
     generator: IpcDataGenerator,
@@ -604,13 +585,8 @@ impl<'a> StreamWriter<'a> {
                 generator.schema_to_bytes_with_dictionary_tracker(schema, &mut tracker, &options);
             write_encoded(out, &encoded.ipc_message, &encoded.arrow_data);
             // A dictionary field's id is handed out by the tracker while its
-            // schema is encoded, so only dictionary-free schemas are reused.
-            if encoded.arrow_data.is_empty()
-                && !schema
-                    .fields()
-                    .iter()
-                    .any(|f| has_dictionary(f.data_type()))
-            {
+            // schema is encoded, so only schemas that got none are reused.
+            if encoded.arrow_data.is_empty() && tracker.dict_id().is_empty() {
                 SCHEMA_MESSAGES.with(|cache| {
                     let mut cache = cache.borrow_mut();
                     if cache.len() == SCHEMA_MESSAGES_KEPT {
