@@ -1515,6 +1515,10 @@ async fn fetch_comparison(url: &str) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|arg| arg == "--help" || arg == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     if raw.first().map(String::as_str) == Some("fetch") {
         let url = raw.get(1).context("usage: kit-bench fetch URL")?;
         return fetch_comparison(url).await;

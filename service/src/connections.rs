@@ -20,9 +20,11 @@
 //! [`DRAIN_QUIET`], by which time a proxy under load has reused it (and got
 //! the close) or holds it as a spare far down its cache.
 //!
-//! Connections are served on connection threads, one per CPU, each a
-//! single-threaded tokio runtime (see `connection_threads`); the accept loop,
-//! the sweeper and everything else stay on the main runtime.
+//! Connections are served on the main runtime's work-stealing workers by
+//! default; with `KIT_CONNECTION_THREADS=N` they are dealt to N connection
+//! threads, each a single-threaded tokio runtime (see `connection_threads`),
+//! while the accept loop, the sweeper and everything else stay on the main
+//! runtime.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -52,110 +52,190 @@ where
 fn write_line(writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
     let metadata = event.metadata();
     writer.write_str("{\"timestamp\":\"")?;
-    SystemTime.format_time(writer)?;
+    timestamp(writer, std::time::SystemTime::now())?;
     write!(
         writer,
         "\",\"level\":\"{}\",\"fields\":{{",
         metadata.level()
     )?;
     let mut fields = Fields {
-        out: String::with_capacity(256),
+        out: &mut *writer,
         first: true,
+        result: Ok(()),
     };
     event.record(&mut fields);
-    writer.write_str(&fields.out)?;
+    fields.result?;
     writer.write_str("},\"target\":")?;
-    let mut target = String::with_capacity(metadata.target().len() + 2);
-    escape(&mut target, metadata.target());
-    writer.write_str(&target)?;
+    escape(writer, metadata.target())?;
     writer.write_str("}\n")
 }
 
-/// Collects `"name":value` pairs.
-struct Fields {
-    out: String,
-    first: bool,
+thread_local! {
+    /// The second this thread last wrote a timestamp in, and its text up to
+    /// the seconds (`2026-12-07T06:20:11`): lines in the same second reuse it.
+    static SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
-impl Fields {
-    fn key(&mut self, field: &Field) {
-        if !std::mem::take(&mut self.first) {
-            self.out.push(',');
+/// Writes `now` as the stock formatter does (`SystemTime`'s RFC 3339 in UTC
+/// with microseconds: `2026-12-07T06:20:11.123456Z`), formatting the date
+/// and time of day once per second and thread.
+fn timestamp(out: &mut impl fmt::Write, now: std::time::SystemTime) -> fmt::Result {
+    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return SystemTime.format_time(&mut Writer::new(out));
+    };
+    let seconds = since_epoch.as_secs();
+    SECOND.with(|second| {
+        let (known, text) = &mut *second.borrow_mut();
+        if *known != seconds {
+            text.clear();
+            let days = seconds / 86_400;
+            let (year, month, day) = civil_from_days(days);
+            let in_day = seconds % 86_400;
+            write!(
+                text,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                in_day / 3600,
+                in_day / 60 % 60,
+                in_day % 60
+            )?;
+            *known = seconds;
         }
-        escape(&mut self.out, field.name());
-        self.out.push(':');
+        out.write_str(text)
+    })?;
+    write!(out, ".{:06}Z", since_epoch.subsec_micros())
+}
+
+/// The proleptic Gregorian date of `days` after 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Writes `"name":value` pairs straight into the line (no buffer of its
+/// own); the first write error is kept, as `Visit` cannot return it.
+struct Fields<'a, W: fmt::Write> {
+    out: &'a mut W,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl<W: fmt::Write> Fields<'_, W> {
+    fn pair(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::take(&mut self.first) {
+                self.out.write_char(',')?;
+            }
+            escape(self.out, field.name())?;
+            self.out.write_char(':')?;
+            value(self.out)
+        })();
     }
 }
 
-impl Visit for Fields {
+impl<W: fmt::Write> Visit for Fields<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
-        escape(&mut self.out, value);
+        self.pair(field, |out| escape(out, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.pair(field, |out| write!(out, "{value}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.pair(field, |out| write!(out, "{value}"));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
-        self.out.push_str(if value { "true" } else { "false" });
+        self.pair(field, |out| {
+            out.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
-        if value.is_finite() {
-            let _ = write!(self.out, "{value}");
-        } else {
-            // JSON has no NaN or infinity; serde_json writes null too.
-            self.out.push_str("null");
-        }
+        self.pair(field, |out| {
+            if value.is_finite() {
+                write!(out, "{value}")
+            } else {
+                // JSON has no NaN or infinity; serde_json writes null too.
+                out.write_str("null")
+            }
+        });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.key(field);
-        escape(&mut self.out, &value.to_string());
+        self.pair(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(out), "{value}")?;
+            out.write_char('"')
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
         // `message` and `%display` values arrive here; both print as text.
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        escape(&mut self.out, &text);
+        self.pair(field, |out| {
+            out.write_char('"')?;
+            write!(Escaped(out), "{value:?}")?;
+            out.write_char('"')
+        });
     }
 }
 
-/// Appends `text` as a JSON string literal (RFC 8259 section 7).
-fn escape(out: &mut String, text: &str) {
-    out.push('"');
-    let mut start = 0;
-    for (index, byte) in text.bytes().enumerate() {
-        let replacement = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..index]);
-        if replacement.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
-        } else {
-            out.push_str(replacement);
+/// Writes `text` as a JSON string literal (RFC 8259 section 7).
+fn escape(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaped(out).write_str(text)?;
+    out.write_char('"')
+}
+
+/// A writer that escapes what goes through it as the inside of a JSON
+/// string, so formatted values need no buffer of their own.
+struct Escaped<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let out = &mut *self.0;
+        if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            return out.write_str(text);
         }
-        start = index + 1;
+        let mut start = 0;
+        for (index, byte) in text.bytes().enumerate() {
+            let replacement = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            out.write_str(&text[start..index])?;
+            if replacement.is_empty() {
+                write!(out, "\\u{byte:04x}")?;
+            } else {
+                out.write_str(replacement)?;
+            }
+            start = index + 1;
+        }
+        out.write_str(&text[start..])
     }
-    out.push_str(&text[start..]);
-    out.push('"');
 }
 
 #[cfg(test)]
@@ -202,6 +282,67 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_are_the_stock_formatters() {
+        let at = |seconds: u64, micros: u64| {
+            let mut text = String::new();
+            let time = std::time::UNIX_EPOCH
+                + std::time::Duration::from_micros(seconds * 1_000_000 + micros);
+            timestamp(&mut text, time).unwrap();
+            text
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_709_251_199, 999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(at(1_709_251_200, 0), "2024-03-01T00:00:00.000000Z");
+        assert_eq!(at(4_102_444_800, 1), "2100-01-01T00:00:00.000001Z");
+        // The same second again (kept text), then the next one.
+        assert_eq!(at(1_796_625_611, 5), "2026-12-07T06:40:11.000005Z");
+        assert_eq!(at(1_796_625_611, 6), "2026-12-07T06:40:11.000006Z");
+        assert_eq!(at(1_796_625_612, 0), "2026-12-07T06:40:12.000000Z");
+        // Day after day for four centuries, each date follows the last by
+        // the calendar's own rules (month lengths, leap years).
+        let leap =
+            |y: u64| y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
+        let mut last = civil_from_days(0);
+        assert_eq!(last, (1970, 1, 1));
+        for days in 1..146_097 * 4 {
+            let (year, month, day) = last;
+            let length = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            let next = if day < length {
+                (year, month, day + 1)
+            } else if month < 12 {
+                (year, month + 1, 1)
+            } else {
+                (year + 1, 1, 1)
+            };
+            assert_eq!(civil_from_days(days), next, "day {days}");
+            last = next;
+        }
+        // And now, against `SystemTime` itself (retried across a second boundary).
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let mut stock = String::new();
+            SystemTime
+                .format_time(&mut Writer::new(&mut stock))
+                .unwrap();
+            let mut ours = String::new();
+            timestamp(&mut ours, std::time::SystemTime::now()).unwrap();
+            if ours[..19] == stock[..19] {
+                assert_eq!(ours.len(), stock.len(), "{ours} vs {stock}");
+                assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");
+                return;
+            }
+            seen.push((ours, stock));
+        }
+        panic!("our timestamps differ from the stock formatter's: {seen:?}");
+    }
+
+    #[test]
     fn lines_are_json_in_the_stock_shape() {
         let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
         let logged = lines(|| {
@@ -215,6 +356,8 @@ mod tests {
                 nan = f64::NAN,
                 error = false,
                 text = nasty,
+                shown = %nasty,
+                failure = &std::io::Error::other(nasty) as &(dyn std::error::Error + 'static),
                 "rpc"
             );
             tracing::warn!("plain {}", 7);
@@ -233,6 +376,11 @@ mod tests {
         assert!(fields["nan"].is_null());
         assert_eq!(fields["error"], false);
         assert_eq!(fields["text"], nasty, "escaping round-trips");
+        assert_eq!(
+            fields["shown"], nasty,
+            "a Display value is escaped as it is written"
+        );
+        assert_eq!(fields["failure"], nasty, "an error value too");
         let timestamp = access["timestamp"].as_str().unwrap();
         assert!(
             timestamp.ends_with('Z') && timestamp.contains('T'),

@@ -5,7 +5,9 @@
 //! a caller cannot blow up cardinality with made-up URLs: unroutable requests
 //! are counted under `protocol="-"`.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +58,51 @@ pub struct Metrics {
     pub connections_evicted: Counter,
     /// Connections closed at accept: every open one was busy.
     pub connections_refused: Counter,
+    /// The series of each protocol and method called so far (see [`CallSeries`]).
+    calls: RwLock<HashMap<String, HashMap<String, Arc<CallSeries>>>>,
+}
+
+/// The per-call series of one protocol and method, looked up once: a request
+/// otherwise built four label sets (eight strings) and hashed each into its
+/// family. The handles share their values with the families, and a series
+/// appears in `/metrics` when it did before: the first call creates the
+/// duration and byte series, the first 200 the status series, the first
+/// stream turn the turn series.
+pub struct CallSeries {
+    pub labels: CallLabels,
+    pub duration: Histogram,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+    stream_turns: OnceLock<Counter>,
+    /// `requests` with status 200, the status almost every call has.
+    ok: OnceLock<Counter>,
+    requests: Family<StatusLabels, Counter>,
+    stream_turns_family: Family<CallLabels, Counter>,
+}
+
+impl CallSeries {
+    /// Counts one request answered with `status`.
+    pub fn count(&self, status: u16) {
+        let labels = |status| StatusLabels {
+            protocol: self.labels.protocol.clone(),
+            method: self.labels.method.clone(),
+            status,
+        };
+        if status == 200 {
+            self.ok
+                .get_or_init(|| self.requests.get_or_create(&labels(200)).clone())
+                .inc();
+        } else {
+            self.requests.get_or_create(&labels(status)).inc();
+        }
+    }
+
+    /// Counts one stream turn (init or exchange).
+    pub fn count_stream_turn(&self) {
+        self.stream_turns
+            .get_or_init(|| self.stream_turns_family.get_or_create(&self.labels).clone())
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -190,7 +237,44 @@ impl Metrics {
             open_connections,
             connections_evicted,
             connections_refused,
+            calls: RwLock::default(),
         }
+    }
+
+    /// The series of calls to `protocol`/`method`, created with the first.
+    pub fn call(&self, protocol: &str, method: &str) -> Arc<CallSeries> {
+        let found = self
+            .calls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(protocol)
+            .and_then(|methods| methods.get(method))
+            .cloned();
+        if let Some(series) = found {
+            return series;
+        }
+        let labels = CallLabels {
+            protocol: protocol.to_string(),
+            method: method.to_string(),
+        };
+        let series = Arc::new(CallSeries {
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            stream_turns: OnceLock::new(),
+            ok: OnceLock::new(),
+            requests: self.requests.clone(),
+            stream_turns_family: self.stream_turns.clone(),
+            labels,
+        });
+        self.calls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(protocol.to_string())
+            .or_default()
+            .entry(method.to_string())
+            .or_insert(series)
+            .clone()
     }
 
     /// The text exposition format.
@@ -205,6 +289,42 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_series_share_the_families_and_appear_when_they_did() {
+        let metrics = Metrics::new();
+        let series = metrics.call("p", "m");
+        assert!(
+            Arc::ptr_eq(&series, &metrics.call("p", "m")),
+            "looked up once"
+        );
+        assert!(!Arc::ptr_eq(&series, &metrics.call("p", "other")));
+        series.duration.observe(0.001);
+        series.request_bytes.inc_by(7);
+        let text = metrics.render();
+        assert!(
+            text.contains("kit_request_bytes_total{protocol=\"p\",method=\"m\"} 7"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kit_requests_total{"),
+            "no status counted yet:\n{text}"
+        );
+        assert!(!text.contains("kit_stream_turns_total{"), "{text}");
+        series.count(200);
+        series.count(200);
+        series.count(499);
+        series.count_stream_turn();
+        let text = metrics.render();
+        for line in [
+            "kit_requests_total{protocol=\"p\",method=\"m\",status=\"200\"} 2",
+            "kit_requests_total{protocol=\"p\",method=\"m\",status=\"499\"} 1",
+            "kit_stream_turns_total{protocol=\"p\",method=\"m\"} 1",
+            "kit_request_duration_seconds_count{protocol=\"p\",method=\"m\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_names_every_metric() {

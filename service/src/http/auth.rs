@@ -129,14 +129,18 @@ impl<'a> Target<'a> {
         let Some(rest) = path.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
             return Target::Other;
         };
-        let segments: Vec<&'a str> = rest.split('/').collect();
-        match segments.as_slice() {
-            ["__upload_url__", "init"] => Target::Upload,
-            [protocol, method] | [protocol, method, "init" | "exchange"]
-                if !protocol.is_empty() && !method.is_empty() =>
-            {
-                Target::Method { protocol, method }
-            }
+        let mut parts = rest.split('/');
+        // Up to four segments: a fourth means the path is none of these.
+        let segments = [parts.next(), parts.next(), parts.next(), parts.next()];
+        match segments {
+            [Some("__upload_url__"), Some("init"), None, None] => Target::Upload,
+            [Some(protocol), Some(method), None, None]
+            | [
+                Some(protocol),
+                Some(method),
+                Some("init" | "exchange"),
+                None,
+            ] if !protocol.is_empty() && !method.is_empty() => Target::Method { protocol, method },
             _ => Target::Other,
         }
     }
@@ -383,6 +387,30 @@ mod tests {
             ),
             Ok("new".into())
         );
+    }
+
+    #[test]
+    fn targets_are_read_from_the_path() {
+        let method = |protocol, method| Target::Method { protocol, method };
+        assert_eq!(Target::of("/vgi", "/vgi/p/m"), method("p", "m"));
+        assert_eq!(Target::of("", "/p/m/init"), method("p", "m"));
+        assert_eq!(Target::of("/vgi", "/vgi/p/m/exchange"), method("p", "m"));
+        assert_eq!(
+            Target::of("/vgi", "/vgi/__upload_url__/init"),
+            Target::Upload
+        );
+        for other in [
+            "/vgi/p/m/other",
+            "/vgi/p/m/init/x",
+            "/vgi/__upload_url__/init/x",
+            "/vgi/p",
+            "/vgi/p/",
+            "/vgi//m",
+            "/vgi",
+            "/else/p/m",
+        ] {
+            assert_eq!(Target::of("/vgi", other), Target::Other, "{other}");
+        }
     }
 
     #[test]

@@ -21,10 +21,13 @@ impl Codec {
     }
 
     pub fn parse(name: &str) -> Option<Codec> {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "zstd" => Some(Codec::Zstd),
-            "gzip" | "x-gzip" => Some(Codec::Gzip),
-            _ => None,
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("zstd") {
+            Some(Codec::Zstd)
+        } else if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            Some(Codec::Gzip)
+        } else {
+            None
         }
     }
 }
@@ -344,28 +347,26 @@ pub fn encode_chunks_to<W: Write>(
 /// `Accept-Encoding`; the first codec we produce wins, `identity` first means
 /// none. Returns the codec and whether it came only from the X- header.
 pub fn negotiate(x_accept: Option<&str>, accept: Option<&str>) -> Option<(Codec, bool)> {
-    let entries = |header: Option<&str>| -> Vec<String> {
+    // Coding names without parameters, case kept (compared ignoring case).
+    fn entries(header: Option<&str>) -> impl Iterator<Item = &str> + Clone {
         header
             .unwrap_or("")
             .split(',')
-            .map(|e| {
-                e.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+            .map(|e| e.split(';').next().unwrap_or("").trim())
             .filter(|e| !e.is_empty())
-            .collect()
-    };
+    }
     let x_entries = entries(x_accept);
     let plain_entries = entries(accept);
-    for (index, entry) in x_entries.iter().chain(plain_entries.iter()).enumerate() {
-        if entry == "identity" {
+    let x_count = x_entries.clone().count();
+    for (index, entry) in x_entries.chain(plain_entries.clone()).enumerate() {
+        if entry.eq_ignore_ascii_case("identity") {
             return None;
         }
         if let Some(codec) = Codec::parse(entry) {
-            let only_x = index < x_entries.len() && !plain_entries.contains(entry);
+            let only_x = index < x_count
+                && !plain_entries
+                    .clone()
+                    .any(|plain| plain.eq_ignore_ascii_case(entry));
             return Some((codec, only_x));
         }
     }
@@ -552,5 +553,12 @@ mod tests {
         );
         assert_eq!(negotiate(None, Some("br")), None);
         assert_eq!(negotiate(None, None), None);
+        // Coding names compare ignoring case and parameters.
+        assert_eq!(
+            negotiate(Some("ZSTD;q=1"), Some("gzip, Zstd")),
+            Some((Codec::Zstd, false))
+        );
+        assert_eq!(negotiate(Some(" Identity "), Some("zstd")), None);
+        assert_eq!(negotiate(None, Some("X-GZIP")), Some((Codec::Gzip, false)));
     }
 }

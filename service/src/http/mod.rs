@@ -28,7 +28,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
-use crate::metrics::{CallLabels, StatusLabels};
+use crate::metrics::CallSeries;
 use crate::rpc::Protocol;
 use crate::storage::{External, local};
 use crate::token::KeyRing;
@@ -334,9 +334,11 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0),
     };
-    if let Some(key) = path
-        .strip_prefix(&server.config.prefix)
-        .and_then(|p| p.strip_prefix(&format!("/{}/", local::OBJECTS_SEGMENT)))
+    let under_prefix = path.strip_prefix(server.config.prefix.as_str());
+    if let Some(key) = under_prefix
+        .and_then(|p| p.strip_prefix('/'))
+        .and_then(|p| p.strip_prefix(local::OBJECTS_SEGMENT))
+        .and_then(|p| p.strip_prefix('/'))
         && let Some(local) = server.external.as_ref().and_then(|e| e.local.clone())
     {
         // Signed object URLs carry their own authorization.
@@ -359,7 +361,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         stamp_capabilities(&server, response.headers_mut(), &request_id);
         return response;
     }
-    let exempt = method == Method::OPTIONS || path == format!("{}/health", server.config.prefix);
+    let exempt = method == Method::OPTIONS || under_prefix == Some("/health");
     let mut rate_headers = None;
     if !exempt {
         let peer = request
@@ -667,7 +669,7 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
 /// `kit_requests_total`, with nginx's status 499 (client closed request).
 struct InFlight<'a> {
     server: &'a Server,
-    call: CallLabels,
+    call: Arc<CallSeries>,
     request_id: &'a str,
     started: Instant,
     finished: bool,
@@ -678,7 +680,7 @@ impl<'a> InFlight<'a> {
         server.hosting.metrics.in_flight.inc();
         InFlight {
             server,
-            call: call_labels(server, path),
+            call: call_series(server, path),
             request_id,
             started,
             finished: false,
@@ -701,23 +703,15 @@ impl Drop for InFlight<'_> {
         }
         let metrics = &self.server.hosting.metrics;
         metrics.in_flight.dec();
-        metrics
-            .requests
-            .get_or_create(&StatusLabels {
-                protocol: self.call.protocol.clone(),
-                method: self.call.method.clone(),
-                status: CLIENT_CLOSED_REQUEST,
-            })
-            .inc();
-        metrics
+        self.call.count(CLIENT_CLOSED_REQUEST);
+        self.call
             .duration
-            .get_or_create(&self.call)
             .observe(self.started.elapsed().as_secs_f64());
         tracing::info!(
             target: "kit_service::access",
             request_id = %self.request_id,
-            protocol = %self.call.protocol,
-            method = %self.call.method,
+            protocol = %self.call.labels.protocol,
+            method = %self.call.labels.method,
             status = CLIENT_CLOSED_REQUEST,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "client closed the connection before the response"
@@ -728,30 +722,25 @@ impl Drop for InFlight<'_> {
 /// nginx's status for a request whose client went away first.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// Metric labels of a path: hosted protocol and method names only, so
+/// Metric series of a path: hosted protocol and method names only, so
 /// arbitrary paths cannot grow the label set.
-fn call_labels(server: &Server, path: &str) -> CallLabels {
+fn call_series(server: &Server, path: &str) -> Arc<CallSeries> {
     let rest = path
         .strip_prefix(server.config.prefix.as_str())
         .unwrap_or("");
     let mut segments = rest.trim_start_matches('/').split('/');
-    match (segments.next(), segments.next()) {
+    let (protocol, method) = match (segments.next(), segments.next()) {
         (Some(protocol), Some(method))
             if server
                 .protocols
                 .get(protocol)
                 .is_some_and(|p| p.method(method).is_some()) =>
         {
-            CallLabels {
-                protocol: protocol.to_string(),
-                method: method.to_string(),
-            }
+            (protocol, method)
         }
-        _ => CallLabels {
-            protocol: "-".to_string(),
-            method: "-".to_string(),
-        },
-    }
+        _ => ("-", "-"),
+    };
+    server.hosting.metrics.call(protocol, method)
 }
 
 /// Headers every routed response carries.
@@ -795,33 +784,13 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
             .get::<UncompressedBytes>()
             .map_or(0, |size| size.0)
     });
-    let metrics = &server.hosting.metrics;
-    let call = CallLabels {
-        protocol: protocol.to_string(),
-        method: method.to_string(),
-    };
-    metrics
-        .requests
-        .get_or_create(&StatusLabels {
-            protocol: call.protocol.clone(),
-            method: call.method.clone(),
-            status,
-        })
-        .inc();
-    metrics
-        .duration
-        .get_or_create(&call)
-        .observe(elapsed.as_secs_f64());
-    metrics
-        .request_bytes
-        .get_or_create(&call)
-        .inc_by(info.request_bytes);
-    metrics
-        .response_bytes
-        .get_or_create(&call)
-        .inc_by(response_bytes);
+    let series = server.hosting.metrics.call(protocol, method);
+    series.count(status);
+    series.duration.observe(elapsed.as_secs_f64());
+    series.request_bytes.inc_by(info.request_bytes);
+    series.response_bytes.inc_by(response_bytes);
     if info.stream_turn {
-        metrics.stream_turns.get_or_create(&call).inc();
+        series.count_stream_turn();
     }
     tracing::info!(
         target: "kit_service::access",
@@ -1721,8 +1690,8 @@ pub fn random_hex(bytes: usize) -> String {
         static POOL_BYTES: std::cell::RefCell<(Box<[u8; POOL]>, usize)> =
             std::cell::RefCell::new((Box::new([0; POOL]), POOL));
     }
-    let mut raw = vec![0u8; bytes];
     if bytes > POOL / 4 {
+        let mut raw = vec![0u8; bytes];
         getrandom::fill(&mut raw).expect("the operating system's random source failed");
         return hex::encode(raw);
     }
@@ -1732,13 +1701,20 @@ pub fn random_hex(bytes: usize) -> String {
             getrandom::fill(&mut pool[..]).expect("the operating system's random source failed");
             *used = 0;
         }
-        raw.copy_from_slice(&pool[*used..*used + bytes]);
+        let taken = &mut pool[*used..*used + bytes];
+        let mut text = String::with_capacity(2 * bytes);
+        for byte in taken.iter() {
+            text.push(HEX_DIGITS[usize::from(byte >> 4)] as char);
+            text.push(HEX_DIGITS[usize::from(byte & 0xf)] as char);
+        }
         // Wipe what was handed out so the pool never holds a used value.
-        pool[*used..*used + bytes].fill(0);
+        taken.fill(0);
         *used += bytes;
-    });
-    hex::encode(raw)
+        text
+    })
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
@@ -1749,10 +1725,12 @@ mod tests {
         // 8-byte ids: 512 per pool, so 5,000 ids cross nine refills.
         let ids: std::collections::HashSet<String> = (0..5_000).map(|_| random_hex(8)).collect();
         assert_eq!(ids.len(), 5_000);
-        assert!(
-            ids.iter()
-                .all(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        );
+        assert!(ids.iter().all(|id| {
+            id.len() == 16
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        }));
         // Sizes that do not divide the pool, and a request larger than the pool allows.
         let mixed: Vec<String> = (0..2_000).map(|i| random_hex(1 + i % 13)).collect();
         assert!(

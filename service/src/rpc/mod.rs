@@ -1153,8 +1153,9 @@ pub fn valid_protocol_name(name: &str) -> bool {
 
 /// Canonical semver `MAJOR.MINOR.PATCH` (no leading zeros, no suffix).
 pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 {
+    let mut parts = text.split('.');
+    let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
         return None;
     }
     let number = |p: &str| -> Option<u64> {
@@ -1166,7 +1167,7 @@ pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
         }
         p.parse().ok()
     };
-    Some((number(parts[0])?, number(parts[1])?, number(parts[2])?))
+    Some((number(major)?, number(minor)?, number(patch)?))
 }
 
 #[cfg(test)]
@@ -1190,6 +1191,8 @@ mod tests {
     fn versions_are_canonical_semver() {
         assert_eq!(parse_version("2.0.0"), Some((2, 0, 0)));
         assert_eq!(parse_version("2.0"), None);
+        assert_eq!(parse_version("2.0.0.1"), None);
+        assert_eq!(parse_version(""), None);
         assert_eq!(parse_version("01.0.0"), None);
         assert_eq!(parse_version("1.0.0-rc1"), None);
     }

@@ -161,26 +161,7 @@ pub fn read_whole_stream(bytes: &[u8]) -> Result<IpcStream, IpcError> {
 /// Reads one IPC stream starting at `offset`; returns it and the offset just past its EOS.
 pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), IpcError> {
     let mut cursor = offset;
-    let schema = match read_message(body, &mut cursor)? {
-        None => return Err(IpcError::MissingEos),
-        Some(message) => {
-            let fb = message.flatbuffer()?;
-            if fb.header_type() != MessageHeader::Schema {
-                return Err(IpcError::NotSchema(format!("{:?}", fb.header_type())));
-            }
-            if message.header.len() > MAX_SCHEMA_HEADER {
-                return Err(IpcError::Flatbuffer(format!(
-                    "schema message of {} bytes is larger than {MAX_SCHEMA_HEADER}",
-                    message.header.len()
-                )));
-            }
-            let ipc_schema = fb
-                .header_as_schema()
-                .ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
-            let schema = guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??;
-            Arc::new(schema)
-        }
-    };
+    let schema = read_stream_schema(body, &mut cursor)?;
     let mut dictionaries: HashMap<i64, ArrayRef> = HashMap::new();
     let mut dictionary_batches = 0usize;
     let mut batches = Vec::new();
@@ -188,7 +169,7 @@ pub fn read_stream(body: &Bytes, offset: usize) -> Result<(IpcStream, usize), Ip
         let Some(message) = read_message(body, &mut cursor)? else {
             break;
         };
-        let fb = message.flatbuffer()?;
+        let fb = message.flatbuffer;
         let version = fb.version();
         match fb.header_type() {
             MessageHeader::RecordBatch => {
@@ -273,7 +254,7 @@ pub fn read_schema_message(bytes: &[u8]) -> Result<Schema, IpcError> {
     let body = Bytes::copy_from_slice(bytes);
     let mut cursor = 0;
     let message = read_message(&body, &mut cursor)?.ok_or(IpcError::MissingEos)?;
-    let fb = message.flatbuffer()?;
+    let fb = message.flatbuffer;
     let ipc_schema = fb
         .header_as_schema()
         .ok_or_else(|| IpcError::NotSchema(format!("{:?}", fb.header_type())))?;
@@ -317,19 +298,94 @@ fn guard<T>(f: impl FnOnce() -> T) -> Result<T, IpcError> {
     })
 }
 
-struct RawMessage {
-    header: Bytes,
+/// One message of a stream: its flatbuffer header, verified once, and its body.
+struct RawMessage<'a> {
+    flatbuffer: arrow_ipc::Message<'a>,
     body: Bytes,
 }
 
-impl RawMessage {
-    fn flatbuffer(&self) -> Result<arrow_ipc::Message<'_>, IpcError> {
-        arrow_ipc::root_as_message(&self.header).map_err(|e| IpcError::Flatbuffer(e.to_string()))
+/// How many decoded request schemas each thread keeps (see [`KNOWN_SCHEMAS`]).
+const KNOWN_SCHEMAS_KEPT: usize = 16;
+/// Schema headers longer than this are decoded every time, not kept.
+const KNOWN_SCHEMA_MAX_HEADER: usize = 16 * 1024;
+
+/// A schema message header as received, what it decoded to, and its body length.
+type KnownSchema = (Box<[u8]>, SchemaRef, usize);
+
+thread_local! {
+    /// Schema message headers read last on this thread, byte for byte, with
+    /// the schema each decoded to and its body length: a client sends every
+    /// call of a method with the same schema message, and verifying and
+    /// converting it again allocated every field anew. A header equal to a
+    /// kept one decodes to the same schema, so a hit skips both.
+    static KNOWN_SCHEMAS: std::cell::RefCell<Vec<KnownSchema>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads the schema message that opens a stream.
+fn read_stream_schema(body: &Bytes, cursor: &mut usize) -> Result<SchemaRef, IpcError> {
+    let header = message_header(body, cursor)?.ok_or(IpcError::MissingEos)?;
+    let known = KNOWN_SCHEMAS.with(|known| {
+        let known = known.borrow();
+        known
+            .iter()
+            .find(|(bytes, _, _)| **bytes == *header)
+            .map(|(_, schema, body_length)| (schema.clone(), *body_length))
+    });
+    if let Some((schema, body_length)) = known {
+        message_body(body, cursor, body_length)?;
+        return Ok(schema);
     }
+    let fb = arrow_ipc::root_as_message(header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
+    let body_length = usize::try_from(fb.bodyLength())
+        .map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
+    message_body(body, cursor, body_length)?;
+    if fb.header_type() != MessageHeader::Schema {
+        return Err(IpcError::NotSchema(format!("{:?}", fb.header_type())));
+    }
+    if header.len() > MAX_SCHEMA_HEADER {
+        return Err(IpcError::Flatbuffer(format!(
+            "schema message of {} bytes is larger than {MAX_SCHEMA_HEADER}",
+            header.len()
+        )));
+    }
+    let ipc_schema = fb
+        .header_as_schema()
+        .ok_or_else(|| IpcError::Flatbuffer("schema header missing".into()))?;
+    let schema = Arc::new(guard(|| arrow_ipc::convert::try_fb_to_schema(ipc_schema))??);
+    if header.len() <= KNOWN_SCHEMA_MAX_HEADER {
+        KNOWN_SCHEMAS.with(|known| {
+            let mut known = known.borrow_mut();
+            if known.len() == KNOWN_SCHEMAS_KEPT {
+                known.remove(0);
+            }
+            known.push((header.into(), schema.clone(), body_length));
+        });
+    }
+    Ok(schema)
 }
 
 /// Reads one message; `None` at an end-of-stream marker.
-fn read_message(body: &Bytes, cursor: &mut usize) -> Result<Option<RawMessage>, IpcError> {
+fn read_message<'a>(
+    body: &'a Bytes,
+    cursor: &mut usize,
+) -> Result<Option<RawMessage<'a>>, IpcError> {
+    let Some(header) = message_header(body, cursor)? else {
+        return Ok(None);
+    };
+    let message =
+        arrow_ipc::root_as_message(header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
+    let body_length = usize::try_from(message.bodyLength())
+        .map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
+    Ok(Some(RawMessage {
+        flatbuffer: message,
+        body: message_body(body, cursor, body_length)?,
+    }))
+}
+
+/// Frames the next message's flatbuffer header and moves the cursor past
+/// it; `None` at an end-of-stream marker.
+fn message_header<'a>(body: &'a Bytes, cursor: &mut usize) -> Result<Option<&'a [u8]>, IpcError> {
     let available = body.len().saturating_sub(*cursor);
     if available == 0 {
         return Err(IpcError::MissingEos);
@@ -362,26 +418,22 @@ fn read_message(body: &Bytes, cursor: &mut usize) -> Result<Option<RawMessage>, 
             available: remaining,
         });
     }
-    let header = body.slice(pos..pos + length);
-    pos += length;
-    let message =
-        arrow_ipc::root_as_message(&header).map_err(|e| IpcError::Flatbuffer(e.to_string()))?;
-    let body_length = usize::try_from(message.bodyLength())
-        .map_err(|_| IpcError::Flatbuffer("negative body length".into()))?;
-    let remaining = body.len() - pos;
-    if body_length > remaining {
+    *cursor = pos + length;
+    Ok(Some(&body[pos..pos + length]))
+}
+
+/// The `length` bytes of message body at the cursor; moves the cursor past them.
+fn message_body(body: &Bytes, cursor: &mut usize, length: usize) -> Result<Bytes, IpcError> {
+    let remaining = body.len() - *cursor;
+    if length > remaining {
         return Err(IpcError::TruncatedBody {
-            expected: body_length,
+            expected: length,
             available: remaining,
         });
     }
-    let message_body = body.slice(pos..pos + body_length);
-    pos += body_length;
-    *cursor = pos;
-    Ok(Some(RawMessage {
-        header,
-        body: message_body,
-    }))
+    let slice = body.slice(*cursor..*cursor + length);
+    *cursor += length;
+    Ok(slice)
 }
 
 /// Every buffer and node of a batch header must lie inside the message body.
@@ -474,6 +526,9 @@ pub struct Chunks {
 impl Chunks {
     /// Buffers at least this large are not copied.
     pub const BY_REFERENCE: usize = 64 * 1024;
+    /// Room the pending chunk starts with (and starts again with after a
+    /// buffer kept by reference).
+    const FIRST_PENDING: usize = 1024;
 
     pub fn new() -> Chunks {
         Chunks::default()
@@ -526,6 +581,11 @@ impl From<Vec<u8>> for Chunks {
 
 impl IpcSink for Chunks {
     fn put(&mut self, bytes: &[u8]) {
+        if self.pending.capacity() == 0 {
+            // A small response is a few hundred bytes written a few bytes at
+            // a time; starting with room for it saves a realloc per message.
+            self.pending.reserve(bytes.len().max(Self::FIRST_PENDING));
+        }
         self.pending.extend_from_slice(bytes);
         self.len += bytes.len();
     }
@@ -957,6 +1017,66 @@ mod tests {
         }
         let kept = SCHEMA_MESSAGES.with(|cache| cache.borrow().len());
         assert_eq!(kept, SCHEMA_MESSAGES_KEPT, "the cache is bounded");
+    }
+
+    #[test]
+    fn a_schema_read_again_is_the_kept_one() {
+        let schema_with = |value: &str| {
+            Arc::new(
+                Schema::new(vec![Field::new("v", DataType::Int64, false)])
+                    .with_metadata(HashMap::from([("k".to_string(), value.to_string())])),
+            )
+        };
+        let batch_of = |schema: &SchemaRef| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef],
+            )
+            .unwrap()
+        };
+        let clear = || KNOWN_SCHEMAS.with(|known| known.borrow_mut().clear());
+        let kept = || KNOWN_SCHEMAS.with(|known| known.borrow().len());
+        clear();
+        let schema = schema_with("kept-value-A");
+        let bytes = Bytes::from(stream_bytes(&schema, &[batch_of(&schema)]).unwrap());
+        let (first, end) = read_stream(&bytes, 0).unwrap();
+        assert_eq!(kept(), 1);
+        let (again, end_again) = read_stream(&bytes, 0).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.schema, &again.schema),
+            "a kept header is not decoded again"
+        );
+        assert_eq!(end, end_again);
+        assert_eq!(again.batches[0].batch, batch_of(&schema));
+
+        // One byte of the header differs: decoded afresh, not the kept schema.
+        let mut changed = bytes.to_vec();
+        let at = changed
+            .windows(12)
+            .position(|w| w == b"kept-value-A")
+            .unwrap();
+        changed[at + 11] = b'B';
+        let (other, _) = read_stream(&Bytes::from(changed), 0).unwrap();
+        assert_eq!(other.schema.metadata()["k"], "kept-value-B");
+        assert_eq!(kept(), 2);
+
+        // A kept header followed by nothing is still an incomplete stream.
+        let header_end = 8 + i32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        assert!(matches!(
+            read_stream(&bytes.slice(..header_end), 0),
+            Err(IpcError::MissingEos)
+        ));
+
+        // Bounded in count, and large headers are never kept.
+        clear();
+        let large = schema_with(&"x".repeat(KNOWN_SCHEMA_MAX_HEADER));
+        read_stream(&Bytes::from(stream_bytes(&large, &[]).unwrap()), 0).unwrap();
+        assert_eq!(kept(), 0, "a header over the limit is decoded every time");
+        for _ in 0..KNOWN_SCHEMAS_KEPT + 3 {
+            let schema = schema_with(&random_name());
+            read_stream(&Bytes::from(stream_bytes(&schema, &[]).unwrap()), 0).unwrap();
+        }
+        assert_eq!(kept(), KNOWN_SCHEMAS_KEPT);
     }
 
     fn random_name() -> String {
