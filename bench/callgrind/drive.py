@@ -1,0 +1,42 @@
+"""Makes N `ConformanceService.echo_string("hello")` calls on one keep-alive
+connection, with the request kit-bench's load phases send (a zstd level-1
+body with the four vgi_rpc keys); exits non-zero on any other status than 200.
+
+usage: python drive.py PORT N [PATH]   (the vgi-rpc venv: pyarrow, zstandard)
+"""
+
+import http.client
+import io
+import sys
+
+import pyarrow as pa
+import zstandard
+
+port, calls = int(sys.argv[1]), int(sys.argv[2])
+path = sys.argv[3] if len(sys.argv) > 3 else "/ConformanceService/echo_string"
+schema = pa.schema([pa.field("value", pa.utf8(), nullable=False)])
+sink = io.BytesIO()
+with pa.ipc.new_stream(sink, schema) as writer:
+    writer.write_batch(
+        pa.record_batch([pa.array(["hello"])], schema=schema),
+        custom_metadata={
+            "vgi_rpc.method": "echo_string",
+            "vgi_rpc.request_version": "1",
+            "vgi_rpc.protocol": "ConformanceService",
+            "vgi_rpc.protocol_version": "2.0.0",
+        },
+    )
+body = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(sink.getvalue())
+headers = {
+    "content-type": "application/vnd.apache.arrow.stream",
+    "content-encoding": "zstd",
+    "accept-encoding": "zstd, gzip",
+    "vgi-accept-max-response-bytes": "268435456",
+}
+connection = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(calls):
+    connection.request("POST", path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+        sys.exit(f"status {response.status}: {data[:200]!r}")
