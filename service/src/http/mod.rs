@@ -669,18 +669,19 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
 /// `kit_requests_total`, with nginx's status 499 (client closed request).
 struct InFlight<'a> {
     server: &'a Server,
-    call: Arc<CallSeries>,
+    /// The request's path, read for its metric labels only if it is dropped.
+    path: &'a str,
     request_id: &'a str,
     started: Instant,
     finished: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(server: &'a Server, path: &str, request_id: &'a str, started: Instant) -> Self {
+    fn start(server: &'a Server, path: &'a str, request_id: &'a str, started: Instant) -> Self {
         server.hosting.metrics.in_flight.inc();
         InFlight {
             server,
-            call: call_series(server, path),
+            path,
             request_id,
             started,
             finished: false,
@@ -703,15 +704,14 @@ impl Drop for InFlight<'_> {
         }
         let metrics = &self.server.hosting.metrics;
         metrics.in_flight.dec();
-        self.call.count(CLIENT_CLOSED_REQUEST);
-        self.call
-            .duration
-            .observe(self.started.elapsed().as_secs_f64());
+        let call = call_series(self.server, self.path);
+        call.count(CLIENT_CLOSED_REQUEST);
+        call.duration.observe(self.started.elapsed().as_secs_f64());
         tracing::info!(
             target: "kit_service::access",
             request_id = %self.request_id,
-            protocol = %self.call.labels.protocol,
-            method = %self.call.labels.method,
+            protocol = %call.labels.protocol,
+            method = %call.labels.method,
             status = CLIENT_CLOSED_REQUEST,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             "client closed the connection before the response"
