@@ -21,10 +21,12 @@
 //! the close) or holds it as a spare far down its cache.
 //!
 //! Connections are served on the main runtime's work-stealing workers by
-//! default; with `KIT_CONNECTION_THREADS=N` they are dealt to N connection
-//! threads, each a single-threaded tokio runtime (see `connection_threads`),
-//! while the accept loop, the sweeper and everything else stay on the main
-//! runtime.
+//! default, each in a task wrapped in [`RepollOnSelfWake`] (a keep-alive
+//! request no longer wakes a second worker for nothing; see
+//! `crate::self_wake`); with `KIT_CONNECTION_THREADS=N` they are dealt to N
+//! connection threads, each a single-threaded tokio runtime (see
+//! `connection_threads`), while the accept loop, the sweeper and everything
+//! else stay on the main runtime.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
+use crate::self_wake::RepollOnSelfWake;
 
 /// File descriptors kept free for everything that is not a client
 /// connection: the listener, storage files, outgoing fetches, logs.
@@ -475,14 +478,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         if threads.is_empty() {
-            tokio::spawn(connection(
+            tokio::spawn(RepollOnSelfWake::new(connection(
                 stream,
                 peer,
                 router.clone(),
                 limits,
                 admission,
                 shutdown_rx.clone(),
-            ));
+            )));
             continue;
         }
         let thread = &threads[next % threads.len()];
@@ -515,10 +518,9 @@ type Accepted = (std::net::TcpStream, SocketAddr, Admission);
 /// single-threaded tokio runtime, and returns their queues. The accept loop deals connections out
 /// in turn, and a connection stays on its thread for its whole life: a
 /// request is read, handled and answered by the thread that waits on the
-/// connection's socket, so a keep-alive connection costs no wake-up of
-/// another thread per request (on tokio's work-stealing runtime each request
-/// woke a second worker, which found nothing to do: a futex and an eventfd
-/// write per call). CPU-heavy work still goes to the blocking pool
+/// connection's socket, and a handler's wake-ups stay on that thread. (On
+/// the work-stealing runtime each request used to wake a second worker, which
+/// found nothing to do; `crate::self_wake` ended that.) CPU-heavy work still goes to the blocking pool
 /// (`limits::HeavyPool`) and background tasks stay on the main runtime.
 fn connection_threads(
     router: Router,
@@ -540,14 +542,14 @@ fn connection_threads(
                         while let Some((stream, peer, admission)) = accepted.recv().await {
                             match tokio::net::TcpStream::from_std(stream) {
                                 Ok(stream) => {
-                                    tokio::spawn(connection(
+                                    tokio::spawn(RepollOnSelfWake::new(connection(
                                         stream,
                                         peer,
                                         router.clone(),
                                         limits,
                                         admission,
                                         draining.clone(),
-                                    ));
+                                    )));
                                 }
                                 Err(error) => {
                                     tracing::warn!(%error, "could not register a connection");
@@ -642,6 +644,97 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             epoch: Instant::now(),
         })
+    }
+
+    /// Sends `body` to `/echo` on a keep-alive connection and returns the
+    /// response body.
+    fn echo(client: &mut std::net::TcpStream, body: &[u8]) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nhost: test\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(&[head.as_bytes(), body].concat()).unwrap();
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = client.read(&mut chunk).unwrap();
+            assert!(read > 0, "connection closed after {response:?}");
+            response.extend_from_slice(&chunk[..read]);
+            let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .map(|value| value.trim().parse().unwrap())
+                .expect("content-length");
+            if response.len() >= end + 4 + length {
+                return response[end + 4..end + 4 + length].to_vec();
+            }
+        }
+    }
+
+    /// Keep-alive calls with a request body are served without waking the
+    /// other worker of the work-stealing runtime (`crate::self_wake`): the
+    /// workers park about once per call (the one that served it, waiting for
+    /// the next request). Without `RepollOnSelfWake` each call parked twice:
+    /// hyper's body wakes rescheduled the connection's task and tokio woke
+    /// the idle worker to steal it, for nothing.
+    #[test]
+    fn keep_alive_calls_do_not_wake_a_second_worker() {
+        const CALLS: u64 = 300;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let router = Router::new().route(
+            "/echo",
+            axum::routing::post(|body: Bytes| async move { body }),
+        );
+        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            threads: 0,
+            ..ConnectionLimits::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = runtime.spawn(serve(
+            listener,
+            router,
+            limits,
+            Arc::new(Metrics::new()),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = std::net::TcpStream::connect(address).unwrap();
+        client.set_nodelay(true).unwrap();
+        for _ in 0..20 {
+            assert_eq!(echo(&mut client, b"warm up"), b"warm up");
+        }
+        let metrics = runtime.metrics();
+        let parks = || {
+            (0..metrics.num_workers())
+                .map(|worker| metrics.worker_park_count(worker))
+                .sum::<u64>()
+        };
+        let before = parks();
+        for call in 0..CALLS {
+            let body = format!("call {call}");
+            assert_eq!(echo(&mut client, body.as_bytes()), body.as_bytes());
+        }
+        let parked = parks() - before;
+        drop(client);
+        stop.send(()).unwrap();
+        runtime.block_on(serving).unwrap().unwrap();
+        assert!(
+            parked < CALLS * 3 / 2,
+            "{parked} worker parks for {CALLS} calls"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod probe;
 pub mod reflection;
 pub mod rpc;
+pub mod self_wake;
 pub mod serve;
 pub mod storage;
 pub mod telemetry;
