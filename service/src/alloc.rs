@@ -96,8 +96,8 @@ mod small {
     /// Turns eager arena commit off: on Linux mimalloc commits its arenas
     /// up front by default and so never gives their freed pages back, which
     /// kept a 100 MB unary result's peak RSS at 0.24x its payload (0.11x with
-    /// glibc) and the producer stream's at 0.86x (0.68x). With it off, freed
-    /// pages are purged and those were 0.13x and 0.55x.
+    /// glibc) and the producer stream's at 0.86x (0.72x). With it off, freed
+    /// pages are purged and those were 0.14x and 0.71x.
     #[inline]
     pub fn configure() {
         if !CONFIGURED.load(Ordering::Relaxed) {

@@ -20,7 +20,9 @@
 //! [`MAX_REPOLLS`] times in one poll (then the task's waker is woken and the
 //! task yields as before, so a future that always wakes itself cannot keep
 //! its worker from other tasks). A wake at any other time, from any thread,
-//! goes straight to the task's waker.
+//! goes straight to the task's waker. A task out of tokio's cooperative
+//! budget still yields at once: tokio defers that wake (and `yield_now`'s)
+//! until the worker is between tasks, so it arrives after the poll.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -188,6 +190,49 @@ mod tests {
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
         assert_eq!(Pin::new(&mut future).poll(&mut cx), Poll::Ready(wakes + 1));
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
+    }
+
+    /// Counts its inner future's polls.
+    struct Polls<F> {
+        future: Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<F: Future> Future for Polls<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            self.future.as_mut().poll(cx)
+        }
+    }
+
+    /// A future that runs out of tokio's budget yields at once instead of
+    /// being polled again up to the bound: tokio defers the wake of a task
+    /// out of budget until after its poll (were it woken during the poll,
+    /// every poll would spin through `MAX_REPOLLS` pending polls).
+    #[test]
+    fn a_future_out_of_budget_yields_instead_of_polling_again() {
+        const STEPS: usize = 1000;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counted = Polls {
+            future: Box::pin(async {
+                for _ in 0..STEPS {
+                    tokio::task::coop::consume_budget().await;
+                }
+            }),
+            polls: polls.clone(),
+        };
+        runtime.block_on(async {
+            tokio::spawn(RepollOnSelfWake::new(counted)).await.unwrap();
+        });
+        // One poll per budget (128 units in tokio 1.54) and a few more; 16
+        // times that if every poll re-polled until its bound.
+        let polls = polls.load(Ordering::SeqCst);
+        assert!(polls <= 2 * STEPS.div_ceil(128) + 2, "{polls} polls");
     }
 
     /// Pending until `ready` is set, keeping the latest waker.
