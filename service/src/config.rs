@@ -150,7 +150,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "KIT_CONNECTION_THREADS",
         default: "0",
-        doc: "0 serves connections on tokio's work-stealing workers. N > 0: N threads serve connections, each a single-threaded runtime that keeps the connections dealt to it for their whole life: a keep-alive request wakes no other thread (about a fifth less CPU per small call), but nothing moves work between them, so a thread that is descheduled or blocked delays its connections (a worse tail at many connections), and `tokio::task::block_in_place` in a handler panics.",
+        doc: "0 serves connections on tokio's work-stealing workers; a keep-alive request is served by the worker that reads it, without waking another. N > 0: N threads serve connections, each a single-threaded runtime that keeps the connections dealt to it for their whole life. That saved about a fifth of the CPU per small call while the workers still woke each other on every request (before 7d00512, docs/benchmarks.md), but nothing moves work between the threads, so a thread that is descheduled or blocked delays its connections (a worse tail at many connections), and `tokio::task::block_in_place` in a handler panics.",
     },
     Variable {
         name: "KIT_CORS_ORIGINS",

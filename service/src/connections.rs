@@ -77,8 +77,8 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(75),
             max_connections,
             max_per_ip: max_connections,
-            // Opt-in: less CPU per keep-alive call, but a descheduled or
-            // blocking thread delays its connections (8-connection p99 was
+            // Opt-in: a descheduled or blocking connection thread delays
+            // its connections (8-connection p99 was
             // 4 ms against 0.7 ms in docs/benchmarks.md), and
             // `block_in_place` panics on a single-threaded runtime.
             threads: 0,
