@@ -478,14 +478,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         if threads.is_empty() {
-            tokio::spawn(RepollOnSelfWake::new(connection(
+            tokio::spawn(connection(
                 stream,
                 peer,
                 router.clone(),
                 limits,
                 admission,
                 shutdown_rx.clone(),
-            )));
+            ));
             continue;
         }
         let thread = &threads[next % threads.len()];
@@ -519,9 +519,10 @@ type Accepted = (std::net::TcpStream, SocketAddr, Admission);
 /// in turn, and a connection stays on its thread for its whole life: a
 /// request is read, handled and answered by the thread that waits on the
 /// connection's socket, and a handler's wake-ups stay on that thread. (On
-/// the work-stealing runtime each request used to wake a second worker, which
-/// found nothing to do; `crate::self_wake` ended that.) CPU-heavy work still goes to the blocking pool
-/// (`limits::HeavyPool`) and background tasks stay on the main runtime.
+/// the work-stealing runtime each request used to wake a second worker,
+/// which found nothing to do; `crate::self_wake` ended that.) CPU-heavy work
+/// still goes to the blocking pool (`limits::HeavyPool`) and background
+/// tasks stay on the main runtime.
 fn connection_threads(
     router: Router,
     limits: ConnectionLimits,
@@ -542,14 +543,14 @@ fn connection_threads(
                         while let Some((stream, peer, admission)) = accepted.recv().await {
                             match tokio::net::TcpStream::from_std(stream) {
                                 Ok(stream) => {
-                                    tokio::spawn(RepollOnSelfWake::new(connection(
+                                    tokio::spawn(connection(
                                         stream,
                                         peer,
                                         router.clone(),
                                         limits,
                                         admission,
                                         draining.clone(),
-                                    )));
+                                    ));
                                 }
                                 Err(error) => {
                                     tracing::warn!(%error, "could not register a connection");
@@ -563,7 +564,23 @@ fn connection_threads(
         .collect()
 }
 
-async fn connection(
+/// A connection's task, on either kind of runtime: served by hyper, and
+/// polled again at once when hyper wakes its own task during a poll
+/// (`crate::self_wake`), so that a keep-alive request wakes no other worker.
+fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    admission: Admission,
+    draining: watch::Receiver<bool>,
+) -> RepollOnSelfWake<impl std::future::Future<Output = ()> + Send> {
+    RepollOnSelfWake::new(serve_connection(
+        stream, peer, router, limits, admission, draining,
+    ))
+}
+
+async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
