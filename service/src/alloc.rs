@@ -124,6 +124,35 @@ fn mapped_len(size: usize) -> usize {
     size.next_multiple_of(HUGE_PAGE)
 }
 
+/// A new block for `layout` from the allocator of its tier, zeroed if asked.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+#[inline]
+unsafe fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
+    match tier(layout.size(), layout.align()) {
+        Tier::Small => {
+            small::configure();
+            if zeroed {
+                unsafe { Small.alloc_zeroed(layout) }
+            } else {
+                unsafe { Small.alloc(layout) }
+            }
+        }
+        Tier::Medium => {
+            let ptr = if zeroed {
+                unsafe { System.alloc_zeroed(layout) }
+            } else {
+                unsafe { System.alloc(layout) }
+            };
+            advise(ptr, layout.size());
+            ptr
+        }
+        // A fresh mapping is zero already (and not faulted in yet).
+        Tier::Large => large::alloc(mapped_len(layout.size()), zeroed),
+    }
+}
+
 // SAFETY: small blocks go to mimalloc and medium ones to `System`, each freed
 // and resized by the allocator that made it, because `dealloc`/`realloc` get
 // back the layout a block was allocated with (the `GlobalAlloc` contract) and
@@ -133,34 +162,11 @@ fn mapped_len(size: usize) -> usize {
 // cache, never both, so the mapped length is recomputed exactly.
 unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match tier(layout.size(), layout.align()) {
-            Tier::Small => {
-                small::configure();
-                unsafe { Small.alloc(layout) }
-            }
-            Tier::Medium => {
-                let ptr = unsafe { System.alloc(layout) };
-                advise(ptr, layout.size());
-                ptr
-            }
-            Tier::Large => large::alloc(mapped_len(layout.size()), false),
-        }
+        unsafe { allocate(layout, false) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match tier(layout.size(), layout.align()) {
-            Tier::Small => {
-                small::configure();
-                unsafe { Small.alloc_zeroed(layout) }
-            }
-            Tier::Medium => {
-                let ptr = unsafe { System.alloc_zeroed(layout) };
-                advise(ptr, layout.size());
-                ptr
-            }
-            // A fresh mapping is zero already (and not faulted in yet).
-            Tier::Large => large::alloc(mapped_len(layout.size()), true),
-        }
+        unsafe { allocate(layout, true) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
