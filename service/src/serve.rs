@@ -220,11 +220,6 @@ pub async fn serve_until(
 ) -> std::io::Result<()> {
     let readiness = server.hosting().readiness.clone();
     readiness.set_ready();
-    // Off the path to ready: the access records' protocol hashes.
-    let warm = server.clone();
-    tokio::task::spawn_blocking(move || {
-        warm.protocol_hash("");
-    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {

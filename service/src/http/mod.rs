@@ -86,9 +86,9 @@ pub struct Server {
     pub(crate) keys: KeyRing,
     pub(crate) hosting: Hosting,
     pub(crate) external: Option<Arc<External>>,
-    /// `protocol_hash` of each hosted protocol, for access records: see
-    /// [`Server::protocol_hash`].
-    protocol_hashes: std::sync::OnceLock<BTreeMap<String, String>>,
+    /// `protocol_hash` of each hosted protocol, for access records and
+    /// reflection, each computed on first use: see [`Server::protocol_hash`].
+    protocol_hashes: BTreeMap<String, std::sync::OnceLock<String>>,
     /// The capability headers every response carries (all but the request
     /// id): fixed for the server's life, so named and valued once.
     capabilities: Vec<(HeaderName, HeaderValue)>,
@@ -137,6 +137,10 @@ impl Server {
         }
         let external = external.map(Arc::new);
         let capabilities = capability_headers(&config, &hosting, external.as_deref());
+        let protocol_hashes = hosted
+            .keys()
+            .map(|name| (name.clone(), std::sync::OnceLock::new()))
+            .collect();
         Arc::new(Server {
             protocols: hosted,
             primary,
@@ -144,28 +148,26 @@ impl Server {
             keys,
             hosting,
             external,
-            protocol_hashes: std::sync::OnceLock::new(),
+            protocol_hashes,
             capabilities,
         })
     }
 
-    /// The `protocol_hash` of a hosted protocol (`""` for another name).
-    /// Hashing every method's schemas took most of the time from process
-    /// start to a ready listener, so it is done on first use, not while
-    /// building the server; `serve_until` warms it on the blocking pool once
-    /// the listener is ready.
+    /// The `protocol_hash` of a hosted protocol (`""` for another name),
+    /// computed on the first request that needs it, not while building the
+    /// server: that kept process start to ready short while the hash was
+    /// expensive, and now that it is cheap (tens of microseconds for the
+    /// conformance service) no request pays for protocols it did not call.
     pub(crate) fn protocol_hash(&self, protocol: &str) -> &str {
-        self.protocol_hashes
-            .get_or_init(|| {
-                self.protocols
-                    .iter()
-                    .map(|(name, protocol)| {
-                        (name.clone(), crate::reflection::protocol_hash(protocol))
-                    })
-                    .collect()
-            })
-            .get(protocol)
-            .map_or("", String::as_str)
+        match (
+            self.protocol_hashes.get(protocol),
+            self.protocols.get(protocol),
+        ) {
+            (Some(hash), Some(hosted)) => {
+                hash.get_or_init(|| crate::reflection::protocol_hash(hosted))
+            }
+            _ => "",
+        }
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -1719,6 +1721,35 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 #[cfg(test)]
 mod tests {
     use super::random_hex;
+
+    #[test]
+    fn protocol_hashes_are_computed_per_protocol_on_first_use() {
+        let keys =
+            crate::token::KeyRing::new(crate::token::SigningKey::new(vec![9u8; 32]), vec![], 3600);
+        let demo = crate::demo::protocol();
+        let server = super::Server::new(
+            vec![crate::demo::protocol()],
+            super::HttpConfig::default(),
+            keys,
+        );
+        let reflection = crate::reflection::NAME;
+        assert!(server.protocols.contains_key(reflection));
+        let computed = |name: &str| server.protocol_hashes[name].get().is_some();
+        assert!(!computed(&demo.name) && !computed(reflection));
+
+        let hash = crate::reflection::protocol_hash(&demo);
+        assert_eq!(server.protocol_hash(&demo.name), hash);
+        assert!(
+            computed(&demo.name) && !computed(reflection),
+            "only the protocol asked for"
+        );
+        assert_eq!(server.protocol_hash(&demo.name), hash);
+        assert_eq!(
+            server.protocol_hash(reflection),
+            crate::reflection::protocol_hash(&crate::reflection::protocol())
+        );
+        assert_eq!(server.protocol_hash("acme.Nope.v1"), "");
+    }
 
     #[test]
     fn random_ids_are_distinct_across_pool_refills() {
