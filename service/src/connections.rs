@@ -482,7 +482,6 @@ pub async fn serve(
                 stream,
                 peer,
                 router.clone(),
-                limits,
                 admission,
                 shutdown_rx.clone(),
             ));
@@ -547,7 +546,6 @@ fn connection_threads(
                                         stream,
                                         peer,
                                         router.clone(),
-                                        limits,
                                         admission,
                                         draining.clone(),
                                     ));
@@ -571,77 +569,64 @@ fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
-    limits: ConnectionLimits,
     admission: Admission,
     draining: watch::Receiver<bool>,
 ) -> RepollOnSelfWake<impl std::future::Future<Output = ()> + Send> {
-    RepollOnSelfWake::new(serve_connection(
-        stream, peer, router, limits, admission, draining,
-    ))
-}
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    limits: ConnectionLimits,
-    admission: Admission,
-    draining: watch::Receiver<bool>,
-) {
-    let registry = admission.registry.clone();
-    let id = admission.id;
-    let service =
-        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let draining = draining.clone();
-            registry.request_started(id);
-            let tracked = InFlightRequest {
-                registry: registry.clone(),
-                id,
-            };
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let router = router.clone();
-            async move {
-                let mut response = tower::ServiceExt::oneshot(router, request)
-                    .await
-                    .unwrap_or_else(|never: Infallible| match never {});
-                if *draining.borrow() {
-                    // hyper closes the connection once this response is out.
-                    response.headers_mut().insert(
-                        http::header::CONNECTION,
-                        http::HeaderValue::from_static("close"),
-                    );
+    RepollOnSelfWake::new(async move {
+        let registry = admission.registry.clone();
+        let id = admission.id;
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let draining = draining.clone();
+                registry.request_started(id);
+                let tracked = InFlightRequest {
+                    registry: registry.clone(),
+                    id,
+                };
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    let mut response = tower::ServiceExt::oneshot(router, request)
+                        .await
+                        .unwrap_or_else(|never: Infallible| match never {});
+                    if *draining.borrow() {
+                        // hyper closes the connection once this response is out.
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(response.map(|inner| {
+                        Body::new(TrackedBody {
+                            inner,
+                            _request: tracked,
+                        })
+                    }))
                 }
-                Ok::<_, Infallible>(response.map(|inner| {
-                    Body::new(TrackedBody {
-                        inner,
-                        _request: tracked,
-                    })
-                }))
-            }
-        });
-    let stream = TrackedStream {
-        inner: stream,
-        receiving: admission.receiving.clone(),
-    };
-    // The registry's sweeper enforces the header and idle timeouts.
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let _ = limits;
-    tokio::pin!(connection);
-    let close = admission.close.clone();
-    // Draining needs nothing here: responses say `Connection: close` and the
-    // registry closes quiet connections (module docs).
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        // Evicted, idle too long, or quiet while draining: no request is in
-        // flight, so just close.
-        _ = close.notified() => {}
-    }
-    drop(admission);
+            });
+        let stream = TrackedStream {
+            inner: stream,
+            receiving: admission.receiving.clone(),
+        };
+        // The registry's sweeper enforces the header and idle timeouts.
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let close = admission.close.clone();
+        // Draining needs nothing here: responses say `Connection: close` and the
+        // registry closes quiet connections (module docs).
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            // Evicted, idle too long, or quiet while draining: no request is in
+            // flight, so just close.
+            _ = close.notified() => {}
+        }
+        drop(admission);
+    })
 }
 
 #[cfg(test)]
