@@ -76,11 +76,6 @@ fn tier(size: usize, align: usize) -> Tier {
     }
 }
 
-#[cfg(target_os = "linux")]
-use mimalloc::MiMalloc as Small;
-#[cfg(not(target_os = "linux"))]
-use std::alloc::System as Small;
-
 /// mimalloc's settings, made before its first block.
 #[cfg(target_os = "linux")]
 mod small {
@@ -112,11 +107,97 @@ mod small {
         unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
         CONFIGURED.store(true, Ordering::Relaxed);
     }
+
+    /// Every mimalloc block is aligned to a word at least.
+    const WORD: usize = std::mem::size_of::<usize>();
+    /// mimalloc places power-of-two blocks up to this size at a multiple of
+    /// their size (`MI_PAGE_MAX_START_BLOCK_ALIGN2`).
+    const NATURAL_MAX: usize = 4096;
+
+    /// The size to ask mimalloc for. A block aligned to more than a word is
+    /// rounded up to a power of two of at least its alignment (up to
+    /// [`NATURAL_MAX`]): mimalloc hands such a block out of its free list
+    /// with no search. Asked for less than its alignment (Arrow's buffers
+    /// are 128-byte aligned, most of a small request's are a few bytes) or
+    /// for a size whose free block happened to be misaligned, mimalloc would
+    /// allocate `size + align` and return an interior pointer, which costs
+    /// more to allocate and to free and wastes as much.
+    #[inline]
+    pub fn request(size: usize, align: usize) -> usize {
+        if align <= WORD || size > NATURAL_MAX {
+            size
+        } else {
+            size.max(align).next_power_of_two()
+        }
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::alloc` for a small layout.
+    #[inline]
+    pub unsafe fn alloc(layout: std::alloc::Layout, zeroed: bool) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        let (size, align) = (layout.size(), layout.align());
+        // SAFETY: plain allocation calls; a word-aligned layout needs no
+        // alignment argument (the cheaper entry point).
+        unsafe {
+            (match (align <= WORD, zeroed) {
+                (true, false) => mi::mi_malloc(size),
+                (true, true) => mi::mi_zalloc(size),
+                (false, false) => mi::mi_malloc_aligned(request(size, align), align),
+                (false, true) => mi::mi_zalloc_aligned(request(size, align), align),
+            }) as *mut u8
+        }
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::dealloc` for a block of [`alloc`].
+    #[inline]
+    pub unsafe fn dealloc(ptr: *mut u8, _layout: std::alloc::Layout) {
+        // SAFETY: `ptr` is a live mimalloc block (the caller's contract).
+        unsafe { libmimalloc_sys::mi_free(ptr.cast()) }
+    }
+
+    /// # Safety
+    /// As `GlobalAlloc::realloc` for a block of [`alloc`], to a small size.
+    #[inline]
+    pub unsafe fn realloc(ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        use libmimalloc_sys as mi;
+        let align = layout.align();
+        // SAFETY: `ptr` is a live mimalloc block (the caller's contract).
+        unsafe {
+            (if align <= WORD {
+                mi::mi_realloc(ptr.cast(), new_size)
+            } else {
+                mi::mi_realloc_aligned(ptr.cast(), request(new_size, align), align)
+            }) as *mut u8
+        }
+    }
 }
 
+/// Elsewhere no block is small ([`tier`]); these keep the calls compiling.
 #[cfg(not(target_os = "linux"))]
 mod small {
+    use std::alloc::{GlobalAlloc, Layout, System};
+
     pub fn configure() {}
+
+    pub unsafe fn alloc(layout: Layout, zeroed: bool) -> *mut u8 {
+        unsafe {
+            if zeroed {
+                System.alloc_zeroed(layout)
+            } else {
+                System.alloc(layout)
+            }
+        }
+    }
+
+    pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// The mapped length of a large block of `size` bytes: whole huge pages.
@@ -133,11 +214,7 @@ unsafe fn allocate(layout: Layout, zeroed: bool) -> *mut u8 {
     match tier(layout.size(), layout.align()) {
         Tier::Small => {
             small::configure();
-            if zeroed {
-                unsafe { Small.alloc_zeroed(layout) }
-            } else {
-                unsafe { Small.alloc(layout) }
-            }
+            unsafe { small::alloc(layout, zeroed) }
         }
         Tier::Medium => {
             let ptr = if zeroed {
@@ -171,7 +248,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match tier(layout.size(), layout.align()) {
-            Tier::Small => unsafe { Small.dealloc(ptr, layout) },
+            Tier::Small => unsafe { small::dealloc(ptr, layout) },
             Tier::Medium => unsafe { System.dealloc(ptr, layout) },
             Tier::Large => unsafe { large::free(ptr, mapped_len(layout.size())) },
         }
@@ -180,7 +257,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         match (tier(layout.size(), align), tier(new_size, align)) {
-            (Tier::Small, Tier::Small) => unsafe { Small.realloc(ptr, layout, new_size) },
+            (Tier::Small, Tier::Small) => unsafe { small::realloc(ptr, layout, new_size) },
             (Tier::Medium, Tier::Medium) => {
                 let new = unsafe { System.realloc(ptr, layout, new_size) };
                 if new_size > layout.size() {
@@ -542,6 +619,61 @@ mod tests {
                 layout = Layout::from_size_align(size, 8).unwrap();
             }
             alloc.dealloc(ptr, layout);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn aligned_small_blocks_are_whole_mimalloc_blocks() {
+        assert_eq!(small::request(8, 128), 128);
+        assert_eq!(small::request(24, 16), 32);
+        assert_eq!(small::request(200, 64), 256);
+        assert_eq!(small::request(4096, 128), 4096);
+        assert_eq!(small::request(5000, 128), 5000, "beyond natural alignment");
+        assert_eq!(small::request(24, 8), 24, "word-aligned: as asked");
+        let alloc = HugePageAlloc;
+        for align in [16usize, 32, 64, 128, 256, 4096] {
+            for size in [1usize, 7, 24, 100, 129, 1000, 4096, 5000, SMALL_MAX] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                let mut blocks = Vec::new();
+                for round in 0..50 {
+                    unsafe {
+                        let zeroed = round % 2 == 0;
+                        let ptr = if zeroed {
+                            alloc.alloc_zeroed(layout)
+                        } else {
+                            alloc.alloc(layout)
+                        };
+                        assert!(!ptr.is_null());
+                        assert_eq!(ptr as usize % align, 0, "{size} bytes at {align}");
+                        if zeroed {
+                            assert!((0..size).all(|i| *ptr.add(i) == 0));
+                        }
+                        if size <= 4096 {
+                            // The block mimalloc handed out, not a pointer
+                            // into a larger one (which it over-allocates
+                            // when asked for less than the alignment).
+                            let usable = libmimalloc_sys::mi_usable_size(ptr.cast());
+                            assert_eq!(usable, small::request(size, align), "{size} at {align}");
+                        }
+                        ptr.write_bytes(0x5A, size);
+                        blocks.push(ptr);
+                    }
+                }
+                for ptr in blocks {
+                    unsafe {
+                        let grown = alloc.realloc(ptr, layout, size + 300);
+                        assert_eq!(grown as usize % align, 0);
+                        assert!((0..size).all(|i| *grown.add(i) == 0x5A));
+                        let layout = Layout::from_size_align(size + 300, align).unwrap();
+                        let shrunk = alloc.realloc(grown, layout, size.div_ceil(2));
+                        assert_eq!(shrunk as usize % align, 0);
+                        assert!((0..size.div_ceil(2)).all(|i| *shrunk.add(i) == 0x5A));
+                        let layout = Layout::from_size_align(size.div_ceil(2), align).unwrap();
+                        alloc.dealloc(shrunk, layout);
+                    }
+                }
+            }
         }
     }
 

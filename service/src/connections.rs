@@ -44,6 +44,41 @@ use tokio::sync::{Notify, watch};
 use crate::metrics::Metrics;
 use crate::self_wake::RepollOnSelfWake;
 
+/// What answers the requests of the connections [`serve`] accepts.
+#[derive(Clone)]
+pub enum App {
+    /// An axum router, given each client's address as `ConnectInfo`.
+    Router(Router),
+    /// The vgi-rpc host, called directly (`crate::http::respond`): the same
+    /// answers as its router (`crate::http::app`), without the router's
+    /// work per request.
+    Host(Arc<crate::http::Server>),
+}
+
+impl From<Router> for App {
+    fn from(router: Router) -> App {
+        App::Router(router)
+    }
+}
+
+impl App {
+    async fn respond(
+        self,
+        mut request: http::Request<Body>,
+        peer: SocketAddr,
+    ) -> axum::response::Response {
+        match self {
+            App::Router(router) => {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router, request)
+                    .await
+                    .unwrap_or_else(|never: Infallible| match never {})
+            }
+            App::Host(server) => crate::http::respond(server, request, Some(peer)).await,
+        }
+    }
+}
+
 /// File descriptors kept free for everything that is not a client
 /// connection: the listener, storage files, outgoing fetches, logs.
 const RESERVED_FDS: u64 = 64;
@@ -417,13 +452,13 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `stop` resolves, then
+/// Serves `app` on `listener` within `limits` until `stop` resolves, then
 /// stops accepting and drains (module docs): requests keep being served on
 /// open connections with `Connection: close`, quiet ones are closed, and it
 /// returns once all are closed.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    app: impl Into<App>,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()> + Send,
@@ -447,7 +482,8 @@ pub async fn serve(
             }
         })
     };
-    let threads = connection_threads(router.clone(), limits, &shutdown_rx)?;
+    let app = app.into();
+    let threads = connection_threads(app.clone(), limits, &shutdown_rx)?;
     let mut next = 0usize;
     tokio::pin!(stop);
     loop {
@@ -481,7 +517,7 @@ pub async fn serve(
             tokio::spawn(connection(
                 stream,
                 peer,
-                router.clone(),
+                app.clone(),
                 admission,
                 shutdown_rx.clone(),
             ));
@@ -523,7 +559,7 @@ type Accepted = (std::net::TcpStream, SocketAddr, Admission);
 /// still goes to the blocking pool (`limits::HeavyPool`) and background
 /// tasks stay on the main runtime.
 fn connection_threads(
-    router: Router,
+    app: App,
     limits: ConnectionLimits,
     draining: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>> {
@@ -533,7 +569,7 @@ fn connection_threads(
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let router = router.clone();
+            let app = app.clone();
             let draining = draining.clone();
             std::thread::Builder::new()
                 .name(format!("kit-conn-{index}"))
@@ -545,7 +581,7 @@ fn connection_threads(
                                     tokio::spawn(connection(
                                         stream,
                                         peer,
-                                        router.clone(),
+                                        app.clone(),
                                         admission,
                                         draining.clone(),
                                     ));
@@ -568,7 +604,7 @@ fn connection_threads(
 fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    router: Router,
+    app: App,
     admission: Admission,
     draining: watch::Receiver<bool>,
 ) -> RepollOnSelfWake<impl std::future::Future<Output = ()> + Send> {
@@ -583,13 +619,10 @@ fn connection(
                     registry: registry.clone(),
                     id,
                 };
-                let mut request = request.map(Body::new);
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
+                let request = request.map(Body::new);
+                let app = app.clone();
                 async move {
-                    let mut response = tower::ServiceExt::oneshot(router, request)
-                        .await
-                        .unwrap_or_else(|never: Infallible| match never {});
+                    let mut response = app.respond(request, peer).await;
                     if *draining.borrow() {
                         // hyper closes the connection once this response is out.
                         response.headers_mut().insert(

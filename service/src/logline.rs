@@ -50,24 +50,32 @@ where
 }
 
 fn write_line(writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    let mut line = String::with_capacity(LINE_CAPACITY);
+    format_line(&mut line, event);
+    writer.write_str(&line)
+}
+
+/// Room for an access line without growing (they run to about 300 bytes).
+const LINE_CAPACITY: usize = 384;
+
+/// The whole line, built in one `String` with plain appends: every piece
+/// written through the formatter's `Writer` (a `dyn fmt::Write`) or with
+/// `write!` cost a dynamic call or a pass of `core::fmt`, and a line has
+/// some fifty pieces.
+fn format_line(line: &mut String, event: &Event<'_>) {
     let metadata = event.metadata();
-    writer.write_str("{\"timestamp\":\"")?;
-    timestamp(writer, std::time::SystemTime::now())?;
-    write!(
-        writer,
-        "\",\"level\":\"{}\",\"fields\":{{",
-        metadata.level()
-    )?;
-    let mut fields = Fields {
-        out: &mut *writer,
+    line.push_str("{\"timestamp\":\"");
+    timestamp(line, std::time::SystemTime::now());
+    line.push_str("\",\"level\":\"");
+    line.push_str(metadata.level().as_str());
+    line.push_str("\",\"fields\":{");
+    event.record(&mut Fields {
+        out: line,
         first: true,
-        result: Ok(()),
-    };
-    event.record(&mut fields);
-    fields.result?;
-    writer.write_str("},\"target\":")?;
-    escape(writer, metadata.target())?;
-    writer.write_str("}\n")
+    });
+    line.push_str("},\"target\":");
+    escape(line, metadata.target());
+    line.push_str("}\n");
 }
 
 thread_local! {
@@ -80,9 +88,11 @@ thread_local! {
 /// Writes `now` as the stock formatter does (`SystemTime`'s RFC 3339 in UTC
 /// with microseconds: `2026-12-07T06:20:11.123456Z`), formatting the date
 /// and time of day once per second and thread.
-fn timestamp(out: &mut impl fmt::Write, now: std::time::SystemTime) -> fmt::Result {
+fn timestamp(out: &mut String, now: std::time::SystemTime) {
     let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
-        return SystemTime.format_time(&mut Writer::new(out));
+        // Before 1970: the stock formatter's text, whatever it is.
+        let _ = SystemTime.format_time(&mut Writer::new(out));
+        return;
     };
     let seconds = since_epoch.as_secs();
     SECOND.with(|second| {
@@ -92,18 +102,27 @@ fn timestamp(out: &mut impl fmt::Write, now: std::time::SystemTime) -> fmt::Resu
             let days = seconds / 86_400;
             let (year, month, day) = civil_from_days(days);
             let in_day = seconds % 86_400;
-            write!(
+            // Writing to a `String` cannot fail.
+            let _ = write!(
                 text,
                 "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
                 in_day / 3600,
                 in_day / 60 % 60,
                 in_day % 60
-            )?;
+            );
             *known = seconds;
         }
-        out.write_str(text)
-    })?;
-    write!(out, ".{:06}Z", since_epoch.subsec_micros())
+        out.push_str(text);
+    });
+    let mut micros = since_epoch.subsec_micros();
+    let mut digits = [b'0'; 8];
+    digits[0] = b'.';
+    digits[7] = b'Z';
+    for digit in digits[1..7].iter_mut().rev() {
+        *digit += (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
 }
 
 /// The proleptic Gregorian date of `days` after 1970-01-01 (Howard
@@ -126,83 +145,80 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// Writes `"name":value` pairs straight into the line (no buffer of its
-/// own); the first write error is kept, as `Visit` cannot return it.
-struct Fields<'a, W: fmt::Write> {
-    out: &'a mut W,
+/// Writes `"name":value` pairs straight into the line.
+struct Fields<'a> {
+    out: &'a mut String,
     first: bool,
-    result: fmt::Result,
 }
 
-impl<W: fmt::Write> Fields<'_, W> {
-    fn pair(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
-            return;
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
         }
-        self.result = (|| {
-            if !std::mem::take(&mut self.first) {
-                self.out.write_char(',')?;
-            }
-            escape(self.out, field.name())?;
-            self.out.write_char(':')?;
-            value(self.out)
-        })();
+        escape(self.out, field.name());
+        self.out.push(':');
+    }
+
+    /// A value written by its `Display` or `Debug`, as a JSON string.
+    fn text(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        self.key(field);
+        self.out.push('"');
+        // Writing to a `String` cannot fail.
+        let _ = Escaped(&mut *self.out).write_fmt(value);
+        self.out.push('"');
     }
 }
 
-impl<W: fmt::Write> Visit for Fields<'_, W> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.pair(field, |out| escape(out, value));
+        self.key(field);
+        escape(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.pair(field, |out| write!(out, "{value}"));
+        self.key(field);
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.pair(field, |out| write!(out, "{value}"));
+        self.key(field);
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.pair(field, |out| {
-            out.write_str(if value { "true" } else { "false" })
-        });
+        self.key(field);
+        self.out.push_str(if value { "true" } else { "false" });
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.pair(field, |out| {
-            if value.is_finite() {
-                write!(out, "{value}")
-            } else {
-                // JSON has no NaN or infinity; serde_json writes null too.
-                out.write_str("null")
-            }
-        });
+        self.key(field);
+        if value.is_finite() {
+            // The shortest text that reads back as `value`, as serde_json
+            // (and so the stock JSON formatter) writes it.
+            self.out.push_str(zmij::Buffer::new().format_finite(value));
+        } else {
+            // JSON has no NaN or infinity; serde_json writes null too.
+            self.out.push_str("null");
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.pair(field, |out| {
-            out.write_char('"')?;
-            write!(Escaped(out), "{value}")?;
-            out.write_char('"')
-        });
+        self.text(field, format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // `message` and `%display` values arrive here; both print as text.
-        self.pair(field, |out| {
-            out.write_char('"')?;
-            write!(Escaped(out), "{value:?}")?;
-            out.write_char('"')
-        });
+        self.text(field, format_args!("{value:?}"));
     }
 }
 
 /// Writes `text` as a JSON string literal (RFC 8259 section 7).
-fn escape(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    out.write_char('"')?;
-    Escaped(out).write_str(text)?;
-    out.write_char('"')
+fn escape(out: &mut String, text: &str) {
+    out.push('"');
+    // Writing to a `String` cannot fail.
+    let _ = Escaped(&mut *out).write_str(text);
+    out.push('"');
 }
 
 /// A writer that escapes what goes through it as the inside of a JSON
@@ -287,7 +303,7 @@ mod tests {
             let mut text = String::new();
             let time = std::time::UNIX_EPOCH
                 + std::time::Duration::from_micros(seconds * 1_000_000 + micros);
-            timestamp(&mut text, time).unwrap();
+            timestamp(&mut text, time);
             text
         };
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
@@ -331,7 +347,7 @@ mod tests {
                 .format_time(&mut Writer::new(&mut stock))
                 .unwrap();
             let mut ours = String::new();
-            timestamp(&mut ours, std::time::SystemTime::now()).unwrap();
+            timestamp(&mut ours, std::time::SystemTime::now());
             if ours[..19] == stock[..19] {
                 assert_eq!(ours.len(), stock.len(), "{ours} vs {stock}");
                 assert!(ours.ends_with('Z') && ours.as_bytes()[19] == b'.', "{ours}");

@@ -14,9 +14,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::connections::App;
 use crate::http::hosting::{Hosting, Readiness};
 use crate::http::ratelimit::{RateLimit, RateLimiter, SharedStore};
-use crate::http::{HttpConfig, Server, app};
+use crate::http::{HttpConfig, Server};
 use crate::metrics::Metrics;
 use crate::rpc::Protocol;
 
@@ -237,9 +238,10 @@ pub async fn serve_until(
     });
     let limits = server.hosting().limits.connections;
     let metrics = server.hosting().metrics.clone();
-    let serving = crate::connections::serve(listener, app(server), limits, metrics, async move {
-        let _ = stop_rx.await;
-    });
+    let serving =
+        crate::connections::serve(listener, App::Host(server), limits, metrics, async move {
+            let _ = stop_rx.await;
+        });
     tokio::select! {
         result = serving => result,
         _ = grace_rx => {

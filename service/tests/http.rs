@@ -1,7 +1,8 @@
 //! The transport's status rules, driven through the router with `oneshot`
 //! (no socket): every bad input gets the status and error kind the Python
 //! reference gives (see `shared/reference/vgi-rpc-captures`), and the server
-//! keeps serving.
+//! keeps serving. One test sends the same requests over a real socket, where
+//! the accept loop calls the host without the router, and compares.
 
 use std::sync::Arc;
 
@@ -1149,4 +1150,114 @@ async fn a_null_in_a_required_parameter_is_a_type_error() {
         reply.error_field(wire::LOG_MESSAGE_KEY),
         "TypeError: echo_int() parameter 'value' is not optional but got None"
     );
+}
+
+/// The accept loop calls the host directly (`connections::App::Host`), not
+/// through [`app`]'s router as these tests do: over a real socket every kind
+/// of answer is the same as the router's (status, headers but the `date`
+/// hyper adds, body), and a HEAD answer is GET's head with no body.
+#[tokio::test]
+async fn the_socket_answers_as_the_router_does() {
+    use http::Method;
+    let server = server();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drain = kit_service::serve::Drain {
+        delay: std::time::Duration::ZERO,
+        grace: std::time::Duration::from_secs(5),
+    };
+    tokio::spawn(kit_service::serve::serve_until(
+        listener,
+        server.clone(),
+        drain,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let arrow = wire::CONTENT_TYPE;
+    let add = add_body(40, 2, request_metadata("add"));
+    let cases: Vec<(Method, String, Option<&str>, Vec<u8>)> = vec![
+        (Method::GET, "/health".into(), None, vec![]),
+        (Method::HEAD, "/health".into(), None, vec![]),
+        (Method::OPTIONS, "/health".into(), None, vec![]),
+        (Method::DELETE, "/health".into(), None, vec![]),
+        (Method::GET, "/livez".into(), None, vec![]),
+        (Method::HEAD, "/livez".into(), None, vec![]),
+        (Method::GET, format!("/{PROTOCOL}/add"), None, vec![]),
+        (Method::GET, "/elsewhere".into(), None, vec![]),
+        (
+            Method::POST,
+            format!("/{PROTOCOL}/add"),
+            Some(arrow),
+            add.clone(),
+        ),
+        (
+            Method::POST,
+            format!("/{PROTOCOL}/nope"),
+            Some(arrow),
+            add.clone(),
+        ),
+        (
+            Method::POST,
+            format!("/{PROTOCOL}/add"),
+            Some(arrow),
+            b"garbage".to_vec(),
+        ),
+        (
+            Method::POST,
+            format!("/{PROTOCOL}/add"),
+            Some("text/plain"),
+            add,
+        ),
+        (Method::POST, "/__describe__".into(), Some(arrow), vec![]),
+    ];
+    let client = reqwest::Client::new();
+    let mut get_lengths = std::collections::HashMap::new();
+    for (index, (method, path, content_type, body)) in cases.into_iter().enumerate() {
+        let request_id = format!("same-{index}");
+        let mut socket = client
+            .request(method.clone(), format!("http://{address}{path}"))
+            .header("x-request-id", &request_id)
+            .body(body.clone());
+        let mut routed = Request::builder()
+            .method(method.clone())
+            .uri(&path)
+            .header("x-request-id", &request_id);
+        if let Some(content_type) = content_type {
+            socket = socket.header("content-type", content_type);
+            routed = routed.header("content-type", content_type);
+        }
+        let socket = socket.send().await.unwrap();
+        let (status, mut headers) = (socket.status(), socket.headers().clone());
+        let socket_body = socket.bytes().await.unwrap();
+        let mut routed = routed.body(Body::from(body)).unwrap();
+        routed
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                1,
+            ))));
+        let reply = app(server.clone()).oneshot(routed).await.unwrap();
+        let case = format!("{method} {path}");
+        assert_eq!(status, reply.status(), "{case}");
+        assert!(
+            headers.remove("date").is_some(),
+            "{case}: hyper dates answers"
+        );
+        assert_eq!(&headers, reply.headers(), "{case}");
+        let routed_body = reply.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(socket_body, routed_body, "{case}");
+        let length = headers
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_string());
+        if method == Method::GET {
+            get_lengths.insert(path, length);
+        } else if method == Method::HEAD {
+            assert!(socket_body.is_empty(), "{case}");
+            assert!(length.is_some(), "{case}");
+            assert_eq!(length, get_lengths[&path], "{case}: GET's length");
+        }
+    }
+    stop.send(()).unwrap();
 }

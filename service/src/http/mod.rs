@@ -305,6 +305,23 @@ impl RequestInfo {
 }
 
 async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    respond(server, request, remote).await
+}
+
+/// Answers one request from `remote` (the client's address, when known):
+/// everything [`app`]'s router does, called without it. The accept loop
+/// calls this directly (`crate::connections::App::Host`), which spares each
+/// request the router's path matching, its layers and a map of extensions
+/// made to carry the address.
+pub(crate) async fn respond(
+    server: Arc<Server>,
+    request: Request,
+    remote: Option<SocketAddr>,
+) -> Response {
     let started = Instant::now();
     let request_id = request_id_of(request.headers());
     let method = request.method().clone();
@@ -331,10 +348,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
         fetched: Default::default(),
         error: Default::default(),
         stream_id: Default::default(),
-        remote: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0),
+        remote,
     };
     let under_prefix = path.strip_prefix(server.config.prefix.as_str());
     if let Some(key) = under_prefix
@@ -366,10 +380,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
     let exempt = method == Method::OPTIONS || under_prefix == Some("/health");
     let mut rate_headers = None;
     if !exempt {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = remote.map(|address| address.ip());
         match admit(&server, request.headers(), &path, peer, &mut info).await {
             Ok(decision) => rate_headers = decision,
             Err((mut response, decision)) => {
@@ -796,14 +807,14 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
     }
     tracing::info!(
         target: "kit_service::access",
-        request_id = %info.request_id,
+        request_id = info.request_id.as_str(),
         protocol,
         method,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         request_bytes = info.request_bytes,
         response_bytes,
-        caller = %info.identity,
+        caller = info.identity.as_str(),
         error = response.headers().contains_key(RPC_ERROR),
         "rpc"
     );
@@ -1277,11 +1288,9 @@ fn health(server: &Server, info: &RequestInfo, method: &Method) -> Response {
         }
         Method::GET | Method::HEAD => {
             let body = serde_json::json!({"status": "ok", "server_id": server.config.server_id, "protocol": server.primary});
-            let mut response = json_response(StatusCode::OK, body);
-            if *method == Method::HEAD {
-                *response.body_mut() = Body::empty();
-            }
-            response
+            // For HEAD hyper sends the head alone, with the length GET's
+            // body would have (RFC 9110 9.3.2).
+            json_response(StatusCode::OK, body)
         }
         _ => method_not_allowed(server, info, method, "GET, HEAD, OPTIONS"),
     }
