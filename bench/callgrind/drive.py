@@ -4,6 +4,8 @@ connection, with the request of kit-bench's load phases built by pyarrow
 302-byte frame); exits non-zero on any other status than 200.
 
 usage: python drive.py PORT N [PATH]   (the vgi-rpc venv: pyarrow, zstandard)
+       python drive.py --body FILE       writes the request body to FILE
+                                         (bench/wrk/cpu-per-call.sh posts it)
 """
 
 import http.client
@@ -13,8 +15,6 @@ import sys
 import pyarrow as pa
 import zstandard
 
-port, calls = int(sys.argv[1]), int(sys.argv[2])
-path = sys.argv[3] if len(sys.argv) > 3 else "/ConformanceService/echo_string"
 schema = pa.schema([pa.field("value", pa.utf8(), nullable=False)])
 sink = io.BytesIO()
 with pa.ipc.new_stream(sink, schema) as writer:
@@ -28,6 +28,12 @@ with pa.ipc.new_stream(sink, schema) as writer:
         },
     )
 body = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(sink.getvalue())
+if sys.argv[1] == "--body":
+    with open(sys.argv[2], "wb") as out:
+        out.write(body)
+    sys.exit(0)
+port, calls = int(sys.argv[1]), int(sys.argv[2])
+path = sys.argv[3] if len(sys.argv) > 3 else "/ConformanceService/echo_string"
 headers = {
     "content-type": "application/vnd.apache.arrow.stream",
     "content-encoding": "zstd",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Server CPU per small call under wrk, split into user and system time, with
-# context switches per call: kit-bench's echo_string request (built by
-# bench/callgrind/drive.py's pyarrow code: a 302-byte zstd frame) posted by
+# context switches per call: kit-bench's echo_string request (written by
+# bench/callgrind/drive.py --body: a 302-byte zstd frame) posted by
 # `wrk -t1 -cCONNS` on one keep-alive connection each. The server runs under
 # `taskset -c SERVER_CPU`, wrk under `taskset -c CLIENT_CPU` (the same CPU
 # for both measures a call without the vCPU-to-vCPU wake-up; see
@@ -22,26 +22,9 @@ client_cpu=${CLIENT_CPU:-0}
 python=${PYTHON:-${KIT_CI_CACHE:-$HOME/.cache/deploy-kit}/venv-py313-vgi-0.52.2/bin/python}
 command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 out=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$out"' EXIT
-"$python" - "$out/body.zst" <<'PY'
-import io, sys
-import pyarrow as pa
-import zstandard
-schema = pa.schema([pa.field("value", pa.utf8(), nullable=False)])
-sink = io.BytesIO()
-with pa.ipc.new_stream(sink, schema) as writer:
-    writer.write_batch(
-        pa.record_batch([pa.array(["hello"])], schema=schema),
-        custom_metadata={
-            "vgi_rpc.method": "echo_string",
-            "vgi_rpc.request_version": "1",
-            "vgi_rpc.protocol": "ConformanceService",
-            "vgi_rpc.protocol_version": "2.0.0",
-        },
-    )
-body = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(sink.getvalue())
-open(sys.argv[1], "wb").write(body)
-PY
+server=""
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
+"$python" "$(cd "$(dirname "$0")" && pwd)/../callgrind/drive.py" --body "$out/body.zst"
 cat > "$out/post.lua" <<LUA
 local f = io.open("$out/body.zst", "rb")
 wrk.method = "POST"
