@@ -197,12 +197,13 @@ free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Polls URL until it answers any HTTP status (5xx included) or PID exits; 60 s.
+# Polls URL until it answers any HTTP status (5xx included) or PID exits;
+# gives up after SECONDS (default 60).
 wait_http() {
-    "$PY" - "$1" "$2" <<'PY'
+    "$PY" - "$1" "$2" "${3:-60}" <<'PY'
 import os, sys, time, urllib.error, urllib.request
 url, pid = sys.argv[1], int(sys.argv[2])
-deadline = time.monotonic() + 60
+deadline = time.monotonic() + float(sys.argv[3])
 while True:
     try:
         os.kill(pid, 0)

@@ -13,19 +13,17 @@ set -euo pipefail
 bin=$1
 calls=${2:-500}
 here=$(cd "$(dirname "$0")" && pwd)
-python=${PYTHON:-${KIT_CI_CACHE:-$HOME/.cache/deploy-kit}/venv-py313-vgi-0.52.2/bin/python}
+# free_port, wait_http and the venv's Python ($PY).
+source "$here/../../.ci/lib.sh"
+python=${PYTHON:-$PY}
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 1; }
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 out=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$out"' EXIT
 KIT_LOG_FORMAT=json RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$out/cg.%p" \
     "$bin" serve --conformance --listen "127.0.0.1:$port" >/dev/null 2>"$out/server.log" &
 server=$!
-for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-    sleep 0.2
-done
+wait_http "http://127.0.0.1:$port/health" "$server" 120 || { cat "$out/server.log" >&2; exit 1; }
 "$python" "$here/drive.py" "$port" 200
 callgrind_control --zero "$server" >/dev/null
 "$python" "$here/drive.py" "$port" "$calls"

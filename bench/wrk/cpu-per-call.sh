@@ -19,12 +19,15 @@ conns=${2:-1}
 seconds=${3:-5}
 server_cpu=${SERVER_CPU:-1}
 client_cpu=${CLIENT_CPU:-0}
-python=${PYTHON:-${KIT_CI_CACHE:-$HOME/.cache/deploy-kit}/venv-py313-vgi-0.52.2/bin/python}
+here=$(cd "$(dirname "$0")" && pwd)
+# free_port, wait_http and the venv's Python ($PY).
+source "$here/../../.ci/lib.sh"
+python=${PYTHON:-$PY}
 command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 out=$(mktemp -d)
 server=""
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
-"$python" "$(cd "$(dirname "$0")" && pwd)/../callgrind/drive.py" --body "$out/body.zst"
+"$python" "$here/../callgrind/drive.py" --body "$out/body.zst"
 cat > "$out/post.lua" <<LUA
 local f = io.open("$out/body.zst", "rb")
 wrk.method = "POST"
@@ -35,18 +38,14 @@ wrk.headers["content-encoding"] = "zstd"
 wrk.headers["accept-encoding"] = "zstd, gzip"
 wrk.headers["vgi-accept-max-response-bytes"] = "268435456"
 LUA
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 case "$(basename "$bin")" in
-    vgi-rpc-peer*) taskset -c "$server_cpu" "$bin" --http "$port" >/dev/null 2>&1 & ;;
+    vgi-rpc-peer*) taskset -c "$server_cpu" "$bin" --http "$port" >/dev/null 2>"$out/server.log" & ;;
     *) KIT_LOG_FORMAT=json RUST_LOG=info taskset -c "$server_cpu" "$bin" serve --conformance \
-        --listen "127.0.0.1:$port" >/dev/null 2>&1 & ;;
+        --listen "127.0.0.1:$port" >/dev/null 2>"$out/server.log" & ;;
 esac
 server=$!
-for _ in $(seq 1 200); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    kill -0 "$server" 2>/dev/null || { echo "error: the server exited" >&2; exit 1; }
-    sleep 0.05
-done
+wait_http "http://127.0.0.1:$port/health" "$server" 10 || { cat "$out/server.log" >&2; exit 1; }
 url="http://127.0.0.1:$port/ConformanceService/echo_string"
 taskset -c "$client_cpu" wrk -t1 -c"$conns" -d1s -s "$out/post.lua" "$url" >/dev/null
 snapshot() {
