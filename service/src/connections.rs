@@ -252,8 +252,9 @@ impl tokio::io::AsyncWrite for TrackedStream {
 #[derive(Default)]
 struct State {
     next_id: u64,
-    entries: HashMap<u64, Entry>,
-    per_ip: HashMap<IpAddr, usize>,
+    // Looked up twice per request: foldhash's seeded hash, not SipHash.
+    entries: HashMap<u64, Entry, foldhash::fast::RandomState>,
+    per_ip: HashMap<IpAddr, usize, foldhash::fast::RandomState>,
 }
 
 impl State {

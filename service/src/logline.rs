@@ -221,6 +221,29 @@ fn escape(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// True when `text` holds a byte a JSON string must escape: a control
+/// character, `"` or `\\`. Eight bytes at a time (every access line runs its
+/// keys and values through here); each test below is nonzero exactly when
+/// some byte of the word matches.
+fn needs_escape(text: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Some byte below `n` (n <= 128): "hasless" from Bit Twiddling Hacks.
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+    let equal = |word: u64, byte: u8| below(word ^ (ONES * u64::from(byte)), 1);
+    let mut words = text.chunks_exact(8);
+    for chunk in &mut words {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        if below(word, 0x20) | equal(word, b'"') | equal(word, b'\\') != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A writer that escapes what goes through it as the inside of a JSON
 /// string, so formatted values need no buffer of their own.
 struct Escaped<'a, W: fmt::Write>(&'a mut W);
@@ -228,7 +251,7 @@ struct Escaped<'a, W: fmt::Write>(&'a mut W);
 impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let out = &mut *self.0;
-        if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        if !needs_escape(text.as_bytes()) {
             return out.write_str(text);
         }
         let mut start = 0;
@@ -295,6 +318,34 @@ mod tests {
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
             .collect()
+    }
+
+    #[test]
+    fn the_word_scan_finds_exactly_the_bytes_json_escapes() {
+        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        // Every byte at every place of a 19-byte text (two whole words and a
+        // tail), among plain ASCII and among bytes with the high bit set,
+        // alone and after a second byte that is or is not escaped.
+        for background in [b'a', 0xff, 0x80, b'!', b'#', b'[', b']'] {
+            for byte in 0..=255u8 {
+                for place in 0..19 {
+                    let mut text = vec![background; 19];
+                    text[place] = byte;
+                    assert_eq!(
+                        needs_escape(&text),
+                        escaped(byte) || escaped(background),
+                        "byte {byte:#x} at {place} among {background:#x}"
+                    );
+                    for other in [0x1f, 0x20, b'"', 0x7f, 0xe2] {
+                        text[(place + 5) % 19] = other;
+                        let expected = (0..19).any(|i| escaped(text[i]));
+                        assert_eq!(needs_escape(&text), expected, "{text:x?}");
+                    }
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("répondre à « ça »".as_bytes()));
     }
 
     #[test]

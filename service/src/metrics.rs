@@ -16,6 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A map hashed by foldhash, seeded per process.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub protocol: String,
@@ -59,7 +62,8 @@ pub struct Metrics {
     /// Connections closed at accept: every open one was busy.
     pub connections_refused: Counter,
     /// The series of each protocol and method called so far (see [`CallSeries`]).
-    calls: RwLock<HashMap<String, HashMap<String, Arc<CallSeries>>>>,
+    /// Keyed by resolved names only, so foldhash's seeded hash rather than SipHash.
+    calls: RwLock<FastMap<String, FastMap<String, Arc<CallSeries>>>>,
 }
 
 /// The per-call series of one protocol and method, looked up once: a request

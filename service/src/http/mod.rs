@@ -325,7 +325,9 @@ pub(crate) async fn respond(
     let started = Instant::now();
     let request_id = request_id_of(request.headers());
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // The URI's bytes are shared with the request head: a clone copies no path.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let origin_header = header_str(request.headers(), header::ORIGIN).map(str::to_string);
     let hosting = &server.hosting;
     let mut info = RequestInfo {
@@ -369,7 +371,7 @@ pub(crate) async fn respond(
         stamp_capabilities(&server, response.headers_mut(), &request_id);
         return response;
     }
-    if let Some(mut response) = hosting::probe(hosting, &server.config.server_id, &path, &method) {
+    if let Some(mut response) = hosting::probe(hosting, &server.config.server_id, path, &method) {
         stamp_capabilities(&server, response.headers_mut(), &request_id);
         return response;
     }
@@ -381,7 +383,7 @@ pub(crate) async fn respond(
     let mut rate_headers = None;
     if !exempt {
         let peer = remote.map(|address| address.ip());
-        match admit(&server, request.headers(), &path, peer, &mut info).await {
+        match admit(&server, request.headers(), path, peer, &mut info).await {
             Ok(decision) => rate_headers = decision,
             Err((mut response, decision)) => {
                 finish(
@@ -398,7 +400,7 @@ pub(crate) async fn respond(
     let span = crate::telemetry::server_span(request.headers(), &request_id);
     // Released on every path, including the client going away mid-call
     // (hyper drops this future) and a panic, which is then still counted.
-    let mut in_flight = InFlight::start(&server, &path, &request_id, started);
+    let mut in_flight = InFlight::start(&server, path, &request_id, started);
     let routed = tokio::time::timeout(
         hosting.request_timeout,
         tracing::Instrument::instrument(
@@ -859,15 +861,25 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
 }
 
 async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -> Response {
-    let path = request.uri().path().to_string();
+    // The URI's bytes are shared with the request head: a clone copies no path.
+    let uri = request.uri().clone();
+    let path = uri.path();
     let prefix = server.config.prefix.as_str();
     let Some(rest) = path
         .strip_prefix(prefix)
         .filter(|r| r.starts_with('/') || r.is_empty())
     else {
-        return not_found(server, info, &path);
+        return not_found(server, info, path);
     };
-    let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    // No route has more than three segments: a fourth is kept only so that
+    // such a path matches none of them.
+    let mut kept = [""; 4];
+    let mut count = 0;
+    for segment in rest.trim_start_matches('/').split('/').take(kept.len()) {
+        kept[count] = segment;
+        count += 1;
+    }
+    let segments = &kept[..count];
     let method = request.method().clone();
 
     if segments == ["health"] {
@@ -902,11 +914,11 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         .with_status(StatusCode::NOT_FOUND);
         return error_response(server, info, &error, &wire::empty_schema());
     }
-    let (protocol, method_name, endpoint) = match segments.as_slice() {
+    let (protocol, method_name, endpoint) = match segments {
         [protocol, method_name] => (*protocol, *method_name, Endpoint::Unary),
         [protocol, method_name, "init"] => (*protocol, *method_name, Endpoint::Init),
         [protocol, method_name, "exchange"] => (*protocol, *method_name, Endpoint::Exchange),
-        _ => return not_found(server, info, &path),
+        _ => return not_found(server, info, path),
     };
     if method == Method::OPTIONS {
         return options_response();
@@ -915,7 +927,7 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         return if server.protocols.contains_key(protocol) {
             method_not_allowed(server, info, &method, "POST")
         } else {
-            not_found(server, info, &path)
+            not_found(server, info, path)
         };
     }
     match header_str(request.headers(), ACCEPT_MAX_RESPONSE_BYTES).map(parse_accept_max) {
@@ -935,7 +947,12 @@ async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -
         Ok(resolved) => resolved,
         Err(error) => return error_response(server, info, &error, &wire::empty_schema()),
     };
-    info.origin = Some(format!("{}/{}", resolved.protocol.name, resolved.method));
+    let (protocol_name, method_name) = (&resolved.protocol.name, &resolved.method);
+    let mut origin = String::with_capacity(protocol_name.len() + 1 + method_name.len());
+    origin.push_str(protocol_name);
+    origin.push('/');
+    origin.push_str(method_name);
+    info.origin = Some(origin);
     info.stream_turn = endpoint != Endpoint::Unary;
     let content_type = header_str(request.headers(), header::CONTENT_TYPE).unwrap_or("");
     if content_type.split(';').next().unwrap_or("").trim() != wire::CONTENT_TYPE {

@@ -1153,21 +1153,32 @@ pub fn valid_protocol_name(name: &str) -> bool {
 
 /// Canonical semver `MAJOR.MINOR.PATCH` (no leading zeros, no suffix).
 pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
-    let mut parts = text.split('.');
-    let (major, minor, patch) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let number = |p: &str| -> Option<u64> {
-        if p.is_empty()
-            || !p.bytes().all(|b| b.is_ascii_digit())
-            || (p.len() > 1 && p.starts_with('0'))
-        {
-            return None;
+    // One pass over the bytes: every request's declared version comes here.
+    let mut parts = [0u64; 3];
+    let mut index = 0;
+    let mut digits = 0;
+    let mut leading_zero = false;
+    for byte in text.bytes() {
+        match byte {
+            b'0'..=b'9' => {
+                if leading_zero {
+                    return None;
+                }
+                leading_zero = digits == 0 && byte == b'0';
+                digits += 1;
+                parts[index] = parts[index]
+                    .checked_mul(10)?
+                    .checked_add(u64::from(byte - b'0'))?;
+            }
+            b'.' if digits > 0 && index < 2 => {
+                index += 1;
+                digits = 0;
+                leading_zero = false;
+            }
+            _ => return None,
         }
-        p.parse().ok()
-    };
-    Some((number(major)?, number(minor)?, number(patch)?))
+    }
+    (index == 2 && digits > 0).then_some((parts[0], parts[1], parts[2]))
 }
 
 #[cfg(test)]
@@ -1195,6 +1206,18 @@ mod tests {
         assert_eq!(parse_version(""), None);
         assert_eq!(parse_version("01.0.0"), None);
         assert_eq!(parse_version("1.0.0-rc1"), None);
+        assert_eq!(parse_version("1.10.200"), Some((1, 10, 200)));
+        assert_eq!(parse_version("0.0.0"), Some((0, 0, 0)));
+        assert_eq!(parse_version("1.00.0"), None);
+        assert_eq!(parse_version("1..0"), None);
+        assert_eq!(parse_version(".1.0"), None);
+        assert_eq!(parse_version("1.0."), None);
+        assert_eq!(parse_version("+1.0.0"), None);
+        assert_eq!(
+            parse_version("1.0.18446744073709551615"),
+            Some((1, 0, u64::MAX))
+        );
+        assert_eq!(parse_version("1.0.18446744073709551616"), None);
     }
 
     #[test]

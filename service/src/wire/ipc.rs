@@ -477,12 +477,13 @@ fn check_layout(header: &arrow_ipc::RecordBatch<'_>, body_len: usize) -> Result<
 }
 
 fn read_custom_metadata(message: &arrow_ipc::Message<'_>) -> Metadata {
-    let mut out = Vec::new();
-    if let Some(list) = message.custom_metadata() {
-        for kv in list {
-            if let (Some(k), Some(v)) = (kv.key(), kv.value()) {
-                out.push((k.to_string(), v.to_string()));
-            }
+    let Some(list) = message.custom_metadata() else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for kv in list {
+        if let (Some(k), Some(v)) = (kv.key(), kv.value()) {
+            out.push((k.to_string(), v.to_string()));
         }
     }
     out
