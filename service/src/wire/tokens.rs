@@ -155,8 +155,8 @@ pub fn schema_text(schema: &Schema) -> String {
 /// Parses a schema declaration such as `"a: int64, label?: utf8"`.
 pub fn parse_schema(text: &str) -> Result<Schema, TokenError> {
     let mut fields = Vec::new();
-    for part in split_top_level(text, ',') {
-        let part = part.trim();
+    for part in split_top_level(text, b',') {
+        let part = trim(part);
         if part.is_empty() {
             continue;
         }
@@ -171,18 +171,40 @@ fn parse_field(text: &str, separator: &str) -> Result<Field, TokenError> {
         text: text.to_string(),
         reason: reason.to_string(),
     };
-    let (name, token) = text
-        .split_once(separator)
-        .or_else(|| text.split_once(':'))
+    let (name, token) = split_once_bytes(text, separator.as_bytes())
+        .or_else(|| split_once_bytes(text, b":"))
         .ok_or_else(|| error("expected `name: type`"))?;
-    let (name, nullable) = match name.trim().strip_suffix('?') {
+    let (name, nullable) = match trim(name).strip_suffix('?') {
         Some(stripped) => (stripped, true),
-        None => (name.trim(), false),
+        None => (trim(name), false),
     };
     if name.is_empty() {
         return Err(error("empty field name"));
     }
-    Ok(Field::new(name, parse_type(token.trim())?, nullable))
+    Ok(Field::new(name, parse_type(trim(token))?, nullable))
+}
+
+/// `text.split_once(separator)` for an ASCII separator, without building a
+/// substring searcher per call (every declared field comes here at start).
+fn split_once_bytes<'a>(text: &'a str, separator: &[u8]) -> Option<(&'a str, &'a str)> {
+    let at = text
+        .as_bytes()
+        .windows(separator.len())
+        .position(|window| window == separator)?;
+    // An ASCII separator starts and ends on character boundaries.
+    Some((&text[..at], &text[at + separator.len()..]))
+}
+
+/// `str::trim`, returning at once when neither end is whitespace (the usual
+/// case); otherwise `str::trim` itself, so Unicode whitespace trims as before.
+fn trim(text: &str) -> &str {
+    let solid = |byte: Option<&u8>| byte.is_some_and(|b| b.is_ascii() && !b.is_ascii_whitespace());
+    let bytes = text.as_bytes();
+    if solid(bytes.first()) && solid(bytes.last()) {
+        text
+    } else {
+        text.trim()
+    }
 }
 
 /// Parses a type token such as `list<item?:utf8>`.
@@ -191,7 +213,7 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
         text: token.to_string(),
         reason,
     };
-    let token = token.trim();
+    let token = trim(token);
     let simple = match token {
         "null" => Some(DataType::Null),
         "bool" => Some(DataType::Boolean),
@@ -224,7 +246,7 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
     }
     let (head, params, children, suffix) = split_token(token).map_err(|r| error(r.to_string()))?;
     let params: Vec<&str> = params
-        .map(|p| p.split(',').map(str::trim).collect())
+        .map(|p| p.split(',').map(trim).collect())
         .unwrap_or_default();
     let number = |i: usize| -> Result<i64, TokenError> {
         params
@@ -245,9 +267,9 @@ pub fn parse_type(token: &str) -> Result<DataType, TokenError> {
         let Some(children) = children else {
             return Err(error("expected <children>".into()));
         };
-        split_top_level(children, ',')
+        split_top_level(children, b',')
             .into_iter()
-            .map(|c| parse_field(c.trim(), ":"))
+            .map(|c| parse_field(trim(c), ":"))
             .collect()
     };
     let one_child = |name: &str| -> Result<Arc<Field>, TokenError> {
@@ -350,12 +372,15 @@ fn split_token(token: &str) -> Result<TokenParts<'_>, &'static str> {
     Ok((head, params, children, suffix))
 }
 
+// The scans below go byte by byte: brackets and separators are ASCII, and an
+// ASCII byte in UTF-8 text is always a whole character.
+
 fn matching_angle(text: &str) -> Option<usize> {
     let mut depth = 0usize;
-    for (i, c) in text.char_indices() {
-        match c {
-            '<' => depth += 1,
-            '>' => {
+    for (i, &byte) in text.as_bytes().iter().enumerate() {
+        match byte {
+            b'<' => depth += 1,
+            b'>' => {
                 depth -= 1;
                 if depth == 0 {
                     return Some(i);
@@ -367,14 +392,15 @@ fn matching_angle(text: &str) -> Option<usize> {
     None
 }
 
-fn split_top_level(text: &str, separator: char) -> Vec<&str> {
+fn split_top_level(text: &str, separator: u8) -> Vec<&str> {
+    debug_assert!(separator.is_ascii());
     let mut parts = Vec::new();
     let (mut depth, mut start) = (0i32, 0usize);
-    for (i, c) in text.char_indices() {
-        match c {
-            '<' | '(' => depth += 1,
-            '>' | ')' => depth -= 1,
-            c if c == separator && depth == 0 => {
+    for (i, &byte) in text.as_bytes().iter().enumerate() {
+        match byte {
+            b'<' | b'(' => depth += 1,
+            b'>' | b')' => depth -= 1,
+            byte if byte == separator && depth == 0 => {
                 parts.push(&text[start..i]);
                 start = i + 1;
             }
@@ -424,6 +450,50 @@ mod tests {
         assert!(!schema.field(0).is_nullable());
         assert!(schema.field(1).is_nullable());
         assert_eq!(parse_schema("").unwrap().fields().len(), 0);
+    }
+
+    #[test]
+    fn byte_scans_split_and_trim_as_the_str_methods_do() {
+        let texts = [
+            "a: int64",
+            "a:int64",
+            " a : int64 ",
+            "a:b: int64",
+            "a: b: int64",
+            "größe: utf8",
+            "\u{a0}name\u{2003}: int64\u{a0}",
+            "\tname?:\nutf8\r",
+            "no separator",
+            ": int64",
+            "",
+            " ",
+            "\u{a0}",
+            "é",
+        ];
+        for text in texts {
+            for separator in [": ", ":"] {
+                assert_eq!(
+                    split_once_bytes(text, separator.as_bytes()),
+                    text.split_once(separator),
+                    "{text:?} at {separator:?}"
+                );
+            }
+            assert_eq!(trim(text), text.trim(), "{text:?}");
+        }
+        assert_eq!(
+            split_top_level(
+                "a: list<item:int64>, b: map<key:utf8,value:int64>, é: decimal128(20,4)",
+                b','
+            ),
+            [
+                "a: list<item:int64>",
+                " b: map<key:utf8,value:int64>",
+                " é: decimal128(20,4)"
+            ]
+        );
+        let schema = parse_schema("größe: int64, \u{a0}b?: utf8, a:b: int64").unwrap();
+        let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["größe", "b", "a:b"]);
     }
 
     #[test]
