@@ -6,6 +6,8 @@ connection, with the request of kit-bench's load phases built by pyarrow
 usage: python drive.py PORT N [PATH]   (the vgi-rpc venv: pyarrow, zstandard)
        python drive.py --body FILE       writes the request body to FILE
                                          (bench/wrk/cpu-per-call.sh posts it)
+       python drive.py --raw-body FILE   the same stream uncompressed (552 bytes,
+                                         to be sent without Content-Encoding)
 """
 
 import http.client
@@ -28,9 +30,9 @@ with pa.ipc.new_stream(sink, schema) as writer:
         },
     )
 body = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(sink.getvalue())
-if sys.argv[1] == "--body":
+if sys.argv[1] in ("--body", "--raw-body"):
     with open(sys.argv[2], "wb") as out:
-        out.write(body)
+        out.write(body if sys.argv[1] == "--body" else sink.getvalue())
     sys.exit(0)
 port, calls = int(sys.argv[1]), int(sys.argv[2])
 path = sys.argv[3] if len(sys.argv) > 3 else "/ConformanceService/echo_string"

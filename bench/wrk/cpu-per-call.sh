@@ -12,7 +12,9 @@
 #   BINARY: kit-service (run as `serve --conformance`, JSON access log on)
 #           or the crate peer `vgi-rpc-peer` (run as `--http PORT`)
 #   SERVER_CPU (default 1), CLIENT_CPU (default 0), PYTHON (a Python with
-#   pyarrow and zstandard; default: the CI venv). Needs Debian's wrk.
+#   pyarrow and zstandard; default: the CI venv), REQUEST_CODING (zstd, the
+#   default, as the Python client sends; identity: the same stream
+#   uncompressed, to see what decoding the request costs). Needs Debian's wrk.
 set -euo pipefail
 bin=$1
 conns=${2:-1}
@@ -27,14 +29,20 @@ command -v wrk >/dev/null || { echo "error: wrk is not installed (apt-get instal
 out=$(mktemp -d)
 server=""
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
-"$python" "$here/../callgrind/drive.py" --body "$out/body.zst"
+case "${REQUEST_CODING:-zstd}" in
+    zstd) "$python" "$here/../callgrind/drive.py" --body "$out/body"
+        coding='wrk.headers["content-encoding"] = "zstd"' ;;
+    identity) "$python" "$here/../callgrind/drive.py" --raw-body "$out/body"
+        coding='' ;;
+    *) echo "error: REQUEST_CODING is zstd or identity" >&2; exit 2 ;;
+esac
 cat > "$out/post.lua" <<LUA
-local f = io.open("$out/body.zst", "rb")
+local f = io.open("$out/body", "rb")
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
 wrk.headers["content-type"] = "application/vnd.apache.arrow.stream"
-wrk.headers["content-encoding"] = "zstd"
+$coding
 wrk.headers["accept-encoding"] = "zstd, gzip"
 wrk.headers["vgi-accept-max-response-bytes"] = "268435456"
 LUA
@@ -58,13 +66,13 @@ after=$(snapshot)
 echo "$report" | grep -q "Non-2xx" && { echo "error: answers other than 200:" >&2; echo "$report" >&2; exit 1; }
 calls=$(echo "$report" | awk '/requests in/ { print $1 }')
 ticks=$(getconf CLK_TCK)
-python3 - "$calls" "$ticks" "$before" "$after" "$bin" "$conns" <<'PY'
+python3 - "$calls" "$ticks" "$before" "$after" "$bin" "$conns" "${REQUEST_CODING:-zstd}" <<'PY'
 import sys
 calls, ticks = int(sys.argv[1]), int(sys.argv[2])
 before, after = sys.argv[3].split(), sys.argv[4].split()
 user, system, switches = (float(b) - float(a) for a, b in zip(before, after))
 per = lambda t: t / ticks / calls * 1e6
-print(f"{sys.argv[5]}, {sys.argv[6]} conn: {calls} calls; "
+print(f"{sys.argv[5]}, {sys.argv[6]} conn, {sys.argv[7]} request: {calls} calls; "
       f"server CPU per call {per(user + system):.1f} us (user {per(user):.1f}, system {per(system):.1f}), "
       f"{switches / calls:.2f} context switches per call")
 PY
