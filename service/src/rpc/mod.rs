@@ -776,6 +776,7 @@ impl Protocol {
             version: None,
             methods: BTreeMap::new(),
             errors: Vec::new(),
+            parsed: BTreeMap::new(),
             version_exempt: false,
             unlisted: false,
         }
@@ -852,6 +853,9 @@ pub struct ProtocolBuilder {
     version: Option<String>,
     methods: BTreeMap<String, Method>,
     errors: Vec<DefinitionError>,
+    /// Each schema text parsed so far: methods repeat `result: utf8` and the
+    /// like (102 distinct texts among the conformance service's 159).
+    parsed: BTreeMap<String, SchemaRef>,
     version_exempt: bool,
     unlisted: bool,
 }
@@ -875,8 +879,15 @@ impl ProtocolBuilder {
     }
 
     fn schema(&mut self, method: &str, text: &str) -> SchemaRef {
+        if let Some(schema) = self.parsed.get(text) {
+            return schema.clone();
+        }
         match parse_schema(text) {
-            Ok(schema) => Arc::new(schema),
+            Ok(schema) => {
+                let schema = Arc::new(schema);
+                self.parsed.insert(text.to_string(), schema.clone());
+                schema
+            }
             Err(source) => {
                 self.errors.push(DefinitionError::Schema {
                     method: method.to_string(),
