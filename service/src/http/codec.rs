@@ -355,15 +355,19 @@ pub fn negotiate(x_accept: Option<&str>, accept: Option<&str>) -> Option<(Codec,
             .map(|e| e.split(';').next().unwrap_or("").trim())
             .filter(|e| !e.is_empty())
     }
-    let x_entries = entries(x_accept);
     let plain_entries = entries(accept);
-    let x_count = x_entries.clone().count();
-    for (index, entry) in x_entries.chain(plain_entries.clone()).enumerate() {
+    // The first entry that decides, the X- header's before the plain one's;
+    // a coding found in the X- header is "only X-" unless the plain header
+    // names it too.
+    for (entry, from_x) in entries(x_accept)
+        .map(|e| (e, true))
+        .chain(plain_entries.clone().map(|e| (e, false)))
+    {
         if entry.eq_ignore_ascii_case("identity") {
             return None;
         }
         if let Some(codec) = Codec::parse(entry) {
-            let only_x = index < x_count
+            let only_x = from_x
                 && !plain_entries
                     .clone()
                     .any(|plain| plain.eq_ignore_ascii_case(entry));

@@ -343,7 +343,7 @@ pub(crate) async fn respond(
         accept_max_response: None,
         origin: None,
         identity: String::new(),
-        auth: Default::default(),
+        auth: crate::rpc::AuthContext::shared(crate::rpc::AuthContext::anonymous()),
         request_bytes: 0,
         stream_turn: false,
         reservation: hosting.limits.budget.reservation(),
@@ -534,7 +534,7 @@ async fn admit(
     match outcome {
         Ok(caller) => {
             info.identity = caller.principal.clone();
-            info.auth = Arc::new(caller);
+            info.auth = crate::rpc::AuthContext::shared(caller);
         }
         Err(auth::Refusal::Unavailable { retry_after }) => {
             tracing::info!(target: "kit_service::access", request_id = %info.request_id, caller = %address, status = 503, "refused: the identity store is unavailable");

@@ -47,4 +47,53 @@ impl AuthContext {
             ..AuthContext::default()
         }
     }
+
+    /// `context` shared: an anonymous caller's is one process-wide value,
+    /// so an unauthenticated request allocates none.
+    pub fn shared(context: AuthContext) -> std::sync::Arc<AuthContext> {
+        static ANONYMOUS: std::sync::OnceLock<std::sync::Arc<AuthContext>> =
+            std::sync::OnceLock::new();
+        // Every field named, so a new one has to be considered here.
+        let AuthContext {
+            authenticated,
+            principal,
+            domain,
+            claims,
+        } = &context;
+        if !authenticated && principal.is_empty() && domain.is_empty() && claims.is_empty() {
+            ANONYMOUS
+                .get_or_init(|| std::sync::Arc::new(AuthContext::default()))
+                .clone()
+        } else {
+            std::sync::Arc::new(context)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::AuthContext;
+
+    #[test]
+    fn only_the_anonymous_context_is_shared() {
+        let first = AuthContext::shared(AuthContext::anonymous());
+        let second = AuthContext::shared(AuthContext::of_identity(""));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(*first, AuthContext::default());
+        let mut claimed = AuthContext::anonymous();
+        claimed.claims.insert("purpose".into(), "audit".into());
+        let mut domained = AuthContext::anonymous();
+        domained.domain = "grant".into();
+        let vouched = AuthContext {
+            authenticated: true,
+            ..AuthContext::default()
+        };
+        for context in [AuthContext::of_identity("ci"), claimed, domained, vouched] {
+            let shared = AuthContext::shared(context.clone());
+            assert!(!Arc::ptr_eq(&shared, &first), "{context:?}");
+            assert_eq!(*shared, context);
+        }
+    }
 }

@@ -189,7 +189,7 @@ impl Ctx {
         Ctx {
             inner: Arc::new(CtxInner {
                 logs: Mutex::new(Vec::new()),
-                auth: Arc::new(AuthContext::of_identity(&identity)),
+                auth: AuthContext::shared(AuthContext::of_identity(&identity)),
                 identity,
                 request_id,
                 metadata,
