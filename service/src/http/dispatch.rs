@@ -458,11 +458,11 @@ async fn prepare(
     validate_enums(method, &batch.batch)?;
     let ctx = Ctx::new(
         info.identity.clone(),
+        info.auth.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
         limit,
     )
-    .with_auth(info.auth.clone())
     .with_external(server.external.clone());
     Ok((ctx, Args::new(batch.batch)))
 }
@@ -987,11 +987,11 @@ async fn exchange(
     // Later turns publish to storage exactly as the first one did.
     let mut ctx = Ctx::new(
         identity.clone(),
+        info.auth.clone(),
         info.request_id.clone(),
         wire::user_metadata(&batch.metadata),
         limit,
     )
-    .with_auth(info.auth.clone())
     .with_external(server.external.clone());
     let output_schema = call.output_schema.clone();
 
@@ -1054,11 +1054,11 @@ async fn exchange(
                         // Nothing has run on `ctx` yet, so a fresh one loses no logs.
                         ctx = Ctx::new(
                             identity.clone(),
+                            info.auth.clone(),
                             info.request_id.clone(),
                             wire::user_metadata(&metadata),
                             limit,
-                        )
-                        .with_auth(info.auth.clone());
+                        );
                     }
                     Err(error) => {
                         return Ok(turn_error(

@@ -180,8 +180,11 @@ struct CtxInner {
 }
 
 impl Ctx {
+    /// `auth` is what authentication decided (claims, domain); `identity`
+    /// stays the principal bound into stream tokens.
     pub(crate) fn new(
         identity: String,
+        auth: Arc<AuthContext>,
         request_id: String,
         metadata: Metadata,
         response_limit: Option<u64>,
@@ -189,7 +192,7 @@ impl Ctx {
         Ctx {
             inner: Arc::new(CtxInner {
                 logs: Mutex::new(Vec::new()),
-                auth: AuthContext::shared(AuthContext::of_identity(&identity)),
+                auth,
                 identity,
                 request_id,
                 metadata,
@@ -197,15 +200,6 @@ impl Ctx {
                 external: None,
             }),
         }
-    }
-
-    /// The same context carrying what authentication decided (claims,
-    /// domain); `identity` stays the principal bound into stream tokens.
-    pub(crate) fn with_auth(mut self, auth: Arc<AuthContext>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.auth = auth;
-        }
-        self
     }
 
     pub(crate) fn with_external(mut self, external: Option<Arc<crate::storage::External>>) -> Self {
