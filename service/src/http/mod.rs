@@ -406,7 +406,7 @@ pub(crate) async fn respond(
         tracing::Instrument::instrument(
             crate::reflection::CURRENT_SERVER.scope(
                 server.clone(),
-                CatchPanic(Box::pin(route(&server, request, &mut info))),
+                CatchPanic(Box::pin(route(&server, request, path, &mut info))),
             ),
             span.clone(),
         ),
@@ -860,10 +860,14 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
     }
 }
 
-async fn route(server: &Arc<Server>, request: Request, info: &mut RequestInfo) -> Response {
-    // The URI's bytes are shared with the request head: a clone copies no path.
-    let uri = request.uri().clone();
-    let path = uri.path();
+/// Routes `request`, whose URI's path is `path` (borrowed from the caller's
+/// clone of the URI, since `request` is consumed on the way).
+async fn route(
+    server: &Arc<Server>,
+    request: Request,
+    path: &str,
+    info: &mut RequestInfo,
+) -> Response {
     let prefix = server.config.prefix.as_str();
     let Some(rest) = path
         .strip_prefix(prefix)
