@@ -984,15 +984,19 @@ async fn exchange(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    // Later turns publish to storage exactly as the first one did.
-    let mut ctx = Ctx::new(
-        identity.clone(),
-        info.auth.clone(),
-        info.request_id.clone(),
-        wire::user_metadata(&batch.metadata),
-        limit,
-    )
-    .with_external(server.external.clone());
+    // Later turns publish to storage exactly as the first one did, whether
+    // their input came inline or as a pointer (one constructor for both).
+    let turn_ctx = |metadata: &wire::ipc::Metadata| {
+        Ctx::new(
+            identity.clone(),
+            info.auth.clone(),
+            info.request_id.clone(),
+            wire::user_metadata(metadata),
+            limit,
+        )
+        .with_external(server.external.clone())
+    };
+    let mut ctx = turn_ctx(&batch.metadata);
     let output_schema = call.output_schema.clone();
 
     if batch.get(wire::CANCEL_KEY).is_some() {
@@ -1052,13 +1056,7 @@ async fn exchange(
                         // The method reads the stored batch's metadata, never the pointer's.
                         input_batch = resolved_input;
                         // Nothing has run on `ctx` yet, so a fresh one loses no logs.
-                        ctx = Ctx::new(
-                            identity.clone(),
-                            info.auth.clone(),
-                            info.request_id.clone(),
-                            wire::user_metadata(&metadata),
-                            limit,
-                        );
+                        ctx = turn_ctx(&metadata);
                     }
                     Err(error) => {
                         return Ok(turn_error(

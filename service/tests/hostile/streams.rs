@@ -205,3 +205,165 @@ async fn every_stream_turn_has_the_storage_the_first_had() {
         assert_eq!(answer.status(), 200, "{location}");
     }
 }
+
+/// Publishes each input batch to external storage and emits its URL.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PublishEachInput;
+
+impl kit_service::Exchanger for PublishEachInput {
+    async fn exchange(
+        &mut self,
+        input: RecordBatch,
+        out: &mut Output,
+        ctx: &Ctx,
+    ) -> Result<(), RpcError> {
+        let reference = ctx.publish(input, false).await?;
+        out.emit(RecordBatch::try_new(
+            out.schema().clone(),
+            vec![Arc::new(StringArray::from(vec![reference.location]))],
+        )?)
+    }
+}
+
+/// One IPC stream of `batch` with `metadata`.
+fn ipc(batch: &RecordBatch, metadata: &kit_service::wire::Metadata) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut writer = kit_service::wire::ipc::StreamWriter::new(&mut body, &batch.schema()).unwrap();
+    writer.write(batch, metadata).unwrap();
+    writer.finish();
+    body
+}
+
+/// POSTs `body` and returns every batch of every IPC stream of the answer.
+async fn post_batches(url: &str, body: Vec<u8>) -> Vec<kit_service::wire::ipc::Batch> {
+    use kit_service::wire;
+    let answer = crate::support::client()
+        .post(url)
+        .header("content-type", wire::CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = answer.bytes().await.unwrap();
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
+    wire::ipc::read_streams(&body)
+        .unwrap()
+        .into_iter()
+        .flat_map(|stream| stream.batches)
+        .collect()
+}
+
+/// Finding: an exchange turn whose input arrived as a `vgi_rpc.location`
+/// pointer ran the method with a context rebuilt without the server's
+/// storage, so `ctx.publish` answered "no external storage configured" on
+/// exactly the turns that carried large inputs.
+#[tokio::test]
+async fn an_exchange_turn_with_a_pointer_input_has_the_storage_an_inline_one_has() {
+    use kit_service::wire;
+    let protocol =
+        Protocol::builder("Publisher")
+            .version("1.0.0")
+            .exchange("publish_each_input", "", "", |_ctx, _args| async move {
+                Ok(StreamInit::new(location_schema(), PublishEachInput)
+                    .with_input(value(0.0).schema()))
+            })
+            .build()
+            .unwrap();
+    let service = in_process_serving(vec![protocol], &[]).await;
+    let base = format!("{}/Publisher/publish_each_input", service.url);
+    let init_metadata: wire::Metadata = vec![
+        (wire::METHOD_KEY.into(), "publish_each_input".into()),
+        (
+            wire::REQUEST_VERSION_KEY.into(),
+            wire::REQUEST_VERSION.into(),
+        ),
+        (wire::PROTOCOL_KEY.into(), "Publisher".into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), "1.0.0".into()),
+    ];
+    let init = post_batches(
+        &format!("{base}/init"),
+        ipc(&kit_service::client::no_params(), &init_metadata),
+    )
+    .await;
+    let token = |batches: &[wire::ipc::Batch], key: &str| {
+        batches
+            .iter()
+            .find_map(|batch| batch.get(key).map(str::to_string))
+            .unwrap_or_else(|| panic!("no `{key}` in the answer"))
+    };
+    let call = token(&init, wire::CALL_STATE_KEY);
+    let mut state = token(&init, wire::STATE_KEY);
+    let location_of = |batches: &[wire::ipc::Batch]| {
+        let data = batches
+            .iter()
+            .find(|batch| batch.batch.num_rows() == 1)
+            .unwrap_or_else(|| {
+                let errors: Vec<_> = batches
+                    .iter()
+                    .filter_map(|batch| batch.get(wire::LOG_MESSAGE_KEY))
+                    .collect();
+                panic!("no output row; errors: {errors:?}")
+            });
+        data.batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string()
+    };
+
+    // Turn 1: the input inline; the method stores it and answers its URL.
+    let turn = post_batches(
+        &format!("{base}/exchange"),
+        ipc(
+            &value(2.5),
+            &vec![
+                (wire::STATE_KEY.into(), state.clone()),
+                (wire::CALL_STATE_KEY.into(), call.clone()),
+            ],
+        ),
+    )
+    .await;
+    let stored = location_of(&turn);
+    assert!(stored.contains("/__objects__/"), "{stored}");
+    state = token(&turn, wire::STATE_KEY);
+
+    // Turn 2: the same input as a pointer to what turn 1 stored.
+    let pointer = RecordBatch::new_empty(value(0.0).schema());
+    let turn = post_batches(
+        &format!("{base}/exchange"),
+        ipc(
+            &pointer,
+            &vec![
+                (wire::STATE_KEY.into(), state),
+                (wire::CALL_STATE_KEY.into(), call),
+                (wire::LOCATION_KEY.into(), stored.clone()),
+            ],
+        ),
+    )
+    .await;
+    let restored = location_of(&turn);
+    assert!(restored.contains("/__objects__/"), "{restored}");
+    assert_ne!(restored, stored, "each turn publishes its own object");
+    let fetched = crate::support::client()
+        .get(&restored)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200, "{restored}");
+    let body = fetched.bytes().await.unwrap();
+    let streams = wire::ipc::read_streams(&body).unwrap();
+    let batch = &streams[0].batches[0].batch;
+    let column = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(
+        column.value(0),
+        2.5,
+        "the pointer's input reached the method"
+    );
+}
