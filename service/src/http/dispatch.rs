@@ -25,7 +25,7 @@ use crate::wire::ipc::{
     IpcError, read_schema_message, read_stream, read_whole_stream, schema_message,
 };
 use crate::wire::tokens::type_token;
-use crate::wire::{self, Batch, ErrorCode, Metadata, RpcError, StreamWriter};
+use crate::wire::{self, Batch, ErrorCode, LogLevel, LogRecord, Metadata, RpcError, StreamWriter};
 
 pub(crate) async fn call(
     server: &Arc<Server>,
@@ -481,27 +481,106 @@ fn write_logs(
     Ok(())
 }
 
-/// A method error: logs so far, then the EXCEPTION batch, on `schema`; 200.
-fn method_error(
+/// A method or turn error, answered 200 with `X-VGI-RPC-Error` (never 5xx:
+/// intermediaries drop those bodies): whatever streams `out` already holds
+/// (an init's header stream), the call's logs so far, then the EXCEPTION
+/// batch, on `schema`.
+///
+/// The answer keeps to the response limit as a result does: when the logs
+/// (and the header stream) would take it over, they are left out and one
+/// WARN log says so, so the client still reads the error, and on Lambda the
+/// body still fits the payload cap. An error message that alone would
+/// overshoot is cut.
+fn error_answer(
     server: &Server,
     info: &RequestInfo,
     ctx: Option<&Ctx>,
     schema: &SchemaRef,
+    out: Chunks,
     error: &RpcError,
+    limit: Option<u64>,
 ) -> Response {
-    let mut body = Vec::new();
-    let mut writer = StreamWriter::new(&mut body, schema).expect("valid schema");
-    if let Some(ctx) = ctx {
-        let _ = write_logs(&mut writer, ctx, server, info);
-    }
+    let logs = ctx.map(Ctx::take_logs).unwrap_or_default();
     info.note_error(error);
+    let header_len = out.len();
+    let body = error_body(server, info, schema, out, &logs, error);
+    let body = match limit {
+        Some(limit) if body.len() as u64 > limit => {
+            let note = LogRecord {
+                level: LogLevel::Warn,
+                message: format!(
+                    "{} log message(s){} of this call left out: with them the error answer would be {} bytes, over the response limit of {limit} bytes",
+                    logs.len(),
+                    if header_len > 0 {
+                        " and the stream header"
+                    } else {
+                        ""
+                    },
+                    body.len(),
+                ),
+                extra: Default::default(),
+            };
+            let notes = std::slice::from_ref(&note);
+            let fitted = error_body(server, info, schema, Chunks::new(), notes, error);
+            if fitted.len() as u64 <= limit {
+                fitted
+            } else {
+                // The message appears three times (message, extra, traceback).
+                let keep = usize::try_from(limit / 8).unwrap_or(usize::MAX);
+                error_body(
+                    server,
+                    info,
+                    schema,
+                    Chunks::new(),
+                    notes,
+                    &cut_message(error, keep),
+                )
+            }
+        }
+        _ => body,
+    };
+    arrow_response(server, info, StatusCode::OK, body, true)
+}
+
+/// `out`, then one stream on `schema`: `logs`, then the EXCEPTION batch.
+fn error_body(
+    server: &Server,
+    info: &RequestInfo,
+    schema: &SchemaRef,
+    mut out: Chunks,
+    logs: &[LogRecord],
+    error: &RpcError,
+) -> Chunks {
+    let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
+    for record in logs {
+        let _ = writer
+            .write_metadata_only(&record.to_metadata(&server.config.server_id, &info.request_id));
+    }
     let _ = writer.write_metadata_only(&error.to_metadata_from(
         &server.config.server_id,
         &info.request_id,
         info.origin.as_deref(),
     ));
     writer.finish();
-    arrow_response(server, info, StatusCode::OK, body, true)
+    out
+}
+
+/// `error` with its message cut to at most `keep` bytes (on a character
+/// boundary), saying how much was cut.
+fn cut_message(error: &RpcError, keep: usize) -> RpcError {
+    let mut cut = error.clone();
+    if cut.message.len() > keep {
+        let mut end = keep;
+        while !cut.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let dropped = cut.message.len() - end;
+        cut.message.truncate(end);
+        cut.message.push_str(&format!(
+            " ... ({dropped} bytes cut to fit the response limit)"
+        ));
+    }
+    cut
 }
 
 /// Sends `body` unless it overshoots the response budget, which turns it into an error.
@@ -525,7 +604,15 @@ fn finish_response(
             ),
         )
         .with_code(ErrorCode::ResourceExhausted);
-        return method_error(server, info, None, schema, &error);
+        return error_answer(
+            server,
+            info,
+            None,
+            schema,
+            Chunks::new(),
+            &error,
+            Some(limit),
+        );
     }
     arrow_response(server, info, StatusCode::OK, body, false)
 }
@@ -568,12 +655,14 @@ async fn unary(
     let batch = match reply.and_then(|reply| result_batch(&schema, reply)) {
         Ok(batch) => batch,
         Err(error) => {
-            return Ok(method_error(
+            return Ok(error_answer(
                 server,
                 info,
                 Some(&ctx),
                 &schema,
+                Chunks::new(),
                 &error.with_status(StatusCode::OK),
+                limit,
             ));
         }
     };
@@ -587,7 +676,19 @@ async fn unary(
             let ipc = wire::ipc::stream_bytes(&schema, std::slice::from_ref(&batch))?;
             match externalize(server, external, ipc).await {
                 Ok(pointer) => Some(pointer),
-                Err(error) => return Ok(method_error(server, info, Some(&ctx), &schema, &error)),
+                Err(error) => {
+                    let error = error.with_status(StatusCode::OK);
+                    let out = Chunks::new();
+                    return Ok(error_answer(
+                        server,
+                        info,
+                        Some(&ctx),
+                        &schema,
+                        out,
+                        &error,
+                        limit,
+                    ));
+                }
             }
         }
     };
@@ -730,12 +831,14 @@ async fn init(
     let started = match init(ctx.clone(), args).await {
         Ok(started) => started,
         Err(error) => {
-            return Ok(method_error(
+            return Ok(error_answer(
                 server,
                 info,
                 Some(&ctx),
                 &empty,
+                Chunks::new(),
                 &error.with_status(StatusCode::OK),
+                limit,
             ));
         }
     };
@@ -770,11 +873,35 @@ async fn init(
                     method.name
                 ),
             );
-            return Ok(method_error(server, info, Some(&ctx), &empty, &error));
+            return Ok(error_answer(
+                server,
+                info,
+                Some(&ctx),
+                &empty,
+                Chunks::new(),
+                &error,
+                limit,
+            ));
+        };
+        // Checked before the logs are written, so a bad header keeps them.
+        let header_batch = match conform_header(header_batch, header_schema) {
+            Ok(batch) => batch,
+            Err(error) => {
+                let error = error.with_status(StatusCode::OK);
+                let out = Chunks::new();
+                return Ok(error_answer(
+                    server,
+                    info,
+                    Some(&ctx),
+                    &empty,
+                    out,
+                    &error,
+                    limit,
+                ));
+            }
         };
         let mut writer = StreamWriter::new(&mut out, header_schema)?;
         write_logs(&mut writer, &ctx, server, info)?;
-        let header_batch = conform_header(header_batch, header_schema)?;
         writer.write(&header_batch, &Vec::new())?;
         writer.finish();
     }
@@ -811,7 +938,9 @@ async fn init(
             {
                 Ok(state) => state,
                 Err(error) => {
-                    return Ok(turn_error(server, info, &ctx, &output_schema, out, error));
+                    let answer =
+                        error_answer(server, info, Some(&ctx), &output_schema, out, &error, limit);
+                    return Ok(answer);
                 }
             };
             let token = (!output.finished).then(|| {
@@ -827,7 +956,15 @@ async fn init(
                     (wire::CALL_STATE_KEY.to_string(), call_token),
                 ]
             });
-            write_producer_turn(&mut out, server, info, &ctx, &output, token).await?;
+            let pointer = match store_producer_turn(server, info, &ctx, &output).await {
+                Ok(pointer) => pointer,
+                Err(error) => {
+                    let answer =
+                        error_answer(server, info, Some(&ctx), &output_schema, out, &error, limit);
+                    return Ok(answer);
+                }
+            };
+            write_producer_turn(&mut out, server, info, &ctx, &output, pointer, token)?;
             Ok(finish_response(
                 server,
                 info,
@@ -867,33 +1004,67 @@ fn check_producer_turn(output: &Output) -> Result<(), RpcError> {
     }
 }
 
-/// Writes one producer turn. When the data batch reaches the externalization
-/// threshold, the whole cycle (logs and data) goes to storage and a pointer
-/// batch takes its place in the body.
-async fn write_producer_turn(
+/// Stores the producer turn's whole cycle when a data batch reaches the
+/// externalization threshold; `None` when it goes in the body.
+async fn store_producer_turn(
+    server: &Server,
+    info: &RequestInfo,
+    ctx: &Ctx,
+    output: &Output,
+) -> Result<Option<crate::storage::Pointer>, RpcError> {
+    let external = server.external.as_ref();
+    match external.filter(|e| output.batches.iter().any(|(b, _)| e.should_externalize(b))) {
+        Some(external) => {
+            let batches = output
+                .batches
+                .iter()
+                .map(|(batch, metadata)| (batch, metadata));
+            Ok(Some(
+                store_cycle(server, info, ctx, external, output.schema(), batches).await?,
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Stores a turn's whole cycle (its logs, then `batches`) and returns the
+/// pointer that takes its place in the body. The logs stay with `ctx` until
+/// the upload succeeded, so an answer to a failed one still carries them.
+async fn store_cycle<'a>(
+    server: &Server,
+    info: &RequestInfo,
+    ctx: &Ctx,
+    external: &External,
+    schema: &SchemaRef,
+    batches: impl IntoIterator<Item = (&'a RecordBatch, &'a Metadata)>,
+) -> Result<crate::storage::Pointer, RpcError> {
+    let mut cycle = Vec::new();
+    let mut writer = StreamWriter::new(&mut cycle, schema)?;
+    for record in ctx.peek_logs() {
+        writer
+            .write_metadata_only(&record.to_metadata(&server.config.server_id, &info.request_id))?;
+    }
+    for (batch, metadata) in batches {
+        writer.write(batch, metadata)?;
+    }
+    writer.finish();
+    let pointer = externalize(server, external, cycle).await?;
+    // They went to storage with the cycle.
+    drop(ctx.take_logs());
+    Ok(pointer)
+}
+
+/// Writes one producer turn: its logs and data, or the `pointer` to the
+/// cycle [`store_producer_turn`] stored, then the cursor `token`.
+fn write_producer_turn(
     out: &mut Chunks,
     server: &Server,
     info: &RequestInfo,
     ctx: &Ctx,
     output: &Output,
+    pointer: Option<crate::storage::Pointer>,
     token: Option<Metadata>,
 ) -> Result<(), RpcError> {
-    let external = server.external.as_ref();
-    let to_store = external.filter(|e| output.batches.iter().any(|(b, _)| e.should_externalize(b)));
-    let pointer = match to_store {
-        Some(external) => {
-            let mut cycle = Vec::new();
-            let mut writer = StreamWriter::new(&mut cycle, output.schema())?;
-            write_logs(&mut writer, ctx, server, info)?;
-            for (batch, metadata) in &output.batches {
-                writer.write(batch, metadata)?;
-            }
-            writer.finish();
-            let pointer = externalize(server, external, cycle).await?;
-            Some(pointer)
-        }
-        None => None,
-    };
     let mut writer = StreamWriter::new(out, output.schema())?;
     match &pointer {
         Some(pointer) => writer.write_metadata_only(&External::pointer_metadata(pointer))?,
@@ -909,27 +1080,6 @@ async fn write_producer_turn(
     }
     writer.finish();
     Ok(())
-}
-
-/// An error during a turn, appended after whatever streams `out` already holds.
-fn turn_error(
-    server: &Server,
-    info: &RequestInfo,
-    ctx: &Ctx,
-    schema: &SchemaRef,
-    mut out: Chunks,
-    error: RpcError,
-) -> Response {
-    let mut writer = StreamWriter::new(&mut out, schema).expect("valid schema");
-    let _ = write_logs(&mut writer, ctx, server, info);
-    info.note_error(&error);
-    let _ = writer.write_metadata_only(&error.to_metadata_from(
-        &server.config.server_id,
-        &info.request_id,
-        info.origin.as_deref(),
-    ));
-    writer.finish();
-    arrow_response(server, info, StatusCode::OK, out, true)
 }
 
 async fn exchange(
@@ -1016,13 +1166,14 @@ async fn exchange(
             {
                 Ok(state) => state,
                 Err(error) => {
-                    return Ok(turn_error(
+                    return Ok(error_answer(
                         server,
                         info,
-                        &ctx,
+                        Some(&ctx),
                         &output_schema,
                         Chunks::new(),
-                        error,
+                        &error,
+                        limit,
                     ));
                 }
             };
@@ -1036,8 +1187,17 @@ async fn exchange(
                     ),
                 )]
             });
+            let pointer = match store_producer_turn(server, info, &ctx, &output).await {
+                Ok(pointer) => pointer,
+                Err(error) => {
+                    let out = Chunks::new();
+                    let answer =
+                        error_answer(server, info, Some(&ctx), &output_schema, out, &error, limit);
+                    return Ok(answer);
+                }
+            };
             let mut out = Chunks::new();
-            write_producer_turn(&mut out, server, info, &ctx, &output, token).await?;
+            write_producer_turn(&mut out, server, info, &ctx, &output, pointer, token)?;
             Ok(finish_response(
                 server,
                 info,
@@ -1058,14 +1218,21 @@ async fn exchange(
                         // Nothing has run on `ctx` yet, so a fresh one loses no logs.
                         ctx = turn_ctx(&metadata);
                     }
+                    // The server had no room to fetch it: refused before
+                    // anything ran, with the status and Retry-After a unary
+                    // call or an init with the same pointer gets.
+                    Err(error) if error.status == StatusCode::SERVICE_UNAVAILABLE => {
+                        return Err(error);
+                    }
                     Err(error) => {
-                        return Ok(turn_error(
+                        return Ok(error_answer(
                             server,
                             info,
-                            &ctx,
+                            Some(&ctx),
                             &output_schema,
                             Chunks::new(),
-                            error,
+                            &error,
+                            limit,
                         ));
                     }
                 }
@@ -1073,13 +1240,14 @@ async fn exchange(
             let input = match coerce_input(input_batch, &input_schema) {
                 Ok(input) => input,
                 Err(error) => {
-                    return Ok(turn_error(
+                    return Ok(error_answer(
                         server,
                         info,
-                        &ctx,
+                        Some(&ctx),
                         &output_schema,
                         Chunks::new(),
-                        error,
+                        &error,
+                        limit,
                     ));
                 }
             };
@@ -1102,13 +1270,14 @@ async fn exchange(
             let state = match result {
                 Ok(state) => state,
                 Err(error) => {
-                    return Ok(turn_error(
+                    return Ok(error_answer(
                         server,
                         info,
-                        &ctx,
+                        Some(&ctx),
                         &output_schema,
                         Chunks::new(),
-                        error,
+                        &error,
+                        limit,
                     ));
                 }
             };
@@ -1134,12 +1303,25 @@ async fn exchange(
                     // The whole cycle goes to storage, the new cursor on the data
                     // batch included, as upstream does: the client reads the token
                     // from the resolved batch. The pointer carries only the location.
-                    let mut cycle = Vec::new();
-                    let mut writer = StreamWriter::new(&mut cycle, &output_schema)?;
-                    write_logs(&mut writer, &ctx, server, info)?;
-                    writer.write(&data, &metadata)?;
-                    writer.finish();
-                    let pointer = externalize(server, external, cycle).await?;
+                    let cycle = [(&data, &metadata)];
+                    let stored =
+                        store_cycle(server, info, &ctx, external, &output_schema, cycle).await;
+                    let pointer = match stored {
+                        Ok(pointer) => pointer,
+                        Err(error) => {
+                            let out = Chunks::new();
+                            let answer = error_answer(
+                                server,
+                                info,
+                                Some(&ctx),
+                                &output_schema,
+                                out,
+                                &error,
+                                limit,
+                            );
+                            return Ok(answer);
+                        }
+                    };
                     let mut writer = StreamWriter::new(&mut out, &output_schema)?;
                     writer.write_metadata_only(&External::pointer_metadata(&pointer))?;
                     writer.finish();

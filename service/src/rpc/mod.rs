@@ -295,6 +295,15 @@ impl Ctx {
         self.inner.response_limit
     }
 
+    /// The logs so far, left in place.
+    pub(crate) fn peek_logs(&self) -> Vec<LogRecord> {
+        self.inner
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub(crate) fn take_logs(&self) -> Vec<LogRecord> {
         std::mem::take(&mut *self.inner.logs.lock().unwrap_or_else(|p| p.into_inner()))
     }

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod answers;
 mod connections;
 mod lifecycle;
 mod memory;

@@ -13,7 +13,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use kit_service::client::Client;
 use kit_service::{Ctx, Output, Producer, Protocol, RpcError, StreamInit};
 
-use crate::support::{in_process, in_process_serving};
+use crate::support::{Posted, call_metadata, in_process, in_process_serving, ipc_body, post_arrow};
 
 /// `KIT_TOKEN_TTL` of these tests; tokens carry whole seconds, so a token
 /// is refused 2-3 s after it was minted.
@@ -225,35 +225,6 @@ impl kit_service::Exchanger for PublishEachInput {
     }
 }
 
-/// One IPC stream of `batch` with `metadata`.
-fn ipc(batch: &RecordBatch, metadata: &kit_service::wire::Metadata) -> Vec<u8> {
-    let mut body = Vec::new();
-    let mut writer = kit_service::wire::ipc::StreamWriter::new(&mut body, &batch.schema()).unwrap();
-    writer.write(batch, metadata).unwrap();
-    writer.finish();
-    body
-}
-
-/// POSTs `body` and returns every batch of every IPC stream of the answer.
-async fn post_batches(url: &str, body: Vec<u8>) -> Vec<kit_service::wire::ipc::Batch> {
-    use kit_service::wire;
-    let answer = crate::support::client()
-        .post(url)
-        .header("content-type", wire::CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = answer.status();
-    let body = answer.bytes().await.unwrap();
-    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
-    wire::ipc::read_streams(&body)
-        .unwrap()
-        .into_iter()
-        .flat_map(|stream| stream.batches)
-        .collect()
-}
-
 /// Finding: an exchange turn whose input arrived as a `vgi_rpc.location`
 /// pointer ran the method with a context rebuilt without the server's
 /// storage, so `ctx.publish` answered "no external storage configured" on
@@ -272,39 +243,29 @@ async fn an_exchange_turn_with_a_pointer_input_has_the_storage_an_inline_one_has
             .unwrap();
     let service = in_process_serving(vec![protocol], &[]).await;
     let base = format!("{}/Publisher/publish_each_input", service.url);
-    let init_metadata: wire::Metadata = vec![
-        (wire::METHOD_KEY.into(), "publish_each_input".into()),
-        (
-            wire::REQUEST_VERSION_KEY.into(),
-            wire::REQUEST_VERSION.into(),
-        ),
-        (wire::PROTOCOL_KEY.into(), "Publisher".into()),
-        (wire::PROTOCOL_VERSION_KEY.into(), "1.0.0".into()),
-    ];
-    let init = post_batches(
+    let init = post_arrow(
         &format!("{base}/init"),
-        ipc(&kit_service::client::no_params(), &init_metadata),
+        ipc_body(
+            &kit_service::client::no_params(),
+            &call_metadata("Publisher", "1.0.0", "publish_each_input"),
+        ),
+        &[],
     )
     .await;
-    let token = |batches: &[wire::ipc::Batch], key: &str| {
-        batches
-            .iter()
-            .find_map(|batch| batch.get(key).map(str::to_string))
+    assert_eq!(init.status, 200, "{:?}", init.exception());
+    let token = |posted: &Posted, key: &str| {
+        posted
+            .first(key)
             .unwrap_or_else(|| panic!("no `{key}` in the answer"))
     };
     let call = token(&init, wire::CALL_STATE_KEY);
     let mut state = token(&init, wire::STATE_KEY);
-    let location_of = |batches: &[wire::ipc::Batch]| {
-        let data = batches
-            .iter()
+    let location_of = |posted: &Posted| {
+        assert_eq!(posted.status, 200);
+        let data = posted
+            .batches()
             .find(|batch| batch.batch.num_rows() == 1)
-            .unwrap_or_else(|| {
-                let errors: Vec<_> = batches
-                    .iter()
-                    .filter_map(|batch| batch.get(wire::LOG_MESSAGE_KEY))
-                    .collect();
-                panic!("no output row; errors: {errors:?}")
-            });
+            .unwrap_or_else(|| panic!("no output row; error: {:?}", posted.exception()));
         data.batch
             .column(0)
             .as_any()
@@ -315,15 +276,16 @@ async fn an_exchange_turn_with_a_pointer_input_has_the_storage_an_inline_one_has
     };
 
     // Turn 1: the input inline; the method stores it and answers its URL.
-    let turn = post_batches(
+    let turn = post_arrow(
         &format!("{base}/exchange"),
-        ipc(
+        ipc_body(
             &value(2.5),
             &vec![
                 (wire::STATE_KEY.into(), state.clone()),
                 (wire::CALL_STATE_KEY.into(), call.clone()),
             ],
         ),
+        &[],
     )
     .await;
     let stored = location_of(&turn);
@@ -332,9 +294,9 @@ async fn an_exchange_turn_with_a_pointer_input_has_the_storage_an_inline_one_has
 
     // Turn 2: the same input as a pointer to what turn 1 stored.
     let pointer = RecordBatch::new_empty(value(0.0).schema());
-    let turn = post_batches(
+    let turn = post_arrow(
         &format!("{base}/exchange"),
-        ipc(
+        ipc_body(
             &pointer,
             &vec![
                 (wire::STATE_KEY.into(), state),
@@ -342,6 +304,7 @@ async fn an_exchange_turn_with_a_pointer_input_has_the_storage_an_inline_one_has
                 (wire::LOCATION_KEY.into(), stored.clone()),
             ],
         ),
+        &[],
     )
     .await;
     let restored = location_of(&turn);

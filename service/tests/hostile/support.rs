@@ -696,3 +696,88 @@ pub fn path_and_query(url: &str) -> String {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
     after_scheme[after_scheme.find('/').unwrap()..].to_string()
 }
+
+/// One IPC stream holding `batch` with `metadata` on it.
+pub fn ipc_body(batch: &RecordBatch, metadata: &Metadata) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut writer = StreamWriter::new(&mut body, &batch.schema()).unwrap();
+    writer.write(batch, metadata).unwrap();
+    writer.finish();
+    body
+}
+
+/// The dispatch metadata of a call to `protocol` (declared at `version`).
+pub fn call_metadata(protocol: &str, version: &str, method: &str) -> Metadata {
+    vec![
+        (wire::METHOD_KEY.into(), method.into()),
+        (
+            wire::REQUEST_VERSION_KEY.into(),
+            wire::REQUEST_VERSION.into(),
+        ),
+        (wire::PROTOCOL_KEY.into(), protocol.into()),
+        (wire::PROTOCOL_VERSION_KEY.into(), version.into()),
+    ]
+}
+
+/// What an Arrow POST answered, its IPC streams read.
+pub struct Posted {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub streams: Vec<kit_service::wire::ipc::IpcStream>,
+}
+
+impl Posted {
+    /// Every batch of every stream, in order.
+    pub fn batches(&self) -> impl Iterator<Item = &kit_service::wire::ipc::Batch> {
+        self.streams.iter().flat_map(|stream| stream.batches.iter())
+    }
+
+    /// The first value of metadata `key` on any batch.
+    pub fn first(&self, key: &str) -> Option<String> {
+        self.batches().find_map(|b| b.get(key).map(str::to_string))
+    }
+
+    /// The messages of the log batches (not the EXCEPTION one).
+    pub fn logs(&self) -> Vec<String> {
+        self.batches()
+            .filter(|b| b.get(wire::LOG_LEVEL_KEY).is_some_and(|l| l != "EXCEPTION"))
+            .filter_map(|b| b.get(wire::LOG_MESSAGE_KEY).map(str::to_string))
+            .collect()
+    }
+
+    /// The message of the EXCEPTION batch, if any.
+    pub fn exception(&self) -> Option<String> {
+        self.batches().find_map(|b| {
+            (b.get(wire::LOG_LEVEL_KEY) == Some("EXCEPTION"))
+                .then(|| b.get(wire::LOG_MESSAGE_KEY).unwrap_or_default().to_string())
+        })
+    }
+}
+
+/// POSTs an Arrow `body` to `url` with `headers`; the body must be Arrow.
+pub async fn post_arrow(url: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Posted {
+    let mut request = client()
+        .post(url)
+        .header("content-type", wire::CONTENT_TYPE)
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.send().await.expect("the service answers");
+    let status = answer.status().as_u16();
+    let headers = answer.headers().clone();
+    let body = answer.bytes().await.unwrap();
+    let streams = read_streams(&body).unwrap_or_else(|error| {
+        panic!(
+            "{url} answered {status} with a body that is not Arrow ({error}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    Posted {
+        status,
+        headers,
+        body,
+        streams,
+    }
+}
