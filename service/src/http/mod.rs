@@ -393,6 +393,9 @@ pub(crate) async fn respond(
                     decision,
                     origin_header.as_deref(),
                 );
+                // Counted like every other answer (under protocol and method
+                // `-`: an unauthenticated path names no series).
+                record(&server, &info, &response, started);
                 return response;
             }
         }
@@ -793,17 +796,22 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
         .and_then(|o| o.split_once('/'))
         .unwrap_or(("-", "-"));
     let status = response.status().as_u16();
-    let response_bytes = response.body().size_hint().exact().unwrap_or_else(|| {
-        response
-            .extensions()
-            .get::<UncompressedBytes>()
-            .map_or(0, |size| size.0)
-    });
+    // Unknown until sent for a body compressed off the workers: that body
+    // counts its pieces as it hands them out.
+    let response_bytes = response.body().size_hint().exact();
     let series = server.hosting.metrics.call(protocol, method);
     series.count(status);
     series.duration.observe(elapsed.as_secs_f64());
     series.request_bytes.inc_by(info.request_bytes);
-    series.response_bytes.inc_by(response_bytes);
+    match (response_bytes, response.extensions().get::<SentBytes>()) {
+        (Some(bytes), _) => {
+            series.response_bytes.inc_by(bytes);
+        }
+        (None, Some(sent)) => {
+            let _ = sent.0.set(series.response_bytes.clone());
+        }
+        (None, None) => {}
+    }
     if info.stream_turn {
         series.count_stream_turn();
     }
@@ -855,7 +863,7 @@ fn record(server: &Server, info: &RequestInfo, response: &Response, started: Ins
                 .as_ref()
                 .map(|(kind, message, code)| (kind.as_str(), message.as_str(), *code)),
             request_bytes: info.request_bytes,
-            response_bytes: response.body().size_hint().exact(),
+            response_bytes,
         });
     }
 }
@@ -1458,14 +1466,14 @@ pub(crate) fn arrow_response(
                     })
                     .await
                 };
+                let sent = SentBytes::default();
                 let body = CompressingBody {
                     job: Some(Box::pin(job)),
                     pieces: received,
+                    sent: sent.0.clone(),
                 };
                 let mut response = Response::new(Body::new(body));
-                response
-                    .extensions_mut()
-                    .insert(UncompressedBytes(total as u64));
+                response.extensions_mut().insert(sent);
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
                 return response;
@@ -1488,10 +1496,13 @@ pub(crate) fn arrow_response(
 /// it the hop costs more than the compression.
 const INLINE_COMPRESS_BYTES: usize = 256 * 1024;
 
-/// The size of a response body compressed off the async workers, whose
-/// compressed size is known only once it is sent (for metrics).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UncompressedBytes(pub u64);
+/// Where a body compressed off the async workers, whose size is known only
+/// once it is sent, counts the bytes it hands out: the call's
+/// `response_bytes` series, set by `record` before the body is polled.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SentBytes(
+    pub Arc<std::sync::OnceLock<prometheus_client::metrics::counter::Counter>>,
+);
 
 type Compression = std::pin::Pin<
     Box<
@@ -1559,6 +1570,7 @@ impl std::io::Write for PieceWriter {
 struct CompressingBody {
     job: Option<Compression>,
     pieces: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    sent: Arc<std::sync::OnceLock<prometheus_client::metrics::counter::Counter>>,
 }
 
 impl http_body::Body for CompressingBody {
@@ -1581,7 +1593,12 @@ impl http_body::Body for CompressingBody {
             }
         }
         match self.pieces.poll_recv(cx) {
-            Poll::Ready(Some(piece)) => Poll::Ready(Some(Ok(http_body::Frame::data(piece)))),
+            Poll::Ready(Some(piece)) => {
+                if let Some(sent) = self.sent.get() {
+                    sent.inc_by(piece.len() as u64);
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+            }
             // Every piece is out; the end waits for the job's outcome (its
             // waker is registered above).
             Poll::Ready(None) if self.job.is_some() => Poll::Pending,

@@ -109,3 +109,38 @@ async fn a_panicking_handler_costs_its_request_only() {
     assert!(response.headers().get("x-vgi-rpc-error").is_none());
     assert_eq!(metric(&service.url, "kit_in_flight_requests").await, 0.0);
 }
+
+/// Finding: `kit_response_bytes_total` ("bytes as sent") counted a body of
+/// 256 KiB or more compressed off the async workers by its uncompressed
+/// size, and smaller ones by their compressed size.
+#[tokio::test]
+async fn response_bytes_count_what_went_on_the_wire_for_large_compressed_answers() {
+    let service =
+        crate::support::in_process(&[("KIT_EXTERNALIZE_THRESHOLD_BYTES", "67108864")]).await;
+    let series = "kit_response_bytes_total{protocol=\"ConformanceService\",method=\"echo_bytes\"}";
+    let mut on_the_wire = 0usize;
+    for size in [10usize, 400_000] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let answer = client()
+            .post(format!("{}/ConformanceService/echo_bytes", service.url))
+            .header("content-type", kit_service::wire::CONTENT_TYPE)
+            .header("accept-encoding", "zstd")
+            .body(crate::support::echo_request(&data))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["content-encoding"], "zstd");
+        // reqwest here has no decoders: these are the bytes as sent.
+        let body = answer.bytes().await.unwrap();
+        if size > 256 * 1024 {
+            assert!(body.len() < size / 10, "{} bytes", body.len());
+        }
+        on_the_wire += body.len();
+        assert_eq!(
+            metric(&service.url, series).await as usize,
+            on_the_wire,
+            "after the {size}-byte echo"
+        );
+    }
+}

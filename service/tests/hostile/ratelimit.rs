@@ -431,3 +431,57 @@ async fn a_failed_store_fails_open_or_closed_as_configured() {
     assert_eq!(answer.status, 200);
     assert_eq!(remaining(&answer), 998, "decided in redis, not in process");
 }
+
+/// Finding: requests refused at admission (401, the auth throttle's and the
+/// rate limit's 429) never reached `kit_requests_total` or the request
+/// duration, where a 415 or 404 after routing did: a credential-stuffing
+/// run or a client over its limit was invisible in the request metrics.
+#[tokio::test]
+async fn refusals_at_admission_are_counted_like_every_answer() {
+    let service = support::in_process(&[
+        ("KIT_API_KEYS", "ci=the-right-key-0123456789"),
+        ("KIT_AUTH_FAILURE_LIMIT", "2/60"),
+        ("KIT_RATE_LIMIT", "2/3600"),
+    ])
+    .await;
+    let (this, other) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+    let statuses = [
+        call(&this, &service.url, "wrong-key-one").await.status,
+        call(&this, &service.url, "wrong-key-two").await.status,
+        call(&this, &service.url, "wrong-key-three").await.status,
+        call(&other, &service.url, "the-right-key-0123456789")
+            .await
+            .status,
+        call(&other, &service.url, "the-right-key-0123456789")
+            .await
+            .status,
+        call(&other, &service.url, "the-right-key-0123456789")
+            .await
+            .status,
+    ];
+    assert_eq!(statuses, [401, 401, 429, 200, 200, 429]);
+    let text = metrics(&service.url).await;
+    let requests = |protocol: &str, method: &str, status: u16| {
+        metric(
+            &text,
+            &format!(
+                "kit_requests_total{{protocol=\"{protocol}\",method=\"{method}\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(requests("-", "-", 401), 2, "{text}");
+    assert_eq!(requests("-", "-", 429), 2, "{text}");
+    assert_eq!(
+        requests("ConformanceService", "echo_bytes", 200),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "kit_request_duration_seconds_count{protocol=\"-\",method=\"-\"}"
+        ),
+        4,
+        "{text}"
+    );
+}
