@@ -373,6 +373,9 @@ struct SlowRange {
     data: Bytes,
     stalled: Arc<AtomicUsize>,
     redirect_to: Option<String>,
+    /// The first range's first request stalls 1 s (not 5) and its second,
+    /// the hedge, fails at once.
+    failing_hedge: bool,
 }
 
 async fn ranged(State(state): State<SlowRange>, headers: HeaderMap) -> Response {
@@ -397,8 +400,17 @@ async fn ranged(State(state): State<SlowRange>, headers: HeaderMap) -> Response 
         return response;
     };
     let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
-    if start == 0 && end > 0 && state.stalled.fetch_add(1, Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    if start == 0 && end > 0 {
+        match state.stalled.fetch_add(1, Ordering::SeqCst) {
+            0 if state.failing_hedge => tokio::time::sleep(Duration::from_secs(1)).await,
+            0 => tokio::time::sleep(Duration::from_secs(5)).await,
+            1 if state.failing_hedge => {
+                let mut response = Response::new(Body::from("overloaded"));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
+            _ => {}
+        }
     }
     let mut response = Response::new(Body::from(state.data.slice(start..=end.min(total - 1))));
     *response.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -429,6 +441,7 @@ async fn a_stalled_range_is_hedged() {
         data: data.clone(),
         stalled: stalled.clone(),
         redirect_to: None,
+        failing_hedge: false,
     })
     .await;
     let fetcher = Fetcher::new(FetchSettings {
@@ -456,12 +469,52 @@ async fn a_stalled_range_is_hedged() {
     );
 }
 
+/// Finding: a hedge that failed fast failed its chunk, though the request it
+/// duplicated was on its way to succeed: the chunk was asked for a third
+/// time (a retry spent), and with no retries left the whole fetch failed.
+#[tokio::test]
+async fn a_failing_hedge_leaves_the_chunk_to_the_request_it_duplicated() {
+    let data = Bytes::from(
+        (0..16 * 1024 * 1024u32)
+            .map(|i| (i % 241) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let requests = Arc::new(AtomicUsize::new(0));
+    let address = serve_ranges(SlowRange {
+        data: data.clone(),
+        stalled: requests.clone(),
+        redirect_to: None,
+        failing_hedge: true,
+    })
+    .await;
+    let fetcher = Fetcher::new(FetchSettings {
+        allowlist: vec!["http://127.0.0.1".into()],
+        parallel_threshold_bytes: 1024 * 1024,
+        chunk_size_bytes: 1024 * 1024,
+        max_parallel_requests: 4,
+        ..FetchSettings::default()
+    })
+    .unwrap();
+    let fetched = fetcher
+        .fetch(&format!("http://{address}/object"), None)
+        .await
+        .unwrap_or_else(|error| panic!("the stalled request still delivers: {error}"));
+    assert!(fetched == data, "parallel ranges reassemble the object");
+    assert_eq!(fetcher.stats().hedges.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the first range was asked for twice: the stalled request and its hedge (503)"
+    );
+}
+
 #[tokio::test]
 async fn redirects_to_forbidden_targets_are_refused() {
     let address = serve_ranges(SlowRange {
         data: Bytes::from_static(b"x"),
         stalled: Arc::new(AtomicUsize::new(1)),
         redirect_to: Some("http://169.254.169.254/latest/meta-data/".into()),
+        failing_hedge: false,
     })
     .await;
     let error = loopback_fetcher()
@@ -475,6 +528,7 @@ async fn redirects_to_forbidden_targets_are_refused() {
         data: Bytes::from_static(b"x"),
         stalled: Arc::new(AtomicUsize::new(1)),
         redirect_to: Some("http://localhost:9/secret".into()),
+        failing_hedge: false,
     })
     .await;
     let only_bouncer = Fetcher::new(FetchSettings {
@@ -505,6 +559,7 @@ async fn fetch_limits_are_enforced() {
         data,
         stalled: Arc::new(AtomicUsize::new(1)),
         redirect_to: None,
+        failing_hedge: false,
     })
     .await;
     let fetcher = Fetcher::new(FetchSettings {

@@ -581,10 +581,19 @@ impl Fetcher {
         tokio::select! {
             result = &mut primary => result,
             _ = hedge_trigger => {
+                // The first to succeed wins; one that fails leaves the chunk
+                // to the other, and only both failing fails it.
                 let hedge = self.range_get(url, range);
+                tokio::pin!(hedge);
                 tokio::select! {
-                    result = &mut primary => result,
-                    result = hedge => result,
+                    result = &mut primary => match result {
+                        Ok(chunk) => Ok(chunk),
+                        Err(error) => hedge.await.map_err(|_| error),
+                    },
+                    result = &mut hedge => match result {
+                        Ok(chunk) => Ok(chunk),
+                        Err(error) => primary.await.map_err(|_| error),
+                    },
                 }
             }
         }
