@@ -52,8 +52,7 @@ fn down(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     let before = State::load(&deployment.state_path());
     let result = down_locked(args, &deployment, env);
     let finished = session.finish();
-    let code = result?;
-    finished?;
+    let code = crate::state::with_session(result, finished)?;
     if crate::output::json() {
         crate::output::document(&crate::output::down_document(
             &deployment,

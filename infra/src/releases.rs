@@ -546,8 +546,7 @@ fn rollback(
     )?;
     let result = rollback_locked(&args, &deployment, env);
     let finished = session.finish();
-    let code = result?;
-    finished?;
+    let code = crate::state::with_session(result, finished)?;
     Ok(code)
 }
 

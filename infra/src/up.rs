@@ -105,8 +105,7 @@ fn up_target(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Co
     if result.is_ok() || phases != crate::timings::Summary::default() {
         eprintln!("up: {seconds:.1} s in all: {}", phases.line());
     }
-    let code = result?;
-    finished?;
+    let code = crate::state::with_session(result, finished)?;
     if crate::output::json() {
         crate::output::document(&crate::output::up_document(
             &deployment,

@@ -272,6 +272,15 @@ pub enum StateError {
         location: String,
         feature: &'static str,
     },
+    /// The run's changes are recorded in the working copy but did not reach
+    /// the shared state: others see the state from before the run.
+    #[error("the state of `{target}` was not pushed back to `{location}`: {reason}")]
+    NotPushed {
+        target: String,
+        location: String,
+        working: String,
+        reason: String,
+    },
 }
 
 impl From<StateError> for CommandError {
@@ -314,8 +323,40 @@ impl From<StateError> for CommandError {
                 format!("rebuild with `cargo install --path infra --features {feature}`"),
                 2,
             ),
+            StateError::NotPushed {
+                target, working, ..
+            } => (
+                format!(
+                    "what this run did is recorded only in `{working}`: run `deploy-kit state push --target {target}` from here once the store answers, before anyone runs `up` or `down` on `{target}`"
+                ),
+                1,
+            ),
         };
         CommandError::new(message, hint, code)
+    }
+}
+
+/// A locked command's result with its session's [`Session::finish`]: the
+/// command's own error comes first, and a state that could not be pushed
+/// back is added to it, never dropped (the shared state then lacks what the
+/// command did, whether it succeeded or not).
+pub fn with_session(
+    result: Result<u8, CommandError>,
+    finished: Result<(), StateError>,
+) -> Result<u8, CommandError> {
+    match (result, finished) {
+        (result, Ok(())) => result,
+        (Ok(_), Err(push)) => Err(push.into()),
+        (Err(mut error), Err(push)) => {
+            let push = CommandError::from(push);
+            error.message = format!("{}\nand then: {}", error.message, push.message);
+            error.hint = match (error.hint.is_empty(), push.hint.is_empty()) {
+                (_, true) => error.hint,
+                (true, false) => push.hint,
+                (false, false) => format!("{}\nhint: {}", error.hint, push.hint),
+            };
+            Err(error)
+        }
     }
 }
 
@@ -869,8 +910,15 @@ impl Session {
         }
         match std::fs::read(&self.working) {
             Ok(bytes) if Some(&bytes) != self.pulled.as_ref() => {
+                let working = self.working.display().to_string();
                 self.store
-                    .push(&bytes, &self.working.display().to_string())?;
+                    .push(&bytes, &working)
+                    .map_err(|error| StateError::NotPushed {
+                        target: self.store.target.clone(),
+                        location: self.store.location.to_string(),
+                        working,
+                        reason: error.to_string(),
+                    })?;
                 self.pulled = Some(bytes);
                 Ok(())
             }
@@ -1007,6 +1055,90 @@ mod tests {
             .lock("up", Duration::from_secs(10))
             .unwrap();
         releaser.join().unwrap();
+    }
+
+    #[test]
+    fn a_state_that_cannot_be_pushed_back_is_reported_with_the_commands_own_error() {
+        let remote = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let working = work.path().join("state.json");
+        let location = StateLocation::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+        };
+        let begin = || {
+            Session::begin(
+                store(remote.path(), location.clone()),
+                &working,
+                "up",
+                Duration::ZERO,
+            )
+            .unwrap()
+        };
+        let mut state = State::new("aws", "production", "lambda");
+        state.record(crate::engine::Resource::new("bucket", "data"));
+        let store_gone = |session: Session| {
+            state.save(&working).unwrap();
+            // The store stops answering: its directory is now a file.
+            std::fs::remove_dir_all(remote.path()).unwrap();
+            std::fs::write(remote.path(), b"not a directory").unwrap();
+            let finished = session.finish();
+            std::fs::remove_file(remote.path()).unwrap();
+            std::fs::create_dir(remote.path()).unwrap();
+            finished
+        };
+
+        // The command succeeded: the push failure is the error.
+        let finished = store_gone(begin());
+        assert!(
+            matches!(&finished, Err(StateError::NotPushed { working: w, .. }) if *w == working.display().to_string()),
+            "{finished:?}"
+        );
+        let error = with_session(Ok(0), finished).unwrap_err();
+        assert_eq!(error.exit_code, 1);
+        assert!(
+            error.message.contains("was not pushed back to `s3://b`"),
+            "{}",
+            error.message
+        );
+        assert!(
+            error.hint.contains(&working.display().to_string())
+                && error.hint.contains("deploy-kit state push --target lambda"),
+            "{}",
+            error.hint
+        );
+        // The working copy still holds what the run made.
+        assert!(
+            std::fs::read_to_string(&working)
+                .unwrap()
+                .contains("\"data\"")
+        );
+
+        // The command failed too: its error (and exit code) first, the push's added.
+        std::fs::remove_file(&working).unwrap();
+        let finished = store_gone(begin());
+        let failed = CommandError::new("the deploy failed", "look at the deploy", 4);
+        let error = with_session(Err(failed), finished).unwrap_err();
+        assert_eq!(error.exit_code, 4);
+        assert!(
+            error.message.starts_with(
+                "the deploy failed\nand then: the state of `lambda` was not pushed back"
+            ),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .hint
+                .starts_with("look at the deploy\nhint: what this run did is recorded only in"),
+            "{}",
+            error.hint
+        );
+
+        // Nothing failed to push: the command's result as it is.
+        assert_eq!(with_session(Ok(2), Ok(())).unwrap(), 2);
+        let failed = CommandError::new("x", "", 1);
+        assert_eq!(with_session(Err(failed), Ok(())).unwrap_err().message, "x");
     }
 
     #[test]
