@@ -622,7 +622,7 @@ pub fn down(
                     )),
                 }
             }
-            kind::BUCKET => delete_bucket(deployment, &settings, &resource.name, delete_data),
+            kind::BUCKET => delete_bucket(deployment, &settings, resource, delete_data),
             other => Err(CommandError::new(
                 format!("the state records a `{other}` resource the compose engine does not know"),
                 "remove it by hand, then remove it from the state file",
@@ -733,9 +733,10 @@ fn ensure_bucket(
 fn delete_bucket(
     deployment: &Deployment,
     settings: &ComposeSettings,
-    name: &str,
+    recorded: &Resource,
     delete_data: bool,
 ) -> Result<(Option<super::Kept>, String), CommandError> {
+    let name = recorded.name.as_str();
     let Some(storage) = &settings.storage else {
         return Err(CommandError::new(
             format!("the state records bucket `{name}` but `storage:` is gone from the config"),
@@ -747,11 +748,15 @@ fn delete_bucket(
     };
     let region = region_of(deployment);
     let clients = super::aws::clients::AwsClients::new(&region, storage.endpoint.as_deref())?;
-    match buckets_for(&clients, storage, &region, &deployment.target_name).delete(
-        name,
-        &storage.prefix,
-        super::DestroyOptions { delete_data },
-    )? {
+    let buckets = buckets_for(&clients, storage, &region, &deployment.target_name);
+    // The prefix recorded when `up` made the bucket, not the config's now.
+    let left = match recorded.data_prefix() {
+        Some(prefix) => buckets.delete(name, prefix, super::DestroyOptions { delete_data })?,
+        None => buckets
+            .delete(name, "", super::DestroyOptions { delete_data: false })?
+            .map(|_| super::Kept::bucket_without_prefix(name)),
+    };
+    match left {
         Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
         None => Ok((None, "deleted".to_string())),
     }
@@ -769,7 +774,7 @@ fn ensure_bucket(
 fn delete_bucket(
     deployment: &Deployment,
     _settings: &ComposeSettings,
-    _name: &str,
+    _recorded: &Resource,
     _delete_data: bool,
 ) -> Result<(Option<super::Kept>, String), CommandError> {
     Err(without_aws(deployment))
