@@ -325,6 +325,7 @@ kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/servi
     project.answers(
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+kubectl -n vgi-ns get secret vgi-signing-key -o jsonpath*|0|deploy-kit
 kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
 ",
     );
@@ -415,6 +416,44 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
 
 /// `down` without `--yes`: refused with the list where no terminal can
 /// ask (CI, a pipe), asked on a terminal, where only `y` deletes.
+/// A signing-key Secret the user made before `up` (`signing_key.secret:
+/// k8s:NAME`, no deploy-kit label) is "exists, key kept" at `up`, and `down`
+/// keeps it and says so.
+#[test]
+fn kubernetes_down_keeps_a_secret_up_did_not_make() {
+    let project = Project::new("kubernetes-own-secret", KUBERNETES, &["kubectl"]);
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|0|namespace/vgi-ns
+kubectl -n vgi-ns get secret vgi-signing-key*|0|secret/vgi-signing-key
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
+kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+",
+    );
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(stderr.contains("exists, key kept"), "{stderr}");
+    project.take_log();
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o jsonpath*|0|
+kubectl -n vgi-ns get secret vgi-signing-key -o jsonpath*|0|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
+",
+    );
+    let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let log = project.take_log();
+    assert!(
+        !log.contains("delete secret vgi-signing-key"),
+        "down deleted the user's pre-existing signing-key Secret:\n{log}"
+    );
+    assert!(
+        stderr.contains("secret/vgi-ns/vgi-signing-key: kept, it is yours"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn down_asks_on_a_terminal_and_refuses_elsewhere_without_yes() {
     let project = Project::new("kubernetes-confirm", KUBERNETES, &["kubectl"]);
