@@ -216,20 +216,10 @@ impl LocalService {
             .env_remove("VGI_SIGNING_KEY_PREVIOUS");
         // Mid-rotation (`deploy-kit secrets rotate --target local`), the
         // staged or previous key verifies too.
-        let verify: Vec<String> = [
-            crate::secrets::store::PENDING_FILE,
-            crate::secrets::store::PREVIOUS_FILE,
-        ]
-        .iter()
-        .filter_map(|name| state.key_file.parent().map(|dir| dir.join(name)))
-        .filter(|path| path.is_file())
-        .map(|path| path.display().to_string())
-        .collect();
-        if verify.is_empty() {
-            command.env_remove("VGI_SIGNING_KEY_PREVIOUS_FILE");
-        } else {
-            command.env("VGI_SIGNING_KEY_PREVIOUS_FILE", verify.join(","));
-        }
+        match crate::secrets::store::verify_key_files(&state.key_file) {
+            Some(files) => command.env("VGI_SIGNING_KEY_PREVIOUS_FILE", files),
+            None => command.env_remove("VGI_SIGNING_KEY_PREVIOUS_FILE"),
+        };
         let mut child = command
             .env("KIT_STORAGE", "local")
             .env("KIT_STORAGE_DIR", &state.objects_dir)

@@ -1673,3 +1673,129 @@ fn ownership_tags_guard_up_and_down() {
     assert!(described.deleted_date().is_some(), "scheduled, not gone");
     delete_bucket(&cloud, &project.bucket);
 }
+
+/// `down --delete-data` empties a bucket under the prefix the state
+/// recorded for it, also when the config names another bucket by now: the
+/// objects outside that prefix (another team's) stay, and so does the bucket.
+#[test]
+fn down_delete_data_of_a_bucket_the_config_no_longer_names_keeps_other_prefixes() {
+    let servers = servers();
+    let cloud = Cloud::new(&servers);
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let bucket = format!("dk-renamed-{unique}");
+    make_bucket(&cloud, &bucket, false);
+    let id = "0011223344556677";
+    let tag = aws_sdk_s3::types::Tag::builder()
+        .key("deploy-kit:deployment")
+        .value(format!("svc/ci/lambda@{id}"))
+        .build()
+        .unwrap();
+    cloud
+        .runtime
+        .block_on(
+            cloud
+                .s3
+                .put_bucket_tagging()
+                .bucket(&bucket)
+                .tagging(
+                    aws_sdk_s3::types::Tagging::builder()
+                        .tag_set(tag)
+                        .build()
+                        .unwrap(),
+                )
+                .send(),
+        )
+        .unwrap();
+    for key in ["svc/ours.bin", "other-team/theirs.bin"] {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .s3
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .body(b"x".to_vec().into())
+                    .send(),
+            )
+            .unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("deploy-kit-renamed-{unique}"));
+    std::fs::create_dir_all(dir.join(".deploy-kit/ci/lambda")).unwrap();
+    // The config moved to another bucket (and prefix); the state records the old one.
+    std::fs::write(
+        dir.join("deploy-kit.yaml"),
+        format!(
+            "version: 1
+service: {{name: svc, environment: ci, package: svc}}
+targets:
+  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}
+storage: {{provider: s3, bucket: dk-new-{unique}, prefix: vgi-rpc/, credential: instance-role}}
+"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".deploy-kit/ci/lambda/state.json"),
+        serde_json::json!({
+            "schema": "deploy-kit.state/v1",
+            "engine": "aws",
+            "environment": "ci",
+            "target": "lambda",
+            "id": id,
+            "resources": [{
+                "kind": "bucket",
+                "name": bucket,
+                "settings": {"lifecycle.prefix": "svc/", "region": "us-east-1"},
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let output = Command::cargo_bin("deploy-kit")
+        .unwrap()
+        .current_dir(&dir)
+        .args(["down", "lambda", "--delete-data", "--yes"])
+        .env("AWS_ENDPOINT_URL", &servers.moto)
+        .env("AWS_ENDPOINT_URL_S3", &servers.s3)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("DEPLOY_KIT_CONFIG")
+        .env_remove("DEPLOY_KIT_TARGET")
+        .env_remove("DEPLOY_KIT_STATE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let listed = cloud
+        .runtime
+        .block_on(cloud.s3.list_objects_v2().bucket(&bucket).send());
+    let keys: Vec<String> = listed
+        .map(|l| {
+            l.contents()
+                .iter()
+                .map(|o| o.key().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        ["other-team/theirs.bin"],
+        "exit {:?}\n{stderr}",
+        output.status.code()
+    );
+    assert!(
+        stderr.contains("holds objects outside the service's prefix `svc/`"),
+        "{stderr}"
+    );
+    for key in &keys {
+        let _ = cloud
+            .runtime
+            .block_on(cloud.s3.delete_object().bucket(&bucket).key(key).send());
+    }
+    delete_bucket(&cloud, &bucket);
+    let _ = std::fs::remove_dir_all(&dir);
+}

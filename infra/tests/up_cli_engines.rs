@@ -325,6 +325,7 @@ kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/servi
     project.answers(
         "kubectl config current-context*|0|kind-ci
 kubectl get namespace vgi-ns -o jsonpath*|0|deploy-kit
+kubectl -n vgi-ns get secret vgi-signing-key -o jsonpath*|0|deploy-kit
 kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
 ",
     );
@@ -415,6 +416,44 @@ kubectl -n vgi-ns get secret vgi-signing-key*|1|
 
 /// `down` without `--yes`: refused with the list where no terminal can
 /// ask (CI, a pipe), asked on a terminal, where only `y` deletes.
+/// A signing-key Secret the user made before `up` (`signing_key.secret:
+/// k8s:NAME`, no deploy-kit label) is "exists, key kept" at `up`, and `down`
+/// keeps it and says so.
+#[test]
+fn kubernetes_down_keeps_a_secret_up_did_not_make() {
+    let project = Project::new("kubernetes-own-secret", KUBERNETES, &["kubectl"]);
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|0|namespace/vgi-ns
+kubectl -n vgi-ns get secret vgi-signing-key*|0|secret/vgi-signing-key
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
+kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+",
+    );
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(stderr.contains("exists, key kept"), "{stderr}");
+    project.take_log();
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o jsonpath*|0|
+kubectl -n vgi-ns get secret vgi-signing-key -o jsonpath*|0|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|0|{\"deploy-kit.dev/service\":\"vgi\",\"deploy-kit.dev/environment\":\"ci\",\"deploy-kit.dev/target\":\"cluster\"}
+",
+    );
+    let (code, _, stderr) = project.run(&["down", "cluster", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let log = project.take_log();
+    assert!(
+        !log.contains("delete secret vgi-signing-key"),
+        "down deleted the user's pre-existing signing-key Secret:\n{log}"
+    );
+    assert!(
+        stderr.contains("secret/vgi-ns/vgi-signing-key: kept, it is yours"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn down_asks_on_a_terminal_and_refuses_elsewhere_without_yes() {
     let project = Project::new("kubernetes-confirm", KUBERNETES, &["kubectl"]);
@@ -518,7 +557,7 @@ fly secrets list*|0|[]
     assert_never_leaked(&project, &key, &[&stdout, &stderr]);
 
     project.answers(
-        "fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+        "fly apps list --json*|0|[{\"ID\":\"vgi-ci\",\"Name\":\"vgi-ci\"}]
 fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
 ",
     );
@@ -531,13 +570,148 @@ fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
     insta::assert_snapshot!("fly_down", project.take_log());
 }
 
+const FLY_ENVIRONMENTS: &str = "version: 1
+service: {name: vgi, environment: production, image: \"registry.fly.io/vgi:1\"}
+environments:
+  production: {}
+  staging:
+    signing_key: {secret: \"fly:vgi-staging-signing-key\"}
+targets:
+  app: {platform: fly, region: ams, instances: 2}
+limits: {request_timeout_seconds: 60, shutdown_grace_seconds: 3}
+signing_key: {source: secret, secret: \"fly:vgi-signing-key\"}
+";
+
+/// The `--app` of each `fly deploy` in `log`.
+fn deployed_apps(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with("fly deploy"))
+        .filter_map(|l| l.split(" --app ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Two environments of one service on Fly get an app each
+/// (`<service.name>-<environment>`), and `down` of one leaves the other's.
+#[test]
+fn fly_environments_get_distinct_apps() {
+    let project = Project::new("fly-envs", FLY_ENVIRONMENTS, &["fly"]);
+    project.answers("fly apps list --json*|0|[]\nfly secrets list*|0|[]\n");
+    let (code, _, stderr) = project.run(&[
+        "up",
+        "app",
+        "--env",
+        "staging",
+        "--image",
+        "registry.fly.io/vgi:1",
+    ]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    let staging_log = project.take_log();
+    let (code, _, stderr) = project.run(&[
+        "up",
+        "app",
+        "--env",
+        "production",
+        "--image",
+        "registry.fly.io/vgi:1",
+    ]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    let production_log = project.take_log();
+    assert_eq!(
+        deployed_apps(&staging_log),
+        ["vgi-staging"],
+        "{staging_log}"
+    );
+    assert_eq!(
+        deployed_apps(&production_log),
+        ["vgi-production"],
+        "{production_log}"
+    );
+    let (code, _, stderr) = project.run(&["down", "app", "--env", "staging", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let down_log = project.take_log();
+    assert!(
+        down_log.contains("fly apps destroy vgi-staging --yes"),
+        "{down_log}"
+    );
+    assert!(
+        !down_log.contains("vgi-production"),
+        "`down --env staging` touched production's app:\n{down_log}"
+    );
+}
+
+/// A state from before apps were named per environment records the app
+/// `service.name`: `up`, `plan` and `down` keep using that app, so an
+/// upgrade neither orphans the running app nor makes a second one.
+#[test]
+fn fly_keeps_the_app_an_existing_state_records() {
+    let project = Project::new("fly-recorded-app", FLY, &["fly"]);
+    project.answers("fly apps list --json*|0|[]\nfly secrets list*|0|[]\n");
+    let (code, _, stderr) = project.run(&["up", "app", "--image", "registry.fly.io/vgi:1"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    let path = project.dir.join(".deploy-kit/ci/app/state.json");
+    let state = std::fs::read_to_string(&path).unwrap();
+    assert!(state.contains("\"vgi-ci\""), "{state}");
+    std::fs::write(&path, state.replace("\"vgi-ci", "\"vgi")).unwrap();
+    project.answers(
+        "fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
+",
+    );
+    project.take_log();
+    let (code, stdout, stderr) = project.run(&["plan", "app"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stdout.contains("fly-app/"),
+        "the app is unchanged:\n{stdout}"
+    );
+    let (code, _, stderr) = project.run(&["up", "app", "--image", "registry.fly.io/vgi:2"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    let log = project.take_log();
+    assert_eq!(deployed_apps(&log), ["vgi"], "{log}");
+    assert!(!log.contains("apps create"), "{log}");
+    let (code, _, stderr) = project.run(&["down", "app", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let log = project.take_log();
+    assert!(log.contains("fly apps destroy vgi --yes"), "{log}");
+}
+
+/// An app whose signing key was set before `up` (adopted, not created):
+/// `down` keeps the app and the key, and scales the machines to 0.
+#[test]
+fn fly_down_keeps_a_key_set_before_up() {
+    let project = Project::new("fly-own-key", FLY, &["fly"]);
+    project.answers(
+        "fly apps list --json*|0|[{\"ID\":\"vgi-ci\",\"Name\":\"vgi-ci\"}]
+fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
+",
+    );
+    let (code, _, stderr) = project.run(&["up", "app", "--image", "registry.fly.io/vgi:1"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(stderr.contains("set, key kept"), "{stderr}");
+    project.take_log();
+    let (code, _, stderr) = project.run(&["down", "app", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let log = project.take_log();
+    assert!(!log.contains("secrets unset"), "{log}");
+    assert!(!log.contains("apps destroy"), "{log}");
+    assert!(
+        log.contains("fly scale count 0 --app vgi-ci --yes"),
+        "{log}"
+    );
+    assert!(
+        stderr.contains("secret/vgi-ci/VGI_SIGNING_KEY: kept, it was set before `up`"),
+        "{stderr}"
+    );
+}
+
 /// Each `up` records its image as a release; `rollback` deploys the
 /// previous image again (`fly deploy --image`) and records that.
 #[test]
 fn fly_rollback_deploys_the_previous_image_again() {
     let project = Project::new("fly-rollback", FLY, &["fly"]);
     project.answers(
-        "fly apps list --json*|0|[{\"ID\":\"vgi\",\"Name\":\"vgi\"}]
+        "fly apps list --json*|0|[{\"ID\":\"vgi-ci\",\"Name\":\"vgi-ci\"}]
 fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
 ",
     );

@@ -413,6 +413,81 @@ impl Drop for KillOnDrop {
 
 /// Staging and production from one config, side by side: distinct output
 /// dirs, states, buckets, keys and processes; `down --env` removes one only.
+/// `down --delete-data` empties the bucket the state records under the
+/// prefix recorded with it, not the config's (which names another bucket by
+/// now): another team's objects in it stay, and so does the bucket.
+#[test]
+fn down_delete_data_of_a_bucket_the_config_no_longer_names_keeps_other_prefixes() {
+    let mut project = Project::new("renamed");
+    let old = format!("{}-old", project.bucket);
+    let clients =
+        deploy_kit::engine::aws::clients::AwsClients::new("us-east-1", Some(&project.servers.s3))
+            .unwrap();
+    let s3 = &clients.s3;
+    clients
+        .runtime
+        .block_on(s3.create_bucket().bucket(&old).send())
+        .unwrap();
+    for key in ["svc/ours.bin", "other-team/theirs.bin"] {
+        clients
+            .runtime
+            .block_on(
+                s3.put_object()
+                    .bucket(&old)
+                    .key(key)
+                    .body(b"x".to_vec().into())
+                    .send(),
+            )
+            .unwrap();
+    }
+    std::fs::create_dir_all(project.output_dir()).unwrap();
+    std::fs::write(
+        project.output_dir().join("state.json"),
+        serde_json::json!({
+            "schema": "deploy-kit.state/v1",
+            "engine": "compose",
+            "environment": "ci",
+            "target": "stack",
+            "id": "0011223344556677",
+            "resources": [{
+                "kind": "bucket",
+                "name": old,
+                "settings": {"lifecycle.prefix": "svc/", "endpoint": project.servers.s3},
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = project.run(&["down", "stack", "--yes", "--delete-data"]);
+    let keys: Vec<String> = clients
+        .runtime
+        .block_on(s3.list_objects_v2().bucket(&old).send())
+        .map(|l| {
+            l.contents()
+                .iter()
+                .map(|o| o.key().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in &keys {
+        let _ = clients
+            .runtime
+            .block_on(s3.delete_object().bucket(&old).key(key).send());
+    }
+    let _ = clients
+        .runtime
+        .block_on(s3.delete_bucket().bucket(&old).send());
+    assert_eq!(
+        keys,
+        ["other-team/theirs.bin"],
+        "exit {code}\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("holds objects outside the service's prefix `svc/`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn staging_and_production_run_side_by_side() {
     let mut project = Project::new("envs");

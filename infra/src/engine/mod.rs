@@ -97,6 +97,15 @@ impl Resource {
         format!("{}/{}", self.kind, self.name)
     }
 
+    /// The prefix under which a recorded bucket holds the service's
+    /// objects (`storage.prefix` when `up` made it): all that `down
+    /// --delete-data` deletes, whatever the config names now.
+    pub fn data_prefix(&self) -> Option<&str> {
+        self.settings
+            .get(setting::LIFECYCLE_PREFIX)
+            .map(String::as_str)
+    }
+
     fn same_identity(&self, other: &Resource) -> bool {
         self.kind == other.kind && self.name == other.name
     }
@@ -530,6 +539,20 @@ pub struct Kept {
     pub resource: Resource,
     pub reason: String,
     pub command: String,
+}
+
+impl Kept {
+    /// A recorded bucket with no recorded prefix (a hand-edited state):
+    /// which of its objects are the service's is unknown, so none is deleted.
+    pub fn bucket_without_prefix(name: &str) -> Kept {
+        Kept {
+            resource: Resource::new(kind::BUCKET, name),
+            reason: format!(
+                "the state records no prefix for bucket `{name}`, so `--delete-data` cannot tell the service's objects from others"
+            ),
+            command: format!("aws s3 rm s3://{name}/PREFIX --recursive, then delete the bucket"),
+        }
+    }
 }
 
 /// A native engine for one cloud.

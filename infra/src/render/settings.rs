@@ -119,6 +119,10 @@ pub struct TargetSettings {
     pub host: Option<String>,
     /// `<name>-<target>`: the Pulumi project and stack-scoped names.
     pub resource_prefix: String,
+    /// `<service.name>-<environment>`: the app on a platform whose app
+    /// names are one namespace for every environment (Fly), as the Lambda
+    /// function and the Cloud Run service are named.
+    pub app: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -425,6 +429,7 @@ impl Settings {
                 namespace: target.namespace.clone().unwrap_or_else(|| "default".into()),
                 host: target.host.clone(),
                 resource_prefix: format!("{name}-{target_name}"),
+                app: format!("{name}-{}", config.service.environment),
             },
             limits: LimitSettings {
                 max_request_bytes: limits.max_request_bytes,

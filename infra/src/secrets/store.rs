@@ -182,6 +182,21 @@ pub fn replica_keys_with(keys: &KeySet, to_ref: impl Fn(&Secret, &str) -> KeyRef
     }
 }
 
+/// `VGI_SIGNING_KEY_PREVIOUS_FILE` for a replica whose primary key is
+/// `key_file` in a [`FileKeyStore`] directory: the pending and previous keys
+/// beside it that a rotation (`deploy-kit secrets rotate`) left, which verify
+/// too; `None` outside a rotation.
+pub fn verify_key_files(key_file: &Path) -> Option<String> {
+    let dir = key_file.parent()?;
+    let files: Vec<String> = [PENDING_FILE, PREVIOUS_FILE]
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    (!files.is_empty()).then(|| files.join(","))
+}
+
 /// Keys as 0600 files in a directory (`up local`, process and compose targets);
 /// replicas read them through `VGI_SIGNING_KEY_FILE` and
 /// `VGI_SIGNING_KEY_PREVIOUS_FILE`.

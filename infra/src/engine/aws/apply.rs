@@ -1078,18 +1078,21 @@ impl AwsEngine {
                 }),
                 "ResourceNotFoundException",
             ),
-            kind::BUCKET => match self.buckets().delete(
-                name,
-                self.settings
-                    .bucket
-                    .as_ref()
-                    .filter(|b| b.name == name)
-                    .map_or("", |b| b.prefix.as_str()),
-                options,
-            )? {
-                Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
-                None => Ok((None, "deleted".to_string())),
-            },
+            kind::BUCKET => {
+                // The prefix recorded when `up` made the bucket: the config
+                // may name another bucket or prefix by now.
+                let left = match resource.data_prefix() {
+                    Some(prefix) => self.buckets().delete(name, prefix, options)?,
+                    None => self
+                        .buckets()
+                        .delete(name, "", DestroyOptions { delete_data: false })?
+                        .map(|_| Kept::bucket_without_prefix(name)),
+                };
+                match left {
+                    Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
+                    None => Ok((None, "deleted".to_string())),
+                }
+            }
             other => Err(CommandError::new(
                 format!("the state records a `{other}` resource the AWS engine does not know"),
                 "delete it by hand, then remove it from the state file",
@@ -1401,7 +1404,7 @@ impl Engine for AwsEngine {
     }
 
     fn refresh(&self, recorded: &Resource) -> Result<crate::engine::Live, CommandError> {
-        use crate::engine::{Live, setting};
+        use crate::engine::Live;
         let exists = |found: bool| {
             if found {
                 Live::Present(Default::default())
@@ -1418,11 +1421,7 @@ impl Engine for AwsEngine {
         let name = recorded.name.as_str();
         match recorded.kind.as_str() {
             kind::BUCKET => {
-                let prefix = recorded
-                    .settings
-                    .get(setting::LIFECYCLE_PREFIX)
-                    .map(String::as_str)
-                    .unwrap_or("");
+                let prefix = recorded.data_prefix().unwrap_or("");
                 Ok(match self.buckets().live(name, prefix)? {
                     Some(live) => Live::Present(live),
                     None => Live::Missing,

@@ -11,9 +11,12 @@
 //! `service.image` is set); `fly scale
 //! count` to `instances`.
 //!
+//! The app is `<service.name>-<environment>` (the settings' `target.app`),
+//! or the app the state already records.
+//!
 //! `down`: `fly apps destroy` when `up` created the app (secrets and
-//! machines go with it); for an adopted app, the secret is unset, the
-//! machines scaled to 0, and the app kept.
+//! machines go with it); for an adopted app, the secret is unset when `up`
+//! set it, the machines scaled to 0, and the app kept.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -40,7 +43,10 @@ struct Plan {
     fly_toml_sha256: String,
 }
 
-fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
+/// `previous` is the recorded state: the app it names stays the app (a
+/// deployment made when the app was `service.name` keeps running there);
+/// a new deployment's app is `<service.name>-<environment>`.
+fn resolve(deployment: &Deployment, previous: Option<&State>) -> Result<Plan, CommandError> {
     let settings = Settings::resolve(
         &deployment.config,
         &deployment.target_name,
@@ -61,7 +67,9 @@ fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
         .map(|s| (s.variable.clone(), s.secret_name.clone()))
         .collect();
     Ok(Plan {
-        app: settings.service.name.clone(),
+        app: previous
+            .and_then(recorded_app)
+            .map_or_else(|| settings.target.app.clone(), str::to_string),
         region: deployment
             .target
             .region
@@ -75,9 +83,22 @@ fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
     })
 }
 
+/// The Fly app a state records.
+fn recorded_app(state: &State) -> Option<&str> {
+    state
+        .resources
+        .iter()
+        .find(|r| r.kind == APP)
+        .map(|r| r.name.as_str())
+}
+
 /// Desired resources: the app, the key secret, the deployed machines.
 pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
-    let plan = resolve(deployment)?;
+    let previous = State::load(&deployment.state_path())?;
+    desired_of(&resolve(deployment, previous.as_ref())?)
+}
+
+fn desired_of(plan: &Plan) -> Result<Vec<Resource>, CommandError> {
     let mut resources = vec![Resource::new(APP, &plan.app).with("primary_region", &plan.region)];
     if let Some(variable) = &plan.key_variable {
         resources.push(Resource::new(
@@ -131,7 +152,7 @@ impl FlyEngine {
     ) -> Result<FlyEngine, CommandError> {
         Ok(FlyEngine {
             cli,
-            plan: resolve(deployment)?,
+            plan: resolve(deployment, previous.as_ref())?,
             previous,
             output_dir: deployment.output_dir.clone(),
             deployment: deployment.clone(),
@@ -166,7 +187,7 @@ impl Engine for FlyEngine {
     }
 
     fn desired(&self) -> Result<Vec<Resource>, CommandError> {
-        desired(&self.deployment)
+        desired_of(&self.plan)
     }
 
     fn apply(
@@ -208,7 +229,7 @@ impl Engine for FlyEngine {
                 }
                 kind::SECRET => {
                     let variable = self.plan.key_variable.clone().unwrap_or_default();
-                    progress.step(&want.address(), || {
+                    let created = progress.step(&want.address(), || {
                         let names = self.secret_names()?;
                         for (provided, secret) in &self.plan.provided_variables {
                             if !names.contains(provided) {
@@ -220,7 +241,7 @@ impl Engine for FlyEngine {
                             }
                         }
                         if names.contains(&variable) {
-                            return Ok(((), "set, key kept".into()));
+                            return Ok((false, "set, key kept".into()));
                         }
                         let line = format!("{variable}={}\n", new_signing_key()?);
                         self.cli.must(
@@ -229,9 +250,13 @@ impl Engine for FlyEngine {
                             false,
                             "read flyctl's message above",
                         )?;
-                        Ok(((), "set with a new key".into()))
+                        Ok((true, "set with a new key".into()))
                     })?;
-                    want.clone()
+                    mark_created(
+                        want.clone(),
+                        created,
+                        created_before(self.previous.as_ref(), kind::SECRET, &want.name),
+                    )
                 }
                 _ => {
                     let fly_toml = self.output_dir.join("fly.toml");
@@ -293,7 +318,8 @@ impl Engine for FlyEngine {
         progress.step("fly auth", || {
             self.logged_in().map(|()| ((), "logged in".into()))
         })?;
-        let app = &self.plan.app;
+        // The app this state made or adopted, whatever the config says now.
+        let app = recorded_app(state).unwrap_or(&self.plan.app);
         let app_goes = state
             .find(APP, app)
             .and_then(|r| r.outputs.get(super::CREATED))
@@ -325,6 +351,17 @@ impl Engine for FlyEngine {
                 }
                 _ if app_goes => {
                     progress.note(&format!("  {}: goes with the app", resource.address()));
+                }
+                kind::SECRET
+                    if resource
+                        .outputs
+                        .get(super::CREATED)
+                        .is_none_or(|c| c != "true") =>
+                {
+                    progress.note(&format!(
+                        "  {}: kept, it was set before `up`",
+                        resource.address()
+                    ));
                 }
                 kind::SECRET => {
                     let variable = resource.name.rsplit('/').next().unwrap_or_default();

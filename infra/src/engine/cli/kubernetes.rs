@@ -297,6 +297,18 @@ impl KubernetesEngine {
         Ok(self.cli.run(&argv, None, true)?.success)
     }
 
+    /// Whether the object `get` names carries deploy-kit's managed-by label
+    /// (`up` labels what it creates); one that is gone counts as ours.
+    fn made_by_deploy_kit(&self, mut get: Vec<OsString>) -> Result<bool, CommandError> {
+        let label = format!(
+            "jsonpath={{.metadata.labels.{}}}",
+            MANAGED_BY_LABEL.replace('.', "\\.")
+        );
+        get.extend(args(["-o", &label]));
+        let owner = self.cli.run(&get, None, true)?;
+        Ok(!owner.success || owner.stdout.trim() == "deploy-kit")
+    }
+
     /// The Secret manifest for `key`, fed to `kubectl create -f -` on stdin.
     fn secret_manifest(&self, name: &str, key: &str) -> String {
         format!(
@@ -497,45 +509,42 @@ impl Engine for KubernetesEngine {
                 .split_once('/')
                 .unwrap_or(("", resource.name.as_str()));
             match resource.kind.as_str() {
+                NAMESPACE
+                    if !self.made_by_deploy_kit(args(["get", "namespace", &resource.name]))? =>
+                {
+                    progress.note(&format!(
+                        "  {}: kept, deploy-kit did not create it",
+                        resource.address()
+                    ));
+                    kept.push(Kept {
+                        resource: resource.clone(),
+                        reason: format!(
+                            "namespace `{}` was not created by deploy-kit",
+                            resource.name
+                        ),
+                        command: format!("kubectl delete namespace {}", resource.name),
+                    });
+                }
                 NAMESPACE => {
-                    let label = format!(
-                        "jsonpath={{.metadata.labels.{}}}",
-                        MANAGED_BY_LABEL.replace('.', "\\.")
-                    );
-                    let owner = self.cli.run(
-                        &args(["get", "namespace", &resource.name, "-o", &label]),
-                        None,
-                        true,
-                    )?;
-                    if owner.success && owner.stdout.trim() != "deploy-kit" {
-                        progress.note(&format!(
-                            "  {}: kept, deploy-kit did not create it",
-                            resource.address()
-                        ));
-                        kept.push(Kept {
-                            resource: resource.clone(),
-                            reason: format!(
-                                "namespace `{}` was not created by deploy-kit",
-                                resource.name
-                            ),
-                            command: format!("kubectl delete namespace {}", resource.name),
-                        });
-                    } else {
-                        progress.step(&resource.address(), || {
-                            self.cli.must(
-                                &args([
-                                    "delete",
-                                    "namespace",
-                                    &resource.name,
-                                    "--ignore-not-found",
-                                ]),
-                                None,
-                                false,
-                                "read kubectl's message above",
-                            )?;
-                            Ok(((), "deleted".into()))
-                        })?;
-                    }
+                    progress.step(&resource.address(), || {
+                        self.cli.must(
+                            &args(["delete", "namespace", &resource.name, "--ignore-not-found"]),
+                            None,
+                            false,
+                            "read kubectl's message above",
+                        )?;
+                        Ok(((), "deleted".into()))
+                    })?;
+                }
+                // A signing-key Secret that existed before `up` is the user's.
+                kind::SECRET
+                    if !self
+                        .made_by_deploy_kit(args(["-n", namespace, "get", "secret", name]))? =>
+                {
+                    progress.note(&format!(
+                        "  {}: kept, it is yours (deploy-kit did not create it)",
+                        resource.address()
+                    ));
                 }
                 other => {
                     let kubectl_kind = if other == kind::SECRET {

@@ -622,7 +622,7 @@ pub fn down(
                     )),
                 }
             }
-            kind::BUCKET => delete_bucket(deployment, &settings, &resource.name, delete_data),
+            kind::BUCKET => delete_bucket(deployment, &settings, resource, delete_data),
             other => Err(CommandError::new(
                 format!("the state records a `{other}` resource the compose engine does not know"),
                 "remove it by hand, then remove it from the state file",
@@ -733,9 +733,10 @@ fn ensure_bucket(
 fn delete_bucket(
     deployment: &Deployment,
     settings: &ComposeSettings,
-    name: &str,
+    recorded: &Resource,
     delete_data: bool,
 ) -> Result<(Option<super::Kept>, String), CommandError> {
+    let name = recorded.name.as_str();
     let Some(storage) = &settings.storage else {
         return Err(CommandError::new(
             format!("the state records bucket `{name}` but `storage:` is gone from the config"),
@@ -747,11 +748,15 @@ fn delete_bucket(
     };
     let region = region_of(deployment);
     let clients = super::aws::clients::AwsClients::new(&region, storage.endpoint.as_deref())?;
-    match buckets_for(&clients, storage, &region, &deployment.target_name).delete(
-        name,
-        &storage.prefix,
-        super::DestroyOptions { delete_data },
-    )? {
+    let buckets = buckets_for(&clients, storage, &region, &deployment.target_name);
+    // The prefix recorded when `up` made the bucket, not the config's now.
+    let left = match recorded.data_prefix() {
+        Some(prefix) => buckets.delete(name, prefix, super::DestroyOptions { delete_data })?,
+        None => buckets
+            .delete(name, "", super::DestroyOptions { delete_data: false })?
+            .map(|_| super::Kept::bucket_without_prefix(name)),
+    };
+    match left {
         Some(kept) => Ok((Some(kept), "kept: it holds objects".to_string())),
         None => Ok((None, "deleted".to_string())),
     }
@@ -769,7 +774,7 @@ fn ensure_bucket(
 fn delete_bucket(
     deployment: &Deployment,
     _settings: &ComposeSettings,
-    _name: &str,
+    _recorded: &Resource,
     _delete_data: bool,
 ) -> Result<(Option<super::Kept>, String), CommandError> {
     Err(without_aws(deployment))
@@ -961,6 +966,11 @@ impl Supervisor<'_> {
             "VGI_SIGNING_KEY_FILE",
             self.settings.key_file.display().to_string(),
         );
+        // Mid-rotation (`deploy-kit secrets rotate`), the staged or
+        // previous key verifies too.
+        if let Some(files) = crate::secrets::store::verify_key_files(&self.settings.key_file) {
+            set("VGI_SIGNING_KEY_PREVIOUS_FILE", files);
+        }
         if let Some(reference) = &config.auth.api_keys {
             let name = crate::render::secret_name_of(reference);
             let file = self.settings.output_dir.join("secrets").join(&name);
@@ -1546,6 +1556,64 @@ storage:
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("deploy-kit.yaml"), CONFIG).unwrap();
         Deployment::load(None, Some("stack"), &dir).unwrap()
+    }
+
+    /// `secrets rotate` on a compose target keeps its keys in the output
+    /// directory (FileKeyStore): after `promote`, `signing-key` is the new
+    /// key and `signing-key.previous` the old one. A replica that `up`
+    /// (re)starts verifies with the previous key too.
+    #[test]
+    fn replicas_started_mid_rotation_verify_with_the_previous_key() {
+        use crate::secrets::store::{FileKeyStore, KeyStore, PREVIOUS_FILE, Secret};
+        let dir =
+            std::env::temp_dir().join(format!("deploy-kit-compose-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("deploy-kit.yaml"),
+            "version: 1\nservice: {name: vgi, environment: test, package: vgi}\ntargets:\n  stack: {platform: compose, instances: 1}\n",
+        )
+        .unwrap();
+        let deployment = Deployment::load(None, Some("stack"), &dir).unwrap();
+        let settings = ComposeSettings::resolve(&deployment).unwrap();
+        std::fs::create_dir_all(&deployment.output_dir).unwrap();
+        std::fs::write(&settings.key_file, format!("hex:{}\n", "11".repeat(32))).unwrap();
+        let mut store = FileKeyStore::new(&deployment.output_dir);
+        store.stage(&Secret::generate().unwrap()).unwrap();
+        store.promote().unwrap();
+        let options = UpOptions {
+            runtime: Runtime::Processes,
+            kit_service: None,
+            nginx: None,
+            port: 0,
+            wait: false,
+            returns_to: None,
+        };
+        let state_path = deployment.state_path();
+        let supervisor = Supervisor {
+            deployment: &deployment,
+            settings: &settings,
+            options: &options,
+            state_path: &state_path,
+            children: Vec::new(),
+            binary: None,
+        };
+        let environment = supervisor.replica_environment().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let previous = environment
+            .iter()
+            .find(|(name, _)| name == "VGI_SIGNING_KEY_PREVIOUS_FILE")
+            .map(|(_, value)| value.clone());
+        assert_eq!(
+            previous,
+            Some(
+                deployment
+                    .output_dir
+                    .join(PREVIOUS_FILE)
+                    .display()
+                    .to_string()
+            ),
+            "{environment:?}"
+        );
     }
 
     #[test]
