@@ -44,6 +44,12 @@ pub struct Args {
     /// shown as drift, and the plan restores the config against what is live.
     #[arg(long)]
     pub refresh: bool,
+    /// Where the state is kept, as for `up`: `local`, `s3://BUCKET/PREFIX`
+    /// or `gs://BUCKET/PREFIX`; default `state:` in deploy-kit.yaml, else
+    /// `local`. A remote state is pulled into the working copy first, as
+    /// `up` pulls it, so the plan is made against what `up` will use.
+    #[arg(long = "state", env = "DEPLOY_KIT_STATE", value_name = "LOCATION")]
+    pub state: Option<String>,
 }
 
 /// The plan of one target, as printed.
@@ -311,6 +317,15 @@ fn plan(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<u8, Command
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let deployment = Deployment::load(args.config.as_deref(), args.target.as_deref(), &cwd)?;
     doctor_gate(&deployment, args.force, env)?;
+    // No lock: a plan changes nothing but the working copy, which `up`
+    // would replace the same way.
+    let state = crate::state::StateArgs {
+        location: args.state.clone(),
+        lock_timeout: 0,
+    };
+    state
+        .store(&deployment, env)?
+        .sync_working(&deployment.state_path())?;
     // Plan never builds: it compares the given or last-built package, or
     // shows the artifact as "to build".
     let package = match &args.package {

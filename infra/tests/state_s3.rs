@@ -124,3 +124,69 @@ fn an_unreachable_bucket_is_a_clear_error_and_takes_no_lock() {
         Err(StateError::Unreachable { .. })
     ));
 }
+
+/// Finding: `plan` read only the local `state.json`, so on a fresh checkout
+/// (CI) with `state: s3://...` it showed everything as "to create" and none
+/// of the deletes `up`, which pulls the remote state, would then make.
+#[test]
+fn plan_is_made_against_the_remote_state_up_would_use() {
+    let moto = endpoint("KIT_TEST_MOTO_ENDPOINT");
+    let bucket = unique("plan-state");
+    make_bucket(&moto, &bucket);
+    let recorded = r#"{"schema":"deploy-kit.state/v1","engine":"aws","environment":"test","target":"lambda","id":"0011223344556677","resources":[{"kind":"bucket","name":"legacy-data","settings":{}}]}"#;
+    Store::with_backend(
+        Box::new(S3Backend::new(&bucket, "us-east-1", Some(&moto)).unwrap()),
+        StateLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: "teams".into(),
+        },
+        "teams/svc/test/lambda/state.json",
+        "lambda",
+    )
+    .push(recorded.as_bytes(), "the test's state")
+    .unwrap();
+    // A fresh checkout: no `.deploy-kit/`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deploy-kit.yaml"),
+        format!(
+            "version: 1\nstate: s3://{bucket}/teams\nservice: {{name: svc, environment: test, package: svc}}\ntargets:\n  lambda: {{platform: aws-lambda-function-url, region: us-east-1}}\n"
+        ),
+    )
+    .unwrap();
+    let plan = || {
+        assert_cmd::Command::cargo_bin("deploy-kit")
+            .unwrap()
+            .args(["plan", "lambda", "--force"])
+            .current_dir(dir.path())
+            .env("AWS_ENDPOINT_URL", &moto)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("DEPLOY_KIT_CONFIG")
+            .env_remove("DEPLOY_KIT_STATE")
+            .env_remove("DEPLOY_KIT_TARGET")
+            .output()
+            .unwrap()
+    };
+    let output = plan();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "changes: {stdout}\n{stderr}");
+    assert!(
+        stdout.contains("- delete bucket/legacy-data"),
+        "the remote state's bucket, which `up` would prune:\n{stdout}\n{stderr}"
+    );
+    let working = dir.path().join(".deploy-kit/test/lambda/state.json");
+    let pulled = std::fs::read_to_string(&working).unwrap();
+    assert!(pulled.contains("legacy-data"), "{pulled}");
+
+    // A stale local copy does not win: the remote state does, and the copy is kept aside.
+    std::fs::write(&working, recorded.replace("legacy-data", "stale-local")).unwrap();
+    let output = plan();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("- delete bucket/legacy-data"), "{stdout}");
+    assert!(!stdout.contains("stale-local"), "{stdout}");
+    let kept = std::fs::read_to_string(working.with_extension("json.replaced")).unwrap();
+    assert!(kept.contains("stale-local"), "{kept}");
+}

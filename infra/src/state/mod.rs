@@ -805,6 +805,19 @@ fn parse_state(bytes: &[u8], what: &str) -> Result<State, StateError> {
 }
 
 /// Makes `working` the remote state (see [`Session::begin`]); returns it.
+impl Store {
+    /// For a remote store, makes `working` (the engines' `state.json`) the
+    /// stored state, as a locked run does at its start (a differing local
+    /// copy is kept aside; a state kept only locally is refused). Local:
+    /// nothing to do.
+    pub fn sync_working(&self, working: &Path) -> Result<(), StateError> {
+        match self.location {
+            StateLocation::Local => Ok(()),
+            _ => sync_working_copy(self, working).map(|_| ()),
+        }
+    }
+}
+
 fn sync_working_copy(store: &Store, working: &Path) -> Result<Option<Vec<u8>>, StateError> {
     let pulled = store.pull()?;
     let local = match std::fs::read(working) {
