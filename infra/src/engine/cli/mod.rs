@@ -291,15 +291,8 @@ pub fn mark_created(mut resource: Resource, created_now: bool, before: bool) -> 
     resource
 }
 
-/// The engine for a deployment's platform. `previous` is the recorded state
-/// (engines use it to remember what they created); `package` is the Azure
-/// Functions zip `up` built (or was given), deployed as it is.
-pub fn engine_for(
-    deployment: &Deployment,
-    previous: Option<State>,
-    package: Option<&Path>,
-    owner: Option<crate::engine::owner::Owner>,
-) -> Result<Box<dyn Engine>, CommandError> {
+/// The target's CLI on `PATH`, run in the config file's directory.
+pub fn cli_for(deployment: &Deployment) -> Result<Cli, CommandError> {
     let program = find(
         tool_for(deployment.target.platform),
         std::env::var_os("PATH").as_deref(),
@@ -309,7 +302,19 @@ pub fn engine_for(
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let cli = Cli::new(program, &working_dir);
+    Ok(Cli::new(program, &working_dir))
+}
+
+/// The engine for a deployment's platform. `previous` is the recorded state
+/// (engines use it to remember what they created); `package` is the Azure
+/// Functions zip `up` built (or was given), deployed as it is.
+pub fn engine_for(
+    deployment: &Deployment,
+    previous: Option<State>,
+    package: Option<&Path>,
+    owner: Option<crate::engine::owner::Owner>,
+) -> Result<Box<dyn Engine>, CommandError> {
+    let cli = cli_for(deployment)?;
     Ok(match deployment.target.platform {
         Platform::Fly => Box::new(fly::FlyEngine::new(deployment, cli, previous)?),
         Platform::Railway => Box::new(railway::RailwayEngine::new(deployment, cli)?),
