@@ -17,8 +17,9 @@
 //! - output that may hold secret values (`railway variables --json`) is
 //!   captured, parsed for names and dropped, never echoed;
 //! - the signing key is made once: each engine looks for it by name first
-//!   and never overwrites it. No platform here needs it back, so it is never
-//!   read back and never kept on local disk.
+//!   and never overwrites it. `up` never reads it back and it is never kept
+//!   on local disk; only `secrets rotate` on Kubernetes reads the Secret
+//!   (captured, never shown) to replace it (`crate::secrets::kubernetes`).
 
 pub mod azure;
 pub mod fly;
