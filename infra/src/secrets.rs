@@ -164,8 +164,18 @@ pub fn resolve(
         return aws_target(&deployment, state_path, command, env);
     }
     if platform == Platform::Kubernetes {
-        let plan = crate::engine::cli::kubernetes::rotation_plan(&deployment)?;
+        use crate::engine::cli::kubernetes as engine;
+        let plan = engine::rotation_plan(&deployment)?;
         let cli = crate::engine::cli::cli_for(&deployment)?;
+        // The keys are the cluster's: never rotate another cluster's Secret.
+        let recorded = crate::engine::State::load(&deployment.state_path())?
+            .as_ref()
+            .and_then(engine::recorded_context);
+        engine::same_context(
+            recorded.as_deref(),
+            &engine::current_context(&cli)?,
+            &command,
+        )?;
         return Ok(RotationTarget {
             store: Box::new(kubernetes::KubernetesSecretStore::new(cli.clone(), &plan)),
             replicas: Box::new(kubernetes::KubernetesReplicas::new(cli, &plan)),

@@ -1056,11 +1056,22 @@ kubectl create -f -*|0|>secret.json
     let old = secret_key(&created, "value").expect("up created the key");
     assert_eq!(secret_key(&created, "previous"), None);
     project.take_log();
-    project.answers(
-        "kubectl -n vgi-ns get secret vgi-signing-key -o json*|0|<secret.json
+    let cluster = "kubectl -n vgi-ns get secret vgi-signing-key -o json*|0|<secret.json
 kubectl -n vgi-ns replace -f -*|0|>secret.json
-",
+";
+    project.answers(&format!(
+        "kubectl config current-context*|0|production-cluster\n{cluster}"
+    ));
+    let (code, _, stderr) = project.run(&["secrets", "rotate", "--target", "cluster"]);
+    assert_eq!(code, 2, "another cluster's Secret is not rotated: {stderr}");
+    assert!(
+        stderr.contains("hint: switch with `kubectl config use-context kind-ci`"),
+        "{stderr}"
     );
+    assert_eq!(project.take_log(), "kubectl config current-context\n");
+    project.answers(&format!(
+        "kubectl config current-context*|0|kind-ci\n{cluster}"
+    ));
     let roll = [
         "kubectl -n vgi-ns rollout restart deployment/vgi",
         "kubectl -n vgi-ns rollout status deployment/vgi --timeout=300s",
@@ -1071,7 +1082,10 @@ kubectl -n vgi-ns replace -f -*|0|>secret.json
         arguments.extend(extra);
         let (code, stdout, stderr) = project.run(&arguments);
         assert_eq!(code, 0, "{phase}\n{stdout}\n{stderr}");
-        let mut expected = vec!["kubectl -n vgi-ns replace -f - <stdin>".to_string()];
+        let mut expected = vec![
+            "kubectl config current-context".to_string(),
+            "kubectl -n vgi-ns replace -f - <stdin>".to_string(),
+        ];
         expected.extend(roll.iter().map(|call| call.to_string()));
         assert_eq!(changes(&project.take_log()), expected, "{phase}");
         let secret = cluster_secret(&project);

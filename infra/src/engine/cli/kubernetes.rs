@@ -165,6 +165,49 @@ pub fn namespaced(namespace: &str, rest: &[&str]) -> Vec<OsString> {
     all
 }
 
+/// The current context, or the error telling how to pick one.
+pub fn current_context(cli: &Cli) -> Result<String, CommandError> {
+    let output = cli.run(&args(["config", "current-context"]), None, true)?;
+    let context = output.stdout.trim().to_string();
+    if !output.success || context.is_empty() {
+        return Err(CommandError::new(
+            "`kubectl` has no current context, so there is no cluster to deploy to",
+            "pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)",
+            2,
+        ));
+    }
+    Ok(context)
+}
+
+/// The kubectl context `up` recorded in `state`, if any.
+pub fn recorded_context(state: &State) -> Option<String> {
+    state
+        .resources
+        .iter()
+        .find_map(|r| r.outputs.get(CONTEXT).cloned())
+}
+
+/// Refuses to act in another context than the one `up` ran in (`again`
+/// is the command to run after switching).
+pub fn same_context(
+    recorded: Option<&str>,
+    current: &str,
+    again: &str,
+) -> Result<(), CommandError> {
+    match recorded {
+        Some(recorded) if recorded != current => Err(CommandError::new(
+            format!(
+                "`up` ran in kubectl context `{recorded}`, and the current context is `{current}`"
+            ),
+            format!(
+                "switch with `kubectl config use-context {recorded}`, then run `{again}` again"
+            ),
+            2,
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What `deploy-kit secrets rotate` changes and rolls on a Kubernetes
 /// target: the same signing-key Secret and Deployment `up` applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -506,20 +549,8 @@ impl KubernetesEngine {
         namespaced(&self.plan.namespace, rest)
     }
 
-    /// The current context, or the error telling how to pick one.
     fn current_context(&self) -> Result<String, CommandError> {
-        let output = self
-            .cli
-            .run(&args(["config", "current-context"]), None, true)?;
-        let context = output.stdout.trim().to_string();
-        if !output.success || context.is_empty() {
-            return Err(CommandError::new(
-                "`kubectl` has no current context, so there is no cluster to deploy to",
-                "pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)",
-                2,
-            ));
-        }
-        Ok(context)
+        current_context(&self.cli)
     }
 
     fn exists(&self, argv: Vec<OsString>) -> Result<bool, CommandError> {
@@ -703,28 +734,12 @@ impl Engine for KubernetesEngine {
         progress: &mut Progress,
         removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
     ) -> Result<Vec<Kept>, CommandError> {
-        let recorded_context = state
-            .resources
-            .iter()
-            .find_map(|r| r.outputs.get(CONTEXT).cloned());
         let context = progress.step("kubectl context", || {
             let context = self.current_context()?;
             let shown = format!("`{context}`");
             Ok((context, shown))
         })?;
-        if let Some(recorded) = recorded_context
-            && recorded != context
-        {
-            return Err(CommandError::new(
-                format!(
-                    "`up` ran in kubectl context `{recorded}`, and the current context is `{context}`"
-                ),
-                format!(
-                    "switch with `kubectl config use-context {recorded}`, then run `down` again"
-                ),
-                2,
-            ));
-        }
+        same_context(recorded_context(state).as_deref(), &context, "down")?;
         if let Some(name) = &self.plan.deployment_name
             && let Some(found) = self.deployment_owner()?
         {
