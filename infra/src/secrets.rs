@@ -6,12 +6,14 @@
 //! signs), `promote` (the new key signs, the old one still verifies) and
 //! `retire` (the old key goes, once `token_ttl_seconds` has passed since the
 //! promote roll). [`rotation`] is the state machine, [`store`] the places keys
-//! live, [`replicas`] the rolls. The rotation state in
+//! live, [`replicas`] the rolls; [`kubernetes`] and `aws` drive those
+//! platforms' stores and rolls, other platforms get printed commands. The rotation state in
 //! `.deploy-kit/<environment>/<target>/rotation.json` holds fingerprints and
 //! times, never a key value, and nothing here prints one.
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod kubernetes;
 pub mod replicas;
 pub mod rotation;
 pub mod store;
@@ -161,11 +163,32 @@ pub fn resolve(
     if crate::engine::aws::handles(platform) {
         return aws_target(&deployment, state_path, command, env);
     }
+    if platform == Platform::Kubernetes {
+        use crate::engine::cli::kubernetes as engine;
+        let plan = engine::rotation_plan(&deployment)?;
+        let cli = crate::engine::cli::cli_for(&deployment)?;
+        // The keys are the cluster's: never rotate another cluster's Secret.
+        let recorded = crate::engine::State::load(&deployment.state_path())?
+            .as_ref()
+            .and_then(engine::recorded_context);
+        engine::same_context(
+            recorded.as_deref(),
+            &engine::current_context(&cli)?,
+            &command,
+        )?;
+        return Ok(RotationTarget {
+            store: Box::new(kubernetes::KubernetesSecretStore::new(cli.clone(), &plan)),
+            replicas: Box::new(kubernetes::KubernetesReplicas::new(cli, &plan)),
+            name,
+            state_path,
+            token_ttl_seconds: ttl,
+            command,
+        });
+    }
     let dir = deployment.output_dir.clone();
-    let service = deployment.config.service.name.clone();
     Ok(RotationTarget {
         store: Box::new(FileKeyStore::new(&dir)),
-        replicas: Box::new(printed_roll(platform, &service, &dir)),
+        replicas: Box::new(printed_roll(platform, &dir)),
         name,
         state_path,
         token_ttl_seconds: ttl,
@@ -193,23 +216,10 @@ fn local_target(dir: &Path, ttl: u64, name: &str) -> RotationTarget {
     }
 }
 
-/// The exact commands that roll a platform deploy-kit does not drive.
-pub fn printed_roll(platform: Platform, service: &str, dir: &Path) -> PrintedRoll {
-    let files = format!(
-        "--from-file=signing-key={dir}/{} --from-file=signing-key.pending={dir}/{} --from-file=signing-key.previous={dir}/{}",
-        store::PRIMARY_FILE,
-        store::PENDING_FILE,
-        store::PREVIOUS_FILE,
-        dir = dir.display()
-    );
+/// The exact commands that roll a platform deploy-kit does not drive
+/// (Kubernetes and AWS Lambda are driven: [`kubernetes`], `aws`).
+pub fn printed_roll(platform: Platform, dir: &Path) -> PrintedRoll {
     let commands = match platform {
-        Platform::Kubernetes => vec![
-            format!(
-                "kubectl create secret generic {service}-signing-key {files} --dry-run=client -o yaml | kubectl apply -f -  (leave out the files that do not exist)"
-            ),
-            format!("kubectl rollout restart deployment/{service}"),
-            format!("kubectl rollout status deployment/{service} --timeout=10m"),
-        ],
         Platform::Compose => vec![format!(
             "for each replica in turn: `docker compose up -d --no-deps --force-recreate <replica>` and wait until it is healthy; mount `{}` and point `VGI_SIGNING_KEY_FILE` / `VGI_SIGNING_KEY_PREVIOUS_FILE` at the files",
             dir.display()

@@ -162,6 +162,44 @@ fn kubernetes_references_secrets_by_name_with_a_grace_that_covers_the_drain() {
     assert!(deployment.contains("name: KIT_DRAIN_DELAY\n              value: \"5\""));
 }
 
+/// `deploy-kit secrets rotate` keeps a rotation's staged or old key in the
+/// signing-key Secret's `previous` key; the pods read it, and a Secret
+/// without it (outside a rotation) must still start them.
+#[test]
+fn the_kubernetes_deployment_reads_previous_signing_keys_from_an_optional_secret_key() {
+    let config = load(&repo_root().join("examples/kubernetes.yaml"));
+    let files = render::render_target(&config, "production").unwrap();
+    let deployment = &files
+        .iter()
+        .find(|f| f.path == Path::new("k8s/deployment.yaml"))
+        .unwrap()
+        .contents;
+    let expected = "            - name: VGI_SIGNING_KEY_PREVIOUS
+              valueFrom:
+                secretKeyRef:
+                  name: vgi-demo-signing-key
+                  key: previous
+                  optional: true
+";
+    assert!(deployment.contains(expected), "{deployment}");
+    assert_eq!(
+        deployment.matches("optional: true").count(),
+        1,
+        "{deployment}"
+    );
+    // The primary key stays a mounted file with only `value` projected.
+    assert!(
+        deployment.contains("name: VGI_SIGNING_KEY_FILE"),
+        "{deployment}"
+    );
+    assert!(
+        deployment.contains(
+            "secretName: vgi-demo-signing-key\n            items:\n              - key: value\n"
+        ),
+        "{deployment}"
+    );
+}
+
 #[test]
 fn nginx_limits_follow_the_config_and_take_explicit_upstreams() {
     let config = load(&repo_root().join("deploy-kit.yaml"));

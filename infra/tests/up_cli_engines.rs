@@ -14,6 +14,9 @@ use assert_cmd::Command;
 /// Logs `prog args...` (plus `<stdin:N>` when stdin had bytes, saved to
 /// `log.stdin.N`), then answers with the first `glob|exit|stdout` line of
 /// `$FAKE_CLI_ANSWERS` matching the logged line; default: exit 0, no output.
+/// A stdout of `<FILE` answers that file's contents and `>FILE` saves stdin
+/// to it (FILE beside the answers): a stateful object, such as a Secret
+/// that `replace -f -` writes and `get -o json` reads back.
 /// The file after `--src` (what `az ... config-zip` deploys) is copied to
 /// `log.deployed.zip`, so tests compare what the CLI got with what was built.
 const FAKE_CLI: &str = r#"#!/bin/sh
@@ -33,9 +36,17 @@ for argument in "$@"; do
   if [ "$previous" = "--src" ]; then cp "$argument" "$FAKE_CLI_LOG.deployed.zip"; fi
   previous=$argument
 done
+answers_dir=$(dirname "$FAKE_CLI_ANSWERS")
 while IFS='|' read -r pattern code out; do
   case "$line" in
-    $pattern) if [ -n "$out" ]; then printf '%s\n' "$out"; fi; exit "$code";;
+    $pattern)
+      case "$out" in
+        "<"*) cat "$answers_dir/${out#<}";;
+        ">"*) printf '%s' "$input" > "$answers_dir/${out#>}";;
+        "") ;;
+        *) printf '%s\n' "$out";;
+      esac
+      exit "$code";;
   esac
 done < "$FAKE_CLI_ANSWERS"
 exit 0
@@ -282,12 +293,18 @@ kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
         "namespace and Secret manifests: {stdins:?}"
     );
     assert!(stdins[0].contains("kind: Namespace"), "{}", stdins[0]);
-    assert!(stdins[1].contains("kind: Secret") && stdins[1].contains("name: vgi-signing-key"));
+    let secret: serde_json::Value = serde_json::from_str(&stdins[1]).unwrap();
+    assert_eq!(
+        (&secret["kind"], &secret["metadata"]["name"]),
+        (&"Secret".into(), &"vgi-signing-key".into()),
+        "{secret}"
+    );
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "deploy-kit"
+    );
     use base64::Engine as _;
-    let data = stdins[1]
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("value: "))
-        .expect("data.value");
+    let data = secret["data"]["value"].as_str().expect("data.value");
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(data)
         .unwrap();
@@ -986,4 +1003,157 @@ az storage account show*--query id*|0|{STORAGE_ACCOUNT_ID}
         stderr.contains("the package `missing.zip` does not exist"),
         "{stderr}"
     );
+}
+
+/// The cluster's signing-key Secret as the fake holds it: the JSON deploy-kit
+/// last sent to `create`/`replace`.
+fn cluster_secret(project: &Project) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(project.dir.join("secret.json")).unwrap())
+        .unwrap()
+}
+
+/// A decoded key of the Secret's data.
+fn secret_key(secret: &serde_json::Value, key: &str) -> Option<String> {
+    use base64::Engine as _;
+    let encoded = secret["data"][key].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+/// The calls of a rotation run other than the Secret reads.
+fn changes(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| !line.starts_with("kubectl -n vgi-ns get secret vgi-signing-key -o json"))
+        .map(|line| match line.split_once(" <stdin:") {
+            Some((call, _)) => format!("{call} <stdin>"),
+            None => line.to_string(),
+        })
+        .collect()
+}
+
+/// Regression: `secrets rotate` on Kubernetes used local key files and
+/// printed `kubectl create secret` commands with other Secret keys than the
+/// Deployment mounts, no namespace and a guessed Secret name. It must change
+/// the Secret `up` created (keeping the key `up` generated verifying) and
+/// restart the Deployment `up` applied.
+#[test]
+fn kubernetes_secrets_rotate_changes_the_cluster_secret_and_restarts_the_deployment() {
+    let project = Project::new("kubernetes-rotate", KUBERNETES, &["kubectl"]);
+    project.answers(
+        "kubectl config current-context*|0|kind-ci
+kubectl get namespace vgi-ns -o name*|0|namespace/vgi-ns
+kubectl -n vgi-ns get secret vgi-signing-key -o name*|1|
+kubectl -n vgi-ns get deployment.apps vgi -o jsonpath*|1|
+kubectl api-resources*|0|servicemonitors.monitoring.coreos.com
+kubectl create -f -*|0|>secret.json
+",
+    );
+    let (code, _, stderr) = project.run(&["up", "cluster"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    let created = cluster_secret(&project);
+    let old = secret_key(&created, "value").expect("up created the key");
+    assert_eq!(secret_key(&created, "previous"), None);
+    project.take_log();
+    let cluster = "kubectl -n vgi-ns get secret vgi-signing-key -o json*|0|<secret.json
+kubectl -n vgi-ns replace -f -*|0|>secret.json
+";
+    project.answers(&format!(
+        "kubectl config current-context*|0|production-cluster\n{cluster}"
+    ));
+    let (code, _, stderr) = project.run(&["secrets", "rotate", "--target", "cluster"]);
+    assert_eq!(code, 2, "another cluster's Secret is not rotated: {stderr}");
+    assert!(
+        stderr.contains("hint: switch with `kubectl config use-context kind-ci`"),
+        "{stderr}"
+    );
+    assert_eq!(project.take_log(), "kubectl config current-context\n");
+    project.answers(&format!(
+        "kubectl config current-context*|0|kind-ci\n{cluster}"
+    ));
+    let roll = [
+        "kubectl -n vgi-ns rollout restart deployment/vgi",
+        "kubectl -n vgi-ns rollout status deployment/vgi --timeout=300s",
+    ];
+    let mut outputs = Vec::new();
+    let mut rotate = |phase: &str, extra: &[&str]| {
+        let mut arguments = vec!["secrets", "rotate", "--target", "cluster", "--phase", phase];
+        arguments.extend(extra);
+        let (code, stdout, stderr) = project.run(&arguments);
+        assert_eq!(code, 0, "{phase}\n{stdout}\n{stderr}");
+        let mut expected = vec![
+            "kubectl config current-context".to_string(),
+            "kubectl -n vgi-ns replace -f - <stdin>".to_string(),
+        ];
+        expected.extend(roll.iter().map(|call| call.to_string()));
+        assert_eq!(changes(&project.take_log()), expected, "{phase}");
+        let secret = cluster_secret(&project);
+        assert_eq!(
+            (
+                &secret["kind"],
+                &secret["metadata"]["namespace"],
+                &secret["metadata"]["name"],
+                &secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            ),
+            (
+                &"Secret".into(),
+                &"vgi-ns".into(),
+                &"vgi-signing-key".into(),
+                &"deploy-kit".into()
+            ),
+            "{phase}: {secret}"
+        );
+        outputs.push(stdout);
+        outputs.push(stderr);
+        secret
+    };
+
+    let staged = rotate("stage", &[]);
+    assert_eq!(
+        secret_key(&staged, "value").as_ref(),
+        Some(&old),
+        "old key still signs"
+    );
+    let new = secret_key(&staged, "previous").expect("the staged key verifies");
+    assert!(
+        new.starts_with("hex:") && new.len() == 68 && new != old,
+        "{}",
+        new.len()
+    );
+    let keys: Vec<&String> = staged["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["previous", "value"]);
+    assert!(
+        staged["metadata"]["annotations"]["deploy-kit.dev/signing-key-pending"].is_string(),
+        "{staged}"
+    );
+
+    let promoted = rotate("promote", &[]);
+    assert_eq!(
+        secret_key(&promoted, "value").as_ref(),
+        Some(&new),
+        "new key signs"
+    );
+    assert_eq!(
+        secret_key(&promoted, "previous").as_ref(),
+        Some(&old),
+        "the key `up` made still verifies"
+    );
+    assert!(promoted["metadata"]["annotations"]["deploy-kit.dev/signing-key-pending"].is_null());
+
+    let retired = rotate("retire", &["--force"]);
+    assert_eq!(secret_key(&retired, "value").as_ref(), Some(&new));
+    assert_eq!(secret_key(&retired, "previous"), None, "{retired}");
+
+    let (code, status, _) = project.run(&["secrets", "status", "--target", "cluster"]);
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("store: Secret `vgi-signing-key` in namespace `vgi-ns`")
+            && status.contains("phase: idle"),
+        "{status}"
+    );
+    outputs.push(status);
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    assert_never_leaked(&project, &old, &outputs);
+    assert_never_leaked(&project, &new, &outputs);
 }

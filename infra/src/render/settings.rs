@@ -178,6 +178,23 @@ pub struct SecretSettings {
     pub origin: String,
     /// Filled by Pulumi from another resource (`serviceAccountKey`) instead of config.
     pub from_resource: bool,
+    /// Keys that only verify, from a second key of the same secret: set for
+    /// the signing key on Kubernetes, where `deploy-kit secrets rotate`
+    /// keeps a rotation's staged or old key beside `value`.
+    pub verify_only: Option<VerifyOnlySettings>,
+}
+
+/// The Secret key a rotation keeps its verify-only keys in.
+pub const PREVIOUS_SIGNING_KEYS_KEY: &str = "previous";
+
+/// A secret key injected as an environment variable that may be absent
+/// (`secretKeyRef.optional: true`): outside a rotation the key does not exist.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyOnlySettings {
+    /// `VGI_SIGNING_KEY_PREVIOUS`: comma-separated keys, empty counts as unset.
+    pub variable: String,
+    /// The key inside the secret (`previous`).
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -320,6 +337,7 @@ fn secret(platform: Platform, spec: SecretSpec<'_>) -> SecretSettings {
         origin: spec.origin,
         from_resource: spec.from_resource,
         secret_name: spec.secret_name,
+        verify_only: None,
     }
 }
 
@@ -532,7 +550,7 @@ fn resolve_secrets(
         )),
     };
     if let Some((secret_name, origin)) = key_origin {
-        secrets.push(secret(
+        let mut signing_key = secret(
             platform,
             SecretSpec {
                 id: "signing-key",
@@ -546,7 +564,14 @@ fn resolve_secrets(
                     .then(|| key.path.clone())
                     .flatten(),
             },
-        ));
+        );
+        if platform == Platform::Kubernetes {
+            signing_key.verify_only = Some(VerifyOnlySettings {
+                variable: "VGI_SIGNING_KEY_PREVIOUS".into(),
+                key: PREVIOUS_SIGNING_KEYS_KEY.into(),
+            });
+        }
+        secrets.push(signing_key);
     }
     if let Some(reference) = &config.auth.api_keys {
         secrets.push(secret(

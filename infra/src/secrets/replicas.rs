@@ -4,9 +4,10 @@
 //! [`ReplicaSet`] is what a platform's roll implements: [`ProcessReplicas`]
 //! restarts local service processes (SIGTERM, drain, start again on the
 //! same port with the new environment, wait for `LISTENING` and `/readyz`),
-//! Lambda updates the function's environment (`aws` module), and
-//! [`PrintedRoll`] prints the exact commands for platforms deploy-kit does
-//! not drive (Kubernetes, compose, Fly, ...).
+//! Lambda updates the function's environment (`aws` module), Kubernetes
+//! restarts the Deployment (`kubernetes` module), and [`PrintedRoll`]
+//! prints the exact commands for platforms deploy-kit does not drive
+//! (compose, Fly, ...).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

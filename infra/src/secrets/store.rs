@@ -147,7 +147,7 @@ impl ReplicaKeys {
     }
 }
 
-/// A place keys live: files, AWS Secrets Manager, GCP Secret Manager.
+/// A place keys live: files, a Kubernetes Secret, AWS Secrets Manager.
 pub trait KeyStore {
     /// How messages name it: ``files in `.deploy-kit/ci/web` ``.
     fn describe(&self) -> String;

@@ -13,6 +13,7 @@
 //! only when it carries the deploy-kit label, and refuses to run in another
 //! context than the one `up` recorded.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -23,7 +24,8 @@ use crate::CommandError;
 use crate::deployment::Deployment;
 use crate::engine::owner::{Claim, Owner, OwnershipError};
 use crate::engine::{DestroyOptions, Engine, Kept, Progress, Resource, State, kind};
-use crate::render::{RenderOptions, Settings};
+use crate::render::{RenderOptions, SecretSettings, Settings};
+use crate::secrets::store::Secret;
 
 /// Resource kind of the namespace.
 pub const NAMESPACE: &str = "namespace";
@@ -100,7 +102,7 @@ const APPLY_ORDER: &[&str] = &[
 #[derive(Debug, Clone)]
 struct Plan {
     namespace: String,
-    signing_key_secret: Option<String>,
+    signing_key: Option<SecretSettings>,
     /// Secrets the user provides (API keys): checked, never created.
     provided_secrets: Vec<String>,
     manifests: Vec<Manifest>,
@@ -140,20 +142,289 @@ fn resolve(deployment: &Deployment) -> Result<Plan, CommandError> {
         .iter()
         .find(|m| m.kubectl_type == "deployment.apps")
         .map(|m| m.name.clone());
-    let signing_key_secret = settings.signing_key.as_ref().map(|s| s.secret_name.clone());
+    let signing_key = settings.signing_key.clone();
     let provided_secrets = settings
         .secrets
         .iter()
         .map(|s| s.secret_name.clone())
-        .filter(|name| Some(name) != signing_key_secret.as_ref())
+        .filter(|name| Some(name) != signing_key.as_ref().map(|s| &s.secret_name))
         .collect();
     Ok(Plan {
         namespace: settings.target.namespace.clone(),
-        signing_key_secret,
+        signing_key,
         provided_secrets,
         manifests,
         deployment_name,
     })
+}
+
+/// `kubectl -n NAMESPACE ARGS...`.
+pub fn namespaced(namespace: &str, rest: &[&str]) -> Vec<OsString> {
+    let mut all = args(["-n", namespace]);
+    all.extend(args(rest));
+    all
+}
+
+/// The current context, or the error telling how to pick one.
+pub fn current_context(cli: &Cli) -> Result<String, CommandError> {
+    let output = cli.run(&args(["config", "current-context"]), None, true)?;
+    let context = output.stdout.trim().to_string();
+    if !output.success || context.is_empty() {
+        return Err(CommandError::new(
+            "`kubectl` has no current context, so there is no cluster to deploy to",
+            "pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)",
+            2,
+        ));
+    }
+    Ok(context)
+}
+
+/// The kubectl context `up` recorded in `state`, if any.
+pub fn recorded_context(state: &State) -> Option<String> {
+    state
+        .resources
+        .iter()
+        .find_map(|r| r.outputs.get(CONTEXT).cloned())
+}
+
+/// Refuses to act in another context than the one `up` ran in (`again`
+/// is the command to run after switching).
+pub fn same_context(
+    recorded: Option<&str>,
+    current: &str,
+    again: &str,
+) -> Result<(), CommandError> {
+    match recorded {
+        Some(recorded) if recorded != current => Err(CommandError::new(
+            format!(
+                "`up` ran in kubectl context `{recorded}`, and the current context is `{current}`"
+            ),
+            format!(
+                "switch with `kubectl config use-context {recorded}`, then run `{again}` again"
+            ),
+            2,
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What `deploy-kit secrets rotate` changes and rolls on a Kubernetes
+/// target: the same signing-key Secret and Deployment `up` applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationPlan {
+    pub namespace: String,
+    pub secret_name: String,
+    /// The Secret key the pods sign with (`value`).
+    pub primary_key: String,
+    /// The Secret key of the keys that only verify (`previous`).
+    pub verify_key: String,
+    pub deployment_name: String,
+}
+
+/// Why a Kubernetes target's signing key cannot be rotated or read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("target `{target}` has no signing-key Secret to rotate")]
+    NoSigningKeySecret { target: String },
+    #[error("target `{target}` renders no Deployment to roll")]
+    NoDeployment { target: String },
+    #[error("`kubectl -n {namespace} get secret {name}` failed, so the signing key cannot be read")]
+    Unreadable { namespace: String, name: String },
+    #[error(
+        "`kubectl get secret` of `{namespace}/{name}` did not answer a Secret as JSON: {detail}"
+    )]
+    NotASecret {
+        namespace: String,
+        name: String,
+        detail: String,
+    },
+    #[error("the Secret `{namespace}/{name}` has no key `{key}`")]
+    MissingKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("key `{key}` of the Secret `{namespace}/{name}` is not base64-encoded text")]
+    NotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("the Secret `{namespace}/{name}` has no staged key to promote")]
+    NothingStaged { namespace: String, name: String },
+}
+
+impl From<SecretError> for CommandError {
+    fn from(error: SecretError) -> CommandError {
+        let (hint, exit_code) = match &error {
+            SecretError::NoSigningKeySecret { .. } => (
+                "set `signing_key.source: secret` (with `secret: k8s:NAME`) for the target; an ephemeral key is new on every start and needs no rotation".to_string(),
+                2,
+            ),
+            SecretError::NoDeployment { .. } => (
+                "check that `deploy-kit render target` writes `k8s/deployment.yaml`".to_string(),
+                2,
+            ),
+            SecretError::Unreadable { namespace, name } => (
+                format!(
+                    "run `deploy-kit up` for the target first (it creates the Secret), and check with `kubectl -n {namespace} get secret {name}` that your context may read it"
+                ),
+                1,
+            ),
+            SecretError::NotASecret { .. } => (
+                "check that `kubectl` on `PATH` is the real kubectl".to_string(),
+                1,
+            ),
+            SecretError::MissingKey { namespace, name, key } => (
+                format!(
+                    "the pods read the key from `{key}`; recreate the Secret with it (`kubectl -n {namespace} create secret generic {name} --from-file={key}=FILE`), or delete it and run `deploy-kit up`"
+                ),
+                1,
+            ),
+            SecretError::NotText { .. } => (
+                "store keys as text (`hex:` and 64 hex digits)".to_string(),
+                1,
+            ),
+            SecretError::NothingStaged { .. } => (
+                "stage one first: `deploy-kit secrets rotate --phase stage`".to_string(),
+                2,
+            ),
+        };
+        CommandError::new(error.to_string(), hint, exit_code)
+    }
+}
+
+/// The names `secrets rotate` works on, from the same plan `up` applies.
+pub fn rotation_plan(deployment: &Deployment) -> Result<RotationPlan, CommandError> {
+    let plan = resolve(deployment)?;
+    let target = deployment.target_name.clone();
+    let (Some(signing_key), Some(verify)) = (
+        &plan.signing_key,
+        plan.signing_key
+            .as_ref()
+            .and_then(|s| s.verify_only.as_ref()),
+    ) else {
+        return Err(SecretError::NoSigningKeySecret { target }.into());
+    };
+    let Some(deployment_name) = plan.deployment_name.clone() else {
+        return Err(SecretError::NoDeployment { target }.into());
+    };
+    Ok(RotationPlan {
+        namespace: plan.namespace.clone(),
+        secret_name: signing_key.secret_name.clone(),
+        primary_key: signing_key.key.clone(),
+        verify_key: verify.key.clone(),
+        deployment_name,
+    })
+}
+
+/// A Secret as deploy-kit writes it: `up` creates the signing-key Secret
+/// and `secrets rotate` replaces it, both with [`SecretObject::manifest`]
+/// on kubectl's stdin (never argv, never `apply`, which would copy the keys
+/// into the `last-applied-configuration` annotation). `Debug` shows key
+/// fingerprints only ([`Secret`]).
+#[derive(Debug, Clone)]
+pub struct SecretObject {
+    pub namespace: String,
+    pub name: String,
+    /// The Secret's `type` (`Opaque`).
+    pub kind: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Set on a replace: the API server refuses it when the Secret changed
+    /// since it was read.
+    pub resource_version: Option<String>,
+    pub data: BTreeMap<String, Secret>,
+}
+
+#[derive(serde::Deserialize)]
+struct SecretJson {
+    metadata: MetadataJson,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataJson {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    resource_version: Option<String>,
+}
+
+impl SecretObject {
+    /// The object as JSON, data base64-encoded, for `kubectl create|replace -f -`.
+    pub fn manifest(&self) -> String {
+        let mut metadata = serde_json::json!({
+            "name": self.name,
+            "namespace": self.namespace,
+        });
+        if !self.labels.is_empty() {
+            metadata["labels"] = serde_json::json!(self.labels);
+        }
+        if !self.annotations.is_empty() {
+            metadata["annotations"] = serde_json::json!(self.annotations);
+        }
+        if let Some(version) = &self.resource_version {
+            metadata["resourceVersion"] = serde_json::json!(version);
+        }
+        let data: BTreeMap<&str, String> = self
+            .data
+            .iter()
+            .map(|(key, secret)| {
+                (
+                    key.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(secret.expose()),
+                )
+            })
+            .collect();
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": self.kind,
+            "data": data,
+        });
+        format!("{object:#}\n")
+    }
+
+    /// Parses `kubectl get secret NAME -o json`; the error never quotes the
+    /// text, which holds key values.
+    pub fn from_json(namespace: &str, name: &str, text: &str) -> Result<SecretObject, SecretError> {
+        let parsed: SecretJson =
+            serde_json::from_str(text).map_err(|error| SecretError::NotASecret {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                detail: format!("line {} column {}", error.line(), error.column()),
+            })?;
+        let mut data = BTreeMap::new();
+        for (key, encoded) in parsed.data {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| SecretError::NotText {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    key: key.clone(),
+                })?;
+            data.insert(key, Secret::new(text));
+        }
+        Ok(SecretObject {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            kind: parsed.kind.unwrap_or_else(|| "Opaque".into()),
+            labels: parsed.metadata.labels,
+            annotations: parsed.metadata.annotations,
+            resource_version: parsed.metadata.resource_version,
+            data,
+        })
+    }
 }
 
 /// Desired resources, in creation order: namespace, signing-key Secret, manifests.
@@ -163,11 +434,14 @@ pub fn desired(deployment: &Deployment) -> Result<Vec<Resource>, CommandError> {
     if plan.namespace != "default" {
         resources.push(Resource::new(NAMESPACE, &plan.namespace));
     }
-    if let Some(secret) = &plan.signing_key_secret {
+    if let Some(secret) = &plan.signing_key {
         resources.push(
-            Resource::new(kind::SECRET, format!("{}/{secret}", plan.namespace))
-                .with("type", "Opaque")
-                .with("keys", "value"),
+            Resource::new(
+                kind::SECRET,
+                format!("{}/{}", plan.namespace, secret.secret_name),
+            )
+            .with("type", "Opaque")
+            .with("keys", "value"),
         );
     }
     for manifest in &plan.manifests {
@@ -272,25 +546,11 @@ impl KubernetesEngine {
         }
     }
     fn namespaced(&self, rest: &[&str]) -> Vec<OsString> {
-        let mut all = args(["-n", self.plan.namespace.as_str()]);
-        all.extend(args(rest));
-        all
+        namespaced(&self.plan.namespace, rest)
     }
 
-    /// The current context, or the error telling how to pick one.
     fn current_context(&self) -> Result<String, CommandError> {
-        let output = self
-            .cli
-            .run(&args(["config", "current-context"]), None, true)?;
-        let context = output.stdout.trim().to_string();
-        if !output.success || context.is_empty() {
-            return Err(CommandError::new(
-                "`kubectl` has no current context, so there is no cluster to deploy to",
-                "pick one with `kubectl config use-context NAME` (list them with `kubectl config get-contexts`)",
-                2,
-            ));
-        }
-        Ok(context)
+        current_context(&self.cli)
     }
 
     fn exists(&self, argv: Vec<OsString>) -> Result<bool, CommandError> {
@@ -307,15 +567,6 @@ impl KubernetesEngine {
         get.extend(args(["-o", &label]));
         let owner = self.cli.run(&get, None, true)?;
         Ok(!owner.success || owner.stdout.trim() == "deploy-kit")
-    }
-
-    /// The Secret manifest for `key`, fed to `kubectl create -f -` on stdin.
-    fn secret_manifest(&self, name: &str, key: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {}\n  labels:\n    {MANAGED_BY_LABEL}: deploy-kit\ntype: Opaque\ndata:\n  value: {}\n",
-            self.plan.namespace,
-            base64::engine::general_purpose::STANDARD.encode(key.as_bytes())
-        )
     }
 }
 
@@ -366,15 +617,32 @@ impl Engine for KubernetesEngine {
                     })?;
                 }
                 kind::SECRET => {
-                    let name = self.plan.signing_key_secret.clone().unwrap_or_default();
+                    let Some(signing_key) = &self.plan.signing_key else {
+                        continue;
+                    };
+                    let name = &signing_key.secret_name;
                     progress.step(&want.address(), || {
-                        if self.exists(self.namespaced(&["get", "secret", &name, "-o", "name"]))? {
+                        if self.exists(self.namespaced(&["get", "secret", name, "-o", "name"]))? {
                             return Ok(((), "exists, key kept".into()));
                         }
-                        let key = new_signing_key()?;
+                        let secret = SecretObject {
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                            kind: "Opaque".into(),
+                            labels: BTreeMap::from([(
+                                MANAGED_BY_LABEL.to_string(),
+                                "deploy-kit".to_string(),
+                            )]),
+                            annotations: BTreeMap::new(),
+                            resource_version: None,
+                            data: BTreeMap::from([(
+                                signing_key.key.clone(),
+                                Secret::new(new_signing_key()?),
+                            )]),
+                        };
                         self.cli.must(
                             &args(["create", "-f", "-"]),
-                            Some(self.secret_manifest(&name, &key).as_bytes()),
+                            Some(secret.manifest().as_bytes()),
                             false,
                             "check that your context may create Secrets in the namespace",
                         )?;
@@ -466,28 +734,12 @@ impl Engine for KubernetesEngine {
         progress: &mut Progress,
         removed: &mut dyn FnMut(&Resource) -> Result<(), CommandError>,
     ) -> Result<Vec<Kept>, CommandError> {
-        let recorded_context = state
-            .resources
-            .iter()
-            .find_map(|r| r.outputs.get(CONTEXT).cloned());
         let context = progress.step("kubectl context", || {
             let context = self.current_context()?;
             let shown = format!("`{context}`");
             Ok((context, shown))
         })?;
-        if let Some(recorded) = recorded_context
-            && recorded != context
-        {
-            return Err(CommandError::new(
-                format!(
-                    "`up` ran in kubectl context `{recorded}`, and the current context is `{context}`"
-                ),
-                format!(
-                    "switch with `kubectl config use-context {recorded}`, then run `down` again"
-                ),
-                2,
-            ));
-        }
+        same_context(recorded_context(state).as_deref(), &context, "down")?;
         if let Some(name) = &self.plan.deployment_name
             && let Some(found) = self.deployment_owner()?
         {
@@ -592,5 +844,32 @@ mod tests {
             "servicemonitor.monitoring.coreos.com"
         );
         assert_eq!(kubectl_type("Service"), "service");
+    }
+
+    #[test]
+    fn a_secret_manifest_reads_back_as_the_same_secret() {
+        let secret = SecretObject {
+            namespace: "ns".into(),
+            name: "vgi-signing-key".into(),
+            kind: "Opaque".into(),
+            labels: BTreeMap::from([(MANAGED_BY_LABEL.into(), "deploy-kit".into())]),
+            annotations: BTreeMap::from([("note".into(), "kept".into())]),
+            resource_version: Some("42".into()),
+            data: BTreeMap::from([
+                ("value".into(), Secret::new("hex:00")),
+                ("previous".into(), Secret::new("hex:01,hex:02")),
+            ]),
+        };
+        let manifest = secret.manifest();
+        assert!(!manifest.contains("hex:"), "values are base64: {manifest}");
+        let again = SecretObject::from_json("ns", "vgi-signing-key", &manifest).unwrap();
+        assert_eq!(again.labels, secret.labels);
+        assert_eq!(again.annotations, secret.annotations);
+        assert_eq!(again.resource_version.as_deref(), Some("42"));
+        assert_eq!(again.kind, "Opaque");
+        assert_eq!(again.data["value"].expose(), "hex:00");
+        assert_eq!(again.data["previous"].expose(), "hex:01,hex:02");
+        let error = SecretObject::from_json("ns", "s", "{\"data\": {\"value\": \"hex:00\"}}");
+        assert!(error.is_err());
     }
 }

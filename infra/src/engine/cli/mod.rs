@@ -17,8 +17,9 @@
 //! - output that may hold secret values (`railway variables --json`) is
 //!   captured, parsed for names and dropped, never echoed;
 //! - the signing key is made once: each engine looks for it by name first
-//!   and never overwrites it. No platform here needs it back, so it is never
-//!   read back and never kept on local disk.
+//!   and never overwrites it. `up` never reads it back and it is never kept
+//!   on local disk; only `secrets rotate` on Kubernetes reads the Secret
+//!   (captured, never shown) to replace it (`crate::secrets::kubernetes`).
 
 pub mod azure;
 pub mod fly;
@@ -291,15 +292,8 @@ pub fn mark_created(mut resource: Resource, created_now: bool, before: bool) -> 
     resource
 }
 
-/// The engine for a deployment's platform. `previous` is the recorded state
-/// (engines use it to remember what they created); `package` is the Azure
-/// Functions zip `up` built (or was given), deployed as it is.
-pub fn engine_for(
-    deployment: &Deployment,
-    previous: Option<State>,
-    package: Option<&Path>,
-    owner: Option<crate::engine::owner::Owner>,
-) -> Result<Box<dyn Engine>, CommandError> {
+/// The target's CLI on `PATH`, run in the config file's directory.
+pub fn cli_for(deployment: &Deployment) -> Result<Cli, CommandError> {
     let program = find(
         tool_for(deployment.target.platform),
         std::env::var_os("PATH").as_deref(),
@@ -309,7 +303,19 @@ pub fn engine_for(
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let cli = Cli::new(program, &working_dir);
+    Ok(Cli::new(program, &working_dir))
+}
+
+/// The engine for a deployment's platform. `previous` is the recorded state
+/// (engines use it to remember what they created); `package` is the Azure
+/// Functions zip `up` built (or was given), deployed as it is.
+pub fn engine_for(
+    deployment: &Deployment,
+    previous: Option<State>,
+    package: Option<&Path>,
+    owner: Option<crate::engine::owner::Owner>,
+) -> Result<Box<dyn Engine>, CommandError> {
+    let cli = cli_for(deployment)?;
     Ok(match deployment.target.platform {
         Platform::Fly => Box::new(fly::FlyEngine::new(deployment, cli, previous)?),
         Platform::Railway => Box::new(railway::RailwayEngine::new(deployment, cli)?),
