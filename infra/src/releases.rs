@@ -245,6 +245,18 @@ pub enum RollbackError {
     },
     #[error("rollback is not supported on {platform} yet")]
     Unsupported { target: String, platform: String },
+    /// The release's deployment carries signing keys from before a
+    /// rotation: it would not verify the tokens the live one signs.
+    #[error(
+        "release {id} of target `{target}` runs with signing key {release_key}, from before the key was rotated (the live key is {live_key}): rolling back to it would fail every open stream and sign with a retired key"
+    )]
+    KeysRotatedSince {
+        target: String,
+        id: u64,
+        /// Fingerprints, never values.
+        release_key: String,
+        live_key: String,
+    },
 }
 
 /// Exit code of a rollback refused because of its input (no such release,
@@ -280,6 +292,12 @@ impl From<RollbackError> for CommandError {
                     "nothing was changed; roll back to another release (`deploy-kit releases {target}`), or deploy the artifact again with `deploy-kit up {target}`"
                 ),
                 ARTIFACT_GONE_EXIT_CODE,
+            ),
+            RollbackError::KeysRotatedSince { target, id, .. } => (
+                format!(
+                    "nothing was changed; deploy release {id}'s artifact again instead, which keeps the current key: `deploy-kit up {target} --package ZIP` with that release's package (`deploy-kit releases {target}` shows its code hash)"
+                ),
+                REFUSED_EXIT_CODE,
             ),
             RollbackError::Unsupported { target, .. } => (
                 format!(

@@ -1312,6 +1312,99 @@ fn rollback_moves_the_alias_back_to_the_previous_version() {
     assert!(!cloud.function_exists(&function));
 }
 
+/// Finding: a Lambda version keeps the environment it was published with,
+/// and `secrets rotate` publishes versions with the new key: `rollback` to a
+/// release from before a rotation brought back the retired key and dropped
+/// the current one (every open stream failed, new tokens were signed with a
+/// retired key). It is now refused before the alias moves.
+#[test]
+fn rollback_refuses_a_release_from_before_a_key_rotation() {
+    let project = Project::new("dk-rk");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let real = std::fs::read(lambda_binary()).unwrap();
+    let mut next = real.clone();
+    next.extend_from_slice(b"\0deploy-kit rollback-after-rotation test\0");
+    for (index, binary) in [real, next].iter().enumerate() {
+        std::fs::write(project.dir.join("kit-service"), binary).unwrap();
+        let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+        assert_eq!(code, 0, "up #{index}\n{stdout}\n{stderr}");
+    }
+    let alias = |cloud: &Cloud| -> String {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .lambda
+                    .get_alias()
+                    .function_name(&function)
+                    .name("live")
+                    .send(),
+            )
+            .unwrap()
+            .function_version()
+            .unwrap()
+            .to_string()
+    };
+    let signing_key = |cloud: &Cloud, qualifier: &str| -> String {
+        cloud
+            .runtime
+            .block_on(
+                cloud
+                    .lambda
+                    .get_function_configuration()
+                    .function_name(&function)
+                    .qualifier(qualifier)
+                    .send(),
+            )
+            .unwrap()
+            .environment()
+            .and_then(|environment| environment.variables())
+            .and_then(|variables| variables.get("VGI_SIGNING_KEY").cloned())
+            .expect("the version's signing key")
+    };
+    let old_key = signing_key(&cloud, "1");
+    let mut printed = String::new();
+    for phase in ["stage", "promote"] {
+        let (code, stdout, stderr) =
+            project.run(&["secrets", "rotate", "--target", "lambda", "--phase", phase]);
+        assert_eq!(code, 0, "rotate {phase}\n{stdout}\n{stderr}");
+        printed.push_str(&stdout);
+        printed.push_str(&stderr);
+    }
+    let live = alias(&cloud);
+    assert_ne!(live, "2", "the rotation's rolls published versions");
+    let new_key = signing_key(&cloud, "live");
+    assert_ne!(new_key, old_key, "the promote made the new key sign");
+    assert_eq!(
+        signing_key(&cloud, "1"),
+        old_key,
+        "a published version keeps its environment"
+    );
+
+    let state_before = std::fs::read(project.state_path()).unwrap();
+    let (code, stdout, stderr) = project.run(&["rollback", "lambda", "1"]);
+    printed.push_str(&stdout);
+    printed.push_str(&stderr);
+    assert_eq!(code, 2, "refused\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("release 1 of target `lambda` runs with signing key")
+            && stderr.contains("from before the key was rotated"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("deploy-kit up lambda --package ZIP"),
+        "the way forward: {stderr}"
+    );
+    assert_eq!(alias(&cloud), live, "the alias did not move");
+    assert_eq!(std::fs::read(project.state_path()).unwrap(), state_before);
+    for key in [&old_key, &new_key] {
+        assert_no_secret(key, "deploy-kit's output", &printed);
+    }
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}
+
 /// moto's request recorder: what it received while `f` ran (other tests
 /// may add requests of their own; callers filter by their names).
 fn recorded(moto: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {

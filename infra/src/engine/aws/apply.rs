@@ -19,8 +19,8 @@ use serde_json::json;
 use super::bucket::Buckets;
 use super::clients::{AwsClients, code, describe};
 use super::{
-    ALIAS, AwsSettings, KEY_BYTES, MEMORY_MB, POLICY_NAME, RUNTIME, URL_PERMISSION_ID,
-    artifact_bucket, artifact_key,
+    ALIAS, AwsSettings, KEY_BYTES, KEY_VARIABLE, MEMORY_MB, POLICY_NAME, PREVIOUS_KEY_VARIABLE,
+    RUNTIME, URL_PERMISSION_ID, artifact_bucket, artifact_key,
 };
 use crate::CommandError;
 use crate::engine::owner::{Claim, Owner, OwnershipError, TAG_KEY};
@@ -1526,6 +1526,7 @@ impl Engine for AwsEngine {
             ))
             .into());
         }
+        self.check_keys_verify_live_tokens(release, &configuration)?;
         progress.step(&format!("alias `{ALIAS}` of `{name}`"), || {
             point_alias(&self.clients, name, version)
         })?;
@@ -1555,6 +1556,70 @@ impl Engine for AwsEngine {
             }
         }
         Ok(kept)
+    }
+}
+
+impl AwsEngine {
+    /// A Lambda version keeps the environment it was published with, the
+    /// signing keys included, and `secrets rotate` publishes new ones: a
+    /// version from before a rotation must not go live again when it would
+    /// not verify what the live version signs.
+    fn check_keys_verify_live_tokens(
+        &self,
+        release: &crate::releases::Release,
+        target: &aws_sdk_lambda::operation::get_function_configuration::GetFunctionConfigurationOutput,
+    ) -> Result<(), CommandError> {
+        use crate::secrets::store::Secret;
+        let name = &self.settings.function_name;
+        let live = self.block(
+            self.clients
+                .lambda()
+                .get_function_configuration()
+                .function_name(name)
+                .qualifier(ALIAS)
+                .send(),
+        );
+        let live = live.map_err(|error| {
+            sdk_error(
+                &format!("failed to read the live version of function `{name}`"),
+                error,
+            )
+        })?;
+        let variables = |configuration: Option<&aws_sdk_lambda::types::EnvironmentResponse>| {
+            configuration
+                .and_then(|environment| environment.variables())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (live, target) = (
+            variables(live.environment()),
+            variables(target.environment()),
+        );
+        let Some(signing) = live.get(KEY_VARIABLE) else {
+            return Ok(());
+        };
+        let verifies = |key: &str| {
+            target.get(KEY_VARIABLE).map(String::as_str) == Some(key)
+                || target
+                    .get(PREVIOUS_KEY_VARIABLE)
+                    .is_some_and(|previous| previous.split(',').any(|p| p.trim() == key))
+        };
+        if verifies(signing) {
+            return Ok(());
+        }
+        let fingerprint = |key: Option<&String>| {
+            key.map_or_else(
+                || "(none)".to_string(),
+                |key| Secret::new(key.clone()).fingerprint(),
+            )
+        };
+        Err(crate::releases::RollbackError::KeysRotatedSince {
+            target: self.settings.target.clone(),
+            id: release.id,
+            release_key: fingerprint(target.get(KEY_VARIABLE)),
+            live_key: fingerprint(Some(signing)),
+        }
+        .into())
     }
 }
 

@@ -47,6 +47,8 @@ pub const ABORT_MULTIPART_RULE_ID: &str = "deploy-kit-abort-multipart";
 pub const ALIAS: &str = "live";
 /// The variable the function's key goes in (a setting shows the secret's name).
 pub const KEY_VARIABLE: &str = "VGI_SIGNING_KEY";
+/// The keys that verify but no longer sign (comma-separated), as rotation writes them.
+pub const PREVIOUS_KEY_VARIABLE: &str = "VGI_SIGNING_KEY_PREVIOUS";
 
 /// Lambda's `bootstrap` for the service binary `binary`: the custom runtime
 /// runs it without arguments, and the binary needs its `lambda` subcommand.
