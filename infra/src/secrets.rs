@@ -297,6 +297,7 @@ impl RotationTarget {
         now: &dyn Fn() -> u64,
         out: &mut dyn Write,
     ) -> Result<Vec<Step>, CommandError> {
+        self.replicas.preflight()?;
         let mut state = self.reconcile(out)?;
         if !state.rolled {
             self.roll(&mut state, now, out)?;

@@ -1405,6 +1405,74 @@ fn rollback_refuses_a_release_from_before_a_key_rotation() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 }
 
+/// Finding: a key roll publishes `$LATEST` with the new keys and moves
+/// `live` to it. After a `rollback` (which only moves `live`), `$LATEST`
+/// still holds the newer code, so `secrets rotate` silently put the code
+/// that had been rolled back live again. It is now refused before any key
+/// changes.
+#[test]
+fn a_key_rotation_after_a_rollback_does_not_roll_the_code_forward() {
+    let project = Project::new("dk-rr");
+    let cloud = Cloud::new(&project.servers);
+    let function = format!("{}-ci", project.name);
+    let real = std::fs::read(lambda_binary()).unwrap();
+    let mut next = real.clone();
+    next.extend_from_slice(b"\0deploy-kit rotate-after-rollback test\0");
+    for (index, binary) in [real, next].iter().enumerate() {
+        std::fs::write(project.dir.join("kit-service"), binary).unwrap();
+        let (code, stdout, stderr) = project.run(&["up", "lambda"]);
+        assert_eq!(code, 0, "up #{index}\n{stdout}\n{stderr}");
+    }
+    let (code, stdout, stderr) = project.run(&["rollback", "lambda", "1"]);
+    assert_eq!(code, 0, "rollback\n{stdout}\n{stderr}");
+    let live = |cloud: &Cloud| -> (String, String) {
+        let configuration = cloud
+            .runtime
+            .block_on(
+                cloud
+                    .lambda
+                    .get_function_configuration()
+                    .function_name(&function)
+                    .qualifier("live")
+                    .send(),
+            )
+            .unwrap();
+        (
+            configuration.version().unwrap().to_string(),
+            configuration.code_sha256().unwrap().to_string(),
+        )
+    };
+    let before = live(&cloud);
+    assert_eq!(before.0, "1");
+    let secret = format!("{}/ci/signing-key", project.name);
+    let current = cloud.secret_value(&secret).unwrap();
+
+    let (code, stdout, stderr) = project.run(&[
+        "secrets", "rotate", "--target", "lambda", "--phase", "stage",
+    ]);
+    assert_eq!(code, 2, "refused\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("`$LATEST` holds code") && stderr.contains("the alias was rolled back"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(live(&cloud), before, "the rolled-back code still serves");
+    assert_eq!(cloud.secret_value(&secret).unwrap(), current);
+    assert!(
+        cloud
+            .runtime
+            .block_on(cloud.secrets.describe_secret().secret_id(&secret).send())
+            .unwrap()
+            .version_ids_to_stages()
+            .is_none_or(|stages| stages
+                .values()
+                .all(|labels| !labels.iter().any(|l| l == "AWSPENDING"))),
+        "no key was staged"
+    );
+    let (code, stdout, stderr) = project.run(&["down", "lambda", "--yes", "--delete-data"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+}
+
 /// moto's request recorder: what it received while `f` ran (other tests
 /// may add requests of their own; callers filter by their names).
 fn recorded(moto: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {

@@ -325,9 +325,64 @@ impl LambdaReplicas {
     }
 }
 
+impl LambdaReplicas {
+    /// A roll publishes `$LATEST` with the new keys and moves `live` to it.
+    /// After a `rollback`, `live` runs an older version than `$LATEST` (the
+    /// last `up`'s code): the roll would put that code live too, so it is
+    /// refused, before any key changes.
+    fn check_latest_is_live(&self) -> Result<(), CommandError> {
+        let name = &self.function;
+        // `None` when there is no such version or alias.
+        let code = |qualifier: Option<&str>| {
+            let read = self.clients.block(
+                self.clients
+                    .inner
+                    .lambda()
+                    .get_function_configuration()
+                    .function_name(name)
+                    .set_qualifier(qualifier.map(str::to_string))
+                    .send(),
+            );
+            match read {
+                Ok(configuration) => Ok(Some(
+                    configuration.code_sha256().unwrap_or_default().to_string(),
+                )),
+                Err(error)
+                    if crate::engine::aws::clients::code(&error)
+                        == Some("ResourceNotFoundException") =>
+                {
+                    Ok(None)
+                }
+                Err(error) => Err(failed(&format!("failed to read function `{name}`"), error)),
+            }
+        };
+        let (Some(latest), Some(live)) = (code(None)?, code(Some(crate::engine::aws::ALIAS))?)
+        else {
+            // Nothing live yet (the roll creates the alias), or no function:
+            // the roll says so.
+            return Ok(());
+        };
+        if latest == live {
+            return Ok(());
+        }
+        Err(CommandError::new(
+            format!(
+                "function `{name}` serves code {live} on alias `{alias}`, and `$LATEST` holds code {latest} (the alias was rolled back): a key roll publishes `$LATEST`, so it would also put that code live",
+                alias = crate::engine::aws::ALIAS
+            ),
+            "nothing was changed; deploy the code you want live first (`deploy-kit up TARGET --package ZIP`), then rotate",
+            2,
+        ))
+    }
+}
+
 impl ReplicaSet for LambdaReplicas {
     fn describe(&self) -> String {
         format!("Lambda function `{}`", self.function)
+    }
+
+    fn preflight(&mut self) -> Result<(), CommandError> {
+        self.check_latest_is_live()
     }
 
     fn roll(
@@ -337,6 +392,7 @@ impl ReplicaSet for LambdaReplicas {
     ) -> Result<RollOutcome, CommandError> {
         let name = &self.function;
         self.wait_updated()?;
+        self.check_latest_is_live()?;
         let configuration = self
             .clients
             .block(

@@ -38,6 +38,11 @@ pub trait ReplicaSet {
         keys: &ReplicaKeys,
         progress: &mut dyn FnMut(&str),
     ) -> Result<RollOutcome, CommandError>;
+    /// Checked before a rotation changes any key: whether a roll would do
+    /// only what it says (change the keys, nothing else).
+    fn preflight(&mut self) -> Result<(), CommandError> {
+        Ok(())
+    }
 }
 
 /// A roll deploy-kit cannot do itself: it prints the commands that do it.
