@@ -199,6 +199,7 @@ pub fn record(state: &mut State, deployment: &Deployment, live: Live) -> (u64, V
         restore: live.restore,
     });
     state.live_release = Some(id);
+    state.live_uncertain = false;
     let excess = state.releases.len().saturating_sub(HISTORY);
     let dropped = state.releases.drain(..excess).collect();
     (id, dropped)
@@ -343,7 +344,9 @@ pub fn choose<'a>(
                     },
                 });
             };
-            if release.id == live_id {
+            // After an `up` that failed part-way the recorded live release
+            // may not be what serves: returning to it is a real rollback.
+            if release.id == live_id && !state.live_uncertain {
                 return Err(RollbackError::AlreadyLive {
                     target: target.to_string(),
                     id: release.id,
@@ -351,6 +354,10 @@ pub fn choose<'a>(
             }
             Ok(release)
         }
+        None if state.live_uncertain => live.ok_or_else(|| RollbackError::NoEarlier {
+            target: target.to_string(),
+            live: live_id,
+        }),
         None => state
             .releases
             .iter()
@@ -741,6 +748,35 @@ mod tests {
             live_release: live,
             ..State::new("compose", "dev", "stack")
         }
+    }
+
+    #[test]
+    fn after_an_up_that_failed_part_way_rollback_returns_to_the_last_release_known_to_serve() {
+        let mut history = state(vec![release(1, "a"), release(2, "b")], Some(2));
+        assert!(matches!(
+            choose(&history, "stack", Some("2")),
+            Err(RollbackError::AlreadyLive { id: 2, .. })
+        ));
+        history.live_uncertain = true;
+        assert_eq!(choose(&history, "stack", None).unwrap().id, 2);
+        assert_eq!(choose(&history, "stack", Some("2")).unwrap().id, 2);
+        assert_eq!(choose(&history, "stack", Some("1")).unwrap().id, 1);
+        // The next release settles it.
+        let mut settled = history.clone();
+        settled.releases.push(release(3, "a"));
+        settled.live_release = Some(3);
+        settled.live_uncertain = false;
+        assert_eq!(choose(&settled, "stack", None).unwrap().id, 2);
+        // It survives the state file.
+        let text = serde_json::to_string(&history).unwrap();
+        assert!(text.contains("\"live_uncertain\":true"), "{text}");
+        let read: State = serde_json::from_str(&text).unwrap();
+        assert!(read.live_uncertain);
+        assert!(
+            !serde_json::to_string(&settled)
+                .unwrap()
+                .contains("live_uncertain")
+        );
     }
 
     #[test]

@@ -722,6 +722,65 @@ fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
     );
 }
 
+/// Finding: an `up` whose deploy went through and whose next step failed
+/// left the state naming the release before it as live, so `rollback app 2`
+/// answered "already live" and a plain `rollback` skipped to release 1,
+/// while the failed `up`'s image served.
+#[test]
+fn fly_rollback_after_an_up_that_failed_part_way_returns_to_the_last_good_release() {
+    let project = Project::new("fly-half", FLY, &["fly"]);
+    let ok = "fly apps list --json*|0|[{\"ID\":\"vgi-ci\",\"Name\":\"vgi-ci\"}]
+fly secrets list*|0|[{\"Name\":\"VGI_SIGNING_KEY\",\"Digest\":\"d\"}]
+";
+    project.answers(ok);
+    let images = [
+        "registry.fly.io/vgi@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        "registry.fly.io/vgi@sha256:2222222222222222222222222222222222222222222222222222222222222222",
+        "registry.fly.io/vgi@sha256:3333333333333333333333333333333333333333333333333333333333333333",
+    ];
+    for image in &images[..2] {
+        let (code, _, stderr) = project.run(&["up", "app", "--image", image]);
+        assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    }
+    // The third `up`: its deploy goes through (image 3 serves), the scale fails.
+    project.answers(&format!("{ok}fly scale count*|1|\n"));
+    project.take_log();
+    let (code, _, stderr) = project.run(&["up", "app", "--image", images[2]]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        project
+            .take_log()
+            .lines()
+            .any(|l| l.starts_with("fly deploy ") && l.ends_with(images[2])),
+        "the deploy ran"
+    );
+    assert!(
+        stderr.contains(
+            "`deploy-kit rollback app` returns to release 2, the last one known to serve"
+        ),
+        "{stderr}"
+    );
+    project.answers(ok);
+    let (code, _, stderr) = project.run(&["rollback", "app"]);
+    assert!(code == 0 || code == 3, "{code}\n{stderr}");
+    assert!(
+        stderr.contains("rollback: target `app` to release 2"),
+        "{stderr}"
+    );
+    let log = project.take_log();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("fly deploy ") && l.ends_with(images[1])),
+        "release 2's image deployed again:\n{log}"
+    );
+    // Settled: the next rollback goes back past release 2 as usual.
+    let (code, json, stderr) = project.run(&["releases", "app", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(listed["live"], 3);
+    assert_eq!(listed["releases"][2]["returns_to"], 2);
+}
+
 /// Each `up` records its image as a release; `rollback` deploys the
 /// previous image again (`fly deploy --image`) and records that.
 #[test]

@@ -134,6 +134,13 @@ pub struct State {
     /// The id of the release serving now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_release: Option<u64>,
+    /// An `up` failed after it began changing the deployment (an engine may
+    /// move traffic before a later step fails): `live_release` is the last
+    /// release known to serve, and the failed `up`'s artifact may serve now.
+    /// `rollback` then returns to `live_release` itself by default. Cleared
+    /// by the next release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_uncertain: bool,
 }
 
 impl State {
@@ -165,6 +172,7 @@ impl State {
             resources: Vec::new(),
             releases: Vec::new(),
             live_release: None,
+            live_uncertain: false,
         }
     }
 

@@ -481,7 +481,22 @@ pub fn up_resources(
         document.changes.len()
     ));
     // Resources the config no longer asks for go, as the plan said.
-    let kept = apply_and_prune(engine.as_ref(), &desired, &mut state, &state_path, progress)?;
+    let kept = match apply_and_prune(engine.as_ref(), &desired, &mut state, &state_path, progress) {
+        Ok(kept) => kept,
+        Err(error) => {
+            // What serves now is not known: the engine may have moved
+            // traffic before the step that failed.
+            if let Some(live) = state.live_release {
+                state.live_uncertain = true;
+                state.save(&state_path)?;
+                progress.note(&format!(
+                    "up: failed part-way; the new artifact may already serve: `deploy-kit rollback {}` returns to release {live}, the last one known to serve",
+                    deployment.target_name
+                ));
+            }
+            return Err(error);
+        }
+    };
     for left in kept {
         progress.note(&format!(
             "kept: {}; remove it with `{}`",
