@@ -336,6 +336,22 @@ impl Cloud {
             .is_ok()
     }
 
+    /// The version the function's alias `live` points at.
+    fn live_version(&self, function: &str) -> String {
+        self.runtime
+            .block_on(
+                self.lambda
+                    .get_alias()
+                    .function_name(function)
+                    .name("live")
+                    .send(),
+            )
+            .unwrap()
+            .function_version()
+            .unwrap()
+            .to_string()
+    }
+
     fn function_exists(&self, name: &str) -> bool {
         self.runtime
             .block_on(self.lambda.get_function().function_name(name).send())
@@ -1163,22 +1179,7 @@ fn rollback_moves_the_alias_back_to_the_previous_version() {
         std::fs::copy(project.package(), &kept).unwrap();
         packages.push(kept);
     }
-    let alias = |cloud: &Cloud| -> String {
-        cloud
-            .runtime
-            .block_on(
-                cloud
-                    .lambda
-                    .get_alias()
-                    .function_name(&function)
-                    .name("live")
-                    .send(),
-            )
-            .unwrap()
-            .function_version()
-            .unwrap()
-            .to_string()
-    };
+    let alias = |cloud: &Cloud| cloud.live_version(&function);
     let code_of = |cloud: &Cloud, version: &str| -> String {
         cloud
             .runtime
@@ -1330,22 +1331,7 @@ fn rollback_refuses_a_release_from_before_a_key_rotation() {
         let (code, stdout, stderr) = project.run(&["up", "lambda"]);
         assert_eq!(code, 0, "up #{index}\n{stdout}\n{stderr}");
     }
-    let alias = |cloud: &Cloud| -> String {
-        cloud
-            .runtime
-            .block_on(
-                cloud
-                    .lambda
-                    .get_alias()
-                    .function_name(&function)
-                    .name("live")
-                    .send(),
-            )
-            .unwrap()
-            .function_version()
-            .unwrap()
-            .to_string()
-    };
+    let alias = |cloud: &Cloud| cloud.live_version(&function);
     let signing_key = |cloud: &Cloud, qualifier: &str| -> String {
         cloud
             .runtime

@@ -956,23 +956,7 @@ async fn init(
                     (wire::CALL_STATE_KEY.to_string(), call_token),
                 ]
             });
-            let pointer = match store_producer_turn(server, info, &ctx, &output).await {
-                Ok(pointer) => pointer,
-                Err(error) => {
-                    let answer =
-                        error_answer(server, info, Some(&ctx), &output_schema, out, &error, limit);
-                    return Ok(answer);
-                }
-            };
-            write_producer_turn(&mut out, server, info, &ctx, &output, pointer, token)?;
-            Ok(finish_response(
-                server,
-                info,
-                &method.name,
-                &output_schema,
-                limit,
-                out,
-            ))
+            producer_answer(server, info, &method.name, &ctx, &output, out, token, limit).await
         }
     }
 }
@@ -1002,6 +986,39 @@ fn check_producer_turn(output: &Output) -> Result<(), RpcError> {
             format!("VGI-RPC lock-step violation: produce() emitted {n} batches in one turn"),
         )),
     }
+}
+
+/// The answer to a producer turn (at `/init` or later), after whatever
+/// streams `out` already holds: the turn stored or inline, then the cursor
+/// `token`; a store that fails is answered as the turn's error.
+#[allow(clippy::too_many_arguments)]
+async fn producer_answer(
+    server: &Server,
+    info: &RequestInfo,
+    method: &str,
+    ctx: &Ctx,
+    output: &Output,
+    mut out: Chunks,
+    token: Option<Metadata>,
+    limit: Option<u64>,
+) -> Result<Response, RpcError> {
+    let schema = output.schema();
+    let pointer = match store_producer_turn(server, info, ctx, output).await {
+        Ok(pointer) => pointer,
+        Err(error) => {
+            return Ok(error_answer(
+                server,
+                info,
+                Some(ctx),
+                schema,
+                out,
+                &error,
+                limit,
+            ));
+        }
+    };
+    write_producer_turn(&mut out, server, info, ctx, output, pointer, token)?;
+    Ok(finish_response(server, info, method, schema, limit, out))
 }
 
 /// Stores the producer turn's whole cycle when a data batch reaches the
@@ -1187,25 +1204,8 @@ async fn exchange(
                     ),
                 )]
             });
-            let pointer = match store_producer_turn(server, info, &ctx, &output).await {
-                Ok(pointer) => pointer,
-                Err(error) => {
-                    let out = Chunks::new();
-                    let answer =
-                        error_answer(server, info, Some(&ctx), &output_schema, out, &error, limit);
-                    return Ok(answer);
-                }
-            };
-            let mut out = Chunks::new();
-            write_producer_turn(&mut out, server, info, &ctx, &output, pointer, token)?;
-            Ok(finish_response(
-                server,
-                info,
-                &method.name,
-                &output_schema,
-                limit,
-                out,
-            ))
+            let out = Chunks::new();
+            producer_answer(server, info, &method.name, &ctx, &output, out, token, limit).await
         }
         StreamKind::Exchange => {
             let input_schema = call.input_schema.clone().unwrap_or_else(wire::empty_schema);
